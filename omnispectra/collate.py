@@ -1,0 +1,316 @@
+"""Batching variable-length token sets: padding, validity masks and length buckets.
+
+The collator pads a list of token sets to the batch's maximum ``T`` (padding is zeros
+and invalid), so spectra of different surveys and lengths share a batch (paper,
+section *Tokenization*). Padding costs compute, so the :class:`LengthBucketSampler`
+groups spectra of similar length: it sorts inside large shuffled pools, which keeps
+surveys mixed across batches while cutting padding (measured ~1.6x faster than
+padding a mixed-survey batch to its maximum on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from .masking import MASK_RATIO, chunk_mask, mask_rng
+from .tokenizer import Tokens
+
+__all__ = [
+    "Sample",
+    "Batch",
+    "collate",
+    "Collator",
+    "LengthBucketSampler",
+    "length_sorted_batches",
+    "padding_fraction",
+]
+
+
+@dataclass
+class Sample:
+    """One training/inference item: a token set plus optional chunk mask and labels."""
+
+    tokens: Tokens
+    chunk_mask: np.ndarray | None = None
+    labels: Mapping[str, float] | None = None
+    id: str | None = None
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``B`` spectra, ``T`` = longest token count, ``p`` = patch size.
+
+    Attributes
+    ----------
+    tokens : Tensor (B, T, p+2)
+        Model input: masked chunks (if any) are zeroed; padding is zeros.
+    target : Tensor (B, T, p+2)
+        Unmasked tokens (the reconstruction target).
+    wavelength : Tensor (B, T) float32
+        Patch mean wavelengths in Angstrom (0 on padding).
+    valid : Tensor (B, T) bool
+        Token validity: False on padding and on mostly-invalid patches.
+    pixel_valid : Tensor (B, T, p) bool
+        Valid pixels inside each token.
+    loss_mask : Tensor (B, T) bool
+        Tokens that are masked *and* valid: the reconstruction targets.
+    lengths : Tensor (B,) int64
+        Unpadded token counts.
+    labels : dict of Tensor (B,)
+        Label columns present in any sample (NaN where a sample lacks one).
+    ids : list of str or None
+    """
+
+    tokens: torch.Tensor
+    target: torch.Tensor
+    wavelength: torch.Tensor
+    valid: torch.Tensor
+    pixel_valid: torch.Tensor
+    loss_mask: torch.Tensor
+    lengths: torch.Tensor
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+    ids: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """Move every tensor to ``device``."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=non_blocking)
+            elif isinstance(value, dict):
+                value = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+            moved[f.name] = value
+        return Batch(**moved)
+
+    def pin_memory(self) -> "Batch":
+        """Pin host memory (called by ``DataLoader(pin_memory=True)``)."""
+        pinned = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.pin_memory()
+            elif isinstance(value, dict):
+                value = {k: v.pin_memory() for k, v in value.items()}
+            pinned[f.name] = value
+        return Batch(**pinned)
+
+
+def _as_sample(item: Tokens | Sample) -> Sample:
+    if isinstance(item, Sample):
+        return item
+    if isinstance(item, Tokens):
+        return Sample(tokens=item, id=item.meta.get("id"))
+    raise TypeError(f"collate expects Tokens or Sample items, got {type(item).__name__}")
+
+
+def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batch:
+    """Pad token sets to a common length and stack them into a :class:`Batch`.
+
+    Parameters
+    ----------
+    items : sequence of Tokens or Sample
+        Token sets of one batch; a :class:`Sample`'s ``chunk_mask`` marks masked tokens.
+    pad_to : int, optional
+        Pad to at least this many tokens (default: the batch maximum).
+    """
+    samples = [_as_sample(item) for item in items]
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    n_batch = len(samples)
+    lengths = np.array([s.tokens.n_tokens for s in samples])
+    n_tok = int(max(lengths.max(), pad_to or 0))
+    patch = samples[0].tokens.patch_size
+    if any(s.tokens.patch_size != patch for s in samples):
+        raise ValueError("all token sets of a batch must share one patch size")
+
+    target = np.zeros((n_batch, n_tok, patch + 2), dtype=np.float32)
+    wavelength = np.zeros((n_batch, n_tok), dtype=np.float32)
+    valid = np.zeros((n_batch, n_tok), dtype=bool)
+    pixel_valid = np.zeros((n_batch, n_tok, patch), dtype=bool)
+    chunk = np.zeros((n_batch, n_tok), dtype=bool)
+    for b, s in enumerate(samples):
+        t = lengths[b]
+        target[b, :t] = s.tokens.tokens
+        wavelength[b, :t] = s.tokens.wavelength
+        valid[b, :t] = s.tokens.valid
+        pixel_valid[b, :t] = s.tokens.pixel_valid
+        if s.chunk_mask is not None:
+            if s.chunk_mask.shape != (t,):
+                raise ValueError(f"chunk mask of shape {s.chunk_mask.shape} for {t} tokens")
+            chunk[b, :t] = s.chunk_mask
+    inputs = np.where(chunk[..., None], 0.0, target).astype(np.float32)
+
+    label_names = sorted({k for s in samples if s.labels for k in s.labels})
+    labels = {}
+    for name in label_names:
+        column = [np.nan if not s.labels or s.labels.get(name) is None else s.labels[name]
+                  for s in samples]
+        labels[name] = torch.as_tensor(np.asarray(column, dtype=np.float64))
+    return Batch(
+        tokens=torch.from_numpy(inputs),
+        target=torch.from_numpy(target),
+        wavelength=torch.from_numpy(wavelength),
+        valid=torch.from_numpy(valid),
+        pixel_valid=torch.from_numpy(pixel_valid),
+        loss_mask=torch.from_numpy(chunk & valid),
+        lengths=torch.from_numpy(lengths.astype(np.int64)),
+        labels=labels,
+        ids=[s.id if s.id is not None else s.tokens.meta.get("id") for s in samples],
+    )
+
+
+class Collator:
+    """DataLoader ``collate_fn`` that draws chunk masks reproducibly and pads.
+
+    Items are ``(index, Tokens)`` pairs or :class:`Sample` objects whose ``id`` is
+    irrelevant to the mask: the mask of dataset item ``index`` in epoch ``epoch`` is drawn
+    from :func:`~omnispectra.masking.mask_rng` ``(seed, epoch, index)``, so it does not
+    depend on worker count or batch composition.
+
+    Parameters
+    ----------
+    mask : bool
+        Draw chunk masks (pretraining) or not (inference, probes).
+    mask_ratio : float
+        gamma of the chunk masking.
+    seed : int
+        Run seed.
+    """
+
+    def __init__(self, mask: bool = True, mask_ratio: float = MASK_RATIO, seed: int = 42) -> None:
+        self.mask = mask
+        self.mask_ratio = mask_ratio
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose masks are drawn."""
+        self.epoch = int(epoch)
+
+    def __call__(self, items: Sequence[tuple[int, Tokens | Sample]]) -> Batch:
+        samples = []
+        for index, item in items:
+            sample = _as_sample(item)
+            if self.mask:
+                rng = mask_rng(self.seed, self.epoch, index)
+                cm = chunk_mask(sample.tokens.n_tokens, rng, sample.tokens.patch_size, self.mask_ratio)
+                sample = Sample(sample.tokens, cm, sample.labels, sample.id)
+            samples.append(sample)
+        return collate(samples)
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Fraction of token slots that are padding when ``batches`` are padded to their maximum."""
+    lengths = np.asarray(lengths)
+    total = sum(len(b) * lengths[list(b)].max() for b in batches if len(b))
+    return 1.0 - lengths.sum() / total if total else 0.0
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Deterministic inference batches of similar length (longest first).
+
+    Returns lists of indices into ``lengths``; concatenated, they are a permutation, so
+    callers restore input order with ``np.argsort(np.concatenate(batches))``.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
+    """Batch sampler that groups spectra of similar token count.
+
+    Each epoch the indices are shuffled, split into pools of ``pool_size`` (default
+    ``50 * batch_size``), each pool is sorted by length and cut into batches, and the
+    batches are shuffled. Large pools keep surveys mixed in the epoch while similar
+    lengths share a batch.
+
+    Under distributed training each rank takes every ``num_replicas``-th batch; the
+    batch count is padded (by repeating batches) so every rank sees the same number.
+
+    Parameters
+    ----------
+    lengths : sequence of int
+        Token count of every dataset item.
+    batch_size : int
+        Spectra per batch (per device).
+    shuffle : bool
+        Shuffle pools and batches (training); False gives length-sorted batches.
+    pool_size : int, optional
+        Spectra per sorting pool.
+    drop_last : bool
+        Drop each pool's last incomplete batch.
+    seed : int
+        Base seed; the epoch set with :meth:`set_epoch` is mixed in.
+    num_replicas, rank : int, optional
+        Distributed world size and rank; taken from ``torch.distributed`` when it is
+        initialized and these are None.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        pool_size: int | None = None,
+        drop_last: bool = False,
+        seed: int = 42,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.pool_size = int(pool_size or 50 * batch_size)
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        dist = torch.distributed
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the shuffle for ``epoch`` (call before iterating, as with DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        batches = []
+        for start in range(0, len(order), self.pool_size):
+            pool = order[start:start + self.pool_size]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            for i in range(0, len(pool), self.batch_size):
+                batch = pool[i:i + self.batch_size]
+                if len(batch) < self.batch_size and self.drop_last:
+                    continue
+                batches.append(batch.tolist())
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.num_replicas > 1 and batches:
+            per_rank = math.ceil(len(batches) / self.num_replicas)
+            batches += batches[: per_rank * self.num_replicas - len(batches)]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._all_batches()[self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        return len(self._all_batches()[self.rank::self.num_replicas])

@@ -1,0 +1,55 @@
+"""Exception hierarchy of omnispectra.
+
+Every error the package raises on bad input derives from :class:`OmniSpectraError`,
+so ``except omnispectra.OmniSpectraError`` catches all of them, while each class also
+derives from the matching builtin (``ValueError``, ``TypeError``, ``OSError``) so code
+written against the builtins keeps working.
+"""
+
+__all__ = [
+    "OmniSpectraError",
+    "InvalidSpectrumError",
+    "SpectrumTypeError",
+    "UnitsError",
+    "SpectrumFormatError",
+    "UnknownFormatError",
+    "NotASpectrumError",
+    "CorpusError",
+    "CheckpointError",
+]
+
+
+class OmniSpectraError(Exception):
+    """Base class of every error raised by omnispectra."""
+
+
+class InvalidSpectrumError(OmniSpectraError, ValueError):
+    """A spectrum's values cannot be used (NaN wavelengths, too few valid pixels, ...)."""
+
+
+class SpectrumTypeError(OmniSpectraError, TypeError):
+    """An input has the wrong type or shape (e.g. 2-D flux where 1-D is required)."""
+
+
+class UnitsError(InvalidSpectrumError):
+    """Units are missing or cannot be converted (e.g. a wavelength axis in pixels)."""
+
+
+class SpectrumFormatError(OmniSpectraError, OSError):
+    """A file cannot be read as a spectrum: missing, truncated, or lacking HDUs/columns."""
+
+
+class UnknownFormatError(SpectrumFormatError):
+    """No registered reader recognises a file."""
+
+
+class NotASpectrumError(SpectrumFormatError):
+    """A readable file that holds no sampled spectrum (a catalogue, redshift fits, ...)."""
+
+
+class CorpusError(OmniSpectraError, OSError):
+    """An HDF5 file is not an omnispectra corpus, or one of an unknown format version."""
+
+
+class CheckpointError(OmniSpectraError, ValueError):
+    """A weights file or checkpoint is corrupt or does not match its configuration."""

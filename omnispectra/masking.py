@@ -1,0 +1,93 @@
+"""Contiguous chunk masking for masked-reconstruction pretraining (paper, section *Masking*).
+
+For a spectrum of ``T`` tokens (its own, unpadded count) and patch size ``p``:
+
+- chunk width ``w = floor(2.5 p)`` (50 tokens for p=20) and ``N = floor(T / 2w)``
+  intervals; interval ``k`` spans tokens ``[2wk, 2wk + 2w)``;
+- ``M = floor(gamma * N)`` distinct intervals are drawn at random (gamma = 0.75);
+- in each drawn interval a chunk of ``w`` tokens starts at a random index in
+  ``[2wk, 2wk + w)``. The upper bound is exclusive so that a chunk ends at least one
+  token before the next interval begins: two masked chunks are never adjacent.
+
+Consequences worth knowing: at most ``M w / T <= gamma / 2`` of the tokens are masked
+(37.5% for gamma = 0.75), and tokens past ``2wN`` are never masked.
+
+Short spectra: when the paper's rule masks nothing (``M = 0``; for gamma = 0.75 that is
+``N <= 1``, i.e. every spectrum shorter than ``4w`` = 200 tokens for p=20, such as
+VIPERS' ~55 tokens or a 1,500-pixel spectrum) the width
+is shrunk to ``w = max(1, T // 4)`` so such spectra are still masked (two intervals,
+one chunk of ~T/4 tokens). Spectra of fewer than 4 tokens are not masked.
+
+Only valid tokens are reconstruction targets: :func:`chunk_mask` returns the chunk
+positions; the loss mask is ``chunk & valid``.
+
+Randomness comes from :func:`mask_rng`, a generator seeded by ``(seed, epoch, index)``,
+so masks do not depend on the number of data-loader workers and a resumed run repeats
+the same masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MASK_RATIO", "chunk_width", "chunk_mask", "mask_rng"]
+
+MASK_RATIO = 0.75
+
+
+def mask_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """Random generator for the mask of sample ``index`` in ``epoch`` of a run seeded ``seed``."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def chunk_width(n_tokens: int, patch_size: int = 20, ratio: float = MASK_RATIO) -> tuple[int, int, int]:
+    """Return ``(w, N, M)``: chunk width, number of intervals and number of masked chunks.
+
+    Follows the paper's rule and falls back to ``w = max(1, T // 4)`` when that masks
+    nothing (see the module docstring).
+    """
+    w = int(2.5 * patch_size)
+    n_int = n_tokens // (2 * w)
+    n_mask = int(ratio * n_int)
+    if n_mask == 0:
+        w = max(1, n_tokens // 4)
+        n_int = n_tokens // (2 * w)
+        n_mask = int(ratio * n_int)
+    return w, n_int, n_mask
+
+
+def chunk_mask(
+    n_tokens: int,
+    rng: np.random.Generator,
+    patch_size: int = 20,
+    ratio: float = MASK_RATIO,
+) -> np.ndarray:
+    """Draw the contiguous chunk mask of one spectrum.
+
+    Parameters
+    ----------
+    n_tokens : int
+        The spectrum's own (unpadded) number of tokens ``T``.
+    rng : numpy.random.Generator
+        Source of randomness, e.g. :func:`mask_rng` ``(seed, epoch, index)``.
+    patch_size : int
+        Patch size ``p`` of the tokenizer (sets ``w = floor(2.5 p)``).
+    ratio : float
+        Mask ratio gamma, the fraction of intervals that get a chunk.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_tokens,)
+        True where a token is masked (to be zeroed in the input and reconstructed).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio}")
+    mask = np.zeros(n_tokens, dtype=bool)
+    w, n_int, n_mask = chunk_width(n_tokens, patch_size, ratio)
+    if n_mask == 0:
+        return mask
+    chosen = np.sort(rng.choice(n_int, size=n_mask, replace=False))
+    starts = 2 * w * chosen + rng.integers(0, w, size=n_mask)
+    index = (starts[:, None] + np.arange(w)[None, :]).ravel()
+    mask[index] = True
+    return mask

@@ -1,0 +1,353 @@
+"""The OmniSpectra masked transformer, in one file.
+
+Paper sections *Embedding*, *Transformer Block* and *Reconstruction Loss*:
+
+- data embedding ``Linear(p+2 -> D)`` (trunc-normal, std ``D**-0.5`` cut at 3 std) plus a
+  sinusoidal encoding of each patch's mean wavelength (``omega_i = 10000**(-2i/D)``,
+  sin on even and cos on odd channels);
+- pre-LN blocks ``Z' = Z + MHA(LN(Z))``, ``Z_out = Z' + FFN(LN(Z'))``, FFN width 4D
+  with GELU, biases everywhere, no final LayerNorm (the layout that counts the paper's
+  42.6M parameters);
+- validity-aware attention: a padded or invalid token is neither attended nor
+  attending (its output is zero), fully-invalid rows give zeros, never NaN;
+- a local positional embedding: a depthwise ``Conv1d`` (kernel 3) over the token axis
+  on V, per head and channel, added to the attention output before ``W_O``; invalid
+  tokens are zeroed before the conv so nothing bleeds into valid neighbours;
+- a linear reconstruction head ``D -> p+2`` and the masked MSE.
+
+Attention kernels: on CUDA, the valid tokens are packed and run through a
+variable-length kernel (``cu_seqlens``) so padding costs nothing: flash-attn's
+``flash_attn_varlen_func`` when that package is installed, else PyTorch's
+``torch.nn.attention.varlen.varlen_attn``; otherwise (CPU, or neither available)
+``scaled_dot_product_attention`` with a key mask. All compute the same function.
+The depthwise conv always runs on the padded layout, so it can never cross from one
+spectrum into its batch neighbour.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "OmniSpectraConfig",
+    "PRESETS",
+    "OmniSpectra",
+    "sinusoidal_encoding",
+    "masked_reconstruction_loss",
+    "attention_backends",
+]
+
+ATTENTION_IMPLS = ("auto", "sdpa", "flash_attn", "torch_varlen")
+
+
+@dataclass
+class OmniSpectraConfig:
+    """Hyper-parameters of the encoder. Defaults are the paper's model."""
+
+    patch_size: int = 20          # pixels per patch, p
+    stride: int = 10              # pixels between patch starts
+    dim: int = 768                # embedding width D
+    n_layers: int = 6
+    n_heads: int = 6
+    mlp_ratio: int = 4            # FFN width = mlp_ratio * D
+    dropout: float = 0.0
+    local_pe: bool = True         # depthwise-conv local positional embedding on V
+    wavelength_encoding: bool = True
+    validity_mask: bool = True    # False: attend to every slot, padding included (ablation)
+    attention: str = "auto"       # one of ATTENTION_IMPLS
+    mask_ratio: float = 0.75      # gamma of the pretraining chunk masking
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance
+
+    def __post_init__(self) -> None:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.dim % 2:
+            raise ValueError(f"dim must be even for the sinusoidal encoding, got {self.dim}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+
+    @property
+    def token_dim(self) -> int:
+        """Length of one token, ``p + 2``."""
+        return self.patch_size + 2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "OmniSpectraConfig":
+        """Config of a named preset (``tiny``, ``small``, ``paper``) with overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (JSON- and ``weights_only``-safe)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "OmniSpectraConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+PRESETS: dict[str, OmniSpectraConfig] = {
+    "tiny": OmniSpectraConfig(dim=128, n_layers=4, n_heads=4),
+    "small": OmniSpectraConfig(dim=256, n_layers=4, n_heads=4),
+    "paper": OmniSpectraConfig(dim=768, n_layers=6, n_heads=6),
+}
+
+
+def sinusoidal_encoding(wavelength: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal encoding of wavelengths (Angstrom): ``(..., ) -> (..., dim)``.
+
+    Channel ``2i`` is ``sin(lambda * omega_i)`` and ``2i+1`` is ``cos(lambda * omega_i)``
+    with ``omega_i = 10000**(-2i/dim)``. Computed in float32 (or the input's wider
+    dtype) with autocast disabled: in bf16, wavelengths near 16,000 A would be
+    quantized in steps of 64-128 A.
+    """
+    dtype = torch.float64 if wavelength.dtype == torch.float64 else torch.float32
+    with torch.autocast(device_type=wavelength.device.type, enabled=False):
+        i = torch.arange(dim // 2, device=wavelength.device, dtype=dtype)
+        omega = 10000.0 ** (-2.0 * i / dim)                           # (D/2,)
+        angle = wavelength.to(dtype)[..., None] * omega                # (..., D/2)
+        enc = torch.stack([angle.sin(), angle.cos()], dim=-1)          # (..., D/2, 2)
+        return enc.flatten(-2)                                         # (..., D)
+
+
+# ---------------------------------------------------------------------------------------
+# attention kernels
+
+
+def _flash_attn_varlen():
+    """flash-attn's ``flash_attn_varlen_func`` if the package is installed, else None."""
+    try:
+        return importlib.import_module("flash_attn").flash_attn_varlen_func
+    except (ImportError, AttributeError):
+        return None
+
+
+def _torch_varlen():
+    """PyTorch's ``varlen_attn`` (PyTorch >= 2.10) if present, else None."""
+    try:
+        return importlib.import_module("torch.nn.attention.varlen").varlen_attn
+    except (ImportError, AttributeError):
+        return None
+
+
+def attention_backends() -> dict[str, bool]:
+    """Which attention implementations this installation can use."""
+    cuda = torch.cuda.is_available()
+    return {
+        "sdpa": True,
+        "torch_varlen": cuda and _torch_varlen() is not None,
+        "flash_attn": cuda and _flash_attn_varlen() is not None,
+    }
+
+
+def _resolve_attention(impl: str, x: torch.Tensor) -> str:
+    if impl != "auto":
+        return impl
+    if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+        if _flash_attn_varlen() is not None:
+            return "flash_attn"
+        if _torch_varlen() is not None:
+            return "torch_varlen"
+    return "sdpa"
+
+
+def _packed_attention(q, k, v, valid, impl: str) -> torch.Tensor:
+    """Attention over the valid tokens only, packed with ``cu_seqlens``.
+
+    q, k, v: (B, T, H, hs); valid: (B, T). Returns (B, T, H, hs), zero on invalid tokens.
+    Tokens of different spectra never attend to each other.
+    """
+    n_batch, n_tok, n_head, head_size = q.shape
+    flat = valid.reshape(-1).nonzero().squeeze(1)                       # (N,)
+    counts = valid.sum(1, dtype=torch.int32)                             # (B,)
+    cu_seqlens = F.pad(counts.cumsum(0, dtype=torch.int32), (1, 0))       # (B+1,)
+    max_len = int(counts.max()) if n_batch else 0
+    qp, kp, vp = (t.reshape(n_batch * n_tok, n_head, head_size)[flat] for t in (q, k, v))
+    if impl == "flash_attn":
+        out = _flash_attn_varlen()(qp, kp, vp, cu_seqlens, cu_seqlens, max_len, max_len)
+    elif impl == "torch_varlen":
+        out = _torch_varlen()(qp, kp, vp, cu_seqlens, cu_seqlens, max_len, max_len)
+    else:
+        raise ValueError(f"unknown packed attention implementation {impl!r}")
+    full = q.new_zeros(n_batch * n_tok, n_head, head_size)
+    full[flat] = out.to(full.dtype)
+    return full.view(n_batch, n_tok, n_head, head_size)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with validity masking and a local positional embedding."""
+
+    def __init__(self, config: OmniSpectraConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_size = config.dim // config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)           # W_O
+        # depthwise over (head, channel): one 3-tap filter per channel of V
+        self.local_pe = (nn.Conv1d(config.dim, config.dim, kernel_size=3, padding=1, groups=config.dim)
+                         if config.local_pe else None)
+        self.dropout = config.dropout
+        self.use_validity = config.validity_mask
+        self.impl = config.attention
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        n_batch, n_tok, dim = x.shape
+        q, k, v = self.qkv(x).split(dim, dim=2)                          # (B, T, D) each
+        shape = (n_batch, n_tok, self.n_heads, self.head_size)
+        q, k, v = q.view(shape), k.view(shape), v.view(shape)          # (B, T, H, hs)
+        attend = valid if self.use_validity else torch.ones_like(valid)
+        v = v * attend[..., None, None].to(v.dtype)                      # invalid V -> 0 (for the conv)
+
+        impl = _resolve_attention(self.impl, q)  # q carries the autocast dtype
+        drop = self.dropout if self.training else 0.0
+        if impl == "sdpa" or drop > 0:
+            # a sample with no valid token keeps all keys to avoid a NaN softmax; its
+            # outputs are zeroed below anyway
+            keys = attend | ~attend.any(1, keepdim=True)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                attn_mask=keys[:, None, None, :], dropout_p=drop,
+            ).transpose(1, 2)                                             # (B, T, H, hs)
+        else:
+            y = _packed_attention(q, k, v, attend, impl)
+
+        y = y.reshape(n_batch, n_tok, dim)
+        if self.local_pe is not None:
+            pe = self.local_pe(v.reshape(n_batch, n_tok, dim).transpose(1, 2))  # (B, D, T)
+            y = y + pe.transpose(1, 2)
+        y = y * attend[..., None].to(y.dtype)                            # no output on invalid slots
+        return self.proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: OmniSpectraConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.dim
+        self.fc = nn.Linear(config.dim, hidden)
+        self.out = nn.Linear(hidden, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, config: OmniSpectraConfig) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.dim)
+        self.attn = SelfAttention(config)
+        self.ln_ffn = nn.LayerNorm(config.dim)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), valid)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class OmniSpectra(nn.Module):
+    """The OmniSpectra encoder with its reconstruction head.
+
+    Inputs everywhere are a padded batch: ``tokens (B, T, p+2)``, ``wavelength (B, T)``
+    in Angstrom and ``valid (B, T)`` (see :class:`omnispectra.collate.Batch`).
+    """
+
+    def __init__(self, config: OmniSpectraConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or OmniSpectraConfig()
+        self.embed_tokens = nn.Linear(config.token_dim, config.dim)    # W_data
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.head = nn.Linear(config.dim, config.token_dim)            # W_out
+        self.apply(self._init_weights)
+        std = config.dim ** -0.5
+        nn.init.trunc_normal_(self.embed_tokens.weight, std=std, a=-3 * std, b=3 * std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.06, b=0.06)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def get_num_params(self) -> int:
+        """Number of parameters (encoder and reconstruction head)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def encode(self, tokens: torch.Tensor, wavelength: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the last block, ``(B, T, D)``; zero on invalid tokens."""
+        x = self.embed_tokens(tokens)                                   # (B, T, D)
+        if self.config.wavelength_encoding:
+            x = x + sinusoidal_encoding(wavelength, self.config.dim).to(x.dtype)
+        valid = valid.bool()
+        for block in self.blocks:
+            x = block(x, valid)
+        return x * valid[..., None].to(x.dtype)
+
+    def pool(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Mean over valid tokens: ``(B, T, D) -> (B, D)`` (zeros for a sample with none)."""
+        weight = valid.to(hidden.dtype)[..., None]
+        return (hidden * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+
+    def embed(self, tokens: torch.Tensor, wavelength: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """One embedding per spectrum, ``(B, D)``: the valid-token mean of :meth:`encode`."""
+        return self.pool(self.encode(tokens, wavelength, valid), valid)
+
+    def reconstruct(self, tokens: torch.Tensor, wavelength: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Predicted tokens ``(B, T, p+2)`` for every slot."""
+        return self.head(self.encode(tokens, wavelength, valid))
+
+    forward = reconstruct
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """Masked reconstruction loss of a :class:`~omnispectra.collate.Batch`."""
+        pred = self.reconstruct(batch.tokens, batch.wavelength, batch.valid)
+        return masked_reconstruction_loss(pred, batch.target, batch.loss_mask, batch.pixel_valid)
+
+
+def masked_reconstruction_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    loss_mask: torch.Tensor,
+    pixel_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error over the valid elements of masked, valid tokens.
+
+    The paper's L_recon averages over masked valid tokens. Here the average is over
+    their *elements*: ``mu`` and ``sigma`` of every such token, and its flux values only
+    where the pixel is valid (a chip gap or padded tail inside a masked token is not a
+    target, so the model never learns to predict zeros there). A batch without any
+    target gives a zero loss that still has a gradient path.
+
+    Parameters
+    ----------
+    pred, target : Tensor (B, T, p+2)
+    loss_mask : Tensor (B, T) bool
+        Masked and valid tokens.
+    pixel_valid : Tensor (B, T, p) bool, optional
+        Valid pixels; all pixels count when omitted.
+    """
+    weight = loss_mask[..., None].expand_as(target).to(torch.float32)  # (B, T, p+2)
+    if pixel_valid is not None:
+        weight = weight.clone()
+        weight[..., 2:] *= pixel_valid.to(torch.float32)
+    err = (pred.float() - target.float()) ** 2
+    total = weight.sum()
+    if total == 0:
+        return (pred * 0.0).sum()
+    return (err * weight).sum() / total

@@ -1,0 +1,46 @@
+"""Shared test helpers: locating the real data folder and loading real SDSS spectra."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from omnispectra.examples import example_path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path | None:
+    """The shared real-data folder, or None when absent."""
+    env = os.environ.get("OMNISPECTRA_DATA_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def require_data_dir() -> Path:
+    """The shared real-data folder; skips the calling test when absent."""
+    path = data_dir()
+    if path is None:
+        pytest.skip("real spectra folder ../shared/data is absent (set OMNISPECTRA_DATA_DIR)")
+    return path
+
+
+def sdss_arrays(path: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(wavelength, flux, ivar, bad) of an SDSS ``spec`` file (the bundled example by default)."""
+    with fits.open(path or example_path("sdss")) as hdul:
+        coadd = hdul[1].data
+        return (10.0 ** coadd["loglam"].astype(np.float64), coadd["flux"].astype(np.float64),
+                coadd["ivar"].astype(np.float64), coadd["and_mask"] != 0)
+
+
+def real_sdss_files(limit: int = 8) -> list[Path]:
+    """Up to ``limit`` real SDSS spectra from the shared data folder (skips when absent)."""
+    root = require_data_dir()
+    files = sorted((root / "sdss").rglob("spec-*.fits"))[:limit]
+    if not files:
+        pytest.skip("no SDSS spectra in the shared data folder")
+    return files
