@@ -34,4 +34,43 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "embed",
+    "reconstruct",
+    "anomaly_score",
+    "load_model",
+    "list_models",
+    "tokenize",
+    "read",
 ]
+
+# The public functions live in submodules that import torch, specutils or astropy; they are
+# imported on first use (PEP 562) so that ``import omnispectra`` stays light.
+_LAZY_FUNCTIONS = {
+    "embed": "api",
+    "reconstruct": "api",
+    "anomaly_score": "api",
+    "load_model": "pretrained",
+    "list_models": "pretrained",
+    "tokenize": "tokenizer",
+    "read": "io",
+}
+_LAZY_MODULES = {"api", "collate", "examples", "io", "masking", "model", "plotting", "pretrained",
+                 "tokenizer"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_FUNCTIONS:
+        module = importlib.import_module(f".{_LAZY_FUNCTIONS[name]}", __name__)
+        value = getattr(module, name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _LAZY_MODULES)

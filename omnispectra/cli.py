@@ -29,6 +29,37 @@ def info() -> None:
     click.echo(f"device      {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""))
     click.echo("attention   " + ", ".join(f"{name}={'yes' if ok else 'no'}"
                                           for name, ok in attention_backends().items()))
+    _echo_flash_attn_and_models()
+
+
+def _echo_flash_attn_and_models() -> None:
+    """The flash-attn package and the models this installation knows (``omnispectra info``)."""
+    import importlib.metadata
+    import os
+
+    from .exceptions import OmniSpectraError
+    from .pretrained import cache_dir, list_models
+
+    try:
+        flash = f"installed ({importlib.metadata.version('flash-attn')})"
+    except importlib.metadata.PackageNotFoundError:
+        flash = "not installed (optional: pip install 'omnispectra[gpu]')"
+    click.echo(f"flash-attn  {flash}")
+    try:
+        models = list_models()
+    except OmniSpectraError as err:
+        click.echo(f"models      registry unreadable: {err}")
+        return
+    click.echo(f"models      (cache: {cache_dir()})")
+    for m in models:
+        if m["source"] == "bundled":
+            where = "bundled" if m["available"] else "bundled, missing from this installation"
+        else:
+            where = "registry, cached" if m["cached"] else f"registry, not downloaded ({m['url']})"
+        click.echo(f"  {m['name']:<20} {where}")
+    override = os.environ.get("OMNISPECTRA_DEFAULT_MODEL")
+    if override:
+        click.echo(f"  'default' currently means {override} (OMNISPECTRA_DEFAULT_MODEL)")
 
 
 @main.command("tokenize")
@@ -55,6 +86,268 @@ def tokenize_command(inputs: tuple[str, ...], examples: bool, fmt: str | None, p
         click.echo(f"skipped {path}: {reason}", err=True)
     if len(rows) <= 1:  # header only
         raise SystemExit(1)
+
+
+@main.command("embed")
+@click.argument("inputs", nargs=-1, type=click.Path(), metavar="FILE_OR_DIR...")
+@click.option("--examples", is_flag=True, help="Also embed the example spectra shipped with the package.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="embeddings.npy (ids go to embeddings.ids.txt) or embeddings.h5 "
+                   "(datasets 'embeddings' and 'ids').")
+@click.option("--model", "model_name", default="default", show_default=True,
+              help="Model name (see `omnispectra info`) or weights file.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Compute precision (bf16/fp16 run under autocast).")
+@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed_command(inputs, examples, output, model_name, batch_size, device, dtype, fmt, quiet) -> None:
+    """Embed every spectrum in FILE_OR_DIR... and save the vectors with their ids.
+
+    Files that cannot be read and spectra that cannot be tokenized are reported and
+    skipped; the command fails only when nothing was embedded.
+    """
+    from pathlib import Path
+
+    from . import io
+    from .api import embed
+    from .exceptions import OmniSpectraError
+    from .pretrained import load_model
+    from .tokenizer import tokenize
+
+    out = Path(output)
+    if out.suffix.lower() not in (".npy", ".h5", ".hdf5"):
+        raise click.UsageError("--output must end in .npy, .h5 or .hdf5")
+    sources = [str(p) for p in inputs]
+    if examples:
+        from .examples import example_paths
+
+        sources += [str(p) for p in example_paths()]
+    if not sources:
+        raise click.UsageError("give spectrum files or directories, or --examples")
+    try:
+        model = load_model(model_name, device=device)
+    except OmniSpectraError as err:
+        raise click.ClickException(str(err)) from err
+    cfg = model.config
+    skipped: list[str] = []
+
+    def report(failure) -> None:
+        skipped.append(str(failure.path))
+        click.echo(f"skipped {failure.path}: {failure.error}", err=True)
+
+    spectra = io.iter_spectra(sources, format=fmt, on_error="skip", callback=report)
+
+    def tokens():
+        for k, spec in enumerate(spectra):
+            sid = str((spec.meta or {}).get("id", k))
+            try:
+                tok = tokenize(spec, patch_size=cfg.patch_size, stride=cfg.stride)
+            except OmniSpectraError as err:
+                skipped.append(sid)
+                click.echo(f"skipped {sid}: {err}", err=True)
+                continue
+            tok.meta = {"id": sid}
+            yield tok
+
+    vectors, ids = embed(tokens(), model=model, batch_size=batch_size, dtype=dtype,
+                         progress=False if quiet else None, return_ids=True)
+    for failure in spectra.not_spectra:
+        click.echo(f"skipped {failure.path}: not a spectrum ({failure.error})", err=True)
+    if not len(ids):
+        raise click.ClickException("no spectrum could be embedded; nothing written")
+    _save_embeddings(out, vectors, ids, model)
+    click.echo(f"embedded {len(ids)} spectra ({vectors.shape[1]}-d, model {model_name!r}) -> {out}"
+               + (f"; {len(skipped)} skipped" if skipped else ""), err=True)
+
+
+def _save_embeddings(out, vectors, ids, model) -> None:
+    """Write ``.npy`` + ``.ids.txt``, or an HDF5 file with ``embeddings`` and ``ids``."""
+    import json
+    import os
+
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    if out.suffix.lower() == ".npy":
+        with open(tmp, "wb") as fh:
+            np.save(fh, vectors)
+        id_file = out.with_suffix(".ids.txt")
+        id_file.write_text("".join(f"{i}\n" for i in ids))
+    else:
+        import h5py
+
+        with h5py.File(tmp, "w") as fh:
+            fh.create_dataset("embeddings", data=vectors)
+            fh.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+            fh.attrs["omnispectra_version"] = __version__
+            fh.attrs["model"] = str(model.info.get("name", ""))
+            fh.attrs["model_info"] = json.dumps(model.info, default=str)
+    os.replace(tmp, out)
+
+
+@main.command("plot")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Image file (png, pdf, svg ...).")
+@click.option("--model", "model_name", default="default", show_default=True,
+              help="Model name (see `omnispectra info`) or weights file.")
+@click.option("--index", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Which spectrum of a file that holds several.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the chunk mask.")
+@click.option("--no-mask", is_flag=True, help="Reconstruct the whole spectrum without masking.")
+@click.option("--device", default=None, help="torch device (default: cuda if available).")
+@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
+def plot_command(path, output, model_name, index, seed, no_mask, device, fmt) -> None:
+    """Mask chunks of the spectrum in PATH, reconstruct them and plot the result."""
+    from . import io
+    from .api import reconstruct
+    from .exceptions import OmniSpectraError
+    from .pretrained import load_model
+
+    try:
+        from matplotlib.figure import Figure
+
+        from .plotting import plot_reconstruction
+    except ImportError as err:
+        raise click.ClickException(f"plotting needs matplotlib: {err}") from err
+    try:
+        spectra = io.read(path, format=fmt)
+        if index >= len(spectra):
+            raise click.ClickException(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
+        model = load_model(model_name, device=device)
+        result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
+    except OmniSpectraError as err:
+        raise click.ClickException(str(err)) from err
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    plot_reconstruction(result, ax=fig.add_subplot())
+    fig.savefig(output, dpi=120)
+    click.echo(f"{result.id}: masked MSE {result.mse:.4g} -> {output}", err=True)
+
+
+@main.group()
+def corpus() -> None:
+    """Build and inspect HDF5 training corpora (one file per survey)."""
+
+
+@corpus.command("build")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="corpus.h5 (corpus-<survey>.h5 when several surveys) or a directory (<survey>.h5).")
+@click.option("--survey", default=None, help="Override the survey of every spectrum (one output file).")
+@click.option("--only", "only", multiple=True, help="Keep only this survey (repeatable).")
+@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
+@click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files (once the new ones are complete).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def corpus_build(inputs, output, survey, only, fmt, compression, overwrite, quiet) -> None:
+    """Convert spectrum files, directories or globs INPUTS into HDF5 corpora."""
+    from .corpus import build_corpus
+
+    try:
+        report = build_corpus(list(inputs), output, survey=survey, format=fmt, progress=not quiet,
+                              only_surveys=list(only) or None, overwrite=overwrite,
+                              compression=None if compression == "none" else compression)
+    except (OSError, ValueError) as err:  # incl. FileExistsError, CorpusError, nothing readable
+        raise click.ClickException(str(err)) from err
+    click.echo(report.summary())
+
+
+@corpus.command("info")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def corpus_info_command(paths, as_json) -> None:
+    """Summarize corpus files: counts, pixel lengths, wavelength ranges, labels per survey."""
+    import json
+
+    from .corpus import corpus_info, format_corpus_info
+
+    from .exceptions import CorpusError
+
+    try:
+        info = corpus_info(list(paths))
+    except CorpusError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(json.dumps(info, indent=2) if as_json else format_corpus_info(info))
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict:
+    import yaml
+
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return values
+
+
+@main.command()
+@click.argument("corpus", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", default=None, help="Training preset: tiny, small or paper (default tiny).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file of training settings (see omnispectra.training.TrainConfig).")
+@click.option("-o", "--output", default=None, help="Run directory (checkpoints, logs, resolved config).")
+@click.option("--max-steps", type=int, default=None)
+@click.option("--max-time", "max_time_minutes", type=float, default=None, help="Stop after this many minutes.")
+@click.option("--batch-size", type=int, default=None, help="Spectra per batch and device.")
+@click.option("--num-workers", type=int, default=None)
+@click.option("--devices", default=None, help="Lightning devices, e.g. 'auto', 2 or '0,1'.")
+@click.option("--precision", default=None, help="e.g. 32-true, bf16-mixed (default: auto).")
+@click.option("--seed", type=int, default=None)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any setting, e.g. --set lr=3e-4 --set model='{local_pe: false}'.")
+@click.option("--resume", is_flag=True, help="Continue from <output>/checkpoints/last.ckpt.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batch_size, num_workers,
+          devices, precision, seed, overrides, resume, quiet) -> None:
+    """Pretrain OmniSpectra by masked reconstruction on corpus files (Lightning).
+
+    Settings resolve as: preset < --config file (or, with --resume, the run's saved
+    config.yaml) < explicit options < --set. The resolved settings are saved as
+    <output>/config.yaml.
+    """
+    from pathlib import Path
+
+    from .training.train import TrainConfig, train as run_training
+
+    options = {"corpus": [str(p) for p in corpus] or None, "output": output, "max_steps": max_steps,
+               "max_time_minutes": max_time_minutes, "batch_size": batch_size, "num_workers": num_workers,
+               "devices": devices, "precision": precision, "seed": seed}
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(_parse_overrides(overrides))
+    if quiet:
+        options["progress"] = False
+    saved = Path(output) / "config.yaml" if output else None
+    try:
+        if config_file:
+            config = TrainConfig.from_yaml(config_file, base=TrainConfig.from_preset(preset) if preset else None)
+        elif resume and saved is not None and saved.is_file():
+            config = TrainConfig.from_yaml(saved)
+        else:
+            config = TrainConfig.from_preset(preset or "tiny")
+        config = config.replace(**options)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    result = run_training(config, resume=resume)
+    click.echo(f"steps {result['steps']}  val_loss {result['val_loss']}  wall {result['wall_time_s']:.0f} s")
+    click.echo(f"last checkpoint {result['last_checkpoint']}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output weights file (.safetensors).")
+def export(checkpoint: str, output: str) -> None:
+    """Export a training checkpoint's encoder as a safetensors weights file; print its sha256."""
+    from .training.train import export_checkpoint
+
+    digest = export_checkpoint(checkpoint, output)
+    click.echo(f"wrote {output}")
+    click.echo(f"sha256 {digest}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -172,10 +172,11 @@ def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batc
 class Collator:
     """DataLoader ``collate_fn`` that draws chunk masks reproducibly and pads.
 
-    Items are ``(index, Tokens)`` pairs or :class:`Sample` objects whose ``id`` is
-    irrelevant to the mask: the mask of dataset item ``index`` in epoch ``epoch`` is drawn
-    from :func:`~omnispectra.masking.mask_rng` ``(seed, epoch, index)``, so it does not
-    depend on worker count or batch composition.
+    Items are ``(key, Tokens or Sample)`` pairs where ``key`` is the dataset index or an
+    ``(epoch, index)`` pair (see ``LengthBucketSampler(with_epoch=True)``; a plain index
+    uses the epoch set with :meth:`set_epoch`). The mask of dataset item ``index`` in
+    ``epoch`` is drawn from :func:`~omnispectra.masking.mask_rng` ``(seed, epoch, index)``,
+    so it does not depend on worker count or batch composition.
 
     Parameters
     ----------
@@ -197,12 +198,13 @@ class Collator:
         """Select the epoch whose masks are drawn."""
         self.epoch = int(epoch)
 
-    def __call__(self, items: Sequence[tuple[int, Tokens | Sample]]) -> Batch:
+    def __call__(self, items: Sequence[tuple[int | tuple[int, int], Tokens | Sample]]) -> Batch:
         samples = []
-        for index, item in items:
+        for key, item in items:
             sample = _as_sample(item)
+            epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
             if self.mask:
-                rng = mask_rng(self.seed, self.epoch, index)
+                rng = mask_rng(self.seed, epoch, index)
                 cm = chunk_mask(sample.tokens.n_tokens, rng, sample.tokens.patch_size, self.mask_ratio)
                 sample = Sample(sample.tokens, cm, sample.labels, sample.id)
             samples.append(sample)
@@ -254,6 +256,10 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
     num_replicas, rank : int, optional
         Distributed world size and rank; taken from ``torch.distributed`` when it is
         initialized and these are None.
+    with_epoch : bool
+        Yield ``(epoch, index)`` keys instead of plain indices, so that the dataset and
+        :class:`Collator` know the epoch inside data-loader worker processes (chunk masks
+        are drawn from ``(seed, epoch, index)``).
     """
 
     def __init__(
@@ -266,6 +272,7 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         seed: int = 42,
         num_replicas: int | None = None,
         rank: int | None = None,
+        with_epoch: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -285,14 +292,25 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        self.with_epoch = with_epoch
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the shuffle for ``epoch`` (call before iterating, as with DistributedSampler)."""
         self.epoch = int(epoch)
 
+    def skip_next(self, n_batches: int) -> None:
+        """Skip the first ``n_batches`` of the next iteration only (exact mid-epoch resume)."""
+        self._skip = max(0, int(n_batches))
+
+    def epoch_indices(self) -> np.ndarray:
+        """The dataset indices of the current epoch, before bucketing (subclasses may resample)."""
+        if not self.shuffle:
+            return np.arange(len(self.lengths))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.lengths))
+
     def _all_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        order = self.epoch_indices()
         batches = []
         for start in range(0, len(order), self.pool_size):
             pool = order[start:start + self.pool_size]
@@ -303,14 +321,17 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
                     continue
                 batches.append(batch.tolist())
         if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.num_replicas > 1 and batches:
             per_rank = math.ceil(len(batches) / self.num_replicas)
             batches += batches[: per_rank * self.num_replicas - len(batches)]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._all_batches()[self.rank::self.num_replicas]
+    def __iter__(self) -> Iterator[list]:
+        skip, self._skip = self._skip, 0
+        for batch in self._all_batches()[self.rank::self.num_replicas][skip:]:
+            yield [(self.epoch, i) for i in batch] if self.with_epoch else batch
 
     def __len__(self) -> int:
         return len(self._all_batches()[self.rank::self.num_replicas])

@@ -269,6 +269,7 @@ class OmniSpectra(nn.Module):
     def __init__(self, config: OmniSpectraConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or OmniSpectraConfig()
+        self.info: dict[str, Any] = {}  # provenance of loaded weights (see omnispectra.pretrained)
         self.embed_tokens = nn.Linear(config.token_dim, config.dim)    # W_data
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.head = nn.Linear(config.dim, config.token_dim)            # W_out

@@ -102,3 +102,23 @@ def test_fuzz_collate(pixel_counts, seed):
         np.testing.assert_array_equal(batch.valid[b, :t].numpy(), tok.valid)
         assert not batch.valid[b, t:].any() and not batch.pixel_valid[b, t:].any()
     assert torch.isfinite(batch.tokens).all()
+
+
+def test_bucket_sampler_skip_and_epoch_keys():
+    lengths = np.arange(40)
+    sampler = LengthBucketSampler(lengths, 4, seed=5, with_epoch=True)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert all(key[0] == 2 for batch in full for key in batch)
+    sampler.skip_next(3)
+    assert list(sampler) == full[3:]
+    assert list(sampler) == full  # the skip applies once
+
+
+def test_collator_epoch_keys_match_set_epoch():
+    items = [_tokens(3000, i) for i in range(3)]
+    c = Collator(seed=9)
+    c.set_epoch(4)
+    a = c([(i, t) for i, t in enumerate(items)])
+    b = Collator(seed=9)([((4, i), t) for i, t in enumerate(items)])
+    assert torch.equal(a.loss_mask, b.loss_mask)

@@ -1,0 +1,422 @@
+"""PyTorch datasets over HDF5 corpora, survey-weighted bucketing and the object-grouped split.
+
+:class:`SpectrumDataset` is a map-style dataset over one or many corpus files (one per
+survey, see :mod:`omnispectra.corpus`). Item ``i`` is ``(i, Sample)``: the spectrum is
+read from HDF5 and tokenized on the fly, and the :class:`~omnispectra.collate.Collator`
+draws its chunk mask from ``(seed, epoch, i)``::
+
+    from torch.utils.data import DataLoader
+    from omnispectra.collate import Collator, LengthBucketSampler
+    from omnispectra.dataset import SpectrumDataset
+
+    ds = SpectrumDataset(["corpus-sdss.h5", "corpus-miles.h5"])
+    sampler = LengthBucketSampler(ds.token_lengths, batch_size=128)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(seed=42), num_workers=4)
+
+Spectra the tokenizer cannot use (fewer than ``patch_size`` valid pixels) are
+**dropped when the dataset is built**, from the ``n_valid`` column every corpus stores
+(no pixel data is read); ``n_dropped`` tells how many. A batch therefore never fails on
+an untokenizable spectrum.
+
+HDF5 handles are opened lazily, per process: nothing is open after construction, a
+DataLoader worker opens its own handle on first access, and a handle inherited
+through ``fork`` is replaced (the readers check ``os.getpid()``), so ``num_workers > 0``
+works with both the ``fork`` and ``spawn`` start methods.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .collate import LengthBucketSampler, Sample
+from .corpus import LABEL_COLUMNS, META_COLUMNS, CorpusReader, corpus_files
+from .exceptions import CorpusError
+from .tokenizer import PATCH_SIZE, STRIDE, tokenize
+
+__all__ = [
+    "SpectrumDataset",
+    "WeightedLengthBucketSampler",
+    "split_by_object",
+    "token_counts",
+    "MMUSource",
+]
+
+_STRING_LABELS = ("class", "subclass")
+
+
+def token_counts(n_pixels: Any, patch_size: int = PATCH_SIZE, stride: int = STRIDE) -> np.ndarray:
+    """Vectorized :func:`~omnispectra.tokenizer.n_patches` (0 for spectra shorter than a patch)."""
+    n_pixels = np.asarray(n_pixels, dtype=np.int64)
+    out = -(-(n_pixels - patch_size) // stride) + 1
+    return np.where(n_pixels >= patch_size, out, 0)
+
+
+class MMUSource:
+    """Row access to a Multimodal Universe HDF5 file with the interface the dataset uses.
+
+    Read through :func:`omnispectra.io.mmu.read_mmu` (one row per item, the file is
+    opened per call, so it is fork-safe). Construction scans the whole file once (every
+    row is read) to learn pixel counts, valid-pixel counts and metadata, because MMU
+    files store padded rows; for repeated training, convert the files once with
+    ``omnispectra corpus build`` and train on the corpus.
+    """
+
+    def __init__(self, path: os.PathLike, chunk: int = 256) -> None:
+        import h5py
+
+        from .corpus import _n_valid, _spectrum_arrays
+        from .io.mmu import read_mmu
+
+        self.path = Path(path)
+        with h5py.File(self.path, "r") as h5:
+            n = h5["spectrum_flux"].shape[0]
+        rows, lengths, valid = [], [], []
+        meta: dict[str, list] = {c: [] for c in ("id", "object_id", "survey", *LABEL_COLUMNS)}
+        for start in range(0, n, chunk):
+            for spec in read_mmu(self.path, rows=slice(start, min(n, start + chunk))):
+                _, flux, ivar, mask, _, _ = _spectrum_arrays(spec)
+                rows.append(int(spec.meta["row"]))
+                lengths.append(flux.size)
+                valid.append(_n_valid(flux, ivar, mask))
+                for c in meta:
+                    default = "" if c in ("id", "object_id", "survey", *_STRING_LABELS) else math.nan
+                    meta[c].append(spec.meta.get(c, default))
+        self._rows = np.asarray(rows, dtype=np.int64)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self._columns = {c: np.asarray(v, dtype=str if c in ("id", "object_id", "survey", *_STRING_LABELS)
+                                       else np.float64) for c, v in meta.items()}
+        self._columns["n_valid"] = np.asarray(valid, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self._rows.size)
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self._columns:
+            raise KeyError(f"column {name!r} is not available for Multimodal Universe files")
+        return self._columns[name]
+
+    def value(self, name: str, i: int) -> Any:
+        return self.column(name)[i].item()
+
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        from .corpus import _spectrum_arrays
+        from .io.mmu import read_mmu
+
+        (spec,) = read_mmu(self.path, rows=[int(self._rows[i])], skip_invalid=False)
+        wave, flux, ivar, mask, _, _ = _spectrum_arrays(spec)
+        return wave, flux, ivar, mask
+
+    def close(self) -> None:
+        pass
+
+
+def _open_source(path: os.PathLike) -> CorpusReader | MMUSource:
+    try:
+        return CorpusReader(path)
+    except CorpusError as err:
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                is_mmu = "spectrum_flux" in h5 and "spectrum_lambda" in h5
+        except OSError:
+            is_mmu = False
+        if is_mmu:
+            return MMUSource(path)
+        raise CorpusError(
+            f"{err}. To train on other files, convert them first: "
+            f"omnispectra corpus build {path} -o corpus.h5") from err
+
+
+class SpectrumDataset(torch.utils.data.Dataset):
+    """Map-style dataset of tokenized spectra from one or many corpus files.
+
+    Parameters
+    ----------
+    sources : path, directory, glob or sequence of them
+        Corpus files (directories contribute their ``*.h5``/``*.hdf5`` files) and/or
+        Multimodal Universe HDF5 files (read row by row through :class:`MMUSource`).
+    patch_size, stride : int
+        Tokenizer patch size and stride (20 and 10 in the paper).
+    return_index : bool
+        ``__getitem__`` returns ``(i, Sample)`` (for :class:`~omnispectra.collate.Collator`)
+        instead of the bare :class:`~omnispectra.collate.Sample`.
+    labels : sequence of str, optional
+        Label columns copied into ``Sample.labels`` (``z``, ``teff``, ``logg``,
+        ``fe_h``, ``z_err``, ``class``, ``subclass``). Missing values are NaN; string
+        labels are encoded as indices into :attr:`label_categories`.
+    indices : sequence of int, optional
+        Restrict the dataset to these rows of the concatenated corpora (row ``k`` of
+        file ``j`` is ``sum(len(file_0..j-1)) + k``). Untokenizable rows are still dropped.
+    min_valid_fraction : float
+        Passed to :func:`~omnispectra.tokenizer.tokenize` (token validity threshold).
+
+    Attributes
+    ----------
+    token_lengths : ndarray of int64
+        Token count of every item (from pixel counts; no flux is read), for
+        :class:`~omnispectra.collate.LengthBucketSampler`.
+    pixel_lengths : ndarray of int64
+    surveys : ndarray of str
+        Survey of every item.
+    rows : ndarray of int64
+        Row of every item in the concatenated corpora (the ``indices`` space).
+    n_dropped : int
+        Rows dropped because they have fewer than ``patch_size`` valid pixels.
+    """
+
+    def __init__(
+        self,
+        sources: Any,
+        patch_size: int = PATCH_SIZE,
+        stride: int = STRIDE,
+        return_index: bool = True,
+        labels: Sequence[str] | None = None,
+        indices: Sequence[int] | None = None,
+        min_valid_fraction: float = 0.5,
+    ) -> None:
+        self.paths = corpus_files(sources)
+        if not self.paths:
+            raise CorpusError(f"no corpus files found in {sources!r}")
+        self.readers = [_open_source(p) for p in self.paths]
+        self.patch_size = int(patch_size)
+        self.stride = int(stride)
+        self.return_index = return_index
+        self.min_valid_fraction = min_valid_fraction
+        self.labels = list(labels or [])
+        unknown = [c for c in self.labels if c not in META_COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown label column(s) {unknown}; available: {', '.join(LABEL_COLUMNS)}")
+
+        sizes = np.array([len(r) for r in self.readers], dtype=np.int64)
+        self._file_starts = np.concatenate([[0], np.cumsum(sizes)])
+        n_total = int(sizes.sum())
+        src = np.repeat(np.arange(len(self.readers), dtype=np.int32), sizes)
+        row = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if n_total else np.zeros(0, np.int64)
+        n_pix = np.concatenate([r.lengths for r in self.readers]) if n_total else np.zeros(0, np.int64)
+        n_valid = self._concat("n_valid").astype(np.int64)
+        survey = self._concat("survey")
+        self.survey_names = sorted(set(survey.tolist()))
+        code = np.searchsorted(np.asarray(self.survey_names, dtype=str), survey).astype(np.int16)
+
+        ok = (n_valid >= self.patch_size) & (n_pix >= self.patch_size)
+        rows = np.arange(n_total, dtype=np.int64)
+        if indices is not None:
+            rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if rows.size and (rows.min() < 0 or rows.max() >= n_total):
+                raise IndexError(f"indices outside [0, {n_total})")
+        self.n_dropped = int((~ok[rows]).sum())
+        rows = rows[ok[rows]]
+        self.rows = rows
+        self._src = src[rows]
+        self._row = row[rows]
+        self.pixel_lengths = n_pix[rows]
+        self.token_lengths = token_counts(self.pixel_lengths, self.patch_size, self.stride)
+        self._survey_code = code[rows]
+        self.label_categories: dict[str, list[str]] = {}
+        self._labels = None
+        if self.labels:
+            cols = []
+            for name in self.labels:
+                values = self._concat(name)[rows]
+                if name in _STRING_LABELS or values.dtype.kind in "US":
+                    cats = sorted(set(values.tolist()) - {""})
+                    self.label_categories[name] = cats
+                    lookup = {c: float(k) for k, c in enumerate(cats)}
+                    values = np.array([lookup.get(v, math.nan) for v in values.tolist()], dtype=np.float64)
+                cols.append(np.asarray(values, dtype=np.float64))
+            self._labels = np.stack(cols, axis=1)
+        for reader in self.readers:  # workers open their own handles on first access
+            reader.close()
+
+    def _concat(self, name: str) -> np.ndarray:
+        parts = [r.column(name) for r in self.readers]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def column(self, name: str) -> np.ndarray:
+        """A metadata column (see :data:`omnispectra.corpus.META_COLUMNS`) for every item."""
+        return self._concat(name)[self.rows]
+
+    @property
+    def surveys(self) -> np.ndarray:
+        """Survey name of every item."""
+        return np.asarray(self.survey_names, dtype=str)[self._survey_code]
+
+    @property
+    def object_ids(self) -> np.ndarray:
+        """``object_id`` of every item (reads one metadata column)."""
+        return self.column("object_id")
+
+    def subset(self, positions: Sequence[int]) -> "SpectrumDataset":
+        """A dataset of the items at ``positions`` of this one (shares the readers)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        new = copy.copy(self)
+        for name in ("rows", "_src", "_row", "pixel_lengths", "token_lengths", "_survey_code"):
+            setattr(new, name, getattr(self, name)[positions])
+        if self._labels is not None:
+            new._labels = self._labels[positions]
+        new.n_dropped = 0
+        return new
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(wavelength, flux, ivar, mask)`` of item ``i`` as stored."""
+        return self.readers[self._src[i]].arrays(self._row[i])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, Sample] | Sample:
+        """Item ``key``: an index, or an ``(epoch, index)`` pair as yielded by
+        ``LengthBucketSampler(with_epoch=True)``; the key is returned with the sample so
+        that :class:`~omnispectra.collate.Collator` draws the mask of that epoch."""
+        i = int(key[1]) if isinstance(key, tuple) else int(key)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)}")
+        reader = self.readers[self._src[i]]
+        row = int(self._row[i])
+        wave, flux, ivar, mask = reader.arrays(row)
+        sid = reader.value("id", row)
+        survey = self.survey_names[self._survey_code[i]]
+        tokens = tokenize(wave, flux, ivar, mask, patch_size=self.patch_size, stride=self.stride,
+                          min_valid_fraction=self.min_valid_fraction,
+                          meta={"id": sid, "survey": survey})
+        labels = None
+        if self._labels is not None:
+            labels = {name: float(v) for name, v in zip(self.labels, self._labels[i])}
+        sample = Sample(tokens=tokens, labels=labels, id=sid)
+        return ((key[0], i) if isinstance(key, tuple) else i, sample) if self.return_index else sample
+
+    def __repr__(self) -> str:
+        return (f"<SpectrumDataset {len(self)} spectra from {len(self.paths)} file(s), surveys "
+                f"{self.survey_names}, {self.n_dropped} dropped>")
+
+
+class WeightedLengthBucketSampler(LengthBucketSampler):
+    """Length-bucketing batch sampler that resamples surveys with weights every epoch.
+
+    Item ``i`` of survey ``g`` is drawn with probability proportional to
+    ``weights[g]`` (1 for surveys not named; 0 leaves a survey out): weight 1 everywhere
+    reproduces the natural mix, ``{"apogee": 5}`` makes APOGEE spectra five times as
+    frequent. Each epoch draws ``num_samples`` items (default: the dataset size):
+    survey ``g`` gets its expected share ``w_g n_g / sum_h w_h n_h`` (largest-remainder
+    rounding), taken without replacement inside a survey until it is exhausted, then
+    from a fresh permutation. The draw is then bucketed exactly like
+    :class:`~omnispectra.collate.LengthBucketSampler` (shuffled pools sorted by length,
+    batches shuffled; rank-aware, with the batch count padded to a multiple of
+    ``num_replicas``). Deterministic in ``(seed, epoch)``. ``with_epoch`` and
+    :meth:`skip_next` work as in :class:`~omnispectra.collate.LengthBucketSampler`.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        groups: Sequence[str],
+        weights: Mapping[str, float],
+        batch_size: int,
+        num_samples: int | None = None,
+        pool_size: int | None = None,
+        drop_last: bool = False,
+        seed: int = 42,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        with_epoch: bool = False,
+    ) -> None:
+        super().__init__(lengths, batch_size, shuffle=True, pool_size=pool_size, drop_last=drop_last,
+                         seed=seed, num_replicas=num_replicas, rank=rank, with_epoch=with_epoch)
+        groups = np.asarray(groups, dtype=str)
+        if groups.shape != self.lengths.shape:
+            raise ValueError("groups and lengths must have the same length")
+        unknown = set(weights) - set(groups.tolist())
+        if unknown:
+            raise ValueError(f"weights for unknown survey(s) {sorted(unknown)}; surveys: {sorted(set(groups.tolist()))}")
+        if any(w < 0 or not math.isfinite(w) for w in weights.values()):
+            raise ValueError("survey weights must be finite and >= 0")
+        self.group_names = sorted(set(groups.tolist()))
+        self._members = [np.flatnonzero(groups == g) for g in self.group_names]
+        self.weights = {g: float(weights.get(g, 1.0)) for g in self.group_names}
+        mass = np.array([self.weights[g] * len(m) for g, m in zip(self.group_names, self._members)])
+        if mass.sum() <= 0:
+            raise ValueError("all survey weights are zero")
+        self.num_samples = int(num_samples if num_samples is not None else len(self.lengths))
+        share = mass / mass.sum() * self.num_samples
+        counts = np.floor(share).astype(np.int64)
+        rest = self.num_samples - counts.sum()
+        counts[np.argsort(-(share - counts), kind="stable")[:rest]] += 1
+        self.counts = dict(zip(self.group_names, counts.tolist()))
+
+    def epoch_indices(self) -> np.ndarray:
+        """The (unbucketed) draw of the current epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        parts = []
+        for members, g in zip(self._members, self.group_names):
+            need = self.counts[g]
+            if need == 0 or members.size == 0:
+                continue
+            reps = -(-need // members.size)
+            parts.append(np.concatenate([rng.permutation(members) for _ in range(reps)])[:need])
+        drawn = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return drawn[rng.permutation(drawn.size)]
+
+
+def _score(seed: int, survey: str, obj: str) -> int:
+    digest = hashlib.blake2b(f"{seed}\x1f{survey}\x1f{obj}".encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def split_by_object(
+    object_ids: Sequence[str],
+    surveys: Sequence[str] | None = None,
+    fraction: float = 0.01,
+    seed: int = 42,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation split, grouped by object and stratified by survey.
+
+    In every survey, ``round(fraction * n_objects)`` objects (at least one when the
+    survey has two or more objects and ``fraction > 0``; never all of them) go to
+    validation: those with the smallest ``blake2b(seed, survey, object_id)`` hash. The
+    choice depends only on the ids, so it is identical on every run and machine and
+    independent of row order. Every row of a chosen object goes to validation, in all
+    surveys, so one object's epochs, spaxels or repeat visits never straddle the split.
+    Rows with an empty ``object_id`` count as objects of their own.
+
+    The paper holds out a random 1% (``fraction=0.01``) of its 5.5M spectra; use a
+    larger fraction for small corpora.
+
+    Returns
+    -------
+    (train_idx, val_idx) : sorted int64 arrays of row positions
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    keys = np.asarray(object_ids, dtype=str)
+    n = keys.size
+    surveys = np.full(n, "", dtype=str) if surveys is None else np.asarray(surveys, dtype=str)
+    if surveys.shape != keys.shape:
+        raise ValueError("object_ids and surveys must have the same length")
+    empty = keys == ""
+    if empty.any():
+        keys = keys.astype(object)
+        keys[empty] = [f"\x00row{i}" for i in np.flatnonzero(empty)]
+        keys = keys.astype(str)
+    chosen: set[str] = set()
+    if fraction > 0:
+        for survey in sorted(set(surveys.tolist())):
+            objs = sorted(set(keys[surveys == survey].tolist()))
+            if len(objs) < 2:
+                continue
+            n_val = min(len(objs) - 1, max(1, int(round(fraction * len(objs)))))
+            scored = sorted((_score(seed, survey, o), o) for o in objs)
+            chosen.update(o for _, o in scored[:n_val])
+    is_val = np.isin(keys, np.array(sorted(chosen), dtype=str)) if chosen else np.zeros(n, bool)
+    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)

@@ -1,0 +1,389 @@
+"""Helpers shared by the survey readers: opening FITS files safely, building
+contract-conforming :class:`specutils.Spectrum` objects, units, air->vacuum, ids."""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import InverseVariance
+
+try:  # specutils >= 2.0
+    from specutils import Spectrum
+except ImportError:  # pragma: no cover - specutils 1.x
+    from specutils import Spectrum1D as Spectrum
+
+from specutils import SpectrumList
+from specutils.utils.wcs_utils import air_to_vac
+
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+
+__all__ = [
+    "Spectrum",
+    "SpectrumList",
+    "FitsFile",
+    "open_fits",
+    "file_stem",
+    "build_spectrum",
+    "err_to_ivar",
+    "air_to_vacuum",
+    "parse_unit",
+    "radec_object_id",
+    "base_meta",
+    "put_label",
+    "put_class",
+    "FLUX_1E17",
+]
+
+#: The SDSS/BOSS/DESI/APOGEE flux density unit.
+FLUX_1E17 = u.Unit("1e-17 erg / (s cm2 Angstrom)")
+
+#: Sentinel values that mean "missing" in the surveys' label columns.
+MISSING_SENTINELS = (-9999.0, 9999.0, 99999.0, -99999.0)
+
+_FITS_SUFFIXES = (".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz", ".fits", ".fit", ".fts", ".fz")
+
+
+def file_stem(path: str | Path) -> str:
+    """File name without the FITS/HDF5 suffixes (``spec-1-2-3.fits.gz`` -> ``spec-1-2-3``)."""
+    name = Path(path).name
+    low = name.lower()
+    for suf in _FITS_SUFFIXES + (".hdf5", ".h5"):
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+class FitsFile:
+    """An open, read-only FITS file with helpers that raise package errors.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    hdul : astropy.io.fits.HDUList
+    warnings : list of str
+        Messages of warnings astropy emitted while the file was read (e.g. the
+        non-standard header cards of some APOGEE files).  Readers copy them into
+        ``meta['header_warnings']`` instead of re-emitting them.
+    """
+
+    def __init__(self, path: Path, hdul: fits.HDUList):
+        self.path = path
+        self.hdul = hdul
+        self.warnings: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.hdul)
+
+    def names(self) -> list[str]:
+        return [h.name.upper() for h in self.hdul]
+
+    def has(self, key: str | int) -> bool:
+        if isinstance(key, int):
+            return 0 <= key < len(self.hdul)
+        return key.upper() in self.names()
+
+    def hdu(self, key: str | int, what: str = "") -> Any:
+        """The HDU ``key`` (name or index); SpectrumFormatError naming the file when absent."""
+        if self.has(key):
+            return self.hdul[key.upper() if isinstance(key, str) else key]
+        extra = f" ({what})" if what else ""
+        raise SpectrumFormatError(
+            f"{self.path}: expected HDU {key!r}{extra} is missing; the file has "
+            f"{len(self.hdul)} HDUs: {self.names()}"
+        )
+
+    def header(self, key: str | int = 0) -> fits.Header:
+        return self.hdu(key).header
+
+    def image(self, key: str | int, what: str = "") -> np.ndarray:
+        """A copy of an image HDU's data as float64 (or the raw dtype for integer masks)."""
+        h = self.hdu(key, what)
+        if h.data is None:
+            raise SpectrumFormatError(f"{self.path}: HDU {key!r} ({what or 'image'}) holds no data")
+        return np.array(h.data)
+
+    def table(self, key: str | int, columns: tuple[str, ...] = (), what: str = "") -> Any:
+        """A BinTable HDU's data; SpectrumFormatError when it lacks one of ``columns``."""
+        h = self.hdu(key, what)
+        if not isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
+            raise SpectrumFormatError(f"{self.path}: HDU {key!r} is not a table (it is {type(h).__name__})")
+        names = [c.upper() for c in h.columns.names]
+        missing = [c for c in columns if c.upper() not in names]
+        if missing:
+            raise SpectrumFormatError(
+                f"{self.path}: table HDU {key!r} lacks column(s) {missing}; it has {h.columns.names}"
+            )
+        return h.data
+
+
+_TRUNCATION_HINTS = ("truncated", "buffer is too small", "missing end card", "unexpected end")
+
+
+@contextmanager
+def open_fits(path: str | Path) -> Iterator[FitsFile]:
+    """Open ``path`` read-only (``memmap=False``) and close it afterwards.
+
+    Missing, empty, truncated or corrupt files raise :class:`SpectrumFormatError`
+    naming the file.  Warnings astropy emits are captured into ``FitsFile.warnings``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SpectrumFormatError(f"{path}: file not found")
+    if path.is_dir():
+        raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True, mode="readonly")
+        except Exception as exc:  # OSError, ValueError, EOFError, gzip errors ...
+            raise SpectrumFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+        ff = FitsFile(path, hdul)
+        try:
+            try:
+                hdul.readall()
+            except Exception as exc:
+                raise SpectrumFormatError(
+                    f"{path}: corrupt or truncated FITS file ({type(exc).__name__}: {exc})"
+                ) from exc
+            _check_truncation(path, caught)
+            yield ff
+        finally:
+            hdul.close()
+            ff.warnings.extend(_messages(caught))
+
+
+def _messages(caught) -> list[str]:
+    out = []
+    for w in caught:
+        msg = str(w.message).strip()
+        if msg and msg not in out:
+            out.append(msg)
+    return out
+
+
+def _check_truncation(path: Path, caught) -> None:
+    for w in caught:
+        msg = str(w.message).lower()
+        if any(h in msg for h in _TRUNCATION_HINTS):
+            raise SpectrumFormatError(f"{path}: truncated FITS file ({str(w.message).strip()})")
+
+
+def parse_unit(text: Any) -> u.UnitBase | None:
+    """Parse a flux unit string as written by the surveys; None when not parseable.
+
+    Handles ``'1E-17 erg/cm^2/s/Ang'`` (SDSS), ``'Flux (10^-17 erg/s/cm^2/Ang)'`` (APOGEE),
+    ``'10**(-19).erg.cm**(-2).s**(-1).angstrom**(-1)'`` (ESO) and plain astropy strings.
+    """
+    if text is None:
+        return None
+    s = str(text).strip()
+    if not s:
+        return None
+    cands = [s]
+    m = re.match(r"^[A-Za-z][A-Za-z ]*\((.*)\)\s*$", s)
+    if m:
+        cands.append(m.group(1).strip())
+    more = []
+    for c in cands:
+        c2 = re.sub(r"\bAngstroms?\b|\bAng\b|\bA\b(?=\s*$)", "Angstrom", c)
+        more.append(c2)
+        more.append(c2.replace("^", ""))
+    for c in cands + more:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                unit = u.Unit(c, parse_strict="raise")
+            except Exception:
+                continue
+        if isinstance(unit, u.UnrecognizedUnit):
+            continue
+        return unit
+    return None
+
+
+def air_to_vacuum(wave_air_angstrom: np.ndarray) -> np.ndarray:
+    """Air -> vacuum wavelengths in Angstrom with :func:`specutils.utils.wcs_utils.air_to_vac`
+    (Morton 2000 refractive index, exact inversion)."""
+    w = np.asarray(wave_air_angstrom, dtype=np.float64)
+    return np.asarray(air_to_vac(w * u.AA, scheme="inversion", method="Morton2000").to_value(u.AA))
+
+
+def err_to_ivar(err: np.ndarray, bad_above: float | None = None) -> np.ndarray:
+    """1/err**2, with ivar = 0 where err <= 0, err is non-finite, or err >= ``bad_above``."""
+    e = np.asarray(err, dtype=np.float64)
+    good = np.isfinite(e) & (e > 0)
+    if bad_above is not None:
+        good &= e < bad_above
+    ivar = np.zeros_like(e)
+    ivar[good] = 1.0 / e[good] ** 2
+    ivar[~np.isfinite(ivar)] = 0.0
+    return ivar
+
+
+def radec_object_id(ra: Any, dec: Any) -> str | None:
+    """``'radec:RRR.RRRRR+DD.DDDDD'`` with RA/Dec rounded to the nearest whole arcsecond
+    (so repeat observations of one star/galaxy, whose catalogue positions differ by
+    ~0.1", share the id).  None when RA/Dec are missing."""
+    try:
+        ra = float(ra)
+        dec = float(dec)
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(ra) and math.isfinite(dec)) or not (-90.0 <= dec <= 90.0):
+        return None
+    ra_as = int(round((ra % 360.0) * 3600.0)) % (360 * 3600)
+    dec_as = int(round(dec * 3600.0))
+    return f"radec:{ra_as / 3600.0:09.5f}{dec_as / 3600.0:+09.5f}"
+
+
+def base_meta(path: str | Path, fmt: str, survey: str, *, id: str, object_id: str | None,
+              rest_frame: bool = False, medium: str = "vacuum") -> dict:
+    """The meta keys every reader fills (see the contract in :mod:`omnispectra.io`)."""
+    return {
+        "id": str(id),
+        "object_id": str(object_id) if object_id not in (None, "") else str(id),
+        "survey": survey,
+        "source_file": str(Path(path).resolve()),
+        "format": fmt,
+        "rest_frame": bool(rest_frame),
+        "medium": medium,
+    }
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        if isinstance(value, (bytes, np.bytes_)):
+            value = value.decode()
+        if isinstance(value, str):
+            value = value.strip()
+            if value in ("", "--", "nan", "NaN"):
+                return None
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def put_label(meta: dict, key: str, value: Any, *, missing: tuple = MISSING_SENTINELS,
+              valid=None) -> None:
+    """Store a numeric label unless it is None/NaN/a sentinel (or fails ``valid``)."""
+    f = _as_float(value)
+    if f is None or any(abs(f - m) < 1e-6 for m in missing):
+        return
+    if valid is not None and not valid(f):
+        return
+    meta[key] = f
+
+
+def put_text(meta: dict, key: str, value: Any) -> None:
+    """Store a stripped string unless empty."""
+    if value is None:
+        return
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode(errors="replace")
+    s = str(value).strip()
+    if s:
+        meta[key] = s
+
+
+def put_class(meta: dict, value: Any) -> None:
+    """Store ``class`` as upper-case GALAXY/QSO/STAR; other values go to ``class_raw``."""
+    if value is None:
+        return
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode(errors="replace")
+    s = str(value).strip().upper()
+    if not s:
+        return
+    aliases = {"GAL": "GALAXY", "GALAXY": "GALAXY", "QSO": "QSO", "QUASAR": "QSO", "STAR": "STAR"}
+    if s in aliases:
+        meta["class"] = aliases[s]
+    else:
+        meta["class_raw"] = s
+
+
+def _valid_wave_msg(path, wave) -> None:
+    d = np.diff(wave)
+    bad = np.nonzero(~(d > 0))[0]
+    i = int(bad[0])
+    raise InvalidSpectrumError(
+        f"{path}: wavelengths are not strictly increasing (pixel {i}: {wave[i]:.6g} -> "
+        f"pixel {i + 1}: {wave[i + 1]:.6g}; {bad.size} non-increasing steps)"
+    )
+
+
+def build_spectrum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, meta: dict,
+                   flux_unit: u.UnitBase | None = None, mask: np.ndarray | None = None,
+                   path: str | Path | None = None) -> Spectrum:
+    """Validate arrays and build a 1-D :class:`Spectrum` that meets the io contract.
+
+    ``wave`` must already be in vacuum Angstrom.  A strictly *decreasing* axis is reversed;
+    any other non-monotonic axis raises :class:`InvalidSpectrumError`, as do NaN-only flux
+    and all-zero inverse variance.  Non-finite flux is replaced by 0 and masked; negative or
+    non-finite ivar becomes 0.  ``mask`` (True = bad) is OR-ed with ``ivar <= 0`` and
+    non-finite flux.
+    """
+    where = f"{path or meta.get('source_file', '?')}" + (f" [{meta['id']}]" if "id" in meta else "")
+    wave = np.asarray(wave, dtype=np.float64).ravel()
+    flux = np.array(flux, dtype=np.float64).ravel()
+    ivar = np.array(ivar, dtype=np.float64).ravel()
+    mask = np.zeros(flux.shape, bool) if mask is None else np.asarray(mask, dtype=bool).ravel().copy()
+    if not (wave.shape == flux.shape == ivar.shape == mask.shape):
+        raise InvalidSpectrumError(
+            f"{where}: array shapes differ (wave {wave.shape}, flux {flux.shape}, ivar {ivar.shape}, "
+            f"mask {mask.shape})"
+        )
+    if wave.size < 2:
+        raise InvalidSpectrumError(f"{where}: spectrum has {wave.size} pixel(s)")
+    if not np.all(np.isfinite(wave)):
+        raise InvalidSpectrumError(f"{where}: wavelength array contains NaN/inf")
+    d = np.diff(wave)
+    if not np.all(d > 0):
+        if np.all(d < 0):
+            wave, flux, ivar, mask = wave[::-1].copy(), flux[::-1].copy(), ivar[::-1].copy(), mask[::-1].copy()
+        else:
+            _valid_wave_msg(where, wave)
+    if wave[0] <= 0:
+        raise InvalidSpectrumError(f"{where}: non-positive wavelength {wave[0]}")
+    finite = np.isfinite(flux)
+    if not finite.any():
+        raise InvalidSpectrumError(f"{where}: flux is NaN/inf at every pixel")
+    ivar[~np.isfinite(ivar) | (ivar < 0)] = 0.0
+    if not np.any(ivar > 0):
+        raise InvalidSpectrumError(f"{where}: inverse variance is zero (or invalid) at every pixel")
+    flux[~finite] = 0.0
+    mask |= ~finite | (ivar <= 0)
+    if mask.all():
+        raise InvalidSpectrumError(f"{where}: every pixel is masked as bad")
+    unit = u.dimensionless_unscaled if flux_unit is None else u.Unit(flux_unit)
+    meta = dict(meta)
+    return Spectrum(
+        spectral_axis=wave * u.AA,
+        flux=flux * unit,
+        uncertainty=InverseVariance(ivar, unit=unit ** -2),
+        mask=mask,
+        meta=meta,
+    )
+
+
+def finish_rows(spectra: list, errors: list) -> list:
+    """Close a many-row read: fail when no row was usable, else note the skipped rows.
+
+    ``errors`` holds the :class:`InvalidSpectrumError` of every row that was skipped; with
+    no usable row the first of them is raised, otherwise each spectrum records them in
+    ``meta['skipped_rows_in_file']``.
+    """
+    if not spectra and errors:
+        raise errors[0]
+    if errors:
+        for spectrum in spectra:
+            spectrum.meta["skipped_rows_in_file"] = [str(e) for e in errors]
+    return spectra

@@ -1,0 +1,147 @@
+"""ESO Phase-3 1-D spectra (LEGA-C, VIMOS/VIPERS-style tables) and similar WAVE/FLUX/ERR tables.
+
+ESO Science Data Products Standard (spectra: one BinTable row of array columns):
+https://www.eso.org/sci/observing/phase3/p3sdpstd.pdf ;
+LEGA-C DR3: https://users.ugent.be/~avdrwel/research.html#legac (van der Wel et al. 2021).
+
+Accepted table layouts (column names case-insensitive, synonyms in brackets):
+
+* one or a few rows of array columns WAVE [WAVELENGTH, LAMBDA, WAVES], FLUX [FLUXES,
+  FLUX_REDUCED], ERR [ERROR, NOISE, SIGMA, ERR_REDUCED] or IVAR, optional QUAL [QUALITY,
+  MASK, DQ] (non-zero = bad) -- one spectrum per row (ids ``<stem>`` or ``<stem>:<row>``);
+* one pixel per row (scalar columns) -- one spectrum.
+
+Units come from ``TUNITn`` (wavelength default Angstrom).  Medium: ``AIRORVAC``/``VACUUM``
+keywords, else the ESO convention ``TUCD1 = 'em.wl;obs.atmos'`` = air (LEGA-C), else vacuum.
+``survey``: ``legac``/``vipers`` when the file or header says so, else the instrument name.
+Labels: ``z`` from a ``Z``/``REDSHIFT``/``ZSPEC`` keyword when present (LEGA-C DR3 files
+have none).  ``object_id`` is ``OBJECT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits,
+                      parse_unit, put_label, put_text, finish_rows)
+from .registry import FileProbe, register_reader
+from .xshooter import header_medium
+
+__all__ = ["read_eso_phase3", "identify_eso_phase3"]
+
+_WAVE = ("WAVE", "WAVELENGTH", "LAMBDA", "WAVES")
+_FLUX = ("FLUX", "FLUXES", "FLUX_REDUCED")
+_ERR = ("ERR", "ERROR", "NOISE", "SIGMA", "ERR_REDUCED")
+_QUAL = ("QUAL", "QUALITY", "MASK", "DQ")
+
+
+def _pick(columns, options):
+    for o in options:
+        if o in columns:
+            return o
+    return None
+
+
+def _table_hdu(probe_or_ff_hdus):
+    for h in probe_or_ff_hdus:
+        if h.kind == "bintable" and _pick(h.columns, _WAVE) and _pick(h.columns, _FLUX):
+            return h
+    return None
+
+
+def identify_eso_phase3(probe: FileProbe) -> bool:
+    if probe.kind != "fits":
+        return False
+    h = _table_hdu(probe.hdus)
+    if h is None:
+        return False
+    cols = set(h.columns)
+    return bool(_pick(cols, _ERR) or "IVAR" in cols or _pick(cols, _QUAL)
+                or str(probe.primary.get("PRODCATG", "")).upper().startswith("SCIENCE.SPEC"))
+
+
+def _survey(path: Path, prim, th) -> str:
+    text = " ".join(str(x) for x in (path.name, prim.get("TITLE", ""), th.get("TITLE", ""),
+                                       prim.get("REFERENC", ""), prim.get("PROG_ID", ""))).lower()
+    if "legac" in text or "lega-c" in text or "194.a-2005" in text:
+        return "legac"
+    if "vipers" in text:
+        return "vipers"
+    inst = str(prim.get("INSTRUME", "")).strip().lower()
+    return inst or "eso"
+
+
+@register_reader("eso_phase3", identify=identify_eso_phase3, extensions=(".fits",), priority=30)
+def read_eso_phase3(path, **kwargs) -> list:
+    """ESO Phase-3 style WAVE/FLUX/ERR(/QUAL) tables (LEGA-C, VIMOS, VIPERS ...)."""
+    path = Path(path)
+    with open_fits(path) as ff:
+        prim = ff.header(0).copy()
+        idx = None
+        for i, hdu in enumerate(ff.hdul):
+            cols = [c.upper() for c in getattr(getattr(hdu, "columns", None), "names", []) or []]
+            if cols and _pick(cols, _WAVE) and _pick(cols, _FLUX):
+                idx = i
+                break
+        if idx is None:
+            raise SpectrumFormatError(f"{path}: no table with WAVE and FLUX columns")
+        hdu = ff.hdu(idx)
+        th = hdu.header.copy()
+        colmap = {c.name.upper(): c for c in hdu.columns}
+        data = hdu.data
+        wc, fc = _pick(colmap, _WAVE), _pick(colmap, _FLUX)
+        ec, qc = _pick(colmap, _ERR), _pick(colmap, _QUAL)
+        ic = "IVAR" if "IVAR" in colmap else None
+        get = {k: (np.array(data[colmap[k].name], dtype=np.float64) if k else None) for k in (wc, fc, ec, ic)}
+        qual = np.array(data[colmap[qc].name]) if qc else None
+        wunit = parse_unit(colmap[wc].unit) or u.AA
+        funit = parse_unit(colmap[fc].unit)
+        wcol_index = list(colmap).index(wc) + 1
+        tucd = str(th.get(f"TUCD{wcol_index}", ""))
+        warn = list(ff.warnings)
+    wave, flux = get[wc], get[fc]
+    if wave.ndim == 1:  # one pixel per row
+        rows = [(wave, flux, get[ec], get[ic], qual)]
+    else:
+        rows = [(wave[r], flux[r], None if ec is None else get[ec][r], None if ic is None else get[ic][r],
+                 None if qual is None else qual[r]) for r in range(wave.shape[0])]
+    medium = header_medium(prim, th, tucd=tucd)
+    survey = _survey(path, prim, th)
+    stem = file_stem(path)
+    out, errors = [], []
+    for r, (w, f, e, iv, q) in enumerate(rows):
+        w = (np.asarray(w, dtype=np.float64).ravel() * wunit).to(u.AA, equivalencies=u.spectral()).value
+        if medium == "air":
+            w = air_to_vacuum(w)
+        sid = stem if len(rows) == 1 else f"{stem}:{r}"
+        obj = str(prim.get("OBJECT", th.get("OBJECT", ""))).strip()
+        meta = base_meta(path, "eso_phase3", survey, id=sid, object_id=obj or sid,
+                         medium="air->vacuum" if medium == "air" else "vacuum")
+        put_text(meta, "instrument", prim.get("INSTRUME"))
+        put_label(meta, "ra", prim.get("RA"))
+        put_label(meta, "dec", prim.get("DEC"))
+        put_label(meta, "snr", prim.get("SNR"))
+        for kw in ("Z", "REDSHIFT", "ZSPEC", "Z_SPEC"):
+            if kw in prim or kw in th:
+                put_label(meta, "z", prim.get(kw, th.get(kw)))
+                break
+        if warn:
+            meta["header_warnings"] = warn
+        if iv is not None:
+            ivar = np.asarray(iv, dtype=np.float64).ravel()
+        elif e is not None:
+            ivar = err_to_ivar(np.asarray(e).ravel())
+        else:
+            ivar = np.where(np.isfinite(f), 1.0, 0.0)
+            meta["ivar_is_placeholder"] = True
+        bad = None if q is None else (np.asarray(q).ravel() != 0)
+        try:
+            out.append(build_spectrum(w, np.asarray(f).ravel(), ivar, mask=bad, flux_unit=funit,
+                                      meta=meta, path=path))
+        except InvalidSpectrumError as exc:
+            errors.append(exc)
+    return finish_rows(out, errors)

@@ -1,0 +1,476 @@
+"""The reader registry: registration, identification, :func:`read` and :func:`iter_spectra`.
+
+Modelled on specutils' io registry (``@data_loader(label, identifier=..., priority=...)``)
+but self-contained, so identification can work on headers read once per file and
+the errors are omnispectra's.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from astropy.io import fits
+
+from ..exceptions import NotASpectrumError, OmniSpectraError, SpectrumFormatError, UnknownFormatError
+from ._common import SpectrumList, _check_truncation
+
+__all__ = [
+    "FileProbe",
+    "ReaderInfo",
+    "ReadFailure",
+    "SpectrumReadWarning",
+    "SpectrumIterator",
+    "register_reader",
+    "get_reader",
+    "list_formats",
+    "identify_format",
+    "identify_formats",
+    "read",
+    "iter_spectra",
+    "probe_file",
+    "SPECTRUM_FILE_SUFFIXES",
+]
+
+#: File suffixes :func:`iter_spectra` picks up when it walks a directory.
+SPECTRUM_FILE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz",
+                          ".hdf5", ".h5")
+
+_FITS_MAGIC = b"SIMPLE  ="
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class SpectrumReadWarning(UserWarning):
+    """Emitted by :func:`iter_spectra` with ``on_error='warn'`` for a file that failed."""
+
+
+@dataclass
+class HDUSummary:
+    """Header-level summary of one FITS HDU (no data is read)."""
+
+    index: int
+    name: str
+    kind: str  # 'primary', 'image', 'compimage', 'bintable', 'table', 'other'
+    header: fits.Header
+    columns: tuple[str, ...] = ()  # upper-case column names of tables
+    shape: tuple[int, ...] = ()
+
+
+@dataclass
+class FileProbe:
+    """What identifiers see: the file kind and its FITS headers or HDF5 keys, read once."""
+
+    path: Path
+    kind: str  # 'fits', 'hdf5' or 'other'
+    hdus: list[HDUSummary] = field(default_factory=list)
+    h5_keys: tuple[str, ...] = ()
+    h5_attrs: dict = field(default_factory=dict)
+
+    @property
+    def primary(self) -> fits.Header:
+        return self.hdus[0].header if self.hdus else fits.Header()
+
+    def names(self) -> list[str]:
+        return [h.name for h in self.hdus]
+
+    def hdu(self, name: str) -> HDUSummary | None:
+        name = name.upper()
+        for h in self.hdus:
+            if h.name == name:
+                return h
+        return None
+
+    def all_columns(self) -> set[str]:
+        out: set[str] = set()
+        for h in self.hdus:
+            out.update(h.columns)
+        return out
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(_FITS_MAGIC):
+        return "fits"
+    if head.startswith(_GZIP_MAGIC):
+        import gzip
+
+        try:
+            with gzip.open(path, "rb") as gz:
+                inner = gz.read(16)
+        except Exception as exc:
+            raise SpectrumFormatError(f"{path}: corrupt gzip file ({type(exc).__name__}: {exc})") from exc
+        if inner.startswith(_FITS_MAGIC):
+            return "fits"
+        return "other"
+    return "other"
+
+
+def probe_file(path: str | os.PathLike) -> FileProbe:
+    """Read the headers of ``path`` once; SpectrumFormatError if missing/corrupt/truncated."""
+    path = Path(path)
+    if not path.exists():
+        raise SpectrumFormatError(f"{path}: file not found")
+    if path.is_dir():
+        raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file")
+    try:
+        kind = _sniff(path)
+    except OSError as exc:
+        raise SpectrumFormatError(f"{path}: cannot be opened ({exc})") from exc
+    probe = FileProbe(path=path, kind=kind)
+    if kind == "fits":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                    for i, hdu in enumerate(hdul):
+                        probe.hdus.append(_summarise(i, hdu))
+            except OmniSpectraError:
+                raise
+            except Exception as exc:
+                raise SpectrumFormatError(
+                    f"{path}: corrupt or truncated FITS file ({type(exc).__name__}: {exc})"
+                ) from exc
+            _check_truncation(path, caught)
+        if not probe.hdus:
+            raise SpectrumFormatError(f"{path}: FITS file without any HDU")
+    elif kind == "hdf5":
+        try:
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                probe.h5_keys = tuple(h5.keys())
+                probe.h5_attrs = {k: h5.attrs[k] for k in h5.attrs.keys()}
+        except Exception as exc:
+            raise SpectrumFormatError(f"{path}: corrupt HDF5 file ({type(exc).__name__}: {exc})") from exc
+    return probe
+
+
+def _summarise(i: int, hdu) -> HDUSummary:
+    header = hdu.header.copy()
+    name = (hdu.name or "").upper()
+    if isinstance(hdu, fits.PrimaryHDU):
+        kind = "primary"
+    elif isinstance(hdu, fits.CompImageHDU):
+        kind = "compimage"
+    elif isinstance(hdu, fits.ImageHDU):
+        kind = "image"
+    elif isinstance(hdu, fits.BinTableHDU):
+        kind = "bintable"
+    elif isinstance(hdu, fits.TableHDU):
+        kind = "table"
+    else:
+        kind = "other"
+    columns: tuple[str, ...] = ()
+    shape: tuple[int, ...] = ()
+    if kind in ("bintable", "table"):
+        n = int(header.get("TFIELDS", 0))
+        columns = tuple(str(header.get(f"TTYPE{k}", "")).strip().upper() for k in range(1, n + 1))
+        shape = (int(header.get("NAXIS2", 0)),)
+    else:
+        if kind == "compimage":
+            naxis = int(header.get("ZNAXIS", header.get("NAXIS", 0)))
+            key = "ZNAXIS" if "ZNAXIS" in header else "NAXIS"
+        else:
+            naxis = int(header.get("NAXIS", 0))
+            key = "NAXIS"
+        shape = tuple(int(header.get(f"{key}{k}", 0)) for k in range(naxis, 0, -1))
+    return HDUSummary(index=i, name=name, kind=kind, header=header, columns=columns, shape=shape)
+
+
+@dataclass(frozen=True)
+class ReaderInfo:
+    """One registered format."""
+
+    name: str
+    reader: Callable[..., list]
+    identify: Callable[[FileProbe], bool]
+    extensions: tuple[str, ...]
+    priority: int
+    produces_spectra: bool = True
+    description: str = ""
+
+
+_REGISTRY: dict[str, ReaderInfo] = {}
+
+
+def register_reader(name: str, *, identify: Callable[[FileProbe], bool],
+                    extensions: tuple[str, ...] = (".fits", ".fits.gz"), priority: int = 0,
+                    produces_spectra: bool = True, force: bool = False):
+    """Decorator registering ``func(path, **kwargs) -> list[Spectrum]`` as format ``name``.
+
+    ``identify(probe)`` gets a :class:`FileProbe` and returns True for files of this
+    format; an identifier that raises counts as "not this format".  Higher ``priority``
+    readers are tried first.  ``produces_spectra=False`` marks detectors of known
+    non-spectrum files (their reader raises :class:`NotASpectrumError`).
+    """
+
+    def deco(func):
+        if name in _REGISTRY and not force and _REGISTRY[name].reader is not func:
+            raise ValueError(f"reader {name!r} is already registered")
+        doc = (func.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = ReaderInfo(name=name, reader=func, identify=identify,
+                                     extensions=tuple(extensions), priority=int(priority),
+                                     produces_spectra=produces_spectra,
+                                     description=doc[0] if doc else "")
+        return func
+
+    return deco
+
+
+def _ordered() -> list[ReaderInfo]:
+    return sorted(_REGISTRY.values(), key=lambda r: (-r.priority, r.name))
+
+
+def list_formats(include_non_spectra: bool = False) -> list[str]:
+    """Registered format identifiers, in the order auto-detection tries them.
+
+    Detectors of known non-spectrum files (redrock, catalogues, Gaia XP) are listed
+    only with ``include_non_spectra=True``.
+    """
+    return [r.name for r in _ordered() if include_non_spectra or r.produces_spectra]
+
+
+def get_reader(name: str) -> ReaderInfo:
+    """The :class:`ReaderInfo` of format ``name``; UnknownFormatError listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownFormatError(
+            f"unknown format {name!r}; known formats: {', '.join(list_formats())}"
+        ) from None
+
+
+def _accepting(probe: FileProbe) -> Iterator[str]:
+    """Names of the formats whose identifier accepts ``probe``, highest priority first.
+
+    An identifier that raises means "not this format", never a crash.
+    """
+    for info in _ordered():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ok = bool(info.identify(probe))
+        except Exception:
+            ok = False
+        if ok:
+            yield info.name
+
+
+def identify_formats(path: str | os.PathLike, probe: FileProbe | None = None) -> list[str]:
+    """Every format whose identifier accepts ``path``, highest priority first."""
+    return list(_accepting(probe or probe_file(path)))
+
+
+def _first_format(probe: FileProbe) -> str:
+    for name in _accepting(probe):
+        return name
+    kinds = {"fits": "a FITS file", "hdf5": "an HDF5 file", "other": "not FITS or HDF5"}
+    detail = kinds[probe.kind]
+    if probe.kind == "fits":
+        detail += f" with HDUs {probe.names() or '[]'}"
+    raise UnknownFormatError(
+        f"{probe.path}: no reader recognises this file ({detail}); known formats: "
+        f"{', '.join(list_formats())}"
+    )
+
+
+def identify_format(path: str | os.PathLike) -> str:
+    """The format :func:`read` would use for ``path`` (UnknownFormatError if none)."""
+    return _first_format(probe_file(path))
+
+
+def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> SpectrumList:
+    """Read every spectrum in ``path`` as a :class:`specutils.SpectrumList` (always a list).
+
+    ``format`` forces a reader (see :func:`list_formats`); otherwise the identifiers
+    pick one.  Extra keyword arguments go to the reader.  All failures are omnispectra
+    errors naming the file: SpectrumFormatError (missing/corrupt/lacking HDUs),
+    UnknownFormatError, NotASpectrumError, InvalidSpectrumError.
+    """
+    path = Path(path)
+    if format is not None:
+        info = get_reader(format)
+        if not path.exists():
+            raise SpectrumFormatError(f"{path}: file not found")
+    else:
+        info = get_reader(_first_format(probe_file(path)))
+        if info.name == "specutils":
+            # The fallback's identifiers are loose (e.g. any BinTable); when it was only
+            # chosen because nothing else matched, its failure means "unknown format".
+            try:
+                return read(path, format="specutils", **kwargs)
+            except SpectrumFormatError as exc:
+                raise UnknownFormatError(
+                    f"{path}: no omnispectra reader recognises this file and specutils' loaders "
+                    f"failed ({exc}); known formats: {', '.join(list_formats())}") from exc
+    try:
+        with warnings.catch_warnings():
+            # Readers record header problems in meta['header_warnings'] instead.
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            result = info.reader(path, **kwargs)
+    except OmniSpectraError:
+        raise
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise
+        raise SpectrumFormatError(
+            f"{path}: cannot be read as format {info.name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
+    except Exception as exc:
+        raise SpectrumFormatError(
+            f"{path}: cannot be read as format {info.name!r} ({type(exc).__name__}: {exc})"
+        ) from exc
+    out = SpectrumList(list(result))
+    skipped: list[str] = []
+    for spec in out:
+        for msg in (spec.meta or {}).get("skipped_rows_in_file", ()):
+            if msg not in skipped:
+                skipped.append(msg)
+    #: Messages of rows/arms of this file that were skipped as invalid (see the contract).
+    out.skipped = skipped
+    return out
+
+
+@dataclass
+class ReadFailure:
+    """One file :func:`iter_spectra` could not read."""
+
+    path: Path
+    error: Exception
+
+    def __str__(self) -> str:
+        return f"{self.path}: {type(self.error).__name__}: {self.error}"
+
+
+def _is_spectrum_file(p: Path) -> bool:
+    low = p.name.lower()
+    return p.is_file() and any(low.endswith(s) for s in SPECTRUM_FILE_SUFFIXES)
+
+
+def expand_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """Files named by ``sources`` (files, directories walked recursively, glob patterns),
+    each source's files sorted, duplicates removed.  Missing non-glob paths are kept
+    (reading them reports "file not found")."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    out: list[Path] = []
+    seen: set[str] = set()
+
+    def add(p: Path):
+        key = str(p.resolve()) if p.exists() else str(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for src in sources:
+        s = os.fspath(src)
+        if any(ch in s for ch in "*?["):
+            for m in sorted(_glob.glob(s, recursive=True)):
+                mp = Path(m)
+                if mp.is_dir():
+                    for f in sorted(q for q in mp.rglob("*") if _is_spectrum_file(q)):
+                        add(f)
+                elif mp.is_file():
+                    add(mp)
+        else:
+            p = Path(s)
+            if p.is_dir():
+                for f in sorted((q for q in p.rglob("*") if _is_spectrum_file(q)), key=str):
+                    add(f)
+            else:
+                add(p)
+    return out
+
+
+class SpectrumIterator:
+    """Iterable of spectra from many files, with a record of what failed.
+
+    Attributes (filled while iterating)
+    ----------
+    files : list of Path -- every file considered, in order.
+    failures : list of ReadFailure -- files that raised (``on_error`` 'warn'/'skip').
+    not_spectra : list of ReadFailure -- files that are known non-spectra
+        (:class:`NotASpectrumError`: redrock files, catalogues, ...) when
+        ``skip_non_spectra`` is True.
+    skipped_rows : list of (Path, str) -- invalid rows/arms skipped inside files
+        that were otherwise read (e.g. all-zero-ivar sky fibres of a DESI coadd).
+    n_files_read, n_spectra : int
+    """
+
+    def __init__(self, sources, format=None, on_error="raise", skip_non_spectra=True,
+                 callback: Callable[[ReadFailure], None] | None = None, **kwargs):
+        if on_error not in ("raise", "warn", "skip"):
+            raise ValueError(f"on_error must be 'raise', 'warn' or 'skip', not {on_error!r}")
+        self.files = expand_sources(sources)
+        self.format = format
+        self.on_error = on_error
+        self.skip_non_spectra = skip_non_spectra
+        self.callback = callback
+        self.kwargs = kwargs
+        self.failures: list[ReadFailure] = []
+        self.not_spectra: list[ReadFailure] = []
+        self.skipped_rows: list[tuple[Path, str]] = []
+        self.n_files_read = 0
+        self.n_spectra = 0
+
+    def __iter__(self) -> Iterator:
+        for path in self.files:
+            try:
+                spectra = read(path, format=self.format, **self.kwargs)
+            except NotASpectrumError as exc:
+                if self.skip_non_spectra:
+                    self.not_spectra.append(ReadFailure(path, exc))
+                    continue
+                self._fail(path, exc)
+                continue
+            except Exception as exc:
+                self._fail(path, exc)
+                continue
+            self.n_files_read += 1
+            self.skipped_rows.extend((path, msg) for msg in getattr(spectra, "skipped", ()))
+            for spec in spectra:
+                self.n_spectra += 1
+                yield spec
+
+    def _fail(self, path: Path, exc: Exception) -> None:
+        failure = ReadFailure(path, exc)
+        if self.on_error == "raise":
+            raise exc
+        self.failures.append(failure)
+        if self.callback is not None:
+            self.callback(failure)
+        if self.on_error == "warn":
+            warnings.warn(str(failure), SpectrumReadWarning, stacklevel=3)
+
+    def summary(self) -> str:
+        """One line: files read, spectra, failures, non-spectrum files skipped."""
+        return (f"{self.n_files_read} files read, {self.n_spectra} spectra, "
+                f"{len(self.failures)} failed, {len(self.not_spectra)} non-spectrum files skipped, "
+                f"{len(self.skipped_rows)} invalid rows skipped inside files")
+
+
+def iter_spectra(sources, format: str | None = None, on_error: str = "raise", *,
+                 skip_non_spectra: bool = True,
+                 callback: Callable[[ReadFailure], None] | None = None,
+                 **kwargs: Any) -> SpectrumIterator:
+    """Spectra from files, directories (recursive: ``.fits``, ``.fits.gz``, ``.hdf5`` ...)
+    and glob patterns, in sorted order.
+
+    Returns a :class:`SpectrumIterator`: iterate it for the spectra; afterwards its
+    ``failures`` (``[ReadFailure(path, error), ...]``), ``not_spectra``, ``n_files_read``
+    and ``n_spectra`` say what happened.  ``on_error='raise'`` re-raises the first error;
+    ``'warn'`` emits a :class:`SpectrumReadWarning` per failed file and goes on; ``'skip'``
+    goes on silently.  ``callback(failure)`` is called for each failure in both modes.
+    Known non-spectrum files (:class:`NotASpectrumError`) are recorded in ``not_spectra``
+    and skipped unless ``skip_non_spectra=False`` (then they count as failures).
+    """
+    return SpectrumIterator(sources, format=format, on_error=on_error,
+                            skip_non_spectra=skip_non_spectra, callback=callback, **kwargs)

@@ -1,0 +1,452 @@
+"""Model weights on disk: safetensors files that carry their own configuration.
+
+A weights file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: the
+encoder's tensors plus a JSON header with the :class:`~omnispectra.model.OmniSpectraConfig`
+and free-form provenance (training corpus, validation MSE, ...). Loading never unpickles
+anything, so a weights file from the internet cannot run code, and every tensor's name
+and shape is checked against the configuration before the model is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .exceptions import CheckpointError
+from .model import OmniSpectra, OmniSpectraConfig
+
+__all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_weights", "load_weights",
+           "read_weights_metadata", "sha256sum",
+           "DEFAULT_MODEL", "ModelDownloadError", "load_model", "fetch_model", "list_models",
+           "read_registry", "bundled_weights_path", "cache_dir"]
+
+WEIGHTS_FORMAT = "omnispectra-weights"
+WEIGHTS_FORMAT_VERSION = 1
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """Hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_weights(model: OmniSpectra, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
+    """Write ``model``'s tensors and config to a safetensors file; return its sha256.
+
+    The file is written to a temporary name next to ``path`` and renamed at the end, so
+    an interrupted write never leaves a truncated file under the final name.
+
+    Parameters
+    ----------
+    model : OmniSpectra
+        The model to save (tensors are copied to CPU, contiguous).
+    path : path-like
+        Output file, conventionally ``*.safetensors``.
+    info : dict, optional
+        JSON-serializable provenance stored in the header (corpus, metrics, ...).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "format_version": str(WEIGHTS_FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "info": json.dumps(info or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return sha256sum(path)
+
+
+def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The header of a weights file: ``{"config": dict, "info": dict, "format_version": int}``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, not a safetensors file, or not an omnispectra weights file.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if header.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an omnispectra weights file")
+    version = int(header.get("format_version", -1))
+    if version != WEIGHTS_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has weights format version {version}; this omnispectra reads version "
+            f"{WEIGHTS_FORMAT_VERSION}"
+        )
+    try:
+        config = json.loads(header["config"])
+        info = json.loads(header.get("info", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has a corrupt configuration header: {err}") from err
+    return {"config": config, "info": info, "format_version": version}
+
+
+def load_weights(
+    path: str | os.PathLike, device: str | torch.device | None = None, **config_overrides: Any
+) -> OmniSpectra:
+    """Build the model a weights file describes and load its tensors (no unpickling).
+
+    Parameters
+    ----------
+    path : path-like
+        A file written by :func:`save_weights` (or ``omnispectra export``).
+    device : str or torch.device, optional
+        Where to put the model (default CPU).
+    **config_overrides
+        Runtime-only settings to change, e.g. ``attention="sdpa"``.
+
+    Returns
+    -------
+    OmniSpectra
+        In eval mode; ``model.info`` holds the file's provenance dict.
+
+    Raises
+    ------
+    CheckpointError
+        Corrupt file, unknown format, or tensors that do not match the configuration.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    header = read_weights_metadata(path)
+    allowed = {"attention", "dropout"}
+    if set(config_overrides) - allowed:
+        raise ValueError(f"only {sorted(allowed)} may be overridden when loading weights")
+    try:
+        config = OmniSpectraConfig.from_dict({**header["config"], **config_overrides})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has an invalid model configuration: {err}") from err
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from err
+    model = OmniSpectra(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(tensors)
+                   if tuple(expected[name].shape) != tuple(tensors[name].shape))
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing[:5]}")
+        if unexpected:
+            problems.append(f"unexpected tensors {unexpected[:5]}")
+        if wrong:
+            problems.append("shape mismatch for " + ", ".join(
+                f"{n} {tuple(tensors[n].shape)} != {tuple(expected[n].shape)}" for n in wrong[:5]))
+        raise CheckpointError(f"{path} does not match its configuration: " + "; ".join(problems))
+    model.load_state_dict(tensors, strict=True)
+    model.info = header["info"]
+    return model.to(device or "cpu").eval()
+
+
+# ---------------------------------------------------------------------------------------
+# named models: the bundled default and a pooch registry of released weights
+
+#: Name of the weights bundled inside the package.
+DEFAULT_MODEL = "default"
+
+_BUNDLED_WEIGHTS = "omnispectra-default.safetensors"
+_BUNDLED_CARD = "omnispectra-default.json"
+_REGISTRY_FILE = "registry.txt"
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked
+
+
+class ModelDownloadError(CheckpointError, OSError):
+    """Weights could not be downloaded (offline, server error) and no cached copy exists."""
+
+
+def _data_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("omnispectra") / "data"))
+
+
+def bundled_weights_path() -> Path:
+    """Where the bundled default weights live in this installation (the file may be absent)."""
+    return _data_dir() / _BUNDLED_WEIGHTS
+
+
+def _bundled_card() -> dict[str, Any]:
+    card = _data_dir() / _BUNDLED_CARD
+    if not card.is_file():
+        return {}
+    try:
+        return json.loads(card.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"the bundled model card {card} is corrupt: {err}") from err
+
+
+def cache_dir() -> Path:
+    """The download cache: ``$OMNISPECTRA_CACHE`` or pooch's per-user cache for omnispectra."""
+    import pooch
+
+    env = os.environ.get("OMNISPECTRA_CACHE")
+    return Path(env).expanduser() if env else Path(pooch.os_cache("omnispectra"))
+
+
+def read_registry(path: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
+    """Parse a registry file (default: the one shipped in the package).
+
+    Each non-comment line is ``NAME URL SHA256``. Returns ``{name: {"url", "sha256"}}``
+    in file order.
+
+    Raises
+    ------
+    CheckpointError
+        A malformed line, a duplicate or reserved name, or a digest that is not 64 hex
+        characters.
+    """
+    path = Path(path) if path is not None else _data_dir() / _REGISTRY_FILE
+    if not path.is_file():
+        return {}
+    models: dict[str, dict[str, str]] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        where = f"{path.name} line {number}"
+        if len(parts) != 3:
+            raise CheckpointError(f"{where}: expected 'NAME URL SHA256', got {raw.strip()!r}")
+        name, url, digest = parts
+        digest = digest.lower().removeprefix("sha256:")
+        if not set(name) <= _NAME_CHARS or name == DEFAULT_MODEL:
+            raise CheckpointError(f"{where}: invalid or reserved model name {name!r}")
+        if name in models:
+            raise CheckpointError(f"{where}: model {name!r} is listed twice")
+        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise CheckpointError(f"{where}: {digest!r} is not a hex sha256 digest")
+        models[name] = {"url": url, "sha256": digest}
+    return models
+
+
+def _cache_name(name: str) -> str:
+    return f"omnispectra-{name}.safetensors"
+
+
+def _pooch(registry: dict[str, dict[str, str]]):
+    import pooch
+
+    return pooch.create(
+        path=pooch.os_cache("omnispectra"),
+        base_url="",
+        env="OMNISPECTRA_CACHE",
+        registry={_cache_name(n): f"sha256:{m['sha256']}" for n, m in registry.items()},
+        urls={_cache_name(n): m["url"] for n, m in registry.items()},
+        retry_if_failed=0,
+    )
+
+
+def _looks_like_path(name: str | os.PathLike) -> bool:
+    if isinstance(name, os.PathLike):
+        return True
+    return (os.sep in name or (os.altsep or os.sep) in name or name.endswith(".safetensors")
+            or Path(name).is_file())
+
+
+def _check_bundled_digest(path: Path, expected: str | None) -> None:
+    if not expected:
+        return
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    digest = _verified.get(key) or sha256sum(path)
+    if digest != expected.lower():
+        raise CheckpointError(
+            f"the bundled weights {path} do not match the sha256 in {_BUNDLED_CARD} "
+            f"({digest[:12]}... != {expected[:12]}...): the installation is corrupt; reinstall omnispectra"
+        )
+    _verified[key] = digest
+
+
+def _known_names(registry: dict[str, dict[str, str]]) -> str:
+    return ", ".join([DEFAULT_MODEL, *registry])
+
+
+def fetch_model(name: str | os.PathLike = DEFAULT_MODEL, progressbar: bool | None = None) -> Path:
+    """Local path of the weights file for a model name, downloading it if needed.
+
+    Parameters
+    ----------
+    name : str or path-like
+        ``"default"`` (the weights bundled with the package; the environment variable
+        ``OMNISPECTRA_DEFAULT_MODEL`` may name another weights file to use instead), a
+        name from the package's model registry (downloaded once into :func:`cache_dir`,
+        then reused while its sha256 matches), or the path of a local weights file.
+    progressbar : bool, optional
+        Show a download progress bar (default: when stderr is a terminal).
+
+    Raises
+    ------
+    CheckpointError
+        Unknown name (the message lists the known ones), missing bundled weights, a
+        missing local file, or a download whose sha256 does not match the registry (the
+        bad download is deleted).
+    ModelDownloadError
+        The download failed (e.g. no network) and no cached copy exists.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise CheckpointError(f"a model name must be a string or a path, got {type(name).__name__}")
+    if name == DEFAULT_MODEL:
+        override = os.environ.get("OMNISPECTRA_DEFAULT_MODEL")
+        if override:
+            path = Path(override).expanduser()
+            if not path.is_file():
+                raise CheckpointError(
+                    f"OMNISPECTRA_DEFAULT_MODEL names {path}, which does not exist")
+            return path
+        path = bundled_weights_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"the bundled default weights ({_BUNDLED_WEIGHTS}) are missing from this "
+                f"installation (looked in {path.parent}); this omnispectra release does not "
+                "ship trained weights yet. Pass a weights file path or a registry name to "
+                "load_model() (see omnispectra.pretrained.list_models()), or set "
+                "OMNISPECTRA_DEFAULT_MODEL to a weights file"
+            )
+        _check_bundled_digest(path, _bundled_card().get("sha256"))
+        return path
+    registry = read_registry()
+    if isinstance(name, str) and name in registry:
+        return _download(name, registry, progressbar)
+    if _looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"weights file {path} does not exist")
+        return path
+    raise CheckpointError(f"unknown model {name!r}; known models: {_known_names(registry)} "
+                          "(or give the path of a weights file)")
+
+
+def _download(name: str, registry: dict[str, dict[str, str]], progressbar: bool | None) -> Path:
+    import sys
+
+    import requests
+
+    store = _pooch(registry)
+    target = Path(store.abspath) / _cache_name(name)
+    if progressbar is None:
+        progressbar = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    url = registry[name]["url"]
+    try:
+        return Path(store.fetch(_cache_name(name), progressbar=progressbar))
+    except requests.exceptions.RequestException as err:
+        raise ModelDownloadError(
+            f"could not download model {name!r} from {url} and there is no cached copy in "
+            f"{store.abspath}: {err}. Check your network connection (or copy the file there "
+            "by hand, or pass a local weights file path)"
+        ) from err
+    except ValueError as err:
+        if "hash" not in str(err).lower():
+            raise
+        if target.is_file():  # never keep a file that does not match its registry digest
+            target.unlink()
+        raise CheckpointError(
+            f"the file downloaded for model {name!r} from {url} does not match the sha256 in "
+            f"the registry; the download was deleted. The file on the server has changed "
+            f"or is corrupt: {err}"
+        ) from err
+
+
+def load_model(
+    name: str | os.PathLike = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    attention: str | None = None,
+) -> OmniSpectra:
+    """Load a pretrained OmniSpectra model by name or path.
+
+    Parameters
+    ----------
+    name : str or path-like
+        ``"default"`` for the weights bundled with the package (works offline), a name
+        from the package's registry (see :func:`list_models`; downloaded once and cached),
+        or the path of a weights file written by :func:`save_weights` /
+        ``omnispectra export``.
+    device : str or torch.device, optional
+        Where to put the model; default ``"cuda"`` when available, else ``"cpu"``.
+    attention : str, optional
+        Override the attention implementation (``"auto"``, ``"sdpa"``, ``"flash_attn"``,
+        ``"torch_varlen"``).
+
+    Returns
+    -------
+    OmniSpectra
+        In eval mode; ``model.info`` holds the file's provenance, plus ``"name"`` and
+        ``"path"``.
+
+    Raises
+    ------
+    CheckpointError, ModelDownloadError
+        See :func:`fetch_model` and :func:`load_weights`.
+    """
+    path = fetch_model(name)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    overrides = {} if attention is None else {"attention": attention}
+    try:
+        model = load_weights(path, device=device, **overrides)
+    except ValueError as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(str(err)) from err
+    model.info = {**model.info, "name": str(name), "path": str(path)}
+    return model
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Models this installation knows, with where each one is.
+
+    Returns
+    -------
+    list of dict
+        One dict per model with ``name``, ``source`` (``"bundled"`` or ``"registry"``),
+        ``available`` (loadable without a download), ``cached`` (registry models: a
+        verified copy is in the cache), ``path`` (local file or None), ``url`` and
+        ``sha256`` (registry models).
+    """
+    bundled = bundled_weights_path()
+    models = [{
+        "name": DEFAULT_MODEL, "source": "bundled", "available": bundled.is_file(),
+        "cached": False, "path": str(bundled) if bundled.is_file() else None,
+        "url": None, "sha256": _bundled_card().get("sha256") if bundled.is_file() else None,
+    }]
+    registry = read_registry()
+    cache = cache_dir()
+    for name, entry in registry.items():
+        path = cache / _cache_name(name)
+        cached = path.is_file() and sha256sum(path) == entry["sha256"]
+        models.append({"name": name, "source": "registry", "available": cached, "cached": cached,
+                       "path": str(path) if cached else None, "url": entry["url"],
+                       "sha256": entry["sha256"]})
+    return models

@@ -1,0 +1,205 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from omnispectra import CheckpointError
+from omnispectra.cli import main
+from omnispectra.collate import collate
+from omnispectra.corpus import build_corpus
+from omnispectra.examples import example_paths
+from omnispectra.pretrained import load_weights
+from omnispectra.tokenizer import tokenize
+from omnispectra.training.train import TrainConfig, export_checkpoint, load_checkpoint_model, train
+
+from .helpers import data_dir, sdss_arrays
+
+MICRO = {"dim": 32, "n_layers": 1, "n_heads": 2}
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning:lightning.*", "ignore::DeprecationWarning:lightning.*",
+    "ignore:.*LeafSpec.*:DeprecationWarning",
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small real corpus: the bundled examples plus real spectra of several surveys when present."""
+    out = tmp_path_factory.mktemp("corpus")
+    inputs = [str(p) for p in example_paths()]
+    root = data_dir()
+    if root is not None:
+        inputs += [str(root / "sdss" / "gelato"), str(root / "lamost" / "pylasp")]
+        inputs += sorted(str(p) for p in (root / "miles").glob("MILES_res2.50_star_m00[0-2]*V.fits"))
+    report = build_corpus(inputs, out, progress=False)
+    assert report.n_spectra >= 3
+    return sorted(report.outputs.values())
+
+
+def _config(corpus, tmp_path, name, **kw):
+    values = dict(corpus=corpus, output=str(tmp_path / name), model=MICRO, batch_size=4, max_steps=10,
+                  checkpoint_every=3, val_every=5, val_fraction=0.2, progress=False, lr=1e-3)
+    values.update(kw)
+    return TrainConfig.from_preset("tiny", **values)
+
+
+def _train_losses(run_dir):
+    """Per-step train loss over every (re)start of a run."""
+    losses = {}
+    for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(path) as fh:
+            losses.update({int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(fh) if r.get("train_loss")})
+    return losses
+
+
+def _fixed_batch_loss(model, corpus):
+    """Mean masked-reconstruction loss over the whole corpus with fixed (epoch 0) masks."""
+    from omnispectra.collate import Collator
+    from omnispectra.dataset import SpectrumDataset
+
+    ds = SpectrumDataset(corpus)
+    collator = Collator(seed=0)
+    losses = []
+    with torch.no_grad():
+        for start in range(0, len(ds), 8):
+            batch = collator([ds[i] for i in range(start, min(start + 8, len(ds)))])
+            if batch.loss_mask.any():
+                losses.append(model.loss(batch).item())
+    return float(np.mean(losses))
+
+
+def test_loss_decreases_on_real_spectra(corpus, tmp_path):
+    from omnispectra.model import OmniSpectra
+
+    micro = {"dim": 64, "n_layers": 2, "n_heads": 2}
+    result = train(_config(corpus, tmp_path, "run", max_steps=40, val_every=20, lr=3e-3, model=micro))
+    trained = load_checkpoint_model(result["last_checkpoint"])
+    torch.manual_seed(42)  # train() seeds 42 right before building the model: the exact init
+    untrained = OmniSpectra(trained.config).eval()
+    before, after = _fixed_batch_loss(untrained, corpus), _fixed_batch_loss(trained, corpus)
+    assert after < 0.9 * before, (before, after)
+    assert len(_train_losses(tmp_path / "run")) == 40
+    assert result["val_loss"] is not None and np.isfinite(result["val_loss"])
+    # checkpoints load without unpickling arbitrary objects
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    assert ckpt["hyper_parameters"]["model_config"]["dim"] == 64
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtStep:
+    """Kill a run at the start of a given step (after the checkpoint of the step before)."""
+
+    def __new__(cls, step):
+        import lightning as L
+
+        class CrashAt(L.Callback):
+            def on_train_batch_start(self, trainer, *args):
+                if trainer.global_step == step:
+                    raise _Crash(f"simulated crash at step {step}")
+
+        return CrashAt()
+
+
+def test_resume_equals_uninterrupted(corpus, tmp_path):
+    # 14 steps cross an epoch boundary (about 10 batches per epoch); the crash is mid-epoch
+    straight = _config(corpus, tmp_path, "straight", max_steps=14)
+    train(straight)
+    interrupted = _config(corpus, tmp_path, "resumed", max_steps=14)
+    with pytest.raises(_Crash):
+        train(interrupted, callbacks=[_CrashAtStep(7)])
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    train(interrupted, resume=True)
+    a, b = _train_losses(tmp_path / "straight"), _train_losses(tmp_path / "resumed")
+    assert sorted(a) == sorted(b) == list(range(14))
+    np.testing.assert_allclose([b[s] for s in range(14)], [a[s] for s in range(14)], rtol=1e-5)
+
+
+def test_resume_without_checkpoint_is_clear_error(corpus, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train(_config(corpus, tmp_path, "nothing"), resume=True)
+
+
+def test_export_round_trip_and_corrupt_checkpoints(corpus, tmp_path):
+    result = train(_config(corpus, tmp_path, "run", max_steps=3))
+    weights = tmp_path / "w.safetensors"
+    digest = export_checkpoint(result["last_checkpoint"], weights)
+    assert len(digest) == 64
+    a, b = load_checkpoint_model(result["last_checkpoint"]), load_weights(weights)
+    batch = collate([tokenize(*sdss_arrays())])
+    with torch.no_grad():
+        torch.testing.assert_close(a.embed(batch.tokens, batch.wavelength, batch.valid),
+                                   b.embed(batch.tokens, batch.wavelength, batch.valid), rtol=0, atol=0)
+    # corrupt: truncated, garbage, and a checkpoint whose tensors do not match its config
+    raw = Path(result["last_checkpoint"]).read_bytes()
+    (tmp_path / "trunc.ckpt").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "junk.ckpt").write_bytes(b"definitely not a checkpoint")
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    ckpt["hyper_parameters"]["model_config"]["dim"] = 64
+    torch.save(ckpt, tmp_path / "mismatch.ckpt")
+    for name, match in [("trunc.ckpt", "not a readable"), ("junk.ckpt", "not a readable"),
+                        ("mismatch.ckpt", "does not match"), ("absent.ckpt", "does not exist")]:
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint_model(tmp_path / name)
+
+
+def test_interrupted_checkpoint_write_keeps_good_file(tmp_path, monkeypatch):
+    from omnispectra.training.module import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    good = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+
+
+def test_cli_train_and_export(corpus, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(main, ["train", *corpus, "--preset", "tiny", "--max-steps", "5", "-o", str(out),
+                                  "--batch-size", "4", "--quiet", "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
+                                  "--set", "val_fraction=0.2"])
+    assert result.exit_code == 0, result.output
+    assert "steps 5" in result.output
+    saved = TrainConfig.from_yaml(out / "config.yaml")
+    assert saved.max_steps == 5 and saved.model == MICRO and saved.corpus == corpus
+    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"), "-o", str(tmp_path / "w.st")])
+    assert result.exit_code == 0, result.output
+    assert "sha256" in result.output and (tmp_path / "w.st").is_file()
+    bad = runner.invoke(main, ["train", *corpus, "--set", "no_such_setting=1", "-o", str(out)])
+    assert bad.exit_code != 0 and "unknown training settings" in bad.output
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    """A 2-process DDP run (gloo) through the real CLI entry point."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "omnispectra.cli", "train", *corpus, "--max-steps", "4", "-o", str(out),
+           "--batch-size", "2", "--quiet", "--devices", "2", "--set", "accelerator=cpu",
+           "--set", "strategy=ddp", "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
+           "--set", "val_fraction=0.2", "--set", "checkpoint_every=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "steps 4" in proc.stdout
+    assert (out / "checkpoints" / "last.ckpt").is_file()

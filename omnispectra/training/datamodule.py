@@ -1,0 +1,239 @@
+"""Lightning data module for masked-reconstruction pretraining on HDF5 corpora.
+
+Usage::
+
+    import lightning as L
+    from omnispectra.training import SpectraDataModule
+
+    data = SpectraDataModule(["corpus-sdss.h5", "corpus-miles.h5"], batch_size=128,
+                             num_workers=4, prefetch_factor=2, val_fraction=0.01, seed=42)
+    trainer = L.Trainer(..., use_distributed_sampler=False)
+    trainer.fit(module, datamodule=data)
+
+**The Trainer needs** ``use_distributed_sampler=False``: the training batches come from
+a rank-aware length-bucketing batch sampler (:class:`~omnispectra.collate.LengthBucketSampler`,
+or :class:`~omnispectra.dataset.WeightedLengthBucketSampler` with ``survey_weights``)
+that already gives each rank its own batches; Lightning must not replace it. The data
+module reads ``world_size``/``global_rank`` from the attached trainer.
+
+Epochs: the batch sampler is wrapped so that every iteration first sets the epoch to
+``trainer.current_epoch`` (no callback needed), and it yields ``(epoch, index)`` keys,
+so the chunk masks drawn inside DataLoader workers follow the epoch even with
+persistent workers. Validation uses fixed, length-sorted batches and a
+:class:`~omnispectra.collate.Collator` pinned to epoch 0, so validation MSE is
+computed on the same masks at every check. On a mid-epoch resume the data module
+(through its ``state_dict``) skips the batches the checkpointed run already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..collate import Collator, LengthBucketSampler
+from ..dataset import SpectrumDataset, WeightedLengthBucketSampler, split_by_object
+from ..masking import MASK_RATIO
+from ..tokenizer import PATCH_SIZE, STRIDE
+
+__all__ = ["SpectraDataModule"]
+
+
+class _TrainerEpochSampler(torch.utils.data.Sampler[list]):
+    """Batch sampler wrapper: takes the epoch from the trainer at the start of each iteration."""
+
+    def __init__(self, sampler: Any, datamodule: "SpectraDataModule") -> None:
+        self.inner = sampler
+        self.datamodule = datamodule
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list]:
+        trainer = self.datamodule._trainer_or_none()
+        if trainer is not None:
+            self.inner.set_epoch(trainer.current_epoch)
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class SpectraDataModule(L.LightningDataModule):
+    """Training/validation data for pretraining (paper, *Self-Supervised Pretraining*).
+
+    Parameters
+    ----------
+    corpus : path, directory, glob or sequence of them
+        Corpus HDF5 files (one per survey; all are mixed in one run).
+    batch_size : int
+        Spectra per batch **per device** (128 in the paper).
+    num_workers, prefetch_factor, pin_memory : DataLoader options (4 workers, prefetch 2
+        in the paper; ``prefetch_factor`` is ignored when ``num_workers == 0``).
+    val_fraction : float
+        Fraction of objects per survey held out by :func:`~omnispectra.dataset.split_by_object`
+        (1% in the paper; raise it for small corpora).
+    seed : int
+        Seeds the split, the bucketing shuffle and the chunk masks (42 in the paper).
+    mask_ratio : float
+        Chunk-mask ratio gamma (0.75).
+    patch_size, stride : int
+        Tokenizer settings; must match the model.
+    pool_size : int, optional
+        Length-bucketing pool (default ``50 * batch_size``).
+    survey_weights : mapping, optional
+        Per-survey sampling weights (see :class:`~omnispectra.dataset.WeightedLengthBucketSampler`);
+        None keeps the natural mix.
+    samples_per_epoch : int, optional
+        Draws per epoch with ``survey_weights`` (default: the training set size).
+    labels : sequence of str, optional
+        Label columns to carry in the batches (``Batch.labels``).
+    drop_last : bool
+        Drop incomplete training batches.
+    """
+
+    def __init__(
+        self,
+        corpus: Any,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        prefetch_factor: int | None = 2,
+        pin_memory: bool | None = None,
+        val_fraction: float = 0.01,
+        seed: int = 42,
+        mask_ratio: float = MASK_RATIO,
+        patch_size: int = PATCH_SIZE,
+        stride: int = STRIDE,
+        pool_size: int | None = None,
+        survey_weights: Mapping[str, float] | None = None,
+        samples_per_epoch: int | None = None,
+        labels: Sequence[str] | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.corpus = corpus
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.mask_ratio = mask_ratio
+        self.patch_size = patch_size
+        self.stride = stride
+        self.pool_size = pool_size
+        self.survey_weights = dict(survey_weights) if survey_weights else None
+        self.samples_per_epoch = samples_per_epoch
+        self.labels = labels
+        self.drop_last = drop_last
+        self.dataset: SpectrumDataset | None = None
+        self.train_dataset: SpectrumDataset | None = None
+        self.val_dataset: SpectrumDataset | None = None
+        self._epoch = 0
+        self._resume: dict[str, int] | None = None
+
+    # ----------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        """Open the corpora and make the fixed, object-grouped train/validation split."""
+        if self.dataset is not None:
+            return
+        self.dataset = SpectrumDataset(self.corpus, patch_size=self.patch_size, stride=self.stride,
+                                       labels=self.labels)
+        train_idx, val_idx = split_by_object(self.dataset.object_ids, self.dataset.surveys,
+                                             self.val_fraction, seed=self.seed)
+        self.train_dataset = self.dataset.subset(train_idx)
+        self.val_dataset = self.dataset.subset(val_idx)
+
+    def _trainer_or_none(self):
+        try:
+            return self.trainer
+        except RuntimeError:  # pragma: no cover - some Lightning versions raise when detached
+            return None
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self._trainer_or_none()
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used when no trainer is attached (e.g. iterating the loader by hand)."""
+        self._epoch = int(epoch)
+
+    def _loader(self, dataset: SpectrumDataset, batch_sampler: Any, collator: Collator) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=collator,
+            num_workers=workers,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            pin_memory=self.pin_memory,
+            persistent_workers=False,
+        )
+
+    def train_sampler(self) -> LengthBucketSampler | WeightedLengthBucketSampler:
+        """The (unwrapped) rank-aware batch sampler of the training set."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        num_replicas, rank = self._replicas()
+        ds = self.train_dataset
+        common = dict(batch_size=self.batch_size, pool_size=self.pool_size, drop_last=self.drop_last,
+                      seed=self.seed, num_replicas=num_replicas, rank=rank, with_epoch=True)
+        if self.survey_weights:
+            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, self.survey_weights,
+                                               num_samples=self.samples_per_epoch, **common)
+        return LengthBucketSampler(ds.token_lengths, shuffle=True, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.train_sampler()
+        trainer = self._trainer_or_none()
+        epoch = trainer.current_epoch if trainer is not None else self._epoch
+        sampler.set_epoch(epoch)
+        if self._resume and self._resume.get("epoch") == epoch and self._resume.get("batches", 0) > 0:
+            sampler.skip_next(self._resume["batches"])
+        self._resume = None
+        collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed)
+        return self._loader(self.train_dataset, _TrainerEpochSampler(sampler, self), collator)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        num_replicas, rank = self._replicas()
+        if len(self.val_dataset) == 0:
+            return []
+        sampler = LengthBucketSampler(self.val_dataset.token_lengths, self.batch_size, shuffle=False,
+                                      seed=self.seed, num_replicas=num_replicas, rank=rank)
+        collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed)  # epoch 0, fixed
+        return self._loader(self.val_dataset, sampler, collator)
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and batches consumed in it (stored in Lightning checkpoints)."""
+        trainer = self._trainer_or_none()
+        if trainer is None:
+            return {"epoch": self._epoch, "batches": 0}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": int(trainer.current_epoch), "batches": int(progress.processed),
+                "seed": int(self.seed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where the checkpointed run was, to skip those batches on resume."""
+        self._resume = {"epoch": int(state_dict.get("epoch", 0)), "batches": int(state_dict.get("batches", 0))}
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the split per survey (for logs)."""
+        if self.train_dataset is None:
+            self.setup("fit")
+        out: dict[str, Any] = {"n_train": len(self.train_dataset), "n_val": len(self.val_dataset),
+                               "n_dropped": self.dataset.n_dropped, "surveys": {}}
+        for name in self.dataset.survey_names:
+            out["surveys"][name] = {
+                "train": int(np.sum(self.train_dataset.surveys == name)),
+                "val": int(np.sum(self.val_dataset.surveys == name)),
+            }
+        return out

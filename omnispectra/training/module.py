@@ -1,0 +1,125 @@
+"""LightningModule for masked-reconstruction pretraining (paper, section *Training*).
+
+The :class:`~omnispectra.model.OmniSpectra` nn.Module knows nothing of Lightning; this
+module wraps it with the paper's optimisation: AdamW (lr 1e-4, weight decay 0.01 on
+matrices only, betas 0.9/0.95), CosineAnnealingWarmRestarts (T_0 = 200k steps, eta_min
+1e-6) stepped every optimizer step, gradient clipping at 1.0 (set on the Trainer).
+Hyper-parameters are saved as plain Python values, so checkpoints load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..collate import Batch
+from ..model import OmniSpectra, OmniSpectraConfig
+
+__all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
+
+
+class OmniSpectraModule(L.LightningModule):
+    """Pretraining wrapper around :class:`~omnispectra.model.OmniSpectra`.
+
+    Parameters
+    ----------
+    model_config : dict
+        :meth:`OmniSpectraConfig.to_dict` of the encoder to train.
+    lr, weight_decay, betas : float, float, tuple
+        AdamW settings (paper: 1e-4, 0.01, (0.9, 0.95)).
+    t0_steps : int
+        Period of the first cosine cycle in optimizer steps (paper: 200,000; use at most
+        the run's ``max_steps`` for short runs).
+    eta_min : float
+        Floor of the learning rate.
+    """
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        t0_steps: int = 200_000,
+        eta_min: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = OmniSpectra(OmniSpectraConfig.from_dict(dict(model_config)))
+        self._step_start: float | None = None
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.model.reconstruct(batch.tokens, batch.wavelength, batch.valid)
+
+    def _common_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        loss = self.model.loss(batch)
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, batch_size=len(batch), prog_bar=True,
+                 on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        return loss
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self._common_step(batch, "train")
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=len(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self._step_start is None:
+            return
+        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+        self.log("tokens_per_s", batch.valid.sum().item() / elapsed, on_step=True, batch_size=len(batch))
+        self.log("spectra_per_s", len(batch) / elapsed, on_step=True, batch_size=len(batch))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._common_step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr, betas=tuple(hp.betas),
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=max(1, int(hp.t0_steps)), eta_min=hp.eta_min)
+        # step-wise, not Lightning's per-epoch default
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint IO that never replaces a good checkpoint with a partial one.
+
+    Saves go to a temporary file in the target directory and are renamed into place;
+    loads use ``weights_only=True`` (no arbitrary unpickling).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = os.fspath(path)
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+        os.close(fd)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
+        return torch.load(os.fspath(path), map_location=map_location or "cpu", weights_only=True)
