@@ -342,3 +342,28 @@ def test_cli_build_real(tmp_path):
     assert len(written) >= 3 and all(name.endswith(".h5") for name in written)
     result = CliRunner().invoke(main, ["corpus", "info", str(tmp_path / "out")])
     assert result.exit_code == 0 and "survey(s)" in result.output
+
+
+@pytest.mark.slow
+def test_full_real_corpus_reads_back_bit_exactly(tmp_path):
+    """Every real spectrum of the shared data folder survives build -> read bit for bit."""
+    from omnispectra.io import iter_spectra
+
+    root = data_dir()
+    if root is None:
+        pytest.skip("real spectra folder ../shared/data is absent")
+    report = build_corpus([root], tmp_path / "all", progress=False)
+    originals = {}
+    spectra = iter_spectra([root], on_error="skip")
+    for spec in spectra:
+        originals[spec.meta["id"]] = spec
+    assert report.n_spectra == len(originals) > 1000
+    assert len(report.outputs) >= 8  # every survey family in its own file
+    n = 0
+    for path in report.outputs.values():
+        with open_corpus(path) as reader:
+            for i in range(len(reader)):
+                back = reader.spectrum(i)
+                assert_same_spectrum(originals[back.meta["id"]], back)
+                n += 1
+    assert n == len(originals)

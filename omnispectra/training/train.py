@@ -57,6 +57,7 @@ class TrainConfig:
     strategy: str = "auto"                             # "auto" picks DDP for several devices
     num_nodes: int = 1
     bucket_pool: int | None = None                     # spectra per length-sorting pool
+    survey_weights: dict[str, float] | None = None     # per-survey sampling weights (1 = natural mix)
     progress: bool = True
 
     @classmethod
@@ -163,7 +164,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
         mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
-        pool_size=config.bucket_pool,
+        pool_size=config.bucket_pool, survey_weights=config.survey_weights,
     )
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
