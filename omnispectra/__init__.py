@@ -41,6 +41,9 @@ __all__ = [
     "list_models",
     "tokenize",
     "read",
+    "classify",
+    "predict_stellar_parameters",
+    "predict_redshift",
 ]
 
 # The public functions live in submodules that import torch, specutils or astropy; they are
@@ -53,9 +56,12 @@ _LAZY_FUNCTIONS = {
     "list_models": "pretrained",
     "tokenize": "tokenizer",
     "read": "io",
+    "classify": "api",
+    "predict_stellar_parameters": "api",
+    "predict_redshift": "api",
 }
 _LAZY_MODULES = {"api", "collate", "examples", "io", "masking", "model", "plotting", "pretrained",
-                 "tokenizer"}
+                 "probes", "tokenizer"}
 
 
 def __getattr__(name: str):

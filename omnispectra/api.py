@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .model import OmniSpectra
 
-__all__ = ["embed", "reconstruct", "anomaly_score", "Reconstruction", "token_summary"]
+__all__ = ["embed", "reconstruct", "anomaly_score", "Reconstruction", "token_summary",
+           "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path"]
 
 _POOL_FACTOR = 32  # spectra held (tokenized) at once = _POOL_FACTOR * batch_size
 
@@ -694,3 +695,179 @@ def token_summary(
                 line += f"  shape {emb.shape}, norm {np.linalg.norm(emb):.2f}"
             rows.append(line)
     return rows, failures
+
+
+# ---------------------------------------------------------------------------------------
+# predictors: bundled probes on the bundled encoder (see omnispectra.probes)
+
+#: File names of the probes shipped in ``omnispectra/data`` (made by scripts/train_predictors.py).
+PROBE_FILES = {
+    "source_class": "probe-source-class.safetensors",
+    "stellar_params": "probe-stellar-params.safetensors",
+    "redshift": "probe-redshift.safetensors",
+}
+
+
+def bundled_probe_path(task: str) -> Path:
+    """Where the bundled probe of ``task`` (a key of :data:`PROBE_FILES`) lives (may be absent)."""
+    from .pretrained import bundled_weights_path
+
+    if task not in PROBE_FILES:
+        raise ValueError(f"unknown probe task {task!r}; known: {sorted(PROBE_FILES)}")
+    return bundled_weights_path().parent / PROBE_FILES[task]
+
+
+def _resolve_probe(probe: Any, task: str):
+    from .probes import Probe, load_probe
+
+    if isinstance(probe, Probe):
+        return probe
+    if probe is None:
+        path = bundled_probe_path(task)
+        if not path.is_file():
+            raise CheckpointError(
+                f"the bundled {task.replace('_', ' ')} probe ({path.name}) is missing from this "
+                f"installation ({path.parent}); train one with scripts/train_predictors.py or pass "
+                "probe=PATH")
+        return load_probe(path)
+    if isinstance(probe, (str, os.PathLike)):
+        return load_probe(probe)
+    raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
+
+
+def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, format):
+    """Embed ``spectra`` with the encoder the probe belongs to and apply the probe."""
+    head = _resolve_probe(probe, task)
+    expected_kind = "classification" if task == "source_class" else "regression"
+    if head.kind != expected_kind:
+        raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
+    net = _resolve_model(model, device)
+    head.check_encoder(net)
+    single, _ = _iter_inputs(spectra, format)
+    vectors, ids = embed(spectra, model=net, batch_size=batch_size, dtype=dtype, progress=progress,
+                         return_ids=True, format=format)
+    if single:
+        vectors, ids = vectors[None, :], [ids]
+    return head, head.predict(vectors), list(ids)
+
+
+def classify(
+    spectra: Any,
+    model: str | os.PathLike | OmniSpectra = "default",
+    probe: Any = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    format: str | None = None,
+):
+    """Source class (GALAXY, QSO or STAR) of spectra, with class probabilities.
+
+    A linear probe on the mean-pooled embedding (paper, *Source Classification*),
+    trained across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
+    spectra by ``scripts/train_predictors.py``; its held-out scores are in
+    ``omnispectra/data/predictors.json``.
+
+    Parameters
+    ----------
+    spectra : spectrum, path, or iterable of them
+        As for :func:`embed` (files and directories are read with :func:`omnispectra.io.read`).
+    model : str, path-like or OmniSpectra
+        The encoder; must be the one the probe was trained on (default: the bundled model).
+    probe : path or Probe, optional
+        Default: the probe bundled with the package.
+    batch_size, device, dtype, progress, format
+        As for :func:`embed`.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per spectrum, in input order: ``id``, ``class`` and ``prob_<CLASS>``
+        for every class of the probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``).
+
+    Raises
+    ------
+    CheckpointError
+        The bundled probe is missing, or the probe belongs to another encoder.
+    """
+    from astropy.table import Table
+
+    head, prob, ids = _predict(spectra, "source_class", probe, model, batch_size, device, dtype,
+                               progress, format)
+    names = head.names
+    table = Table()
+    table["id"] = np.asarray(ids, dtype=str)
+    table["class"] = np.asarray([names[k] for k in np.argmax(prob, axis=1)] if len(ids) else [], dtype=str)
+    for k, name in enumerate(names):
+        table[f"prob_{name}"] = prob[:, k].astype(np.float32) if len(ids) else np.zeros(0, np.float32)
+        table[f"prob_{name}"].description = f"probability that the source is a {name}"
+    table.meta["probe"] = str(head.info.get("name", "source_class"))
+    return table
+
+
+def predict_stellar_parameters(
+    spectra: Any,
+    model: str | os.PathLike | OmniSpectra = "default",
+    probe: Any = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    format: str | None = None,
+):
+    """Effective temperature, surface gravity and metallicity of stellar spectra.
+
+    A probe on the embedding trained on the MILES stars (Teff fitted as log10 Teff; its
+    head and recipe are recorded in the probe file); meaningful for stars only, with the accuracy recorded in ``omnispectra/data/predictors.json``.
+    Parameters as for :func:`classify`.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``id``, ``teff`` (K), ``logg`` (log10 of cm s^-2), ``fe_h`` (dex), input order.
+    """
+    from astropy import units as u
+    from astropy.table import Table
+
+    head, values, ids = _predict(spectra, "stellar_params", probe, model, batch_size, device, dtype,
+                                 progress, format)
+    table = Table()
+    table["id"] = np.asarray(ids, dtype=str)
+    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
+                    "fe_h": "iron abundance [Fe/H] (dex)"}
+    for k, name in enumerate(head.names):
+        table[name] = values[:, k] if len(ids) else np.zeros(0)
+        table[name].description = descriptions.get(name, name)
+    if "teff" in table.colnames:
+        table["teff"].unit = u.K
+    return table
+
+
+def predict_redshift(
+    spectra: Any,
+    model: str | os.PathLike | OmniSpectra = "default",
+    probe: Any = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    format: str | None = None,
+):
+    """Redshift of galaxy and quasar spectra (only where a redshift probe is shipped).
+
+    Parameters as for :func:`classify`.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``id`` and ``z``, input order.
+    """
+    from astropy.table import Table
+
+    head, values, ids = _predict(spectra, "redshift", probe, model, batch_size, device, dtype,
+                                 progress, format)
+    table = Table()
+    table["id"] = np.asarray(ids, dtype=str)
+    table["z"] = values[:, 0] if len(ids) else np.zeros(0)
+    table["z"].description = "redshift"
+    return table

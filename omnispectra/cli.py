@@ -72,20 +72,58 @@ def tokenize_command(inputs: tuple[str, ...], examples: bool, fmt: str | None, p
     """Read spectra, cut them into tokens and summarize them (one line per spectrum)."""
     from .api import token_summary
 
-    paths = list(inputs)
-    if examples:
-        from .examples import example_paths
-
-        paths += [str(p) for p in example_paths()]
-    if not paths:
-        raise click.UsageError("give spectrum files or directories, or --examples")
-    rows, failures = token_summary(paths, format=fmt, preset=preset)
+    rows, failures = token_summary(_sources(inputs, examples), format=fmt, preset=preset)
     for line in rows:
         click.echo(line)
     for path, reason in failures:
         click.echo(f"skipped {path}: {reason}", err=True)
     if len(rows) <= 1:  # header only
         raise SystemExit(1)
+
+
+def _sources(inputs, examples: bool) -> list[str]:
+    """Input paths plus, with ``--examples``, the bundled example spectra."""
+    sources = [str(p) for p in inputs]
+    if examples:
+        from .examples import example_paths
+
+        sources += [str(p) for p in example_paths()]
+    if not sources:
+        raise click.UsageError("give spectrum files or directories, or --examples")
+    return sources
+
+
+def _read_and_tokenize(sources: list[str], fmt: str | None, config):
+    """``(spectra iterator, token generator, skipped list)`` for the inference commands.
+
+    Unreadable files and untokenizable spectra are reported on stderr, recorded in the
+    skipped list and left out; the iterator's ``not_spectra`` lists non-spectrum files.
+    """
+    from . import io
+    from .exceptions import OmniSpectraError
+    from .tokenizer import tokenize
+
+    skipped: list[str] = []
+
+    def report(failure) -> None:
+        skipped.append(str(failure.path))
+        click.echo(f"skipped {failure.path}: {failure.error}", err=True)
+
+    spectra = io.iter_spectra(sources, format=fmt, on_error="skip", callback=report)
+
+    def tokens():
+        for k, spec in enumerate(spectra):
+            sid = str((spec.meta or {}).get("id", k))
+            try:
+                tok = tokenize(spec, patch_size=config.patch_size, stride=config.stride)
+            except OmniSpectraError as err:
+                skipped.append(sid)
+                click.echo(f"skipped {sid}: {err}", err=True)
+                continue
+            tok.meta = {"id": sid}
+            yield tok
+
+    return spectra, tokens(), skipped
 
 
 @main.command("embed")
@@ -110,48 +148,21 @@ def embed_command(inputs, examples, output, model_name, batch_size, device, dtyp
     """
     from pathlib import Path
 
-    from . import io
     from .api import embed
     from .exceptions import OmniSpectraError
     from .pretrained import load_model
-    from .tokenizer import tokenize
 
     out = Path(output)
     if out.suffix.lower() not in (".npy", ".h5", ".hdf5"):
         raise click.UsageError("--output must end in .npy, .h5 or .hdf5")
-    sources = [str(p) for p in inputs]
-    if examples:
-        from .examples import example_paths
-
-        sources += [str(p) for p in example_paths()]
-    if not sources:
-        raise click.UsageError("give spectrum files or directories, or --examples")
+    sources = _sources(inputs, examples)
     try:
         model = load_model(model_name, device=device)
     except OmniSpectraError as err:
         raise click.ClickException(str(err)) from err
-    cfg = model.config
-    skipped: list[str] = []
+    spectra, tokens, skipped = _read_and_tokenize(sources, fmt, model.config)
 
-    def report(failure) -> None:
-        skipped.append(str(failure.path))
-        click.echo(f"skipped {failure.path}: {failure.error}", err=True)
-
-    spectra = io.iter_spectra(sources, format=fmt, on_error="skip", callback=report)
-
-    def tokens():
-        for k, spec in enumerate(spectra):
-            sid = str((spec.meta or {}).get("id", k))
-            try:
-                tok = tokenize(spec, patch_size=cfg.patch_size, stride=cfg.stride)
-            except OmniSpectraError as err:
-                skipped.append(sid)
-                click.echo(f"skipped {sid}: {err}", err=True)
-                continue
-            tok.meta = {"id": sid}
-            yield tok
-
-    vectors, ids = embed(tokens(), model=model, batch_size=batch_size, dtype=dtype,
+    vectors, ids = embed(tokens, model=model, batch_size=batch_size, dtype=dtype,
                          progress=False if quiet else None, return_ids=True)
     for failure in spectra.not_spectra:
         click.echo(f"skipped {failure.path}: not a spectrum ({failure.error})", err=True)
@@ -348,6 +359,108 @@ def export(checkpoint: str, output: str) -> None:
     digest = export_checkpoint(checkpoint, output)
     click.echo(f"wrote {output}")
     click.echo(f"sha256 {digest}")
+
+
+_TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits"}
+
+
+@main.command("classify")
+@click.argument("inputs", nargs=-1, type=click.Path(), metavar="FILE_OR_DIR...")
+@click.option("--examples", is_flag=True, help="Also classify the example spectra shipped with the package.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the table: .ecsv, .csv or .fits (by extension).")
+@click.option("--model", "model_name", default="default", show_default=True,
+              help="Encoder (name or weights file); must match the probe.")
+@click.option("--probe", "probe_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Probe file (default: the bundled source-class probe).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
+@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
+@click.option("--quiet", is_flag=True, help="Do not print the table (with -o).")
+def classify_command(inputs, examples, output, model_name, probe_path, batch_size, device, fmt,
+                     quiet) -> None:
+    """Classify every spectrum in FILE_OR_DIR... as GALAXY, QSO or STAR.
+
+    Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR) and/or writes it with
+    -o. Unreadable files and untokenizable spectra are reported with the reason and
+    skipped; the command fails only when nothing was classified.
+    """
+    from pathlib import Path
+
+    from .api import _resolve_probe, classify
+    from .exceptions import OmniSpectraError
+    from .pretrained import load_model
+
+    out = Path(output) if output else None
+    if out is not None and out.suffix.lower() not in _TABLE_FORMATS:
+        raise click.UsageError("--output must end in .ecsv, .csv or .fits")
+    sources = _sources(inputs, examples)
+    try:
+        model = load_model(model_name, device=device)
+        probe = _resolve_probe(probe_path, "source_class")
+        probe.check_encoder(model)
+    except OmniSpectraError as err:
+        raise click.ClickException(str(err)) from err
+    spectra, tokens, skipped = _read_and_tokenize(sources, fmt, model.config)
+
+    table = classify(tokens, model=model, probe=probe, batch_size=batch_size, progress=False)
+    for failure in spectra.not_spectra:
+        click.echo(f"skipped {failure.path}: not a spectrum ({failure.error})", err=True)
+    if not len(table):
+        raise click.ClickException("no spectrum could be classified")
+    for name in table.colnames:
+        if name.startswith("prob_"):
+            table[name].info.format = ".3f"
+    if out is None or not quiet:
+        for line in table.pformat(max_lines=-1, max_width=-1):
+            click.echo(line)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.write(out, format=_TABLE_FORMATS[out.suffix.lower()], overwrite=True)
+        note = f"; {len(skipped)} skipped" if skipped else ""
+        click.echo(f"classified {len(table)} spectra -> {out}{note}", err=True)
+
+
+@main.command("evaluate")
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", "model_name", default="default", show_default=True,
+              help="Encoder: model name or weights file.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Output directory (ECSV tables, results.md, PNG plots).")
+@click.option("--tasks", default="source_class,stellar_params,redshift", show_default=True,
+              help="Comma-separated tasks.")
+@click.option("--methods", default=None, help="Comma-separated methods (default: every method of each task).")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-per-dataset", default=20000, show_default=True, type=click.IntRange(min=2))
+@click.option("--finetune", is_flag=True, help="Train the encoder with the zero-/few-shot heads (slow).")
+@click.option("--baseline-pixels", default=2048, show_default=True, type=click.IntRange(min=32),
+              help="Largest resampled length for the supervised baselines.")
+@click.option("--device", default=None, help="torch device for the encoder.")
+@click.option("--quiet", is_flag=True, help="No per-run progress lines.")
+def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_dataset, finetune,
+                     baseline_pixels, device, quiet) -> None:
+    """Downstream evaluation (paper protocol) of an encoder on the labelled spectra of CORPUS...
+
+    Source class, stellar parameters and redshift from the corpus labels; 50/50 splits
+    grouped by object, RUNS seeds; probes, supervised baselines, PCA+ridge, kNN and a
+    trivial baseline. Needs scikit-learn and matplotlib (the ``eval`` extra).
+    """
+    from .exceptions import OmniSpectraError
+
+    try:
+        from .evaluation.harness import evaluate
+    except ImportError as err:  # pragma: no cover - scikit-learn missing
+        raise click.ClickException(f"{err}; install the eval extra: pip install 'omnispectra[eval]'") from err
+    say = None if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        result = evaluate(list(corpus), model=model_name, output=output, tasks=tasks.split(","),
+                          methods=methods.split(",") if methods else None, runs=runs,
+                          max_per_dataset=max_per_dataset, finetune=finetune,
+                          baseline_pixels=baseline_pixels, device=device, progress=say)
+    except (OmniSpectraError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(result["report"])
+    click.echo(f"wrote {output}/results.ecsv, results.md and plots ({result['seconds']:.0f} s)", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

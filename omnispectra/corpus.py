@@ -73,6 +73,7 @@ import numpy as np
 from astropy import units as u
 
 from . import __version__
+from ._fileutils import default_file_mode
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
 
 __all__ = [
@@ -611,6 +612,7 @@ def build_corpus(
         raise
     # all files are complete: move them into place (each move is atomic)
     for name, target in targets.items():
+        os.chmod(writers[name].tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(writers[name].tmp, target)
         report.outputs[name] = str(target)
     report.seconds = time.perf_counter() - start

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ._fileutils import default_file_mode
 from .exceptions import CheckpointError
 from .model import OmniSpectra, OmniSpectraConfig
 
@@ -69,6 +70,7 @@ def save_weights(model: OmniSpectra, path: str | os.PathLike, info: dict[str, An
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; weights are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -21,8 +21,8 @@ def test_hand_computed_tokens():
     wave = np.arange(8, dtype=float) + 5000.0
     flux = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     tok = tokenize(wave, flux, patch_size=4, stride=2)
-    # median 4.5, MAD = median(|f - 4.5|) = 2.0 -> scale 2.9652
-    shift, scale = 4.5, 1.4826 * 2.0
+    # mean 4.5, population std sqrt(5.25)
+    shift, scale = 4.5, np.sqrt(5.25)
     assert tok.normalization.shift == pytest.approx(shift)
     assert tok.normalization.scale == pytest.approx(scale)
     norm = (flux - shift) / scale
@@ -210,3 +210,18 @@ def test_real_sdss_spectra_tokenize():
         assert 300 < tok.n_tokens < 500
         assert np.isfinite(tok.tokens).all()
         assert tok.wavelength[0] > 3500 and tok.wavelength[-1] < 10500
+
+
+def test_standardization_uses_valid_pixels_only():
+    rng = np.random.default_rng(3)
+    wave = np.linspace(4000, 9000, 500)
+    flux = rng.normal(100, 7, 500)
+    bad = np.zeros(500, bool)
+    bad[::7] = True
+    flux[bad] = 1e6  # never enters the statistics
+    tok = tokenize(wave, flux, mask=bad)
+    values = tok.normalization.apply(flux[~bad])
+    assert values.mean() == pytest.approx(0, abs=1e-9) and values.std() == pytest.approx(1)
+    flat = tokenize(wave, np.full(500, 3.0))
+    assert flat.normalization == type(flat.normalization)(shift=3.0, scale=1.0)
+    assert np.all(flat.tokens == 0)

@@ -102,3 +102,11 @@ def test_interrupted_save_keeps_old_file(tmp_path, tiny_model, monkeypatch):
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("*.tmp"))
     assert np.isfinite(_embed(load_weights(path)).numpy()).all()
+
+
+def test_saved_weights_get_default_permissions(tmp_path, tiny_model):
+    from omnispectra._fileutils import default_file_mode
+
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny_model, path)
+    assert path.stat().st_mode & 0o777 == default_file_mode()

@@ -21,6 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..collate import Batch
 from ..model import OmniSpectra, OmniSpectraConfig
+from .._fileutils import default_file_mode
 
 __all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
 
@@ -116,6 +117,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.close(fd)
         try:
             torch.save(checkpoint, tmp)
+            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

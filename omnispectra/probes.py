@@ -1,0 +1,502 @@
+"""Downstream probes on OmniSpectra embeddings: heads, class weights, samplers, save/load.
+
+Paper, section *Downstream Linear Probe*: the encoder's hidden states are mean-pooled
+over the valid tokens (:meth:`omnispectra.model.OmniSpectra.embed`), normalized with a
+``LayerNorm`` and mapped by one ``Linear`` layer to logits (classification) or
+normalized targets (regression). This module holds the pieces that do not need
+Lightning (training lives in :mod:`omnispectra.training.probe_module`):
+
+- :class:`Probe`: a head (``linear`` = LayerNorm -> Linear, or ``mlp`` = LayerNorm ->
+  [Linear -> ReLU -> Dropout] x n -> Linear) plus everything needed to use it: the task
+  kind, label/class names, the target transforms (``log10`` for Teff) and the
+  training-set normalization of regression targets, and the fingerprint of the encoder
+  it was trained on;
+- :func:`class_weights` (inverse of the normalized square root of the class counts,
+  as in the paper's source classification) and :func:`class_balanced_sampler` (a
+  ``WeightedRandomSampler`` drawing each training spectrum with its class's weight);
+- :class:`KNNProbe`: distance-weighted k-nearest-neighbour regression on embeddings
+  (the zero-shot protocol for galaxy properties, following AstroCLIP);
+- :func:`save_probe` / :func:`load_probe`: safetensors + a JSON header (no pickle);
+  loading a probe for the wrong encoder raises :class:`~omnispectra.exceptions.CheckpointError`.
+
+Regression targets are normalized with the *training-set* mean and standard deviation
+(the paper estimates them per training batch; a fixed training-set estimate gives the
+same optimum and a well-defined de-normalization at prediction time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .exceptions import CheckpointError
+
+__all__ = [
+    "Probe",
+    "KNNProbe",
+    "make_head",
+    "class_weights",
+    "class_balanced_sampler",
+    "fit_normalization",
+    "TRANSFORMS",
+    "encoder_fingerprint",
+    "encoder_description",
+    "save_probe",
+    "load_probe",
+    "read_probe_header",
+    "PROBE_FORMAT",
+]
+
+PROBE_FORMAT = "omnispectra-probe"
+PROBE_FORMAT_VERSION = 1
+EPS = 1e-8
+KINDS = ("classification", "regression")
+
+# forward transform applied to a target before normalization, and its inverse
+TRANSFORMS: dict[str, tuple[Any, Any]] = {
+    "identity": (lambda v: v, lambda v: v),
+    "log10": (np.log10, lambda v: np.power(10.0, v)),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# class imbalance
+
+
+def class_weights(labels: Sequence[int] | np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    """Per-class loss weights: the inverse of the normalized square root of the counts.
+
+    With counts ``c_k`` the weight is ``w_k = sum_j sqrt(c_j) / sqrt(c_k)`` (paper,
+    *Source Classification*). Classes absent from ``labels`` get weight 0. Negative or
+    NaN labels are ignored.
+
+    >>> class_weights([0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+    array([7.  , 3.5 , 1.75])
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    y = y[np.isfinite(y) & (y >= 0)].astype(np.int64)
+    n = int(n_classes if n_classes is not None else (y.max() + 1 if y.size else 0))
+    counts = np.bincount(y, minlength=n)[:n].astype(np.float64)
+    root = np.sqrt(counts)
+    total = root.sum()
+    with np.errstate(divide="ignore"):
+        weights = np.where(counts > 0, total / np.where(root > 0, root, 1.0), 0.0)
+    return weights
+
+
+def class_balanced_sampler(
+    labels: Sequence[int] | np.ndarray,
+    weights: np.ndarray | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> torch.utils.data.WeightedRandomSampler:
+    """A ``WeightedRandomSampler`` drawing training item ``i`` with weight ``weights[labels[i]]``.
+
+    ``weights`` default to :func:`class_weights` of ``labels``; ``num_samples`` to
+    ``len(labels)``; draws are with replacement and reproducible from ``seed``. Use it
+    for the training set only: the test set keeps its natural class distribution.
+    """
+    y = np.asarray(labels, dtype=np.int64).ravel()
+    if weights is None:
+        weights = class_weights(y)
+    per_item = torch.as_tensor(np.asarray(weights, dtype=np.float64)[y], dtype=torch.double)
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.WeightedRandomSampler(per_item, int(num_samples or y.size),
+                                                  replacement=True, generator=generator)
+
+
+def fit_normalization(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware per-column mean and standard deviation (1 where undefined or zero)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    mean = np.zeros(y.shape[1])
+    std = np.ones(y.shape[1])
+    for k in range(y.shape[1]):
+        col = y[:, k][np.isfinite(y[:, k])]
+        if col.size:
+            mean[k] = col.mean()
+            s = col.std()
+            std[k] = s if s > 0 and math.isfinite(s) else 1.0
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------
+# heads
+
+
+def make_head(in_dim: int, n_out: int, head: str = "linear", hidden: Sequence[int] = (),
+              dropout: float = 0.0, layer_norm: bool = True) -> nn.Sequential:
+    """``linear``: LayerNorm -> Linear (the paper's probe). ``mlp``: LayerNorm ->
+    [Linear -> ReLU -> Dropout] per hidden width -> Linear."""
+    layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if layer_norm else []
+    if head == "linear":
+        if hidden:
+            raise ValueError("a linear head has no hidden layers")
+        layers.append(nn.Linear(in_dim, n_out))
+    elif head == "mlp":
+        if not hidden:
+            raise ValueError("an mlp head needs at least one hidden width")
+        width = in_dim
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = int(h)
+        layers.append(nn.Linear(width, n_out))
+    else:
+        raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
+    return nn.Sequential(*layers)
+
+
+class Probe(nn.Module):
+    """A trained (or trainable) head on pooled encoder embeddings, with its metadata.
+
+    Parameters
+    ----------
+    in_dim : int
+        Embedding width ``D`` of the encoder.
+    kind : {"classification", "regression"}
+    names : sequence of str
+        Class names (classification; output ``k`` is class ``names[k]``) or target
+        names (regression).
+    head, hidden, dropout, layer_norm
+        See :func:`make_head`.
+    transforms : mapping, optional
+        Target name -> key of :data:`TRANSFORMS` (regression; default identity).
+    units : mapping, optional
+        Target name -> unit string of the physical values.
+    mean, std : array, optional
+        Training-set normalization of the (transformed) regression targets.
+    encoder : dict, optional
+        :func:`encoder_description` of the encoder the head was trained on.
+    info : dict, optional
+        Free-form JSON-serializable provenance (training recipe, held-out scores).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        kind: str,
+        names: Sequence[str],
+        head: str = "linear",
+        hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        layer_norm: bool = True,
+        transforms: Mapping[str, str] | None = None,
+        units: Mapping[str, str] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        encoder: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
+        self.names = [str(n) for n in names]
+        if not self.names:
+            raise ValueError("a probe needs at least one class or target name")
+        if kind == "classification" and len(self.names) < 2:
+            raise ValueError("a classification probe needs at least two classes")
+        self.in_dim = int(in_dim)
+        self.head_type = head
+        self.hidden = [int(h) for h in hidden]
+        self.dropout = float(dropout)
+        self.layer_norm = bool(layer_norm)
+        self.head = make_head(self.in_dim, len(self.names), head, self.hidden, self.dropout, self.layer_norm)
+        transforms = dict(transforms or {})
+        unknown = set(transforms.values()) - set(TRANSFORMS)
+        if unknown:
+            raise ValueError(f"unknown transform(s) {sorted(unknown)}; known: {sorted(TRANSFORMS)}")
+        self.transforms = ({n: transforms.get(n, "identity") for n in self.names}
+                           if kind == "regression" else {})
+        self.units = {str(k): str(v) for k, v in (units or {}).items()}
+        n = len(self.names)
+        self.mean = np.zeros(n) if mean is None else np.asarray(mean, dtype=np.float64).reshape(n)
+        self.std = np.ones(n) if std is None else np.asarray(std, dtype=np.float64).reshape(n)
+        self.encoder = dict(encoder or {})
+        self.info = dict(info or {})
+
+    @property
+    def n_out(self) -> int:
+        return len(self.names)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Raw outputs: logits, or normalized (transformed) targets."""
+        return self.head(embeddings)
+
+    # -- targets ------------------------------------------------------------------------
+    def transform_targets(self, y: np.ndarray) -> np.ndarray:
+        """Physical targets ``(N, n_out)`` -> transformed (e.g. log10 Teff), NaN kept."""
+        y = np.asarray(y, dtype=np.float64).reshape(-1, self.n_out).copy()
+        for k, name in enumerate(self.names):
+            fwd = TRANSFORMS[self.transforms[name]][0]
+            with np.errstate(all="ignore"):
+                y[:, k] = fwd(y[:, k])
+        return y
+
+    def inverse_transform(self, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64).reshape(-1, self.n_out).copy()
+        for k, name in enumerate(self.names):
+            y[:, k] = TRANSFORMS[self.transforms[name]][1](y[:, k])
+        return y
+
+    def fit_normalization(self, y_physical: np.ndarray) -> np.ndarray:
+        """Set :attr:`mean`/:attr:`std` from training targets; return them normalized."""
+        z = self.transform_targets(y_physical)
+        self.mean, self.std = fit_normalization(z)
+        return self.normalize(z)
+
+    def normalize(self, y_transformed: np.ndarray) -> np.ndarray:
+        return (np.asarray(y_transformed, dtype=np.float64) - self.mean) / (self.std + EPS)
+
+    def denormalize(self, y_norm: np.ndarray) -> np.ndarray:
+        """Normalized outputs -> transformed targets (e.g. log10 Teff)."""
+        return np.asarray(y_norm, dtype=np.float64) * (self.std + EPS) + self.mean
+
+    # -- prediction ---------------------------------------------------------------------
+    @torch.no_grad()
+    def raw_predict(self, embeddings: Any, batch_size: int = 4096) -> np.ndarray:
+        """Outputs for ``(N, D)`` embeddings (numpy or tensor), in eval mode."""
+        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected embeddings of shape (N, {self.in_dim}), got {tuple(x.shape)}")
+        was = self.training
+        self.eval()
+        param = next(self.parameters())
+        try:
+            outs = [self(x[i:i + batch_size].to(param.device, param.dtype)).float().cpu()
+                    for i in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was)
+        return torch.cat(outs).numpy() if outs else np.zeros((0, self.n_out), np.float32)
+
+    def predict(self, embeddings: Any) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` or physical targets ``(N, n_targets)``."""
+        out = self.raw_predict(embeddings).astype(np.float64)
+        if self.kind == "classification":
+            out = out - out.max(axis=1, keepdims=True)
+            p = np.exp(out)
+            return p / p.sum(axis=1, keepdims=True)
+        return self.inverse_transform(self.denormalize(out))
+
+    def predict_transformed(self, embeddings: Any) -> np.ndarray:
+        """Regression outputs in the transformed (fitted) space, e.g. log10 Teff."""
+        return self.denormalize(self.raw_predict(embeddings))
+
+    # -- (de)serialization ---------------------------------------------------------------
+    def header(self) -> dict[str, Any]:
+        """The JSON-serializable description stored with the tensors."""
+        return {
+            "kind": self.kind,
+            "names": self.names,
+            "head": {"type": self.head_type, "in_dim": self.in_dim, "hidden": self.hidden,
+                     "dropout": self.dropout, "layer_norm": self.layer_norm},
+            "transforms": self.transforms,
+            "units": self.units,
+            "normalization": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
+            "encoder": self.encoder,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> "Probe":
+        head = header["head"]
+        norm = header.get("normalization") or {}
+        return cls(in_dim=head["in_dim"], kind=header["kind"], names=header["names"], head=head["type"],
+                   hidden=head.get("hidden", ()), dropout=head.get("dropout", 0.0),
+                   layer_norm=head.get("layer_norm", True), transforms=header.get("transforms"),
+                   units=header.get("units"), mean=norm.get("mean"), std=norm.get("std"),
+                   encoder=header.get("encoder"), info=header.get("info"))
+
+    def check_encoder(self, model: Any) -> None:
+        """Raise :class:`CheckpointError` unless ``model`` is the encoder this probe belongs to."""
+        check_encoder(self.encoder, model, what="probe")
+
+    def __repr__(self) -> str:
+        arch = self.head_type if not self.hidden else f"{self.head_type}{self.hidden}"
+        return f"<Probe {self.kind} {arch} {self.in_dim}->{self.names}>"
+
+
+class KNNProbe:
+    """Distance-weighted k-nearest-neighbour regression on embeddings (no training).
+
+    The zero-shot protocol of the paper's galaxy-property table (after AstroCLIP):
+    embeddings are standardized with the training set's per-dimension statistics and a
+    target is the inverse-distance-weighted mean over the ``k`` nearest training
+    spectra (Euclidean). NaN targets of a neighbour are skipped.
+    """
+
+    def __init__(self, k: int = 16) -> None:
+        self.k = int(k)
+
+    def fit(self, embeddings: np.ndarray, targets: np.ndarray) -> "KNNProbe":
+        x = np.asarray(embeddings, dtype=np.float64)
+        self.mean_ = x.mean(0)
+        self.scale_ = x.std(0) + 1e-6
+        self.x_ = (x - self.mean_) / self.scale_
+        y = np.asarray(targets, dtype=np.float64)
+        self.y_ = y[:, None] if y.ndim == 1 else y
+        return self
+
+    def predict(self, embeddings: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        q = (np.asarray(embeddings, dtype=np.float64) - self.mean_) / self.scale_
+        k = min(self.k, self.x_.shape[0])
+        out = np.empty((q.shape[0], self.y_.shape[1]))
+        for s in range(0, q.shape[0], chunk):
+            d = np.sqrt(np.maximum(((q[s:s + chunk, None, :] - self.x_[None]) ** 2).sum(-1), 0.0))
+            idx = np.argsort(d, axis=1)[:, :k]
+            dist = np.take_along_axis(d, idx, axis=1)
+            w = 1.0 / np.maximum(dist, 1e-12)
+            ny = self.y_[idx]                                   # (n, k, t)
+            ok = np.isfinite(ny)
+            ww = w[..., None] * ok
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[s:s + chunk] = (np.where(ok, ny, 0.0) * ww).sum(1) / ww.sum(1)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# encoder identity
+
+
+def encoder_fingerprint(model: nn.Module) -> str:
+    """sha256 over the encoder's tensors (names, dtypes, shapes and bytes, sorted by name).
+
+    Independent of how the model was obtained (file, registry, memory) and of its device.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def encoder_description(model: nn.Module) -> dict[str, Any]:
+    """``{"sha256", "config", "name", "file_sha256"}`` of an :class:`~omnispectra.model.OmniSpectra`."""
+    info = getattr(model, "info", {}) or {}
+    desc = {"sha256": encoder_fingerprint(model), "config": model.config.to_dict()}
+    if info.get("name"):
+        desc["name"] = str(info["name"])
+    path = info.get("path")
+    if path and os.path.isfile(path):
+        from .pretrained import sha256sum
+
+        desc["file_sha256"] = sha256sum(path)
+    return desc
+
+
+def check_encoder(expected: Mapping[str, Any], model: Any, what: str = "probe") -> None:
+    """Raise :class:`CheckpointError` when ``model`` is not the encoder ``expected`` describes."""
+    if not expected or "sha256" not in expected:
+        raise CheckpointError(f"the {what} does not record which encoder it belongs to")
+    config = model.config.to_dict()
+    want = {k: v for k, v in (expected.get("config") or {}).items() if k not in ("attention", "extra")}
+    have = {k: v for k, v in config.items() if k not in ("attention", "extra")}
+    if want and want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise CheckpointError(
+            f"the {what} was trained on a different encoder: configuration differs in {diff} "
+            f"(probe: { {k: want.get(k) for k in diff} }, model: { {k: have.get(k) for k in diff} })")
+    digest = encoder_fingerprint(model)
+    if digest != expected["sha256"]:
+        name = expected.get("name", "an encoder")
+        raise CheckpointError(
+            f"the {what} was trained on {name} with weights sha256 {expected['sha256'][:12]}..., "
+            f"but the given model's weights have sha256 {digest[:12]}...; load the matching "
+            "encoder or retrain the probe (scripts/train_predictors.py)")
+
+
+# ---------------------------------------------------------------------------------------
+# files
+
+
+def save_probe(probe: Probe, path: str | os.PathLike, card: bool = True) -> Path:
+    """Write a probe as safetensors (tensors) + JSON header metadata; no pickle.
+
+    The file is written to a temporary name and renamed. With ``card=True`` the header is
+    also written, human-readable, to ``<path>.json`` (``.safetensors`` replaced).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in probe.state_dict().items()}
+    header = probe.header()
+    metadata = {"format": PROBE_FORMAT, "format_version": str(PROBE_FORMAT_VERSION),
+                "probe": json.dumps(header)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if card:
+        path.with_suffix(".json").write_text(json.dumps(header, indent=2) + "\n")
+    return path
+
+
+def read_probe_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a probe file (raises :class:`CheckpointError` if it is not one)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"probe file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if meta.get("format") != PROBE_FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an omnispectra probe")
+    if int(meta.get("format_version", -1)) != PROBE_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has probe format version {meta.get('format_version')}; "
+                              f"this omnispectra reads version {PROBE_FORMAT_VERSION}")
+    try:
+        return json.loads(meta["probe"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has a corrupt probe header: {err}") from err
+
+
+def load_probe(path: str | os.PathLike, model: Any = None) -> Probe:
+    """Load a probe written by :func:`save_probe`.
+
+    Parameters
+    ----------
+    path : path-like
+    model : OmniSpectra, optional
+        When given, the probe's recorded encoder is checked against it
+        (:class:`CheckpointError` on mismatch).
+    """
+    from safetensors.torch import load_file
+
+    header = read_probe_header(path)
+    try:
+        probe = Probe.from_header(header)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has an invalid probe header: {err}") from err
+    tensors = load_file(str(path), device="cpu")
+    try:
+        probe.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: tensors do not match the probe header: {err}") from err
+    probe.eval()
+    if model is not None:
+        probe.check_encoder(model)
+    return probe

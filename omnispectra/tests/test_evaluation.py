@@ -1,0 +1,146 @@
+"""The evaluation harness: label rules, scikit-learn metrics, baselines, an end-to-end run on real spectra."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("sklearn")
+
+from omnispectra.cli import main  # noqa: E402
+from omnispectra.evaluation import baselines  # noqa: E402
+from omnispectra.evaluation.harness import (  # noqa: E402
+    TASKS, classification_metrics, evaluate, labeled_rows, regression_metrics, source_classes)
+from omnispectra.model import OmniSpectra, OmniSpectraConfig  # noqa: E402
+
+from .helpers import require_data_dir  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning:lightning.*", "ignore::DeprecationWarning:lightning.*",
+    "ignore:.*LeafSpec.*:DeprecationWarning",
+)
+
+
+def test_classification_metrics_are_scikit_learn():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    pred = np.array([0, 1, 0, 1, 1, 2, 0, 2, 2])
+    prob = np.eye(3)[pred]
+    m = classification_metrics(y, prob, ["GALAXY", "QSO", "STAR"])
+    np.testing.assert_allclose([m["f1_GALAXY"], m["f1_QSO"], m["f1_STAR"]], f1_score(y, pred, average=None))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    np.testing.assert_array_equal(m["confusion"], confusion_matrix(y, pred))
+    # a class absent from the test set has no F1 and does not enter the macro average
+    m = classification_metrics(np.array([0, 0, 2]), np.eye(3)[[0, 2, 2]], ["GALAXY", "QSO", "STAR"])
+    assert np.isnan(m["f1_QSO"]) and m["f1_macro"] == pytest.approx(f1_score([0, 0, 2], [0, 2, 2],
+                                                                              average="macro"))
+
+
+def test_regression_metrics_normalized_mse_and_physical_mae():
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    true = np.array([[3.7, 4.0], [3.8, np.nan], [3.6, 2.0], [3.9, 1.0]])   # log10 Teff, logg
+    pred = np.array([[3.75, 3.5], [3.8, 9.0], [3.55, 2.5], [3.85, 1.0]])
+    mean, std = np.array([3.7, 3.0]), np.array([0.1, 1.0])
+    m = regression_metrics(true, pred, ["teff", "logg"], mean, std, {"teff": "log10"})
+    mse_t = mean_squared_error((true[:, 0] - 3.7) / 0.1, (pred[:, 0] - 3.7) / 0.1)
+    mse_g = mean_squared_error(true[[0, 2, 3], 1], pred[[0, 2, 3], 1])   # NaN truth skipped
+    assert m["mse_norm"] == pytest.approx((mse_t + mse_g) / 2)
+    assert m["mae_teff"] == pytest.approx(np.mean(np.abs(10 ** true[:, 0] - 10 ** pred[:, 0])))  # in K
+    assert m["r2_logg"] == pytest.approx(r2_score(true[[0, 2, 3], 1], pred[[0, 2, 3], 1]))
+
+
+def test_source_class_rules(tmp_path):
+    vi_dir = tmp_path / "squeze"
+    vi_dir.mkdir()
+    (vi_dir / "index.csv").write_text("file,CLASS,pipe_CLASS,VI_CLASS_PERSON\n"
+                                      "squeze/spec-1.fits,STAR,QSO,STAR\n")
+    classes = source_classes(["QSO", "", "", "galaxy", "QSO", "UNKNOWN"],
+                             ["boss", "manga", "miles", "sdss", "boss", "desi"],
+                             [str(vi_dir / "spec-1.fits"), "", "", "", str(vi_dir / "spec-2.fits"), ""])
+    assert classes.tolist() == ["STAR", "GALAXY", "STAR", "GALAXY", "QSO", ""]
+    meta = {"source_class": np.array(["STAR"] * 3 + ["QSO"]),
+            "survey": np.array(["miles"] * 2 + ["boss"] * 2),
+            "teff": np.array([5000.0, np.nan, 6000.0, np.nan]), "logg": np.array([4.0, 2.0, 4.0, np.nan]),
+            "fe_h": np.full(4, np.nan), "z": np.array([np.nan, np.nan, 0.0, 2.0])}
+    # a star with logg but no Teff keeps its logg; BOSS has too few labelled stars to join
+    assert labeled_rows(TASKS["stellar_params"], meta, min_labeled=2).tolist() == [True, True, False, False]
+    assert labeled_rows(TASKS["redshift"], meta).tolist() == [False, False, False, True]
+
+
+def test_baselines_shapes_and_pca_models():
+    rng = np.random.default_rng(0)
+    arrays = [(np.linspace(3600 + k, 9000, 500 + 10 * k), rng.normal(1, 0.1, 500 + 10 * k),
+               np.ones(500 + 10 * k), np.zeros(500 + 10 * k, bool)) for k in range(6)]
+    x, grid = baselines.resample_group(arrays, max_pixels=256)
+    assert x.shape == (6, 2, 256) and grid.n == 256 and x[:, 1].mean() > 0.9
+    for name in ("galspecnet", "spender"):
+        net = baselines.make_baseline(name, 3)
+        for n in (128, 300):  # adaptive / attention pooling: any input length
+            assert net(torch.zeros(2, 2, n)).shape == (2, 3)
+    y = np.stack([x[:, 0, :10].mean(1), np.r_[np.nan, np.ones(5)]], 1)
+    for fn in (baselines.pca_ridge, baselines.knn_pca):
+        out = fn(x[:4], y[:4], x[4:])
+        assert out.shape == (2, 2) and np.isfinite(out).all()
+    probs = baselines.trivial_predict(np.array([0, 2, 2]), 4, "classification", 3)
+    assert probs.shape == (4, 3) and (probs.argmax(1) == 2).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory):
+    """A few dozen real labelled spectra: SDSS galaxies/QSOs, BOSS plate 7102, MaNGA spaxels, MILES stars."""
+    from omnispectra.corpus import build_corpus
+
+    root = require_data_dir()
+    inputs = sorted((root / "sdss" / "gelato").glob("spec-0*.fits"))
+    inputs += sorted((root / "sdss" / "squeze").glob("spec-*.fits"))[:14]
+    inputs += sorted((root / "miles").glob("MILES_res2.50_star_m00[0-2]*V.fits"))
+    inputs += [root / "manga" / "MaNGA_test_spectra.fits.gz"]
+    inputs = [p for p in inputs if p.exists()]
+    if len(inputs) < 20:
+        pytest.skip("not enough real spectra in the shared data folder")
+    out = tmp_path_factory.mktemp("evalcorpus")
+    build_corpus([str(p) for p in inputs], out, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_harness_end_to_end_on_real_spectra(tiny_corpus, tmp_path):
+    from astropy.table import Table
+
+    torch.manual_seed(0)
+    encoder = OmniSpectra(OmniSpectraConfig(dim=16, n_layers=1, n_heads=2)).eval()
+    lines = []
+    result = evaluate(sorted(tiny_corpus.glob("*.h5")), model=encoder, output=tmp_path / "eval", runs=1,
+                      min_labeled=15, min_group=8, baseline_pixels=128, progress=lines.append)
+    assert 30 <= result["n_spectra"] <= 80
+    summary = Table.read(tmp_path / "eval" / "results.ecsv")
+    assert {"source_class", "stellar_params", "redshift"} <= set(summary["task"])
+    methods = set(summary["method"])
+    assert {"trivial", "zero-shot", "few-shot", "galspecnet", "spender", "pca_ridge", "knn_pca",
+            "mlp"} <= methods
+    stars = summary[(summary["task"] == "stellar_params") & (summary["metric"] == "mse_norm")]
+    assert np.isfinite(stars["mean"]).all() and set(stars["group"]) == {"miles"}
+    report = (tmp_path / "eval" / "results.md").read_text()
+    assert "| OmniSpectra | Few-shot |" in report and "F1 QSO" in report
+    assert list((tmp_path / "eval").glob("confusion_source_class_*.png"))
+    assert list((tmp_path / "eval").glob("pred_vs_true_stellar_params_*.png"))
+
+
+def test_cli_evaluate(tiny_corpus, tmp_path):
+    from omnispectra.pretrained import save_weights
+
+    torch.manual_seed(0)
+    weights = tmp_path / "enc.safetensors"
+    save_weights(OmniSpectra(OmniSpectraConfig(dim=16, n_layers=1, n_heads=2)), weights)
+    files = [str(p) for p in sorted(tiny_corpus.glob("*.h5"))]
+    result = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights),
+                                       "-o", str(tmp_path / "ev"),
+                                       "--tasks", "source_class", "--methods", "trivial,zero-shot",
+                                       "--runs", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Source classification" in result.output and (tmp_path / "ev" / "source_class.ecsv").is_file()
+    bad = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights), "-o", str(tmp_path / "x"),
+                                    "--tasks", "nonsense"])
+    assert bad.exit_code != 0 and "unknown task" in bad.output

@@ -1,0 +1,211 @@
+"""Probes: class weights, sampler, heads learning synthetic tasks, save/load, the predictor API and CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import omnispectra
+from omnispectra import CheckpointError
+from omnispectra.cli import main
+from omnispectra.examples import example_paths
+from omnispectra.model import OmniSpectra, OmniSpectraConfig
+from omnispectra.pretrained import save_weights
+from omnispectra.probes import (KNNProbe, Probe, class_balanced_sampler, class_weights, encoder_description,
+                                encoder_fingerprint, load_probe, read_probe_header, save_probe)
+from omnispectra.training.probe_module import fit_finetune, fit_probe_on_embeddings
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning:lightning.*", "ignore::DeprecationWarning:lightning.*",
+    "ignore:.*LeafSpec.*:DeprecationWarning",
+)
+
+MICRO = {"dim": 16, "n_layers": 1, "n_heads": 2}
+
+
+def micro_encoder(seed=0):
+    torch.manual_seed(seed)
+    return OmniSpectra(OmniSpectraConfig(**MICRO)).eval()
+
+
+def blobs(n=240, dim=12, n_classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (n_classes, dim))
+    y = rng.integers(0, n_classes, n)
+    return (centers[y] + rng.normal(0, 1, (n, dim))).astype(np.float32), y
+
+
+def test_class_weights_hand_computed():
+    # counts 1, 4, 16 -> sqrt 1, 2, 4 (sum 7) -> normalized 1/7, 2/7, 4/7 -> weights 7, 3.5, 1.75
+    labels = [0] + [1] * 4 + [2] * 16
+    np.testing.assert_allclose(class_weights(labels), [7.0, 3.5, 1.75])
+    # a class absent from the training labels gets weight 0; NaN/negative labels are ignored
+    np.testing.assert_allclose(class_weights([0, 0, 0, 0, 2, -1, np.nan], n_classes=3), [1.5, 0.0, 3.0])
+
+
+def test_sampler_uses_class_weights():
+    labels = np.array([0] + [1] * 4 + [2] * 16)
+    sampler = class_balanced_sampler(labels, seed=3)
+    np.testing.assert_allclose(sampler.weights.numpy(), class_weights(labels)[labels])
+    assert sampler.num_samples == labels.size and sampler.replacement
+    draws = np.array(list(class_balanced_sampler(labels, num_samples=21000, seed=3)))
+    assert list(draws[:50]) == list(class_balanced_sampler(labels, num_samples=21000, seed=3))[:50]
+    # class k is drawn with probability c_k w_k / sum = sqrt(c_k) / sum sqrt(c) = 1/7, 2/7, 4/7
+    freq = np.bincount(labels[draws], minlength=3) / draws.size
+    np.testing.assert_allclose(freq, [1 / 7, 2 / 7, 4 / 7], atol=0.015)
+
+
+def test_linear_probe_learns_separable_classes():
+    x, y = blobs()
+    probe = Probe(x.shape[1], "classification", ["A", "B", "C"])
+    fit_probe_on_embeddings(probe, x[:160], y[:160], steps=200, lr=1e-2)
+    prob = probe.predict(x[160:])
+    np.testing.assert_allclose(prob.sum(1), 1.0, rtol=1e-6)
+    assert (prob.argmax(1) == y[160:]).mean() > 0.95
+
+
+def test_regression_probe_normalizes_and_denormalizes():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 32)).astype(np.float32)
+    log_teff = 3.7 + 0.1 * x[:, 0]
+    logg = 2.0 + 1.5 * x[:, 1] - 0.5 * x[:, 2]
+    y = np.stack([10 ** log_teff, logg], axis=1)
+    y[::7, 1] = np.nan  # missing labels are ignored, never learned
+    probe = Probe(32, "regression", ["teff", "logg"], transforms={"teff": "log10"}, units={"teff": "K"})
+    fit_probe_on_embeddings(probe, x[:200], y[:200], steps=400, lr=1e-2)
+    np.testing.assert_allclose(probe.mean, [np.log10(y[:200, 0]).mean(), np.nanmean(y[:200, 1])])
+    pred = probe.predict(x[200:])
+    assert np.corrcoef(pred[:, 0], y[200:, 0])[0, 1] > 0.95          # physical units (K)
+    assert abs(np.median(pred[:, 0]) - np.median(y[200:, 0])) < 200
+    ok = np.isfinite(y[200:, 1])
+    assert np.corrcoef(pred[ok, 1], y[200:, 1][ok])[0, 1] > 0.95
+
+
+def test_knn_and_small_mlp_for_galaxy_properties():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16))
+    y = np.stack([x[:, 0] + 0.1 * rng.normal(size=300), np.sin(x[:, 1])], axis=1)
+    knn = KNNProbe(k=8).fit(x[:250, :2], y[:250])
+    pred = knn.predict(x[250:, :2])
+    assert np.corrcoef(pred[:, 0], y[250:, 0])[0, 1] > 0.9
+    mlp = Probe(16, "regression", ["logM", "sSFR"], head="mlp", hidden=(32,))
+    fit_probe_on_embeddings(mlp, x[:250], y[:250], steps=300, lr=1e-2)
+    assert np.corrcoef(mlp.predict(x[250:])[:, 0], y[250:, 0])[0, 1] > 0.8
+
+
+def test_probe_save_load_round_trip_and_wrong_encoder(tmp_path):
+    encoder = micro_encoder(0)
+    x, y = blobs(n=64, dim=MICRO["dim"])
+    probe = Probe(MICRO["dim"], "classification", ["GALAXY", "QSO", "STAR"],
+                  encoder=encoder_description(encoder), info={"note": "test"})
+    fit_probe_on_embeddings(probe, x, y, steps=20, lr=1e-3)
+    path = save_probe(probe, tmp_path / "p.safetensors")
+    assert path.read_bytes()[:8] and (tmp_path / "p.json").is_file()
+    header = read_probe_header(path)
+    assert header["names"] == ["GALAXY", "QSO", "STAR"]
+    assert header["encoder"]["sha256"] == encoder_fingerprint(encoder)
+    back = load_probe(path, model=encoder)
+    np.testing.assert_allclose(back.predict(x), probe.predict(x), rtol=1e-6)
+    assert back.info == {"note": "test"}
+    assert json.loads((tmp_path / "p.json").read_text())["kind"] == "classification"
+    # same architecture, other weights
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_probe(path, model=micro_encoder(1))
+    # other architecture
+    torch.manual_seed(0)
+    other = OmniSpectra(OmniSpectraConfig(dim=16, n_layers=2, n_heads=2))
+    with pytest.raises(CheckpointError, match="different encoder.*n_layers"):
+        load_probe(path).check_encoder(other)
+    # not a probe file
+    save_weights(encoder, tmp_path / "enc.safetensors")
+    with pytest.raises(CheckpointError, match="not an omnispectra probe"):
+        load_probe(tmp_path / "enc.safetensors")
+
+
+def test_finetune_trains_the_encoder():
+    from omnispectra.tokenizer import tokenize
+
+    encoder = micro_encoder(0)
+    before = encoder_fingerprint(encoder)
+    rng = np.random.default_rng(0)
+    wave = np.linspace(4000, 5000, 200)
+    tokens = [tokenize(wave, 1 + 0.1 * rng.normal(size=200) + (k % 2) * np.sin(wave / 50)) for k in range(8)]
+    probe = Probe(MICRO["dim"], "classification", ["a", "b"], encoder=encoder_description(encoder))
+    fit_finetune(probe, encoder, tokens, np.arange(8) % 2, steps=3, batch_size=4, lr=1e-3)
+    assert encoder_fingerprint(encoder) != before
+    assert probe.encoder["sha256"] == encoder_fingerprint(encoder)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A micro encoder saved to disk and probes trained on the example spectra's embeddings."""
+    from omnispectra.api import embed
+
+    tmp = tmp_path_factory.mktemp("probes")
+    encoder = micro_encoder(0)
+    weights = tmp / "encoder.safetensors"
+    save_weights(encoder, weights)
+    from omnispectra.pretrained import load_weights
+
+    encoder = load_weights(weights)
+    emb = embed(example_paths(), model=encoder, progress=False)
+    desc = encoder_description(encoder)
+    cls = Probe(emb.shape[1], "classification", ["GALAXY", "QSO", "STAR"], encoder=desc)
+    fit_probe_on_embeddings(cls, np.repeat(emb, 4, 0), np.repeat([0, 2, 2], 4), steps=10, lr=1e-3)
+    stars = Probe(emb.shape[1], "regression", ["teff", "logg", "fe_h"], transforms={"teff": "log10"},
+                  units={"teff": "K", "logg": "dex", "fe_h": "dex"}, encoder=desc)
+    fit_probe_on_embeddings(stars, np.repeat(emb, 4, 0), np.tile([[5800.0, 4.4, 0.0], [4200, 1.5, -1.0],
+                                                                 [9000, 4.0, np.nan]], (4, 1)), steps=10)
+    return {"encoder": encoder, "weights": weights, "classify": save_probe(cls, tmp / "cls.safetensors"),
+            "stellar": save_probe(stars, tmp / "stars.safetensors")}
+
+
+def test_classify_and_stellar_parameters_contract(trained):
+    from astropy import units as u
+
+    table = omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["classify"])
+    assert table.colnames == ["id", "class", "prob_GALAXY", "prob_QSO", "prob_STAR"]
+    assert len(table) == 3 and set(table["class"]) <= {"GALAXY", "QSO", "STAR"}
+    probs = np.stack([table[c] for c in ("prob_GALAXY", "prob_QSO", "prob_STAR")], 1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    one = omnispectra.classify(str(example_paths()[0]), model=trained["encoder"], probe=trained["classify"])
+    assert len(one) == 1 and one["id"][0] == table["id"][0]
+
+    params = omnispectra.predict_stellar_parameters(example_paths(), model=str(trained["weights"]),
+                                                    probe=trained["stellar"])
+    assert params.colnames == ["id", "teff", "logg", "fe_h"] and params["teff"].unit == u.K
+    assert np.all(params["teff"] > 0)
+    with pytest.raises(CheckpointError, match="classification probe"):
+        omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["stellar"])
+
+
+def test_missing_bundled_probe_is_a_clear_error(trained, monkeypatch, tmp_path):
+    import omnispectra.api as api
+
+    monkeypatch.setattr(api, "bundled_probe_path", lambda task: tmp_path / f"{task}.safetensors")
+    with pytest.raises(CheckpointError, match="bundled source class probe.*missing.*train_predictors"):
+        omnispectra.classify(example_paths(), model=trained["encoder"])
+    with pytest.raises(CheckpointError, match="redshift probe.*missing"):
+        omnispectra.predict_redshift(example_paths(), model=trained["encoder"])
+
+
+def test_cli_classify(trained, tmp_path):
+    from astropy.table import Table
+
+    bad = tmp_path / "broken.fits"
+    bad.write_text("not a FITS file")
+    out = tmp_path / "classes.ecsv"
+    runner = CliRunner()
+    args = ["classify", "--examples", str(bad), "--model", str(trained["weights"]), "--probe",
+            str(trained["classify"])]
+    result = runner.invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "broken.fits" in result.output and "prob_QSO" in result.output
+    table = Table.read(out)
+    assert len(table) == 3 and table.colnames[:2] == ["id", "class"]
+    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.csv")])
+    assert result.exit_code != 0 and "no spectrum could be classified" in result.output
+    result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])
+    assert result.exit_code != 0 and ".ecsv, .csv or .fits" in result.output
