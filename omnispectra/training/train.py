@@ -182,7 +182,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     trainer = L.Trainer(
         max_steps=config.max_steps,
         max_time={"minutes": config.max_time_minutes} if config.max_time_minutes else None,
-        val_check_interval=config.val_every, check_val_every_n_epoch=None,
+        # validate at least once, also in runs shorter than val_every
+        val_check_interval=min(config.val_every, config.max_steps), check_val_every_n_epoch=None,
         gradient_clip_val=config.grad_clip, precision=_precision(config),
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=config.strategy, plugins=[AtomicCheckpointIO()],
