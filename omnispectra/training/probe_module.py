@@ -216,6 +216,15 @@ def fit(
     return net.cpu().eval()
 
 
+def _training_targets(probe: Any, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(y, labels)``: class indices (also the sampler's labels), or regression targets
+    normalized with the training-set statistics (stored in ``probe``; labels None)."""
+    if probe.kind == "classification":
+        y = np.asarray(targets, dtype=np.int64).ravel()
+        return y, y
+    return probe.fit_normalization(np.asarray(targets, dtype=np.float64)).astype(np.float32), None
+
+
 def fit_probe_on_embeddings(probe: Any, embeddings: np.ndarray, targets: np.ndarray, **kwargs: Any):
     """Train a :class:`~omnispectra.probes.Probe` head on precomputed (frozen-encoder) embeddings.
 
@@ -224,12 +233,7 @@ def fit_probe_on_embeddings(probe: Any, embeddings: np.ndarray, targets: np.ndar
     training-set statistics (stored in the probe for de-normalization).
     """
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
-    if probe.kind == "classification":
-        y = np.asarray(targets, dtype=np.int64).ravel()
-        labels = y
-    else:
-        y = probe.fit_normalization(np.asarray(targets, dtype=np.float64)).astype(np.float32)
-        labels = None
+    y, labels = _training_targets(probe, targets)
     ds = torch.utils.data.TensorDataset(x, torch.as_tensor(y))
     fit(probe, ds, probe.kind, labels=labels, **kwargs)
     return probe
@@ -244,12 +248,7 @@ def fit_finetune(probe: Any, encoder: nn.Module, tokens: Sequence[Any], targets:
     """
     from ..probes import encoder_description
 
-    if probe.kind == "classification":
-        y = np.asarray(targets, dtype=np.int64).ravel()
-        labels = y
-    else:
-        y = probe.fit_normalization(np.asarray(targets, dtype=np.float64)).astype(np.float32)
-        labels = None
+    y, labels = _training_targets(probe, targets)
     net = EncoderWithHead(encoder, probe)
     net.n_out = probe.n_out
     for p in encoder.parameters():
