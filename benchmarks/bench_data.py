@@ -138,9 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
             results[name] = {"seconds": sec, "spectra_per_s": n / sec,
                              "padding_fraction": float(np.mean(padding[name])),
                              "tokens_per_batch_padded": None}
+        surveys = ds.surveys
         for name, bucketed in (("pipeline/random", False), ("pipeline/bucketed", True)):
             _, batches = loader(bucketed, 0)
             results[name]["tokens_per_batch_padded"] = float(np.mean([len(b) * lengths[b].max() for b in batches]))
+            # buckets must not turn into one-survey batches: the paper mixes surveys in a batch
+            results[name]["surveys_per_batch"] = float(np.mean([len(set(surveys[b].tolist())) for b in batches]))
 
     out = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -166,11 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("surveys: " + ", ".join(f"{k}={v}" for k, v in c["surveys"].items()))
     print(f"tokens per spectrum: min {c['tokens']['min']}, median {c['tokens']['median']:.0f}, "
           f"max {c['tokens']['max']}; batch size {args.batch_size}; workers {args.workers}")
-    print(f"{'stage':<20s} {'spectra/s':>10s} {'padding':>8s} {'padded tokens/batch':>20s}")
+    print(f"{'stage':<20s} {'spectra/s':>10s} {'padding':>8s} {'padded tokens/batch':>20s} {'surveys/batch':>14s}")
     for name, r in results.items():
         pad = f"{r['padding_fraction']:.1%}" if "padding_fraction" in r else "-"
         tpb = f"{r['tokens_per_batch_padded']:.0f}" if r.get("tokens_per_batch_padded") else "-"
-        print(f"{name:<20s} {r['spectra_per_s']:>10.0f} {pad:>8s} {tpb:>20s}")
+        mix = f"{r['surveys_per_batch']:.2f}" if "surveys_per_batch" in r else "-"
+        print(f"{name:<20s} {r['spectra_per_s']:>10.0f} {pad:>8s} {tpb:>20s} {mix:>14s}")
     print(f"bucketed vs random pipeline: {out['speedup_bucketed_vs_random']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

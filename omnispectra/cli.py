@@ -136,8 +136,8 @@ def _read_and_tokenize(sources: list[str], fmt: str | None, config):
               help="Model name (see `omnispectra info`) or weights file.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Compute precision (bf16/fp16 run under autocast).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Compute precision: auto = bf16 autocast where the hardware runs it natively, else fp32.")
 @click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed_command(inputs, examples, output, model_name, batch_size, device, dtype, fmt, quiet) -> None:

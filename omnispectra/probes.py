@@ -7,10 +7,11 @@ normalized targets (regression). This module holds the pieces that do not need
 Lightning (training lives in :mod:`omnispectra.training.probe_module`):
 
 - :class:`Probe`: a head (``linear`` = LayerNorm -> Linear, or ``mlp`` = LayerNorm ->
-  [Linear -> ReLU -> Dropout] x n -> Linear) plus everything needed to use it: the task
-  kind, label/class names, the target transforms (``log10`` for Teff) and the
-  training-set normalization of regression targets, and the fingerprint of the encoder
-  it was trained on;
+  [Linear -> ReLU -> Dropout] x n -> Linear; optionally an ensemble of ``members`` such
+  heads, trained independently with different seeds and averaged, see
+  :class:`HeadEnsemble`) plus everything needed to use it: the task kind, label/class
+  names, the target transforms (``log10`` for Teff) and the training-set normalization
+  of regression targets, and the fingerprint of the encoder it was trained on;
 - :func:`class_weights` (inverse of the normalized square root of the class counts,
   as in the paper's source classification) and :func:`class_balanced_sampler` (a
   ``WeightedRandomSampler`` drawing each training spectrum with its class's weight);
@@ -44,6 +45,7 @@ from .exceptions import CheckpointError
 __all__ = [
     "Probe",
     "KNNProbe",
+    "HeadEnsemble",
     "make_head",
     "class_weights",
     "class_balanced_sampler",
@@ -159,6 +161,27 @@ def make_head(in_dim: int, n_out: int, head: str = "linear", hidden: Sequence[in
     return nn.Sequential(*layers)
 
 
+class HeadEnsemble(nn.Module):
+    """The mean of the raw outputs of ``n`` heads of one architecture (:func:`make_head`).
+
+    Averaging independently trained heads (different initializations, batch orders and
+    dropout draws) lowers the variance of a head fitted on a few hundred spectra, which
+    is what limits the stellar-parameter probe. The members are trained one by one
+    (:func:`omnispectra.training.probe_module.fit_probe_on_embeddings`), each by the
+    same loss as a single head, not through the average: jointly training the average
+    would just be one wider network. Classification averages logits.
+    """
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(heads) < 2:
+            raise ValueError("an ensemble needs at least two heads")
+        self.members = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
 class Probe(nn.Module):
     """A trained (or trainable) head on pooled encoder embeddings, with its metadata.
 
@@ -172,6 +195,9 @@ class Probe(nn.Module):
         names (regression).
     head, hidden, dropout, layer_norm
         See :func:`make_head`.
+    members : int
+        1: one head (the paper's probe); more: a :class:`HeadEnsemble` of that many
+        heads of this architecture.
     transforms : mapping, optional
         Target name -> key of :data:`TRANSFORMS` (regression; default identity).
     units : mapping, optional
@@ -193,6 +219,7 @@ class Probe(nn.Module):
         hidden: Sequence[int] = (),
         dropout: float = 0.0,
         layer_norm: bool = True,
+        members: int = 1,
         transforms: Mapping[str, str] | None = None,
         units: Mapping[str, str] | None = None,
         mean: Sequence[float] | None = None,
@@ -214,7 +241,13 @@ class Probe(nn.Module):
         self.hidden = [int(h) for h in hidden]
         self.dropout = float(dropout)
         self.layer_norm = bool(layer_norm)
-        self.head = make_head(self.in_dim, len(self.names), head, self.hidden, self.dropout, self.layer_norm)
+        self.members = int(members)
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {members}")
+        heads = [make_head(self.in_dim, len(self.names), head, self.hidden, self.dropout, self.layer_norm)
+                 for _ in range(self.members)]
+        # a single head keeps the original tensor names (head.0.weight, ...) of version-1 files
+        self.head = heads[0] if self.members == 1 else HeadEnsemble(heads)
         transforms = dict(transforms or {})
         unknown = set(transforms.values()) - set(TRANSFORMS)
         if unknown:
@@ -302,7 +335,7 @@ class Probe(nn.Module):
             "kind": self.kind,
             "names": self.names,
             "head": {"type": self.head_type, "in_dim": self.in_dim, "hidden": self.hidden,
-                     "dropout": self.dropout, "layer_norm": self.layer_norm},
+                     "dropout": self.dropout, "layer_norm": self.layer_norm, "members": self.members},
             "transforms": self.transforms,
             "units": self.units,
             "normalization": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
@@ -316,7 +349,8 @@ class Probe(nn.Module):
         norm = header.get("normalization") or {}
         return cls(in_dim=head["in_dim"], kind=header["kind"], names=header["names"], head=head["type"],
                    hidden=head.get("hidden", ()), dropout=head.get("dropout", 0.0),
-                   layer_norm=head.get("layer_norm", True), transforms=header.get("transforms"),
+                   layer_norm=head.get("layer_norm", True), members=head.get("members", 1),
+                   transforms=header.get("transforms"),
                    units=header.get("units"), mean=norm.get("mean"), std=norm.get("std"),
                    encoder=header.get("encoder"), info=header.get("info"))
 
@@ -326,6 +360,8 @@ class Probe(nn.Module):
 
     def __repr__(self) -> str:
         arch = self.head_type if not self.hidden else f"{self.head_type}{self.hidden}"
+        if self.members > 1:
+            arch = f"{self.members} x {arch}"
         return f"<Probe {self.kind} {arch} {self.in_dim}->{self.names}>"
 
 

@@ -168,13 +168,27 @@ def test_bad_inputs_raise_package_errors(model, tmp_path):
 
 def test_bf16_autocast_and_progress(model, capsys):
     spectra = [_synthetic(n, seed=n) for n in (300, 900)]
-    ref = embed(spectra, model=model)
+    ref = embed(spectra, model=model, dtype="float32")
     low = embed(spectra, model=model, dtype=torch.bfloat16, progress=True)
     assert low.dtype == np.float32
     np.testing.assert_allclose(low, ref, atol=0.1 * np.abs(ref).max())
     assert "embedding" in capsys.readouterr().err  # the tqdm bar went to stderr
     embed(spectra, model=model, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_auto_dtype_follows_the_hardware(model, monkeypatch):
+    from omnispectra import api
+
+    spectra = [_synthetic(n, seed=n) for n in (300, 900)]
+    exact = embed(spectra, model=model, dtype="float32")
+    low = embed(spectra, model=model, dtype="bf16")
+    assert not np.array_equal(exact, low)
+    for native, expected in ((True, low), (False, exact)):
+        monkeypatch.setattr(api, "_cpu_has_native_bf16", lambda: native)
+        assert api.default_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
+        np.testing.assert_array_equal(embed(spectra, model=model), expected)  # default dtype="auto"
+    assert api.default_dtype("meta") == torch.float32
 
 
 def test_model_mode_restored(model):

@@ -9,8 +9,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from astropy import units as u
-from astropy.nddata import InverseVariance
 from specutils import Spectrum
 from torch.utils.data import DataLoader
 
@@ -20,7 +18,7 @@ from omnispectra.corpus import build_corpus
 from omnispectra.dataset import SpectrumDataset, WeightedLengthBucketSampler, split_by_object, token_counts
 from omnispectra.tokenizer import n_patches
 
-from .test_corpus import FLUX_UNIT, make_spectrum
+from .test_corpus import make_spectrum
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,28 @@ def test_knn_and_small_mlp_for_galaxy_properties():
     assert np.corrcoef(mlp.predict(x[250:])[:, 0], y[250:, 0])[0, 1] > 0.8
 
 
+def test_ensemble_probe_averages_independently_trained_members(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    y = np.stack([x[:, 0] - x[:, 1], 10 ** (3.7 + 0.05 * x[:, 2])], axis=1)
+    probe = Probe(8, "regression", ["a", "teff"], head="mlp", hidden=(16,), members=3,
+                  transforms={"teff": "log10"})
+    assert "3 x mlp[16]" in repr(probe)
+    fit_probe_on_embeddings(probe, x[:150], y[:150], steps=150, lr=1e-2, seed=0)
+    members = list(probe.head.members)
+    # each member is trained on its own (different seeds) and the probe outputs their mean
+    outs = [m.eval()(torch.as_tensor(x[150:])).detach().numpy() for m in members]
+    assert not np.allclose(outs[0], outs[1], atol=1e-3)
+    np.testing.assert_allclose(probe.raw_predict(x[150:]), np.mean(outs, 0), rtol=1e-5, atol=1e-6)
+    for out in outs:  # every member learned the task, not only the average
+        assert np.corrcoef(out[:, 0], y[150:, 0])[0, 1] > 0.9
+    back = load_probe(save_probe(probe, tmp_path / "ens.safetensors"))
+    assert back.members == 3 and read_probe_header(tmp_path / "ens.safetensors")["head"]["members"] == 3
+    np.testing.assert_allclose(back.predict(x[150:]), probe.predict(x[150:]), rtol=1e-6)
+    with pytest.raises(ValueError, match="members=1"):
+        fit_finetune(probe, micro_encoder(0), [], np.zeros((0, 2)), steps=1)
+
+
 def test_probe_save_load_round_trip_and_wrong_encoder(tmp_path):
     encoder = micro_encoder(0)
     x, y = blobs(n=64, dim=MICRO["dim"])

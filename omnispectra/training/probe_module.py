@@ -231,12 +231,24 @@ def fit_probe_on_embeddings(probe: Any, embeddings: np.ndarray, targets: np.ndar
     ``targets``: integer classes ``(N,)`` for classification; physical values
     ``(N, n_targets)`` for regression (NaN = missing), normalized here with the
     training-set statistics (stored in the probe for de-normalization).
+
+    The members of an ensemble probe (``probe.members > 1``) are trained one after the
+    other, each on its own loss, member ``k`` with seed ``seed + k`` (batch order and
+    dropout; their initializations already differ).
     """
+    from ..probes import HeadEnsemble
+
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     y, labels = _training_targets(probe, targets)
     ds = torch.utils.data.TensorDataset(x, torch.as_tensor(y))
-    fit(probe, ds, probe.kind, labels=labels, **kwargs)
-    return probe
+    if not isinstance(probe.head, HeadEnsemble):
+        fit(probe, ds, probe.kind, labels=labels, **kwargs)
+        return probe
+    seed = kwargs.pop("seed", 0)
+    for k, member in enumerate(probe.head.members):
+        member.n_out = probe.n_out  # fit sizes the class weights by it
+        fit(member, ds, probe.kind, labels=labels, seed=seed + k, **kwargs)
+    return probe.eval()
 
 
 def fit_finetune(probe: Any, encoder: nn.Module, tokens: Sequence[Any], targets: np.ndarray, **kwargs: Any):
@@ -248,6 +260,9 @@ def fit_finetune(probe: Any, encoder: nn.Module, tokens: Sequence[Any], targets:
     """
     from ..probes import encoder_description
 
+    if getattr(probe, "members", 1) > 1:
+        # the members would share one encoder and be trained through their average
+        raise ValueError("fine-tuning trains one head with the encoder; use a probe with members=1")
     y, labels = _training_targets(probe, targets)
     net = EncoderWithHead(encoder, probe)
     net.n_out = probe.n_out

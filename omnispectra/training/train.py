@@ -52,6 +52,7 @@ class TrainConfig:
     eta_min: float = 1e-6
     grad_clip: float = 1.0
     precision: str = "auto"                            # "auto": bf16-mixed on capable GPUs, else 32-true
+    compile: bool = False                              # torch.compile the encoder (faster steps on GPUs)
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"                             # "auto" picks DDP for several devices
@@ -160,6 +161,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         model_config.to_dict(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
         t0_steps=min(config.t0_steps, config.max_steps), eta_min=config.eta_min,
     )
+    if config.compile:
+        module.model.compile_encoder()
     data = SpectraDataModule(
         config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,

@@ -1,0 +1,31 @@
+"""The benchmark suite (``benchmarks/run.py``) still runs: a smoke run on a few spectra."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import REPO
+
+RUN = REPO / "benchmarks" / "run.py"
+
+
+@pytest.mark.skipif(not RUN.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_benchmark_suite_smoke_run(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(RUN), "--quick", "--per-survey", "4", "--threads", "1", "--repeat", "1",
+           "--sections", "tokenize", "embed", "train", "scaling", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["peak"]["fp32"] > 0 and "failed" not in results
+    embed = results["embed"]
+    assert {row["dtype"] for row in embed} == {"fp32", "bf16"}
+    assert all(row["spectra_per_s"] > 0 and 0 <= row["padding_fraction"] < 1 for row in embed)
+    mixed = {row["batching"]: row["padding_fraction"] for row in embed if row["set"] == "mixed"}
+    assert mixed["bucketed"] <= mixed["padded"]
+    assert all(row["cosine_min"] > 0.99 for row in embed if row["dtype"] == "bf16")
+    assert results["train"][0]["spectra_per_s"] > 0
+    assert len(results["scaling"]["seconds"]) == len(results["scaling"]["tokens"])
+    assert "sdss" in done.stdout and "== embed" in done.stdout
