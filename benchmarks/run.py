@@ -100,7 +100,8 @@ def _short_version(wave, flux, ivar, bad) -> tuple[np.ndarray, ...] | None:
     good = (~bad[sel] & (ivar[sel] > 0)).reshape(-1, 4)
     n_good = good.sum(1)
     binned = (np.where(good, flux[sel].reshape(-1, 4), 0.0).sum(1)) / np.maximum(n_good, 1)
-    return wave[sel].reshape(-1, 4).mean(1), binned, np.where(n_good > 0, n_good, 0).astype(float), n_good == 0
+    # the count of good pixels stands in for the inverse variance (only ivar > 0 matters here)
+    return wave[sel].reshape(-1, 4).mean(1), binned, n_good.astype(float), n_good == 0
 
 
 def load_token_sets(root: Path | None, per_survey: int) -> tuple[dict[str, list[Tokens]], dict[str, list]]:
@@ -109,7 +110,7 @@ def load_token_sets(root: Path | None, per_survey: int) -> tuple[dict[str, list[
     raw: dict[str, list] = {}
     for survey in SURVEYS:
         raw[survey] = [spectrum_arrays(s) for s in _read_survey(root, survey, per_survey)]
-    raw[SHORT] = [a for a in map(lambda arrays: _short_version(*arrays), raw["sdss"]) if a is not None]
+    raw[SHORT] = [a for a in (_short_version(*arrays) for arrays in raw["sdss"]) if a is not None]
     sets = {name: _repeat([tokenize(*a) for a in arrays], per_survey) for name, arrays in raw.items() if arrays}
     # the mixed set takes half of each set, so its lengths span ~55 to ~860 tokens
     rng = np.random.default_rng(0)
