@@ -31,9 +31,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from omnispectra.collate import Collator, LengthBucketSampler, padding_fraction
-from omnispectra.corpus import build_corpus, corpus_info
-from omnispectra.dataset import SpectrumDataset
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import data_dir   # noqa: E402
+
+from omnispectra.collate import Collator, LengthBucketSampler, padding_fraction  # noqa: E402
+from omnispectra.corpus import build_corpus, corpus_info  # noqa: E402
+from omnispectra.dataset import SpectrumDataset  # noqa: E402
 
 SURVEY_GLOBS = {  # survey folder -> file patterns (spectra only; catalogues and indexes excluded)
     "sdss": ["sdss/**/spec-*.fits", "sdss/gelato/1237*.fits", "sdss/ppxf/*.fits"],
@@ -45,11 +48,6 @@ SURVEY_GLOBS = {  # survey folder -> file patterns (spectra only; catalogues and
     "xshooter": ["xshooter/*.fits"],
     "legac": ["legac/*.fits"],
 }
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("OMNISPECTRA_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def select_files(root: Path, per_survey: int) -> list[Path]:
@@ -70,7 +68,7 @@ def time_epoch(loader) -> tuple[float, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--data-dir", type=Path, default=data_dir())
     parser.add_argument("--per-survey", type=int, default=120, help="max files per survey folder")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0)
@@ -78,8 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compression", default="gzip", choices=["gzip", "lzf", "none"])
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
-    if not args.data_dir.is_dir():
-        sys.exit(f"no data folder {args.data_dir} (set OMNISPECTRA_DATA_DIR)")
+    if args.data_dir is None or not args.data_dir.is_dir():
+        where = args.data_dir or os.environ.get("OMNISPECTRA_DATA_DIR") or "../shared/data"
+        sys.exit(f"no data folder {where} (set OMNISPECTRA_DATA_DIR or --data-dir)")
     torch.set_num_threads(1)
 
     files = select_files(args.data_dir, args.per_survey)

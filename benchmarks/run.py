@@ -333,20 +333,30 @@ def _rss_mib(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def synthetic_batch(model: OmniSpectra, batch_size: int, n_tok: int, device: torch.device) -> tuple:
+    """``(tokens, wavelength, valid)`` of ``batch_size`` all-valid random spectra of ``n_tok`` tokens."""
+    tokens = torch.randn(batch_size, n_tok, model.config.token_dim, device=device)
+    wavelength = torch.linspace(3600, 10000, n_tok, device=device).expand(batch_size, n_tok).contiguous()
+    return tokens, wavelength, torch.ones(batch_size, n_tok, dtype=torch.bool, device=device)
+
+
+def run_batch(model: OmniSpectra, batch: tuple, mode: str) -> None:
+    """One training forward/backward (``mode="train"``) or one embedding pass."""
+    if mode == "train":
+        model.train()
+        model.reconstruct(*batch).float().square().mean().backward()
+    else:
+        with torch.inference_mode():
+            model.embed(*batch)
+
+
 def _rss_probe(preset: str, batch_size: int, n_tok: int, mode: str) -> dict:
     """Run in a fresh process: RSS before one batch and its peak during the batch (MiB)."""
     model = build_model(preset, torch.device("cpu"))
-    x = torch.randn(batch_size, n_tok, model.config.token_dim)
-    wl = torch.linspace(3600, 10000, n_tok).expand(batch_size, n_tok).contiguous()
-    valid = torch.ones(batch_size, n_tok, dtype=torch.bool)
+    batch = synthetic_batch(model, batch_size, n_tok, torch.device("cpu"))
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (Linux >= 4.0)
     before = _rss_mib("VmRSS")
-    if mode == "train":
-        model.train()
-        model.reconstruct(x, wl, valid).square().mean().backward()
-    else:
-        with torch.inference_mode():
-            model.embed(x, wl, valid)
+    run_batch(model, batch, mode)
     return {"before_mib": before, "peak_mib": _rss_mib("VmHWM")}
 
 
@@ -360,19 +370,13 @@ def section_memory(device, args) -> list[dict]:
             for bs in args.memory_batch_sizes:
                 if device.type == "cuda":
                     model = build_model(preset, device)
-                    x = torch.randn(bs, n_tok, model.config.token_dim, device=device)
-                    wl = torch.linspace(3600, 10000, n_tok, device=device).expand(bs, n_tok)
-                    valid = torch.ones(bs, n_tok, dtype=torch.bool, device=device)
+                    batch = synthetic_batch(model, bs, n_tok, device)
                     torch.cuda.reset_peak_memory_stats(device)
                     base = torch.cuda.memory_allocated(device)
                     with autocast(device, "bf16"):
-                        if mode == "train":
-                            model.reconstruct(x, wl, valid).float().square().mean().backward()
-                        else:
-                            with torch.inference_mode():
-                                model.embed(x, wl, valid)
+                        run_batch(model, batch, mode)
                     mib = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
-                    del model, x
+                    del model, batch
                 else:
                     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
                             f"import json, run; print(json.dumps(run._rss_probe({preset!r}, {bs}, {n_tok}, "
@@ -393,13 +397,11 @@ def section_scaling(device, args) -> dict:
           f"{'bf16' if device.type == 'cuda' else 'fp32'})")
     times = []
     for n_tok in args.scaling_tokens:
-        x = torch.randn(1, n_tok, model.config.token_dim, device=device)
-        wl = torch.linspace(3600, 10000, n_tok, device=device)[None]
-        valid = torch.ones(1, n_tok, dtype=torch.bool, device=device)
+        batch = synthetic_batch(model, 1, n_tok, device)
 
         def run():
-            with torch.inference_mode(), autocast(device, "bf16" if device.type == "cuda" else "fp32"):
-                model.embed(x, wl, valid)
+            with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
+                run_batch(model, batch, "embed")
         times.append(timed(run, device, args.repeat))
         print(f"  T={n_tok:>6}: {times[-1] * 1e3:>9.2f} ms")
     t = np.log(np.asarray(args.scaling_tokens, float))
