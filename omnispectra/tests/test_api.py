@@ -270,11 +270,13 @@ def test_anomaly_score(model, examples):
 # --------------------------------------------------------------------------- package
 
 
-def test_import_is_light():
+def test_import_is_light(tmp_path):
     code = ("import sys, omnispectra; heavy = [m for m in ('torch', 'specutils', 'lightning') "
             "if m in sys.modules]; assert not heavy, heavy; "
             "assert callable(omnispectra.embed) and 'lightning' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO.parent)
+    # an empty working directory: next to the checkout (``python -c`` puts the cwd first
+    # on sys.path) a clone folder named ``omnispectra`` would shadow the installed package
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_lazy_exports():
