@@ -86,6 +86,8 @@ from .registry import (FileProbe, ReaderInfo, ReadFailure, SpectrumIterator, Spe
 
 # Importing the reader modules registers them.
 from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: E402,F401
+from . import sixdfgs, sdss_spspec  # noqa: E402,F401
+from . import fits_image  # noqa: E402,F401  (generic image layouts, before the specutils fallback)
 from . import specutils_fallback  # noqa: E402,F401
 from .mmu import iter_mmu, read_mmu  # noqa: E402
 
