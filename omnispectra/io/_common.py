@@ -446,17 +446,12 @@ def flux_unit_from_header(text: Any) -> tuple[u.UnitBase | None, str | None]:
     return unit, raw
 
 
-#: Header ``TELESCOP``/``INSTRUME`` values -> survey names of the io contract.
-_KNOWN_TELESCOPES = {"SDSS 2.5-M": "sdss", "LAMOST": "lamost", "UKST": "6dfgs"}
-
-
 def survey_from_header(header) -> str:
-    """Survey label from ``TELESCOP``/``INSTRUME``: a known survey name, else the slugged
-    telescope (and instrument) name, else ``'unknown'`` (never another survey's name)."""
+    """Survey label for a file no survey reader claimed: the slugged ``TELESCOP`` and ``INSTRUME``
+    (``'ljt:yfosc_ysu'``), else ``'unknown'``.  Never mapped to a survey name: one telescope serves
+    several surveys (the SDSS 2.5-m: SDSS, APOGEE; the UKST: 6dFGS, RAVE)."""
     tel = str(header.get("TELESCOP", "") or "").strip()
     inst = str(header.get("INSTRUME", "") or "").strip()
-    if tel.upper() in _KNOWN_TELESCOPES:
-        return _KNOWN_TELESCOPES[tel.upper()]
     parts = [re.sub(r"[^a-z0-9.+-]+", "_", p.lower()).strip("_") for p in (tel, inst) if p]
     label = ":".join(p for p in parts if p)
     return label or "unknown"

@@ -107,8 +107,7 @@ def identify_fits_image_rows(probe: FileProbe) -> bool:
     if len(images) != 1 or images[0].name in _WAVE_NAMES:
         return False
     shape = _long_shape(images[0].shape)
-    return len(shape) == 2 and min(shape) in (2, 3) and max(shape) >= 16 or (
-        len(images[0].shape) == 2 and min(images[0].shape) == 2 and max(images[0].shape) >= 16)
+    return len(shape) == 2 and min(shape) in (2, 3) and max(shape) >= 16
 
 
 def identify_iraf_multispec(probe: FileProbe) -> bool:

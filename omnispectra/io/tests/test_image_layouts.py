@@ -197,7 +197,7 @@ def test_flux_unit_from_header_and_survey_labels():
     assert flux_unit_from_header("K") == (None, "K")
     assert survey_from_header(fits.Header()) == "unknown"
     assert survey_from_header(fits.Header({"TELESCOP": "JWST", "INSTRUME": "NIRSPEC"})) == "jwst:nirspec"
-    assert survey_from_header(fits.Header({"TELESCOP": "SDSS 2.5-M"})) == "sdss"
+    assert survey_from_header(fits.Header({"TELESCOP": "SDSS 2.5-M"})) == "sdss_2.5-m"  # also APOGEE's
 
 
 # ------------------------------------------------------------------ 3 x N and N x 3 images
