@@ -51,7 +51,7 @@ from .registry import FileProbe, register_reader
 from .spectral_wcs import (SpectralAxis, header_medium, iraf_wat, parse_axis_unit, spectral_axis_from_header,
                            to_vacuum, wavelengths_to_angstrom)
 
-__all__ = ["read_fits_image", "read_fits_image_rows", "read_iraf_multispec", "identify_fits_image",
+__all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec", "identify_fits_image",
            "identify_fits_image_rows", "identify_iraf_multispec", "uncertainty_to_ivar"]
 
 _FLUX_NAMES = ("FLUX", "SCI", "SPEC", "SPECTRUM", "DATA", "PRIMARY")
@@ -142,6 +142,14 @@ def _finish_meta(meta: dict, header, axis: SpectralAxis | None, raw_unit: str | 
     if warn:
         meta["header_warnings"] = list(warn)
     return meta
+
+
+def primary_image(path: Path, what: str) -> tuple[fits.Header, np.ndarray, list[str]]:
+    """``(header, float64 data, astropy warnings)`` of the primary image of ``path``."""
+    with open_fits(path) as ff:
+        header = ff.header(0).copy()
+        data = ff.image(0, what).astype(np.float64)
+        return header, data, list(ff.warnings)
 
 
 def _placeholder_ivar(flux: np.ndarray) -> np.ndarray:
@@ -313,10 +321,7 @@ def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray,
 def read_iraf_multispec(path, **kwargs) -> list:
     """IRAF equispec/multispec images: one spectrum per aperture/order, bands from BANDIDn."""
     path = Path(path)
-    with open_fits(path) as ff:
-        header = ff.header(0)
-        data = ff.image(0, "IRAF spectrum").astype(np.float64)
-        warn = list(ff.warnings)
+    header, data, warn = primary_image(path, "IRAF spectrum")
     cube = data.reshape((1,) * (3 - data.ndim) + data.shape) if data.ndim <= 3 else None
     if cube is None:
         raise SpectrumFormatError(f"{path}: IRAF image with {data.ndim} axes; expected at most 3 "

@@ -25,9 +25,9 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import SpectrumFormatError, UnitsError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, flux_unit_from_header, open_fits,
+from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, flux_unit_from_header,
                       put_label, radec_object_id)
-from .fits_image import uncertainty_to_ivar
+from .fits_image import primary_image, uncertainty_to_ivar
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header, wavelengths_to_angstrom
 
@@ -61,10 +61,7 @@ def _rows(header, data: np.ndarray) -> dict[str, np.ndarray]:
 def read_sdss_spspec(path, **kwargs) -> list:
     """SDSS-I/II spSpec image (SPEC_CLN, COEFF0/COEFF1), also IRAF-linearised copies."""
     path = Path(path)
-    with open_fits(path) as ff:
-        h = ff.header(0).copy()
-        data = ff.image(0, "spSpec image").astype(np.float64)
-        warn = list(ff.warnings)
+    h, data, warn = primary_image(path, "spSpec image")
     rows = _rows(h, data)
     if "SPECTRUM" not in rows:
         raise SpectrumFormatError(f"{path}: no SPECTRUM row among {list(rows)}")

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import SpectrumFormatError
-from ._common import base_meta, build_spectrum, file_stem, open_fits, put_label, put_text
-from .fits_image import uncertainty_to_ivar
+from ._common import base_meta, build_spectrum, file_stem, put_label, put_text
+from .fits_image import primary_image, uncertainty_to_ivar
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header
 
@@ -48,10 +48,7 @@ def identify_6dfgs(probe: FileProbe) -> bool:
 def read_6dfgs(path, **kwargs) -> list:
     """6dFGS DR3 image: spectrum, variance, sky(, wavelength) rows."""
     path = Path(path)
-    with open_fits(path) as ff:
-        h = ff.header(0).copy()
-        data = ff.image(0, "6dFGS spectrum").astype(np.float64)
-        warn = list(ff.warnings)
+    h, data, warn = primary_image(path, "6dFGS spectrum")
     if data.ndim != 2 or data.shape[0] not in (3, 4):
         raise SpectrumFormatError(f"{path}: expected a 3 x N or 4 x N 6dFGS image, found {data.shape}")
     npix = data.shape[1]

@@ -7,7 +7,7 @@ the real-data tests at the end skip when ``../shared/data`` is absent.
 from __future__ import annotations
 
 import csv
-import time
+import timeit
 import warnings
 
 import astropy.units as u
@@ -107,13 +107,8 @@ def test_same_spectrum_as_specutils_wcs1d_and_not_slower(tmp_path):
     np.testing.assert_array_equal(ours.flux.value, theirs.flux.value)
     assert ours.flux.unit == theirs.flux.unit
 
-    def best(fn, repeats=7):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def best(fn):
+        return min(timeit.repeat(fn, number=1, repeat=7))
 
     def read_specutils():
         with warnings.catch_warnings():
