@@ -69,7 +69,12 @@ Formats
 ``apogee_aspcapstar``, ``apogee_apstar``, ``lamost_lrs``, ``lamost_mrs``, ``miles``,
 ``xshooter_xsl``, ``manga``, ``eso_phase3`` (LEGA-C, VIMOS/VIPERS-style tables), ``mmu``
 (Multimodal Universe HDF5), ``specutils`` (anything specutils reads; tried last).  See
-:func:`list_formats`.
+:func:`list_formats`.  FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
+``iraf_multispec``, ``fits_image`` and ``fits_image_rows`` (:mod:`omnispectra.io.fits_image`), whose
+axes come from :mod:`omnispectra.io.spectral_wcs`; they say ``medium = 'unknown'`` (wavelengths
+kept as written) when nothing in the file says air or vacuum.  No reader ever uses the pixel index
+as the wavelength, and axes outside 100 A - 100 um (radio, X-ray, velocity) are refused
+(:class:`~omnispectra.exceptions.UnitsError`, checked in :func:`build_spectrum`).
 
 Iterating over many files
 -------------------------

@@ -37,7 +37,7 @@ from ..exceptions import UnitsError
 from ._common import WAVELENGTH_LIMITS_AA, air_to_vacuum
 
 __all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom", "header_medium",
-           "has_spectral_wcs", "iraf_wat", "parse_axis_unit"]
+           "iraf_wat", "parse_axis_unit"]
 
 _VELOCITY_CTYPES = ("VELO", "VRAD", "VOPT", "ZOPT", "BETA", "FELO", "VELOCITY")
 _NON_WAVELENGTH_CTYPES = ("FREQ", "ENER", "WAVN", "VRAD", "VOPT", "ZOPT", "VELO", "BETA", "FELO")
@@ -96,12 +96,6 @@ def parse_axis_unit(text: Any) -> u.UnitBase | None:
         if not isinstance(unit, u.UnrecognizedUnit):
             return unit
     return None
-
-
-def has_spectral_wcs(header, axis: int = 1) -> bool:
-    """True when ``header`` defines world coordinates along ``axis`` (CRVAL, CD/CDELT, or IRAF WAT)."""
-    return (f"CRVAL{axis}" in header and (f"CD{axis}_{axis}" in header or f"CDELT{axis}" in header)) or (
-        "COEFF0" in header and "COEFF1" in header and axis == 1)
 
 
 def header_medium(header, ctype: str = "") -> str:
@@ -183,9 +177,10 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
         wmin, wmax = float(np.nanmin(wave)), float(np.nanmax(wave))
     if not (lo <= wmin and wmax <= hi):
         kind = unit.physical_type
+        hint = " (log10 wavelengths without DC-FLAG = 1?)" if unit == u.AA and 2.0 < vmin and vmax < 6.0 else ""
         raise UnitsError(
             f"{where}: {what} ({kind} axis in {unit}: {vmin:.6g}-{vmax:.6g}) corresponds to "
-            f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom; refused")
+            f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom{hint}; refused")
     return wave
 
 

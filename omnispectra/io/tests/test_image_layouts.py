@@ -48,6 +48,13 @@ def test_iraf_log_linear_axis_dc_flag(tmp_path):
     assert "DC-FLAG=1" in s.meta["wavelength_axis"] and s.meta["ivar_is_placeholder"]
 
 
+def test_log10_values_without_dc_flag_refused(tmp_path):
+    path = _write_1d(tmp_path / "nodcflag.fits", CTYPE1="LINEAR", CUNIT1="Angstrom", CRVAL1=3.58, CDELT1=2.2e-5,
+                     CRPIX1=1)
+    with pytest.raises(UnitsError, match="log10 wavelengths without DC-FLAG"):
+        oio.read(path)
+
+
 def test_wave_log_ctype_both_conventions(tmp_path):
     a = _read1(_write_1d(tmp_path / "log10.fits", CTYPE1="WAVE-LOG", CRVAL1=3.58, CDELT1=2.2e-5, CRPIX1=1,
                          CUNIT1="Angstrom"))
