@@ -333,17 +333,16 @@ def read_iraf_multispec(path, **kwargs) -> list:
     stem = file_stem(path)
     if multispec:
         axes_raw, axis_unit, zs = _multispec_axes(path, header, cube[k_flux])
-        notes: dict = {}
-        axes = [wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path), notes=notes)
-                for a in axes_raw]
-        converted = [to_vacuum(a, header_medium(header)) for a in axes]
-        axes, medium = [a for a, _ in converted], converted[0][1]
-        z = max(zs, key=abs) if zs else 0.0
-        axis = SpectralAxis(wave=axes[0], medium=medium, description="IRAF multispec (WAT2 specN), via specutils",
-                            dopcor_z=z, notes=notes)
+        zs = list(zs) + [0.0] * (len(axes_raw) - len(zs))
+        axes = []
+        for a, z in zip(axes_raw, zs):
+            notes: dict = {}
+            wave = wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path), notes=notes)
+            wave, medium = to_vacuum(wave, header_medium(header))
+            axes.append(SpectralAxis(wave=wave, medium=medium, dopcor_z=z, notes=notes,
+                                     description="IRAF multispec (WAT2 specN), via specutils"))
     else:
-        axis = spectral_axis_from_header(header, npix, where=str(path))
-        axes = [axis.wave] * naps
+        axes = [spectral_axis_from_header(header, npix, where=str(path))] * naps
     if len(axes) != naps:
         raise SpectrumFormatError(f"{path}: {len(axes)} dispersion solutions for {naps} apertures")
     unit, raw_unit = flux_unit_from_header(header.get("BUNIT"))
@@ -354,14 +353,14 @@ def read_iraf_multispec(path, **kwargs) -> list:
         flux = cube[k_flux, ap]
         ivar = uncertainty_to_ivar(cube[k_sigma, ap], "sigma") if k_sigma is not None else _placeholder_ivar(flux)
         meta = base_meta(path, "iraf_multispec", survey_from_header(header), id=sid,
-                         object_id=_object_id(header, stem), medium=axis.medium)
-        _finish_meta(meta, header, axis, raw_unit, k_sigma is None, warn)
+                         object_id=_object_id(header, stem), medium=axes[ap].medium)
+        _finish_meta(meta, header, axes[ap], raw_unit, k_sigma is None, warn)
         meta["aperture"] = apnum
         if any(band_ids):
             meta["iraf_bands"] = band_ids
             meta["iraf_band_used"] = band_ids[k_flux]
         try:
-            out.append(build_spectrum(axes[ap], flux, ivar, flux_unit=unit, meta=meta, path=path))
+            out.append(build_spectrum(axes[ap].wave, flux, ivar, flux_unit=unit, meta=meta, path=path))
         except UnitsError:
             raise
         except InvalidSpectrumError as exc:

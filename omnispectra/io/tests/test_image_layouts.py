@@ -258,25 +258,39 @@ def test_iraf_equispec_bands_like_yfosc(tmp_path):
     assert s.meta["iraf_band_used"].startswith("spectrum")
 
 
-def test_iraf_multispec_echelle_orders(tmp_path):
-    """Two echelle orders (CTYPE1='MULTISPE', WAT2 specN): one spectrum per order, axes via specutils."""
-    data = np.ones((2, N), np.float32)
-    hdu = fits.PrimaryHDU(data)
+def _multispec(path, data, spec2_z=0.0, **extra):
+    hdu = fits.PrimaryHDU(np.asarray(data, np.float32))
     spec1 = '"1 61 0 5000. 0.05 %d 0. 1. 10."' % N
-    spec2 = '"2 60 1 3.71 1e-5 %d 0. 12. 20."' % N  # log-linear order
+    spec2 = '"2 60 1 3.71 1e-5 %d %g 12. 20."' % (N, spec2_z)  # log-linear order
     wat2 = f"wtype=multispec spec1 = {spec1} spec2 = {spec2}"
-    cards = {"WCSDIM": 2, "CTYPE1": "MULTISPE", "CTYPE2": "MULTISPE", "CD1_1": 1.0, "CD2_2": 1.0,
-             "LTM1_1": 1.0, "LTM2_2": 1.0, "WAT0_001": "system=multispec",
-             "WAT1_001": "wtype=multispec label=Wavelength units=angstroms"}
-    hdu.header.update(cards)
+    hdu.header.update({"WCSDIM": 2, "CTYPE1": "MULTISPE", "CTYPE2": "MULTISPE", "CD1_1": 1.0, "CD2_2": 1.0,
+                       "LTM1_1": 1.0, "LTM2_2": 1.0, "WAT0_001": "system=multispec",
+                       "WAT1_001": "wtype=multispec label=Wavelength units=angstroms", **extra})
     for k in range(0, len(wat2), 68):
         hdu.header[f"WAT2_{k // 68 + 1:03d}"] = wat2[k:k + 68]
-    hdu.writeto(tmp_path / "echelle.fits")
-    specs = oio.read(tmp_path / "echelle.fits")
+    hdu.writeto(path)
+    return path
+
+
+def test_iraf_multispec_echelle_orders(tmp_path):
+    """Two echelle orders (CTYPE1='MULTISPE', WAT2 specN): one spectrum per order, axes via specutils."""
+    specs = oio.read(_multispec(tmp_path / "echelle.fits", np.ones((2, N))))
     assert len(specs) == 2 and [s.meta["aperture"] for s in specs] == ["1", "2"]
     np.testing.assert_allclose(specs[0].spectral_axis.value, 5000.0 + 0.05 * np.arange(N), rtol=1e-10)
     np.testing.assert_allclose(specs[1].spectral_axis.value, 10 ** (3.71 + 1e-5 * np.arange(N)), rtol=1e-10)
     assert specs[0].meta["id"].endswith(":1") and specs[0].meta["ivar_is_placeholder"]
+
+
+def test_iraf_multispec_bands_and_per_order_dopcor(tmp_path):
+    cube = np.ones((2, 2, N))
+    cube[1] = 0.5  # sigma band
+    path = _multispec(tmp_path / "bands.fits", cube, spec2_z=0.1, WCSDIM=3, CTYPE3="LINEAR", CD3_3=1.0,
+                      WAT3_001="wtype=linear", BANDID1="spectrum - background fit", BANDID2="sigma - background fit")
+    first, second = oio.read(path)
+    np.testing.assert_allclose(first.uncertainty.array, 4.0)
+    assert first.meta["rest_frame"] is False and second.meta["rest_frame"] is True
+    assert second.meta["dopcor_z"] == pytest.approx(0.1)
+    np.testing.assert_allclose(second.spectral_axis.value, 10 ** (3.71 + 1e-5 * np.arange(N)) / 1.1, rtol=1e-10)
 
 
 # ------------------------------------------------------------------ survey image layouts
