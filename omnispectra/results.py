@@ -4,16 +4,16 @@ Every result of omnispectra can be turned into an `~astropy.table.Table` that
 round-trips through ECSV, FITS and HDF5 with ``Table.write``/``Table.read`` (write it
 with :func:`write_table`, which also refuses to destroy files and writes atomically):
 
-=====================  =========================================================================
+============================  ==================================================================
 :func:`embeddings_table`      ``id``, ``source_file``, ``survey``, ``embedding`` (N, D) float32
 :func:`anomaly_table`         ``id``, ``anomaly_score``
 :func:`predictions_table`     ``id`` and one column per predicted quantity (``teff`` in K,
                               ``logg`` in dex(cm / s2), ``fe_h`` in dex, ``z``, ``class``, ...)
 :func:`reconstruction_table`  one row per spectrum: ``id``, ``mse`` and per-pixel array columns
                               ``wavelength`` (Angstrom), ``flux`` and ``reconstruction`` (the
-                              input's flux unit), ``pixel_masked``; per-token ``token_wavelength``,
-                              ``token_mask``
-=====================  =========================================================================
+                              input's flux unit), ``pixel_masked``; per-token
+                              ``token_wavelength``, ``token_mask``
+============================  ==================================================================
 
 Ids are a string column (not a side file), so any id survives, newlines included.
 
