@@ -16,6 +16,7 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "NonFiniteOutputError",
 ]
 
 
@@ -53,3 +54,7 @@ class CorpusError(OmniSpectraError, OSError):
 
 class CheckpointError(OmniSpectraError, ValueError):
     """A weights file or checkpoint is corrupt or does not match its configuration."""
+
+
+class NonFiniteOutputError(OmniSpectraError, ArithmeticError):
+    """A model output (embedding, probability, prediction) is NaN or inf; it is never used."""
