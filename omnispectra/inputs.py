@@ -497,7 +497,8 @@ class Inputs:
     workers : int or None
         Threads that read files (and prepare their spectra) ahead of the consumer, so
         reading overlaps with the model; order is kept. ``None``: 2 when files are read,
-        else 0. ``0``: read in the calling thread.
+        else 0. ``0``: read in the calling thread (always so with ``on_error="warn"``:
+        warning filters are process-global, so a reading thread could swallow warnings).
     callback : callable, optional
         ``callback(skipped)`` for each :class:`Skipped` record as it happens (the CLI
         prints them).
@@ -526,6 +527,7 @@ class Inputs:
                 f"expected a spectrum, a file path or an iterable of them, got {type(spectra).__name__}")
         self.workers = workers
         self._ids = IdAllocator()
+        self._seen_paths: set[str] = set()
 
     @staticmethod
     def _is_many(obj: Any) -> bool:
@@ -564,6 +566,10 @@ class Inputs:
             explicit = not Path(obj).is_dir() and not (_glob.has_magic(os.fspath(obj))
                                                       and not os.path.lexists(obj))
             for entry in expand_paths(obj):
+                key = os.path.realpath(entry.path if isinstance(entry, PathProblem) else entry)
+                if key in self._seen_paths:  # a file named twice is read once
+                    continue
+                self._seen_paths.add(key)
                 if isinstance(entry, PathProblem):
                     yield _Unit(problem=entry, explicit=explicit)
                 else:
@@ -585,6 +591,10 @@ class Inputs:
         units = self._units()
         if workers is None:
             workers = 0 if self.single else 2
+        if self.on_error == "warn":
+            # the readers' warnings.catch_warnings() in a reading thread would swallow the
+            # warnings this thread emits meanwhile (warning filters are process-global)
+            workers = 0
         if workers <= 0:
             for unit in units:
                 yield unit, unit.run(self.format, self.prepare)

@@ -208,7 +208,7 @@ def check_support(token_wavelength: np.ndarray, support: WavelengthSupport | Non
     lo, hi = support.range
     if np.all((token_wavelength < lo) | (token_wavelength > hi)):
         raise InvalidSpectrumError(
-            f"the spectrum covers {token_wavelength.min():.1f}-{token_wavelength.max():.1f} Angstrom, "
+            f"the spectrum's tokens lie at {token_wavelength.min():.1f}-{token_wavelength.max():.1f} Angstrom, "
             f"entirely outside the model's wavelength support {lo:.1f}-{hi:.1f} Angstrom (its "
             "training data); the model cannot say anything about it")
 

@@ -96,6 +96,12 @@ def _sniff(path: Path) -> str:
         try:
             with gzip.open(path, "rb") as gz:
                 inner = gz.read(16)
+                # read to the end: a truncated stream would otherwise look like a FITS file
+                # with fewer HDUs ("no reader recognises this file") or even read short
+                while gz.read(1 << 22):
+                    pass
+        except EOFError as exc:
+            raise SpectrumFormatError(f"{path}: truncated gzip file ({exc})") from exc
         except Exception as exc:
             raise SpectrumFormatError(f"{path}: corrupt gzip file ({type(exc).__name__}: {exc})") from exc
         if inner.startswith(_FITS_MAGIC):
@@ -113,6 +119,8 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
         raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file")
     try:
         kind = _sniff(path)
+    except SpectrumFormatError:
+        raise
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot be opened ({exc})") from exc
     probe = FileProbe(path=path, kind=kind)
