@@ -30,7 +30,7 @@ ratios are the figures to quote):
 ``bf16``       whether bf16 autocast changes what the shipped predictors say (class agreement,
                stellar-parameter differences, embedding cosine) and how much faster it is;
 ``files``      files end to end next to model only: ``omnispectra.embed`` on SDSS spec files
-               (read + tokenize + embed, with 0 and with 2 reading threads) and on the same
+               (read + tokenize + embed, with 0 and with 1 reading thread) and on the same
                spectra already tokenized, float32, small preset (tiny with ``--quick``);
                spectra/s side by side and their ratio.
 """
@@ -527,7 +527,7 @@ def section_files(device, args) -> list[dict]:
     print(f"\n== files: {len(files)} SDSS spec files -> embeddings, {preset} preset, float32 "
           f"(model only = the same spectra already tokenized)")
     rows = [{"mode": "model_only", "spectra_per_s": n / timed(lambda: run(tokens), device, args.repeat)}]
-    for workers in (0, 2):
+    for workers in (0, 1):
         seconds = timed(lambda: run(files, workers=workers, on_error="skip"), device, args.repeat)
         rows.append({"mode": f"files_workers{workers}", "spectra_per_s": n / seconds})
     for row in rows:

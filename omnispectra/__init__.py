@@ -9,6 +9,7 @@ from .exceptions import (
     CheckpointError,
     CorpusError,
     InvalidSpectrumError,
+    NonFiniteOutputError,
     NotASpectrumError,
     OmniSpectraError,
     SpectrumFormatError,
@@ -34,6 +35,7 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "NonFiniteOutputError",
     "embed",
     "reconstruct",
     "anomaly_score",
@@ -44,6 +46,7 @@ __all__ = [
     "classify",
     "predict_stellar_parameters",
     "predict_redshift",
+    "wavelength_support",
 ]
 
 # The public functions live in submodules that import torch, specutils or astropy; they are
@@ -59,9 +62,10 @@ _LAZY_FUNCTIONS = {
     "classify": "api",
     "predict_stellar_parameters": "api",
     "predict_redshift": "api",
+    "wavelength_support": "runtime",
 }
-_LAZY_MODULES = {"api", "collate", "examples", "io", "masking", "model", "plotting", "pretrained",
-                 "probes", "tokenizer"}
+_LAZY_MODULES = {"api", "collate", "examples", "inputs", "io", "masking", "model", "plotting",
+                 "pretrained", "probes", "runtime", "spectrum", "tokenizer"}
 
 
 def __getattr__(name: str):

@@ -273,8 +273,9 @@ def embed(
         and ``embedding`` (one vector per row) and ``meta`` holding the model name,
         dtype, counts (``n_inputs == n_read + n_skipped``) and ``skipped``.
     workers : int, optional
-        Threads reading and tokenizing files ahead of the model (default 2 when files
-        are read; 0 reads in the calling thread). Order is kept.
+        Threads reading and tokenizing files ahead of the model, so reading overlaps
+        with the model (default 1 when files are read; 0 reads in the calling thread).
+        Order is kept (see :class:`omnispectra.inputs.Inputs`).
 
     Returns
     -------

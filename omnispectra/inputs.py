@@ -29,6 +29,7 @@ import glob as _glob
 import logging
 import os
 import stat
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -200,11 +201,18 @@ def expand_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> 
     return [e.path if isinstance(e, PathProblem) else e for e in expand_paths(sources)]
 
 
+#: Readers use warnings.catch_warnings(), which saves and restores the process-global
+#: warning filters: two threads doing so at once can leave the filters changed for good.
+#: Reading threads therefore read one file at a time (tokenizing runs in parallel).
+_READ_LOCK = threading.Lock()
+
+
 def _read_file(path: Path, format: str | None, **kwargs: Any):
     from . import io
 
     check_readable_file(path)
-    return io.read(path, format=format, **kwargs)
+    with _READ_LOCK:
+        return io.read(path, format=format, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -496,8 +504,9 @@ class Inputs:
         the reading threads when ``workers > 0``.
     workers : int or None
         Threads that read files (and prepare their spectra) ahead of the consumer, so
-        reading overlaps with the model; order is kept. ``None``: 2 when files are read,
-        else 0. ``0``: read in the calling thread (always so with ``on_error="warn"``:
+        reading overlaps with the model; order is kept. ``None``: 1 when files are read,
+        else 0. Files are parsed one at a time (the readers' warning handling is not
+        thread-safe); preparing (tokenizing) runs in parallel. ``0``: read in the calling thread (always so with ``on_error="warn"``:
         warning filters are process-global, so a reading thread could swallow warnings).
     callback : callable, optional
         ``callback(skipped)`` for each :class:`Skipped` record as it happens (the CLI
@@ -590,7 +599,7 @@ class Inputs:
         workers = self.workers
         units = self._units()
         if workers is None:
-            workers = 0 if self.single else 2
+            workers = 0 if self.single else 1
         if self.on_error == "warn":
             # the readers' warnings.catch_warnings() in a reading thread would swallow the
             # warnings this thread emits meanwhile (warning filters are process-global)

@@ -289,14 +289,8 @@ def bad_pixels(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> np.ndarr
         return np.asarray(mask, dtype=bool) | ~np.isfinite(flux) | ~np.isfinite(ivar) | ~(ivar > 0)
 
 
-def spectrum_arrays(
-    spectrum: Any = None,
-    flux: Any = None,
-    ivar: Any = None,
-    mask: Any = None,
-    *,
-    wavelength: Any = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(wavelength_AA, flux, ivar, bad)`` of :func:`spectrum_data` (float64 copies)."""
-    data = spectrum_data(spectrum, flux, ivar, mask, wavelength=wavelength)
+def spectrum_arrays(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(wavelength_AA, flux, ivar, bad)`` of :func:`spectrum_data` (same arguments; float64
+    copies), the tuple form older code uses."""
+    data = spectrum_data(*args, **kwargs)
     return data.wavelength, data.flux, data.ivar, data.bad
