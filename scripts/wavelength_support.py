@@ -40,8 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     card_path = args.card or bundled_weights_path().with_suffix(".json")
     card = json.loads(card_path.read_text())
     surveys = {Path(name).stem for name in card["training"]["settings"]["corpus"]}
-    sources = [p for p in sorted(args.data.iterdir()) if p.is_dir()]
     skip = {str((args.data / folder).resolve()) for folder in ADDED_LATER}
+    sources = [p for p in sorted(args.data.rglob("*")) if p.is_file()
+               and not any(str(p.resolve()).startswith(s + "/") for s in skip)]
     ranges: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
     spectra = iter_spectra(sources, on_error="skip")

@@ -326,7 +326,7 @@ def test_bundled_model_stores_its_wavelength_support():
     support = wavelength_support("default")
     assert isinstance(support, WavelengthSupport)
     lo, hi = support.range
-    assert 3000 < lo < 4000 and 15000 < hi < 25000
+    assert 2000 < lo < 4000 and 15000 < hi < 25000  # DESI rest-frame stacks reach 2,487 A
     assert {"miles", "sdss", "apogee"} <= set(support["surveys"])
     for survey in support["surveys"].values():
         assert lo <= survey["min"] < survey["max"] <= hi
