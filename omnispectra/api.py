@@ -767,7 +767,8 @@ def classify(
     """Source class (GALAXY, QSO or STAR) of spectra, with class probabilities.
 
     A small MLP probe (one hidden layer of 128) on the mean-pooled embedding (paper,
-    *Source Classification*; its recipe is in the probe file and the model card), trained across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
+    *Source Classification*; its recipe is in the probe file and the model card), trained
+    across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
     spectra by ``scripts/train_predictors.py``; its held-out scores are in
     ``omnispectra/data/predictors.json``.
 

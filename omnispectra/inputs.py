@@ -113,8 +113,9 @@ def _file_problem(path: Path) -> str | None:
     if stat.S_ISDIR(st.st_mode):
         return "is a directory, not a spectrum file"
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        mode = st.st_mode
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
         return f"is {kind}, not a regular file; not opened"
     if not os.access(path, os.R_OK):
         return "permission denied (not readable)"
@@ -409,7 +410,8 @@ class IdAllocator:
         if owner is None:
             self._owner[sid] = source
             return sid
-        parents = Path(source).parent.parts[::-1] if owner != source and not source.startswith("input ") else ()
+        in_file = owner != source and not source.startswith("input ")
+        parents = Path(source).parent.parts[::-1] if in_file else ()
         candidate = sid
         for part in parents:
             candidate = f"{part}/{candidate}"
@@ -506,8 +508,9 @@ class Inputs:
         Threads that read files (and prepare their spectra) ahead of the consumer, so
         reading overlaps with the model; order is kept. ``None``: 1 when files are read,
         else 0. Files are parsed one at a time (the readers' warning handling is not
-        thread-safe); preparing (tokenizing) runs in parallel. ``0``: read in the calling thread (always so with ``on_error="warn"``:
-        warning filters are process-global, so a reading thread could swallow warnings).
+        thread-safe); preparing (tokenizing) runs in parallel. ``0``: read in the calling
+        thread (always so with ``on_error="warn"``: warning filters are process-global, so
+        a reading thread could swallow warnings).
     callback : callable, optional
         ``callback(skipped)`` for each :class:`Skipped` record as it happens (the CLI
         prints them).
@@ -553,9 +556,10 @@ class Inputs:
         """Number of spectra when known without reading files (for progress bars), else None."""
         if self.single:
             return 1
-        if is_spectrum_list(self._spectra) or (
-                isinstance(self._spectra, (list, tuple)) and all(is_single_spectrum(s) for s in self._spectra)):
-            return len(self._spectra)
+        spectra = self._spectra
+        if is_spectrum_list(spectra) or (
+                isinstance(spectra, (list, tuple)) and all(is_single_spectrum(s) for s in spectra)):
+            return len(spectra)
         return None
 
     def _units(self) -> Iterator[_Unit]:

@@ -208,7 +208,8 @@ def check_support(token_wavelength: np.ndarray, support: WavelengthSupport | Non
     lo, hi = support.range
     if np.all((token_wavelength < lo) | (token_wavelength > hi)):
         raise InvalidSpectrumError(
-            f"the spectrum's tokens lie at {token_wavelength.min():.1f}-{token_wavelength.max():.1f} Angstrom, "
+            f"the spectrum's tokens lie at {token_wavelength.min():.1f}-{token_wavelength.max():.1f} "
+            "Angstrom, "
             f"entirely outside the model's wavelength support {lo:.1f}-{hi:.1f} Angstrom (its "
             "training data); the model cannot say anything about it")
 
@@ -235,7 +236,7 @@ def check_wavelength_plausible(wavelength: np.ndarray, support: WavelengthSuppor
     if inside >= _PLAUSIBLE_FRACTION * (w1 - w0) and w1 > w0:
         return
     guesses = []
-    for unit, factor in (("nm", 10.0), ("micron", 1e4), ("Angstrom x 10", 0.1)):
+    for unit, factor in (("nm", 10.0), ("micron", 1e4), ("units of 0.1 Angstrom (off by a decade)", 0.1)):
         a, b = w0 * factor, w1 * factor
         if max(0.0, min(b, hi) - max(a, lo)) >= _PLAUSIBLE_FRACTION * (b - a):
             guesses.append(f"{unit} ({a:.6g}-{b:.6g} Angstrom)")

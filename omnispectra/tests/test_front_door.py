@@ -251,7 +251,8 @@ def test_length_limit_is_checked_before_work(monkeypatch):
     wave, flux = _wave_flux(2000)
     assert DEFAULT_MAX_PIXELS >= 100_000
     monkeypatch.setenv("OMNISPECTRA_MAX_PIXELS", "1000")
-    with pytest.raises(InvalidSpectrumError, match="2000 pixels, more than the limit of 1000.*OMNISPECTRA_MAX_PIXELS"):
+    with pytest.raises(InvalidSpectrumError,
+                       match="2000 pixels, more than the limit of 1000.*OMNISPECTRA_MAX_PIXELS"):
         tokenize(wave, flux)
     tokenize(wave, flux, max_pixels=5000)
     monkeypatch.setenv("OMNISPECTRA_MAX_PIXELS", "many")
@@ -259,19 +260,22 @@ def test_length_limit_is_checked_before_work(monkeypatch):
         tokenize(wave, flux)
 
 
-@pytest.mark.parametrize("factor, unit", [(0.1, "nm"), (1e-4, "micron"), (10.0, "Angstrom x 10")],
+@pytest.mark.parametrize("factor, unit", [(0.1, "nm"), (1e-4, "micron"),
+                                          (10.0, "units of 0.1 Angstrom (off by a decade)")],
                          ids=["nm", "micron", "decade"])
 def test_unitless_wavelengths_are_checked_against_the_support(model, factor, unit):
     wave, flux = _wave_flux(400, start=4000.0)  # 4000-4798 Angstrom
     with pytest.raises(UnitsError, match=rf"assumed to be Angstrom.*fit as {re.escape(unit)}"):
         embed((wave * factor, flux), model=model)
-    embed((wave * factor * u.AA / factor, flux), model=model)  # a Quantity is converted, not guessed
+    as_quantity = (wave * factor) * u.Unit(f"{1 / factor:g} Angstrom")  # the same values with a unit
+    embed((as_quantity, flux), model=model)  # a Quantity is converted, never guessed
     embed((wave, flux), model=model)
 
 
 def test_spectrum_outside_the_support_is_refused(model):
     wave, flux = _wave_flux(400, start=30000.0)
-    with pytest.raises(InvalidSpectrumError, match=r"tokens lie at 30019\.0-30779\.0 Angstrom, entirely outside the model's wavelength support "
+    with pytest.raises(InvalidSpectrumError, match=r"tokens lie at 30019\.0-30779\.0 Angstrom, "
+                                                    r"entirely outside the model's wavelength support "
                                                     r"3500\.0-17000\.0"):
         embed((wave * u.AA, flux), model=model)
 
