@@ -201,12 +201,16 @@ def _expand_inputs(inputs: Any) -> list[Any]:
     if isinstance(inputs, (str, os.PathLike)) or is_spectrum(inputs):
         inputs = [inputs]
     items: list[Any] = []
+    seen: set[str] = set()  # a file reached from two inputs is read once
     for item in inputs:
         if is_spectrum(item):
             items.append(item)
         elif isinstance(item, (str, os.PathLike)):
-            items.extend(entry for entry in expand_paths(item) if not (
-                isinstance(entry, Path) and any(entry.samefile(p) for p in items if isinstance(p, Path))))
+            for entry in expand_paths(item):
+                key = os.path.realpath(entry.path if isinstance(entry, PathProblem) else entry)
+                if key not in seen:
+                    seen.add(key)
+                    items.append(entry)
         elif isinstance(item, Iterable):  # e.g. a SpectrumList
             items.extend(item)
         else:
