@@ -182,15 +182,8 @@ def _size(obj: Any) -> int | None:
         return None
 
 
-def spectrum_data(
-    spectrum: Any = None,
-    flux: Any = None,
-    ivar: Any = None,
-    mask: Any = None,
-    *,
-    wavelength: Any = None,
-    max_pixels: int | None = None,
-) -> SpectrumData:
+def spectrum_data(spectrum: Any = None, flux: Any = None, ivar: Any = None, mask: Any = None, *,
+                  wavelength: Any = None, max_pixels: int | None = None) -> SpectrumData:
     """The arrays of a specutils spectrum or of plain arrays (see the module docstring).
 
     Parameters
