@@ -28,7 +28,11 @@ ratios are the figures to quote):
 ``peer``       the ``spender`` package's encoder (PyPI; ``pip install spender``) on the same
                SDSS spectra next to the omnispectra preset of comparable size;
 ``bf16``       whether bf16 autocast changes what the shipped predictors say (class agreement,
-               stellar-parameter differences, embedding cosine) and how much faster it is.
+               stellar-parameter differences, embedding cosine) and how much faster it is;
+``files``      files end to end next to model only: ``omnispectra.embed`` on SDSS spec files
+               (read + tokenize + embed, with 0 and with 1 reading thread) and on the same
+               spectra already tokenized, float32, small preset (tiny with ``--quick``);
+               spectra/s side by side and their ratio.
 """
 
 from __future__ import annotations
@@ -497,12 +501,49 @@ def section_peer(sets, raw, device, args) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def section_files(device, args) -> list[dict]:
+    """Files -> embeddings end to end vs. the model alone on the same, already-read spectra."""
+    from omnispectra import io
+    from omnispectra.api import embed
+    from omnispectra.examples import example_path
+    from omnispectra.exceptions import OmniSpectraError
+
+    root = data_dir()
+    files = sorted((root / "sdss").rglob("spec-*.fits")) if root else []
+    files = files[: args.files_n] or [example_path("sdss")]
+    preset = "tiny" if args.quick else "small"
+    model = build_model(preset, device)
+    tokens = []  # what embed(files, on_error="skip") embeds: the readable, tokenizable spectra
+    for spec in io.iter_spectra(files, on_error="skip"):
+        try:
+            tokens.append(tokenize(spec))
+        except OmniSpectraError:
+            pass
+    n = len(tokens)
+
+    def run(spectra, **kw):
+        return embed(spectra, model=model, dtype="float32", batch_size=args.batch_size, progress=False, **kw)
+
+    print(f"\n== files: {len(files)} SDSS spec files -> embeddings, {preset} preset, float32 "
+          f"(model only = the same spectra already tokenized)")
+    rows = [{"mode": "model_only", "spectra_per_s": n / timed(lambda: run(tokens), device, args.repeat)}]
+    for workers in (0, 1):
+        seconds = timed(lambda: run(files, workers=workers, on_error="skip"), device, args.repeat)
+        rows.append({"mode": f"files_workers{workers}", "spectra_per_s": n / seconds})
+    for row in rows:
+        row.update(preset=preset, n_spectra=n, ratio_to_model_only=row["spectra_per_s"] / rows[0]["spectra_per_s"])
+        print(f"  {row['mode']:<16} {row['spectra_per_s']:>8.1f} spectra/s   "
+              f"{100 * row['ratio_to_model_only']:>5.0f}% of model only")
+    return rows
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny preset, few spectra: a smoke run")
     parser.add_argument("--sections", nargs="+",
-                        default=["peak", "tokenize", "embed", "train", "memory", "scaling", "peer", "bf16"])
+                        default=["peak", "tokenize", "embed", "train", "memory", "scaling", "peer", "bf16",
+                                 "files"])
     parser.add_argument("--presets", nargs="+", default=None)
     parser.add_argument("--per-survey", type=int, default=None, help="spectra per survey set")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -517,6 +558,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd variants (train; embed of the bucketed mixed set)")
     parser.add_argument("--scale", type=int, default=1, help="repeat every token set this many times (GPUs)")
+    parser.add_argument("--files", dest="files_n", type=int, default=None,
+                        help="SDSS spec files of the files section (default 64, 8 with --quick)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -535,6 +578,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.scaling_tokens = ([64, 128, 256] if quick else
                            ([256, 512, 1024, 2048, 4096, 8192, 16384] if cuda else [128, 256, 512, 1024, 2048, 4096]))
     args.peer_presets = ["tiny", "small"]
+    args.files_n = args.files_n or (8 if quick else 64)
     return args
 
 
@@ -571,7 +615,8 @@ def main(argv=None) -> dict:
                 "memory": lambda: section_memory(device, args),
                 "scaling": lambda: section_scaling(device, args),
                 "peer": lambda: section_peer(sets, raw, device, args),
-                "bf16": lambda: section_bf16(device, args)}
+                "bf16": lambda: section_bf16(device, args),
+                "files": lambda: section_files(device, args)}
     for name, run_section in sections.items():
         if name not in args.sections:
             continue

@@ -10,6 +10,7 @@ from .exceptions import (
     ConfigError,
     CorpusError,
     InvalidSpectrumError,
+    NonFiniteOutputError,
     NotASpectrumError,
     OmniSpectraError,
     OutputError,
@@ -42,6 +43,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OutputIsInputError",
+    "NonFiniteOutputError",
     "embed",
     "reconstruct",
     "anomaly_score",
@@ -52,6 +54,7 @@ __all__ = [
     "classify",
     "predict_stellar_parameters",
     "predict_redshift",
+    "wavelength_support",
 ]
 
 # The public functions live in submodules that import torch, specutils or astropy; they are
@@ -67,9 +70,10 @@ _LAZY_FUNCTIONS = {
     "classify": "api",
     "predict_stellar_parameters": "api",
     "predict_redshift": "api",
+    "wavelength_support": "runtime",
 }
-_LAZY_MODULES = {"api", "collate", "examples", "fileio", "io", "masking", "model", "plotting",
-                 "pretrained", "probes", "results", "tokenizer"}
+_LAZY_MODULES = {"api", "collate", "examples", "fileio", "inputs", "io", "masking", "model",
+                 "plotting", "pretrained", "probes", "results", "runtime", "spectrum", "tokenizer"}
 
 
 def __getattr__(name: str):

@@ -1,20 +1,31 @@
 """High-level functions: spectra in, embeddings, reconstructions and scores out.
 
-Every function here accepts spectra in the same forms (see :func:`embed`) and a model as
-a name, a weights-file path or an :class:`~omnispectra.model.OmniSpectra` instance (see
-:func:`omnispectra.pretrained.load_model`). Inference batches spectra of similar length
+Every function here accepts spectra in the same forms (see :func:`embed`; the inputs are
+expanded by :class:`omnispectra.inputs.Inputs`, so a folder gives the same files as
+``omnispectra corpus build``) and a model as a name, a weights-file path or an
+:class:`~omnispectra.model.OmniSpectra` instance (resolved by
+:func:`omnispectra.runtime.resolve_model`). Inference batches spectra of similar length
 together (:func:`~omnispectra.collate.length_sorted_batches`) and returns rows in input
 order.
+
+Inputs that cannot be used follow ``on_error``: ``"raise"`` (default) raises the typed
+error naming the input; ``"skip"`` and ``"warn"`` leave it out, log it (``"warn"`` also
+emits a :class:`~omnispectra.inputs.SpectrumReadWarning`) and list it in the result
+table's ``meta['skipped']`` as ``{source, reason[, id]}``. Every spectrum is checked at
+the boundary: its length (:data:`omnispectra.spectrum.DEFAULT_MAX_PIXELS`), unit-less
+wavelengths against the model's wavelength support
+(:func:`omnispectra.runtime.check_wavelength_plausible`), a spectrum entirely outside
+that support (:func:`omnispectra.runtime.check_support`), and every output for NaN/inf
+(:class:`~omnispectra.exceptions.NonFiniteOutputError`; never a class from NaN).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import dataclasses
 import numbers
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +35,24 @@ import numpy as np
 from .exceptions import (
     CheckpointError,
     InvalidSpectrumError,
+    NonFiniteOutputError,
     OmniSpectraError,
-    SpectrumFormatError,
     SpectrumTypeError,
 )
-from .tokenizer import Tokens, spectrum_arrays, tokenize
+from .inputs import InputItem, Inputs
+from .runtime import (
+    WavelengthSupport,
+    check_support,
+    check_wavelength_plausible,
+    default_dtype,
+    inference,
+    model_device,
+    resolve_dtype,
+    resolve_model,
+    wavelength_support,
+)
+from .spectrum import spectrum_data
+from .tokenizer import Tokens, patch_index, tokenize
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -37,110 +61,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["embed", "reconstruct", "anomaly_score", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
-           "default_dtype"]
+           "resolve_probe", "default_dtype", "PROBE_FILES"]
 
 _POOL_FACTOR = 32  # spectra held (tokenized) at once = _POOL_FACTOR * batch_size
 
 
 # ---------------------------------------------------------------------------------------
-# inputs
-
-
-def _is_arraylike(obj: Any) -> bool:
-    from astropy import units as u
-
-    if isinstance(obj, (np.ndarray, u.Quantity)):
-        return True
-    return (isinstance(obj, list) and len(obj) > 0 and isinstance(obj[0], numbers.Number))
-
-
-def _is_spectrum(obj: Any) -> bool:
-    from .tokenizer import _is_specutils_spectrum
-
-    return _is_specutils_spectrum(obj)
-
-
-def _is_single(obj: Any) -> bool:
-    """One spectrum: a Spectrum, a Tokens or a ``(wavelength, flux[, ivar])`` tuple."""
-    if isinstance(obj, Tokens):
-        return True
-    if _is_spectrum(obj):
-        return getattr(obj.flux, "ndim", 1) == 1
-    return isinstance(obj, tuple) and len(obj) in (2, 3) and _is_arraylike(obj[0])
-
-
-def _spectrum_id(spec: Any, fallback: str) -> str:
-    meta = getattr(spec, "meta", None) or {}
-    sid = meta.get("id") if isinstance(meta, dict) else None
-    return str(sid) if sid is not None else fallback
-
-
-def _read_path(path: Path, format: str | None) -> Iterator[tuple[str, Any]]:
-    """``(id, Spectrum)`` of every spectrum in a file or a directory."""
-    from . import io
-
-    if not path.exists():
-        raise SpectrumFormatError(f"{path} does not exist")
-    if path.is_dir():
-        spectra = io.iter_spectra(path, format=format)
-    else:
-        spectra = io.read(path, format=format)
-    for k, spec in enumerate(spectra):
-        yield _spectrum_id(spec, f"{path.stem}:{k}"), spec
-
-
-def _expand(obj: Any, position: int, format: str | None) -> Iterator[tuple[str, Any]]:
-    """``(id, spectrum-like)`` for one element of the input (which may hold several)."""
-    if _is_single(obj):
-        meta = obj.meta if isinstance(obj, Tokens) else None
-        fallback = str(position)
-        yield (str(meta["id"]) if meta and meta.get("id") is not None else _spectrum_id(obj, fallback)), obj
-    elif isinstance(obj, (str, os.PathLike)):
-        yield from _read_path(Path(obj), format)
-    elif _is_spectrum(obj):  # a 2-D Spectrum: one row per spectrum
-        for k in range(obj.flux.shape[0]):
-            yield f"{_spectrum_id(obj, str(position))}:{k}", obj[k]
-    else:
-        raise SpectrumTypeError(
-            f"input {position} is a {type(obj).__name__}; expected a specutils Spectrum, a "
-            "(wavelength, flux[, ivar]) tuple, omnispectra Tokens, or a file/directory path"
-        )
-
-
-def _iter_inputs(spectra: Any, format: str | None) -> tuple[bool, Iterator[tuple[str, Any]]]:
-    """Classify the input as one spectrum or many and iterate ``(id, spectrum-like)``."""
-    if _is_single(spectra):
-        return True, _expand(spectra, 0, format)
-    if isinstance(spectra, (str, os.PathLike)) or _is_spectrum(spectra):
-        return False, _expand(spectra, 0, format)
-    if isinstance(spectra, (dict, bytes)) or not isinstance(spectra, Iterable):
-        raise SpectrumTypeError(
-            f"expected a spectrum, a file path or an iterable of them, got {type(spectra).__name__}"
-        )
-
-    def generate() -> Iterator[tuple[str, Any]]:
-        for position, obj in enumerate(spectra):
-            yield from _expand(obj, position, format)
-
-    return False, generate()
-
-
-def _tokenize_item(sid: str, obj: Any, patch_size: int, stride: int) -> Tokens:
-    try:
-        if isinstance(obj, Tokens):
-            if (obj.patch_size, obj.stride) != (patch_size, stride):
-                raise InvalidSpectrumError(
-                    f"tokens have patch size/stride {obj.patch_size}/{obj.stride}, the model "
-                    f"expects {patch_size}/{stride}")
-            return obj
-        if isinstance(obj, tuple):
-            tok = tokenize(*obj, patch_size=patch_size, stride=stride)
-        else:
-            tok = tokenize(obj, patch_size=patch_size, stride=stride)
-    except OmniSpectraError as err:
-        raise _with_context(err, f"spectrum {sid!r}") from err
-    tok.meta = {**tok.meta, "id": sid}
-    return tok
+# inputs -> tokens
 
 
 def _with_context(err: OmniSpectraError, context: str) -> OmniSpectraError:
@@ -150,98 +77,38 @@ def _with_context(err: OmniSpectraError, context: str) -> OmniSpectraError:
         return err
 
 
-# ---------------------------------------------------------------------------------------
-# model, device, dtype
-
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "half": "float16"}
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_has_native_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), Linux only.
-
-    Without it, bf16 autocast is emulated and slower than float32.
-    """
+def _tokens_for(item: InputItem, patch_size: int, stride: int,
+                support: WavelengthSupport | None) -> Tokens:
+    """Tokens of one input, checked against the model's wavelength support."""
+    obj = item.spectrum
+    context = f"spectrum {item.id!r}" + ("" if item.source.startswith("input ") else f" ({item.source})")
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def default_dtype(device: Any = "cpu"):
-    """The inference dtype that ``dtype="auto"`` picks on ``device``.
-
-    bfloat16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU with
-    AVX512-BF16 or AMX), else float32. It is the default of :func:`embed` and
-    :func:`classify`: on 134 real SDSS, LAMOST and MILES spectra the bundled encoder's
-    bf16 embeddings have a cosine similarity >= 0.99998 to float32 and the source
-    classifier gave the same class for every spectrum (probabilities within 0.0013;
-    ``benchmarks/run.py``, section ``bf16``), 1.3-1.6x faster on this project's CPU. The
-    regressors (:func:`predict_stellar_parameters`, :func:`predict_redshift`) default to
-    float32: on the same MILES stars bf16 moved Teff by 2 K typically but by up to
-    180 K, half the predictor's mean error. Pass ``dtype="float32"`` for float32 results.
-    """
-    import torch
-
-    kind = torch.device(device).type
-    if kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if kind == "cpu" and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def _resolve_dtype(dtype: Any, device: Any = "cpu"):
-    """Autocast dtype for ``dtype`` (None = plain float32)."""
-    import torch
-
-    if dtype is None:
-        return None
-    if isinstance(dtype, str):
-        if dtype.lower() == "auto":
-            dtype = default_dtype(device)
-        elif dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}")
+        if isinstance(obj, Tokens):
+            if (obj.patch_size, obj.stride) != (patch_size, stride):
+                raise InvalidSpectrumError(
+                    f"tokens have patch size/stride {obj.patch_size}/{obj.stride}, the model "
+                    f"expects {patch_size}/{stride}")
+            tok = dataclasses.replace(obj, meta=dict(obj.meta or {}))
         else:
-            dtype = getattr(torch, _DTYPES[dtype.lower()])
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    return None if dtype == torch.float32 else dtype
+            args = obj if isinstance(obj, tuple) else (obj,)
+            if isinstance(obj, tuple):
+                data = spectrum_data(*obj)
+                if not data.wavelength_unit_given:
+                    check_wavelength_plausible(data.wavelength, support)
+            tok = tokenize(*args, patch_size=patch_size, stride=stride)
+        check_support(tok.wavelength[tok.valid], support)
+    except OmniSpectraError as err:
+        raise _with_context(err, context) from err
+    tok.meta = {**tok.meta, "id": item.id}
+    return tok
 
 
-@contextlib.contextmanager
-def _inference(model: OmniSpectra, dtype: Any):
-    """No-grad eval mode (restored afterwards), under autocast when ``dtype`` is set."""
-    import torch
-
-    device_type = next(model.parameters()).device.type
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            if dtype is None:
-                yield
-            else:
-                with torch.autocast(device_type=device_type, dtype=dtype):
-                    yield
-    finally:
-        model.train(was_training)
-
-
-def _resolve_model(model: Any, device: Any) -> OmniSpectra:
-    from .model import OmniSpectra
-    from .pretrained import load_model
-
-    if isinstance(model, OmniSpectra):
-        return model if device is None else model.to(device)
-    if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device)
-    raise CheckpointError(
-        f"model must be a model name, a weights-file path or an OmniSpectra instance, got "
-        f"{type(model).__name__}"
-    )
+def _inputs(spectra: Any, net: OmniSpectra, format: str | None, on_error: str,
+            workers: int | None) -> Inputs:
+    cfg = net.config
+    support = wavelength_support(net)
+    return Inputs(spectra, format=format, on_error=on_error, workers=workers,
+                  prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support))
 
 
 def _progress_bar(progress: bool | None, total: int | None, desc: str):
@@ -255,43 +122,52 @@ def _progress_bar(progress: bool | None, total: int | None, desc: str):
 
 
 def _run(
-    model: OmniSpectra,
-    items: Iterator[tuple[str, Any]],
+    inputs: Inputs,
     compute: Callable[[list[Tokens]], np.ndarray],
     batch_size: int,
     progress: bool | None,
-    total: int | None,
     desc: str,
-) -> tuple[list[np.ndarray], list[str]]:
-    """Tokenize lazily, batch by length inside pools, compute, and keep input order."""
+    accept: Callable[[np.ndarray], bool] | None = None,
+) -> tuple[list[np.ndarray], list[InputItem]]:
+    """Batch the inputs' tokens by length inside pools, compute, keep input order.
+
+    Rows that ``accept`` refuses (default: any NaN/inf) are rejected: raised as
+    :class:`NonFiniteOutputError` or skipped, per ``on_error``.
+    """
+    accept = accept or (lambda row: bool(np.all(np.isfinite(row))))
     from .collate import length_sorted_batches
 
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    cfg = model.config
     results: list[np.ndarray] = []
-    ids: list[str] = []
-    bar = _progress_bar(progress, total, desc)
+    kept: list[InputItem] = []
+    show = progress if progress is not None else (None if not inputs.single else False)
+    bar = _progress_bar(show, inputs.count(), desc)
     pool_size = _POOL_FACTOR * batch_size
 
-    def flush(pool: list[Tokens]) -> None:
+    def flush(pool: list[InputItem]) -> None:
         if not pool:
             return
-        batches = length_sorted_batches([t.n_tokens for t in pool], batch_size)
+        batches = length_sorted_batches([item.prepared.n_tokens for item in pool], batch_size)
         out: list[Any] = [None] * len(pool)
         for batch in batches:
-            values = compute([pool[i] for i in batch])
+            values = compute([pool[i].prepared for i in batch])
             for i, row in zip(batch, values):
                 out[i] = row
             if bar is not None:
                 bar.update(len(batch))
-        results.extend(out)
+        for item, row in zip(pool, out):
+            if accept(row):
+                results.append(row)
+                kept.append(item)
+            else:
+                inputs.reject(item, NonFiniteOutputError(
+                    f"spectrum {item.id!r}: the model's {desc} output is not finite (NaN or inf)"))
 
     try:
-        pool: list[Tokens] = []
-        for sid, obj in items:
-            pool.append(_tokenize_item(sid, obj, cfg.patch_size, cfg.stride))
-            ids.append(sid)
+        pool: list[InputItem] = []
+        for item in inputs:
+            pool.append(item)
             if len(pool) >= pool_size:
                 flush(pool)
                 pool = []
@@ -299,16 +175,40 @@ def _run(
     finally:
         if bar is not None:
             bar.close()
-    return results, ids
+    return results, kept
 
 
-def _count(spectra: Any) -> int | None:
-    """Number of spectra when it is known without reading files, else None."""
-    if isinstance(spectra, (list, tuple)) and all(_is_single(s) for s in spectra):
-        return len(spectra)
-    if type(spectra).__name__ == "SpectrumList":
-        return len(spectra)
-    return None
+def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any) -> dict[str, Any]:
+    """What every result table's ``meta`` holds: model, precision, counts, skipped inputs."""
+    info = dict(getattr(net, "info", None) or {})
+    return {
+        "model": str(info.get("name", "")) or "OmniSpectra instance",
+        "dtype": "float32" if dtype is None else str(dtype).replace("torch.", ""),
+        "n_inputs": inputs.n_inputs,
+        "n_read": inputs.n_read,
+        "n_skipped": len(inputs.skipped),
+        "skipped": inputs.skipped_meta(),
+    }
+
+
+def _embeddings(spectra, net, batch_size, dtype, progress, format, on_error, workers):
+    """``(vectors (N, D) float32, kept items, inputs, autocast dtype)``."""
+    from .collate import collate
+
+    inputs = _inputs(spectra, net, format, on_error, workers)
+    dev = model_device(net)
+    torch_dtype = resolve_dtype(dtype, dev)
+
+    def compute(tokens: list[Tokens]) -> np.ndarray:
+        batch = collate(tokens).to(dev)
+        with inference(net, torch_dtype):
+            out = net.embed(batch.tokens, batch.wavelength, batch.valid)
+        return out.float().cpu().numpy()
+
+    rows, kept = _run(inputs, compute, batch_size, progress, "embedding")
+    vectors = (np.stack(rows).astype(np.float32, copy=False) if rows
+               else np.zeros((0, net.config.dim), dtype=np.float32))
+    return vectors, kept, inputs, torch_dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +224,9 @@ def embed(
     progress: bool | None = None,
     return_ids: bool = False,
     format: str | None = None,
+    on_error: str = "raise",
+    as_table: bool = False,
+    workers: int | None = None,
 ):
     """Embed spectra with a pretrained OmniSpectra encoder.
 
@@ -337,10 +240,12 @@ def embed(
         *One spectrum* - a 1-D specutils ``Spectrum``/``Spectrum1D``, a
         ``(wavelength, flux[, ivar])`` tuple of arrays (wavelength in Angstrom or a
         Quantity), or :class:`~omnispectra.tokenizer.Tokens` - or *many*: a
-        ``SpectrumList``, a list/iterable of spectra, a file path (``str`` or
-        `~pathlib.Path`, read with :func:`omnispectra.io.read`; a file holding several
-        spectra contributes several rows), a directory (every spectrum file in it), a
-        2-D ``Spectrum`` (one row per spectrum) or a list mixing all of these.
+        ``SpectrumList`` (what :func:`omnispectra.io.read` returns), a list/iterable of
+        spectra, a file path (``str`` or `~pathlib.Path`, read with
+        :func:`omnispectra.io.read`; a file holding several spectra contributes several
+        rows), a directory (every spectrum file in it, see
+        :data:`omnispectra.inputs.SPECTRUM_FILE_SUFFIXES`), a glob pattern, a 2-D
+        ``Spectrum`` (one row per spectrum) or a list mixing all of these.
     model : str, path-like or OmniSpectra
         ``"default"`` (the bundled weights), a registry name, a weights file, or a model.
     batch_size : int
@@ -349,31 +254,48 @@ def embed(
         Default: the model's device for an instance, else CUDA when available.
     dtype : torch.dtype or str, optional
         ``"auto"`` (default): bfloat16 autocast where the hardware runs it natively, else
-        float32 (:func:`default_dtype`); ``torch.bfloat16``/``"bf16"``, ``torch.float16``
-        or ``"float32"`` force one.
+        float32 (:func:`~omnispectra.runtime.default_dtype`); ``torch.bfloat16``/``"bf16"``,
+        ``torch.float16`` or ``"float32"`` force one.
     progress : bool, optional
         Show a progress bar on stderr; default only when stderr is a terminal and more
         than one spectrum is given.
     return_ids : bool
         Also return the spectrum ids (``meta['id']``, else ``"FILESTEM:k"`` for files and
-        the input position for in-memory spectra).
+        the input position for in-memory spectra; made unique, see :mod:`omnispectra.inputs`).
     format : str, optional
         Reader to use for paths instead of auto-detection.
+    on_error : {"raise", "skip", "warn"}
+        What an input that cannot be read, tokenized or embedded does (see the module
+        docstring). With ``"skip"``/``"warn"`` use ``as_table=True`` or
+        ``return_ids=True`` to know which rows survived.
+    as_table : bool
+        Return an `~astropy.table.Table` with columns ``id``, ``source_file``, ``survey``
+        and ``embedding`` (one vector per row) and ``meta`` holding the model name,
+        dtype, counts (``n_inputs == n_read + n_skipped``) and ``skipped``.
+    workers : int, optional
+        Threads reading and tokenizing files ahead of the model, so reading overlaps
+        with the model (default 1 when files are read; 0 reads in the calling thread).
+        Order is kept (see :class:`omnispectra.inputs.Inputs`).
 
     Returns
     -------
-    embeddings : ndarray, float32
-        Shape ``(D,)`` for one spectrum, ``(N, D)`` otherwise, rows in input order
-        (a path is always "many", even when its file holds one spectrum).
+    embeddings : ndarray, float32, or Table
+        Shape ``(D,)`` for one spectrum, ``(N, D)`` otherwise (``D`` is the model's width,
+        ``model.config.dim``: 256 for the bundled model), rows in input order (a path is
+        always "many", even when its file holds one spectrum); a Table with
+        ``as_table=True``.
     ids : str or list of str
-        Only with ``return_ids=True``.
+        Only with ``return_ids=True`` (and not ``as_table``).
 
     Raises
     ------
     SpectrumTypeError, InvalidSpectrumError, UnitsError
-        An input is not a spectrum or cannot be tokenized (the message names it).
+        An input is not a spectrum or cannot be tokenized (the message names it); with
+        ``on_error="skip"``/``"warn"`` only when the input is one in-memory spectrum.
     SpectrumFormatError
         A path cannot be read.
+    NonFiniteOutputError
+        The embedding of an input is not finite.
     CheckpointError
         The model cannot be loaded.
 
@@ -383,29 +305,37 @@ def embed(
     >>> from omnispectra.examples import example_paths
     >>> vectors, ids = omnispectra.embed(example_paths(), return_ids=True)  # doctest: +SKIP
     >>> vectors.shape  # doctest: +SKIP
-    (3, 768)
+    (3, 256)
     """
-    from .collate import collate
+    net = resolve_model(model, device)
+    vectors, kept, inputs, torch_dtype = _embeddings(spectra, net, batch_size, dtype, progress,
+                                                     format, on_error, workers)
+    ids = [item.id for item in kept]
+    if inputs.single and not kept:  # one spectrum: nothing left to return
+        raise inputs.skipped[0].error
+    if as_table:
+        table = _item_table(kept)
+        table["embedding"] = vectors
+        table["embedding"].description = "mean-pooled encoder embedding"
+        table.meta.update(_meta(net, inputs, torch_dtype))
+        return table
+    if inputs.single:
+        vectors, ids = vectors[0], ids[0]
+    return (vectors, ids) if return_ids else vectors
 
-    single, items = _iter_inputs(spectra, format)
-    net = _resolve_model(model, device)
-    dev = next(net.parameters()).device
-    torch_dtype = _resolve_dtype(dtype, dev)
 
-    def compute(tokens: list[Tokens]) -> np.ndarray:
-        batch = collate(tokens).to(dev)
-        with _inference(net, torch_dtype):
-            out = net.embed(batch.tokens, batch.wavelength, batch.valid)
-        return out.float().cpu().numpy()
+def _item_table(items: list[InputItem]):
+    """``id``, ``source_file``, ``survey`` columns for the rows that survived."""
+    from astropy.table import Table
 
-    total = 1 if single else _count(spectra)
-    show = progress if progress is not None else (None if not single else False)
-    rows, ids = _run(net, items, compute, batch_size, show, total, "embedding")
-    array = (np.stack(rows).astype(np.float32, copy=False) if rows
-             else np.zeros((0, net.config.dim), dtype=np.float32))
-    if single:
-        array, ids = array[0], ids[0]
-    return (array, ids) if return_ids else array
+    table = Table()
+    table["id"] = np.asarray([item.id for item in items], dtype=str)
+    sources = [str((getattr(item.spectrum, "meta", None) or {}).get("source_file", "")
+                   if not isinstance(item.spectrum, tuple) else "") or
+               ("" if item.source.startswith("input ") else item.source) for item in items]
+    table["source_file"] = np.asarray(sources, dtype=str)
+    table["survey"] = np.asarray([item.survey for item in items], dtype=str)
+    return table
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,6 +365,8 @@ def anomaly_score(
     progress: bool | None = None,
     return_ids: bool = False,
     format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
 ):
     """Outlier score: the mean masked-reconstruction error over several random masks.
 
@@ -450,8 +382,9 @@ def anomaly_score(
 
     Parameters
     ----------
-    spectra, model, batch_size, device, dtype, progress, return_ids, format
-        As for :func:`embed`.
+    spectra, model, batch_size, device, dtype, progress, return_ids, format, on_error, workers
+        As for :func:`embed` (with ``on_error="skip"``, ``return_ids=True`` says which
+        inputs were scored).
     n_masks : int
         Masks averaged per spectrum.
     seed : int
@@ -460,43 +393,57 @@ def anomaly_score(
     Returns
     -------
     scores : float or ndarray of shape (N,), float64
-        NaN for a spectrum too short to be masked (fewer than 4 tokens).
+        NaN for a spectrum too short to be masked (fewer than 4 tokens). A model output
+        that is not finite is never averaged in: that input raises
+        :class:`~omnispectra.exceptions.NonFiniteOutputError` (or is skipped).
     ids : str or list of str
         Only with ``return_ids=True``.
     """
+    import torch
+
     from .collate import Sample, collate
     from .masking import chunk_mask, mask_rng
 
     if not (isinstance(n_masks, numbers.Integral) and n_masks >= 1):
         raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}")
-    single, items = _iter_inputs(spectra, format)
-    net = _resolve_model(model, device)
-    dev = next(net.parameters()).device
-    torch_dtype = _resolve_dtype(dtype, dev)
+    net = resolve_model(model, device)
+    inputs = _inputs(spectra, net, format, on_error, workers)
+    dev = model_device(net)
+    torch_dtype = resolve_dtype(dtype, dev)
     cfg = net.config
 
     def compute(tokens: list[Tokens]) -> np.ndarray:
+        """Rows ``(score, model output finite)``."""
         scores = np.zeros((n_masks, len(tokens)))
+        finite = np.ones(len(tokens), dtype=bool)
         for k in range(n_masks):
             samples = [Sample(t, chunk_mask(t.n_tokens, mask_rng(seed, k, 0), cfg.patch_size,
                                             cfg.mask_ratio)) for t in tokens]
             batch = collate(samples).to(dev)
-            with _inference(net, torch_dtype):
+            with inference(net, torch_dtype):
                 pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
                 mse = _per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid)
+                finite &= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
             scores[k] = mse.double().cpu().numpy()
-        with np.errstate(all="ignore"):
-            valid = np.isfinite(scores)
-            return np.where(valid.any(0), np.where(valid, scores, 0.0).sum(0) / np.maximum(valid.sum(0), 1),
-                            np.nan)
+        return np.stack([_mean_over_masks(scores), finite.astype(np.float64)], axis=1)
 
-    total = 1 if single else _count(spectra)
-    show = progress if progress is not None else (None if not single else False)
-    rows, ids = _run(net, items, compute, batch_size, show, total, "scoring")
-    scores = np.asarray(rows, dtype=np.float64)
-    if single:
+    rows, kept = _run(inputs, compute, batch_size, progress, "scoring", accept=lambda row: row[1] > 0)
+    scores = np.asarray([row[0] for row in rows], dtype=np.float64)
+    ids = [item.id for item in kept]
+    if inputs.single and not kept:
+        raise inputs.skipped[0].error
+    if inputs.single:
         scores, ids = float(scores[0]), ids[0]
     return (scores, ids) if return_ids else scores
+
+
+def _mean_over_masks(scores: np.ndarray) -> np.ndarray:
+    """Mean of the scored masks per spectrum (axis 0); NaN where no mask could be scored."""
+    valid = ~np.isnan(scores)
+    total = np.where(valid, scores, 0.0).sum(0)
+    count = valid.sum(0)
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 # ---------------------------------------------------------------------------------------
@@ -568,14 +515,11 @@ class Reconstruction:
         return table
 
 
-def _single_spectrum(spectrum: Any, format: str | None) -> tuple[str, Any]:
+def _single_spectrum(spectrum: Any, net: OmniSpectra, format: str | None) -> InputItem:
     if isinstance(spectrum, Tokens):
         raise SpectrumTypeError(
             "reconstruct() needs the spectrum itself (its pixel wavelengths), not Tokens")
-    single, items = _iter_inputs(spectrum, format)
-    if single:
-        return next(items)
-    found = list(items)
+    found = list(_inputs(spectrum, net, format, "raise", workers=0))
     if len(found) != 1:
         raise SpectrumTypeError(
             f"reconstruct() takes one spectrum; this input holds {len(found)}. Read the file "
@@ -617,18 +561,15 @@ def reconstruct(
     """
     from .collate import Sample, collate
     from .masking import chunk_mask, mask_rng
-    from .tokenizer import _patch_index
 
-    sid, obj = _single_spectrum(spectrum, format)
-    net = _resolve_model(model, device)
-    dev = next(net.parameters()).device
-    torch_dtype = _resolve_dtype(dtype, dev)
+    net = resolve_model(model, device)
+    item = _single_spectrum(spectrum, net, format)
+    sid, obj, tok = item.id, item.spectrum, item.prepared
+    dev = model_device(net)
+    torch_dtype = resolve_dtype(dtype, dev)
     cfg = net.config
-    tok = _tokenize_item(sid, obj, cfg.patch_size, cfg.stride)
-    try:
-        wave, flux, _, bad = spectrum_arrays(*obj) if isinstance(obj, tuple) else spectrum_arrays(obj)
-    except OmniSpectraError as err:  # pragma: no cover - tokenize already checked
-        raise _with_context(err, f"spectrum {sid!r}") from err
+    data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
+    wave, flux, bad = data.wavelength, data.flux, data.bad
     n_tok = tok.n_tokens
     if mask is None or mask is True:
         token_mask = chunk_mask(n_tok, mask_rng(seed, 0, 0), cfg.patch_size, cfg.mask_ratio)
@@ -642,12 +583,14 @@ def reconstruct(
                 f"{token_mask.dtype} array of shape {token_mask.shape}")
     batch = collate([Sample(tok, token_mask)]).to(dev)
     loss_mask = batch.loss_mask if token_mask.any() else batch.valid
-    with _inference(net, torch_dtype):
+    with inference(net, torch_dtype):
         pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
         mse = float(_per_sample_mse(pred, batch.target, loss_mask, batch.pixel_valid)[0])
     predicted = pred[0, :n_tok].float().cpu().numpy()
+    if not np.all(np.isfinite(predicted)):
+        raise NonFiniteOutputError(f"spectrum {sid!r}: the model's reconstruction is not finite")
 
-    index = _patch_index(tok.n_pixels, tok.patch_size, tok.stride)
+    index = patch_index(tok.n_pixels, tok.patch_size, tok.stride)
     pixel_masked = np.zeros(tok.n_pixels, dtype=bool)
     covered = index[token_mask]
     pixel_masked[covered[covered < tok.n_pixels]] = True
@@ -672,29 +615,32 @@ def reconstruct(
 
 
 def token_summary(
-    paths: Iterable[str | Path], format: str | None = None, preset: str | None = None
+    paths: Iterable[str | Path] | Any, format: str | None = None, preset: str | None = None,
+    on_error: str = "skip",
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Read spectrum files, tokenize every spectrum and describe each in one line.
 
     Parameters
     ----------
-    paths : iterable of path-like
-        Spectrum files or directories.
+    paths : iterable of path-like, or spectra
+        Spectrum files, directories or anything :func:`embed` accepts.
     format : str, optional
         Force a reader identifier instead of auto-detection.
     preset : str, optional
         Also embed each spectrum with a freshly initialized (untrained, seeded) encoder
         of this preset and report the embedding's shape.
+    on_error : {"skip", "warn", "raise"}
+        What an input that cannot be read or tokenized does (default: skip it and list
+        it in ``failures``).
 
     Returns
     -------
     rows : list of str
         A header line and one line per spectrum.
-    failures : list of (path or id, reason)
-        Files or spectra that could not be read or tokenized.
+    failures : list of (source, reason)
+        Files or spectra that could not be read or tokenized (source is the file name
+        with its suffix, followed by the spectrum's id in brackets for a spectrum).
     """
-    from . import io
-
     model = None
     if preset is not None:
         import torch
@@ -707,30 +653,28 @@ def token_summary(
     header = f"{'id':<44} {'survey':<11} {'pixels':>7} {'wavelength [A]':>17} {'tokens':>6} {'valid':>6}"
     if model is not None:
         header += f"  embedding ({preset}, untrained)"
-    rows, failures = [header], []
-    for path in paths:
-        try:
-            spectra = io.read(path, format=format)
-        except OmniSpectraError as err:
-            failures.append((str(path), str(err)))
-            continue
-        for spec in spectra:
-            meta = spec.meta or {}
-            sid = str(meta.get("id", Path(path).name))
-            try:
-                tok = tokenize(spec)
-            except OmniSpectraError as err:
-                failures.append((sid, str(err)))
-                continue
-            wave = spec.spectral_axis.to_value("Angstrom")
-            line = (f"{sid[-44:]:<44} {str(meta.get('survey', '?')):<11} {tok.n_pixels:>7} "
-                    f"{wave[0]:>8.1f}-{wave[-1]:<8.1f} {tok.n_tokens:>6} {int(tok.valid.sum()):>6}")
-            if model is not None:
-                with torch.no_grad():
-                    batch = collate([tok])
-                    emb = model.embed(batch.tokens, batch.wavelength, batch.valid)[0].numpy()
-                line += f"  shape {emb.shape}, norm {np.linalg.norm(emb):.2f}"
-            rows.append(line)
+    rows = [header]
+    if isinstance(paths, (list, tuple)) and not paths:
+        return rows, []
+    from .tokenizer import PATCH_SIZE, STRIDE
+
+    patch, stride = (PATCH_SIZE, STRIDE) if model is None else (model.config.patch_size, model.config.stride)
+    inputs = Inputs(paths, format=format, on_error=on_error,
+                    prepare=lambda item: _tokens_for(item, patch, stride, None))
+    for item in inputs:
+        tok = item.prepared
+        wave = spectrum_data(*item.spectrum).wavelength if isinstance(item.spectrum, tuple) else (
+            None if isinstance(item.spectrum, Tokens) else spectrum_data(item.spectrum).wavelength)
+        span = f"{wave[0]:>8.1f}-{wave[-1]:<8.1f}" if wave is not None else f"{'?':>17}"
+        line = (f"{item.id[-44:]:<44} {(item.survey or '?'):<11} {tok.n_pixels:>7} "
+                f"{span} {tok.n_tokens:>6} {int(tok.valid.sum()):>6}")
+        if model is not None:
+            with torch.no_grad():
+                batch = collate([tok])
+                emb = model.embed(batch.tokens, batch.wavelength, batch.valid)[0].numpy()
+            line += f"  shape {emb.shape}, norm {np.linalg.norm(emb):.2f}"
+        rows.append(line)
+    failures = [(s.source if s.id is None else f"{s.source} [{s.id}]", s.reason) for s in inputs.skipped]
     return rows, failures
 
 
@@ -754,7 +698,9 @@ def bundled_probe_path(task: str) -> Path:
     return bundled_weights_path().parent / PROBE_FILES[task]
 
 
-def _resolve_probe(probe: Any, task: str):
+def resolve_probe(probe: Any, task: str):
+    """A :class:`~omnispectra.probes.Probe` from ``None`` (the bundled probe of ``task``), a path
+    or an instance."""
     from .probes import Probe, load_probe
 
     if isinstance(probe, Probe):
@@ -772,20 +718,38 @@ def _resolve_probe(probe: Any, task: str):
     raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
 
 
-def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, format):
-    """Embed ``spectra`` with the encoder the probe belongs to and apply the probe."""
-    head = _resolve_probe(probe, task)
+@dataclass
+class _Prediction:
+    head: Any
+    values: np.ndarray
+    items: list[InputItem]
+    meta: dict[str, Any]
+
+
+def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, format, on_error,
+             workers) -> _Prediction:
+    """Embed ``spectra`` with the encoder the probe belongs to and apply the probe.
+
+    Rows whose prediction is not finite are rejected (raised or skipped per ``on_error``).
+    """
+    head = resolve_probe(probe, task)
     expected_kind = "classification" if task == "source_class" else "regression"
     if head.kind != expected_kind:
         raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
-    net = _resolve_model(model, device)
+    net = resolve_model(model, device)
     head.check_encoder(net)
-    single, _ = _iter_inputs(spectra, format)
-    vectors, ids = embed(spectra, model=net, batch_size=batch_size, dtype=dtype, progress=progress,
-                         return_ids=True, format=format)
-    if single:
-        vectors, ids = vectors[None, :], [ids]
-    return head, head.predict(vectors), list(ids)
+    vectors, kept, inputs, torch_dtype = _embeddings(spectra, net, batch_size, dtype, progress,
+                                                     format, on_error, workers)
+    values = np.asarray(head.predict(vectors) if len(kept) else np.zeros((0, len(head.names))))
+    finite = np.all(np.isfinite(values.reshape(len(kept), -1)), axis=1) if len(kept) else np.ones(0, bool)
+    for item in (item for item, ok in zip(kept, finite) if not ok):
+        inputs.reject(item, NonFiniteOutputError(
+            f"spectrum {item.id!r}: the {task.replace('_', ' ')} probe's output is not finite"))
+    if inputs.single and not finite.all() or inputs.single and not kept:
+        raise inputs.skipped[-1].error
+    meta = _meta(net, inputs, torch_dtype)
+    meta["probe"] = str(head.info.get("name", task))
+    return _Prediction(head, np.asarray(values)[finite], [i for i, ok in zip(kept, finite) if ok], meta)
 
 
 def classify(
@@ -797,11 +761,14 @@ def classify(
     dtype: torch.dtype | str | None = "auto",
     progress: bool | None = None,
     format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
 ):
     """Source class (GALAXY, QSO or STAR) of spectra, with class probabilities.
 
-    A linear probe on the mean-pooled embedding (paper, *Source Classification*),
-    trained across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
+    A small MLP probe (one hidden layer of 128) on the mean-pooled embedding (paper,
+    *Source Classification*; its recipe is in the probe file and the model card), trained
+    across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
     spectra by ``scripts/train_predictors.py``; its held-out scores are in
     ``omnispectra/data/predictors.json``.
 
@@ -813,32 +780,34 @@ def classify(
         The encoder; must be the one the probe was trained on (default: the bundled model).
     probe : path or Probe, optional
         Default: the probe bundled with the package.
-    batch_size, device, dtype, progress, format
+    batch_size, device, dtype, progress, format, on_error, workers
         As for :func:`embed`.
 
     Returns
     -------
     astropy.table.Table
-        One row per spectrum, in input order: ``id``, ``class`` and ``prob_<CLASS>``
-        for every class of the probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``).
+        One row per spectrum that was classified, in input order: ``id``,
+        ``source_file``, ``survey``, ``class`` and ``prob_<CLASS>`` for every class of
+        the probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``); ``meta`` holds the model
+        and probe names, the dtype, the counts (``n_inputs == n_read + n_skipped``) and
+        ``skipped`` (``[{source, reason[, id]}, ...]``).
 
     Raises
     ------
     CheckpointError
         The bundled probe is missing, or the probe belongs to another encoder.
+    NonFiniteOutputError
+        An embedding or probability is not finite (never turned into a class).
     """
-    from astropy.table import Table
-
-    head, prob, ids = _predict(spectra, "source_class", probe, model, batch_size, device, dtype,
-                               progress, format)
-    names = head.names
-    table = Table()
-    table["id"] = np.asarray(ids, dtype=str)
-    table["class"] = np.asarray([names[k] for k in np.argmax(prob, axis=1)] if len(ids) else [], dtype=str)
+    result = _predict(spectra, "source_class", probe, model, batch_size, device, dtype, progress,
+                      format, on_error, workers)
+    names, prob = result.head.names, result.values
+    table = _item_table(result.items)
+    table["class"] = np.asarray([names[k] for k in np.argmax(prob, axis=1)] if len(prob) else [], dtype=str)
     for k, name in enumerate(names):
-        table[f"prob_{name}"] = prob[:, k].astype(np.float32) if len(ids) else np.zeros(0, np.float32)
+        table[f"prob_{name}"] = prob[:, k].astype(np.float32) if len(prob) else np.zeros(0, np.float32)
         table[f"prob_{name}"].description = f"probability that the source is a {name}"
-    table.meta["probe"] = str(head.info.get("name", "source_class"))
+    table.meta.update(result.meta)
     return table
 
 
@@ -851,6 +820,8 @@ def predict_stellar_parameters(
     dtype: torch.dtype | str | None = "float32",
     progress: bool | None = None,
     format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
 ):
     """Effective temperature, surface gravity and metallicity of stellar spectra.
 
@@ -862,22 +833,23 @@ def predict_stellar_parameters(
     Returns
     -------
     astropy.table.Table
-        ``id``, ``teff`` (K), ``logg`` (log10 of cm s^-2), ``fe_h`` (dex), input order.
+        ``id``, ``source_file``, ``survey``, ``teff`` (K), ``logg`` (log10 of cm s^-2),
+        ``fe_h`` (dex), input order; ``meta`` as for :func:`classify`.
     """
     from astropy import units as u
-    from astropy.table import Table
 
-    head, values, ids = _predict(spectra, "stellar_params", probe, model, batch_size, device, dtype,
-                                 progress, format)
-    table = Table()
-    table["id"] = np.asarray(ids, dtype=str)
+    result = _predict(spectra, "stellar_params", probe, model, batch_size, device, dtype, progress,
+                      format, on_error, workers)
+    head, values = result.head, result.values
+    table = _item_table(result.items)
     descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
                     "fe_h": "iron abundance [Fe/H] (dex)"}
     for k, name in enumerate(head.names):
-        table[name] = values[:, k] if len(ids) else np.zeros(0)
+        table[name] = values[:, k] if len(values) else np.zeros(0)
         table[name].description = descriptions.get(name, name)
     if "teff" in table.colnames:
         table["teff"].unit = u.K
+    table.meta.update(result.meta)
     return table
 
 
@@ -890,6 +862,8 @@ def predict_redshift(
     dtype: torch.dtype | str | None = "float32",
     progress: bool | None = None,
     format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
 ):
     """Redshift of galaxy and quasar spectra (only where a redshift probe is shipped).
 
@@ -898,14 +872,13 @@ def predict_redshift(
     Returns
     -------
     astropy.table.Table
-        ``id`` and ``z``, input order.
+        ``id``, ``source_file``, ``survey`` and ``z``, input order; ``meta`` as for
+        :func:`classify`.
     """
-    from astropy.table import Table
-
-    head, values, ids = _predict(spectra, "redshift", probe, model, batch_size, device, dtype,
-                                 progress, format)
-    table = Table()
-    table["id"] = np.asarray(ids, dtype=str)
-    table["z"] = values[:, 0] if len(ids) else np.zeros(0)
+    result = _predict(spectra, "redshift", probe, model, batch_size, device, dtype, progress,
+                      format, on_error, workers)
+    table = _item_table(result.items)
+    table["z"] = result.values[:, 0] if len(result.values) else np.zeros(0)
     table["z"].description = "redshift"
+    table.meta.update(result.meta)
     return table

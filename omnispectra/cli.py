@@ -9,6 +9,11 @@ import click
 from . import __version__
 
 
+#: Inputs of the commands that read spectra: never checked by click (a missing or
+#: unreadable path is reported by omnispectra.inputs and skipped like any bad input).
+_INPUT_PATHS = click.Path(exists=False, readable=False)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omnispectra")
 def main() -> None:
@@ -63,7 +68,7 @@ def _echo_flash_attn_and_models() -> None:
 
 
 @main.command("tokenize")
-@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=True))
+@click.argument("inputs", nargs=-1, type=_INPUT_PATHS)
 @click.option("--examples", is_flag=True, help="Use the real example spectra shipped with the package.")
 @click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
 @click.option("--preset", default=None, type=click.Choice(["tiny", "small", "paper"]),
@@ -93,41 +98,17 @@ def _sources(inputs, examples: bool) -> list[str]:
     return sources
 
 
-def _read_and_tokenize(sources: list[str], fmt: str | None, config):
-    """``(spectra iterator, token generator, skipped list)`` for the inference commands.
-
-    Unreadable files and untokenizable spectra are reported on stderr, recorded in the
-    skipped list and left out; the iterator's ``not_spectra`` lists non-spectrum files.
-    """
-    from . import io
-    from .exceptions import OmniSpectraError
-    from .tokenizer import tokenize
-
-    skipped: list[str] = []
-
-    def report(failure) -> None:
-        skipped.append(str(failure.path))
-        click.echo(f"skipped {failure.path}: {failure.error}", err=True)
-
-    spectra = io.iter_spectra(sources, format=fmt, on_error="skip", callback=report)
-
-    def tokens():
-        for k, spec in enumerate(spectra):
-            sid = str((spec.meta or {}).get("id", k))
-            try:
-                tok = tokenize(spec, patch_size=config.patch_size, stride=config.stride)
-            except OmniSpectraError as err:
-                skipped.append(sid)
-                click.echo(f"skipped {sid}: {err}", err=True)
-                continue
-            tok.meta = {"id": sid}
-            yield tok
-
-    return spectra, tokens(), skipped
+def _report_skipped(table) -> int:
+    """Print every skipped input of a result table on stderr; return how many."""
+    skipped = table.meta.get("skipped", [])
+    for entry in skipped:
+        name = entry["source"] + (f" [{entry['id']}]" if entry.get("id") else "")
+        click.echo(f"skipped {name}: {entry['reason']}", err=True)
+    return len(skipped)
 
 
 @main.command("embed")
-@click.argument("inputs", nargs=-1, type=click.Path(), metavar="FILE_OR_DIR...")
+@click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
 @click.option("--examples", is_flag=True, help="Also embed the example spectra shipped with the package.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="embeddings.npy (ids go to embeddings.ids.txt) or embeddings.h5 "
@@ -148,6 +129,8 @@ def embed_command(inputs, examples, output, model_name, batch_size, device, dtyp
     """
     from pathlib import Path
 
+    import numpy as np
+
     from .api import embed
     from .exceptions import OmniSpectraError
     from .pretrained import load_model
@@ -160,17 +143,15 @@ def embed_command(inputs, examples, output, model_name, batch_size, device, dtyp
         model = load_model(model_name, device=device)
     except OmniSpectraError as err:
         raise click.ClickException(str(err)) from err
-    spectra, tokens, skipped = _read_and_tokenize(sources, fmt, model.config)
-
-    vectors, ids = embed(tokens, model=model, batch_size=batch_size, dtype=dtype,
-                         progress=False if quiet else None, return_ids=True)
-    for failure in spectra.not_spectra:
-        click.echo(f"skipped {failure.path}: not a spectrum ({failure.error})", err=True)
-    if not len(ids):
+    table = embed(sources, model=model, batch_size=batch_size, dtype=dtype, format=fmt,
+                  progress=False if quiet else None, on_error="skip", as_table=True)
+    n_skipped = _report_skipped(table)
+    if not len(table):
         raise click.ClickException("no spectrum could be embedded; nothing written")
+    vectors, ids = np.asarray(table["embedding"]), [str(i) for i in table["id"]]
     _save_embeddings(out, vectors, ids, model)
     click.echo(f"embedded {len(ids)} spectra ({vectors.shape[1]}-d, model {model_name!r}) -> {out}"
-               + (f"; {len(skipped)} skipped" if skipped else ""), err=True)
+               + (f"; {n_skipped} skipped" if n_skipped else ""), err=True)
 
 
 def _save_embeddings(out, vectors, ids, model) -> None:
@@ -200,7 +181,7 @@ def _save_embeddings(out, vectors, ids, model) -> None:
 
 
 @main.command("plot")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=_INPUT_PATHS)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image file (png, pdf, svg ...).")
 @click.option("--model", "model_name", default="default", show_default=True,
@@ -224,8 +205,10 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt) ->
         from .plotting import plot_reconstruction
     except ImportError as err:
         raise click.ClickException(f"plotting needs matplotlib: {err}") from err
+    from .inputs import check_readable_file
+
     try:
-        spectra = io.read(path, format=fmt)
+        spectra = io.read(check_readable_file(path), format=fmt)
         if index >= len(spectra):
             raise click.ClickException(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
         model = load_model(model_name, device=device)
@@ -365,7 +348,7 @@ _TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", "
 
 
 @main.command("classify")
-@click.argument("inputs", nargs=-1, type=click.Path(), metavar="FILE_OR_DIR...")
+@click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
 @click.option("--examples", is_flag=True, help="Also classify the example spectra shipped with the package.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Write the table: .ecsv, .csv or .fits (by extension).")
@@ -387,7 +370,7 @@ def classify_command(inputs, examples, output, model_name, probe_path, batch_siz
     """
     from pathlib import Path
 
-    from .api import _resolve_probe, classify
+    from .api import classify, resolve_probe
     from .exceptions import OmniSpectraError
     from .pretrained import load_model
 
@@ -397,27 +380,28 @@ def classify_command(inputs, examples, output, model_name, probe_path, batch_siz
     sources = _sources(inputs, examples)
     try:
         model = load_model(model_name, device=device)
-        probe = _resolve_probe(probe_path, "source_class")
+        probe = resolve_probe(probe_path, "source_class")
         probe.check_encoder(model)
     except OmniSpectraError as err:
         raise click.ClickException(str(err)) from err
-    spectra, tokens, skipped = _read_and_tokenize(sources, fmt, model.config)
-
-    table = classify(tokens, model=model, probe=probe, batch_size=batch_size, progress=False)
-    for failure in spectra.not_spectra:
-        click.echo(f"skipped {failure.path}: not a spectrum ({failure.error})", err=True)
+    table = classify(sources, model=model, probe=probe, batch_size=batch_size, progress=False,
+                     format=fmt, on_error="skip")
+    n_skipped = _report_skipped(table)
     if not len(table):
         raise click.ClickException("no spectrum could be classified")
     for name in table.colnames:
         if name.startswith("prob_"):
             table[name].info.format = ".3f"
     if out is None or not quiet:
-        for line in table.pformat(max_lines=-1, max_width=-1):
+        shown = table[[c for c in table.colnames if c != "source_file"]]  # long paths: in -o only
+        for line in shown.pformat(max_lines=-1, max_width=-1):
             click.echo(line)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if _TABLE_FORMATS[out.suffix.lower()] == "fits":  # a FITS header holds no list of dicts
+            del table.meta["skipped"]
         table.write(out, format=_TABLE_FORMATS[out.suffix.lower()], overwrite=True)
-        note = f"; {len(skipped)} skipped" if skipped else ""
+        note = f"; {n_skipped} skipped" if n_skipped else ""
         click.echo(f"classified {len(table)} spectra -> {out}{note}", err=True)
 
 

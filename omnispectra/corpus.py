@@ -5,18 +5,18 @@ A *corpus* is the on-disk form of the pretraining data (paper, section *Dataset*
 resampling, no padding): all spectra of a file are concatenated into flat arrays and
 ``offsets`` marks where each one starts.
 
-File layout (``format_version`` 1)
+File layout (``format_version`` 2)
 ----------------------------------
 One HDF5 file holds the spectra of **one survey**::
 
-    /                      attrs: format="omnispectra-corpus", format_version=1,
+    /                      attrs: format="omnispectra-corpus", format_version=2,
                                   omnispectra_version, created (ISO 8601 UTC),
                                   survey, n_spectra, flux_unit ("" = dimensionless,
                                   "mixed" when rows differ: see meta/flux_unit),
                                   wavelength_unit="Angstrom", wavelength_frame="vacuum"
     /spectra/wavelength    float64 (N_pix,)  vacuum Angstrom, strictly increasing per spectrum
     /spectra/flux          float32 (N_pix,)
-    /spectra/ivar          float32 (N_pix,)  inverse variance (1 where the input had none)
+    /spectra/ivar          float64 (N_pix,)  inverse variance (1 where the input had none)
     /spectra/mask          uint8   (N_pix,)  1 = bad pixel (specutils convention)
     /spectra/offsets       int64   (n + 1,)  spectrum i is [offsets[i], offsets[i+1])
     /meta/<column>         (n,)     one dataset per metadata column (see META_COLUMNS)
@@ -33,11 +33,17 @@ pixel data.
 
 Round trip
 ----------
-Flux and inverse variance are stored as float32 and wavelengths as float64, so
-``CorpusReader.spectrum(i)`` returns exactly (bit for bit) the float32-cast flux/ivar
-and the float64 wavelength of the input (inputs already in float32, such as SDSS,
-DESI or LAMOST spectra, come back unchanged). A wavelength axis given in another
-spectral unit is converted to Angstrom once, at build time.
+Flux is stored as float32, inverse variance and wavelengths as float64, so
+``CorpusReader.spectrum(i)`` returns exactly (bit for bit) the float32-cast flux and the
+float64 ivar and wavelength of the input (inputs already in float32, such as SDSS,
+DESI or LAMOST spectra, come back unchanged). float64 ivar keeps any physical flux unit:
+a flux of 1e-19 erg/s/cm2/A with an error of 1e-20 has ivar 1e40, beyond float32 (format
+version 1 stored float32 ivar; such corpora are still read). Flux beyond the float32
+range is refused at build time. A wavelength axis given in another spectral unit is
+converted to Angstrom once, at build time (:func:`omnispectra.spectrum.spectrum_data`).
+Ids are the readers' ids made unique across the build
+(:class:`omnispectra.inputs.IdAllocator`): ``A/spec.fits`` and ``B/spec.fits`` give
+``spec`` and ``B/spec``, never a dropped duplicate.
 
 One file per survey
 -------------------
@@ -75,6 +81,8 @@ from astropy import units as u
 from . import __version__
 from ._fileutils import default_file_mode
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
+from .inputs import IdAllocator, PathProblem, check_readable_file, expand_paths
+from .spectrum import bad_pixels, is_spectrum, spectrum_data
 
 __all__ = [
     "FORMAT_NAME",
@@ -93,8 +101,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "omnispectra-corpus"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+#: Version 1 stored ivar as float32 (faint spectra in physical units overflowed to inf);
+#: version 2 stores it as float64. Both are read.
+SUPPORTED_VERSIONS = (1, 2)
 
 LABEL_COLUMNS = ("class", "subclass", "z", "z_err", "teff", "logg", "fe_h")
 _STRING_COLUMNS = ("id", "object_id", "survey", "source_file", "format", "class", "subclass", "flux_unit")
@@ -105,10 +115,8 @@ _INT_COLUMNS = ("n_valid",)
 META_COLUMNS = ("id", "object_id", "survey", "source_file", "format", "rest_frame",
                 "class", "subclass", "z", "z_err", "teff", "logg", "fe_h",
                 "flux_unit", "has_ivar", "n_valid", "wave_min", "wave_max")
-_PIXEL_ARRAYS = {"wavelength": np.float64, "flux": np.float32, "ivar": np.float32, "mask": np.uint8}
+_PIXEL_ARRAYS = {"wavelength": np.float64, "flux": np.float32, "ivar": np.float64, "mask": np.uint8}
 _SPECTRUM_ERRORS = (InvalidSpectrumError, SpectrumTypeError, UnitsError)
-_SPECTRAL_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fits.bz2",
-                      ".h5", ".hdf5", ".hdf", ".he5")
 
 
 # --------------------------------------------------------------------------- building
@@ -186,58 +194,27 @@ class BuildReport:
     __str__ = summary
 
 
-def _is_spectrum(obj: Any) -> bool:
-    return type(obj).__name__ in {"Spectrum", "Spectrum1D"} and hasattr(obj, "spectral_axis")
-
-
-def _has_spectral_suffix(path: Path) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in _SPECTRAL_SUFFIXES)
-
-
 def _expand_inputs(inputs: Any) -> list[Any]:
-    """Paths (files, directories searched recursively, glob patterns) and spectra, in order.
-
-    Directories contribute files with a spectral suffix (FITS, HDF5; hidden files are
-    ignored); explicit file names are always used. Duplicate paths are dropped.
-    """
-    if isinstance(inputs, (str, os.PathLike)) or _is_spectrum(inputs):
+    """Paths (via :func:`omnispectra.inputs.expand_paths`: the same files every command
+    reads, with unreadable paths as :class:`~omnispectra.inputs.PathProblem`) and spectra,
+    in order."""
+    if isinstance(inputs, (str, os.PathLike)) or is_spectrum(inputs):
         inputs = [inputs]
     items: list[Any] = []
-    seen: set[str] = set()
-
-    def add(path: Path) -> None:
-        key = str(path.resolve())
-        if key not in seen:
-            seen.add(key)
-            items.append(path)
-
+    seen: set[str] = set()  # a file reached from two inputs is read once
     for item in inputs:
-        if _is_spectrum(item):
+        if is_spectrum(item):
             items.append(item)
-            continue
-        if not isinstance(item, (str, os.PathLike)):
-            if isinstance(item, Iterable):  # e.g. a SpectrumList
-                items.extend(s for s in item)
-                continue
-            raise TypeError(f"inputs must be paths or specutils spectra, got {type(item).__name__}")
-        path = Path(item).expanduser()
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = sub.relative_to(path).parts
-                if not any(part.startswith(".") for part in rel) and _has_spectral_suffix(sub):
-                    add(sub)
-        elif path.exists():
-            add(path)
-        elif glob.has_magic(str(path)):
-            matches = sorted(glob.glob(str(path), recursive=True))
-            for m in matches:
-                if Path(m).is_file():
-                    add(Path(m))
-            if not matches:
-                items.append(path)  # reported as a failure
+        elif isinstance(item, (str, os.PathLike)):
+            for entry in expand_paths(item):
+                key = os.path.realpath(entry.path if isinstance(entry, PathProblem) else entry)
+                if key not in seen:
+                    seen.add(key)
+                    items.append(entry)
+        elif isinstance(item, Iterable):  # e.g. a SpectrumList
+            items.extend(item)
         else:
-            items.append(path)  # missing: reported as a failure
+            raise TypeError(f"inputs must be paths or specutils spectra, got {type(item).__name__}")
     return items
 
 
@@ -261,64 +238,24 @@ def _safe_name(survey: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", survey.strip().lower()) or "unknown"
 
 
-def _spectrum_arrays(spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, str]:
-    """``(wavelength_AA float64, flux float32, ivar float32, mask bool, has_ivar, flux_unit)``."""
-    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
-
-    axis = spec.spectral_axis
-    if not isinstance(axis, u.Quantity) or axis.unit.physical_type == "dimensionless" or axis.unit == u.pix:
-        raise UnitsError(f"spectral axis has no spectral unit ({getattr(axis, 'unit', None)})")
-    try:
-        wave = np.asarray(axis.to_value(u.AA, equivalencies=u.spectral()), dtype=np.float64)
-    except u.UnitConversionError as err:
-        raise UnitsError(f"cannot convert the spectral axis to Angstrom: {err}") from err
-    flux_q = spec.flux
-    flux = np.asarray(flux_q.value if isinstance(flux_q, u.Quantity) else flux_q, dtype=np.float32)
-    unit = flux_q.unit.to_string() if isinstance(flux_q, u.Quantity) else ""
-    if flux.ndim != 1:
-        raise SpectrumTypeError(f"flux must be 1-D, got shape {flux.shape}")
-    if wave.shape != flux.shape:
-        raise SpectrumTypeError(f"spectral axis of {wave.size} values for {flux.size} flux values")
-    if flux.size == 0:
-        raise InvalidSpectrumError("empty spectrum")
-    unc = spec.uncertainty
-    has_ivar = unc is not None
-    if unc is None:
-        ivar = np.ones(flux.shape, dtype=np.float32)
-    else:
-        values = np.asarray(unc.array, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if isinstance(unc, InverseVariance):
-                ivar = np.asarray(unc.array, dtype=np.float32)
-            elif isinstance(unc, VarianceUncertainty):
-                ivar = np.where(values > 0, 1.0 / values, 0.0).astype(np.float32)
-            elif isinstance(unc, StdDevUncertainty):
-                ivar = np.where(values > 0, 1.0 / values**2, 0.0).astype(np.float32)
-            else:
-                raise SpectrumTypeError(f"unsupported uncertainty type {type(unc).__name__}")
-        if ivar.shape != flux.shape:
-            raise SpectrumTypeError(f"uncertainty shape {ivar.shape} does not match flux {flux.shape}")
-    mask = np.zeros(flux.shape, bool) if spec.mask is None else np.asarray(spec.mask, dtype=bool)
-    if mask.shape != flux.shape:
-        raise SpectrumTypeError(f"mask shape {mask.shape} does not match flux {flux.shape}")
-    if not np.all(np.isfinite(wave)):
-        raise InvalidSpectrumError("the wavelength axis contains NaN or inf values")
-    step = np.diff(wave)
-    if wave.size > 1 and np.all(step < 0):
-        wave, flux, ivar, mask = wave[::-1], flux[::-1], ivar[::-1], mask[::-1]
-    elif np.any(step <= 0):
-        raise InvalidSpectrumError("the wavelength axis is not strictly monotonic")
-    if wave[0] <= 0:
-        raise InvalidSpectrumError(f"non-positive wavelength {wave[0]} Angstrom")
-    return (np.ascontiguousarray(wave), np.ascontiguousarray(flux), np.ascontiguousarray(ivar),
-            np.ascontiguousarray(mask), has_ivar, unit)
+#: Largest flux magnitude the corpus stores (its flux array is float32).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _n_valid(flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray) -> int:
-    """Pixels the tokenizer uses (finite flux, finite ``ivar > 0``, not masked)."""
-    with np.errstate(invalid="ignore"):
-        good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0) & ~mask
-    return int(good.sum())
+def _stored_arrays(spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool, str]:
+    """``(wavelength float64, flux float32, ivar float64, mask bool, has_ivar, flux_unit)``.
+
+    Arrays come from :func:`omnispectra.spectrum.spectrum_data` (the one conversion);
+    flux beyond the float32 range is refused rather than stored as inf.
+    """
+    data = spectrum_data(spec)
+    finite = data.flux[np.isfinite(data.flux)]
+    if finite.size and np.max(np.abs(finite)) > _FLOAT32_MAX:
+        raise InvalidSpectrumError(
+            f"flux values up to {np.max(np.abs(finite)):.3g} exceed the corpus' float32 range; "
+            "rescale the spectrum (e.g. change its flux unit)")
+    return (data.wavelength, data.flux.astype(np.float32), data.ivar, data.mask, data.has_ivar,
+            data.flux_unit)
 
 
 def _as_str(value: Any) -> str:
@@ -531,14 +468,17 @@ def build_corpus(
 
     report = BuildReport()
     writers: dict[str, _SurveyWriter] = {}
-    seen_ids: set[str] = set()
+    ids = IdAllocator()
     from tqdm.auto import tqdm
 
     def spectra_of(item: Any) -> Iterator[tuple[Any, str]]:
         nonlocal read
-        if _is_spectrum(item):
+        if is_spectrum(item):
             yield item, ""
             return
+        if isinstance(item, PathProblem):
+            raise item.error()
+        check_readable_file(item)
         if read is None:
             read = _default_reader(format)
         for spec in read(item):
@@ -547,14 +487,15 @@ def build_corpus(
     try:
         bar = tqdm(items, desc="corpus", unit="file", disable=not progress, dynamic_ncols=True)
         for item in bar:
-            if isinstance(item, Path):
+            if isinstance(item, (Path, PathProblem)):
                 report.n_files += 1
             try:
                 spectra = list(spectra_of(item))
             except ImportError:
                 raise
             except Exception as err:  # a bad input never aborts the build
-                report.failed_files.append(FileFailure(str(item), type(err).__name__, str(err)))
+                where = str(item.path if isinstance(item, PathProblem) else item)
+                report.failed_files.append(FileFailure(where, type(err).__name__, str(err)))
                 continue
             for k, (spec, source) in enumerate(spectra):
                 meta = dict(getattr(spec, "meta", None) or {})
@@ -564,15 +505,15 @@ def build_corpus(
                 if keep is not None and name.lower() not in keep:
                     report.skipped_spectra.append((sid, f"survey {name!r} not selected"))
                     continue
-                if sid in seen_ids:
+                if ids.seen(sid, source_file):  # the same spectrum of the same file again
                     report.skipped_spectra.append((sid, "duplicate id"))
                     continue
                 try:
-                    wave, flux, ivar, mask, has_ivar, unit = _spectrum_arrays(spec)
+                    wave, flux, ivar, mask, has_ivar, unit = _stored_arrays(spec)
                 except _SPECTRUM_ERRORS as err:
                     report.skipped_spectra.append((sid, f"{type(err).__name__}: {err}"))
                     continue
-                seen_ids.add(sid)
+                sid = ids.assign(sid, source_file)
                 row = {
                     "id": sid,
                     "object_id": _as_str(meta.get("object_id")) or sid,
@@ -585,7 +526,7 @@ def build_corpus(
                     **{c: _as_float(meta.get(c)) for c in ("z", "z_err", "teff", "logg", "fe_h")},
                     "flux_unit": unit,
                     "has_ivar": int(has_ivar),
-                    "n_valid": _n_valid(flux, ivar, mask),
+                    "n_valid": int((~bad_pixels(flux, ivar, mask)).sum()),
                     "wave_min": float(wave[0]),
                     "wave_max": float(wave[-1]),
                 }
@@ -815,7 +756,8 @@ class CorpusReader:
         return bool(value) if name in _FLAG_COLUMNS else value.item()
 
     def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(wavelength float64, flux float32, ivar float32, mask bool)`` of spectrum ``i``."""
+        """``(wavelength float64, flux float32, ivar float64, mask bool)`` of spectrum ``i``
+        (ivar float32 in format-version-1 corpora)."""
         i = self._index(i)
         lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
         spectra = self._handle()["spectra"]

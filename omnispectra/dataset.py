@@ -73,8 +73,8 @@ class MMUSource:
     def __init__(self, path: os.PathLike, chunk: int = 256) -> None:
         import h5py
 
-        from .corpus import _n_valid, _spectrum_arrays
         from .io.mmu import read_mmu
+        from .spectrum import spectrum_data
 
         self.path = Path(path)
         with h5py.File(self.path, "r") as h5:
@@ -83,10 +83,10 @@ class MMUSource:
         meta: dict[str, list] = {c: [] for c in ("id", "object_id", "survey", *LABEL_COLUMNS)}
         for start in range(0, n, chunk):
             for spec in read_mmu(self.path, rows=slice(start, min(n, start + chunk))):
-                _, flux, ivar, mask, _, _ = _spectrum_arrays(spec)
+                data = spectrum_data(spec)
                 rows.append(int(spec.meta["row"]))
-                lengths.append(flux.size)
-                valid.append(_n_valid(flux, ivar, mask))
+                lengths.append(data.n_pixels)
+                valid.append(data.n_valid)
                 for c in meta:
                     default = "" if c in ("id", "object_id", "survey", *_STRING_LABELS) else math.nan
                     meta[c].append(spec.meta.get(c, default))
@@ -108,12 +108,12 @@ class MMUSource:
         return self.column(name)[i].item()
 
     def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        from .corpus import _spectrum_arrays
         from .io.mmu import read_mmu
+        from .spectrum import spectrum_data
 
         (spec,) = read_mmu(self.path, rows=[int(self._rows[i])], skip_invalid=False)
-        wave, flux, ivar, mask, _, _ = _spectrum_arrays(spec)
-        return wave, flux, ivar, mask
+        data = spectrum_data(spec)
+        return data.wavelength, data.flux.astype(np.float32), data.ivar, data.mask
 
     def close(self) -> None:
         pass

@@ -20,6 +20,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OutputIsInputError",
+    "NonFiniteOutputError",
 ]
 
 
@@ -73,3 +74,5 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class OutputIsInputError(OutputError):
     """The output is one of the inputs (always refused, even with overwrite)."""
+class NonFiniteOutputError(OmniSpectraError, ArithmeticError):
+    """A model output (embedding, probability, prediction) is NaN or inf; it is never used."""

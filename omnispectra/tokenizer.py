@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 from astropy import units as u
 
-from .exceptions import InvalidSpectrumError, SpectrumTypeError, UnitsError
+from .exceptions import InvalidSpectrumError
+from .spectrum import is_spectrum, spectrum_arrays, spectrum_data
 
 __all__ = [
     "PATCH_SIZE",
@@ -44,6 +45,8 @@ __all__ = [
     "tokenize",
     "spectrum_arrays",
     "n_patches",
+    "patch_index",
+    "standardization",
 ]
 
 PATCH_SIZE = 20
@@ -59,7 +62,13 @@ class Normalization:
 
     def apply(self, flux: np.ndarray) -> np.ndarray:
         """Normalize physical flux."""
-        return (np.asarray(flux, dtype=np.float64) - self.shift) / self.scale
+        flux = np.asarray(flux, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (flux - self.shift) / self.scale
+        if np.all(np.isfinite(out) | ~np.isfinite(flux)):
+            return out
+        # (f - shift) overflowed for finite flux near the float64 limit: divide first
+        return flux / self.scale - self.shift / self.scale
 
     def invert(self, flux_norm: np.ndarray) -> np.ndarray:
         """Map normalized flux back to the physical flux of the input spectrum."""
@@ -128,7 +137,7 @@ class Tokens:
         if valid_only is None:
             valid_only = tokens is None
         tokens = self.tokens if tokens is None else np.asarray(tokens)
-        index = _patch_index(self.n_pixels, self.patch_size, self.stride)
+        index = patch_index(self.n_pixels, self.patch_size, self.stride)
         used = index < self.n_pixels
         if valid_only:
             used &= self.pixel_valid & self.valid[:, None]
@@ -151,161 +160,32 @@ def n_patches(n_pixels: int, patch_size: int = PATCH_SIZE, stride: int = STRIDE)
     return -(-(n_pixels - patch_size) // stride) + 1
 
 
-def _patch_index(n_pixels: int, patch_size: int, stride: int) -> np.ndarray:
-    """Pixel index of every patch slot, shape (T, p); slots >= n_pixels are tail padding."""
+def patch_index(n_pixels: int, patch_size: int = PATCH_SIZE, stride: int = STRIDE) -> np.ndarray:
+    """Pixel index of every patch slot, shape ``(T, p)``; slots ``>= n_pixels`` are tail padding."""
     starts = np.arange(n_patches(n_pixels, patch_size, stride)) * stride
     return starts[:, None] + np.arange(patch_size)[None, :]
 
 
-def _as_wavelength_angstrom(wavelength: Any, require_units: bool) -> np.ndarray:
-    if isinstance(wavelength, u.Quantity):
-        if wavelength.unit.physical_type == "dimensionless" or wavelength.unit == u.pix:
-            raise UnitsError(
-                f"the wavelength axis has unit '{wavelength.unit}', not a spectral unit; "
-                "give wavelengths in Angstrom (or any length, frequency or energy unit)"
-            )
-        try:
-            return wavelength.to_value(u.AA, equivalencies=u.spectral()).astype(np.float64)
-        except u.UnitConversionError as err:
-            raise UnitsError(f"cannot convert the wavelength axis to Angstrom: {err}") from err
-    if require_units:
-        raise UnitsError("the wavelength axis has no units")
-    return np.asarray(wavelength, dtype=np.float64)
+def standardization(values: np.ndarray) -> Normalization:
+    """Mean and standard deviation of ``values`` as a :class:`Normalization`, for any finite input.
 
-
-def spectrum_arrays(
-    spectrum: Any = None,
-    flux: Any = None,
-    ivar: Any = None,
-    mask: Any = None,
-    *,
-    wavelength: Any = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Turn a specutils spectrum or plain arrays into ``(wavelength_AA, flux, ivar, bad)``.
-
-    The wavelength is returned in Angstrom, sorted increasing (a strictly decreasing
-    axis, e.g. one ordered in frequency, is reversed together with the data). ``bad``
-    is True for pixels that must not be used. Arrays are float64 copies; the input is
-    never modified.
-
-    Parameters
-    ----------
-    spectrum : specutils.Spectrum or Spectrum1D or array-like, optional
-        A spectrum, or the wavelength array when ``flux`` is given. Plain wavelength
-        arrays are taken to be in Angstrom; Quantities are converted.
-    flux, ivar, mask : array-like, optional
-        Flux, inverse variance and bad-pixel mask (True = bad) for the plain-array form.
-
-    Raises
-    ------
-    SpectrumTypeError
-        Wrong type, mismatched shapes or a flux that is not 1-D.
-    UnitsError
-        A wavelength axis in pixels or without spectral units.
-    InvalidSpectrumError
-        Non-finite or non-monotonic wavelengths.
+    The statistics are computed on ``values / max|values|`` and scaled back, so finite
+    values near the float64 limit (e.g. +-1e308) never overflow to inf or NaN.
     """
-    if wavelength is not None:
-        if spectrum is not None:
-            raise SpectrumTypeError("give either a spectrum or wavelength=..., not both")
-        spectrum = wavelength
-    if spectrum is None:
-        raise SpectrumTypeError("no spectrum given")
-    if _is_specutils_spectrum(spectrum):
-        if flux is not None:
-            raise SpectrumTypeError("flux= is only used with a wavelength array, not with a Spectrum")
-        wave, flux_arr, ivar_arr, mask_arr = _unpack_specutils(spectrum, ivar, mask)
-    else:
-        if flux is None:
-            raise SpectrumTypeError(
-                f"expected a specutils Spectrum/Spectrum1D or (wavelength, flux) arrays, got "
-                f"{type(spectrum).__name__} without flux"
-            )
-        wave = _as_wavelength_angstrom(spectrum, require_units=False)
-        flux_arr = np.asarray(u.Quantity(flux).value if isinstance(flux, u.Quantity) else flux,
-                              dtype=np.float64)
-        ivar_arr = None if ivar is None else np.asarray(ivar, dtype=np.float64)
-        mask_arr = None if mask is None else np.asarray(mask)
-    if flux_arr.ndim != 1:
-        raise SpectrumTypeError(
-            f"flux must be 1-D (one spectrum), got shape {flux_arr.shape}; "
-            "iterate over the rows of a 2-D spectrum"
-        )
-    if wave.ndim != 1 or wave.shape != flux_arr.shape:
-        raise SpectrumTypeError(
-            f"wavelength shape {wave.shape} does not match flux shape {flux_arr.shape}"
-        )
-    for name, arr in (("ivar", ivar_arr), ("mask", mask_arr)):
-        if arr is not None and arr.shape != flux_arr.shape:
-            raise SpectrumTypeError(f"{name} shape {arr.shape} does not match flux shape {flux_arr.shape}")
-    if not np.all(np.isfinite(wave)):
-        raise InvalidSpectrumError("the wavelength axis contains NaN or inf values")
-    step = np.diff(wave)
-    if wave.size > 1 and np.all(step < 0):
-        wave, flux_arr = wave[::-1], flux_arr[::-1]
-        ivar_arr = None if ivar_arr is None else ivar_arr[::-1]
-        mask_arr = None if mask_arr is None else mask_arr[::-1]
-    elif np.any(step <= 0):
-        raise InvalidSpectrumError(
-            "the wavelength axis is not strictly monotonic "
-            f"(first offending pixel: {int(np.argmax(step <= 0)) + 1})"
-        )
-    if wave[0] <= 0:
-        raise InvalidSpectrumError(f"wavelengths must be positive, got {wave[0]} Angstrom")
-
-    bad = ~np.isfinite(flux_arr)
-    if ivar_arr is not None:
-        bad |= ~np.isfinite(ivar_arr) | (ivar_arr <= 0)
-    else:
-        ivar_arr = np.ones_like(flux_arr)
-    if mask_arr is not None:
-        bad |= mask_arr.astype(bool)
-    return np.array(wave), np.array(flux_arr), np.array(ivar_arr), bad
-
-
-def _is_specutils_spectrum(obj: Any) -> bool:
-    try:
-        from specutils import Spectrum1D
-    except ImportError:  # pragma: no cover - specutils is a hard dependency
-        return False
-    return isinstance(obj, Spectrum1D) or type(obj).__name__ in {"Spectrum", "Spectrum1D"}
-
-
-def _unpack_specutils(spectrum: Any, ivar: Any, mask: Any):
-    from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
-
-    wave = _as_wavelength_angstrom(spectrum.spectral_axis, require_units=True)
-    flux = np.asarray(spectrum.flux.value, dtype=np.float64)
-    if ivar is None and spectrum.uncertainty is not None:
-        unc = spectrum.uncertainty
-        values = np.asarray(unc.array, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if isinstance(unc, InverseVariance):
-                ivar = values
-            elif isinstance(unc, VarianceUncertainty):
-                ivar = np.where(values > 0, 1.0 / values, 0.0)
-            elif isinstance(unc, StdDevUncertainty):
-                ivar = np.where(values > 0, 1.0 / values**2, 0.0)
-            else:
-                raise SpectrumTypeError(
-                    f"unsupported uncertainty type {type(unc).__name__}; use InverseVariance, "
-                    "VarianceUncertainty or StdDevUncertainty"
-                )
-    ivar = None if ivar is None else np.asarray(ivar, dtype=np.float64)
-    if mask is None and spectrum.mask is not None:
-        mask = np.asarray(spectrum.mask, dtype=bool)
-    if flux.ndim == 1 and wave.shape != flux.shape:
-        # specutils allows bin edges as the spectral axis
-        raise SpectrumTypeError(
-            f"spectral axis of length {wave.size} does not match {flux.size} flux values"
-        )
-    return wave, flux, ivar, None if mask is None else np.asarray(mask)
-
-
-def _standardization(values: np.ndarray) -> Normalization:
-    shift = float(np.mean(values))
-    scale = float(np.std(values))
-    return Normalization(shift=shift, scale=scale if scale > 0 else 1.0)
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(np.mean(values)), float(np.std(values))
+    if np.isfinite(mean) and np.isfinite(std):  # the usual case, computed directly
+        return Normalization(shift=mean, scale=std if std > 0 else 1.0)
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if peak == 0.0 or not np.isfinite(peak):
+        return Normalization(shift=0.0, scale=1.0)
+    scaled = values / peak
+    mean = float(np.mean(scaled))
+    std = float(np.std(scaled))
+    if std == 0.0:
+        return Normalization(shift=mean * peak, scale=1.0)
+    return Normalization(shift=mean * peak, scale=std * peak)
 
 
 def tokenize(
@@ -319,6 +199,7 @@ def tokenize(
     stride: int = STRIDE,
     min_valid_fraction: float = 0.5,
     meta: dict[str, Any] | None = None,
+    max_pixels: int | None = None,
 ) -> Tokens:
     """Cut one spectrum into normalized, overlapping, wavelength-aware tokens.
 
@@ -337,6 +218,8 @@ def tokenize(
         A token needs at least this fraction of valid pixels to be valid.
     meta : dict, optional
         Metadata to attach; defaults to the spectrum's ``meta`` when it has one.
+    max_pixels : int, optional
+        Longest spectrum accepted (default :func:`omnispectra.spectrum.max_pixels`).
 
     Returns
     -------
@@ -345,9 +228,10 @@ def tokenize(
     Raises
     ------
     InvalidSpectrumError
-        Fewer than ``patch_size`` pixels or valid pixels, bad wavelengths.
+        Fewer than ``patch_size`` pixels or valid pixels, more than ``max_pixels``
+        pixels, bad wavelengths, or a normalized flux that is not finite.
     SpectrumTypeError, UnitsError
-        See :func:`spectrum_arrays`.
+        See :func:`omnispectra.spectrum.spectrum_data`.
 
     Examples
     --------
@@ -360,7 +244,8 @@ def tokenize(
     """
     if patch_size < 1 or not 1 <= stride <= patch_size:
         raise ValueError(f"need patch_size >= 1 and 1 <= stride <= patch_size, got {patch_size}, {stride}")
-    wave, flux_arr, _, bad = spectrum_arrays(spectrum, flux, ivar, mask, wavelength=wavelength)
+    data = spectrum_data(spectrum, flux, ivar, mask, wavelength=wavelength, max_pixels=max_pixels)
+    wave, flux_arr, bad = data.wavelength, data.flux, data.bad
     n_pix = wave.size
     n_good = int((~bad).sum())
     if n_pix < patch_size or n_good < patch_size:
@@ -368,10 +253,12 @@ def tokenize(
             f"a spectrum needs at least {patch_size} valid pixels for one patch; "
             f"this one has {n_pix} pixels of which {n_good} are valid"
         )
-    norm = _standardization(flux_arr[~bad])
-    flux_norm = np.where(bad, 0.0, (np.where(bad, 0.0, flux_arr) - norm.shift) / norm.scale)
+    norm = standardization(flux_arr[~bad])
+    flux_norm = np.where(bad, 0.0, norm.apply(np.where(bad, 0.0, flux_arr)))
+    if not np.all(np.isfinite(flux_norm)):  # a guard: standardization is scale-safe
+        raise InvalidSpectrumError("the normalized flux is not finite (flux values beyond float64 range?)")
 
-    index = _patch_index(n_pix, patch_size, stride)                  # (T, p)
+    index = patch_index(n_pix, patch_size, stride)                  # (T, p)
     real = index < n_pix                                               # tail padding is False
     safe = np.minimum(index, n_pix - 1)
     pixel_valid = real & ~bad[safe]                                    # (T, p)
@@ -386,10 +273,12 @@ def tokenize(
     mu = np.where(n_valid > 0, mu, 0.0)
 
     tokens = np.concatenate([mu[:, None], sigma[:, None], patch_flux], axis=1).astype(np.float32)
+    if not np.all(np.isfinite(tokens)):
+        raise InvalidSpectrumError("the tokens are not finite after normalization (extreme flux values)")
     tokens[~token_valid] = 0.0  # an invalid token looks exactly like padding
     wave_patch = np.where(real, wave[safe], 0.0).sum(axis=1) / real.sum(axis=1)
     if meta is None:
-        meta = dict(getattr(spectrum, "meta", None) or {}) if _is_specutils_spectrum(spectrum) else {}
+        meta = dict(getattr(spectrum, "meta", None) or {}) if is_spectrum(spectrum) else {}
     return Tokens(
         tokens=tokens,
         wavelength=wave_patch,

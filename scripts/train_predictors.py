@@ -93,7 +93,7 @@ def train_probe(task, emb, y, recipe, seed=0, encoder_desc=None):
 
 def score(task, probe_or_pred, emb, y, y_train):
     """Held-out metrics (scikit-learn) of a probe or of predictions in the fitted space."""
-    from omnispectra.evaluation.harness import _transform, classification_metrics, regression_metrics
+    from omnispectra.evaluation.harness import classification_metrics, regression_metrics, transform_targets
     from omnispectra.probes import fit_normalization
 
     if task.kind == "classification":
@@ -102,8 +102,8 @@ def score(task, probe_or_pred, emb, y, y_train):
         m["confusion"] = m["confusion"].tolist()
         return m
     pred = probe_or_pred.predict_transformed(emb) if hasattr(probe_or_pred, "predict") else probe_or_pred
-    mean, std = fit_normalization(_transform(task, y_train))
-    return regression_metrics(_transform(task, y), pred, task.targets, mean, std, task.transforms)
+    mean, std = fit_normalization(transform_targets(task, y_train))
+    return regression_metrics(transform_targets(task, y), pred, task.targets, mean, std, task.transforms)
 
 
 def key_metric(task, m):
@@ -125,10 +125,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="lightning")
 
-    from omnispectra.api import _resolve_model
+    from omnispectra.runtime import resolve_model
     from omnispectra.dataset import split_by_object
     from omnispectra.evaluation import baselines
-    from omnispectra.evaluation.harness import (TASKS, _targets, _transform, compute_embeddings,
+    from omnispectra.evaluation.harness import (TASKS, compute_embeddings, task_targets, transform_targets,
                                                 labeled_rows, load_labeled)
     from omnispectra.probes import encoder_description, save_probe
 
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [TASKS[t] for t in args.tasks.split(",")]
-    encoder = _resolve_model(args.weights, "cpu")
+    encoder = resolve_model(args.weights, "cpu")
     desc = encoder_description(encoder)
     bundled = Path(args.weights).name == "omnispectra-default.safetensors"
     desc["name"] = "default" if bundled else str(args.weights)
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         if rows.size < 10:
             log(f"{task.name}: only {rows.size} labelled spectra; skipped")
             continue
-        y = _targets(task, data.meta, rows)
+        y = task_targets(task, data.meta, rows)
         obj, surv = data.meta["object_id"][rows], data.meta["survey"][rows]
         tr, ho = split_by_object(obj, surv, fraction=args.holdout, seed=args.seed)
         # recipe choice on an inner split of the training part
@@ -176,11 +176,11 @@ def main(argv=None) -> int:
             held["trivial"] = score(task, baselines.trivial_predict(y[tr], ho.size, task.kind, n_cls), None,
                                     y[ho], y[tr])
         else:
-            mean_pred = baselines.trivial_predict(_transform(task, y[tr]), ho.size, task.kind)
+            mean_pred = baselines.trivial_predict(transform_targets(task, y[tr]), ho.size, task.kind)
             held["trivial"] = score(task, mean_pred, None, y[ho], y[tr])
         if task.name == "stellar_params":
             x, _ = baselines.resample_group(data.arrays(rows), max_pixels=args.baseline_pixels)
-            yt = _transform(task, y[tr])
+            yt = transform_targets(task, y[tr])
             held["pca_ridge"] = score(task, baselines.pca_ridge(x[tr], yt, x[ho]), None, y[ho], y[tr])
             held["knn_pca"] = score(task, baselines.knn_pca(x[tr], yt, x[ho]), None, y[ho], y[tr])
         entry = {

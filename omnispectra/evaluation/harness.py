@@ -57,7 +57,7 @@ import numpy as np
 
 __all__ = ["Task", "TASKS", "CLASSES", "source_classes", "labeled_rows", "LabeledData", "load_labeled",
            "classification_metrics", "regression_metrics", "evaluate", "run_method",
-           "summarize", "markdown_report", "METHOD_LABELS"]
+           "summarize", "markdown_report", "METHOD_LABELS", "task_targets", "transform_targets"]
 
 CLASSES = ("GALAXY", "QSO", "STAR")
 STAR_SURVEYS = ("miles", "apogee", "xshooter")
@@ -294,14 +294,16 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[s
 # methods
 
 
-def _targets(task: Task, meta: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+def task_targets(task: Task, meta: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Targets of ``rows``: class indices, or an ``(n, targets)`` float array."""
     if task.kind == "classification":
         lookup = {c: k for k, c in enumerate(task.classes)}
         return np.array([lookup[c] for c in meta["source_class"][rows]], dtype=np.int64)
     return np.stack([np.asarray(meta[t], dtype=np.float64)[rows] for t in task.targets], axis=1)
 
 
-def _transform(task: Task, y: np.ndarray) -> np.ndarray:
+def transform_targets(task: Task, y: np.ndarray) -> np.ndarray:
+    """Regression targets in the space probes fit them (e.g. log10 Teff)."""
     from ..probes import TRANSFORMS
 
     y = np.array(y, dtype=np.float64, copy=True)
@@ -331,7 +333,7 @@ def run_method(method: str, task: Task, train: dict[str, Any], test: dict[str, A
     if method == "trivial":
         if task.kind == "classification":
             return baselines.trivial_predict(train["y"], n_test, task.kind, len(names))
-        return baselines.trivial_predict(_transform(task, train["y"]), n_test, task.kind)
+        return baselines.trivial_predict(transform_targets(task, train["y"]), n_test, task.kind)
     if method in PROBE_PROTOCOLS:
         proto = dict(PROBE_PROTOCOLS[method])
         head = proto.pop("head")
@@ -353,10 +355,10 @@ def run_method(method: str, task: Task, train: dict[str, Any], test: dict[str, A
             emb = test["emb"]
         return probe.predict(emb) if task.kind == "classification" else probe.predict_transformed(emb)
     if method == "knn":
-        return KNNProbe().fit(train["emb"], _transform(task, train["y"])).predict(test["emb"])
+        return KNNProbe().fit(train["emb"], transform_targets(task, train["y"])).predict(test["emb"])
     if method in ("pca_ridge", "knn_pca"):
         fn = baselines.pca_ridge if method == "pca_ridge" else baselines.knn_pca
-        return fn(train["x"], _transform(task, train["y"]), test["x"])
+        return fn(train["x"], transform_targets(task, train["y"]), test["x"])
     if method in ("galspecnet", "spender"):
         torch.manual_seed(seed)
         net = baselines.make_baseline(method, len(names), width=baseline_width)
@@ -368,7 +370,7 @@ def run_method(method: str, task: Task, train: dict[str, Any], test: dict[str, A
         else:
             from ..probes import fit_normalization
 
-            yt = _transform(task, train["y"])
+            yt = transform_targets(task, train["y"])
             mean, std = fit_normalization(yt)
             y = torch.as_tensor((yt - mean) / (std + 1e-8), dtype=torch.float32)
             labels = None
@@ -450,7 +452,7 @@ def evaluate(
     dict with ``runs`` (per-run rows), ``summary`` (an astropy Table), ``confusion``,
     ``predictions`` and ``report`` (markdown).
     """
-    from ..api import _resolve_model
+    from ..runtime import resolve_model
     from ..dataset import split_by_object
     from . import baselines
 
@@ -466,7 +468,7 @@ def evaluate(
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")
-    encoder = _resolve_model(model, device)
+    encoder = resolve_model(model, device)
     needs_emb = any(m in PROBE_PROTOCOLS or m == "knn" for t in chosen for m in (methods or t.methods))
     if needs_emb and len(data):
         data.embeddings = compute_embeddings(data, encoder, batch_size=batch_size)
@@ -493,7 +495,7 @@ def evaluate(
                                                                   max_pixels=baseline_pixels)
                 x_all = flux_cache[key]
             tok_all = data.tokens(grows) if finetune else None
-            y_all = _targets(task, data.meta, grows)
+            y_all = task_targets(task, data.meta, grows)
             for run in range(runs):
                 tr, te = split_by_object(data.meta["object_id"][grows], data.meta["survey"][grows],
                                          fraction=0.5, seed=run)
@@ -522,11 +524,11 @@ def evaluate(
                         key3 = (task.name, gname, method)
                         confusion[key3] = confusion.get(key3, 0) + m.pop("confusion")
                     else:
-                        yt_train = _transform(task, train["y"])
+                        yt_train = transform_targets(task, train["y"])
                         from ..probes import fit_normalization
 
                         mean, std = fit_normalization(yt_train)
-                        yt = _transform(task, test["y"])
+                        yt = transform_targets(task, test["y"])
                         m = regression_metrics(yt, pred, task.targets, mean, std, task.transforms)
                         key3 = (task.name, gname, method)
                         prev = predictions.get(key3)

@@ -157,7 +157,7 @@ def open_fits(path: str | Path) -> Iterator[FitsFile]:
                 raise SpectrumFormatError(
                     f"{path}: corrupt or truncated FITS file ({type(exc).__name__}: {exc})"
                 ) from exc
-            _check_truncation(path, caught)
+            check_truncation(path, caught)
             yield ff
         finally:
             hdul.close()
@@ -173,7 +173,7 @@ def _messages(caught) -> list[str]:
     return out
 
 
-def _check_truncation(path: Path, caught) -> None:
+def check_truncation(path: Path, caught) -> None:
     for w in caught:
         msg = str(w.message).lower()
         if any(h in msg for h in _TRUNCATION_HINTS):

@@ -7,7 +7,6 @@ the errors are omnispectra's.
 
 from __future__ import annotations
 
-import glob as _glob
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 from astropy.io import fits
 
 from ..exceptions import NotASpectrumError, OmniSpectraError, SpectrumFormatError, UnknownFormatError
-from ._common import SpectrumList, _check_truncation
+from ._common import SpectrumList, check_truncation
 
 __all__ = [
     "FileProbe",
@@ -36,17 +35,9 @@ __all__ = [
     "SPECTRUM_FILE_SUFFIXES",
 ]
 
-#: File suffixes :func:`iter_spectra` picks up when it walks a directory.
-SPECTRUM_FILE_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.fz",
-                          ".hdf5", ".h5")
-
 _FITS_MAGIC = b"SIMPLE  ="
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class SpectrumReadWarning(UserWarning):
-    """Emitted by :func:`iter_spectra` with ``on_error='warn'`` for a file that failed."""
 
 
 @dataclass
@@ -105,6 +96,12 @@ def _sniff(path: Path) -> str:
         try:
             with gzip.open(path, "rb") as gz:
                 inner = gz.read(16)
+                # read to the end: a truncated stream would otherwise look like a FITS file
+                # with fewer HDUs ("no reader recognises this file") or even read short
+                while gz.read(1 << 22):
+                    pass
+        except EOFError as exc:
+            raise SpectrumFormatError(f"{path}: truncated gzip file ({exc})") from exc
         except Exception as exc:
             raise SpectrumFormatError(f"{path}: corrupt gzip file ({type(exc).__name__}: {exc})") from exc
         if inner.startswith(_FITS_MAGIC):
@@ -122,6 +119,8 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
         raise SpectrumFormatError(f"{path}: is a directory, not a spectrum file")
     try:
         kind = _sniff(path)
+    except SpectrumFormatError:
+        raise
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot be opened ({exc})") from exc
     probe = FileProbe(path=path, kind=kind)
@@ -138,7 +137,7 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
                 raise SpectrumFormatError(
                     f"{path}: corrupt or truncated FITS file ({type(exc).__name__}: {exc})"
                 ) from exc
-            _check_truncation(path, caught)
+            check_truncation(path, caught)
         if not probe.hdus:
             raise SpectrumFormatError(f"{path}: FITS file without any HDU")
     elif kind == "hdf5":
@@ -339,138 +338,13 @@ def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> S
     return out
 
 
-@dataclass
-class ReadFailure:
-    """One file :func:`iter_spectra` could not read."""
-
-    path: Path
-    error: Exception
-
-    def __str__(self) -> str:
-        return f"{self.path}: {type(self.error).__name__}: {self.error}"
-
-
-def _is_spectrum_file(p: Path) -> bool:
-    low = p.name.lower()
-    return p.is_file() and any(low.endswith(s) for s in SPECTRUM_FILE_SUFFIXES)
-
-
-def expand_sources(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named by ``sources`` (files, directories walked recursively, glob patterns),
-    each source's files sorted, duplicates removed.  Missing non-glob paths are kept
-    (reading them reports "file not found")."""
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    out: list[Path] = []
-    seen: set[str] = set()
-
-    def add(p: Path):
-        key = str(p.resolve()) if p.exists() else str(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for src in sources:
-        s = os.fspath(src)
-        if any(ch in s for ch in "*?["):
-            for m in sorted(_glob.glob(s, recursive=True)):
-                mp = Path(m)
-                if mp.is_dir():
-                    for f in sorted(q for q in mp.rglob("*") if _is_spectrum_file(q)):
-                        add(f)
-                elif mp.is_file():
-                    add(mp)
-        else:
-            p = Path(s)
-            if p.is_dir():
-                for f in sorted((q for q in p.rglob("*") if _is_spectrum_file(q)), key=str):
-                    add(f)
-            else:
-                add(p)
-    return out
-
-
-class SpectrumIterator:
-    """Iterable of spectra from many files, with a record of what failed.
-
-    Attributes (filled while iterating)
-    ----------
-    files : list of Path -- every file considered, in order.
-    failures : list of ReadFailure -- files that raised (``on_error`` 'warn'/'skip').
-    not_spectra : list of ReadFailure -- files that are known non-spectra
-        (:class:`NotASpectrumError`: redrock files, catalogues, ...) when
-        ``skip_non_spectra`` is True.
-    skipped_rows : list of (Path, str) -- invalid rows/arms skipped inside files
-        that were otherwise read (e.g. all-zero-ivar sky fibres of a DESI coadd).
-    n_files_read, n_spectra : int
-    """
-
-    def __init__(self, sources, format=None, on_error="raise", skip_non_spectra=True,
-                 callback: Callable[[ReadFailure], None] | None = None, **kwargs):
-        if on_error not in ("raise", "warn", "skip"):
-            raise ValueError(f"on_error must be 'raise', 'warn' or 'skip', not {on_error!r}")
-        self.files = expand_sources(sources)
-        self.format = format
-        self.on_error = on_error
-        self.skip_non_spectra = skip_non_spectra
-        self.callback = callback
-        self.kwargs = kwargs
-        self.failures: list[ReadFailure] = []
-        self.not_spectra: list[ReadFailure] = []
-        self.skipped_rows: list[tuple[Path, str]] = []
-        self.n_files_read = 0
-        self.n_spectra = 0
-
-    def __iter__(self) -> Iterator:
-        for path in self.files:
-            try:
-                spectra = read(path, format=self.format, **self.kwargs)
-            except NotASpectrumError as exc:
-                if self.skip_non_spectra:
-                    self.not_spectra.append(ReadFailure(path, exc))
-                    continue
-                self._fail(path, exc)
-                continue
-            except Exception as exc:
-                self._fail(path, exc)
-                continue
-            self.n_files_read += 1
-            self.skipped_rows.extend((path, msg) for msg in getattr(spectra, "skipped", ()))
-            for spec in spectra:
-                self.n_spectra += 1
-                yield spec
-
-    def _fail(self, path: Path, exc: Exception) -> None:
-        failure = ReadFailure(path, exc)
-        if self.on_error == "raise":
-            raise exc
-        self.failures.append(failure)
-        if self.callback is not None:
-            self.callback(failure)
-        if self.on_error == "warn":
-            warnings.warn(str(failure), SpectrumReadWarning, stacklevel=3)
-
-    def summary(self) -> str:
-        """One line: files read, spectra, failures, non-spectrum files skipped."""
-        return (f"{self.n_files_read} files read, {self.n_spectra} spectra, "
-                f"{len(self.failures)} failed, {len(self.not_spectra)} non-spectrum files skipped, "
-                f"{len(self.skipped_rows)} invalid rows skipped inside files")
-
-
-def iter_spectra(sources, format: str | None = None, on_error: str = "raise", *,
-                 skip_non_spectra: bool = True,
-                 callback: Callable[[ReadFailure], None] | None = None,
-                 **kwargs: Any) -> SpectrumIterator:
-    """Spectra from files, directories (recursive: ``.fits``, ``.fits.gz``, ``.hdf5`` ...)
-    and glob patterns, in sorted order.
-
-    Returns a :class:`SpectrumIterator`: iterate it for the spectra; afterwards its
-    ``failures`` (``[ReadFailure(path, error), ...]``), ``not_spectra``, ``n_files_read``
-    and ``n_spectra`` say what happened.  ``on_error='raise'`` re-raises the first error;
-    ``'warn'`` emits a :class:`SpectrumReadWarning` per failed file and goes on; ``'skip'``
-    goes on silently.  ``callback(failure)`` is called for each failure in both modes.
-    Known non-spectrum files (:class:`NotASpectrumError`) are recorded in ``not_spectra``
-    and skipped unless ``skip_non_spectra=False`` (then they count as failures).
-    """
-    return SpectrumIterator(sources, format=format, on_error=on_error,
-                            skip_non_spectra=skip_non_spectra, callback=callback, **kwargs)
+# Iterating over many files moved to omnispectra.inputs (one expansion and skip rule for
+# every entry point); the names stay importable from here.
+from ..inputs import (  # noqa: E402
+    SPECTRUM_FILE_SUFFIXES,
+    ReadFailure,
+    SpectrumIterator,
+    SpectrumReadWarning,
+    expand_sources,
+    iter_spectra,
+)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import registry as io_registry
-from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
-
-from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError, SpectrumTypeError
+from ..spectrum import ivar_from_uncertainty
 from ._common import Spectrum, SpectrumList, base_meta, build_spectrum, file_stem, survey_from_header
 from .registry import FileProbe, register_reader
 from .spectral_wcs import header_medium, to_vacuum, wavelengths_to_angstrom
@@ -51,21 +50,16 @@ def identify_specutils(probe: FileProbe) -> bool:
 
 
 def _to_ivar(spec) -> tuple[np.ndarray, bool]:
+    """``(ivar, is_placeholder)``: the spectrum's uncertainty as inverse variance
+    (:func:`omnispectra.spectrum.ivar_from_uncertainty`), or 1 for finite flux when it has
+    no usable one."""
     unc = spec.uncertainty
-    if unc is None:
-        return np.where(np.isfinite(spec.flux.value), 1.0, 0.0), True
-    arr = np.asarray(unc.array, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if isinstance(unc, InverseVariance):
-            ivar = arr
-        elif isinstance(unc, StdDevUncertainty):
-            ivar = np.where(arr > 0, 1.0 / arr ** 2, 0.0)
-        elif isinstance(unc, VarianceUncertainty):
-            ivar = np.where(arr > 0, 1.0 / arr, 0.0)
-        else:
-            return np.where(np.isfinite(spec.flux.value), 1.0, 0.0), True
-    ivar[~np.isfinite(ivar)] = 0.0
-    return ivar, False
+    try:
+        if unc is not None:
+            return ivar_from_uncertainty(unc), False
+    except SpectrumTypeError:  # an uncertainty type we cannot convert: like none at all
+        pass
+    return np.where(np.isfinite(spec.flux.value), 1.0, 0.0), True
 
 
 def _rows(spec):

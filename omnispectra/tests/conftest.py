@@ -11,4 +11,4 @@ def _float32_by_default(monkeypatch):
     which bf16 rounding would blur; ``test_auto_dtype_follows_the_hardware`` checks the
     hardware-dependent default itself.
     """
-    monkeypatch.setattr("omnispectra.api._cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("omnispectra.runtime.cpu_has_native_bf16", lambda: False)

@@ -1,6 +1,7 @@
 """The benchmark suite (``benchmarks/run.py``) still runs: a smoke run on a few spectra."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ RUN = REPO / "benchmarks" / "run.py"
 def test_benchmark_suite_smoke_run(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(RUN), "--quick", "--per-survey", "4", "--threads", "1", "--repeat", "1",
-           "--sections", "tokenize", "embed", "train", "scaling", "--json", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--sections", "tokenize", "embed", "train", "scaling", "files", "--files", "3", "--json", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)  # this checkout's code
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["peak"]["fp32"] > 0 and "failed" not in results
@@ -29,3 +31,6 @@ def test_benchmark_suite_smoke_run(tmp_path):
     assert results["train"][0]["spectra_per_s"] > 0
     assert len(results["scaling"]["seconds"]) == len(results["scaling"]["tokens"])
     assert "sdss" in done.stdout and "== embed" in done.stdout
+    files = {row["mode"]: row for row in results["files"]}
+    assert set(files) == {"model_only", "files_workers0", "files_workers1"}
+    assert all(row["spectra_per_s"] > 0 for row in files.values())

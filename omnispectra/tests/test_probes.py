@@ -2,6 +2,8 @@
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -188,7 +190,9 @@ def test_classify_and_stellar_parameters_contract(trained):
     from astropy import units as u
 
     table = omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["classify"])
-    assert table.colnames == ["id", "class", "prob_GALAXY", "prob_QSO", "prob_STAR"]
+    assert table.colnames == ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR"]
+    assert [Path(f).name for f in table["source_file"]] == [p.name for p in example_paths()]
+    assert table.meta["n_inputs"] == 3 and table.meta["skipped"] == []
     assert len(table) == 3 and set(table["class"]) <= {"GALAXY", "QSO", "STAR"}
     probs = np.stack([table[c] for c in ("prob_GALAXY", "prob_QSO", "prob_STAR")], 1)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
@@ -197,7 +201,8 @@ def test_classify_and_stellar_parameters_contract(trained):
 
     params = omnispectra.predict_stellar_parameters(example_paths(), model=str(trained["weights"]),
                                                     probe=trained["stellar"])
-    assert params.colnames == ["id", "teff", "logg", "fe_h"] and params["teff"].unit == u.K
+    assert params.colnames == ["id", "source_file", "survey", "teff", "logg", "fe_h"]
+    assert params["teff"].unit == u.K
     assert np.all(params["teff"] > 0)
     with pytest.raises(CheckpointError, match="classification probe"):
         omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["stellar"])
@@ -226,7 +231,9 @@ def test_cli_classify(trained, tmp_path):
     assert result.exit_code == 0, result.output
     assert "broken.fits" in result.output and "prob_QSO" in result.output
     table = Table.read(out)
-    assert len(table) == 3 and table.colnames[:2] == ["id", "class"]
+    assert len(table) == 3 and table.colnames[:4] == ["id", "source_file", "survey", "class"]
+    assert table.meta["n_inputs"] == 4 and table.meta["n_skipped"] == 1
+    assert table.meta["skipped"][0]["source"] == str(bad)
     result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.csv")])
     assert result.exit_code != 0 and "no spectrum could be classified" in result.output
     result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])

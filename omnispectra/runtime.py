@@ -1,0 +1,266 @@
+"""Model, device and dtype resolution, inference context, and the checks on model outputs.
+
+The user verbs (:mod:`omnispectra.api`), the evaluation harness and the scripts resolve
+``model=`` / ``device=`` / ``dtype=`` arguments here, so every entry point means the same
+thing by ``"default"``, ``"auto"`` or ``None``. This module also reads the wavelength
+support stored with a model (:func:`wavelength_support`) and checks spectra against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .exceptions import CheckpointError, InvalidSpectrumError, NonFiniteOutputError, UnitsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .model import OmniSpectra
+
+__all__ = [
+    "WavelengthSupport",
+    "cpu_has_native_bf16",
+    "default_dtype",
+    "resolve_dtype",
+    "resolve_model",
+    "model_device",
+    "inference",
+    "wavelength_support",
+    "check_support",
+    "check_wavelength_plausible",
+    "check_finite",
+]
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), Linux only.
+
+    Without it, bf16 autocast is emulated and slower than float32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_dtype(device: Any = "cpu"):
+    """The inference dtype that ``dtype="auto"`` picks on ``device``.
+
+    bfloat16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), else float32. It is the default of :func:`omnispectra.embed` and
+    :func:`omnispectra.classify`: on 134 real SDSS, LAMOST and MILES spectra the bundled
+    encoder's bf16 embeddings have a cosine similarity >= 0.99998 to float32 and the source
+    classifier gave the same class for every spectrum (probabilities within 0.0013;
+    ``benchmarks/run.py``, section ``bf16``), 1.3-1.6x faster on this project's CPU. The
+    regressors (:func:`~omnispectra.predict_stellar_parameters`,
+    :func:`~omnispectra.predict_redshift`) default to float32: on the same MILES stars bf16
+    moved Teff by 2 K typically but by up to 180 K, half the predictor's mean error. Pass
+    ``dtype="float32"`` for float32 results.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if kind == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(dtype: Any, device: Any = "cpu"):
+    """Autocast dtype for ``dtype`` (``None`` means plain float32, no autocast).
+
+    ``"auto"`` is :func:`default_dtype`; strings ``float32``/``fp32``, ``bfloat16``/``bf16``,
+    ``float16``/``fp16``/``half`` and torch dtypes are accepted.
+    """
+    import torch
+
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        if dtype.lower() == "auto":
+            dtype = default_dtype(device)
+        elif dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use 'auto' or one of {sorted(_DTYPES)}")
+        else:
+            dtype = getattr(torch, _DTYPES[dtype.lower()])
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    return None if dtype == torch.float32 else dtype
+
+
+def resolve_model(model: Any = "default", device: Any = None) -> OmniSpectra:
+    """An :class:`~omnispectra.model.OmniSpectra` from a name, a weights path or an instance.
+
+    An instance is moved to ``device`` when one is given; names and paths are loaded with
+    :func:`omnispectra.pretrained.load_model` (default device: CUDA when available).
+    """
+    from .model import OmniSpectra
+    from .pretrained import load_model
+
+    if isinstance(model, OmniSpectra):
+        return model if device is None else model.to(device)
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, device=device)
+    raise CheckpointError(
+        f"model must be a model name, a weights-file path or an OmniSpectra instance, got "
+        f"{type(model).__name__}")
+
+
+def model_device(model: OmniSpectra):
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def inference(model: OmniSpectra, dtype: Any):
+    """No-grad eval mode (restored afterwards), under autocast when ``dtype`` is set."""
+    import torch
+
+    device_type = model_device(model).type
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if dtype is None:
+                yield
+            else:
+                with torch.autocast(device_type=device_type, dtype=dtype):
+                    yield
+    finally:
+        model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------
+# wavelength support
+
+
+class WavelengthSupport(dict):
+    """The wavelength range a model was trained on (vacuum Angstrom).
+
+    A dict as stored in the model card (``overall`` ``[min, max]``, ``surveys`` ``{name:
+    {min, max, spectra}}``) with :attr:`range` for the overall interval.
+    """
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """``(min, max)`` over all training surveys."""
+        lo, hi = self["overall"]
+        return float(lo), float(hi)
+
+
+def _card_support(info: dict[str, Any]) -> dict | None:
+    from .pretrained import bundled_weights_path
+
+    support = info.get("wavelength_support")
+    if support:
+        return support
+    path = info.get("path")
+    bundled = bundled_weights_path()
+    if path and Path(path).resolve() == bundled.resolve():
+        card = bundled.with_suffix(".json")
+        try:
+            return json.loads(card.read_text()).get("wavelength_support")
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def wavelength_support(model: Any = "default") -> WavelengthSupport | None:
+    """The wavelength support stored with a model, or None when it has none.
+
+    Looked up in the weights file's provenance (``model.info['wavelength_support']``) and,
+    for the bundled model, in its card (``omnispectra/data/omnispectra-default.json``,
+    computed from the training corpus by ``scripts/wavelength_support.py``).
+
+    Parameters
+    ----------
+    model : str, path-like or OmniSpectra
+        As for :func:`resolve_model` (a name or path is loaded on the CPU).
+    """
+    net = resolve_model(model, "cpu" if isinstance(model, (str, os.PathLike)) else None)
+    support = _card_support(dict(getattr(net, "info", None) or {}))
+    return None if not support else WavelengthSupport(support)
+
+
+def check_support(token_wavelength: np.ndarray, support: WavelengthSupport | None) -> None:
+    """Refuse a spectrum whose tokens all lie outside the model's wavelength support.
+
+    Raises
+    ------
+    InvalidSpectrumError
+        Naming the spectrum's range and the model's range.
+    """
+    if support is None or token_wavelength.size == 0:
+        return
+    lo, hi = support.range
+    if np.all((token_wavelength < lo) | (token_wavelength > hi)):
+        raise InvalidSpectrumError(
+            f"the spectrum's tokens lie at {token_wavelength.min():.1f}-{token_wavelength.max():.1f} "
+            "Angstrom, "
+            f"entirely outside the model's wavelength support {lo:.1f}-{hi:.1f} Angstrom (its "
+            "training data); the model cannot say anything about it")
+
+
+#: Minimum fraction of a unit-less wavelength range that must fall inside the support.
+_PLAUSIBLE_FRACTION = 0.5
+
+
+def check_wavelength_plausible(wavelength: np.ndarray, support: WavelengthSupport | None) -> None:
+    """Check that plain-array wavelengths, taken to be Angstrom, are plausible for the model.
+
+    At least half of the range must lie inside the model's wavelength support; otherwise
+    the values were most likely given in another unit (nm, micron, or off by a decade),
+    and the spectrum is refused with a message saying so. Without a stored support the
+    check uses 100-100 000 Angstrom.
+
+    Raises
+    ------
+    UnitsError
+    """
+    lo, hi = support.range if support is not None else (100.0, 100_000.0)
+    w0, w1 = float(wavelength[0]), float(wavelength[-1])
+    inside = max(0.0, min(w1, hi) - max(w0, lo))
+    if inside >= _PLAUSIBLE_FRACTION * (w1 - w0) and w1 > w0:
+        return
+    guesses = []
+    for unit, factor in (("nm", 10.0), ("micron", 1e4), ("units of 0.1 Angstrom (off by a decade)", 0.1)):
+        a, b = w0 * factor, w1 * factor
+        if max(0.0, min(b, hi) - max(a, lo)) >= _PLAUSIBLE_FRACTION * (b - a):
+            guesses.append(f"{unit} ({a:.6g}-{b:.6g} Angstrom)")
+    hint = f"; the values would fit as {' or '.join(guesses)}" if guesses else ""
+    raise UnitsError(
+        f"wavelengths given without units were assumed to be Angstrom, but {w0:.6g}-{w1:.6g} "
+        f"Angstrom lies mostly outside the model's wavelength support {lo:.1f}-{hi:.1f} "
+        f"Angstrom{hint}. Pass the wavelength as an astropy Quantity (e.g. wave * u.nm)")
+
+
+def check_finite(values: np.ndarray, what: str, ids: list[str] | None = None) -> None:
+    """Refuse NaN or inf in a model output (an embedding, probabilities, predictions).
+
+    Raises
+    ------
+    NonFiniteOutputError
+        Naming the rows (ids) affected.
+    """
+    values = np.asarray(values)
+    if values.size == 0 or np.all(np.isfinite(values)):
+        return
+    rows = np.flatnonzero(~np.all(np.isfinite(values.reshape(values.shape[0], -1)), axis=1)) \
+        if values.ndim > 0 else np.zeros(1, int)
+    names = [ids[i] for i in rows[:5]] if ids is not None else [str(i) for i in rows[:5]]
+    raise NonFiniteOutputError(
+        f"the {what} of {len(rows)} spectrum/spectra ({', '.join(names)}"
+        f"{', ...' if len(rows) > 5 else ''}) is not finite (NaN or inf)")
