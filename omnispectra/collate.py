@@ -16,7 +16,7 @@ valid, unmasked tokens; a pixel counts once per token slot, i.e. over exactly th
 numbers the model sees): ``x -> (x - shift) / scale`` for fluxes and patch means,
 ``sigma -> sigma / scale``, on inputs *and* targets, so the visible fluxes have mean 0
 and standard deviation 1 and carry nothing about the masked chunks' level or scale.
-Spectra without a masked token (inference, probes) are left exactly as tokenized
+Spectra without a masked valid token (inference, probes) are left exactly as tokenized
 (``shift = 0``, ``scale = 1``). The per-sample ``shift``/``scale`` travel in the
 :class:`Batch`; :meth:`Batch.to_tokenizer_units` undoes them, and
 :meth:`omnispectra.tokenizer.Tokens.pixel_flux` then undoes the tokenizer's
@@ -179,7 +179,7 @@ def restandardization(
     shift, scale : ndarray (B,) float64
         Mean and standard deviation (floored at :data:`MIN_RESTANDARDIZATION_SCALE`) of the
         fluxes in the visible valid pixel slots; ``0, 1`` for a sample with no masked
-        token or fewer than two visible valid pixels.
+        valid token or fewer than two visible valid pixels.
     """
     visible = (valid & ~chunk)[..., None] & pixel_valid                # (B, T, p)
     flux = tokens[..., 2:].astype(np.float64)
@@ -187,7 +187,7 @@ def restandardization(
     denom = np.maximum(count, 1)
     mean = np.where(visible, flux, 0.0).sum(axis=(1, 2)) / denom
     var = (np.where(visible, flux - mean[:, None, None], 0.0) ** 2).sum(axis=(1, 2)) / denom
-    use = chunk.any(axis=1) & (count >= 2)
+    use = (chunk & valid).any(axis=1) & (count >= 2)
     shift = np.where(use, mean, 0.0)
     scale = np.where(use, np.maximum(np.sqrt(var), MIN_RESTANDARDIZATION_SCALE), 1.0)
     return shift, scale

@@ -165,6 +165,10 @@ def test_restandardization_over_visible_pixels():
 
 def test_restandardization_moves_with_batch():
     batch = collate([Sample(_tokens(900, 0), np.arange(89) % 3 == 0)])
-    assert batch.to("cpu").shift is not None and batch.pin_memory if torch.cuda.is_available() else True
+    moved = batch.to("cpu")
+    assert torch.equal(moved.shift, batch.shift) and torch.equal(moved.scale, batch.scale)
+    pred = torch.randn_like(batch.target)
+    np.testing.assert_allclose(moved.to_tokenizer_units(pred)[..., 2:],
+                               pred[..., 2:] * batch.scale.float() + batch.shift.float(), rtol=1e-6)
     plain = collate([_tokens(300, 1)])
     assert plain.shift.tolist() == [0.0] and plain.scale.tolist() == [1.0]
