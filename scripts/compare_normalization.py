@@ -50,7 +50,7 @@ def pretrain(dataset, rows, restandardize, huber_delta, steps, batch_size, lr, s
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 20), pct_start=0.1)
     sampler = LengthBucketSampler(dataset.token_lengths[rows], batch_size, seed=seed, with_epoch=True)
     collator = Collator(mask=True, seed=seed, restandardize=restandardize)
     step, epoch, losses = 0, 0, []
@@ -123,7 +123,7 @@ def main(argv=None):
         torch.save(model.state_dict(), out / f"{name}.pt")
         recon = {norm: masked_mse(model, dataset, val, flag) for norm, flag in (("old", False), ("new", True))}
         probes = evaluate(args.corpus, model=model, tasks=("source_class", "stellar_params"),
-                          methods=["trivial", "few-shot", "knn"], runs=args.runs, min_labeled=20)
+                          methods=["trivial", "few-shot", "mlp32"], runs=args.runs, min_labeled=20)
         summary = probes["summary"]
         rows = [dict(zip(summary.colnames, (v.item() if hasattr(v, "item") else v for v in row)))
                 for row in summary]
