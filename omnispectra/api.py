@@ -375,7 +375,9 @@ def anomaly_score(
     :func:`~omnispectra.masking.mask_rng` ``(seed, k, 0)`` for ``k < n_masks``, so a
     spectrum's score does not depend on the other inputs) and the model reconstructs the
     masked chunks. The score is the mean squared error over the masked, valid elements
-    in normalized flux units, averaged over the masks: spectra the model reconstructs
+    in the collator's units (each masked spectrum re-standardized over its visible valid
+    pixels, :mod:`omnispectra.collate`; plain MSE, not the Huber training loss), averaged
+    over the masks: spectra the model reconstructs
     badly are unlike its training data (in the spirit of Spender's outlier detection,
     Liang et al. 2023). This is not in the OmniSpectra paper; it is only as good as the
     pretrained model.
@@ -473,12 +475,14 @@ class Reconstruction:
     token_wavelength : ndarray (T,)
         Mean wavelength of each token.
     mse : float
-        Mean squared error in normalized units over the masked valid elements (over all
-        valid elements when nothing is masked).
+        Mean squared error over the masked valid elements in the collator's units (the
+        spectrum re-standardized over its visible valid pixels); over all valid elements
+        in tokenizer units when nothing is masked.
     tokens : Tokens
         The input tokens.
     predicted_tokens : ndarray (T, p + 2)
-        The reconstruction head's output.
+        The reconstruction head's output in the units of ``tokens.tokens`` (the collator's
+        re-standardization undone with :meth:`omnispectra.collate.Batch.to_tokenizer_units`).
     flux_unit : str or None
         Unit of ``flux`` and ``reconstruction`` when the input had one.
     """
@@ -586,7 +590,7 @@ def reconstruct(
     with inference(net, torch_dtype):
         pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
         mse = float(_per_sample_mse(pred, batch.target, loss_mask, batch.pixel_valid)[0])
-    predicted = pred[0, :n_tok].float().cpu().numpy()
+    predicted = batch.to_tokenizer_units(pred.float())[0, :n_tok].cpu().numpy()  # undo the collator's rescaling
     if not np.all(np.isfinite(predicted)):
         raise NonFiniteOutputError(f"spectrum {sid!r}: the model's reconstruction is not finite")
 

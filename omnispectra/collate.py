@@ -6,6 +6,22 @@ section *Tokenization*). Padding costs compute, so the :class:`LengthBucketSampl
 groups spectra of similar length: it sorts inside large shuffled pools, which keeps
 surveys mixed across batches while cutting padding (measured ~1.6x faster than
 padding a mixed-survey batch to its maximum on a 2-core CPU).
+
+**Re-standardization of masked spectra.** The tokenizer standardizes each spectrum over
+*all* its valid pixels, so the normalized fluxes sum to zero: with chunks masked, the
+masked pixels' mean (and second moment) follow from the visible tokens, a shortcut the
+model would learn instead of spectra. The collator therefore re-standardizes every
+spectrum that has a masked token over its *visible* valid pixels (valid pixels of
+valid, unmasked tokens; a pixel counts once per token slot, i.e. over exactly the
+numbers the model sees): ``x -> (x - shift) / scale`` for fluxes and patch means,
+``sigma -> sigma / scale``, on inputs *and* targets, so the visible fluxes have mean 0
+and standard deviation 1 and carry nothing about the masked chunks' level or scale.
+Spectra without a masked valid token (inference, probes) are left exactly as tokenized
+(``shift = 0``, ``scale = 1``). The per-sample ``shift``/``scale`` travel in the
+:class:`Batch`; :meth:`Batch.to_tokenizer_units` undoes them, and
+:meth:`omnispectra.tokenizer.Tokens.pixel_flux` then undoes the tokenizer's
+normalization, so a reconstruction still maps back to physical flux
+(:func:`composed_normalization` gives the single affine map of both steps).
 """
 
 from __future__ import annotations
@@ -18,13 +34,18 @@ import numpy as np
 import torch
 
 from .masking import MASK_RATIO, chunk_mask, mask_rng
-from .tokenizer import Tokens
+from .tokenizer import Normalization, Tokens
 
 __all__ = [
     "Sample",
     "Batch",
     "collate",
     "Collator",
+    "restandardization",
+    "restandardize_tokens",
+    "unstandardize_tokens",
+    "composed_normalization",
+    "MIN_RESTANDARDIZATION_SCALE",
     "LengthBucketSampler",
     "length_sorted_batches",
     "padding_fraction",
@@ -64,6 +85,10 @@ class Batch:
     labels : dict of Tensor (B,)
         Label columns present in any sample (NaN where a sample lacks one).
     ids : list of str or None
+    shift, scale : Tensor (B,) float64, optional
+        The collator's re-standardization of each sample: ``tokens`` and ``target`` are
+        ``(tokenized - shift) / scale`` (see the module docstring); 0 and 1 for samples
+        without a masked token. None means the identity for every sample.
     """
 
     tokens: torch.Tensor
@@ -75,6 +100,8 @@ class Batch:
     lengths: torch.Tensor
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
     ids: list[str | None] = field(default_factory=list)
+    shift: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -103,6 +130,19 @@ class Batch:
             pinned[f.name] = value
         return Batch(**pinned)
 
+    def to_tokenizer_units(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Undo the collator's re-standardization of (e.g. predicted) tokens ``(B, T, p+2)``.
+
+        The result is in the units of :attr:`omnispectra.tokenizer.Tokens.tokens`, ready for
+        :meth:`~omnispectra.tokenizer.Tokens.pixel_flux` (which maps to physical flux).
+        Every slot is transformed, since a prediction has a value everywhere.
+        """
+        if self.shift is None or self.scale is None:
+            return tokens
+        shift = self.shift.to(tokens.device, torch.float32)
+        scale = self.scale.to(tokens.device, torch.float32)
+        return unstandardize_tokens(tokens.float(), shift, scale)
+
 
 def _as_sample(item: Tokens | Sample) -> Sample:
     if isinstance(item, Sample):
@@ -112,7 +152,84 @@ def _as_sample(item: Tokens | Sample) -> Sample:
     raise TypeError(f"collate expects Tokens or Sample items, got {type(item).__name__}")
 
 
-def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batch:
+MIN_RESTANDARDIZATION_SCALE = 1e-3
+"""Floor of the re-standardization scale, in tokenizer units (where the whole spectrum has
+standard deviation 1): a spectrum whose visible part is flat to better than 0.1% of its
+overall spread would otherwise blow its masked targets up without bound."""
+
+
+def restandardization(
+    tokens: np.ndarray, valid: np.ndarray, pixel_valid: np.ndarray, chunk: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample ``(shift, scale)`` of the visible valid pixels of masked spectra.
+
+    Parameters
+    ----------
+    tokens : ndarray (B, T, p+2)
+        Tokens as tokenized (``[mu, sigma, f_1 .. f_p]``).
+    valid : ndarray (B, T) bool
+        Token validity.
+    pixel_valid : ndarray (B, T, p) bool
+        Pixel validity.
+    chunk : ndarray (B, T) bool
+        Masked tokens.
+
+    Returns
+    -------
+    shift, scale : ndarray (B,) float64
+        Mean and standard deviation (floored at :data:`MIN_RESTANDARDIZATION_SCALE`) of the
+        fluxes in the visible valid pixel slots; ``0, 1`` for a sample with no masked
+        valid token or fewer than two visible valid pixels.
+    """
+    visible = (valid & ~chunk)[..., None] & pixel_valid                # (B, T, p)
+    flux = tokens[..., 2:].astype(np.float64)
+    count = visible.sum(axis=(1, 2))
+    denom = np.maximum(count, 1)
+    mean = np.where(visible, flux, 0.0).sum(axis=(1, 2)) / denom
+    var = (np.where(visible, flux - mean[:, None, None], 0.0) ** 2).sum(axis=(1, 2)) / denom
+    use = (chunk & valid).any(axis=1) & (count >= 2)
+    shift = np.where(use, mean, 0.0)
+    scale = np.where(use, np.maximum(np.sqrt(var), MIN_RESTANDARDIZATION_SCALE), 1.0)
+    return shift, scale
+
+
+def restandardize_tokens(
+    tokens: np.ndarray, valid: np.ndarray, pixel_valid: np.ndarray, shift: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """Apply ``f -> (f - shift) / scale`` per sample to tokens ``(B, T, p+2)``.
+
+    Fluxes of valid pixels and the patch mean ``mu`` become ``(x - shift) / scale``, the
+    patch ``sigma`` becomes ``sigma / scale``: exactly the tokens the tokenizer would have
+    made with the composed normalization. Invalid pixels, invalid tokens and padding stay
+    zero.
+    """
+    shift = np.asarray(shift, dtype=np.float64)[:, None, None]
+    scale = np.asarray(scale, dtype=np.float64)[:, None, None]
+    out = np.zeros_like(tokens)
+    has_pixels = valid & pixel_valid.any(axis=-1)                      # (B, T)
+    out[..., 0] = np.where(has_pixels, (tokens[..., 0] - shift[..., 0]) / scale[..., 0], 0.0)
+    out[..., 1] = np.where(valid, tokens[..., 1] / scale[..., 0], 0.0)
+    out[..., 2:] = np.where(valid[..., None] & pixel_valid, (tokens[..., 2:] - shift) / scale, 0.0)
+    return out
+
+
+def unstandardize_tokens(tokens: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`restandardize_tokens` on every slot: ``x -> x * scale + shift``
+    for ``mu`` and fluxes, ``sigma -> sigma * scale``."""
+    scale = scale[:, None, None]
+    offset = torch.zeros_like(tokens)
+    offset[..., [0]] = shift[:, None, None]
+    offset[..., 2:] = shift[:, None, None]
+    return tokens * scale + offset
+
+
+def composed_normalization(base: Normalization, shift: float, scale: float) -> Normalization:
+    """The single affine map ``physical -> batch units`` of the tokenizer's ``base``
+    followed by the collator's ``(x - shift) / scale``."""
+    return Normalization(shift=base.shift + float(shift) * base.scale, scale=base.scale * float(scale))
+
+
+def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None, restandardize: bool = True) -> Batch:
     """Pad token sets to a common length and stack them into a :class:`Batch`.
 
     Parameters
@@ -121,6 +238,10 @@ def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batc
         Token sets of one batch; a :class:`Sample`'s ``chunk_mask`` marks masked tokens.
     pad_to : int, optional
         Pad to at least this many tokens (default: the batch maximum).
+    restandardize : bool
+        Re-standardize each masked spectrum over its visible valid pixels (see the module
+        docstring). False reproduces the leaky tokenizer-only normalization (kept for
+        measuring the leak and for comparing models).
     """
     samples = [_as_sample(item) for item in items]
     if not samples:
@@ -147,6 +268,10 @@ def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batc
             if s.chunk_mask.shape != (t,):
                 raise ValueError(f"chunk mask of shape {s.chunk_mask.shape} for {t} tokens")
             chunk[b, :t] = s.chunk_mask
+    shift, scale = np.zeros(n_batch), np.ones(n_batch)
+    if restandardize and chunk.any():
+        shift, scale = restandardization(target, valid, pixel_valid, chunk)
+        target = restandardize_tokens(target, valid, pixel_valid, shift, scale).astype(np.float32)
     inputs = np.where(chunk[..., None], 0.0, target).astype(np.float32)
 
     label_names = sorted({k for s in samples if s.labels for k in s.labels})
@@ -165,6 +290,8 @@ def collate(items: Sequence[Tokens | Sample], pad_to: int | None = None) -> Batc
         lengths=torch.from_numpy(lengths.astype(np.int64)),
         labels=labels,
         ids=[s.id if s.id is not None else s.tokens.meta.get("id") for s in samples],
+        shift=torch.from_numpy(shift),
+        scale=torch.from_numpy(scale),
     )
 
 
@@ -185,10 +312,14 @@ class Collator:
         gamma of the chunk masking.
     seed : int
         Run seed.
+    restandardize : bool
+        See :func:`collate` (False only to reproduce the old, leaky normalization).
     """
 
-    def __init__(self, mask: bool = True, mask_ratio: float = MASK_RATIO, seed: int = 42) -> None:
+    def __init__(self, mask: bool = True, mask_ratio: float = MASK_RATIO, seed: int = 42,
+                 restandardize: bool = True) -> None:
         self.mask = mask
+        self.restandardize = restandardize
         self.mask_ratio = mask_ratio
         self.seed = seed
         self.epoch = 0
@@ -207,7 +338,7 @@ class Collator:
                 cm = chunk_mask(sample.tokens.n_tokens, rng, sample.tokens.patch_size, self.mask_ratio)
                 sample = Sample(sample.tokens, cm, sample.labels, sample.id)
             samples.append(sample)
-        return collate(samples)
+        return collate(samples, restandardize=self.restandardize)
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

@@ -21,6 +21,9 @@ one chunk of ~T/4 tokens). Spectra of fewer than 4 tokens are not masked.
 Only valid tokens are reconstruction targets: :func:`chunk_mask` returns the chunk
 positions; the loss mask is ``chunk & valid``.
 
+:func:`masked_mean_from_visible` is the diagnostic of the normalization leak (see
+:mod:`omnispectra.collate` and ``scripts/measure_leak.py``).
+
 Randomness comes from :func:`mask_rng`, a generator seeded by ``(seed, epoch, index)``,
 so masks do not depend on the number of data-loader workers and a resumed run repeats
 the same masks.
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MASK_RATIO", "chunk_width", "chunk_mask", "mask_rng"]
+__all__ = ["MASK_RATIO", "chunk_width", "chunk_mask", "mask_rng", "masked_mean_from_visible"]
 
 MASK_RATIO = 0.75
 
@@ -91,3 +94,43 @@ def chunk_mask(
     index = (starts[:, None] + np.arange(w)[None, :]).ravel()
     mask[index] = True
     return mask
+
+
+def masked_mean_from_visible(
+    flux: np.ndarray, pixel_valid: np.ndarray, valid: np.ndarray, chunk: np.ndarray, stride: int
+) -> float:
+    """The masked pixels' mean that the visible tokens imply if the spectrum averages to zero.
+
+    A spectrum standardized over all its valid pixels (the tokenizer) has normalized
+    fluxes summing to zero, so the pixels hidden by the mask sum to minus the visible
+    ones: ``-sum(visible pixels) / n(hidden pixels)``, each pixel counted once. This
+    is the normalization leak; on the collator's re-standardized tokens the estimate
+    carries no information about the masked chunks.
+
+    Parameters
+    ----------
+    flux : ndarray (T, p)
+        Per-slot fluxes of one spectrum's tokens (e.g. ``Batch.target[b, :T, 2:]``).
+    pixel_valid : ndarray (T, p) bool
+    valid : ndarray (T,) bool
+        Token validity.
+    chunk : ndarray (T,) bool
+        Masked tokens.
+    stride : int
+        Tokenizer stride (slot ``(t, j)`` is pixel ``t * stride + j``).
+
+    Returns
+    -------
+    float
+        The estimate; 0 when no valid pixel is hidden.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    n_tok, patch = flux.shape
+    pixel = np.arange(n_tok)[:, None] * stride + np.arange(patch)[None, :]
+    seen = (valid & ~chunk)[:, None] & pixel_valid
+    hidden = (valid & chunk)[:, None] & pixel_valid
+    visible_pixels, first = np.unique(pixel[seen], return_index=True)
+    hidden_pixels = np.setdiff1d(pixel[hidden], visible_pixels)
+    if hidden_pixels.size == 0:
+        return 0.0
+    return float(-flux[seen][first].sum() / hidden_pixels.size)

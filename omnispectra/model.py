@@ -13,7 +13,9 @@ Paper sections *Embedding*, *Transformer Block* and *Reconstruction Loss*:
 - a local positional embedding: a depthwise ``Conv1d`` (kernel 3) over the token axis
   on V, per head and channel, added to the attention output before ``W_O``; invalid
   tokens are zeroed before the conv so nothing bleeds into valid neighbours;
-- a linear reconstruction head ``D -> p+2`` and the masked MSE.
+- a linear reconstruction head ``D -> p+2`` and a masked reconstruction loss: the paper's
+  MSE, made robust with a Huber loss (``delta`` = :data:`HUBER_DELTA`), because the
+  collator's re-standardization over visible pixels leaves masked targets heavy-tailed.
 
 Two layouts compute the same function:
 
@@ -44,12 +46,21 @@ __all__ = [
     "OmniSpectra",
     "sinusoidal_encoding",
     "masked_reconstruction_loss",
+    "HUBER_DELTA",
     "attention_backends",
     "forward_flops",
     "PackedLayout",
 ]
 
 ATTENTION_IMPLS = ("auto", "sdpa", "flash_attn", "torch_varlen")
+
+HUBER_DELTA = 1.0
+"""Huber threshold of the pretraining loss, in re-standardized flux units (the visible
+valid pixels of a masked spectrum have standard deviation 1, see
+:mod:`omnispectra.collate`): errors within one visible-pixel sigma are penalized
+quadratically like the paper's MSE, larger ones linearly, so a masked H-alpha or
+Lyman-alpha chunk tens of sigma out pulls with the gradient of a 1-sigma error instead of
+dominating the batch."""
 
 
 @dataclass
@@ -412,10 +423,12 @@ class OmniSpectra(nn.Module):
 
     forward = reconstruct
 
-    def loss(self, batch: Any) -> torch.Tensor:
-        """Masked reconstruction loss of a :class:`~omnispectra.collate.Batch`."""
+    def loss(self, batch: Any, huber_delta: float | None = HUBER_DELTA) -> torch.Tensor:
+        """Masked reconstruction loss of a :class:`~omnispectra.collate.Batch` (Huber by
+        default; ``huber_delta=None`` gives the plain MSE)."""
         pred = self.reconstruct(batch.tokens, batch.wavelength, batch.valid)
-        return masked_reconstruction_loss(pred, batch.target, batch.loss_mask, batch.pixel_valid)
+        return masked_reconstruction_loss(pred, batch.target, batch.loss_mask, batch.pixel_valid,
+                                          huber_delta=huber_delta)
 
 
 def forward_flops(config: OmniSpectraConfig, n_tokens: Any, head: bool = False) -> float:
@@ -450,8 +463,9 @@ def masked_reconstruction_loss(
     target: torch.Tensor,
     loss_mask: torch.Tensor,
     pixel_valid: torch.Tensor | None = None,
+    huber_delta: float | None = None,
 ) -> torch.Tensor:
-    """Mean squared error over the valid elements of masked, valid tokens.
+    """Mean squared error (or Huber loss) over the valid elements of masked, valid tokens.
 
     The paper's L_recon averages over masked valid tokens. Here the average is over
     their *elements*: ``mu`` and ``sigma`` of every such token, and its flux values only
@@ -466,12 +480,21 @@ def masked_reconstruction_loss(
         Masked and valid tokens.
     pixel_valid : Tensor (B, T, p) bool, optional
         Valid pixels; all pixels count when omitted.
+    huber_delta : float, optional
+        Use the Huber loss with this threshold instead of the MSE, scaled by 2 so that it
+        equals the squared error for ``|error| <= delta`` and grows as
+        ``2 delta |error| - delta**2`` beyond (pretraining uses :data:`HUBER_DELTA`).
     """
     weight = loss_mask[..., None].expand_as(target).to(torch.float32)  # (B, T, p+2)
     if pixel_valid is not None:
         weight = weight.clone()
         weight[..., 2:] *= pixel_valid.to(torch.float32)
-    err = (pred.float() - target.float()) ** 2
+    if huber_delta is None:
+        err = (pred.float() - target.float()) ** 2
+    else:
+        if not huber_delta > 0:
+            raise ValueError(f"huber_delta must be positive, got {huber_delta}")
+        err = 2.0 * F.huber_loss(pred.float(), target.float(), reduction="none", delta=float(huber_delta))
     total = weight.sum()
     if total == 0:
         return (pred * 0.0).sum()

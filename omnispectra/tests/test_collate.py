@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnispectra.collate import (Collator, LengthBucketSampler, Sample, collate, length_sorted_batches,
-                                 padding_fraction)
+                                 padding_fraction, restandardize_tokens)
 from omnispectra.tokenizer import tokenize
 
 
@@ -98,7 +98,12 @@ def test_fuzz_collate(pixel_counts, seed):
     batch = Collator(seed=seed)(items)
     for b, (_, tok) in enumerate(items):
         t = tok.n_tokens
-        np.testing.assert_array_equal(batch.target[b, :t].numpy(), tok.tokens)
+        # the target is the tokenizer's tokens, re-standardized per sample (identity if unmasked)
+        expected = restandardize_tokens(tok.tokens[None], tok.valid[None], tok.pixel_valid[None],
+                                        batch.shift[b:b + 1].numpy(), batch.scale[b:b + 1].numpy())[0]
+        np.testing.assert_allclose(batch.target[b, :t].numpy(), expected, rtol=1e-5, atol=1e-5)
+        if not batch.loss_mask[b].any():
+            np.testing.assert_array_equal(batch.target[b, :t].numpy(), tok.tokens)
         np.testing.assert_array_equal(batch.valid[b, :t].numpy(), tok.valid)
         assert not batch.valid[b, t:].any() and not batch.pixel_valid[b, t:].any()
     assert torch.isfinite(batch.tokens).all()
@@ -122,3 +127,48 @@ def test_collator_epoch_keys_match_set_epoch():
     a = c([(i, t) for i, t in enumerate(items)])
     b = Collator(seed=9)([((4, i), t) for i, t in enumerate(items)])
     assert torch.equal(a.loss_mask, b.loss_mask)
+
+
+def test_restandardization_over_visible_pixels():
+    items = [_tokens(900, 0, n_bad=100), _tokens(400, 1), _tokens(300, 2)]
+    chunk = np.zeros(items[0].n_tokens, bool)
+    chunk[20:40] = True
+    batch = collate([Sample(items[0], chunk), Sample(items[1]), items[2]])
+    # the masked spectrum's visible valid flux slots have mean 0 and std 1, on input and target
+    seen = (batch.valid[0] & ~batch.loss_mask[0])[:, None] & batch.pixel_valid[0]
+    for x in (batch.tokens, batch.target):
+        visible = x[0, :, 2:][seen].double()
+        assert abs(visible.mean().item()) < 1e-5 and abs(visible.std(unbiased=False).item() - 1) < 1e-5
+    # patch features transform like the tokenizer's own: mu_t and sigma_t of the new fluxes
+    flux, pv = batch.target[0, :, 2:].double(), batch.pixel_valid[0]
+    n = pv.sum(1).clamp_min(1)
+    mu = (flux * pv).sum(1) / n
+    sigma = (((flux - mu[:, None]) * pv) ** 2).sum(1).div(n).sqrt()
+    ok = batch.valid[0]
+    np.testing.assert_allclose(batch.target[0, ok, 0], mu[ok], atol=1e-4)
+    np.testing.assert_allclose(batch.target[0, ok, 1], sigma[ok], atol=1e-4)
+    # invalid pixels/tokens and padding stay zero; masked input tokens are zero
+    assert (batch.target[0, :, 2:][~batch.pixel_valid[0]] == 0).all()
+    assert (batch.tokens[0, 20:40] == 0).all()
+    # unmasked samples are untouched; the shift/scale are recorded per sample
+    np.testing.assert_array_equal(batch.target[1, :items[1].n_tokens].numpy(), items[1].tokens)
+    assert batch.shift[1] == 0 and batch.scale[1] == 1 and batch.scale[0] != 1
+    # undoing it gives back the tokenizer's tokens
+    back = batch.to_tokenizer_units(batch.target)[0, :items[0].n_tokens].numpy()
+    keep = np.concatenate([items[0].valid[:, None].repeat(2, 1), items[0].pixel_valid], 1)
+    np.testing.assert_allclose(back[keep], items[0].tokens[keep], atol=1e-5)
+    # and the old, leaky normalization is still available
+    old = collate([Sample(items[0], chunk)], restandardize=False)
+    np.testing.assert_array_equal(old.target[0].numpy(), items[0].tokens)
+    assert Collator(seed=0, restandardize=False).restandardize is False
+
+
+def test_restandardization_moves_with_batch():
+    batch = collate([Sample(_tokens(900, 0), np.arange(89) % 3 == 0)])
+    moved = batch.to("cpu")
+    assert torch.equal(moved.shift, batch.shift) and torch.equal(moved.scale, batch.scale)
+    pred = torch.randn_like(batch.target)
+    np.testing.assert_allclose(moved.to_tokenizer_units(pred)[..., 2:],
+                               pred[..., 2:] * batch.scale.float() + batch.shift.float(), rtol=1e-6)
+    plain = collate([_tokens(300, 1)])
+    assert plain.shift.tolist() == [0.0] and plain.scale.tolist() == [1.0]

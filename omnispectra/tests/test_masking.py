@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnispectra.masking import chunk_mask, chunk_width, mask_rng
+from omnispectra.masking import chunk_mask, chunk_width, mask_rng, masked_mean_from_visible
+from omnispectra.tokenizer import tokenize
 
 
 def _runs(mask):
@@ -60,3 +61,17 @@ def test_masks_differ_across_index_and_epoch():
 def test_bad_ratio():
     with pytest.raises(ValueError):
         chunk_mask(100, mask_rng(0, 0, 0), ratio=1.5)
+
+
+def test_masked_mean_from_visible_is_exact_for_a_standardized_spectrum():
+    """With every valid pixel in a valid token, the visible pixels give the hidden mean exactly."""
+    rng = np.random.default_rng(0)
+    tok = tokenize(np.linspace(4000, 9000, 2345), rng.normal(3, 1, 2345) + np.linspace(0, 5, 2345))
+    chunk = chunk_mask(tok.n_tokens, mask_rng(0, 0, 0))
+    pixel = np.arange(tok.n_tokens)[:, None] * tok.stride + np.arange(tok.patch_size)
+    hidden = np.setdiff1d(pixel[chunk].ravel(), pixel[~chunk].ravel())
+    hidden = hidden[hidden < tok.n_pixels]
+    truth = tok.pixel_flux(physical=False)[hidden].mean()
+    estimate = masked_mean_from_visible(tok.tokens[:, 2:], tok.pixel_valid, tok.valid, chunk, tok.stride)
+    assert abs(truth) > 0.3 and estimate == pytest.approx(truth, abs=1e-4)
+    assert masked_mean_from_visible(tok.tokens[:, 2:], tok.pixel_valid, tok.valid, chunk & False, tok.stride) == 0

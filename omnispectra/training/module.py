@@ -4,6 +4,10 @@ The :class:`~omnispectra.model.OmniSpectra` nn.Module knows nothing of Lightning
 module wraps it with the paper's optimisation: AdamW (lr 1e-4, weight decay 0.01 on
 matrices only, betas 0.9/0.95), CosineAnnealingWarmRestarts (T_0 = 200k steps, eta_min
 1e-6) stepped every optimizer step, gradient clipping at 1.0 (set on the Trainer).
+The loss is the masked Huber loss (``huber_delta``, default
+:data:`~omnispectra.model.HUBER_DELTA` = 1 visible-pixel sigma) on batches the collator has
+re-standardized over each spectrum's visible pixels (:mod:`omnispectra.collate`);
+validation also logs the plain masked MSE (``val_mse``).
 Hyper-parameters are saved as plain Python values, so checkpoints load with
 ``torch.load(..., weights_only=True)``.
 """
@@ -20,7 +24,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..collate import Batch
-from ..model import OmniSpectra, OmniSpectraConfig
+from ..model import HUBER_DELTA, OmniSpectra, OmniSpectraConfig, masked_reconstruction_loss
 from .._fileutils import default_file_mode
 
 __all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
@@ -40,6 +44,8 @@ class OmniSpectraModule(L.LightningModule):
         the run's ``max_steps`` for short runs).
     eta_min : float
         Floor of the learning rate.
+    huber_delta : float or None
+        Huber threshold of the reconstruction loss (None: the paper's plain MSE).
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class OmniSpectraModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         t0_steps: int = 200_000,
         eta_min: float = 1e-6,
+        huber_delta: float | None = HUBER_DELTA,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -60,10 +67,15 @@ class OmniSpectraModule(L.LightningModule):
         return self.model.reconstruct(batch.tokens, batch.wavelength, batch.valid)
 
     def _common_step(self, batch: Batch, stage: str) -> torch.Tensor:
-        loss = self.model.loss(batch)
+        pred = self(batch)
+        loss = masked_reconstruction_loss(pred, batch.target, batch.loss_mask, batch.pixel_valid,
+                                          huber_delta=self.hparams.huber_delta)
         on_step = stage == "train"
         self.log(f"{stage}_loss", loss, batch_size=len(batch), prog_bar=True,
                  on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        if not on_step:
+            mse = masked_reconstruction_loss(pred.detach(), batch.target, batch.loss_mask, batch.pixel_valid)
+            self.log(f"{stage}_mse", mse, batch_size=len(batch), on_epoch=True, sync_dist=True)
         return loss
 
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
