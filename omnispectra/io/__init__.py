@@ -86,6 +86,7 @@ from .registry import (FileProbe, ReaderInfo, ReadFailure, SpectrumIterator, Spe
 
 # Importing the reader modules registers them.
 from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: E402,F401
+from . import tables, x1d, deimos, uves_popler  # noqa: E402,F401
 from . import specutils_fallback  # noqa: E402,F401
 from .mmu import iter_mmu, read_mmu  # noqa: E402
 
