@@ -89,6 +89,9 @@ from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nons
 from . import tables, x1d, deimos, uves_popler  # noqa: E402,F401
 from . import specutils_fallback  # noqa: E402,F401
 from .mmu import iter_mmu, read_mmu  # noqa: E402
+from .specutils_registry import register_with_specutils  # noqa: E402
+
+register_with_specutils()  # Spectrum.read(path, format="omnispectra-lamost") etc.; never auto-identified
 
 __all__ = [
     "read",
@@ -100,6 +103,7 @@ __all__ = [
     "get_reader",
     "probe_file",
     "read_mmu",
+    "register_with_specutils",
     "iter_mmu",
     "air_to_vacuum",
     "err_to_ivar",
