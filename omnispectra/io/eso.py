@@ -11,7 +11,9 @@ Accepted table layouts (column names case-insensitive, synonyms in brackets):
   ERROR, NOISE, SIGMA, ERR_FLUX, FLUX_ERR ...; or IVAR/VARIANCE columns), optional QUAL
   [QUALITY, MASK, DQ] (non-zero = bad) -- one spectrum per row (ids ``<stem>`` or
   ``<stem>:<row>``);
-* one pixel per row (scalar columns) -- one spectrum.
+* one pixel per row (scalar columns) -- one spectrum;
+* a log10 wavelength column (LOGLAM, LOG_WAVE ...: log10 Angstrom) instead of WAVE, as in
+  the PyHammer spectral-type templates (``LogLam``, ``Flux``, ``PropErr``).
 
 An error-like column that is not used is listed in ``meta['unused_error_like_columns']``.
 Units come from ``TUNITn``; a wavelength without a unit is taken as Angstrom only when its
@@ -38,13 +40,15 @@ from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits,
                       parse_unit, put_label, put_text, finish_rows)
 from .registry import FileProbe, register_reader
-from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, VARIANCE_COLUMNS, flambda_factor, ivar_from_columns,
+from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, LOGWAVE_COLUMNS, VARIANCE_COLUMNS, flambda_factor, ivar_from_columns,
                      survey_from_header, unused_error_like, wavelength_in_angstrom)
 from .xshooter import header_medium
 
 __all__ = ["read_eso_phase3", "identify_eso_phase3"]
 
-_WAVE = ("WAVE", "WAVELENGTH", "LAMBDA", "WAVES")
+_LINEAR_WAVE = ("WAVE", "WAVELENGTH", "LAMBDA", "WAVES")
+_LOG_WAVE = tuple(c.upper() for c in LOGWAVE_COLUMNS)
+_WAVE = _LINEAR_WAVE + _LOG_WAVE
 _FLUX = ("FLUX", "FLUXES", "FLUX_REDUCED")
 _ERR = tuple(c.upper() for c in ERROR_COLUMNS)
 _IVAR = tuple(c.upper() for c in IVAR_COLUMNS)
@@ -77,6 +81,11 @@ def identify_eso_phase3(probe: FileProbe) -> bool:
                 or str(probe.primary.get("PRODCATG", "")).upper().startswith("SCIENCE.SPEC"))
 
 
+def _is_eso(prim) -> bool:
+    return (str(prim.get("TELESCOP", "")).strip().upper().startswith("ESO")
+            or str(prim.get("ORIGIN", "")).strip().upper().startswith("ESO") or "PRODCATG" in prim)
+
+
 def _survey(path: Path, prim, th) -> str:
     text = " ".join(str(x) for x in (path.name, prim.get("TITLE", ""), th.get("TITLE", ""),
                                        prim.get("REFERENC", ""), prim.get("PROG_ID", ""))).lower()
@@ -85,7 +94,7 @@ def _survey(path: Path, prim, th) -> str:
     if "vipers" in text:
         return "vipers"
     inst = str(prim.get("INSTRUME", "")).strip().lower()
-    if str(prim.get("TELESCOP", "")).strip().upper().startswith("ESO") and inst:
+    if _is_eso(prim) and inst:
         return inst
     return survey_from_header(prim, th)
 
@@ -129,18 +138,22 @@ def read_eso_phase3(path, **kwargs) -> list:
     else:
         rows = [(wave[r], flux[r], None if unc is None else unc[r], None if qual is None else qual[r])
                 for r in range(wave.shape[0])]
-    medium = header_medium(prim, th, tucd=tucd)
     survey = _survey(path, prim, th)
+    # ESO products (and space observatories) are vacuum unless said otherwise; for other
+    # tables nothing says, so the medium stays unknown (wavelengths unchanged).
+    known_vacuum = _is_eso(prim) or survey in ("legac", "vipers", "jwst", "hst", "fuse")
+    medium = header_medium(prim, th, tucd=tucd, default="vacuum" if known_vacuum else "unknown")
     stem = file_stem(path)
     out, errors = [], []
     for r, (w, f, e, q) in enumerate(rows):
-        w, assumed = wavelength_in_angstrom(np.asarray(w, dtype=np.float64).ravel(), wunit, str(path))
+        w, assumed = wavelength_in_angstrom(np.asarray(w, dtype=np.float64).ravel(), wunit, str(path),
+                                            log10=wc in _LOG_WAVE)
         if medium == "air":
             w = air_to_vacuum(w)
         sid = stem if len(rows) == 1 else f"{stem}:{r}"
         obj = str(prim.get("OBJECT", th.get("OBJECT", ""))).strip()
         meta = base_meta(path, "eso_phase3", survey, id=sid, object_id=obj or sid,
-                         medium="air->vacuum" if medium == "air" else "vacuum")
+                         medium="air->vacuum" if medium == "air" else medium)
         put_text(meta, "instrument", prim.get("INSTRUME"))
         put_label(meta, "ra", prim.get("RA"))
         put_label(meta, "dec", prim.get("DEC"))

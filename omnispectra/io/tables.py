@@ -62,7 +62,7 @@ FLUX_COLUMNS = ("flux", "flam", "f_lambda", "flambda", "flux_density", "fluxes",
                 "spectrum", "fx")
 ERROR_COLUMNS = ("err", "error", "errors", "sigma", "flux_err", "err_flux", "flux_error", "error_flux",
                  "fluxerr", "flux_sigma", "sigma_flux", "e_flux", "eflux", "noise", "uncertainty", "unc",
-                 "std", "stddev", "properr", "err_reduced", "dy", "dflux")
+                 "properr", "err_reduced", "std", "stddev", "dy", "dflux")
 IVAR_COLUMNS = ("ivar", "invvar", "inverse_variance", "flux_ivar", "ivar_flux", "weight")
 VARIANCE_COLUMNS = ("var", "variance", "flux_var", "var_flux", "flux_variance")
 QUALITY_COLUMNS = ("qual", "quality", "mask", "dq", "flag", "flags", "bad")
