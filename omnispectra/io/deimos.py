@@ -66,29 +66,35 @@ def _pick(tables):
     return tables[0] if tables else None
 
 
+def _arm_arrays(ff) -> tuple[list, list[str]]:
+    """(wave, counts, ivar, bad) of the blue then red arm, and the HDU names used."""
+    tables = [_Cols(h) for h in ff.hdul if getattr(h, "columns", None) is not None]
+    arms = _arm_tables(tables)
+    parts, used = [], []
+    for arm in ("B", "R"):
+        t = _pick(arms[arm])
+        if t is None:
+            continue
+        row = t.hdu.data[0]
+        counts = np.asarray(row["SPEC"], dtype=np.float64).ravel()
+        bad = np.zeros(counts.shape, bool)
+        for c in ("ORMASK", "CRMASK"):
+            if c in t.columns:
+                bad |= np.asarray(row[c]).ravel() != 0
+        parts.append((np.asarray(row["LAMBDA"], dtype=np.float64).ravel(), counts,
+                      np.asarray(row["IVAR"], dtype=np.float64).ravel(), bad))
+        used.append(t.name)
+    return parts, used
+
+
 @register_reader("deimos", identify=identify_deimos, extensions=(".fits", ".fits.gz"), priority=45)
 def read_deimos(path, **kwargs) -> list:
     """Keck/DEIMOS spec1d files: blue + red arm tables (LAMBDA, SPEC, IVAR) joined into one spectrum."""
-    path = Path(path)
-    parts = []
     with open_fits(path) as ff:
         prim = ff.header(0).copy()
-        tables = [_Cols(h) for h in ff.hdul if getattr(h, "columns", None) is not None]
-        arms = _arm_tables(tables)
-        used = []
-        for arm in ("B", "R"):
-            t = _pick(arms[arm])
-            if t is None:
-                continue
-            d = t.hdu.data
-            get = lambda c: np.asarray(d[c][0], dtype=np.float64).ravel()  # noqa: E731
-            bad = np.zeros(get("SPEC").shape, bool)
-            for c in ("ORMASK", "CRMASK"):
-                if c in t.columns:
-                    bad |= np.asarray(d[c][0]).ravel() != 0
-            parts.append((get("LAMBDA"), get("SPEC"), get("IVAR"), bad))
-            used.append(t.name)
+        parts, used = _arm_arrays(ff)
         warn = list(ff.warnings)
+    path = Path(path)
     if not parts:
         raise SpectrumFormatError(f"{path}: no blue/red DEIMOS table with LAMBDA, SPEC and IVAR columns")
     if len(parts) == 2 and parts[1][0].size and parts[0][0].size:

@@ -37,11 +37,11 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits,
-                      parse_unit, put_label, put_text, finish_rows)
+from ._common import (air_to_vacuum, base_meta, build_spectrum, file_stem, finish_rows, open_fits, parse_unit,
+                      put_label, put_text)
 from .registry import FileProbe, register_reader
-from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, LOGWAVE_COLUMNS, VARIANCE_COLUMNS, flambda_factor, ivar_from_columns,
-                     survey_from_header, unused_error_like, wavelength_in_angstrom)
+from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, LOGWAVE_COLUMNS, VARIANCE_COLUMNS, finish_table_columns,
+                     ivar_from_columns, survey_from_header, unused_error_like, wavelength_in_angstrom)
 from .xshooter import header_medium
 
 __all__ = ["read_eso_phase3", "identify_eso_phase3"]
@@ -162,22 +162,10 @@ def read_eso_phase3(path, **kwargs) -> list:
             if kw in prim or kw in th:
                 put_label(meta, "z", prim.get(kw, th.get(kw)))
                 break
-        if warn:
-            meta["header_warnings"] = warn
-        if assumed:
-            meta["wave_unit_assumed"] = assumed
-        if unused:
-            meta["unused_error_like_columns"] = unused
         e = None if e is None else np.asarray(e, dtype=np.float64).ravel()
         ivar, _ = ivar_from_columns(e if ec else None, e if ic else None, e if vc else None)
-        f = np.asarray(f, dtype=np.float64).ravel()
-        factor, unit = flambda_factor(funit, w)
-        if factor is not None:
-            f = f * factor
-            ivar = None if ivar is None else ivar / factor ** 2
-        if ivar is None:
-            ivar = np.where(np.isfinite(f), 1.0, 0.0)
-            meta["ivar_is_placeholder"] = True
+        f, ivar, unit = finish_table_columns(meta, w, np.asarray(f, dtype=np.float64).ravel(), ivar, funit,
+                                             assumed=assumed, unused=unused, header_warnings=warn)
         bad = None if q is None else (np.asarray(q).ravel() != 0)
         try:
             out.append(build_spectrum(w, f, ivar, mask=bad, flux_unit=unit, meta=meta, path=path))

@@ -51,7 +51,7 @@ from .registry import FileProbe, register_reader
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
            "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
            "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
-           "ivar_from_columns", "survey_from_header", "unused_error_like"]
+           "ivar_from_columns", "survey_from_header", "unused_error_like", "finish_table_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,29 @@ def flambda_factor(unit: u.UnitBase | None, wave_aa: np.ndarray) -> tuple[np.nda
     wave = np.asarray(wave_aa, dtype=np.float64)
     factor = (np.ones_like(wave) * unit).to_value(flam, equivalencies=u.spectral_density(wave * u.AA))
     return factor, flam
+
+
+def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None,
+                         flux_unit: u.UnitBase | None, *, assumed: str | None = None, unused=(),
+                         header_warnings=()) -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
+    """The last steps every table reader shares: f_lambda conversion, placeholder ivar, notes.
+
+    Returns ``(flux, ivar, unit)``; records ``wave_unit_assumed``,
+    ``unused_error_like_columns``, ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    factor, unit = flambda_factor(flux_unit, wave_aa)
+    if factor is not None:
+        flux = flux * factor
+        ivar = None if ivar is None else ivar / factor ** 2
+    for key, value in (("wave_unit_assumed", assumed), ("unused_error_like_columns", list(unused)),
+                       ("header_warnings", list(header_warnings))):
+        if value:
+            meta[key] = value
+    if ivar is None:
+        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        meta["ivar_is_placeholder"] = True
+    return flux, ivar, unit
 
 
 def ivar_from_columns(err=None, ivar=None, var=None) -> tuple[np.ndarray | None, str | None]:
@@ -305,27 +328,17 @@ def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None, flux_unit:
     flux = np.asarray(table[roles["flux"]], dtype=np.float64)
     col = lambda key: None if roles[key] is None else np.asarray(table[roles[key]], dtype=np.float64)  # noqa: E731
     ivar, kind = ivar_from_columns(col("err"), col("ivar"), col("var"))
-    factor, funit = flambda_factor(funit, wave)
-    if factor is not None:
-        flux = flux * factor
-        ivar = None if ivar is None else ivar / factor ** 2
     medium = _medium(wave_col, tmeta)
     if medium == "air":
         wave = air_to_vacuum(wave)
     stem = file_stem(path)
-    survey = survey_from_header(tmeta)
     obj = str(tmeta.get("OBJECT", tmeta.get("object", "")) or "").strip()
-    meta = base_meta(path, "ascii_table", survey, id=stem, object_id=obj or stem,
+    meta = base_meta(path, "ascii_table", survey_from_header(tmeta), id=stem, object_id=obj or stem,
                      medium={"air": "air->vacuum"}.get(medium, medium))
     meta["columns_used"] = {k: v for k, v in roles.items() if v is not None}
-    if assumed:
-        meta["wave_unit_assumed"] = assumed
     unused = unused_error_like(names, roles)
     if unused:
-        meta["unused_error_like_columns"] = unused
         logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused, roles.get(kind or "err"))
-    if ivar is None:
-        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
-        meta["ivar_is_placeholder"] = True
+    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused)
     bad = None if roles["qual"] is None else np.asarray(table[roles["qual"]]) != 0
     return [build_spectrum(wave, flux, ivar, mask=bad, flux_unit=funit, meta=meta, path=path)]

@@ -30,7 +30,7 @@ import numpy as np
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import base_meta, build_spectrum, file_stem, finish_rows, open_fits, put_label, put_text
 from .registry import FileProbe, register_reader
-from .tables import (column_unit, find_columns, flambda_factor, ivar_from_columns, survey_from_header,
+from .tables import (column_unit, find_columns, finish_table_columns, ivar_from_columns, survey_from_header,
                      unused_error_like, wavelength_in_angstrom)
 
 __all__ = ["read_x1d", "identify_x1d"]
@@ -99,12 +99,7 @@ def read_x1d(path, **kwargs) -> list:
         where = f"{path} [HDU {i}]"
         try:
             w, assumed = wavelength_in_angstrom(wave, units.get("wave"), where)
-            ivar, kind = ivar_from_columns(err, iv, var)
-            f = np.asarray(flux, dtype=np.float64)
-            factor, funit = flambda_factor(units.get("flux"), w)
-            if factor is not None:
-                f = f * factor
-                ivar = None if ivar is None else ivar / factor ** 2
+            ivar, _ = ivar_from_columns(err, iv, var)
             obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
             meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
                              medium="vacuum" if survey in ("jwst", "hst", "fuse") else "unknown")
@@ -114,15 +109,8 @@ def read_x1d(path, **kwargs) -> list:
                 meta["order"] = order.item() if hasattr(order, "item") else order
             put_label(meta, "ra", prim.get("TARG_RA", prim.get("RA_TARG")))
             put_label(meta, "dec", prim.get("TARG_DEC", prim.get("DEC_TARG")))
-            if assumed:
-                meta["wave_unit_assumed"] = assumed
-            if unused:
-                meta["unused_error_like_columns"] = unused
-            if warn:
-                meta["header_warnings"] = warn
-            if ivar is None:
-                ivar = np.where(np.isfinite(f), 1.0, 0.0)
-                meta["ivar_is_placeholder"] = True
+            f, ivar, funit = finish_table_columns(meta, w, flux, ivar, units.get("flux"), assumed=assumed,
+                                                  unused=unused, header_warnings=warn)
             bad = None
             if dq is not None:
                 dq = np.asarray(dq).astype(np.int64)

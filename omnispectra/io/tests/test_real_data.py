@@ -73,7 +73,7 @@ def check_contract(s, fmt, wave_range):
     for key in REQUIRED_META:
         assert key in s.meta, (s.meta["id"], key)
     assert s.meta["format"] == fmt
-    assert s.meta["medium"] in ("vacuum", "air->vacuum")
+    assert s.meta["medium"] in ("vacuum", "air->vacuum", "unknown")
     assert isinstance(s.meta["rest_frame"], bool)
     for key in ("z", "z_err", "teff", "logg", "fe_h"):
         if key in s.meta:
