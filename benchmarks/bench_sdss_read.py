@@ -8,6 +8,8 @@ alternating readers file by file, and reports files/s (per file the best round) 
 * ``read_sdss (fast)``: the reader alone (:mod:`omnispectra.io.fastfits` path);
 * ``read_sdss (astropy)``: the same reader through astropy's table machinery;
 * ``baseline aca2e84``: the reader before the lazy rewrite (from git, when available);
+* ``baseline aca2e84 + probe``: that reader after the astropy header probe it used (what
+  ``omnispectra.io.read`` cost before);
 * ``specutils SDSS-III/IV spec``: ``Spectrum.read(f, format='SDSS-III/IV spec')``.
 
 Usage::
@@ -24,6 +26,7 @@ import sys
 import time
 import types
 import warnings
+from unittest import mock
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +35,7 @@ from _common import data_dir  # noqa: E402
 
 import omnispectra.io as oio  # noqa: E402
 from omnispectra.io._common import Spectrum  # noqa: E402
+from omnispectra.io import registry  # noqa: E402
 from omnispectra.io.sdss import read_sdss  # noqa: E402
 
 BASELINE_COMMIT = "aca2e84"
@@ -50,6 +54,15 @@ def baseline_reader():
     module.__package__ = "omnispectra.io"
     exec(compile(src, "sdss_baseline.py", "exec"), module.__dict__)
     return module.read_sdss
+
+
+def with_astropy_probe(read):
+    """``read`` after identifying the file with the astropy header probe (the old path)."""
+    def run(path):
+        with mock.patch.object(registry, "_probe_fits_fast", return_value=False):
+            registry.identify_format(path)
+        return read(path)
+    return run
 
 
 def specutils_reader(path):
@@ -72,6 +85,7 @@ def main(argv=None) -> None:
     base = baseline_reader()
     if base is not None:
         readers[f"baseline {BASELINE_COMMIT}"] = base
+        readers[f"baseline {BASELINE_COMMIT} + probe"] = with_astropy_probe(base)
     readers["specutils SDSS-III/IV spec"] = specutils_reader
     for read in readers.values():  # warm-up: imports, caches
         read(files[0])

@@ -56,9 +56,17 @@ class HDUSummary:
     index: int
     name: str
     kind: str  # 'primary', 'image', 'compimage', 'bintable', 'table', 'other'
-    header: fits.Header
+    raw_header: fits.Header | bytes  # bytes from the fast probe: parsed on first use of .header
     columns: tuple[str, ...] = ()  # upper-case column names of tables
     shape: tuple[int, ...] = ()
+
+    @property
+    def header(self) -> fits.Header:
+        if not isinstance(self.raw_header, fits.Header):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.raw_header = fits.Header.fromstring(self.raw_header.decode("ascii", errors="replace"))
+        return self.raw_header
 
 
 @dataclass
@@ -159,7 +167,8 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
     """Fill ``probe.hdus`` by walking the raw headers (:mod:`.fastfits`); False to use astropy.
 
     astropy's HDU objects (and a deep copy of every header) took ~50 ms per SDSS file;
-    this walk parses each header once.  Anything unusual (a truncated or non-standard
+    this walk reads the raw headers once; an HDU's :class:`~astropy.io.fits.Header` is
+    built only when an identifier asks for it.  Anything unusual (a truncated or non-standard
     file, random groups) returns False and the astropy path decides.
     """
     from .fastfits import read_all_headers
@@ -171,9 +180,6 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
     for i, (cards, raw) in enumerate(found):
         if cards.get("GROUPS") is True:
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = fits.Header.fromstring(raw.decode("ascii", errors="replace"))
         xt = str(cards.get("XTENSION", "")).strip().upper()
         if i == 0:
             kind = "primary"
@@ -193,7 +199,7 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
             key = "ZNAXIS" if kind == "compimage" else "NAXIS"
             naxis = int(cards.get(key, 0) or 0)
             shape = tuple(int(cards.get(f"{key}{k}", 0) or 0) for k in range(naxis, 0, -1))
-        probe.hdus.append(HDUSummary(index=i, name=name, kind=kind, header=header, columns=columns,
+        probe.hdus.append(HDUSummary(index=i, name=name, kind=kind, raw_header=raw, columns=columns,
                                      shape=shape))
     return bool(probe.hdus)
 
@@ -227,7 +233,7 @@ def _summarise(i: int, hdu) -> HDUSummary:
             naxis = int(header.get("NAXIS", 0))
             key = "NAXIS"
         shape = tuple(int(header.get(f"{key}{k}", 0)) for k in range(naxis, 0, -1))
-    return HDUSummary(index=i, name=name, kind=kind, header=header, columns=columns, shape=shape)
+    return HDUSummary(index=i, name=name, kind=kind, raw_header=header, columns=columns, shape=shape)
 
 
 @dataclass(frozen=True)
