@@ -73,14 +73,11 @@ def _loaders(formats: tuple[str, ...] | None, label: str):
     return read_list, read_one
 
 
-def _register(label: str, formats: tuple[str, ...] | None) -> bool:
-    if label in {f for f in io_registry.get_formats(Spectrum)["Format"]}:
-        return False
+def _register(label: str, formats: tuple[str, ...] | None) -> None:
     read_list, read_one = _loaders(formats, label)
     data_loader(label, identifier=_never, dtype=SpectrumList, priority=-100)(read_list)
     data_loader(label, identifier=_never, dtype=Spectrum, priority=-100,
                 autogenerate_spectrumlist=False)(read_one)
-    return True
 
 
 def register_with_specutils() -> list[str]:
@@ -94,8 +91,13 @@ def register_with_specutils() -> list[str]:
         present = tuple(f for f in formats if f in known)
         if present:
             targets[f"{PREFIX}-{family}"] = present
-    for label, formats in targets.items():
-        if _register(label, formats):
-            added.append(label)
+    # astropy's get_formats builds a table of every format: ask once (~20 ms a call)
+    existing = set(io_registry.get_formats(Spectrum)["Format"])
+    # astropy rebuilds the classes' read() docstring after every registration unless delayed
+    with io_registry.delay_doc_updates(Spectrum), io_registry.delay_doc_updates(SpectrumList):
+        for label, formats in targets.items():
+            if label not in existing:
+                _register(label, formats)
+                added.append(label)
     logger.debug("registered with specutils: %s", added)
     return added
