@@ -7,10 +7,14 @@ except ImportError:  # running from a source tree that was never installed
 
 from .exceptions import (
     CheckpointError,
+    ConfigError,
     CorpusError,
     InvalidSpectrumError,
     NotASpectrumError,
     OmniSpectraError,
+    OutputError,
+    OutputExistsError,
+    OutputIsInputError,
     SpectrumFormatError,
     SpectrumTypeError,
     UnitsError,
@@ -34,6 +38,10 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "ConfigError",
+    "OutputError",
+    "OutputExistsError",
+    "OutputIsInputError",
     "embed",
     "reconstruct",
     "anomaly_score",
@@ -60,8 +68,8 @@ _LAZY_FUNCTIONS = {
     "predict_stellar_parameters": "api",
     "predict_redshift": "api",
 }
-_LAZY_MODULES = {"api", "collate", "examples", "io", "masking", "model", "plotting", "pretrained",
-                 "probes", "tokenizer"}
+_LAZY_MODULES = {"api", "collate", "examples", "fileio", "io", "masking", "model", "plotting",
+                 "pretrained", "probes", "results", "tokenizer"}
 
 
 def __getattr__(name: str):

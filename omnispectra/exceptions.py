@@ -16,6 +16,10 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "ConfigError",
+    "OutputError",
+    "OutputExistsError",
+    "OutputIsInputError",
 ]
 
 
@@ -53,3 +57,19 @@ class CorpusError(OmniSpectraError, OSError):
 
 class CheckpointError(OmniSpectraError, ValueError):
     """A weights file or checkpoint is corrupt or does not match its configuration."""
+
+
+class ConfigError(OmniSpectraError, ValueError):
+    """A settings file or value cannot be used (unreadable YAML, unknown key, wrong type)."""
+
+
+class OutputError(OmniSpectraError, OSError):
+    """An output path cannot be written without destroying data."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output already exists and overwriting it was not asked for."""
+
+
+class OutputIsInputError(OutputError):
+    """The output is one of the inputs (always refused, even with overwrite)."""

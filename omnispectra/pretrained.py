@@ -11,24 +11,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._fileutils import default_file_mode
-from .exceptions import CheckpointError
-from .model import OmniSpectra, OmniSpectraConfig
+from .exceptions import CheckpointError, ConfigError
+from .fileio import atomic_write
+from .model import ATTENTION_IMPLS, OmniSpectra, OmniSpectraConfig
 
 __all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_weights", "load_weights",
-           "read_weights_metadata", "sha256sum",
+           "read_weights_metadata", "read_safetensors_header", "validate_config",
+           "expected_tensor_shapes", "sha256sum", "file_sha256",
            "DEFAULT_MODEL", "ModelDownloadError", "load_model", "fetch_model", "list_models",
            "read_registry", "bundled_weights_path", "cache_dir"]
 
 WEIGHTS_FORMAT = "omnispectra-weights"
 WEIGHTS_FORMAT_VERSION = 1
+
+#: Largest safetensors JSON header read (a real one is a few kB).
+MAX_HEADER_BYTES = 16 << 20
+#: Upper bounds of a loadable configuration: far above any trained model, low enough that
+#: working out its tensor shapes is instant.
+CONFIG_LIMITS = {"patch_size": 4096, "stride": 4096, "dim": 16384, "n_layers": 256, "n_heads": 1024,
+                 "mlp_ratio": 64}
+#: safetensors dtype codes a weights file may use, with their sizes in bytes.
+FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -38,6 +49,18 @@ def sha256sum(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already computed
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """:func:`sha256sum` of a file, computed once per (path, size, modification time)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        _digests[key] = sha256sum(path)
+    return _digests[key]
 
 
 def save_weights(model: OmniSpectra, path: str | os.PathLike, info: dict[str, Any] | None = None) -> str:
@@ -65,17 +88,145 @@ def save_weights(model: OmniSpectra, path: str | os.PathLike, info: dict[str, An
         "config": json.dumps(model.config.to_dict()),
         "info": json.dumps(info or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; weights are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return sha256sum(path)
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The JSON header of a safetensors file, read without touching the tensor data.
+
+    Returns
+    -------
+    tensors : dict
+        Tensor name -> ``{"dtype", "shape", "data_offsets"}`` as stored.
+    metadata : dict
+        The free-form ``__metadata__`` strings.
+
+    Raises
+    ------
+    CheckpointError
+        Missing file, a header that is not JSON or larger than :data:`MAX_HEADER_BYTES`,
+        malformed entries, or tensor data that does not fit in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is not a readable safetensors file: it is only {size} bytes")
+        (n_header,) = struct.unpack("<Q", prefix)
+        if n_header > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file: its header claims {n_header} bytes")
+        raw = fh.read(n_header)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: bad header ({err})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a readable safetensors file: bad header")
+    metadata = header.pop("__metadata__", None) or {}
+    data_bytes = size - 8 - n_header
+    for name, entry in header.items():
+        try:
+            dtype, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
+            ok = (all(isinstance(v, int) and v >= 0 for v in (*shape, start, end))
+                  and 0 <= start <= end <= data_bytes)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path} is corrupt: tensor {name!r} has an invalid header entry "
+                                  f"or its data lies outside the file ({data_bytes} data bytes)")
+        if dtype in FLOAT_DTYPES and end - start != math.prod(shape) * FLOAT_DTYPES[dtype]:
+            raise CheckpointError(f"{path} is corrupt: tensor {name!r} of shape {tuple(shape)} "
+                                  f"does not fill its {end - start} bytes")
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path} is not a readable safetensors file: bad metadata")
+    return header, metadata
+
+
+def validate_config(values: Any, source: str = "the configuration") -> OmniSpectraConfig:
+    """An :class:`~omnispectra.model.OmniSpectraConfig` from an untrusted dict, checked first.
+
+    Every field must have the right type (``bool`` is not an ``int``), sizes must be
+    positive and at most :data:`CONFIG_LIMITS`, ``dim`` even and divisible by
+    ``n_heads``, ``stride <= patch_size``, ``0 <= dropout < 1`` and ``0 < mask_ratio < 1``.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the first offending key and value (``source`` says where it came from).
+    """
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{source} is not a mapping of model settings")
+    defaults = OmniSpectraConfig()
+    known = set(defaults.to_dict())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CheckpointError(f"{source} has unknown model settings {unknown}")
+
+    def bad(key: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {key}={values[key]!r} {why}")
+
+    for key, value in values.items():
+        kind = type(getattr(defaults, key))
+        if kind is int and (type(value) is not int):
+            raise bad(key, "is not an integer")
+        if kind is int and not 1 <= value <= CONFIG_LIMITS[key]:
+            raise bad(key, f"is outside [1, {CONFIG_LIMITS[key]}]")
+        if kind is float and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise bad(key, "is not a finite number")
+        if kind is bool and type(value) is not bool:
+            raise bad(key, "is not true/false")
+        if kind is dict and not isinstance(value, dict):
+            raise bad(key, "is not a mapping")
+    merged = {**defaults.to_dict(), **values}
+    if merged["attention"] not in ATTENTION_IMPLS:
+        raise CheckpointError(f"{source}: attention={merged['attention']!r} is not one of {ATTENTION_IMPLS}")
+    if merged["dim"] % 2 or merged["dim"] % merged["n_heads"]:
+        raise CheckpointError(f"{source}: dim={merged['dim']} must be even and divisible by "
+                              f"n_heads={merged['n_heads']}")
+    if merged["stride"] > merged["patch_size"]:
+        raise CheckpointError(f"{source}: stride={merged['stride']} is larger than "
+                              f"patch_size={merged['patch_size']}")
+    if not 0.0 <= merged["dropout"] < 1.0 or not 0.0 < merged["mask_ratio"] < 1.0:
+        raise CheckpointError(f"{source}: dropout must be in [0, 1) and mask_ratio in (0, 1)")
+    try:
+        return OmniSpectraConfig.from_dict(dict(values))
+    except (TypeError, ValueError) as err:  # pragma: no cover - checked above
+        raise CheckpointError(f"{source} is invalid: {err}") from err
+
+
+def expected_tensor_shapes(config: OmniSpectraConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of the model ``config`` describes (nothing allocated).
+
+    The model is built on PyTorch's ``meta`` device, so even a huge configuration costs
+    no memory; call :func:`validate_config` first to bound the time.
+    """
+    with torch.device("meta"):
+        model = OmniSpectra(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_tensor_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]],
+                        source: str) -> None:
+    """Raise :class:`CheckpointError` unless ``found`` has exactly the ``expected`` names and shapes."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(found) if tuple(expected[n]) != tuple(found[n]))
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append(f"missing tensors {missing[:5]}")
+        if unexpected:
+            problems.append(f"unexpected tensors {unexpected[:5]}")
+        if wrong:
+            problems.append("shape mismatch for " + ", ".join(
+                f"{n} {tuple(found[n])} != {tuple(expected[n])}" for n in wrong[:5]))
+        raise CheckpointError(f"{source} does not match its configuration: " + "; ".join(problems))
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -86,19 +237,14 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
     CheckpointError
         The file is missing, not a safetensors file, or not an omnispectra weights file.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    _, header = read_safetensors_header(path)
     if header.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an omnispectra weights file")
-    version = int(header.get("format_version", -1))
+    try:
+        version = int(header.get("format_version", -1))
+    except (TypeError, ValueError):
+        version = -1
     if version != WEIGHTS_FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has weights format version {version}; this omnispectra reads version "
@@ -107,8 +253,10 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         config = json.loads(header["config"])
         info = json.loads(header.get("info", "{}"))
-    except (KeyError, json.JSONDecodeError) as err:
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{path} has a corrupt configuration header: {err}") from err
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} has a corrupt provenance header (not a mapping)")
     return {"config": config, "info": info, "format_version": version}
 
 
@@ -129,12 +277,16 @@ def load_weights(
     Returns
     -------
     OmniSpectra
-        In eval mode; ``model.info`` holds the file's provenance dict.
+        In eval mode; ``model.info`` holds the file's provenance dict plus ``"sha256"``,
+        the file's digest.
 
     Raises
     ------
     CheckpointError
-        Corrupt file, unknown format, or tensors that do not match the configuration.
+        Corrupt file, unknown format, an invalid configuration, or tensors (names,
+        shapes, dtypes, sizes) that do not match it. All of this is checked from the
+        file's header before the model is built or any tensor is read, so a small file
+        claiming a huge model is refused without allocating it.
     """
     from safetensors.torch import load_file
 
@@ -143,32 +295,21 @@ def load_weights(
     allowed = {"attention", "dropout"}
     if set(config_overrides) - allowed:
         raise ValueError(f"only {sorted(allowed)} may be overridden when loading weights")
-    try:
-        config = OmniSpectraConfig.from_dict({**header["config"], **config_overrides})
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} has an invalid model configuration: {err}") from err
+    config = validate_config({**header["config"], **config_overrides}, source=f"{path}'s model configuration")
+    entries, _ = read_safetensors_header(path)
+    odd = sorted(n for n, e in entries.items() if e["dtype"] not in FLOAT_DTYPES)
+    if odd:
+        raise CheckpointError(f"{path}: tensors {odd[:5]} are not floating point "
+                              f"(dtypes {sorted({entries[n]['dtype'] for n in odd})})")
+    check_tensor_shapes({n: tuple(e["shape"]) for n, e in entries.items()},
+                        expected_tensor_shapes(config), str(path))
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as err:
         raise CheckpointError(f"{path} is corrupt: {err}") from err
     model = OmniSpectra(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(name for name in set(expected) & set(tensors)
-                   if tuple(expected[name].shape) != tuple(tensors[name].shape))
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"missing tensors {missing[:5]}")
-        if unexpected:
-            problems.append(f"unexpected tensors {unexpected[:5]}")
-        if wrong:
-            problems.append("shape mismatch for " + ", ".join(
-                f"{n} {tuple(tensors[n].shape)} != {tuple(expected[n].shape)}" for n in wrong[:5]))
-        raise CheckpointError(f"{path} does not match its configuration: " + "; ".join(problems))
     model.load_state_dict(tensors, strict=True)
-    model.info = header["info"]
+    model.info = {**header["info"], "sha256": file_sha256(path)}
     return model.to(device or "cpu").eval()
 
 
@@ -182,7 +323,6 @@ _BUNDLED_WEIGHTS = "omnispectra-default.safetensors"
 _BUNDLED_CARD = "omnispectra-default.json"
 _REGISTRY_FILE = "registry.txt"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked
 
 
 class ModelDownloadError(CheckpointError, OSError):
@@ -211,11 +351,21 @@ def _bundled_card() -> dict[str, Any]:
 
 
 def cache_dir() -> Path:
-    """The download cache: ``$OMNISPECTRA_CACHE`` or pooch's per-user cache for omnispectra."""
+    """The download cache: ``$OMNISPECTRA_CACHE`` or pooch's per-user cache for omnispectra.
+
+    Raises
+    ------
+    ConfigError
+        ``$OMNISPECTRA_CACHE`` names something that exists and is not a folder.
+    """
     import pooch
 
     env = os.environ.get("OMNISPECTRA_CACHE")
-    return Path(env).expanduser() if env else Path(pooch.os_cache("omnispectra"))
+    path = Path(env).expanduser() if env else Path(pooch.os_cache("omnispectra"))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"OMNISPECTRA_CACHE={env!r} names {path}, which is not a folder; point it "
+                          "at a folder (it is created if missing) or unset it")
+    return path
 
 
 def read_registry(path: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
@@ -262,9 +412,8 @@ def _pooch(registry: dict[str, dict[str, str]]):
     import pooch
 
     return pooch.create(
-        path=pooch.os_cache("omnispectra"),
+        path=cache_dir(),
         base_url="",
-        env="OMNISPECTRA_CACHE",
         registry={_cache_name(n): f"sha256:{m['sha256']}" for n, m in registry.items()},
         urls={_cache_name(n): m["url"] for n, m in registry.items()},
         retry_if_failed=0,
@@ -281,15 +430,12 @@ def _looks_like_path(name: str | os.PathLike) -> bool:
 def _check_bundled_digest(path: Path, expected: str | None) -> None:
     if not expected:
         return
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    digest = _verified.get(key) or sha256sum(path)
+    digest = file_sha256(path)
     if digest != expected.lower():
         raise CheckpointError(
             f"the bundled weights {path} do not match the sha256 in {_BUNDLED_CARD} "
             f"({digest[:12]}... != {expected[:12]}...): the installation is corrupt; reinstall omnispectra"
         )
-    _verified[key] = digest
 
 
 def _known_names(registry: dict[str, dict[str, str]]) -> str:
@@ -404,8 +550,10 @@ def load_model(
     Returns
     -------
     OmniSpectra
-        In eval mode; ``model.info`` holds the file's provenance, plus ``"name"`` and
-        ``"path"``.
+        In eval mode; ``model.info`` holds the file's provenance, plus ``"name"`` (the
+        model name, or the file name - never a folder - for a path), ``"sha256"`` (the
+        weights file's digest) and ``"path"`` (for this session only: it is never written
+        into results, see :func:`omnispectra.results.provenance_meta`).
 
     Raises
     ------
@@ -422,7 +570,9 @@ def load_model(
         if isinstance(err, CheckpointError):
             raise
         raise CheckpointError(str(err)) from err
-    model.info = {**model.info, "name": str(name), "path": str(path)}
+    named = isinstance(name, str) and (name == DEFAULT_MODEL or name in read_registry())
+    label = name if named else Path(name).name  # a local file: its name, not where it lives
+    model.info = {**model.info, "name": label, "path": str(path)}
     return model
 
 

@@ -685,6 +685,13 @@ def write_outputs(result: dict[str, Any], out: Path, tasks: Sequence[Task]) -> N
     _plots(result, out)
 
 
+def _plot_name(kind: str, task: str, group: str, method: str) -> str:
+    """``<kind>_<task>_<group>_<method>.png`` with each part safe in a file name (surveys may hold ``/``)."""
+    from ..fileio import safe_filename
+
+    return "_".join([kind, *(safe_filename(part) for part in (task, group, method))]) + ".png"
+
+
 def _plots(result: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -707,7 +714,7 @@ def _plots(result: dict[str, Any], out: Path) -> None:
         ax.set_ylabel("true")
         ax.set_title(f"{task} {group} {method} (all runs)")
         fig.tight_layout()
-        fig.savefig(out / f"confusion_{task}_{group}_{method}.png", dpi=110)
+        fig.savefig(out / _plot_name("confusion", task, group, method), dpi=110)
         plt.close(fig)
     for (task, group, method), (yt, yp) in result["predictions"].items():
         if method not in ("few-shot", "mlp", "pca_ridge", "galspecnet") or group != "all" and any(
@@ -727,5 +734,5 @@ def _plots(result: dict[str, Any], out: Path) -> None:
             ax.set_ylabel(f"predicted {label}")
         fig.suptitle(f"{task} {group} {method} (test, all runs)")
         fig.tight_layout()
-        fig.savefig(out / f"pred_vs_true_{task}_{group}_{method}.png", dpi=110)
+        fig.savefig(out / _plot_name("pred_vs_true", task, group, method), dpi=110)
         plt.close(fig)

@@ -75,7 +75,12 @@ Formats
 WAVE/FLUX/ERR tables, PyHammer templates), ``mmu`` (Multimodal Universe HDF5, incl.
 VIPERS), ``deimos`` (Keck/DEIMOS spec1d), ``uves_popler``, ``x1d`` (JWST/HST extracted
 spectra, one per order), ``ascii_table`` (CSV/ECSV/text tables named explicitly),
-``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.
+``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.  FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
+``iraf_multispec``, ``fits_image`` and ``fits_image_rows`` (:mod:`omnispectra.io.fits_image`), whose
+axes come from :mod:`omnispectra.io.spectral_wcs`; they say ``medium = 'unknown'`` (wavelengths
+kept as written) when nothing in the file says air or vacuum.  No reader ever uses the pixel index
+as the wavelength, and axes outside 100 A - 100 um (radio, X-ray, velocity) are refused
+(:class:`~omnispectra.exceptions.UnitsError`, checked in :func:`build_spectrum`).
 
 Every format is also a specutils format (``Spectrum.read(path, format="omnispectra-lamost")``,
 ``omnispectra-miles``, ``omnispectra-xshooter``, ``omnispectra-legac`` ...;
@@ -98,6 +103,8 @@ from .registry import (FileProbe, ReaderInfo, ReadFailure, SpectrumIterator, Spe
 # Importing the reader modules registers them.
 from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: E402,F401
 from . import tables, x1d, deimos, uves_popler  # noqa: E402,F401
+from . import sixdfgs, sdss_spspec  # noqa: E402,F401
+from . import fits_image  # noqa: E402,F401  (generic image layouts, before the specutils fallback)
 from . import specutils_fallback  # noqa: E402,F401
 from .mmu import iter_mmu, read_mmu  # noqa: E402
 from .specutils_registry import register_with_specutils  # noqa: E402

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - specutils 1.x
 from specutils import SpectrumList
 from specutils.utils.wcs_utils import air_to_vac
 
-from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError, UnitsError
 
 __all__ = [
     "Spectrum",
@@ -40,6 +40,10 @@ __all__ = [
     "put_label",
     "put_class",
     "FLUX_1E17",
+    "WAVELENGTH_LIMITS_AA",
+    "check_wavelength_axis",
+    "flux_unit_from_header",
+    "survey_from_header",
 ]
 
 #: The SDSS/BOSS/DESI/APOGEE flux density unit.
@@ -353,6 +357,7 @@ def build_spectrum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, meta
             _valid_wave_msg(where, wave)
     if wave[0] <= 0:
         raise InvalidSpectrumError(f"{where}: non-positive wavelength {wave[0]}")
+    check_wavelength_axis(wave, where)
     finite = np.isfinite(flux)
     if not finite.any():
         raise InvalidSpectrumError(f"{where}: flux is NaN/inf at every pixel")
@@ -387,3 +392,66 @@ def finish_rows(spectra: list, errors: list) -> list:
         for spectrum in spectra:
             spectrum.meta["skipped_rows_in_file"] = [str(e) for e in errors]
     return spectra
+
+
+# ---------------------------------------------------------------------------------------------
+# Wavelength-axis sanity and header conventions shared by the image readers (issue 12).
+# ---------------------------------------------------------------------------------------------
+
+#: Vacuum-Angstrom range a UV/optical/IR spectrum must lie in (far-UV 100 A to far-IR 100 um).
+#: Radio frequencies, X-ray energies and pixel indices of short spectra fall outside.
+WAVELENGTH_LIMITS_AA = (100.0, 1.0e6)
+
+
+def check_wavelength_axis(wave: np.ndarray, where: str) -> None:
+    """Refuse an increasing axis in Angstrom that is really the pixel index, or not UV/optical/IR.
+
+    Raises
+    ------
+    UnitsError
+        ``wave`` is exactly ``0..N-1`` or ``1..N`` (a reader took the pixel index for the
+        wavelength), or it leaves :data:`WAVELENGTH_LIMITS_AA`.
+    """
+    if wave.size >= 3 and wave[0] in (0.0, 1.0) and np.all(np.diff(wave) == 1.0):
+        raise UnitsError(
+            f"{where}: the wavelength axis is the pixel index {wave[0]:g}..{wave[-1]:g}, not a wavelength "
+            f"(the file has no spectral WCS or wavelength array); refused")
+    lo, hi = WAVELENGTH_LIMITS_AA
+    if wave[0] < lo or wave[-1] > hi:
+        raise UnitsError(
+            f"{where}: wavelengths {wave[0]:.4g}-{wave[-1]:.4g} Angstrom leave the UV/optical/IR range "
+            f"{lo:g}-{hi:g} Angstrom; refused")
+
+
+#: Flux units a spectrum may carry (flux densities, counts, rates); other parsed units are kept
+#: only as the header string.
+_FLUX_LIKE = (u.erg / u.s / u.cm ** 2 / u.AA, u.Jy, u.count, u.adu, u.electron, u.count / u.s,
+              u.electron / u.s, u.adu / u.s, u.count / u.AA, u.W / u.m ** 2 / u.m)
+
+
+def flux_unit_from_header(text: Any) -> tuple[u.UnitBase | None, str | None]:
+    """``(unit, raw)`` for a ``BUNIT``-like string: the parsed flux unit (SDSS-style scale prefixes
+    such as ``'1E-17 erg/cm^2/s/Ang'`` included) or None when it is not a flux-like unit astropy can
+    parse (``'DU/PIXEL'``), and the raw string (None when absent) for ``meta['flux_unit_header']``.
+    """
+    if text is None or not str(text).strip():
+        return None, None
+    raw = str(text).strip()
+    # A lone 'A' in a flux unit is Angstrom, never Ampere ('erg/cm2/s/A').
+    unit = parse_unit(re.sub(r"(?<![A-Za-z])A(?![A-Za-z])", "Angstrom", raw))
+    if unit is None or unit == u.dimensionless_unscaled:
+        return None, raw
+    if not any(unit.is_equivalent(ref) for ref in _FLUX_LIKE):
+        return None, raw
+    return unit, raw
+
+
+def survey_from_header(header) -> str:
+    """Survey label for a file no survey reader claimed: the slugged ``TELESCOP`` and ``INSTRUME``
+    (``'ljt:yfosc_ysu'``), else ``'unknown'``.  Never mapped to a survey name: one telescope serves
+    several surveys (the SDSS 2.5-m: SDSS, APOGEE; the UKST: 6dFGS, RAVE)."""
+    tel = str(header.get("TELESCOP", "") or "").strip()
+    inst = str(header.get("INSTRUME", "") or "").strip()
+    parts = [re.sub(r"[^a-z0-9.+-]+", "_", p.lower()).strip("_") for p in (tel, inst) if p]
+    label = ":".join(p for p in parts if p)
+    return label or "unknown"

@@ -23,8 +23,8 @@ f_lambda.  Medium: ``AIRORVAC``/``VACUUM`` keywords, else the ESO convention ``T
 'em.wl;obs.atmos'`` = air (LEGA-C), else vacuum.
 ``survey``: ``legac``/``vipers`` when the file or header says so; for ESO files
 (``TELESCOP = 'ESO-...'``) the instrument name; otherwise
-:func:`omnispectra.io.tables.survey_from_header` (``jwst``, ``hst``, ``fuse`` ... or
-``unknown`` -- never ``eso`` for a file that is not from ESO).
+:func:`omnispectra.io._common.survey_from_header` (``fuse``, ``hst:stis`` ... or ``unknown``
+-- never ``eso`` for a file that is not from ESO).
 Labels: ``z`` from a ``Z``/``REDSHIFT``/``ZSPEC`` keyword when present (LEGA-C DR3 files
 have none).  ``object_id`` is ``OBJECT``.
 """
@@ -38,10 +38,10 @@ import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import (air_to_vacuum, base_meta, build_spectrum, file_stem, finish_rows, open_fits, parse_unit,
-                      put_label, put_text)
+                      put_label, put_text, survey_from_header)
 from .registry import FileProbe, register_reader
 from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, LOGWAVE_COLUMNS, VARIANCE_COLUMNS, finish_table_columns,
-                     ivar_from_columns, survey_from_header, unused_error_like, wavelength_in_angstrom)
+                     ivar_from_columns, unused_error_like, wavelength_in_angstrom)
 from .xshooter import header_medium
 
 __all__ = ["read_eso_phase3", "identify_eso_phase3"]
@@ -96,7 +96,8 @@ def _survey(path: Path, prim, th) -> str:
     inst = str(prim.get("INSTRUME", "")).strip().lower()
     if _is_eso(prim) and inst:
         return inst
-    return survey_from_header(prim, th)
+    label = survey_from_header(prim)
+    return survey_from_header(th) if label == "unknown" else label
 
 
 @register_reader("eso_phase3", identify=identify_eso_phase3, extensions=(".fits",), priority=30)
@@ -141,7 +142,8 @@ def read_eso_phase3(path, **kwargs) -> list:
     survey = _survey(path, prim, th)
     # ESO products (and space observatories) are vacuum unless said otherwise; for other
     # tables nothing says, so the medium stays unknown (wavelengths unchanged).
-    known_vacuum = _is_eso(prim) or survey in ("legac", "vipers", "jwst", "hst", "fuse")
+    space = str(prim.get("TELESCOP", "")).strip().upper().startswith(("JWST", "HST", "FUSE"))
+    known_vacuum = _is_eso(prim) or space or survey in ("legac", "vipers")
     medium = header_medium(prim, th, tucd=tucd, default="vacuum" if known_vacuum else "unknown")
     stem = file_stem(path)
     out, errors = [], []

@@ -3,8 +3,10 @@
 Data models: https://www.lamost.org/dr7/v2.0/doc/lr-data-production-description and
 https://www.lamost.org/dr7/v2.0/doc/mr-data-production-description
 
-* LRS, old image layout (DR1-DR8 ``spec-*.fits``): primary image 5 x N, rows flux, ivar,
-  wavelength, andmask, ormask.
+* LRS, old image layout (DR1-DR8 ``spec-*.fits``): primary image 5 x N whose rows ``EXTEN0``
+  names: DR2+ ``'Flux, Inverse, Wavelength, Andmask, Ormask'``; DR1 ``'Flux Inverse Subcontinuum
+  Andmask Ormask'`` (no wavelength row: the axis is log-linear, ``10**(COEFF0 + COEFF1 * i)``,
+  equal to ``CRVAL1``/``CD1_1`` with ``DC-FLAG = 1``).
 * LRS, table layout (DR9+): HDU ``COADD``, one row of array columns FLUX, IVAR,
   WAVELENGTH, ANDMASK, ORMASK (, NORMALIZATION).
 * MRS (``med-*.fits``): ``COADD_B`` and ``COADD_R`` tables (FLUX, IVAR, LOGLAM, ANDMASK,
@@ -16,13 +18,15 @@ https://www.lamost.org/dr7/v2.0/doc/mr-data-production-description
 Wavelengths are vacuum when the primary header says ``VACUUM = T`` (all LAMOST
 products do); an explicit ``VACUUM = F`` triggers air -> vacuum conversion.  Flux is
 only relatively calibrated, so it is dimensionless.  Mask: ``andmask != 0`` or ivar <= 0.
-Labels from the primary header: ``CLASS``, ``SUBCLASS``, ``Z``, ``Z_ERR`` (LRS).
+Labels from the primary header: ``CLASS``, ``SUBCLASS``, ``Z``, ``Z_ERR`` (LRS), ``TEFF``/``LOGG``/``FEH``
+when present; S/N from ``SNR<band>`` (``SN_<band>`` in DR1).
 ``object_id`` is RA/Dec rounded to 1 arcsec (the ``DESIG`` names of one star differ by
 0.1-0.3 arcsec between epochs); ``DESIG`` and ``OBSID`` are kept in meta.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import (air_to_vacuum, base_meta, build_spectrum, file_stem, open_fits, put_class,
                       put_label, put_text, radec_object_id)
 from .registry import FileProbe, register_reader
+from .spectral_wcs import spectral_axis_from_header
 
 __all__ = ["read_lamost_lrs", "read_lamost_mrs", "identify_lamost_lrs", "identify_lamost_mrs"]
 
@@ -73,8 +78,35 @@ def _common_meta(meta: dict, h) -> None:
     put_label(meta, "z", h.get("Z"), missing=(-9999.0, -9999.9, 9999.0))
     put_label(meta, "z_err", h.get("Z_ERR"), missing=(-9999.0, -9999.9, 9999.0), valid=lambda v: v >= 0)
     for band in "UGRIZ":
-        put_label(meta, f"snr_{band.lower()}", h.get(f"SNR{band}"))
+        put_label(meta, f"snr_{band.lower()}", h.get(f"SNR{band}", h.get(f"SN_{band}")))
+    put_label(meta, "teff", h.get("TEFF"), valid=lambda v: v > 0)
+    put_label(meta, "logg", h.get("LOGG"))
+    put_label(meta, "fe_h", h.get("FEH"))
     put_label(meta, "helio_rv", h.get("HELIO_RV"), missing=(-9999.0, 9999.0, -9999.9))
+
+
+#: Row order of the LRS image when ``EXTEN0`` does not name the rows (DR2-DR8).
+_DEFAULT_ROWS = ("FLUX", "INVERSE", "WAVELENGTH", "ANDMASK", "ORMASK")
+
+
+def _image_rows(h, nrows: int) -> dict[str, int]:
+    """Row index of each named row of the LRS image, from ``EXTEN0`` ('Flux, Inverse, Wavelength,
+    Andmask, Ormask' in DR2+, 'Flux Inverse Subcontinuum Andmask Ormask' in DR1)."""
+    names = [w.upper() for w in re.findall(r"[A-Za-z]+", str(h.get("EXTEN0", "") or ""))]
+    if len(names) != nrows:
+        names = list(_DEFAULT_ROWS[:nrows])
+    return {n: k for k, n in enumerate(names)}
+
+
+def _loglinear_axis(path, h, npix: int) -> np.ndarray:
+    """DR1 images have no wavelength row: ``10**(COEFF0 + COEFF1 * i)`` (same as CRVAL1/CD1_1 with
+    ``DC-FLAG = 1``), i the 0-based pixel."""
+    if "COEFF0" in h and "COEFF1" in h:
+        return 10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix))
+    if "CRVAL1" in h:
+        return spectral_axis_from_header(h, npix, where=str(path)).wave
+    raise SpectrumFormatError(f"{path}: LRS image without a wavelength row (EXTEN0 = {h.get('EXTEN0')!r}) "
+                              f"and without COEFF0/COEFF1 or CRVAL1")
 
 
 def _object_id(h, fallback):
@@ -100,8 +132,10 @@ def read_lamost_lrs(path, **kwargs) -> list:
                     f"{path}: expected a 5 x N primary image (flux, ivar, wavelength, andmask, ormask), "
                     f"found {None if data is None else data.shape}")
             data = np.array(data, dtype=np.float64)
-            flux, ivar, wave = data[0], data[1], data[2]
-            andmask = data[3] if data.shape[0] > 3 else None
+            rows = _image_rows(h, data.shape[0])
+            flux, ivar = data[rows["FLUX"]], data[rows["INVERSE"]]
+            wave = data[rows["WAVELENGTH"]] if "WAVELENGTH" in rows else _loglinear_axis(path, h, data.shape[1])
+            andmask = data[rows["ANDMASK"]] if "ANDMASK" in rows else None
         warn = list(ff.warnings)
     is_air, medium = _medium(h)
     if is_air:

@@ -4,11 +4,13 @@ specutils loaders: https://specutils.readthedocs.io/en/stable/spectrum1d.html#re
 
 Tried after every omnispectra reader (lowest priority) and only for FITS files.  The
 spectra specutils returns are converted to the io contract: spectral axis converted to
-Angstrom, uncertainty converted to inverse variance (placeholder 1 when absent, with
-``meta['ivar_is_placeholder']``), mask OR-ed with ivar <= 0.  The medium is unknown, so
-vacuum is assumed and ``meta['medium_assumed'] = True``.  ``survey`` is the header's
-``TELESCOP``/``INSTRUME`` in lower case, or ``'unknown'``.  Multi-dimensional results are
-split into one spectrum per row.
+Angstrom (pixel, dimensionless and velocity axes, and axes outside the UV/optical/IR range,
+are refused with :class:`~omnispectra.exceptions.UnitsError`), uncertainty converted to inverse
+variance (placeholder 1 when absent, with ``meta['ivar_is_placeholder']``), mask OR-ed with
+ivar <= 0.  ``medium`` follows the header (``AIRORVAC``/``VACUUM``; air is converted) and is
+``'unknown'`` when nothing says.  ``survey`` comes from ``TELESCOP``/``INSTRUME``
+(:func:`~omnispectra.io._common.survey_from_header`), or ``'unknown'``.  Multi-dimensional
+results are split into one spectrum per row.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
 from astropy.io import registry as io_registry
 from astropy.nddata import InverseVariance, StdDevUncertainty, VarianceUncertainty
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import Spectrum, SpectrumList, base_meta, build_spectrum, file_stem
+from ._common import Spectrum, SpectrumList, base_meta, build_spectrum, file_stem, survey_from_header
 from .registry import FileProbe, register_reader
+from .spectral_wcs import header_medium, to_vacuum, wavelengths_to_angstrom
 
 __all__ = ["read_with_specutils", "specutils_formats"]
 
@@ -99,18 +101,17 @@ def read_with_specutils(path, specutils_format: str | None = None, **kwargs) -> 
     out = []
     items = [row for spec in loaded for row in _rows(spec)]
     for k, (axis, flux, sub) in enumerate(items):
-        try:
-            wave = axis.to_value(u.AA, equivalencies=u.spectral())
-        except u.UnitConversionError as exc:
-            raise SpectrumFormatError(f"{path}: spectral axis in {axis.unit} cannot be converted to Angstrom") from exc
+        # Pixel, dimensionless, velocity and non-UV/optical/IR axes are refused here (UnitsError).
+        wave = wavelengths_to_angstrom(axis.value, axis.unit, what=f"specutils' {fmt!r} spectral axis",
+                                       where=str(path))
         ivar, placeholder = _to_ivar(sub)
         smeta = dict(sub.meta or {})
         hdr = smeta.get("header", {}) or {}
-        survey = str(hdr.get("TELESCOP") or hdr.get("INSTRUME") or "unknown").strip().lower() or "unknown"
         sid = stem if len(items) == 1 else f"{stem}:{k}"
         obj = str(hdr.get("OBJECT", "")).strip()
-        meta = base_meta(path, "specutils", survey, id=sid, object_id=obj or sid)
-        meta["medium_assumed"] = True
+        medium = header_medium(hdr, str(hdr.get("CTYPE1", "")))
+        wave, medium = to_vacuum(wave, medium)
+        meta = base_meta(path, "specutils", survey_from_header(hdr), id=sid, object_id=obj or sid, medium=medium)
         meta["specutils_format"] = fmt
         if placeholder:
             meta["ivar_is_placeholder"] = True

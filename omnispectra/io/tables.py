@@ -28,8 +28,8 @@ Spectral axes that are not wavelengths (frequency, velocity, energy) are refused
 
 Medium: ``air``/``vac`` in the wavelength column name or an ``AIRORVAC``/``VACUUM`` table
 keyword decides; otherwise ``medium = 'unknown'`` and the wavelengths are left unchanged.
-``survey``: the ``TELESCOP``/``INSTRUME``/``SURVEY`` keyword of the table meta, else
-``'unknown'``.
+``survey``: from the ``TELESCOP``/``INSTRUME`` keywords of the table meta
+(:func:`omnispectra.io._common.survey_from_header`), else ``'unknown'``.
 
 Only files named explicitly are read (a folder walk takes FITS/HDF5 files only).
 """
@@ -45,13 +45,14 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, parse_unit
+from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, parse_unit,
+                      survey_from_header)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
            "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
            "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
-           "ivar_from_columns", "survey_from_header", "unused_error_like", "finish_table_columns"]
+           "ivar_from_columns", "unused_error_like", "finish_table_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -214,31 +215,6 @@ def ivar_from_columns(err=None, ivar=None, var=None) -> tuple[np.ndarray | None,
             iv = np.where(np.isfinite(v) & (v > 0), 1.0 / v, 0.0)
         return iv, "variance"
     return None, None
-
-
-_LABELS = {"JWST": "jwst", "HST": "hst", "FUSE": "fuse", "SDSS": "sdss", "KECK": "keck"}
-
-
-def survey_from_header(*headers) -> str:
-    """A survey/instrument label from ``SURVEY``/``TELESCOP``/``INSTRUME`` keywords, else 'unknown'.
-
-    Well-known telescopes map to short labels (``JWST`` -> ``jwst``, ``HST`` -> ``hst``,
-    ``FUSE`` -> ``fuse``); others are the keyword in lower case.  Never a guess.
-    """
-    for key in ("SURVEY", "TELESCOP", "INSTRUME"):
-        for h in headers:
-            v = h.get(key) if h is not None else None
-            if v is None:
-                continue
-            s = str(v).strip()
-            if not s:
-                continue
-            up = s.upper()
-            for name, label in _LABELS.items():
-                if up == name or up.startswith(name + " ") or up.startswith(name + "-"):
-                    return label
-            return s.lower()
-    return "unknown"
 
 
 def _medium(wave_name: str, meta: dict) -> str:

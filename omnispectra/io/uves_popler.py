@@ -18,7 +18,7 @@ Files are recognised by the ``UP_ARRnn`` keywords or the ``HISTORY`` line
 * medium: ``AIRORVAC``/``VACUUM`` keywords when present, else vacuum (UVES_popler writes
   vacuum-heliocentric wavelengths by default; ``meta['medium_assumed'] = True``).
 
-``survey``: ``uves`` (``INSTRUME``), ``object_id``: ``OBJECT``.
+``survey``: from ``TELESCOP``/``INSTRUME`` (e.g. ``uves``), ``object_id``: ``OBJECT``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import SpectrumFormatError
-from ._common import air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits, put_text
+from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits, put_text,
+                      survey_from_header)
 from .registry import FileProbe, register_reader
-from .tables import survey_from_header
 
 __all__ = ["read_uves_popler", "identify_uves_popler"]
 

@@ -14,9 +14,9 @@ HST COS/STIS ``x1d`` (https://hst-docs.stsci.edu/cosdhb/chapter-2-cos-data-files
   order**, ids ``<stem>:<k>`` and ``meta['order']`` (``SPORDER`` or the row's ``SPORDER``/
   ``SEGMENT`` value).
 
-Wavelengths of both observatories' pipelines are vacuum.  ``survey``: from ``TELESCOP``
-(``jwst``/``hst``/``fuse``), with ``meta['instrument']``; ``unknown`` when the header says
-nothing.  Error columns: any of :data:`omnispectra.io.tables.ERROR_COLUMNS` (``ERROR``,
+Wavelengths of both observatories' pipelines are vacuum.  ``survey``: from ``TELESCOP`` and
+``INSTRUME`` (:func:`omnispectra.io._common.survey_from_header`: ``jwst:niriss``, ``hst:cos``),
+with ``meta['instrument']``; ``unknown`` when the header says nothing.  Error columns: any of :data:`omnispectra.io.tables.ERROR_COLUMNS` (``ERROR``,
 ``FLUX_ERROR``, ``ERR_FLUX`` ...).
 """
 
@@ -28,10 +28,11 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import base_meta, build_spectrum, file_stem, finish_rows, open_fits, put_label, put_text
+from ._common import (base_meta, build_spectrum, file_stem, finish_rows, open_fits, put_label, put_text,
+                      survey_from_header)
 from .registry import FileProbe, register_reader
-from .tables import (column_unit, find_columns, finish_table_columns, ivar_from_columns, survey_from_header,
-                     unused_error_like, wavelength_in_angstrom)
+from .tables import (column_unit, find_columns, finish_table_columns, ivar_from_columns, unused_error_like,
+                     wavelength_in_angstrom)
 
 __all__ = ["read_x1d", "identify_x1d"]
 
@@ -102,7 +103,7 @@ def read_x1d(path, **kwargs) -> list:
             ivar, _ = ivar_from_columns(err, iv, var)
             obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
             meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
-                             medium="vacuum" if survey in ("jwst", "hst", "fuse") else "unknown")
+                             medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
             put_text(meta, "instrument", prim.get("INSTRUME"))
             put_text(meta, "telescope", prim.get("TELESCOP"))
             if order is not None:

@@ -144,3 +144,25 @@ def test_cli_evaluate(tiny_corpus, tmp_path):
     bad = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights), "-o", str(tmp_path / "x"),
                                     "--tasks", "nonsense"])
     assert bad.exit_code != 0 and "unknown task" in bad.output
+
+
+def test_survey_names_with_slashes_make_safe_plot_names(tmp_path):
+    pytest.importorskip("matplotlib")
+    from astropy.table import Table
+
+    from omnispectra.evaluation.harness import write_outputs
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(10, 3))
+    result = {
+        "summary": Table(names=("task", "group", "method", "metric", "mean", "std"),
+                         dtype=(str, str, str, str, float, float)),
+        "runs": [], "report": "# report\n", "n_spectra": 10, "seconds": 1.0, "encoder": {"name": "x"},
+        "confusion": {("source_class", "sdss/boss", "zero-shot"): np.eye(3, dtype=int)},
+        "predictions": {("stellar_params", "../up", "few-shot"): (truth, truth + 0.1)},
+    }
+    out = tmp_path / "eval"
+    write_outputs(result, out, [TASKS["source_class"], TASKS["stellar_params"]])
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["confusion_source_class_sdss_boss_zero-shot.png", "pred_vs_true_stellar_params__up_few-shot.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]

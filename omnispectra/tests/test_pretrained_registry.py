@@ -83,7 +83,7 @@ def env(tmp_path, monkeypatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(pretrained, "_verified", {})
+    monkeypatch.setattr(pretrained, "_digests", {})
     return data, cache
 
 

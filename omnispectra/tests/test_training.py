@@ -241,3 +241,87 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "steps 4" in proc.stdout
     assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_used_run_folder_is_refused_before_any_work(corpus, tmp_path):
+    from omnispectra import OutputExistsError
+
+    first = train(_config(corpus, tmp_path, "run", max_steps=2))
+    run = tmp_path / "run"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    config_text = (run / "config.yaml").read_text()
+    with pytest.raises(OutputExistsError, match="already holds a training run"):
+        train(_config(corpus, tmp_path, "run", max_steps=3, lr=5e-4))
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert after == before and (run / "config.yaml").read_text() == config_text
+    assert not list(run.rglob("last-v*.ckpt"))
+    # overwrite: a clean start whose result names the checkpoint it wrote
+    (run / "notes.txt").write_text("mine")
+    second = train(_config(corpus, tmp_path, "run", max_steps=3, lr=5e-4), overwrite=True)
+    assert second["steps"] == 3 and Path(second["last_checkpoint"]) == Path(first["last_checkpoint"])
+    assert torch.load(second["last_checkpoint"], weights_only=True)["global_step"] == 3
+    assert not list(run.rglob("last-v*.ckpt")) and (run / "notes.txt").read_text() == "mine"
+    assert TrainConfig.from_yaml(run / "config.yaml").lr == 5e-4
+    assert len(list((run / "logs").glob("version_*"))) == 1
+
+
+def test_corpus_without_usable_spectra_is_a_typed_error(tmp_path):
+    from astropy import units as u
+    from specutils import Spectrum
+
+    from omnispectra import CorpusError
+
+    short = [Spectrum(spectral_axis=np.linspace(4000, 4100, 12) * u.AA, flux=np.ones(12) * u.Jy,
+                      meta={"id": f"s{k}", "survey": "tiny"}) for k in range(3)]
+    report = build_corpus(short, tmp_path / "c.h5", progress=False)
+    with pytest.raises(CorpusError, match="no spectra to train on"):
+        train(_config(sorted(report.outputs.values()), tmp_path, "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_corpus_and_bad_settings_are_typed_errors(corpus, tmp_path):
+    from omnispectra import ConfigError, CorpusError
+
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(CorpusError, match="not an HDF5 file"):
+        train(_config([str(junk)], tmp_path, "run"))
+    assert not (tmp_path / "run").exists()
+    settings = tmp_path / "s.yaml"
+    for text, match in [("max_steps: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "mapping"),
+                        ("batch_size: lots\n", "positive integer"), ("no_such: 1\n", "unknown training"),
+                        ("model: {dim: 30, n_heads: 4}\n", "divisible"), ("preset: huge\n", "unknown training preset")]:
+        settings.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            train(TrainConfig.from_yaml(settings, base=_config(corpus, tmp_path, "run"))
+                  if "preset" not in text else TrainConfig.from_yaml(settings))
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.from_yaml(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="no corpus"):
+        train(_config([], tmp_path, "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_refuses_bad_checkpoints_and_outputs_without_torch_advice(corpus, tmp_path):
+    from omnispectra import OutputExistsError, OutputIsInputError
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "obj": _Crash("a pickled exception")}, evil)
+    with pytest.raises(CheckpointError) as info:
+        export_checkpoint(evil, tmp_path / "w.safetensors")
+    assert "weights_only" not in str(info.value) and "other than tensors" in str(info.value)
+    result = train(_config(corpus, tmp_path, "run", max_steps=1))
+    ckpt = result["last_checkpoint"]
+    with pytest.raises(OutputIsInputError):
+        export_checkpoint(ckpt, ckpt, overwrite=True)
+    (tmp_path / "w.safetensors").write_bytes(b"old")
+    with pytest.raises(OutputExistsError):
+        export_checkpoint(ckpt, tmp_path / "w.safetensors")
+    assert (tmp_path / "w.safetensors").read_bytes() == b"old"
+    assert len(export_checkpoint(ckpt, tmp_path / "w.safetensors", overwrite=True)) == 64
+    # a checkpoint whose config asks for a huge model is refused before the model is built
+    big = torch.load(ckpt, weights_only=True)
+    big["hyper_parameters"]["model_config"].update(dim=8192, n_layers=64, n_heads=64)
+    torch.save(big, tmp_path / "big.ckpt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint_model(tmp_path / "big.ckpt")

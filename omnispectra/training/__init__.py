@@ -19,6 +19,9 @@ __all__ = [
     "TRAIN_PRESETS",
     "export_checkpoint",
     "load_checkpoint_model",
+    "check_run_folder",
+    "embed_corpus",
+    "read_embedding_shards",
 ]
 
 _LOCATIONS = {
@@ -29,6 +32,9 @@ _LOCATIONS = {
     "TRAIN_PRESETS": ".train",
     "export_checkpoint": ".train",
     "load_checkpoint_model": ".train",
+    "check_run_folder": ".train",
+    "embed_corpus": ".predict",
+    "read_embedding_shards": ".predict",
 }
 
 

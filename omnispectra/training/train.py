@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +22,18 @@ from typing import Any
 import torch
 import yaml
 
-from ..exceptions import CheckpointError
+from ..exceptions import CheckpointError, ConfigError, CorpusError, OutputExistsError
+from ..fileio import check_output, write_text
 from ..model import OmniSpectraConfig
-from ..pretrained import save_weights
+from ..pretrained import check_tensor_shapes, expected_tensor_shapes, save_weights, validate_config
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "train", "export_checkpoint", "load_checkpoint_model"]
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "RUN_FILES", "train", "check_run_folder", "export_checkpoint",
+           "load_checkpoint_model"]
+
+logger = logging.getLogger(__name__)
+
+#: What a run writes into its output folder; a folder holding any of them is a used run folder.
+RUN_FILES = ("config.yaml", "result.json", "checkpoints", "logs", "tensorboard")
 
 
 @dataclass
@@ -63,25 +72,45 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """A preset of :data:`TRAIN_PRESETS` with some fields changed.
+
+        Raises
+        ------
+        ConfigError
+            Unknown preset or setting names.
+        """
         if name not in TRAIN_PRESETS:
-            raise ValueError(f"unknown training preset {name!r}; known: {', '.join(TRAIN_PRESETS)}")
-        return dataclasses.replace(TRAIN_PRESETS[name], **overrides)
+            raise ConfigError(f"unknown training preset {name!r}; known: {', '.join(TRAIN_PRESETS)}")
+        return TRAIN_PRESETS[name].replace(**overrides)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":
         """Settings from a YAML mapping of field names, applied over ``base``.
 
         Without ``base``, the file's ``preset`` key (default ``tiny``) chooses the base.
+
+        Raises
+        ------
+        ConfigError
+            The file is missing or unreadable, is not YAML, does not hold a mapping, or
+            names unknown settings.
         """
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read the training settings {path}: {err.strerror or err}") from err
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" (line {where.line + 1})" if where is not None else ""
+            raise ConfigError(f"{path} is not valid YAML{line}: {getattr(err, 'problem', None) or err}") from err
         if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of TrainConfig fields")
+            raise ConfigError(f"{path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
         if base is None:
             base = cls.from_preset(values.get("preset", "tiny"))
         return base.replace(**values)
 
     def replace(self, **values: Any) -> "TrainConfig":
-        """A copy with some fields changed; unknown names are an error."""
+        """A copy with some fields changed; unknown names and wrong types are a :class:`ConfigError`."""
         return dataclasses.replace(self, **_checked(values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,16 +119,54 @@ class TrainConfig:
         return values
 
     def model_config(self) -> OmniSpectraConfig:
-        return OmniSpectraConfig.from_preset(self.preset, mask_ratio=self.mask_ratio, **self.model)
+        """The encoder's configuration (preset plus ``model`` overrides), validated.
+
+        Raises
+        ------
+        ConfigError
+            Unknown preset, unknown model settings or invalid values.
+        """
+        from ..model import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.preset!r}; known: {', '.join(PRESETS)}")
+        values = {**PRESETS[self.preset].to_dict(), "mask_ratio": self.mask_ratio, **self.model}
+        try:
+            return validate_config(values, source="the model settings")
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from err
+
+
+_POSITIVE_INTS = ("batch_size", "max_steps", "checkpoint_every", "val_every", "t0_steps", "num_nodes")
+_NUMBERS = ("val_fraction", "mask_ratio", "lr", "weight_decay", "eta_min", "grad_clip")
 
 
 def _checked(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings with known names and usable types (so a typo fails here, not mid-run)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown training settings {sorted(unknown)}; known: {sorted(known)}")
+    for key, value in values.items():
+        if key in _POSITIVE_INTS and not (type(value) is int and value >= 1):
+            raise ConfigError(f"training setting {key}={value!r} must be a positive integer")
+        if key in _NUMBERS and not (type(value) in (int, float) and value >= 0):
+            raise ConfigError(f"training setting {key}={value!r} must be a number >= 0")
+        if key in ("num_workers", "seed") and type(value) is not int:
+            raise ConfigError(f"training setting {key}={value!r} must be an integer")
+        if key == "model" and not isinstance(value, dict):
+            raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
+        if key == "corpus":
+            if isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if not (isinstance(value, (list, tuple)) and all(isinstance(v, (str, os.PathLike)) for v in value)):
+                raise ConfigError(f"training setting corpus={value!r} must be a list of file names")
+            values = {**values, "corpus": [os.fspath(v) for v in value]}
     if "betas" in values:
-        values = {**values, "betas": tuple(values["betas"])}
+        betas = values["betas"]
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+            raise ConfigError(f"training setting betas={betas!r} must be two numbers")
+        values = {**values, "betas": tuple(betas)}
     return values
 
 
@@ -120,8 +187,59 @@ def _precision(config: TrainConfig) -> str:
     return "32-true"
 
 
-def train(config: TrainConfig, resume: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check that a run may write into ``output``; call it before any work.
+
+    A folder holding any of :data:`RUN_FILES` is a used run folder: it is refused unless
+    ``resume`` (continue that run from ``checkpoints/last.ckpt``) or ``overwrite`` (its run
+    files are deleted, so the new run starts clean; other files are left alone).
+
+    Returns
+    -------
+    Path
+        The last-checkpoint path of the run (``<output>/checkpoints/last.ckpt``).
+
+    Raises
+    ------
+    OutputExistsError
+        ``output`` is a file, or a used run folder without ``resume``/``overwrite``.
+    CheckpointError
+        ``resume`` without a checkpoint to resume from.
+    ConfigError
+        ``resume`` and ``overwrite`` together.
+    """
+    out = Path(output)
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: resume continues the run in "
+                          f"{out}, overwrite deletes it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"the run folder {out} is a file")
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"cannot resume: no checkpoint at {last} (start a new run without resume)")
+        return last
+    used = [name for name in RUN_FILES if (out / name).exists()]
+    if used and not overwrite:
+        raise OutputExistsError(
+            f"{out} already holds a training run ({', '.join(used)}); resume it (resume=True, "
+            "--resume), choose another output folder, or start clean with overwrite=True (--overwrite)")
+    for name in used:
+        target = out / name
+        logger.info("overwrite: deleting %s", target)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return last
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: list | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) masked-reconstruction pretraining.
+
+    Everything that can be checked is checked before the first step: the settings, the
+    run folder (:func:`check_run_folder`) and the corpus (it must hold usable spectra).
 
     Parameters
     ----------
@@ -132,11 +250,22 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         as if it had not been interrupted (same data order, masks and optimizer state).
     callbacks : list of lightning Callback, optional
         Extra callbacks for the Trainer.
+    overwrite : bool
+        Start clean in a used run folder (its checkpoints, logs and config are deleted).
 
     Returns
     -------
     dict
         Paths of the last and best checkpoints, the final validation loss, steps, wall time.
+
+    Raises
+    ------
+    ConfigError
+        Invalid settings (no corpus, unknown model preset, bad values).
+    OutputExistsError, CheckpointError
+        See :func:`check_run_folder`.
+    CorpusError
+        Unreadable corpus files, or no spectra the tokenizer can use.
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -146,29 +275,37 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     from .module import AtomicCheckpointIO, OmniSpectraModule
 
     if not config.corpus:
-        raise ValueError("no corpus given: build one with `omnispectra corpus build`")
+        raise ConfigError("no corpus given: build one with `omnispectra corpus build`")
+    config = config.replace(**config.to_dict())  # also checks fields set directly on the dataclass
+    model_config = config.model_config()
     out = Path(config.output)
     ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {last}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    model_config = config.model_config()
-    module = OmniSpectraModule(
-        model_config.to_dict(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
-        t0_steps=min(config.t0_steps, config.max_steps), eta_min=config.eta_min,
-    )
-    if config.compile:
-        module.model.compile_encoder()
+    last = check_run_folder(out, resume=resume, overwrite=overwrite)
     data = SpectraDataModule(
         config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
         mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
     )
+    try:
+        data.setup("fit")
+    except ValueError as err:  # e.g. survey weights naming surveys the corpus lacks
+        raise ConfigError(str(err)) from err
+    if len(data.train_dataset) == 0:
+        raise CorpusError(
+            f"the corpus holds no spectra to train on ({len(data.dataset)} usable spectra, "
+            f"{data.dataset.n_dropped} with fewer than {model_config.patch_size} valid pixels, "
+            f"{len(data.val_dataset)} held out for validation)")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = OmniSpectraModule(
+        model_config.to_dict(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
+        t0_steps=min(config.t0_steps, config.max_steps), eta_min=config.eta_min,
+    )
+    if config.compile:
+        module.model.compile_encoder()
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
                                every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
@@ -199,15 +336,19 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     wall = time.perf_counter() - start
     val_loss = trainer.callback_metrics.get("val_loss")
+    written = periodic.last_model_path
+    if not written or not Path(written).is_file():
+        raise CheckpointError(f"the run in {out} ended after {trainer.global_step} steps without "
+                              "writing a checkpoint")
     result = {
-        "last_checkpoint": str(last),
+        "last_checkpoint": str(written),
         "best_checkpoint": best.best_model_path or None,
         "val_loss": None if val_loss is None else float(val_loss),
         "steps": int(trainer.global_step),
         "wall_time_s": wall,
         "metrics_csv": str(Path(loggers[0].log_dir) / "metrics.csv"),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    write_text(out / "result.json", json.dumps(result, indent=2))
     return result
 
 
@@ -221,6 +362,9 @@ def load_checkpoint_model(path: str | os.PathLike):
     CheckpointError
         Missing, corrupt or foreign checkpoint, or tensors that do not match its config.
     """
+    import pickle
+    import zipfile
+
     from ..model import OmniSpectra
 
     path = Path(path)
@@ -228,27 +372,44 @@ def load_checkpoint_model(path: str | os.PathLike):
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors of all kinds for corrupt files
-        raise CheckpointError(f"{path} is not a readable checkpoint: {err}") from err
+    except pickle.UnpicklingError as err:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint: it holds Python objects other than tensors "
+            "and plain values, which omnispectra does not unpickle") from err
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch "
+                              f"checkpoint: {type(err).__name__})") from err
     try:
-        config = OmniSpectraConfig.from_dict(dict(ckpt["hyper_parameters"]["model_config"]))
+        values = dict(ckpt["hyper_parameters"]["model_config"])
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} is not an omnispectra training checkpoint: {err}") from err
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path} is not an omnispectra training checkpoint "
+                              f"(no {err} entry)") from err
+    config = validate_config(values, source=f"{path}'s model configuration")
+    if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in state.values()):
+        raise CheckpointError(f"{path}: the model state holds entries that are not float tensors")
+    check_tensor_shapes({k: tuple(t.shape) for k, t in state.items()}, expected_tensor_shapes(config),
+                        str(path))
     model = OmniSpectra(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its model configuration: {err}") from err
+    model.load_state_dict(state, strict=True)
     model.info = {"checkpoint": path.name, "global_step": int(ckpt.get("global_step", -1))}
     return model.eval()
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
-                      info: dict[str, Any] | None = None) -> str:
+                      info: dict[str, Any] | None = None, overwrite: bool = False) -> str:
     """Write the encoder of a training checkpoint as a safetensors weights file.
 
     Returns the file's sha256 (ready for the pooch registry). No optimizer state is kept.
+
+    Raises
+    ------
+    OutputIsInputError, OutputExistsError
+        ``output`` is the checkpoint, or exists and ``overwrite`` is False (checked first).
+    CheckpointError
+        See :func:`load_checkpoint_model`.
     """
+    check_output(output, [checkpoint], overwrite=overwrite)
     model = load_checkpoint_model(checkpoint)
     return save_weights(model, output, info={**model.info, **(info or {})})

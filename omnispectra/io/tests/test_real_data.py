@@ -50,10 +50,9 @@ NOT_SPECTRA = {
 # A real dead fibre: SDSS spec-0269-51581-0003 has ivar == 0 and flux == 0 at every pixel
 # (ZWARNING 6, SN_MEDIAN_ALL 0); reading it must fail loudly, not give an empty spectrum.
 INVALID_FILES = {"sdss/gelato/spec-0269-51581-0003.fits"}
-# Layouts another reader branch handles (image formats: LAMOST DR1 5 x N images, the SDSS DR7-era
-# 1-D image cg922, the Lijiang IRAF multispec file) and Redrock template bases (not spectra).
-# Until they read, they may fail here; nothing else may.
-PENDING_ELSEWHERE = ("lamost/dr1/", "sdss/more/SpecData/cg922.fits", "lijiang/", "templates/redrock/")
+# Redrock template bases are not spectra a reader should take (no wavelength array in a
+# spectral layout); they may fail here, nothing else may.
+PENDING_ELSEWHERE = ("templates/redrock/",)
 REQUIRED_META = ("id", "object_id", "survey", "source_file", "format", "rest_frame", "medium")
 LABEL_KEYS = ("class", "subclass", "z", "z_err", "teff", "logg", "fe_h")
 MAX_PER_FAMILY = 12

@@ -21,7 +21,8 @@ from .conftest import write_sdss_like
 def test_registry_lists_every_format():
     fmts = oio.list_formats()
     for name in ("sdss", "desi", "desi_stack", "apogee_aspcapstar", "apogee_apstar", "lamost_lrs",
-                 "lamost_mrs", "miles", "xshooter_xsl", "manga", "eso_phase3", "mmu", "specutils"):
+                 "lamost_mrs", "miles", "xshooter_xsl", "manga", "eso_phase3", "mmu", "6dfgs", "sdss_spspec",
+                 "fits_image", "fits_image_rows", "iraf_multispec", "specutils"):
         assert name in fmts
     assert fmts[-1] == "specutils"  # the fallback is tried last
     assert "desi_redrock" not in fmts and "desi_redrock" in oio.list_formats(include_non_spectra=True)
@@ -151,17 +152,18 @@ def test_catalogue_is_not_a_spectrum(tmp_path):
         oio.read(path)
 
 
-def test_specutils_fallback_reads_wcs1d(tmp_path):
+def test_generic_1d_wcs_image_and_specutils_fallback(tmp_path):
     path = tmp_path / "generic1d.fits"
     hdu = fits.PrimaryHDU(np.linspace(1, 2, 100))
     hdu.header.update(CRVAL1=5000.0, CDELT1=2.0, CRPIX1=1.0, CUNIT1="Angstrom", CTYPE1="WAVE",
                       BUNIT="erg / (s cm2 Angstrom)")
     hdu.writeto(path)
-    assert oio.identify_format(path) == "specutils"
-    s = oio.read(path)[0]
-    assert s.meta["format"] == "specutils" and s.meta["ivar_is_placeholder"]
-    assert s.spectral_axis.value[0] == pytest.approx(5000.0)
-    assert s.flux.size == 100
+    assert oio.identify_formats(path) == ["fits_image", "specutils"]
+    for fmt in ("fits_image", "specutils"):
+        s = oio.read(path, format=fmt)[0]
+        assert s.meta["format"] == fmt and s.meta["ivar_is_placeholder"]
+        assert s.spectral_axis.value[0] == pytest.approx(5000.0)
+        assert s.flux.size == 100 and s.meta["medium"] == "vacuum" and s.meta["survey"] == "unknown"
 
 
 def test_directory_iteration_with_one_broken_file(tmp_path):

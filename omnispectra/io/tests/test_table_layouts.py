@@ -166,7 +166,7 @@ def test_jwst_x1d_orders_jy_to_flambda(tmp_path):
     specs = oio.read(path)
     assert [s.meta["order"] for s in specs] == [1, 2]
     s = specs[0]
-    assert s.meta["survey"] == "jwst" and s.meta["instrument"] == "NIRISS" and s.meta["medium"] == "vacuum"
+    assert s.meta["survey"] == "jwst:niriss" and s.meta["instrument"] == "NIRISS" and s.meta["medium"] == "vacuum"
     w = s.spectral_axis.to_value(u.AA)
     assert w[0] == pytest.approx(9000.0) and w[-1] == pytest.approx(28000.0)
     expect = (1e-3 * u.Jy).to_value(FLAM, equivalencies=u.spectral_density(w * u.AA))
@@ -193,7 +193,7 @@ def test_hst_x1d_rows_are_orders(tmp_path):
     fits.HDUList([prim, sci]).writeto(path)
     specs = oio.read(path)
     assert [s.meta["order"] for s in specs] == ["FUVA", "FUVB"]
-    assert all(s.meta["survey"] == "hst" for s in specs)
+    assert all(s.meta["survey"] == "hst:cos" for s in specs)
     assert np.allclose(specs[0].uncertainty.array, 1e30, rtol=1e-5)
 
 

@@ -1,0 +1,370 @@
+"""Generic FITS *image* spectra: 1-D WCS images, named image HDUs, ``3 x N`` rows, IRAF multispec.
+
+Tried after the survey readers and before the specutils fallback.  Every spectral axis comes
+from :mod:`omnispectra.io.spectral_wcs` (so the pixel index is never a wavelength, and
+frequency/velocity/energy axes are refused); uncertainties become inverse variance.
+
+Formats
+-------
+``fits_image``
+    A 1-D image (primary or extension; degenerate axes of length 1 are squeezed) with a spectral
+    WCS (``CRVAL1``/``CDELT1`` or ``CD1_1``/``CRPIX1``, ``DC-FLAG``, ``WAVE-LOG``, ``CUNIT1``,
+    ``AWAV``/``AIRORVAC``/``VACUUM``), or image HDUs named ``FLUX`` (``SCI``, ``SPEC`` ...) plus
+    ``WAVELENGTH`` (``WAVE``, ``LAMBDA``) whose values are the axis.  Errors from an image HDU named
+    ``ERROR``/``ERR``/``SIGMA``/``STDDEV``/``NOISE`` (sigma), ``VAR``/``VARIANCE`` or ``IVAR``;
+    mask from ``MASK``/``DQ``/``QUALITY`` (non-zero = bad).  2-D ``FLUX`` and ``WAVELENGTH`` HDUs
+    of one shape give one spectrum per row (echelle orders).
+``fits_image_rows``
+    One image of ``2 x N``/``3 x N`` (or ``N x 2``/``N x 3``) rows: wavelength, flux(, error).  The
+    wavelength row is the strictly monotonic one; its unit comes from ``CUNIT1``/``WAVEUNIT``/
+    ``XUNIT`` or the values (Angstrom, or micron for 0.08-30).  The error row is sigma unless a
+    header value names it ``IVAR``/``inverse variance`` or ``VARIANCE``.
+``iraf_multispec``
+    IRAF ``equispec``/``multispec`` images (``WAT0_001 = 'system=...'``, ``WCSDIM``), shape
+    (bands, apertures, pixels): the ``BANDIDn`` cards say which band is the spectrum and which the
+    sigma (sky/background/raw bands are not spectra); every aperture or echelle order is one
+    spectrum (id ``<stem>:<aperture>``).  Linear ``equispec`` axes are read here; ``multispec``
+    dispersion functions (linear, log, Chebyshev, Legendre, splines) are evaluated by specutils'
+    ``iraf`` loader.
+
+Common meta: ``survey`` from ``TELESCOP``/``INSTRUME`` (:func:`~omnispectra.io._common.survey_from_header`),
+``medium`` ``'vacuum'``/``'air->vacuum'``/``'unknown'``, ``wavelength_axis`` (what defined it),
+``flux_unit_header`` (the raw ``BUNIT``; the flux is dimensionless when it does not parse),
+``ivar_is_placeholder`` when the file has no errors, ``rest_frame`` True when IRAF ``dopcor``
+moved the axis by z > 0.001 (``meta['dopcor_z']``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError, UnitsError
+from ._common import (base_meta, build_spectrum, err_to_ivar, file_stem, finish_rows, flux_unit_from_header,
+                      open_fits, put_text, radec_object_id, survey_from_header)
+from .registry import FileProbe, register_reader
+from .spectral_wcs import (SpectralAxis, header_medium, iraf_wat, parse_axis_unit, spectral_axis_from_header,
+                           to_vacuum, wavelengths_to_angstrom)
+
+__all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec", "identify_fits_image",
+           "identify_fits_image_rows", "identify_iraf_multispec", "uncertainty_to_ivar"]
+
+_FLUX_NAMES = ("FLUX", "SCI", "SPEC", "SPECTRUM", "DATA", "PRIMARY")
+_WAVE_NAMES = ("WAVELENGTH", "WAVE", "LAMBDA", "WAVELEN", "WAVES")
+_ERR_KINDS = {"ERROR": "sigma", "ERR": "sigma", "SIGMA": "sigma", "STDDEV": "sigma", "NOISE": "sigma",
+              "UNCERT": "sigma", "ERR_FLUX": "sigma", "VAR": "var", "VARIANCE": "var", "IVAR": "ivar",
+              "INVVAR": "ivar", "INV_VAR": "ivar"}
+_MASK_NAMES = ("MASK", "DQ", "QUALITY", "BADPIX")
+#: Rest-frame threshold on an IRAF dopcor shift (smaller ones are heliocentric corrections).
+_DOPCOR_REST = 1e-3
+
+
+def uncertainty_to_ivar(values: np.ndarray, kind: str) -> np.ndarray:
+    """Inverse variance from sigma (``'sigma'``), variance (``'var'``) or ivar (``'ivar'``);
+    0 where the input is non-positive or non-finite."""
+    a = np.asarray(values, dtype=np.float64)
+    if kind == "sigma":
+        return err_to_ivar(a)
+    if kind == "var":
+        return err_to_ivar(np.sqrt(np.where(a > 0, a, np.nan)))
+    if kind == "ivar":
+        return np.where(np.isfinite(a) & (a > 0), a, 0.0)
+    raise ValueError(f"unknown uncertainty kind {kind!r}")
+
+
+def _is_iraf_spec(header) -> bool:
+    system = iraf_wat(header, 0).get("system", "").lower()
+    return system in ("equispec", "multispec") or str(header.get("CTYPE1", "")).upper().startswith("MULTISPE")
+
+
+def _long_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(n for n in shape if n > 1)
+
+
+def _image_hdus(probe: FileProbe):
+    return [h for h in probe.hdus if h.kind in ("primary", "image", "compimage") and _long_shape(h.shape)]
+
+
+def identify_fits_image(probe: FileProbe) -> bool:
+    if probe.kind != "fits" or _is_iraf_spec(probe.primary):
+        return False
+    images = _image_hdus(probe)
+    names = {h.name for h in images}
+    if names & set(_WAVE_NAMES):
+        return True
+    return bool(images) and len(_long_shape(images[0].shape)) == 1
+
+
+def identify_fits_image_rows(probe: FileProbe) -> bool:
+    if probe.kind != "fits" or _is_iraf_spec(probe.primary):
+        return False
+    images = _image_hdus(probe)
+    if len(images) != 1 or images[0].name in _WAVE_NAMES:
+        return False
+    shape = _long_shape(images[0].shape)
+    return len(shape) == 2 and min(shape) in (2, 3) and max(shape) >= 16
+
+
+def identify_iraf_multispec(probe: FileProbe) -> bool:
+    return probe.kind == "fits" and bool(probe.hdus) and probe.hdus[0].shape != () and _is_iraf_spec(probe.primary)
+
+
+def _where(path, sid=None) -> str:
+    return f"{path}" + (f" [{sid}]" if sid else "")
+
+
+def _object_id(header, fallback: str) -> str:
+    obj = str(header.get("OBJECT", "") or "").strip()
+    return obj or radec_object_id(header.get("RA"), header.get("DEC")) or fallback
+
+
+def _finish_meta(meta: dict, header, axis: SpectralAxis | None, raw_unit: str | None, placeholder: bool,
+                 warn: list) -> dict:
+    if axis is not None:
+        meta["wavelength_axis"] = axis.description
+        meta.update(axis.notes)
+        if abs(axis.dopcor_z) > 0:
+            meta["dopcor_z"] = axis.dopcor_z
+            meta["rest_frame"] = abs(axis.dopcor_z) > _DOPCOR_REST
+    if raw_unit is not None:
+        meta["flux_unit_header"] = raw_unit
+    if placeholder:
+        meta["ivar_is_placeholder"] = True
+    put_text(meta, "object", header.get("OBJECT"))
+    tel, inst = header.get("TELESCOP"), header.get("INSTRUME")
+    put_text(meta, "telescope", tel)
+    put_text(meta, "instrument", inst)
+    if warn:
+        meta["header_warnings"] = list(warn)
+    return meta
+
+
+def primary_image(path: Path, what: str) -> tuple[fits.Header, np.ndarray, list[str]]:
+    """``(header, float64 data, astropy warnings)`` of the primary image of ``path``."""
+    with open_fits(path) as ff:
+        header = ff.header(0).copy()
+        data = ff.image(0, what).astype(np.float64)
+        return header, data, list(ff.warnings)
+
+
+def _placeholder_ivar(flux: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(flux), 1.0, 0.0)
+
+
+@register_reader("fits_image", identify=identify_fits_image, extensions=(".fits", ".fits.gz", ".fit"),
+                 priority=-40)
+def read_fits_image(path, **kwargs) -> list:
+    """1-D FITS image with a spectral WCS, or FLUX/ERROR/WAVELENGTH image HDUs."""
+    path = Path(path)
+    with open_fits(path) as ff:
+        prim = ff.header(0)
+        images = [h for h in ff.hdul if isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                  and h.data is not None and h.data.size > 1]
+        by_name = {h.name.upper(): h for h in images}
+        wave_hdu = next((by_name[n] for n in _WAVE_NAMES if n in by_name), None)
+        flux_hdu = next((by_name[n] for n in _FLUX_NAMES if n in by_name), None)
+        if flux_hdu is None:
+            flux_hdu = next((h for h in images if h is not wave_hdu and h.name.upper() not in _ERR_KINDS
+                             and h.name.upper() not in _MASK_NAMES), None)
+        if flux_hdu is None:
+            raise SpectrumFormatError(f"{path}: no flux image HDU found (HDUs {ff.names()})")
+        flux = np.squeeze(np.array(flux_hdu.data, dtype=np.float64))
+        header = flux_hdu.header
+        err_hdu = next((h for h in images if h.name.upper() in _ERR_KINDS and h.data.size == flux.size), None)
+        mask_hdu = next((h for h in images if h.name.upper() in _MASK_NAMES and h.data.size == flux.size), None)
+        ivar = (uncertainty_to_ivar(np.array(err_hdu.data).reshape(flux.shape), _ERR_KINDS[err_hdu.name.upper()])
+                if err_hdu is not None else _placeholder_ivar(flux))
+        mask = None if mask_hdu is None else np.array(mask_hdu.data).reshape(flux.shape) != 0
+        axis: SpectralAxis | None = None
+        if wave_hdu is not None:
+            wave_values = np.squeeze(np.array(wave_hdu.data, dtype=np.float64))
+            if wave_values.shape != flux.shape:
+                raise SpectrumFormatError(f"{path}: wavelength HDU {wave_hdu.name!r} has shape {wave_values.shape}, "
+                                          f"flux HDU {flux_hdu.name!r} has {flux.shape}")
+            wh = wave_hdu.header
+            unit_text = wh.get("BUNIT") or wh.get("CUNIT1") or wh.get("TUNIT1")
+            unit = parse_axis_unit(unit_text)
+            if unit is None and unit_text:
+                raise UnitsError(f"{path}: wavelength HDU unit {unit_text!r} is not a unit astropy knows; refused")
+            notes: dict = {}
+            wave = wavelengths_to_angstrom(wave_values, unit, what=f"the {wave_hdu.name} HDU", where=str(path),
+                                           notes=notes)
+            medium = header_medium(wh) if header_medium(wh) != "unknown" else header_medium(prim)
+            wave, medium = to_vacuum(wave, medium)
+            axis = SpectralAxis(wave=wave, medium=medium, description=f"{wave_hdu.name} image HDU, unit "
+                                f"{unit_text!r}" if unit_text else f"{wave_hdu.name} image HDU, no unit", notes=notes)
+        else:
+            if flux.ndim != 1:
+                raise SpectrumFormatError(f"{path}: flux image of shape {flux.shape} without a wavelength HDU")
+            wcs_header = header if "CRVAL1" in header or flux_hdu is ff.hdul[0] else prim
+            axis = spectral_axis_from_header(wcs_header, flux.size, where=str(path))
+            wave = axis.wave
+        unit, raw_unit = flux_unit_from_header(header.get("BUNIT", prim.get("BUNIT")))
+        warn = list(ff.warnings)
+    merged = fits.Header(prim)
+    merged.update({k: v for k, v in header.items() if k in ("TELESCOP", "INSTRUME", "OBJECT")})
+    stem = file_stem(path)
+    rows = [(wave, flux, ivar, mask)] if flux.ndim == 1 else [
+        (wave[i], flux[i], ivar[i], None if mask is None else mask[i]) for i in range(flux.shape[0])]
+    out, errors = [], []
+    for i, (w, f, iv, m) in enumerate(rows):
+        sid = stem if len(rows) == 1 else f"{stem}:{i}"
+        meta = base_meta(path, "fits_image", survey_from_header(merged), id=sid,
+                         object_id=_object_id(merged, stem), medium=axis.medium)
+        _finish_meta(meta, merged, axis, raw_unit, err_hdu is None, warn)
+        try:
+            out.append(build_spectrum(w, f, iv, mask=m, flux_unit=unit, meta=meta, path=path))
+        except UnitsError:
+            raise
+        except InvalidSpectrumError as exc:  # one unusable order
+            if len(rows) == 1:
+                raise
+            errors.append(exc)
+    return finish_rows(out, errors)
+
+
+def _error_kind(header) -> str:
+    text = " ".join(str(v) for v in header.values() if isinstance(v, str)).upper()
+    if "IVAR" in text or "INVERSE VAR" in text:
+        return "ivar"
+    if "VARIANCE" in text:
+        return "var"
+    return "sigma"
+
+
+@register_reader("fits_image_rows", identify=identify_fits_image_rows, extensions=(".fits", ".fits.gz", ".fit"),
+                 priority=-45)
+def read_fits_image_rows(path, **kwargs) -> list:
+    """One 2 x N / 3 x N (or N x 3) image: wavelength, flux, (error) rows."""
+    path = Path(path)
+    with open_fits(path) as ff:
+        hdu = next(h for h in ff.hdul if h.data is not None and h.data.size > 1)
+        header = hdu.header
+        data = np.squeeze(np.array(hdu.data, dtype=np.float64))
+        prim = ff.header(0)
+        warn = list(ff.warnings)
+    if data.ndim != 2 or min(data.shape) not in (2, 3):
+        raise SpectrumFormatError(f"{path}: expected a 2 x N or 3 x N image, found {data.shape}")
+    rows = data if data.shape[0] <= 3 else data.T
+    monotonic = [k for k, r in enumerate(rows) if np.all(np.isfinite(r)) and r[0] > 0
+                 and (np.all(np.diff(r) > 0) or np.all(np.diff(r) < 0))]
+    if not monotonic:
+        raise UnitsError(f"{path}: no row of the {data.shape} image is a wavelength array (none is strictly "
+                         f"monotonic and positive); refusing to use the pixel index")
+    k_wave = monotonic[0]
+    others = [k for k in range(rows.shape[0]) if k != k_wave]
+    unit_text = next((header.get(k) for k in ("CUNIT1", "WAVEUNIT", "WAVUNIT", "XUNIT", "WUNIT")
+                      if header.get(k)), None)
+    unit = parse_axis_unit(unit_text)
+    notes: dict = {}
+    wave = wavelengths_to_angstrom(rows[k_wave], unit, what=f"row {k_wave + 1} (wavelength)", where=str(path),
+                                   notes=notes)
+    wave, medium = to_vacuum(wave, header_medium(header))
+    flux = rows[others[0]]
+    kind = _error_kind(header)
+    ivar = uncertainty_to_ivar(rows[others[1]], kind) if len(others) > 1 else _placeholder_ivar(flux)
+    stem = file_stem(path)
+    unit_flux, raw_unit = flux_unit_from_header(header.get("BUNIT", prim.get("BUNIT")))
+    meta = base_meta(path, "fits_image_rows", survey_from_header(prim), id=stem, object_id=_object_id(prim, stem),
+                     medium=medium)
+    axis = SpectralAxis(wave=wave, medium=medium, notes=notes,
+                        description=f"image row {k_wave + 1}, unit {unit_text!r}" if unit_text
+                        else f"image row {k_wave + 1}, no unit")
+    _finish_meta(meta, prim, axis, raw_unit, len(others) < 2, warn)
+    meta["row_layout"] = f"wavelength=row {k_wave + 1}, flux=row {others[0] + 1}" + (
+        f", {kind}=row {others[1] + 1}" if len(others) > 1 else "")
+    return [build_spectrum(wave, flux, ivar, flux_unit=unit_flux, meta=meta, path=path)]
+
+
+def _band_roles(header, nbands: int) -> tuple[int, int | None, list[str]]:
+    """(flux band, sigma band or None, band descriptions) from IRAF ``BANDIDn`` cards."""
+    ids = [str(header.get(f"BANDID{k + 1}", "") or "").strip() for k in range(nbands)]
+    low = [s.lower() for s in ids]
+    flux = next((k for k, s in enumerate(low) if s.startswith("spectrum")), 0)
+    sigma = next((k for k, s in enumerate(low) if s.startswith("sigma") or "error" in s.split(" - ")[0]), None)
+    return flux, sigma, ids
+
+
+def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray, u.UnitBase, list[float]]:
+    """Wavelengths (apertures, pixels) of a multispec file from specutils' ``iraf`` loader."""
+    from specutils import SpectrumCollection
+
+    ltv, ltm = float(header.get("LTV1", 0.0) or 0.0), float(header.get("LTM1_1", 1.0) or 1.0)
+    if ltv != 0.0 or ltm != 1.0:
+        raise SpectrumFormatError(f"{path}: multispec image with a logical-to-physical pixel map (LTV1={ltv}, "
+                                  f"LTM1_1={ltm}) is not supported")
+    hdr = header.copy()
+    for key in list(hdr.keys()):
+        if re.fullmatch(r"(NAXIS3|CTYPE3|CD3_3|CDELT3|CRVAL3|CRPIX3|LTM3_3|WAT3_\d+)", key):
+            del hdr[key]
+    hdr["WCSDIM"] = 2
+    prim = fits.PrimaryHDU(data=flux2d.astype(np.float32), header=hdr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coll = SpectrumCollection.read(fits.HDUList([prim]), format="iraf")
+    axes = np.atleast_2d(coll.spectral_axis.value)
+    text = "".join(f"{str(header[k]):68s}" for k in sorted(k for k in header.keys() if re.fullmatch(r"WAT2_\d+", k)))
+    zs = []
+    for m in re.finditer(r'spec\d+\s*=\s*"([^"]*)"', text):
+        fields = m.group(1).split()
+        zs.append(float(fields[6]) if len(fields) > 6 else 0.0)
+    return axes, coll.spectral_axis.unit, zs
+
+
+@register_reader("iraf_multispec", identify=identify_iraf_multispec, extensions=(".fits", ".fits.gz", ".fit"),
+                 priority=-30)
+def read_iraf_multispec(path, **kwargs) -> list:
+    """IRAF equispec/multispec images: one spectrum per aperture/order, bands from BANDIDn."""
+    path = Path(path)
+    header, data, warn = primary_image(path, "IRAF spectrum")
+    cube = data.reshape((1,) * (3 - data.ndim) + data.shape) if data.ndim <= 3 else None
+    if cube is None:
+        raise SpectrumFormatError(f"{path}: IRAF image with {data.ndim} axes; expected at most 3 "
+                                  f"(pixels, apertures, bands)")
+    nbands, naps, npix = cube.shape
+    k_flux, k_sigma, band_ids = _band_roles(header, nbands)
+    multispec = iraf_wat(header, 0).get("system", "").lower() == "multispec" or str(
+        header.get("CTYPE1", "")).upper().startswith("MULTISPE")
+    stem = file_stem(path)
+    if multispec:
+        axes_raw, axis_unit, zs = _multispec_axes(path, header, cube[k_flux])
+        zs = list(zs) + [0.0] * (len(axes_raw) - len(zs))
+        axes = []
+        for a, z in zip(axes_raw, zs):
+            notes: dict = {}
+            wave = wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path), notes=notes)
+            wave, medium = to_vacuum(wave, header_medium(header))
+            axes.append(SpectralAxis(wave=wave, medium=medium, dopcor_z=z, notes=notes,
+                                     description="IRAF multispec (WAT2 specN), via specutils"))
+    else:
+        axes = [spectral_axis_from_header(header, npix, where=str(path))] * naps
+    if len(axes) != naps:
+        raise SpectrumFormatError(f"{path}: {len(axes)} dispersion solutions for {naps} apertures")
+    unit, raw_unit = flux_unit_from_header(header.get("BUNIT"))
+    out, errors = [], []
+    for ap in range(naps):
+        apnum = str(header.get(f"APNUM{ap + 1}", ap + 1)).split()[0]
+        sid = stem if naps == 1 else f"{stem}:{apnum}"
+        flux = cube[k_flux, ap]
+        ivar = uncertainty_to_ivar(cube[k_sigma, ap], "sigma") if k_sigma is not None else _placeholder_ivar(flux)
+        meta = base_meta(path, "iraf_multispec", survey_from_header(header), id=sid,
+                         object_id=_object_id(header, stem), medium=axes[ap].medium)
+        _finish_meta(meta, header, axes[ap], raw_unit, k_sigma is None, warn)
+        meta["aperture"] = apnum
+        if any(band_ids):
+            meta["iraf_bands"] = band_ids
+            meta["iraf_band_used"] = band_ids[k_flux]
+        try:
+            out.append(build_spectrum(axes[ap].wave, flux, ivar, flux_unit=unit, meta=meta, path=path))
+        except UnitsError:
+            raise
+        except InvalidSpectrumError as exc:
+            if naps == 1:
+                raise
+            errors.append(exc)
+    return finish_rows(out, errors)

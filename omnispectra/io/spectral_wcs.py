@@ -1,0 +1,245 @@
+"""The spectral axis of a FITS image from its header: linear, log-linear and IRAF conventions.
+
+One place decides what a header's axis keywords mean; the image readers
+(:mod:`omnispectra.io.fits_image`, :mod:`omnispectra.io.sixdfgs`, :mod:`omnispectra.io.sdss_spspec`)
+call :func:`spectral_axis_from_header` and get vacuum Angstrom or a typed error.
+
+Conventions handled (FITS WCS Paper III, Greisen et al. 2006, and IRAF ``onedspec``):
+
+* linear: ``w = CRVAL + CD (p - CRPIX)`` with ``CDi_i`` (or ``CDELTi``), ``CRPIXi`` (1 when absent,
+  the IRAF default), ``p`` the 1-based pixel;
+* log-linear in base 10: ``DC-FLAG = 1`` (IRAF), or ``CTYPE = 'WAVE-LOG'``/``'AWAV-LOG'`` whose
+  ``CRVAL`` is a log10 wavelength (< 10; the Paper III natural-log form ``w = CRVAL exp(CD (p -
+  CRPIX) / CRVAL)`` is used otherwise);
+* units: IRAF's ``WATi_001 ... units=...`` wins over ``CUNITi`` (IRAF ignores ``CUNIT``; the YFOSC
+  files carry a copied ``CUNIT1 = 'deg'``); without any unit, Angstrom is assumed when the values are
+  plausible Angstrom (``meta['wavelength_unit_assumed']``);
+* frequency (``FREQ``, Hz ...), energy (``ENER``, keV ...) and wavenumber axes are converted and then
+  must lie in the UV/optical/IR range :data:`~omnispectra.io._common.WAVELENGTH_LIMITS_AA`; velocity
+  axes (``VELO``, ``VRAD``, ``VOPT``, ``FELO``, km/s ...) are refused outright;
+* medium: ``CTYPE = 'AWAV'``, ``AIRORVAC = 'air'`` or ``VACUUM = F`` mean air (converted to vacuum,
+  ``medium = 'air->vacuum'``); ``CTYPE = 'WAVE'``, ``AIRORVAC = 'vac'`` or ``VACUUM = T`` mean vacuum;
+  otherwise the wavelengths are kept as they are and ``medium = 'unknown'``;
+* IRAF ``DOPCORnn = 'z flag'`` cards (``dopcor`` shifted the axis to another frame) are multiplied
+  into :attr:`SpectralAxis.dopcor_z`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+
+from ..exceptions import UnitsError
+from ._common import WAVELENGTH_LIMITS_AA, air_to_vacuum
+
+__all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom", "header_medium",
+           "iraf_wat", "parse_axis_unit"]
+
+_VELOCITY_CTYPES = ("VELO", "VRAD", "VOPT", "ZOPT", "BETA", "FELO", "VELOCITY")
+_NON_WAVELENGTH_CTYPES = ("FREQ", "ENER", "WAVN", "VRAD", "VOPT", "ZOPT", "VELO", "BETA", "FELO")
+_WAVELENGTH_CTYPES = ("WAVE", "AWAV", "LINEAR", "LAMBDA", "WAVELENGTH", "")
+_UNIT_ALIASES = {"angstroms": "Angstrom", "angstrom": "Angstrom", "ang": "Angstrom", "a": "Angstrom",
+                 "aa": "Angstrom", "microns": "micron", "microns.": "micron", "um": "micron",
+                 "nanometers": "nm", "nanometer": "nm", "meters": "m", "metres": "m"}
+
+
+@dataclass
+class SpectralAxis:
+    """A spectral axis converted to vacuum Angstrom, with what was found on the way.
+
+    Attributes
+    ----------
+    wave : numpy.ndarray
+        Vacuum Angstrom when ``medium`` is ``'vacuum'``/``'air->vacuum'``; as written (Angstrom)
+        when ``'unknown'``.
+    medium : str
+    description : str
+        The keywords that defined it, e.g. ``"CTYPE1='LINEAR' DC-FLAG=1 (log10), units=angstroms"``.
+    dopcor_z : float
+        Product of IRAF ``DOPCOR`` shifts already applied to the axis (0 when none).
+    notes : dict
+        Extra meta entries (``wavelength_unit_assumed`` ...).
+    """
+
+    wave: np.ndarray
+    medium: str
+    description: str
+    dopcor_z: float = 0.0
+    notes: dict = field(default_factory=dict)
+
+
+def iraf_wat(header, axis: int) -> dict[str, str]:
+    """``key=value`` pairs of IRAF's ``WAT<axis>_nnn`` cards (``spec`` entries not parsed)."""
+    text = "".join(f"{str(header[k]):68s}" for k in sorted(k for k in header.keys()
+                                                             if re.fullmatch(f"WAT{axis}_\\d+", k)))
+    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"(\w+)=(\"[^\"]*\"|\S+)", text)}
+
+
+def parse_axis_unit(text: Any) -> u.UnitBase | None:
+    """A spectral-axis unit from a header string (``'angstroms'``, ``'Angstroms'``, ``'um'``,
+    ``'km/s'``, ``'GHz'`` ...); None when absent or not a unit."""
+    if text is None:
+        return None
+    s = str(text).strip().strip('"').strip()
+    if not s:
+        return None
+    s = _UNIT_ALIASES.get(s.lower(), s)
+    for cand in (s, s.rstrip("s")):
+        try:
+            unit = u.Unit(cand, parse_strict="raise")
+        except (ValueError, TypeError):
+            continue
+        if not isinstance(unit, u.UnrecognizedUnit):
+            return unit
+    return None
+
+
+def header_medium(header, ctype: str = "") -> str:
+    """``'air'``, ``'vacuum'`` or ``'unknown'`` as the header states it."""
+    ctype = ctype.upper()
+    if ctype.startswith("AWAV"):
+        return "air"
+    if ctype.startswith("WAVE"):
+        return "vacuum"
+    airorvac = str(header.get("AIRORVAC", header.get("AIRVAC", ""))).strip().lower()
+    if airorvac.startswith("air"):
+        return "air"
+    if airorvac.startswith("vac"):
+        return "vacuum"
+    if "VACUUM" in header:
+        vac = header["VACUUM"]
+        if vac is True or str(vac).strip().upper() in ("T", "TRUE", "1", "VACUUM"):
+            return "vacuum"
+        if vac is False or str(vac).strip().upper() in ("F", "FALSE", "0", "AIR"):
+            return "air"
+    return "unknown"
+
+
+def to_vacuum(wave: np.ndarray, medium: str) -> tuple[np.ndarray, str]:
+    """``(wave, medium)`` with air wavelengths converted: ``'air'`` -> ``'air->vacuum'``."""
+    if medium == "air":
+        return air_to_vacuum(wave), "air->vacuum"
+    return wave, medium
+
+
+def _dopcor_z(header) -> float:
+    factor = 1.0
+    for key in header.keys():
+        if re.fullmatch(r"DOPCOR\d*", key):
+            try:
+                factor *= 1.0 + float(str(header[key]).split()[0])
+            except (ValueError, IndexError):
+                continue
+    return factor - 1.0
+
+
+def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what: str, where: str,
+                            notes: dict | None = None) -> np.ndarray:
+    """Spectral coordinates -> Angstrom, refusing anything that is not a UV/optical/IR wavelength.
+
+    ``unit=None`` (nothing in the file says): Angstrom when the values lie in the UV/optical/IR
+    range, micron when they lie in 0.08-30 (recorded in ``notes['wavelength_unit_assumed']``),
+    else :class:`UnitsError`.  Velocity units are always refused; frequency/energy/wavenumber
+    units are converted with :func:`astropy.units.spectral` and then range-checked.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = WAVELENGTH_LIMITS_AA
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
+    if unit is None:
+        if lo <= vmin and vmax <= hi:
+            unit, assumed = u.AA, "Angstrom"
+        elif 0.08 <= vmin and vmax <= 30.0:
+            unit, assumed = u.micron, "micron"
+        else:
+            raise UnitsError(
+                f"{where}: {what} has no unit and its values {vmin:.6g}-{vmax:.6g} are neither "
+                f"Angstrom ({lo:g}-{hi:g}) nor micron (0.08-30); refusing to guess")
+        if notes is not None:
+            notes["wavelength_unit_assumed"] = assumed
+    unit = u.Unit(unit)
+    if unit.physical_type == "speed" or unit.physical_type == "velocity":
+        raise UnitsError(f"{where}: {what} is a velocity axis in {unit} ({vmin:.6g}-{vmax:.6g}), not a "
+                         f"UV/optical/IR wavelength axis (e.g. a radio line spectrum); refused")
+    if unit in (u.pix, u.dimensionless_unscaled) or unit.physical_type == "dimensionless":
+        raise UnitsError(f"{where}: {what} is in {unit.to_string() or 'dimensionless'} units "
+                         f"({vmin:.6g}-{vmax:.6g}), not a wavelength; refused")
+    try:
+        wave = (values * unit).to_value(u.AA, equivalencies=u.spectral())
+    except u.UnitConversionError as exc:
+        raise UnitsError(f"{where}: {what} is in {unit} ({vmin:.6g}-{vmax:.6g}), which is not a spectral "
+                         f"unit") from exc
+    with np.errstate(invalid="ignore"):
+        wmin, wmax = float(np.nanmin(wave)), float(np.nanmax(wave))
+    if not (lo <= wmin and wmax <= hi):
+        kind = unit.physical_type
+        hint = " (log10 wavelengths without DC-FLAG = 1?)" if unit == u.AA and 2.0 < vmin and vmax < 6.0 else ""
+        raise UnitsError(
+            f"{where}: {what} ({kind} axis in {unit}: {vmin:.6g}-{vmax:.6g}) corresponds to "
+            f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom{hint}; refused")
+    return wave
+
+
+def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 1) -> SpectralAxis:
+    """The spectral axis along image axis ``axis`` of ``header``, in Angstrom (vacuum when known).
+
+    Raises
+    ------
+    UnitsError
+        No spectral WCS (the pixel index is never used as a wavelength), a velocity axis, or an
+        axis outside the UV/optical/IR range (radio frequencies, X-ray energies ...).
+    """
+    ctype = str(header.get(f"CTYPE{axis}", "")).strip().upper()
+    base = ctype.split("-")[0]
+    wat = iraf_wat(header, axis)
+    notes: dict = {}
+    if base.startswith(_VELOCITY_CTYPES):
+        raise UnitsError(f"{where}: the spectral axis is a velocity (CTYPE{axis}={ctype!r}, "
+                         f"CUNIT{axis}={header.get(f'CUNIT{axis}', '')!r}), not a UV/optical/IR "
+                         f"wavelength axis (e.g. a radio line spectrum); refused")
+    if base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES and not base.startswith("MULTISPE"):
+        raise UnitsError(f"{where}: axis {axis} is CTYPE{axis}={ctype!r}, not a spectral axis; refused")
+    crval = header.get(f"CRVAL{axis}")
+    step = header.get(f"CD{axis}_{axis}", header.get(f"CDELT{axis}"))
+    if crval is None or step is None:
+        raise UnitsError(
+            f"{where}: no spectral WCS along axis {axis} (CRVAL{axis}/CDELT{axis} or CD{axis}_{axis} "
+            f"missing; CTYPE{axis}={ctype!r}); refusing to use the pixel index as the wavelength")
+    crval, step = float(crval), float(step)
+    crpix = float(header.get(f"CRPIX{axis}", 1.0))
+    lin = crval + step * (np.arange(1, n_pixels + 1, dtype=np.float64) - crpix)
+    unit_text = wat.get("units") or header.get(f"CUNIT{axis}")
+    unit = parse_axis_unit(unit_text)
+    if unit is None and unit_text not in (None, ""):
+        raise UnitsError(f"{where}: spectral axis unit {unit_text!r} is not a unit astropy knows; refused")
+    if unit is not None and unit.physical_type == "angle" and not wat.get("units"):
+        raise UnitsError(f"{where}: CUNIT{axis} = {unit_text!r} is an angle, not a spectral unit; refused")
+    dc_flag = int(header.get("DC-FLAG", 0) or 0) if axis == 1 else 0
+    desc = f"CTYPE{axis}={ctype!r}"
+    if dc_flag == 1:
+        values, desc = 10.0 ** lin, desc + " DC-FLAG=1 (log10)"
+    elif ctype.endswith("-LOG"):
+        if crval < 10.0:
+            values, desc = 10.0 ** lin, desc + f" with CRVAL{axis}={crval:g} (log10 wavelength)"
+        else:
+            values = crval * np.exp(step * (np.arange(1, n_pixels + 1) - crpix) / crval)
+            desc += " (Paper III natural log)"
+    elif dc_flag not in (0, -1):
+        raise UnitsError(f"{where}: DC-FLAG = {dc_flag} (non-linear IRAF dispersion) without a multispec "
+                         f"WAT description; refused")
+    else:
+        values = lin
+    if unit is None and base in ("FREQ",):
+        unit = u.Hz
+    elif unit is None and base == "ENER":
+        unit = u.J
+    elif unit is None and base == "WAVN":
+        unit = 1 / u.m
+    desc += f", unit {unit_text!r}" if unit_text else ", no unit"
+    wave = wavelengths_to_angstrom(values, unit, what=f"the spectral axis ({desc})", where=where, notes=notes)
+    wave, medium = to_vacuum(wave, header_medium(header, ctype))
+    return SpectralAxis(wave=wave, medium=medium, description=desc, dopcor_z=_dopcor_z(header), notes=notes)
