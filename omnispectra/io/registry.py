@@ -133,9 +133,7 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot be opened ({exc})") from exc
     probe = FileProbe(path=path, kind=kind)
-    if kind == "fits" and _probe_fits_fast(probe):
-        pass
-    elif kind == "fits":
+    if kind == "fits" and not _probe_fits_fast(probe):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -169,7 +167,7 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
     astropy's HDU objects (and a deep copy of every header) took ~50 ms per SDSS file;
     this walk reads the raw headers once; an HDU's :class:`~astropy.io.fits.Header` is
     built only when an identifier asks for it.  Anything unusual (a truncated or non-standard
-    file, random groups) returns False and the astropy path decides.
+    file, random groups, tile-compressed images) returns False and the astropy path decides.
     """
     from .fastfits import read_all_headers
 
@@ -177,14 +175,15 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
         found = read_all_headers(probe.path)
     except Exception:
         return False
+    hdus = []
     for i, (cards, raw) in enumerate(found):
         if cards.get("GROUPS") is True:
             return False
         xt = str(cards.get("XTENSION", "")).strip().upper()
+        if xt == "BINTABLE" and cards.get("ZIMAGE") is True:
+            return False  # tile-compressed image: astropy presents its image header
         if i == 0:
             kind = "primary"
-        elif xt == "BINTABLE" and cards.get("ZIMAGE") is True:
-            kind = "compimage"
         else:
             kind = {"IMAGE": "image", "BINTABLE": "bintable", "TABLE": "table"}.get(xt, "other")
         name = str(cards.get("EXTNAME", "") or "").strip().upper()
@@ -196,12 +195,11 @@ def _probe_fits_fast(probe: FileProbe) -> bool:
             columns = tuple(str(cards.get(f"TTYPE{k}", "") or "").strip().upper() for k in range(1, n + 1))
             shape: tuple[int, ...] = (int(cards.get("NAXIS2", 0) or 0),)
         else:
-            key = "ZNAXIS" if kind == "compimage" else "NAXIS"
-            naxis = int(cards.get(key, 0) or 0)
-            shape = tuple(int(cards.get(f"{key}{k}", 0) or 0) for k in range(naxis, 0, -1))
-        probe.hdus.append(HDUSummary(index=i, name=name, kind=kind, raw_header=raw, columns=columns,
-                                     shape=shape))
-    return bool(probe.hdus)
+            naxis = int(cards.get("NAXIS", 0) or 0)
+            shape = tuple(int(cards.get(f"NAXIS{k}", 0) or 0) for k in range(naxis, 0, -1))
+        hdus.append(HDUSummary(index=i, name=name, kind=kind, raw_header=raw, columns=columns, shape=shape))
+    probe.hdus = hdus
+    return bool(hdus)
 
 
 def _summarise(i: int, hdu) -> HDUSummary:

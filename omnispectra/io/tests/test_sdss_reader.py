@@ -107,3 +107,33 @@ def test_real_sdss_fast_equals_astropy(data_dir):
         ref = read_sdss(path, fast=False)[0]
         assert np.array_equal(fast.flux.value, ref.flux.value) and fast.meta == ref.meta, path
         assert np.array_equal(fast.mask, ref.mask) and np.array_equal(fast.uncertainty.array, ref.uncertainty.array)
+
+
+def _probe_summary(probe):
+    return [(h.index, h.name, h.kind, h.columns, h.shape, h.header.get("EXTNAME"), h.header.get("BITPIX"))
+            for h in probe.hdus]
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".fits.gz"], ids=["plain", "gzip"])
+def test_fast_probe_matches_astropy_probe(tmp_path, suffix):
+    from unittest import mock
+
+    from omnispectra.io import registry
+
+    image = fits.ImageHDU(np.ones((3, 40), np.float32), name="FLUX")
+    comp = fits.CompImageHDU(np.ones((8, 8), np.float32), name="COMP")
+    table = fits.BinTableHDU.from_columns([fits.Column("WAVE", "D", array=np.arange(5.0)),
+                                           fits.Column("Flux", "3E", array=np.ones((5, 3)))])
+    path = tmp_path / f"mixed{suffix}"
+    fits.HDUList([fits.PrimaryHDU(np.arange(10.0)), image, table, comp]).writeto(path)
+    fast = oio.probe_file(path)
+    with mock.patch.object(registry, "_probe_fits_fast", return_value=False):
+        slow = oio.probe_file(path)
+    assert _probe_summary(fast) == _probe_summary(slow)
+    assert [h.kind for h in fast.hdus] == ["primary", "image", "bintable", "compimage"]
+    plain = tmp_path / f"plain{suffix}"  # without the compressed HDU the fast walk answers itself
+    fits.HDUList([fits.PrimaryHDU(np.arange(10.0)), image, table]).writeto(plain)
+    assert registry._probe_fits_fast(registry.FileProbe(path=plain, kind="fits"))
+    fast = oio.probe_file(plain)
+    with mock.patch.object(registry, "_probe_fits_fast", return_value=False):
+        assert _probe_summary(fast) == _probe_summary(oio.probe_file(plain))
