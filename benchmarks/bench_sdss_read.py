@@ -12,9 +12,12 @@ alternating readers file by file, and reports files/s (per file the best round) 
   ``omnispectra.io.read`` cost before);
 * ``specutils SDSS-III/IV spec``: ``Spectrum.read(f, format='SDSS-III/IV spec')``.
 
+With ``--embed`` it also times ``omnispectra.embed`` (bundled model, float32, one thread)
+on the same files end to end against embedding the already-read spectra (model only).
+
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_sdss_read.py [--data-dir DIR] [--n 64] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/bench_sdss_read.py [--data-dir DIR] [--n 64] [--repeats 3] [--embed]
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--embed", action="store_true", help="also time files -> embeddings")
     args = parser.parse_args(argv)
     root = Path(args.data_dir) if args.data_dir else data_dir()
     files = sorted((root / "sdss").rglob("spec-*.fits"))
@@ -103,6 +107,30 @@ def main(argv=None) -> None:
     for name, per_file in best.items():
         wall = sum(per_file)
         print(f"  {name:30s} {len(files) / wall:7.1f} files/s  ({wall / len(files) * 1e3:6.1f} ms/file)")
+    if args.embed:
+        embed_end_to_end(files, args.repeats)
+
+
+def embed_end_to_end(files, repeats: int) -> None:
+    """files -> embeddings against model-only on the already-read spectra, alternating."""
+    import torch
+
+    from omnispectra import api
+    from omnispectra.pretrained import load_model
+
+    torch.set_num_threads(1)
+    spectra = [oio.read(f)[0] for f in files]
+    model = load_model("default")
+    api.embed(spectra[:4], model=model, dtype="float32")
+    runs = {"model only (read spectra)": spectra, "files -> embeddings": [str(f) for f in files]}
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, inputs in runs.items():
+            t0 = time.perf_counter()
+            api.embed(inputs, model=model, dtype="float32")
+            best[name] = min(best[name], time.perf_counter() - t0)
+    for name, wall in best.items():
+        print(f"  embed: {name:26s} {len(files) / wall:7.1f} spectra/s")
 
 
 if __name__ == "__main__":
