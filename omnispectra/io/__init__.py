@@ -15,7 +15,10 @@ Each spectrum is 1-D, one per object/row of the file, with
   reversed; a non-monotonic one raises :class:`InvalidSpectrumError`).  Air wavelengths
   (MILES, X-shooter XSL, LEGA-C, LAMOST files whose ``VACUUM = F``) are converted with
   :func:`specutils.utils.wcs_utils.air_to_vac` (Morton 2000) and ``meta['medium'] =
-  'air->vacuum'``; otherwise ``meta['medium'] = 'vacuum'``.
+  'air->vacuum'``; ``meta['medium'] = 'vacuum'`` when the file or its survey's convention
+  says vacuum, and ``'unknown'`` (wavelengths unchanged) when nothing says (generic
+  tables, MMU VIPERS).  Unit-less wavelengths are taken as Angstrom only when plausible
+  (``meta['wave_unit_assumed']``, :mod:`omnispectra.io.tables`), else refused.
 * ``flux``: a Quantity in the file's unit when known (``1e-17 erg / (s cm2 Angstrom)``
   for SDSS/BOSS/DESI/apStar/MaNGA, ``erg / (s cm2 Angstrom)`` for XSL, ``1e-19 ...`` for
   LEGA-C), ``dimensionless`` when the file has none (APOGEE aspcapStar normalised flux,
@@ -26,7 +29,8 @@ Each spectrum is 1-D, one per object/row of the file, with
   without errors (MILES) get ivar = 1 for finite flux and
   ``meta['ivar_is_placeholder'] = True``.
 * ``mask``: boolean, True = bad: ivar <= 0, non-finite flux, plus the survey's bad
-  bits (SDSS ``and_mask != 0``; DESI ``MASK != 0``; APOGEE pixel-mask bits 0-7,14 and chip
+  bits (SDSS: the SPPIXMASK bits that mean bad, :data:`omnispectra.io.sdss.BAD_PIXEL_BITS`,
+  not the informational ones such as BADFLAT; DESI ``MASK != 0``; APOGEE pixel-mask bits 0-7,14 and chip
   gaps; LAMOST ``andmask != 0``; MaNGA ``MASK != 0``; ESO ``QUAL != 0``).
 * ``meta`` (a dict) with at least:
 
@@ -67,14 +71,21 @@ Formats
 -------
 ``sdss`` (SDSS/BOSS/eBOSS/SEGUE spec files), ``desi`` (coadd/spectra), ``desi_stack``,
 ``apogee_aspcapstar``, ``apogee_apstar``, ``lamost_lrs``, ``lamost_mrs``, ``miles``,
-``xshooter_xsl``, ``manga``, ``eso_phase3`` (LEGA-C, VIMOS/VIPERS-style tables), ``mmu``
-(Multimodal Universe HDF5), ``specutils`` (anything specutils reads; tried last).  See
-:func:`list_formats`.  FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
+``xshooter_xsl``, ``manga``, ``eso_phase3`` (LEGA-C, VIMOS/VIPERS-style and other FITS
+WAVE/FLUX/ERR tables, PyHammer templates), ``mmu`` (Multimodal Universe HDF5, incl.
+VIPERS), ``deimos`` (Keck/DEIMOS spec1d), ``uves_popler``, ``x1d`` (JWST/HST extracted
+spectra, one per order), ``ascii_table`` (CSV/ECSV/text tables named explicitly),
+``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.  FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
 ``iraf_multispec``, ``fits_image`` and ``fits_image_rows`` (:mod:`omnispectra.io.fits_image`), whose
 axes come from :mod:`omnispectra.io.spectral_wcs`; they say ``medium = 'unknown'`` (wavelengths
 kept as written) when nothing in the file says air or vacuum.  No reader ever uses the pixel index
 as the wavelength, and axes outside 100 A - 100 um (radio, X-ray, velocity) are refused
 (:class:`~omnispectra.exceptions.UnitsError`, checked in :func:`build_spectrum`).
+
+Every format is also a specutils format (``Spectrum.read(path, format="omnispectra-lamost")``,
+``omnispectra-miles``, ``omnispectra-xshooter``, ``omnispectra-legac`` ...;
+:mod:`omnispectra.io.specutils_registry`); those never take part in specutils'
+auto-identification.
 
 Iterating over many files
 -------------------------
@@ -91,10 +102,14 @@ from .registry import (FileProbe, ReaderInfo, ReadFailure, SpectrumIterator, Spe
 
 # Importing the reader modules registers them.
 from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: E402,F401
+from . import tables, x1d, deimos, uves_popler  # noqa: E402,F401
 from . import sixdfgs, sdss_spspec  # noqa: E402,F401
 from . import fits_image  # noqa: E402,F401  (generic image layouts, before the specutils fallback)
 from . import specutils_fallback  # noqa: E402,F401
 from .mmu import iter_mmu, read_mmu  # noqa: E402
+from .specutils_registry import register_with_specutils  # noqa: E402
+
+register_with_specutils()  # Spectrum.read(path, format="omnispectra-lamost") etc.; never auto-identified
 
 __all__ = [
     "read",
@@ -106,6 +121,7 @@ __all__ = [
     "get_reader",
     "probe_file",
     "read_mmu",
+    "register_with_specutils",
     "iter_mmu",
     "air_to_vacuum",
     "err_to_ivar",

@@ -47,9 +47,17 @@ class HDUSummary:
     index: int
     name: str
     kind: str  # 'primary', 'image', 'compimage', 'bintable', 'table', 'other'
-    header: fits.Header
+    raw_header: fits.Header | bytes  # bytes from the fast probe: parsed on first use of .header
     columns: tuple[str, ...] = ()  # upper-case column names of tables
     shape: tuple[int, ...] = ()
+
+    @property
+    def header(self) -> fits.Header:
+        if not isinstance(self.raw_header, fits.Header):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.raw_header = fits.Header.fromstring(self.raw_header.decode("ascii", errors="replace"))
+        return self.raw_header
 
 
 @dataclass
@@ -124,7 +132,7 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
     except OSError as exc:
         raise SpectrumFormatError(f"{path}: cannot be opened ({exc})") from exc
     probe = FileProbe(path=path, kind=kind)
-    if kind == "fits":
+    if kind == "fits" and not _probe_fits_fast(probe):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -150,6 +158,47 @@ def probe_file(path: str | os.PathLike) -> FileProbe:
         except Exception as exc:
             raise SpectrumFormatError(f"{path}: corrupt HDF5 file ({type(exc).__name__}: {exc})") from exc
     return probe
+
+
+def _probe_fits_fast(probe: FileProbe) -> bool:
+    """Fill ``probe.hdus`` by walking the raw headers (:mod:`.fastfits`); False to use astropy.
+
+    astropy's HDU objects (and a deep copy of every header) took ~50 ms per SDSS file;
+    this walk reads the raw headers once; an HDU's :class:`~astropy.io.fits.Header` is
+    built only when an identifier asks for it.  Anything unusual (a truncated or non-standard
+    file, random groups, tile-compressed images) returns False and the astropy path decides.
+    """
+    from .fastfits import read_all_headers
+
+    try:
+        found = read_all_headers(probe.path)
+    except Exception:
+        return False
+    hdus = []
+    for i, (cards, raw) in enumerate(found):
+        if cards.get("GROUPS") is True:
+            return False
+        xt = str(cards.get("XTENSION", "")).strip().upper()
+        if xt == "BINTABLE" and cards.get("ZIMAGE") is True:
+            return False  # tile-compressed image: astropy presents its image header
+        if i == 0:
+            kind = "primary"
+        else:
+            kind = {"IMAGE": "image", "BINTABLE": "bintable", "TABLE": "table"}.get(xt, "other")
+        name = str(cards.get("EXTNAME", "") or "").strip().upper()
+        if i == 0 and not name:
+            name = "PRIMARY"
+        columns: tuple[str, ...] = ()
+        if kind in ("bintable", "table"):
+            n = int(cards.get("TFIELDS", 0) or 0)
+            columns = tuple(str(cards.get(f"TTYPE{k}", "") or "").strip().upper() for k in range(1, n + 1))
+            shape: tuple[int, ...] = (int(cards.get("NAXIS2", 0) or 0),)
+        else:
+            naxis = int(cards.get("NAXIS", 0) or 0)
+            shape = tuple(int(cards.get(f"NAXIS{k}", 0) or 0) for k in range(naxis, 0, -1))
+        hdus.append(HDUSummary(index=i, name=name, kind=kind, raw_header=raw, columns=columns, shape=shape))
+    probe.hdus = hdus
+    return bool(hdus)
 
 
 def _summarise(i: int, hdu) -> HDUSummary:
@@ -181,7 +230,7 @@ def _summarise(i: int, hdu) -> HDUSummary:
             naxis = int(header.get("NAXIS", 0))
             key = "NAXIS"
         shape = tuple(int(header.get(f"{key}{k}", 0)) for k in range(naxis, 0, -1))
-    return HDUSummary(index=i, name=name, kind=kind, header=header, columns=columns, shape=shape)
+    return HDUSummary(index=i, name=name, kind=kind, raw_header=header, columns=columns, shape=shape)
 
 
 @dataclass(frozen=True)

@@ -8,27 +8,69 @@ Data model: https://data.sdss.org/datamodel/files/BOSS_SPECTRO_REDUX/RUN2D/spect
   ``Z_ERR``, ``ZWARNING``, ``ELODIE_TEFF/LOGG/FEH``, ``SURVEY``/``PROGRAMNAME``, ids.
   Optional: without it the spectrum is read without labels.
 
-Mask: ``and_mask != 0`` or ``ivar <= 0``.  ``object_id``: the photometric object id
+Mask (True = bad): ``ivar <= 0`` or an ``and_mask`` bit that means the pixel is bad.
+The SPPIXMASK bits (https://www.sdss4.org/dr17/algorithms/bitmasks/#SPPIXMASK) are split
+into
+
+* bad (:data:`BAD_PIXEL_BITS`): NOPLUG, BADTRACE, BADARC, MANYBADCOLUMNS, MANYREJECTED,
+  FULLREJECT, NOSKY, BRIGHTSKY, NODATA, COMBINEREJ, BADFLUXFACTOR, BADSKYCHI, REDMONSTER
+  (no or unusable data, or sky-subtraction residuals that the ivar does not describe);
+* informational, ignored: BADFLAT, LARGESHIFT, BADSKYFIBER, NEARWHOPPER, WHOPPER,
+  SMEARIMAGE, SMEARHIGHSN, SMEARMEDSN, NEARBADPIXEL, LOWFLAT, PARTIALREJECT,
+  SCATTEREDLIGHT, CROSSTALK.  These are set on whole fibres (a bright quasar can carry
+  BADFLAT at every pixel) while its ivar is valid; Redrock fits such spectra with the
+  ivar alone, and so do we.
+
+``object_id``: the photometric object id
 (``BESTOBJID`` in SDSS-I/II SpecObj rows, ``OBJID`` in BOSS spAll rows -- the same
 19-digit number for the same object in both eras) as ``sdss:<objid>``; else
 ``THING_ID`` (> 0) as ``sdss_thing:<id>``; else RA/Dec rounded to 1 arcsec.
 ELODIE stellar parameters (best-matching ELODIE template, for CLASS=STAR only) are
 stored as ``teff``/``logg``/``fe_h`` when non-zero.
+
+Reading speed: only HDUs 0-2 are touched and only the COADD columns and SPECOBJ/SPALL
+fields used here are read (:mod:`omnispectra.io.fastfits`); astropy's table machinery,
+which builds an object per column of the ~230-column SPALL row, is used only for
+layouts the fast path does not handle (then the result is the same).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 
+from ..exceptions import OmniSpectraError, SpectrumFormatError
 from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, open_fits, parse_unit,
                       put_class, put_label, put_text, radec_object_id)
+from .fastfits import UnsupportedTable, read_hdu_headers, read_table_columns
 from .registry import FileProbe, register_reader
 
-__all__ = ["read_sdss", "identify_sdss"]
+__all__ = ["read_sdss", "identify_sdss", "load_sdss_arrays", "bad_pixels", "put_elodie",
+           "SPPIXMASK_BITS", "BAD_PIXEL_BITS", "BAD_PIXEL_MASK"]
 
 _COADD_COLS = {"LOGLAM", "FLUX", "IVAR"}
+_COADD_READ = ("LOGLAM", "FLUX", "IVAR", "AND_MASK")
+_SPECOBJ_READ = ("SURVEY", "PROGRAMNAME", "MJD", "PLATE", "FIBERID", "RUN2D", "BESTOBJID", "OBJID",
+                 "THING_ID", "PLUG_RA", "PLUG_DEC", "CLASS", "SUBCLASS", "Z", "Z_ERR", "ZWARNING",
+                 "ELODIE_TEFF", "ELODIE_LOGG", "ELODIE_FEH", "SN_MEDIAN_ALL")
+_PRIMARY_READ = ("BUNIT", "PLATEID", "MJD", "FIBERID", "RUN2D", "PLUG_RA", "PLUG_DEC", "RA", "DEC",
+                 "THING_ID")
+
+#: SDSS SPPIXMASK bit number -> name (https://www.sdss4.org/dr17/algorithms/bitmasks/#SPPIXMASK).
+SPPIXMASK_BITS = {0: "NOPLUG", 1: "BADTRACE", 2: "BADFLAT", 3: "BADARC", 4: "MANYBADCOLUMNS",
+                  5: "MANYREJECTED", 6: "LARGESHIFT", 7: "BADSKYFIBER", 8: "NEARWHOPPER", 9: "WHOPPER",
+                  10: "SMEARIMAGE", 11: "SMEARHIGHSN", 12: "SMEARMEDSN", 16: "NEARBADPIXEL",
+                  17: "LOWFLAT", 18: "FULLREJECT", 19: "PARTIALREJECT", 20: "SCATTEREDLIGHT",
+                  21: "CROSSTALK", 22: "NOSKY", 23: "BRIGHTSKY", 24: "NODATA", 25: "COMBINEREJ",
+                  26: "BADFLUXFACTOR", 27: "BADSKYCHI", 28: "REDMONSTER"}
+#: The SPPIXMASK bits that make a pixel bad (the others are informational).
+BAD_PIXEL_BITS = ("NOPLUG", "BADTRACE", "BADARC", "MANYBADCOLUMNS", "MANYREJECTED", "FULLREJECT",
+                  "NOSKY", "BRIGHTSKY", "NODATA", "COMBINEREJ", "BADFLUXFACTOR", "BADSKYCHI",
+                  "REDMONSTER")
+BAD_PIXEL_MASK = sum(1 << bit for bit, name in SPPIXMASK_BITS.items() if name in BAD_PIXEL_BITS)
 _EBOSS_START_MJD = 56898  # first eBOSS (SDSS-IV) night
 _BOSS_START_MJD = 55000
 
@@ -44,20 +86,20 @@ def identify_sdss(probe: FileProbe) -> bool:
         "AND_MASK" in h1.columns or "SDSS" in tel)
 
 
-def _col(table, name):
-    for c in table.columns.names:
-        if c.upper() == name.upper():
-            return table[c]
-    return None
+def put_elodie(meta: dict, teff, logg, feh) -> None:
+    """Store the ELODIE template parameters as ``teff``/``logg``/``fe_h`` when valid.
 
-
-def _row_value(row_table, name):
-    if row_table is None:
-        return None
-    v = _col(row_table, name)
-    if v is None or len(v) == 0:
-        return None
-    return v[0]
+    SDSS writes 0 (not a sentinel) for spectra without an ELODIE match, so a
+    non-positive or non-finite Teff means "none"; logg/[Fe/H] are kept only with a valid Teff.
+    """
+    probe: dict = {}
+    put_label(probe, "teff", teff, valid=lambda v: v > 0)
+    if "teff" not in probe:
+        return
+    meta["teff"] = probe["teff"]
+    put_label(meta, "logg", logg)
+    put_label(meta, "fe_h", feh)
+    meta["stellar_label_source"] = "ELODIE template match"
 
 
 def _survey(spec_row, header) -> str:
@@ -109,30 +151,96 @@ def _object_id(spec_row, header) -> str | None:
     return radec_object_id(ra, dec)
 
 
-@register_reader("sdss", identify=identify_sdss, extensions=(".fits", ".fits.gz"), priority=60)
-def read_sdss(path, **kwargs) -> list:
-    """SDSS/BOSS/eBOSS/SEGUE spec-PLATE-MJD-FIBER files (COADD + SPECOBJ/SPALL)."""
-    path = Path(path)
+def bad_pixels(and_mask: np.ndarray | None, ivar: np.ndarray) -> np.ndarray:
+    """True where a pixel is bad: ``ivar <= 0`` or an ``and_mask`` bit of :data:`BAD_PIXEL_BITS`."""
+    bad = ~(np.asarray(ivar) > 0)
+    if and_mask is not None:
+        bad |= (np.asarray(and_mask).astype(np.int64) & BAD_PIXEL_MASK) != 0
+    return bad
+
+
+def _load_fast(path: Path):
+    """(primary cards, coadd columns, first SPECOBJ/SPALL row or None) via :mod:`fastfits`."""
+    hdus, fh = read_hdu_headers(path, upto=2)
+    with fh:
+        if len(hdus) < 2 or hdus[1].name not in ("COADD", ""):
+            raise UnsupportedTable(f"{path}: HDU 1 is not the COADD table")
+        coadd = read_table_columns(path, hdus[1], fh, list(_COADD_READ))
+        missing = [c for c in ("loglam", "flux", "ivar") if c.upper() not in coadd]
+        if missing:
+            raise SpectrumFormatError(f"{path}: table HDU 1 (COADD spectrum table) lacks column(s) "
+                                      f"{missing}; it has {hdus[1].columns}")
+        row = None
+        if len(hdus) > 2:
+            if "CLASS" not in [c.upper() for c in hdus[2].columns]:
+                raise UnsupportedTable(f"{path}: HDU 2 has no CLASS column")
+            cols = read_table_columns(path, hdus[2], fh, list(_SPECOBJ_READ), rows=1)
+            row = {k: v[0] for k, v in cols.items() if len(v)}
+    return hdus[0].cards, coadd, row, []
+
+
+def _load_astropy(path: Path):
+    """The same as :func:`_load_fast` through astropy (any layout astropy reads)."""
     with open_fits(path) as ff:
         coadd_key = "COADD" if ff.has("COADD") else 1
-        coadd = ff.table(coadd_key, ("loglam", "flux", "ivar"), what="COADD spectrum table")
-        loglam = np.asarray(_col(coadd, "loglam"), dtype=np.float64)
-        flux = np.asarray(_col(coadd, "flux"), dtype=np.float64)
-        ivar = np.asarray(_col(coadd, "ivar"), dtype=np.float64)
-        and_mask = _col(coadd, "and_mask")
-        bad = np.zeros(flux.shape, bool) if and_mask is None else np.asarray(and_mask) != 0
-        header = ff.header(0).copy()
-        spec_row = None
+        table = ff.table(coadd_key, ("loglam", "flux", "ivar"), what="COADD spectrum table")
+        coadd = {c.upper(): np.array(table[c]) for c in table.columns.names if c.upper() in _COADD_READ}
+        row = None
         for key in ("SPECOBJ", "SPALL", 2):
             if ff.has(key):
                 h = ff.hdu(key)
                 if getattr(h, "columns", None) is not None and "CLASS" in [c.upper() for c in h.columns.names]:
-                    spec_row = h.data[:1]
+                    data = h.data[:1]
+                    row = {c.upper(): data[c][0] for c in data.columns.names
+                           if c.upper() in _SPECOBJ_READ and len(data)}
                     break
-        spec_row = None if spec_row is None else spec_row.copy()
+        header = ff.header(0)
+        cards = {k: header[k] for k in _PRIMARY_READ if k in header}
         warn = list(ff.warnings)
+    return cards, coadd, row, warn
 
-    unit = parse_unit(header.get("BUNIT")) or FLUX_1E17
+
+def load_sdss_arrays(path, fast: bool = True):
+    """Raw content of an SDSS spec file used by :func:`read_sdss`.
+
+    Returns ``(primary, coadd, row, warnings)``: primary-header values (dict),
+    upper-case COADD columns (LOGLAM, FLUX, IVAR, AND_MASK), the first SPECOBJ/SPALL row
+    as a dict of the fields the reader uses (None without one) and astropy's warnings.
+    ``fast=False`` reads through astropy (the reference the fast path is tested against).
+    """
+    path = Path(path)
+    if fast:
+        try:
+            return _load_fast(path)
+        except UnsupportedTable:
+            pass
+        except (OSError, EOFError, ValueError) as exc:
+            raise SpectrumFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+    return _load_astropy(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _flux_unit(bunit) -> u.UnitBase:
+    # Parsing '1E-17 erg/cm^2/s/Ang' tries astropy's parser first, whose failure message
+    # ("did you mean ...") cost 30 ms per file: the handful of BUNIT strings are cached.
+    return parse_unit(bunit) or FLUX_1E17
+
+
+def _row_value(row: dict | None, name: str):
+    return None if row is None else row.get(name.upper())
+
+
+@register_reader("sdss", identify=identify_sdss, extensions=(".fits", ".fits.gz"), priority=60)
+def read_sdss(path, fast: bool = True, **kwargs) -> list:
+    """SDSS/BOSS/eBOSS/SEGUE spec-PLATE-MJD-FIBER files (COADD + SPECOBJ/SPALL)."""
+    path = Path(path)
+    header, coadd, spec_row, warn = load_sdss_arrays(path, fast=fast)
+    loglam = np.asarray(coadd["LOGLAM"], dtype=np.float64)
+    flux = np.asarray(coadd["FLUX"], dtype=np.float64)
+    ivar = np.asarray(coadd["IVAR"], dtype=np.float64)
+    bad = bad_pixels(coadd.get("AND_MASK"), ivar)
+
+    unit = _flux_unit(header.get("BUNIT"))
     meta = base_meta(path, "sdss", _survey(spec_row, header), id=file_stem(path),
                      object_id=_object_id(spec_row, header))
     for key, col in (("plate", "PLATE"), ("mjd", "MJD"), ("fiberid", "FIBERID")):
@@ -155,12 +263,8 @@ def read_sdss(path, **kwargs) -> list:
         zw = _row_value(spec_row, "ZWARNING")
         if zw is not None:
             meta["zwarning"] = int(zw)
-        teff = _row_value(spec_row, "ELODIE_TEFF")
-        if teff is not None and float(teff) > 0:
-            put_label(meta, "teff", teff)
-            put_label(meta, "logg", _row_value(spec_row, "ELODIE_LOGG"))
-            put_label(meta, "fe_h", _row_value(spec_row, "ELODIE_FEH"))
-            meta["stellar_label_source"] = "ELODIE template match"
+        put_elodie(meta, _row_value(spec_row, "ELODIE_TEFF"), _row_value(spec_row, "ELODIE_LOGG"),
+                   _row_value(spec_row, "ELODIE_FEH"))
         put_label(meta, "sn_median", _row_value(spec_row, "SN_MEDIAN_ALL"))
     if warn:
         meta["header_warnings"] = warn

@@ -1,0 +1,320 @@
+"""Spectra stored as tables of columns: ASCII/CSV/ECSV files, and the shared rules for table
+columns (names, units, errors) that the FITS table readers use too.
+
+Column names (matched case-insensitively, first match in this order wins)
+-------------------------------------------------------------------------
+* wavelength: :data:`WAVE_COLUMNS` (``wavelength``, ``wave``, ``lambda``, ``lam``, ``wl``, ...);
+  log10 wavelength: :data:`LOGWAVE_COLUMNS` (``loglam``, ``log_wave`` ...).  A unit may be
+  written into the name: ``wavelength[nm]``, ``wave (um)``, ``lambda_A``;
+* flux: :data:`FLUX_COLUMNS` (``flux``, ``flam``, ``f_lambda``, ``spec``, ``fluxes`` ...);
+* uncertainty, one of (first found, in this order): 1-sigma errors :data:`ERROR_COLUMNS`
+  (``err``, ``error``, ``sigma``, ``flux_err``, ``err_flux``, ``noise``, ``properr`` ...),
+  inverse variance :data:`IVAR_COLUMNS` (``ivar``, ``invvar`` ...), variance
+  :data:`VARIANCE_COLUMNS` (``var``, ``variance`` ...).  An error-like column that matches
+  none of these is never dropped in silence: it is listed in
+  ``meta['unused_error_like_columns']`` and logged;
+* mask/quality: :data:`QUALITY_COLUMNS` (non-zero = bad).
+
+Units
+-----
+From the ECSV/FITS column units, else from the column name.  A wavelength without a unit
+is assumed to be Angstrom only when its range is plausible for UV/optical/IR spectra in
+Angstrom (:data:`PLAUSIBLE_ANGSTROM`, 900-60000 A); otherwise the file is refused with a
+message naming the range and what it looks like (nm, micron ...), and ``wave_unit=``
+overrides.  The assumption is recorded in ``meta['wave_unit_assumed']``.  Flux densities
+per unit frequency (Jy, erg/s/cm2/Hz) are converted to f_lambda in erg/s/cm2/Angstrom, the
+errors likewise (:func:`flambda_factor`).  A flux without a unit is dimensionless.
+Spectral axes that are not wavelengths (frequency, velocity, energy) are refused.
+
+Medium: ``air``/``vac`` in the wavelength column name or an ``AIRORVAC``/``VACUUM`` table
+keyword decides; otherwise ``medium = 'unknown'`` and the wavelengths are left unchanged.
+``survey``: from the ``TELESCOP``/``INSTRUME`` keywords of the table meta
+(:func:`omnispectra.io._common.survey_from_header`), else ``'unknown'``.
+
+Only files named explicitly are read (a folder walk takes FITS/HDF5 files only).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, parse_unit,
+                      survey_from_header)
+from .registry import FileProbe, register_reader
+
+__all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
+           "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
+           "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
+           "ivar_from_columns", "unused_error_like", "finish_table_columns"]
+
+logger = logging.getLogger(__name__)
+
+WAVE_COLUMNS = ("wavelength", "wave", "lambda", "lam", "wavelengths", "waves", "wl", "wav", "wavelength_air",
+                "wavelength_vac", "wave_air", "wave_vac", "lambda_air", "lambda_vac")
+LOGWAVE_COLUMNS = ("loglam", "log_lambda", "loglambda", "log_wave", "logwave", "log_wavelength")
+FLUX_COLUMNS = ("flux", "flam", "f_lambda", "flambda", "flux_density", "fluxes", "flux_reduced", "spec",
+                "spectrum", "fx")
+ERROR_COLUMNS = ("err", "error", "errors", "sigma", "flux_err", "err_flux", "flux_error", "error_flux",
+                 "fluxerr", "flux_sigma", "sigma_flux", "e_flux", "eflux", "noise", "uncertainty", "unc",
+                 "properr", "err_reduced", "std", "stddev", "dy", "dflux")
+IVAR_COLUMNS = ("ivar", "invvar", "inverse_variance", "flux_ivar", "ivar_flux", "weight")
+VARIANCE_COLUMNS = ("var", "variance", "flux_var", "var_flux", "flux_variance")
+QUALITY_COLUMNS = ("qual", "quality", "mask", "dq", "flag", "flags", "bad")
+#: Range (Angstrom) a unit-less wavelength column must lie in to be taken as Angstrom.
+PLAUSIBLE_ANGSTROM = (900.0, 60000.0)
+ASCII_SUFFIXES = (".csv", ".ecsv", ".txt", ".dat", ".tsv", ".tab", ".ascii", ".spec")
+
+_UNIT_IN_NAME = re.compile(r"^(?P<base>.*?)[\s_]*[\[(](?P<unit>[^\])]+)[\])]\s*$")
+_UNIT_SUFFIXES = {"a": u.AA, "aa": u.AA, "ang": u.AA, "angstrom": u.AA, "nm": u.nm, "um": u.um,
+                  "micron": u.um, "mum": u.um}
+_ERROR_LIKE = re.compile(r"err|sig|noise|unc|ivar|var\b|variance|std", re.IGNORECASE)
+_LOOKS_LIKE = ((0.09, 30.0, "micron"), (90.0, 6000.0, "nm"))
+
+
+def _split_name(name: str) -> tuple[str, u.UnitBase | None]:
+    """``'wavelength [nm]'`` -> ('wavelength', nm); ``'lambda_A'`` -> ('lambda', Angstrom)."""
+    s = name.strip()
+    m = _UNIT_IN_NAME.match(s)
+    if m:
+        unit = parse_unit(m.group("unit")) or _UNIT_SUFFIXES.get(m.group("unit").strip().lower())
+        return m.group("base").strip().lower(), unit
+    base, _, suffix = s.rpartition("_")
+    if base and suffix.lower() in _UNIT_SUFFIXES:
+        return base.lower(), _UNIT_SUFFIXES[suffix.lower()]
+    return s.lower(), None
+
+
+def pick_column(names, options) -> str | None:
+    """The first of ``names`` (original spelling) whose lower-case base name is in ``options``."""
+    bases = {}
+    for n in names:
+        bases.setdefault(_split_name(n)[0], n)
+    for o in options:
+        if o in bases:
+            return bases[o]
+    return None
+
+
+def find_columns(names) -> dict[str, str | None]:
+    """Column roles -> column names: ``wave``, ``logwave``, ``flux``, ``err``, ``ivar``, ``var``, ``qual``."""
+    roles = {"wave": pick_column(names, WAVE_COLUMNS), "logwave": pick_column(names, LOGWAVE_COLUMNS),
+             "flux": pick_column(names, FLUX_COLUMNS), "err": pick_column(names, ERROR_COLUMNS),
+             "ivar": pick_column(names, IVAR_COLUMNS), "var": pick_column(names, VARIANCE_COLUMNS),
+             "qual": pick_column(names, QUALITY_COLUMNS)}
+    if roles["wave"] is not None and roles["logwave"] is not None:
+        roles["logwave"] = None
+    return roles
+
+
+def unused_error_like(names, roles: dict[str, str | None]) -> list[str]:
+    """Columns that look like uncertainties but were not used (reported, never dropped silently)."""
+    used = {v for k, v in roles.items() if v is not None}
+    return [n for n in names if n not in used and _ERROR_LIKE.search(n)]
+
+
+def column_unit(name: str, declared: Any) -> u.UnitBase | None:
+    """The unit declared for a column (ECSV/TUNIT), else the one written in its name."""
+    if declared not in (None, ""):
+        unit = declared if isinstance(declared, u.UnitBase) else parse_unit(declared)
+        if unit is not None and unit != u.dimensionless_unscaled:
+            return unit
+    return _split_name(name)[1]
+
+
+def wavelength_in_angstrom(values: np.ndarray, unit: u.UnitBase | None, where: str,
+                           log10: bool = False) -> tuple[np.ndarray, str | None]:
+    """Wavelengths in Angstrom and the unit assumed (None when the file gave one).
+
+    Refuses (:class:`SpectrumFormatError`) spectral axes that are not wavelengths and
+    unit-less values outside :data:`PLAUSIBLE_ANGSTROM`.
+    """
+    w = np.asarray(values, dtype=np.float64)
+    if log10:
+        w = 10.0 ** w
+    if unit is not None:
+        if unit.physical_type != "length":
+            raise SpectrumFormatError(
+                f"{where}: the spectral axis is in {unit} ({unit.physical_type}), not a wavelength; "
+                "only UV/optical/IR wavelength spectra are supported")
+        return (w * unit).to_value(u.AA), None
+    finite = w[np.isfinite(w)]
+    if finite.size == 0:
+        raise InvalidSpectrumError(f"{where}: wavelength column holds no finite value")
+    lo, hi = float(finite.min()), float(finite.max())
+    if PLAUSIBLE_ANGSTROM[0] <= lo and hi <= PLAUSIBLE_ANGSTROM[1]:
+        logger.info("%s: wavelength without a unit (%.6g-%.6g) taken as Angstrom", where, lo, hi)
+        return w, "Angstrom"
+    guess = next((f" (it looks like {name})" for a, b, name in _LOOKS_LIKE if a <= lo and hi <= b), "")
+    raise SpectrumFormatError(
+        f"{where}: wavelength column has no unit and its range {lo:.6g}-{hi:.6g} is not plausible "
+        f"for Angstrom ({PLAUSIBLE_ANGSTROM[0]:g}-{PLAUSIBLE_ANGSTROM[1]:g}){guess}; give the unit in "
+        "the column name (e.g. 'wavelength [nm]') or with wave_unit=")
+
+
+def flambda_factor(unit: u.UnitBase | None, wave_aa: np.ndarray) -> tuple[np.ndarray | None, u.UnitBase | None]:
+    """Per-pixel factor converting a flux per unit frequency (Jy, erg/s/cm2/Hz) to f_lambda.
+
+    Returns ``(factor, new_unit)``: multiply flux and errors by ``factor`` (divide ivar
+    by its square); ``(None, unit)`` when ``unit`` is not per frequency (nothing to do).
+    """
+    if unit is None:
+        return None, None
+    try:
+        per_freq = unit.is_equivalent(u.Jy)
+    except Exception:
+        per_freq = False
+    if not per_freq:
+        return None, unit
+    flam = u.Unit("erg / (s cm2 Angstrom)")
+    wave = np.asarray(wave_aa, dtype=np.float64)
+    factor = (np.ones_like(wave) * unit).to_value(flam, equivalencies=u.spectral_density(wave * u.AA))
+    return factor, flam
+
+
+def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None,
+                         flux_unit: u.UnitBase | None, *, assumed: str | None = None, unused=(),
+                         header_warnings=()) -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
+    """The last steps every table reader shares: f_lambda conversion, placeholder ivar, notes.
+
+    Returns ``(flux, ivar, unit)``; records ``wave_unit_assumed``,
+    ``unused_error_like_columns``, ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    factor, unit = flambda_factor(flux_unit, wave_aa)
+    if factor is not None:
+        flux = flux * factor
+        ivar = None if ivar is None else ivar / factor ** 2
+    for key, value in (("wave_unit_assumed", assumed), ("unused_error_like_columns", list(unused)),
+                       ("header_warnings", list(header_warnings))):
+        if value:
+            meta[key] = value
+    if ivar is None:
+        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        meta["ivar_is_placeholder"] = True
+    return flux, ivar, unit
+
+
+def ivar_from_columns(err=None, ivar=None, var=None) -> tuple[np.ndarray | None, str | None]:
+    """Inverse variance from whichever uncertainty column exists, and which kind was used."""
+    if err is not None:
+        return err_to_ivar(err), "error"
+    if ivar is not None:
+        iv = np.array(ivar, dtype=np.float64)
+        iv[~np.isfinite(iv) | (iv < 0)] = 0.0
+        return iv, "ivar"
+    if var is not None:
+        v = np.asarray(var, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iv = np.where(np.isfinite(v) & (v > 0), 1.0 / v, 0.0)
+        return iv, "variance"
+    return None, None
+
+
+def _medium(wave_name: str, meta: dict) -> str:
+    low = wave_name.lower()
+    if "air" in low:
+        return "air"
+    if "vac" in low:
+        return "vacuum"
+    for key in ("AIRORVAC", "airorvac", "VACUUM", "vacuum", "medium", "MEDIUM"):
+        if key in meta:
+            v = str(meta[key]).strip().lower()
+            if key.lower() == "vacuum":
+                return "vacuum" if v in ("t", "true", "1") else "air"
+            if v.startswith("air"):
+                return "air"
+            if v.startswith("vac"):
+                return "vacuum"
+    return "unknown"
+
+
+def identify_ascii_table(probe: FileProbe) -> bool:
+    if probe.kind != "other":
+        return False
+    name = probe.path.name.lower()
+    if not name.endswith(ASCII_SUFFIXES):
+        return False
+    with open(probe.path, "rb") as fh:
+        head = fh.read(8192)
+    if b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return False
+    if lines[0].startswith("# %ECSV"):
+        return True
+    first = next((ln for ln in lines if not ln.lstrip().startswith("#")), "")
+    cells = [c for c in re.split(r"[,\s;|]+", first.strip().lstrip("#")) if c]
+    return pick_column(cells, WAVE_COLUMNS + LOGWAVE_COLUMNS) is not None and \
+        pick_column(cells, FLUX_COLUMNS) is not None
+
+
+def _read_table(path: Path):
+    from astropy.table import Table
+
+    low = path.name.lower()
+    try:
+        if low.endswith(".ecsv"):
+            return Table.read(path, format="ascii.ecsv")
+        if low.endswith(".csv"):
+            return Table.read(path, format="ascii.csv", comment="#")
+        return Table.read(path, format="ascii", guess=True)
+    except Exception as exc:
+        raise SpectrumFormatError(f"{path}: cannot be parsed as a table ({type(exc).__name__}: {exc})") from exc
+
+
+@register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES, priority=20)
+def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None, flux_unit: str | u.UnitBase | None = None,
+                     **kwargs) -> list:
+    """ASCII/CSV/ECSV tables with wavelength, flux and (optionally) error/ivar/variance columns."""
+    import warnings
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = _read_table(path)
+    names = list(table.colnames)
+    roles = find_columns(names)
+    if names and names[0] == "col1" and roles["wave"] is None:
+        raise SpectrumFormatError(
+            f"{path}: table without column names ({len(names)} columns); name them (e.g. "
+            "'wavelength,flux,error') so that no column is guessed")
+    wave_col = roles["wave"] or roles["logwave"]
+    if wave_col is None or roles["flux"] is None:
+        raise SpectrumFormatError(
+            f"{path}: table needs a wavelength column (one of {', '.join(WAVE_COLUMNS[:6])}, ...) and a "
+            f"flux column (one of {', '.join(FLUX_COLUMNS[:6])}, ...); it has {names}")
+    tmeta = dict(table.meta or {})
+    where = str(path)
+    wunit = u.Unit(wave_unit) if wave_unit is not None else column_unit(wave_col, table[wave_col].unit)
+    wave, assumed = wavelength_in_angstrom(np.asarray(table[wave_col], dtype=np.float64), wunit, where,
+                                           log10=roles["logwave"] is not None and roles["wave"] is None)
+    funit = u.Unit(flux_unit) if flux_unit is not None else column_unit(roles["flux"], table[roles["flux"]].unit)
+    flux = np.asarray(table[roles["flux"]], dtype=np.float64)
+    col = lambda key: None if roles[key] is None else np.asarray(table[roles[key]], dtype=np.float64)  # noqa: E731
+    ivar, kind = ivar_from_columns(col("err"), col("ivar"), col("var"))
+    medium = _medium(wave_col, tmeta)
+    if medium == "air":
+        wave = air_to_vacuum(wave)
+    stem = file_stem(path)
+    obj = str(tmeta.get("OBJECT", tmeta.get("object", "")) or "").strip()
+    meta = base_meta(path, "ascii_table", survey_from_header(tmeta), id=stem, object_id=obj or stem,
+                     medium={"air": "air->vacuum"}.get(medium, medium))
+    meta["columns_used"] = {k: v for k, v in roles.items() if v is not None}
+    unused = unused_error_like(names, roles)
+    if unused:
+        logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused, roles.get(kind or "err"))
+    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused)
+    bad = None if roles["qual"] is None else np.asarray(table[roles["qual"]]) != 0
+    return [build_spectrum(wave, flux, ivar, mask=bad, flux_unit=funit, meta=meta, path=path)]

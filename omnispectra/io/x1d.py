@@ -1,0 +1,127 @@
+"""JWST and HST (and FUSE-style) extracted 1-D spectra: ``x1d``/``x1dints``-like tables.
+
+Data models: JWST ``x1d`` (https://jwst-pipeline.readthedocs.io/en/latest/jwst/data_products/science_products.html#extracted-1-d-spectroscopic-data-x1d-and-x1dints);
+HST COS/STIS ``x1d`` (https://hst-docs.stsci.edu/cosdhb/chapter-2-cos-data-files/2-4-cos-data-products).
+
+* JWST: one ``EXTRACT1D`` BinTable per order/slit/source (``SPORDER``/``SLTNAME``), one
+  pixel per row: ``WAVELENGTH`` (micron), ``FLUX`` (Jy), ``FLUX_ERROR`` (Jy), ``DQ``.  Flux
+  and error are converted to f_lambda (erg/s/cm2/Angstrom), the wavelength to Angstrom.
+  Bad pixels: ``DQ`` bit 0 (DO_NOT_USE).
+* HST: HDU ``SCI``, one row per segment/order with array columns ``WAVELENGTH`` (Angstrom),
+  ``FLUX`` (erg/s/cm2/Angstrom), ``ERROR``, ``DQ``; bad pixels: ``DQ & SDQFLAGS`` (the
+  header's "serious" flags; all non-zero DQ without it).
+* Several rows (orders/segments) or several ``EXTRACT1D`` HDUs give **one spectrum per
+  order**, ids ``<stem>:<k>`` and ``meta['order']`` (``SPORDER`` or the row's ``SPORDER``/
+  ``SEGMENT`` value).
+
+Wavelengths of both observatories' pipelines are vacuum.  ``survey``: from ``TELESCOP`` and
+``INSTRUME`` (:func:`omnispectra.io._common.survey_from_header`: ``jwst:niriss``, ``hst:cos``),
+with ``meta['instrument']``; ``unknown`` when the header says nothing.  Error columns: any of :data:`omnispectra.io.tables.ERROR_COLUMNS` (``ERROR``,
+``FLUX_ERROR``, ``ERR_FLUX`` ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+
+from ..exceptions import InvalidSpectrumError, SpectrumFormatError
+from ._common import (base_meta, build_spectrum, file_stem, finish_rows, open_fits, put_label, put_text,
+                      survey_from_header)
+from .registry import FileProbe, register_reader
+from .tables import (column_unit, find_columns, finish_table_columns, ivar_from_columns, unused_error_like,
+                     wavelength_in_angstrom)
+
+__all__ = ["read_x1d", "identify_x1d"]
+
+_EXTNAMES = ("EXTRACT1D", "SCI")
+_OBSERVATORIES = ("JWST", "HST", "FUSE")
+_JWST_DO_NOT_USE = 1
+
+
+def _telescope(header) -> str:
+    return str(header.get("TELESCOP", "")).strip().upper()
+
+
+def identify_x1d(probe: FileProbe) -> bool:
+    if probe.kind != "fits" or not any(_telescope(probe.primary).startswith(o) for o in _OBSERVATORIES):
+        return False
+    return any(h.kind == "bintable" and h.name in _EXTNAMES and {"WAVELENGTH", "FLUX"} <= set(h.columns)
+               for h in probe.hdus)
+
+
+def _rows(data, roles):
+    """(wave, flux, err, ivar, var, dq, row-info) per order: array columns -> one per row."""
+    get = lambda key: None if roles[key] is None else np.asarray(data[roles[key]])  # noqa: E731
+    wave = get("wave")
+    if wave.ndim == 1:
+        yield wave, get("flux"), get("err"), get("ivar"), get("var"), get("qual"), None
+        return
+    for r in range(wave.shape[0]):
+        pick = lambda a: None if a is None else a[r]  # noqa: E731
+        yield (wave[r], get("flux")[r], pick(get("err")), pick(get("ivar")), pick(get("var")),
+               pick(get("qual")), r)
+
+
+@register_reader("x1d", identify=identify_x1d, extensions=(".fits", ".fits.gz"), priority=40)
+def read_x1d(path, **kwargs) -> list:
+    """JWST/HST x1d-style tables (EXTRACT1D or SCI: WAVELENGTH, FLUX, ERROR/FLUX_ERROR, DQ): one spectrum per order."""
+    path = Path(path)
+    pieces = []
+    with open_fits(path) as ff:
+        prim = ff.header(0).copy()
+        for i, hdu in enumerate(ff.hdul):
+            if not (hdu.name.upper() in _EXTNAMES and getattr(hdu, "columns", None) is not None):
+                continue
+            names = list(hdu.columns.names)
+            roles = find_columns(names)
+            if roles["wave"] is None or roles["flux"] is None:
+                continue
+            units = {k: column_unit(v, hdu.columns[v].unit) for k, v in roles.items() if v is not None}
+            th = hdu.header.copy()
+            row_order = next((c for c in names if c.upper() in ("SPORDER", "SEGMENT")), None)
+            orders = None if row_order is None else np.asarray(hdu.data[row_order])
+            for wave, flux, err, iv, var, dq, r in _rows(hdu.data, roles):
+                order = th.get("SPORDER", th.get("SLTNAME")) if r is None else (
+                    orders[r] if orders is not None else r)
+                pieces.append((i, th, units, roles, unused_error_like(names, roles), wave, flux, err, iv, var,
+                               dq, order))
+        warn = list(ff.warnings)
+    if not pieces:
+        raise SpectrumFormatError(f"{path}: no EXTRACT1D/SCI table with WAVELENGTH and FLUX columns")
+    survey = survey_from_header(prim)
+    telescope = _telescope(prim)
+    stem = file_stem(path)
+    out, errors = [], []
+    for k, (i, th, units, roles, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
+        sid = stem if len(pieces) == 1 else f"{stem}:{k}"
+        where = f"{path} [HDU {i}]"
+        try:
+            w, assumed = wavelength_in_angstrom(wave, units.get("wave"), where)
+            ivar, _ = ivar_from_columns(err, iv, var)
+            obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
+            meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
+                             medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
+            put_text(meta, "instrument", prim.get("INSTRUME"))
+            put_text(meta, "telescope", prim.get("TELESCOP"))
+            if order is not None:
+                meta["order"] = order.item() if hasattr(order, "item") else order
+            put_label(meta, "ra", prim.get("TARG_RA", prim.get("RA_TARG")))
+            put_label(meta, "dec", prim.get("TARG_DEC", prim.get("DEC_TARG")))
+            f, ivar, funit = finish_table_columns(meta, w, flux, ivar, units.get("flux"), assumed=assumed,
+                                                  unused=unused, header_warnings=warn)
+            bad = None
+            if dq is not None:
+                dq = np.asarray(dq).astype(np.int64)
+                if telescope.startswith("JWST"):
+                    bad = (dq & _JWST_DO_NOT_USE) != 0
+                elif "SDQFLAGS" in th or "SDQFLAGS" in prim:
+                    bad = (dq & int(th.get("SDQFLAGS", prim.get("SDQFLAGS")))) != 0
+                else:
+                    bad = dq != 0
+            out.append(build_spectrum(w, f, ivar, mask=bad, flux_unit=funit, meta=meta, path=path))
+        except InvalidSpectrumError as exc:
+            errors.append(exc)
+    return finish_rows(out, errors)
