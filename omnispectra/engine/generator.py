@@ -28,7 +28,7 @@ or the composite's spectral type such as ``M2``; empty for galaxies and quasars)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,10 @@ class EngineConfig:
     forest_corr_kms: float = 60.0
     max_tries: int = 50
     observe: ObserveConfig = field(default_factory=ObserveConfig)
+    #: Surveys whose spectra are not flux-calibrated (6dFGS: counts with the instrument
+    #: response): their engine spectra get a stronger, higher-order tilt.
+    uncalibrated_surveys: tuple[str, ...] = ("6dfgs",)
+    uncalibrated_tilt: tuple[int, float] = (3, 0.35)
 
 
 @dataclass
@@ -272,7 +276,10 @@ class Engine:
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
                 transmission = (lambda ll, z=z: forest_transmission(
                     ll, z, rng, sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms))
-            flux, ivar, mask, _ = observe(template, rest, z, donor, rng, cfg.observe, transmission)
+            obs_cfg = cfg.observe
+            if donor.survey in cfg.uncalibrated_surveys:
+                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=cfg.uncalibrated_tilt[1])
+            flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission)
             sub = template.subtype if cls == "STAR" else ""
             labels = {"class": cls, "subclass": sub, "z": z}
             meta = {"survey": donor.survey, "template": template.name, "donor_id": donor.id,
