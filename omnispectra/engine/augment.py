@@ -22,23 +22,36 @@ __all__ = ["AugmentConfig", "augment_real", "regrid"]
 
 @dataclass
 class AugmentConfig:
-    """Probabilities and sizes of each augmentation."""
+    """Probabilities and sizes of each augmentation.
 
-    #: Extra noise: variance multiplied by (1 + k), k ~ U(0, renoise_max).
+    Attributes
+    ----------
+    p_renoise, renoise_max : float
+        Extra noise: variance multiplied by (1 + k), k ~ U(0, renoise_max).
+    p_mask, max_masked_fraction, p_comb : float
+        Random masked pixels: a random fraction up to ``max_masked_fraction``, or (with
+        probability ``p_comb`` among masking draws) every n-th pixel, n in 2..5.
+    p_columns, max_columns, max_column_width
+        Bad columns: 1..max_columns contiguous runs of 2..max_column_width pixels.
+    p_regrid : float
+        Resampling onto another survey's donor grid (where coverage and resolution allow).
+    p_zshift, max_dlnz : float
+        Redshift shift of galaxies and quasars: ln(1+z) += U(-max_dlnz, max_dlnz).
+    """
+
     p_renoise: float = 0.7
     renoise_max: float = 1.5
-    #: Random masked pixels: a random fraction up to ``max_masked_fraction``, or every
-    #: n-th pixel (n in 2..5) with probability ``p_comb`` among masking draws.
+
     p_mask: float = 0.4
     max_masked_fraction: float = 0.3
     p_comb: float = 0.3
-    #: Bad columns: 1..max_columns contiguous runs of 2..max_column_width pixels.
+
     p_columns: float = 0.4
     max_columns: int = 4
     max_column_width: int = 40
-    #: Resampling onto another survey's donor grid (where coverage and resolution allow).
+
     p_regrid: float = 0.3
-    #: Redshift shift of galaxies and quasars: ln(1+z) += U(-max_dlnz, max_dlnz).
+
     p_zshift: float = 0.5
     max_dlnz: float = 0.01
 

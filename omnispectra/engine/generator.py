@@ -259,7 +259,9 @@ class Engine:
             No template of the class covers any tried donor grid.
         """
         cfg = self.config
-        classes = [c for c in CLASSES if cfg.class_priors.get(c, 0) > 0]
+        classes = [c for c in CLASSES if cfg.class_priors.get(c, 0) > 0 and self.library.by_class(c)]
+        if not classes:
+            raise OmniSpectraError("the template library has no class with a positive prior")
         p = np.array([cfg.class_priors[c] for c in classes])
         for _ in range(cfg.max_tries):
             cls = spectype or classes[rng.choice(len(classes), p=p / p.sum())]

@@ -192,3 +192,25 @@ def test_donor_side_selection_and_corpus_writing(engine, tmp_path):
     assert reader.column("survey")[0] == "engine_sdss"
     result = CliRunner().invoke(main, ["simulate", str(tmp_path / "x.h5"), "--donors", str(tmp_path / "none")])
     assert result.exit_code != 0
+
+
+def test_simulate_command_writes_a_labelled_corpus(tmp_path):
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.corpus import open_corpus
+    from omnispectra.examples import example_path
+
+    (tmp_path / "redrock").mkdir()
+    n = int((4.0 - np.log10(1200.0)) / 1e-4)
+    hdu = fits.PrimaryHDU(np.stack([_continuum(10 ** (np.log10(1200.0) + 1e-4 * np.arange(n)), k) for k in range(2)]))
+    hdu.header.update({"RRTYPE": "GALAXY", "RRSUBTYP": "", "CRVAL1": np.log10(1200.0), "CDELT1": 1e-4, "LOGLAM": 1})
+    fits.HDUList([hdu, fits.ImageHDU(np.array([[1.0, 0.1]]), name="ARCHETYPE_COEFF")]).writeto(
+        tmp_path / "redrock" / "rrtemplate-galaxy.fits")
+    out = tmp_path / "sim.h5"
+    result = CliRunner().invoke(main, ["simulate", str(out), "-n", "3", "--templates", str(tmp_path),
+                                       "--donors", str(example_path("sdss")), "--split-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    reader = open_corpus(next(tmp_path.glob("sim*.h5")))
+    assert len(reader) == 3 and set(reader.column("class")) == {"GALAXY"}
+    assert np.all(np.isfinite(reader.column("z")))
