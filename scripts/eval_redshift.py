@@ -23,6 +23,7 @@ import numpy as np
 import omnispectra
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz
+from omnispectra.tokenizer import spectrum_arrays
 
 FOLDERS = ("sdss", "6dfgs", "lamost", "vimos", "lijiang")
 SUFFIXES = (".fits", ".fits.gz", ".fit")
@@ -42,6 +43,24 @@ def wilson(k: int, n: int, zcrit: float = 1.96) -> tuple[float, float]:
 def frac(k: int, n: int) -> str:
     lo, hi = wilson(k, n)
     return f"{k}/{n} = {k / max(n, 1):.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def dopcor_redshift(path: Path) -> float:
+    """The IRAF ``DOPCOR01`` redshift a file was shifted to the rest frame by (0 if none).
+
+    The 6dFGS files here were ``dopcor``-ed by their repository's author: the header
+    wavelength axis (what the reader returns) is in the rest frame, row 4 holds the
+    observed wavelengths. Fitting them as they are would "find" z ~ 0.
+    """
+    from astropy.io import fits
+
+    try:
+        value = fits.getheader(path).get("DOPCOR01")
+    except Exception:  # noqa: BLE001 - not a FITS image: no shift
+        return 0.0
+    if value is None:
+        return 0.0
+    return float(str(value).split()[0])
 
 
 def index_labels(data: Path) -> dict[str, dict[str, str]]:
@@ -100,8 +119,12 @@ def main() -> None:
                 continue
             if "dr1" in path.parts:
                 n_stars += 1
+            wave, flux, ivar, bad = spectrum_arrays(spec)
+            dopcor = dopcor_redshift(path)
+            if dopcor:  # the file's wavelength axis was shifted to the rest frame: undo it
+                wave = wave * (1.0 + dopcor)
             t0 = time.perf_counter()
-            res = fitter.fit(spec)
+            res = fitter.fit(wave, flux, ivar, bad)
             dt = time.perf_counter() - t0
             rows.append(dict(id=str(meta.get("id", path.name)), survey=str(meta.get("survey", "")),
                              cls=cls, z_ref=float(z_ref) if z_ref is not None else np.nan,
