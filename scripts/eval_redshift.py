@@ -147,11 +147,13 @@ def main() -> None:
     err = np.where(np.isfinite(z), dz_over_1pz(z, z_ref), np.inf)
     n = int(zs.sum())
     print(f"\nGALAXY/QSO with pipeline z: N = {n}")
+    conf = np.nan_to_num(d2, nan=np.inf) >= args.deltachi2
     for name, sel in [("all", np.ones(n, bool))] + [(s, surveys == s) for s in sorted(set(surveys))]:
         k = int(sel.sum())
         print(f"  [{name}] |dz|/(1+z)<0.0033 {frac(int((err[sel] < 0.0033).sum()), k)}; "
-              f"<0.005 {frac(int((err[sel] < 0.005).sum()), k)}; median {np.median(err[sel]):.2e}")
-    conf = np.nan_to_num(d2, nan=np.inf) >= args.deltachi2
+              f"<0.005 {frac(int((err[sel] < 0.005).sum()), k)}; median {np.median(err[sel]):.2e}; "
+              f"catastrophic among deltachi2 >= {args.deltachi2:g}: "
+              f"{frac(int((err[sel & conf] >= 0.0033).sum()), int((sel & conf).sum()))}")
     print(f"  deltachi2 >= {args.deltachi2:g}: {frac(int(conf.sum()), n)} of rows; catastrophic "
           f"(>0.0033) among them {frac(int((err[conf] >= 0.0033).sum()), int(conf.sum()))}")
     ok = flag == 0
@@ -159,9 +161,12 @@ def main() -> None:
           f"{frac(int((err[ok] >= 0.0033).sum()), int(ok.sum()))}")
     good = (err < 0.0033) & np.isfinite(z_err) & (z_err > 0)
     pull = (z[good] - z_ref[good]) / z_err[good]
-    if pull.size:
-        print(f"  z_err pulls (rows within 0.0033, pipeline z error ignored): N {pull.size}, median |pull| "
-              f"{np.median(np.abs(pull)):.2f} (Gaussian 0.67), 68th pct |pull| {np.percentile(np.abs(pull), 68):.2f}")
+    for name in sorted(set(surveys[good])):
+        sel = surveys[good] == name
+        p = pull[sel]
+        print(f"  z_err pulls [{name}] (rows within 0.0033; pipeline z error ignored): N {p.size}, "
+              f"median |pull| {np.median(np.abs(p)):.2f} (Gaussian 0.67), "
+              f"68th pct {np.percentile(np.abs(p), 68):.2f} (Gaussian 1.0)")
     names = {}
     for f in flag:
         for b in Flag:
