@@ -227,8 +227,19 @@ def _igm_transmission(wave_obs: np.ndarray) -> np.ndarray:
 
 
 def _correlate(obs: np.ndarray, tmpl: np.ndarray, lags: np.ndarray) -> np.ndarray:
-    """``c[p, k] = sum_i obs[p, i + lags[k]] * tmpl[p, i]`` for every row pair, by FFT."""
-    n = sp_fft.next_fast_len(obs.shape[1] + tmpl.shape[1], real=True)
+    """``c[p, k] = sum_i obs[p, i + lags[k]] * tmpl[p, i]`` for every row pair.
+
+    By FFT, except for a few lags (a star's velocity range), where direct sums are cheaper.
+    """
+    n_obs, n_tmpl = obs.shape[1], tmpl.shape[1]
+    if lags.size <= 64:
+        out = np.zeros((obs.shape[0], lags.size))
+        for k, lag in enumerate(lags):
+            lo, hi = max(0, -int(lag)), min(n_tmpl, n_obs - int(lag))
+            if hi > lo:
+                out[:, k] = np.einsum("pi,pi->p", obs[:, lo + lag:hi + lag], tmpl[:, lo:hi])
+        return out
+    n = sp_fft.next_fast_len(n_obs + n_tmpl, real=True)
     prod = sp_fft.rfft(obs, n, axis=1) * np.conj(sp_fft.rfft(tmpl, n, axis=1))
     return sp_fft.irfft(prod, n, axis=1)[:, lags % n]
 
@@ -464,7 +475,7 @@ class RedshiftFitter:
             lz = np.log10(1.0 + z0) + np.linspace(-step, step, cfg.refine_points)
             zz = 10 ** lz - 1.0
             lo, hi = p.z_range
-            zz = zz[(zz >= lo - 1e-12) & (zz <= hi + 1e-12)] if zz.size else zz
+            zz = zz[(zz >= lo - 1e-12) & (zz <= hi + 1e-12)]
             if zz.size < 3:
                 zz = np.array([z0])
             chi = np.array([self._fit_at(p, zi, wave, edges, flux, ivar, poly)[0] for zi in zz])
@@ -475,7 +486,7 @@ class RedshiftFitter:
             z_best, z_err = float(zz[i_min]), float("nan")
             if np.isfinite(chi[i_min]) and zz.size >= 3:
                 use = np.isfinite(chi)
-                sel = use & (chi < chi[i_min] + max(50.0, 0.0))
+                sel = use & (chi < chi[i_min] + 50.0)  # the well of the minimum (Redrock: 50)
                 if sel.sum() < 3:
                     sel = use
                 a2, a1, a0 = np.polyfit(zz[sel] - zz[i_min], chi[sel], 2)
