@@ -60,7 +60,7 @@ from scipy import fft as sp_fft
 from .engine.igm import LYA_REST, LYMAN_LIMIT, tau_eff
 from .engine.resample import C_KMS, broaden_loglam, pixel_edges, rebin
 from .engine.templates import SURVEY_GRADE_SIGMA_KMS, TemplateBasis, TemplateLibrary, load_library
-from .exceptions import InvalidSpectrumError, OmniSpectraError
+from .exceptions import OmniSpectraError
 from .flags import Flag
 from .tokenizer import spectrum_arrays
 
@@ -319,8 +319,9 @@ class RedshiftFitter:
 
         Raises
         ------
-        InvalidSpectrumError
-            Non-finite wavelengths, mismatched shapes (from :func:`spectrum_arrays`).
+        InvalidSpectrumError, SpectrumTypeError
+            Non-finite wavelengths; mismatched shapes or a 2-D flux (from
+            :func:`~omnispectra.tokenizer.spectrum_arrays`).
         """
         wave, flux_a, ivar_a, bad = spectrum_arrays(spectrum, flux, ivar, mask, wavelength=wavelength)
         if ivar_a is None or not np.any(ivar_a):

@@ -8,6 +8,7 @@ import pytest
 from omnispectra.engine.igm import LYA_REST, mean_transmission
 from omnispectra.engine.resample import C_KMS, rebin
 from omnispectra.engine.templates import TemplateBasis, TemplateLibrary
+from omnispectra.exceptions import SpectrumTypeError
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz, results_table
 
@@ -126,6 +127,8 @@ def test_bad_input_flagged(fitter):
     res2 = fitter.fit(wave, np.full(500, np.nan), np.ones(500))
     for r in (res, res2):
         assert r.flag & Flag.BAD_INPUT and np.isnan(r.z)
+    with pytest.raises(SpectrumTypeError, match="does not match"):
+        fitter.fit(wave, np.ones(499), np.ones(499))
     table = results_table([res], ids=["x"])
     assert table["flag"][0] == int(Flag.BAD_INPUT) and table["id"][0] == "x"
 
