@@ -447,5 +447,29 @@ def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_d
     click.echo(f"wrote {output}/results.ecsv, results.md and plots ({result['seconds']:.0f} s)", err=True)
 
 
+
+@main.command("simulate")
+@click.argument("output", type=click.Path())
+@click.option("-n", "--n-samples", default=1000, show_default=True, help="Engine spectra to write.")
+@click.option("--templates", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Template folder (redrock/, pyhammer/); default $OMNISPECTRA_TEMPLATES.")
+@click.option("--donors", "donors", multiple=True, required=True,
+              help="Real spectrum files/folders lending grids and noise (training side only).")
+@click.option("--seed", default=0, show_default=True, help="Sample seed (item i = rng(seed, 0, i)).")
+@click.option("--split-fraction", default=0.2, show_default=True, help="Validation fraction of the object-hash split.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the object-hash split.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def simulate_command(output, n_samples, templates, donors, seed, split_fraction, split_seed, overwrite) -> None:
+    """Write N labelled engine spectra (templates observed through real donors) into an HDF5 corpus."""
+    from .engine import build_engine, write_engine_corpus
+    from .exceptions import OmniSpectraError
+
+    try:
+        engine = build_engine(templates, list(donors), fraction=split_fraction, seed=split_seed)
+        report = write_engine_corpus(engine, n_samples, output, seed=seed, overwrite=overwrite)
+    except (OmniSpectraError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(report.summary())
+
 if __name__ == "__main__":  # pragma: no cover
     main()

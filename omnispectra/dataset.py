@@ -27,7 +27,6 @@ works with both the ``fork`` and ``spawn`` start methods.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import splits
 from .collate import LengthBucketSampler, Sample
 from .corpus import LABEL_COLUMNS, META_COLUMNS, CorpusReader, corpus_files
 from .exceptions import CorpusError
@@ -369,26 +369,21 @@ class WeightedLengthBucketSampler(LengthBucketSampler):
         return drawn[rng.permutation(drawn.size)]
 
 
-def _score(seed: int, survey: str, obj: str) -> int:
-    digest = hashlib.blake2b(f"{seed}\x1f{survey}\x1f{obj}".encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
-
-
 def split_by_object(
     object_ids: Sequence[str],
     surveys: Sequence[str] | None = None,
     fraction: float = 0.01,
     seed: int = 42,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/validation split, grouped by object and stratified by survey.
+    """Deterministic train/validation split, grouped by object: the project's one
+    object-hash split (:func:`omnispectra.splits.split_by_object`).
 
-    In every survey, ``round(fraction * n_objects)`` objects (at least one when the
-    survey has two or more objects and ``fraction > 0``; never all of them) go to
-    validation: those with the smallest ``blake2b(seed, survey, object_id)`` hash. The
-    choice depends only on the ids, so it is identical on every run and machine and
-    independent of row order. Every row of a chosen object goes to validation, in all
-    surveys, so one object's epochs, spaxels or repeat visits never straddle the split.
-    Rows with an empty ``object_id`` count as objects of their own.
+    An object goes to validation when its seeded hash (of the canonical object id, not
+    the survey) is below ``fraction``, so the same object in two surveys is on one side
+    and the decision never depends on row order or on the other objects. In a survey
+    with two or more objects that the rule left one-sided, one object is moved so both
+    sides are non-empty (``keep_both_sides``). Rows with an empty ``object_id`` count
+    as objects of their own.
 
     The paper holds out a random 1% (``fraction=0.01``) of its 5.5M spectra; use a
     larger fraction for small corpora.
@@ -397,26 +392,7 @@ def split_by_object(
     -------
     (train_idx, val_idx) : sorted int64 arrays of row positions
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
     keys = np.asarray(object_ids, dtype=str)
-    n = keys.size
-    surveys = np.full(n, "", dtype=str) if surveys is None else np.asarray(surveys, dtype=str)
-    if surveys.shape != keys.shape:
+    if surveys is not None and np.asarray(surveys).shape != keys.shape:
         raise ValueError("object_ids and surveys must have the same length")
-    empty = keys == ""
-    if empty.any():
-        keys = keys.astype(object)
-        keys[empty] = [f"\x00row{i}" for i in np.flatnonzero(empty)]
-        keys = keys.astype(str)
-    chosen: set[str] = set()
-    if fraction > 0:
-        for survey in sorted(set(surveys.tolist())):
-            objs = sorted(set(keys[surveys == survey].tolist()))
-            if len(objs) < 2:
-                continue
-            n_val = min(len(objs) - 1, max(1, int(round(fraction * len(objs)))))
-            scored = sorted((_score(seed, survey, o), o) for o in objs)
-            chosen.update(o for _, o in scored[:n_val])
-    is_val = np.isin(keys, np.array(sorted(chosen), dtype=str)) if chosen else np.zeros(n, bool)
-    return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+    return splits.split_by_object(keys.tolist(), fraction, seed, surveys=surveys, keep_both_sides=True)

@@ -113,19 +113,21 @@ def test_split_deterministic_grouped_stratified():
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(objects)))
     assert not set(objects[train]) & set(objects[val])  # grouped: no object on both sides
     val_objects = {s: len(set(objects[val][surveys[val] == s])) for s in ("sdss", "miles", "apogee", "single")}
-    assert val_objects == {"sdss": 30, "miles": 4, "apogee": 1, "single": 0}  # stratified
+    # a hash threshold: about 10% of each survey; tiny surveys keep both sides non-empty
+    assert 15 <= val_objects["sdss"] <= 45 and 1 <= val_objects["miles"] <= 10
+    assert val_objects["apogee"] == 1 and val_objects["single"] == 0
     # deterministic and independent of row order
     again = split_by_object(objects, surveys, fraction=0.1, seed=42)
     assert np.array_equal(again[1], val)
     perm = rng.permutation(len(objects))
     _, val_perm = split_by_object(objects[perm], surveys[perm], fraction=0.1, seed=42)
-    assert set(objects[perm][val_perm]) == set(objects[val])
+    assert set(objects[perm][val_perm]) - {""} == set(objects[val]) - {""}  # empty ids: keyed by row
     # another seed picks other objects; fraction 0 keeps everything for training
     assert set(objects[split_by_object(objects, surveys, 0.1, seed=1)[1]]) != set(objects[val])
     assert split_by_object(objects, surveys, 0.0)[1].size == 0
     # a pinned value: the hash is stable across machines and Python versions
     pinned = split_by_object([f"obj{k}" for k in range(50)], None, 0.1, seed=42)[1]
-    assert pinned.tolist() == [1, 2, 29, 39, 48]
+    assert pinned.tolist() == [2, 13, 25, 30, 38]
     with pytest.raises(ValueError):
         split_by_object(objects, surveys, fraction=1.0)
 

@@ -1,0 +1,216 @@
+"""The data engine, on tiny synthetic templates and donors (no real data needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy import units as u
+from astropy.io import fits
+
+from omnispectra.engine import augment, generator, igm, observe, resample, stream, templates
+from omnispectra.engine.donors import Donor, select_side
+from omnispectra.engine.templates import TemplateBasis, TemplateLibrary
+
+LOG_STEP = 1e-4
+
+
+def _log_template(name, spectype, subtype, lo, hi, basis_fn, n_basis=2, archetypes=None, sigma=0.0):
+    loglam0 = np.log10(lo)
+    n = int((np.log10(hi) - loglam0) / 2e-5)
+    wave = 10 ** (loglam0 + 2e-5 * np.arange(n))
+    basis = np.stack([basis_fn(wave, k) for k in range(n_basis)])
+    return TemplateBasis(name=name, spectype=spectype, subtype=subtype, loglam0=loglam0, dloglam=2e-5,
+                         basis=basis, archetypes=archetypes, sigma_kms=sigma)
+
+
+def _continuum(wave, k):
+    line = np.exp(-0.5 * ((wave - 6563.0) / 3.0) ** 2) * 5 + np.exp(-0.5 * ((wave - 1549.0) / 8.0) ** 2) * 5
+    return (1.0 + 0.2 * k) * (wave / 5000.0) ** (-1.0 + k) + line * (k == 0)
+
+
+@pytest.fixture(scope="module")
+def library():
+    rows_wd = np.tile([1.0, 0.1], (2000, 1))
+    t = [
+        _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum, archetypes=np.array([[1.0, 0.2]])),
+        _log_template("redrock:STAR-K", "STAR", "K", 3000, 11000, _continuum, archetypes=np.array([[1.0, 0.0]])),
+        _log_template("redrock:STAR-WD", "STAR", "WD", 3000, 11000, _continuum, archetypes=rows_wd),
+        _log_template("redrock:QSO-LOZ", "QSO", "LOZ", 1330, 9600, _continuum, sigma=60.0),
+        _log_template("redrock:QSO-HIZ", "QSO", "HIZ", 450, 4500, _continuum, sigma=60.0),
+    ]
+    return TemplateLibrary(t)
+
+
+def _donor(i=0, lo=3800.0, hi=9200.0, survey="sdss", seed=0):
+    rng = np.random.default_rng(seed + i)
+    wave = 10 ** np.arange(np.log10(lo), np.log10(hi), LOG_STEP)
+    ivar = np.full(wave.size, 4.0)
+    mask = np.zeros(wave.size, bool)
+    mask[100:110] = True
+    ivar[mask] = 0
+    flux = 5 + rng.normal(size=wave.size) * 0.5
+    return Donor(survey=survey, id=f"d{i}", object_id=f"obj{i}", wave=wave, flux=flux, ivar=ivar, mask=mask,
+                 sigma_kms=np.full(wave.size, 69.0), sky=np.full(wave.size, 10.0), labels={})
+
+
+@pytest.fixture(scope="module")
+def engine(library):
+    return generator.Engine(library, [_donor(i) for i in range(3)])
+
+
+def test_rebin_matches_specutils_flux_conserving_resampler():
+    from specutils import Spectrum
+    from specutils.manipulation import FluxConservingResampler
+
+    rng = np.random.default_rng(0)
+    w = np.sort(rng.uniform(4000, 5000, 400))
+    f = rng.normal(size=(3, 400)) + 5
+    wo = np.linspace(4010, 4990, 150)
+    ours = resample.rebin(w, f, wo)
+    for row in range(3):
+        ref = FluxConservingResampler(extrapolation_treatment="nan_fill")(
+            Spectrum(spectral_axis=w * u.AA, flux=f[row] * u.Jy), wo * u.AA)
+        np.testing.assert_allclose(ours[row], ref.flux.value, rtol=1e-10)
+    # flux is conserved and pixels outside the input are NaN
+    assert np.isnan(resample.rebin(w, f[0], np.linspace(3900, 4100, 20))[0])
+
+
+def test_redrock_linear_template_is_bin_averaged_onto_a_log_grid(tmp_path):
+    wave = 3000.0 + 0.1 * np.arange(40001)
+    basis = np.stack([np.ones_like(wave), np.where(np.arange(wave.size) % 2 == 0, 2.0, 0.0)])
+    hdu = fits.PrimaryHDU(basis)
+    hdu.header.update({"RRTYPE": "STAR", "RRSUBTYP": "K", "CRVAL1": 3000.0, "CDELT1": 0.1})
+    arche = fits.ImageHDU(np.array([[1.0, 0.5]]), name="ARCHETYPE_COEFF")
+    path = tmp_path / "rrtemplate-STAR-K-v0.1.fits"
+    fits.HDUList([hdu, arche]).writeto(path)
+    t = templates.load_redrock(path)
+    assert t.name == "redrock:STAR-K" and t.spectype == "STAR" and t.archetypes.shape == (1, 2)
+    assert np.allclose(np.diff(t.loglam), templates.FINE_DLOGLAM)
+    # a 0/2 comb keeps its mean and no fine pixel is empty (point sampling gives only 0 or 2)
+    assert abs(t.basis[1].mean() - 1.0) < 0.01 and 0.4 < t.basis[1].min() and t.basis[1].max() < 1.6
+
+
+def test_engine_yields_every_class_with_labels_and_donor_mask(engine):
+    rng = np.random.default_rng(1)
+    for cls in generator.CLASSES:
+        s = engine.sample(rng, spectype=cls)
+        donor = next(d for d in engine.donors if d.id == s.meta["donor_id"])
+        assert s.labels["class"] == cls and np.isfinite(s.flux).all()
+        assert np.array_equal(s.mask, donor.mask) and np.array_equal(s.wave, donor.wave)
+        if cls == "STAR":
+            assert abs(s.labels["z"]) <= 300 / resample.C_KMS and s.labels["subclass"] in ("K", "WD")
+        else:
+            lo, hi = engine.config.galaxy_z if cls == "GALAXY" else engine.config.qso_z
+            assert lo <= s.labels["z"] <= hi
+        assert "teff" not in s.labels and "logg" not in s.labels
+
+
+def test_star_subtypes_follow_priors_not_row_counts(library):
+    cfg = generator.EngineConfig(star_priors={"K": 0.5, "WD": 0.5})
+    eng = generator.Engine(library, [_donor()], cfg)
+    rng = np.random.default_rng(2)
+    subs = [eng.sample(rng, spectype="STAR").labels["subclass"] for _ in range(200)]
+    assert 0.35 < subs.count("WD") / 200 < 0.65  # WD has 2000 rows, K one
+
+
+def test_templates_cover_the_grid_without_coverage_masks(library):
+    t = library.get("redrock:QSO-LOZ")
+    wave = _donor().wave
+    lo, hi = observe.redshift_window(t, wave)
+    rng = np.random.default_rng(3)
+    ok = observe.observe(t, t.flux([1.0, 0.0]), 0.5 * (lo + hi), _donor(), rng)
+    assert np.isfinite(ok[3]).all()
+    with pytest.raises(observe.CoverageError):
+        observe.observe(t, t.flux([1.0, 0.0]), hi + 0.2, _donor(), rng)
+
+
+def test_quasar_fit_recovers_coefficients(library):
+    t = library.get("redrock:QSO-LOZ")
+    d = _donor()
+    true = np.array([2.0, 0.3])
+    flux = resample.rebin(10 ** t.loglam * 1.3, t.basis, d.wave).T @ true
+    c = generator.fit_basis(t, d.wave, flux, d.ivar, d.mask, 0.3)
+    np.testing.assert_allclose(c / c[0], true / true[0], rtol=1e-6)
+
+
+def test_forest_mean_and_redward_transmission():
+    rng = np.random.default_rng(4)
+    ll = np.arange(np.log10(3700), np.log10(6000), 2e-5)
+    draws = np.array([igm.forest_transmission(ll, 3.0, rng) for _ in range(60)])
+    red = 10 ** ll > 1215.67 * 4.0
+    assert np.all(draws[:, red] == 1.0)
+    blue = ~red
+    assert abs(draws[:, blue].mean() - igm.mean_transmission(10 ** ll, 3.0)[blue].mean()) < 0.05
+    assert draws[:, blue].std() > 0.1  # not a smooth mean
+
+
+def test_augment_keeps_labels_consistent():
+    d = _donor()
+    rng = np.random.default_rng(5)
+    cfg = augment.AugmentConfig(p_renoise=1, p_mask=1, p_columns=1, p_zshift=1, p_regrid=0)
+    s = augment.augment_real(d.wave, d.flux, d.ivar, d.mask, {"class": "GALAXY", "z": 0.1}, {"survey": "sdss"},
+                             rng, config=cfg)
+    ratio = s.wave[0] / d.wave[0]
+    assert s.labels["z"] == pytest.approx(1.1 * ratio - 1.0)
+    assert s.mask.sum() > d.mask.sum() and np.all(s.ivar[s.mask] == 0)
+    out = augment.regrid(d.wave, d.flux, d.ivar, d.mask, 30.0, _donor(1, 4000, 9000, "lamost_lrs"))
+    assert out is not None and out[0].size == _donor(1, 4000, 9000).wave.size
+    assert augment.regrid(d.wave, d.flux, d.ivar, d.mask, 30.0, _donor(1, 3600, 9000)) is None
+
+
+def test_stream_is_reproducible_and_mixes_in_workers(engine):
+    ds = stream.EngineDataset(engine, 6, seed=7)
+    a, b = ds[2], ds[2]
+    assert np.array_equal(a.flux, b.flux) and not np.array_equal(ds[3].flux, a.flux)
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[2].flux, a.flux)
+    items = [(d.wave, d.flux, d.ivar, d.mask, {"class": "STAR", "z": 0.0}, {"id": d.id, "object_id": d.object_id,
+                                                                               "survey": d.survey})
+             for d in (_donor(i) for i in range(40))]
+    pool = stream.RealPool(items, fraction=0.5, seed=0)
+    assert 0 < len(pool) < 40
+    mixed = stream.MixedDataset(engine, pool, 8, real_fraction=0.5, seed=1,
+                                transform=lambda s: (s.labels["class"], "augment" in s.meta))
+    loader = torch.utils.data.DataLoader(mixed, batch_size=4, num_workers=2, collate_fn=list)
+    got = [x for batch in loader for x in batch]
+    assert got == [mixed[i] for i in range(8)] and any(r for _, r in got) and not all(r for _, r in got)
+
+
+def test_donor_side_selection_and_corpus_writing(engine, tmp_path):
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.corpus import open_corpus
+
+    donors = [_donor(i) for i in range(30)]
+    train, val = select_side(donors, "train", 0.3), select_side(donors, "validation", 0.3)
+    assert len(train) + len(val) == 30 and not {d.object_id for d in train} & {d.object_id for d in val}
+    stream.write_engine_corpus(engine, 5, tmp_path / "eng.h5", seed=3)
+    reader = open_corpus(tmp_path / "eng.h5")
+    assert len(reader) == 5 and set(reader.column("class")) <= set(generator.CLASSES)
+    assert reader.column("survey")[0] == "engine_sdss"
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "x.h5"), "--donors", str(tmp_path / "none")])
+    assert result.exit_code != 0
+
+
+def test_simulate_command_writes_a_labelled_corpus(tmp_path):
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.corpus import open_corpus
+    from omnispectra.examples import example_path
+
+    (tmp_path / "redrock").mkdir()
+    n = int((4.0 - np.log10(1200.0)) / 1e-4)
+    hdu = fits.PrimaryHDU(np.stack([_continuum(10 ** (np.log10(1200.0) + 1e-4 * np.arange(n)), k) for k in range(2)]))
+    hdu.header.update({"RRTYPE": "GALAXY", "RRSUBTYP": "", "CRVAL1": np.log10(1200.0), "CDELT1": 1e-4, "LOGLAM": 1})
+    fits.HDUList([hdu, fits.ImageHDU(np.array([[1.0, 0.1]]), name="ARCHETYPE_COEFF")]).writeto(
+        tmp_path / "redrock" / "rrtemplate-galaxy.fits")
+    out = tmp_path / "sim.h5"
+    result = CliRunner().invoke(main, ["simulate", str(out), "-n", "3", "--templates", str(tmp_path),
+                                       "--donors", str(example_path("sdss")), "--split-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    reader = open_corpus(next(tmp_path.glob("sim*.h5")))
+    assert len(reader) == 3 and set(reader.column("class")) == {"GALAXY"}
+    assert np.all(np.isfinite(reader.column("z")))
