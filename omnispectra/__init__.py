@@ -9,6 +9,7 @@ from .exceptions import (
     CheckpointError,
     CorpusError,
     InvalidSpectrumError,
+    MissingDependencyError,
     NotASpectrumError,
     OmniSpectraError,
     SpectrumFormatError,
@@ -22,9 +23,19 @@ __citation__ = (
     "Resolution Astronomical Spectra; and the omnispectra software (see CITATION.cff)."
 )
 
+# The paper's text gives no venue, year or identifier, so the entry holds what it does give.
+__bibtex__ = """\
+@misc{islam_fox_omnispectra,
+  author = {Islam, Md Khairul and Fox, Judy},
+  title  = {{OmniSpectra}: A Unified Foundation Model for Native Resolution Astronomical Spectra},
+  note   = {Software: omnispectra, https://github.com/omnispectra/omnispectra}
+}
+"""
+
 __all__ = [
     "__version__",
     "__citation__",
+    "__bibtex__",
     "OmniSpectraError",
     "InvalidSpectrumError",
     "SpectrumTypeError",
@@ -34,6 +45,7 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "MissingDependencyError",
     "embed",
     "reconstruct",
     "anomaly_score",

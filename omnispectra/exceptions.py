@@ -16,6 +16,7 @@ __all__ = [
     "NotASpectrumError",
     "CorpusError",
     "CheckpointError",
+    "MissingDependencyError",
 ]
 
 
@@ -53,3 +54,7 @@ class CorpusError(OmniSpectraError, OSError):
 
 class CheckpointError(OmniSpectraError, ValueError):
     """A weights file or checkpoint is corrupt or does not match its configuration."""
+
+
+class MissingDependencyError(OmniSpectraError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
