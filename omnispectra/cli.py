@@ -223,7 +223,8 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt) ->
 
         from .plotting import plot_reconstruction
     except ImportError as err:
-        raise click.ClickException(f'plotting needs matplotlib ({err}); pip install "omnispectra[plot]"') from err
+        raise click.ClickException(
+            f'plotting needs matplotlib ({err}); pip install "omnispectra[plot]"') from err
     try:
         spectra = io.read(path, format=fmt)
         if index >= len(spectra):
