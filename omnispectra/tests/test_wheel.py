@@ -121,8 +121,8 @@ def test_wheel_installs_and_works(tmp_path):
     assert "License-Expression: BSD-3-Clause" in fields and "License-File: LICENSE" in fields
     requires = [f.split(":", 1)[1].strip() for f in fields if f.startswith("Requires-Dist:")]
     # the light core: Lightning comes only with the extras that train
-    assert [r for r in requires if r.startswith("lightning")] == [
-        f'lightning>=2.2; extra == "{extra}"' for extra in ("train", "eval", "test")]
+    lightning = [r for r in requires if r.startswith("lightning")]
+    assert sorted(r.split("extra == ")[-1] for r in lightning) == ['"eval"', '"test"', '"train"'], lightning
 
     venv = tmp_path / "venv"
     python = _make_venv(venv, env)
