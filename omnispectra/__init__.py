@@ -11,6 +11,7 @@ from .exceptions import (
     CorpusError,
     InvalidSpectrumError,
     NonFiniteOutputError,
+    MissingDependencyError,
     NotASpectrumError,
     OmniSpectraError,
     OutputError,
@@ -27,9 +28,19 @@ __citation__ = (
     "Resolution Astronomical Spectra; and the omnispectra software (see CITATION.cff)."
 )
 
+# The paper's text gives no venue, year or identifier, so the entry holds what it does give.
+__bibtex__ = """\
+@misc{islam_fox_omnispectra,
+  author = {Islam, Md Khairul and Fox, Judy},
+  title  = {{OmniSpectra}: A Unified Foundation Model for Native Resolution Astronomical Spectra},
+  note   = {Software: omnispectra, https://github.com/omnispectra/omnispectra}
+}
+"""
+
 __all__ = [
     "__version__",
     "__citation__",
+    "__bibtex__",
     "OmniSpectraError",
     "InvalidSpectrumError",
     "SpectrumTypeError",
@@ -44,6 +55,7 @@ __all__ = [
     "OutputExistsError",
     "OutputIsInputError",
     "NonFiniteOutputError",
+    "MissingDependencyError",
     "embed",
     "reconstruct",
     "anomaly_score",

@@ -204,7 +204,8 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt) ->
 
         from .plotting import plot_reconstruction
     except ImportError as err:
-        raise click.ClickException(f"plotting needs matplotlib: {err}") from err
+        raise click.ClickException(
+            f'plotting needs matplotlib ({err}); pip install "omnispectra[plot]"') from err
     from .inputs import check_readable_file
 
     try:
@@ -306,8 +307,14 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
     """
     from pathlib import Path
 
+    from .exceptions import MissingDependencyError
+    from .training import require_lightning
     from .training.train import TrainConfig, train as run_training
 
+    try:
+        require_lightning()
+    except MissingDependencyError as err:
+        raise click.ClickException(str(err)) from err
     options = {"corpus": [str(p) for p in corpus] or None, "output": output, "max_steps": max_steps,
                "max_time_minutes": max_time_minutes, "batch_size": batch_size, "num_workers": num_workers,
                "devices": devices, "precision": precision, "seed": seed}
@@ -429,12 +436,16 @@ def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_d
     grouped by object, RUNS seeds; probes, supervised baselines, PCA+ridge, kNN and a
     trivial baseline. Needs scikit-learn and matplotlib (the ``eval`` extra).
     """
-    from .exceptions import OmniSpectraError
+    from .exceptions import MissingDependencyError, OmniSpectraError
+    from .training import require_lightning
 
     try:
+        require_lightning("eval")
         from .evaluation.harness import evaluate
+    except MissingDependencyError as err:
+        raise click.ClickException(str(err)) from err
     except ImportError as err:  # pragma: no cover - scikit-learn missing
-        raise click.ClickException(f"{err}; install the eval extra: pip install 'omnispectra[eval]'") from err
+        raise click.ClickException(f'{err}; install the eval extra: pip install "omnispectra[eval]"') from err
     say = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
         result = evaluate(list(corpus), model=model_name, output=output, tasks=tasks.split(","),

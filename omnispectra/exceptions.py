@@ -21,6 +21,7 @@ __all__ = [
     "OutputExistsError",
     "OutputIsInputError",
     "NonFiniteOutputError",
+    "MissingDependencyError",
 ]
 
 
@@ -74,5 +75,11 @@ class OutputExistsError(OutputError, FileExistsError):
 
 class OutputIsInputError(OutputError):
     """The output is one of the inputs (always refused, even with overwrite)."""
+
+
 class NonFiniteOutputError(OmniSpectraError, ArithmeticError):
     """A model output (embedding, probability, prediction) is NaN or inf; it is never used."""
+
+
+class MissingDependencyError(OmniSpectraError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""

@@ -1,6 +1,14 @@
 """Build the wheel, install it into a fresh virtual environment and use it from outside
 the source tree: the example spectra and the model registry must be inside, and
-``load_model`` of a weights file must work there."""
+``load_model`` of a weights file must work there.
+
+The fresh environment reuses the running interpreter's installed packages (torch and the
+rest) through a ``.pth`` file listing its site-packages folders. ``--system-site-packages``
+would not do: when the tests run in a virtual environment, that flag exposes the *base*
+interpreter's packages, not the environment's. A ``.pth`` file adds plain folders and runs
+none of their own ``.pth`` files, so an editable install of omnispectra there cannot shadow
+the wheel.
+"""
 
 from __future__ import annotations
 
@@ -64,8 +72,24 @@ def _copy_sources(dest: Path) -> None:
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    command = " ".join(map(str, cmd))
+    assert proc.returncode == 0, f"{command} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+def _parent_site_packages() -> list[str]:
+    """The running interpreter's site-packages folders (a venv's own, or the system's)."""
+    return [p for p in sys.path if Path(p).name in {"site-packages", "dist-packages"} and Path(p).is_dir()]
+
+
+def _make_venv(venv: Path, env: dict[str, str]) -> Path:
+    """A venv without pip that sees the running interpreter's packages after its own."""
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], env=env)
+    python = venv / "bin" / "python"
+    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   env=env).stdout.strip()
+    Path(purelib, "_omnispectra_test_parent.pth").write_text("\n".join(_parent_site_packages()) + "\n")
+    return python
 
 
 def test_wheel_installs_and_works(tmp_path):
@@ -90,9 +114,18 @@ def test_wheel_installs_and_works(tmp_path):
         "spec-0266-51602-0001.fits", "spec-58397-EG014118N254444M01_sp03-031.fits",
         "MILES_res2.50_star_m0066V.fits")} <= names
 
+    assert "omnispectra/_version.py" in names  # setuptools_scm's version_file
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(wheel) as zf:
+        fields = zf.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: BSD-3-Clause" in fields and "License-File: LICENSE" in fields
+    requires = [f.split(":", 1)[1].strip() for f in fields if f.startswith("Requires-Dist:")]
+    # the light core: Lightning comes only with the extras that train
+    lightning = [r for r in requires if r.startswith("lightning")]
+    assert sorted(r.split("extra == ")[-1] for r in lightning) == ['"eval"', '"test"', '"train"'], lightning
+
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], env=env)
-    python = venv / "bin" / "python"
+    python = _make_venv(venv, env)
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q",
           str(wheel)], env=env, cwd=tmp_path)
     work = tmp_path / "elsewhere"
