@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import data_dir   # noqa: E402
+from _common import data_dir  # noqa: E402
 
 from omnispectra.collate import Collator, LengthBucketSampler, padding_fraction  # noqa: E402
 from omnispectra.corpus import build_corpus, corpus_info  # noqa: E402

@@ -29,16 +29,16 @@ import sys
 import time
 import types
 import warnings
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's omnispectra
 from _common import data_dir  # noqa: E402
 
 import omnispectra.io as oio  # noqa: E402
-from omnispectra.io._common import Spectrum  # noqa: E402
 from omnispectra.io import registry  # noqa: E402
+from omnispectra.io._common import Spectrum  # noqa: E402
 from omnispectra.io.sdss import read_sdss  # noqa: E402
 
 BASELINE_COMMIT = "aca2e84"

@@ -106,7 +106,7 @@ class Batch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move every tensor to ``device``."""
         moved = {}
         for f in fields(self):
@@ -118,7 +118,7 @@ class Batch:
             moved[f.name] = value
         return Batch(**moved)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """Pin host memory (called by ``DataLoader(pin_memory=True)``)."""
         pinned = {}
         for f in fields(self):

@@ -37,8 +37,8 @@ Use :func:`describe` to turn a value into names, :func:`flag_from_names` for the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntFlag
-from typing import Iterable
 
 __all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_names"]
 

@@ -95,7 +95,7 @@ class OmniSpectraConfig:
         return self.patch_size + 2
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "OmniSpectraConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> OmniSpectraConfig:
         """Config of a named preset (``tiny``, ``small``, ``paper``) with overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
@@ -106,7 +106,7 @@ class OmniSpectraConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "OmniSpectraConfig":
+    def from_dict(cls, values: dict[str, Any]) -> OmniSpectraConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
@@ -201,7 +201,7 @@ class PackedLayout:
     has_next: torch.Tensor
 
     @classmethod
-    def from_valid(cls, valid: torch.Tensor) -> "PackedLayout":
+    def from_valid(cls, valid: torch.Tensor) -> PackedLayout:
         n_batch = valid.shape[0]
         flat = valid.reshape(-1)
         index = flat.nonzero().squeeze(1)                                   # (N,)
@@ -397,7 +397,7 @@ class OmniSpectra(nn.Module):
         x = layout.unpack(x, *valid.shape)
         return x * valid[..., None].to(x.dtype)
 
-    def compile_encoder(self, **kwargs: Any) -> "OmniSpectra":
+    def compile_encoder(self, **kwargs: Any) -> OmniSpectra:
         """``torch.compile`` :meth:`encode` in place (dynamic shapes: batches vary in length).
 
         Fuses the element-wise work around the matmuls; on an H200 it made a pretraining

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from astropy import units as u
 
 from .exceptions import InvalidSpectrumError
 from .spectrum import is_spectrum, spectrum_arrays, spectrum_data

@@ -38,7 +38,7 @@ from omnispectra.collate import Collator, LengthBucketSampler
 from omnispectra.dataset import SpectrumDataset, split_by_object
 from omnispectra.evaluation.harness import evaluate
 from omnispectra.masking import masked_mean_from_visible
-from omnispectra.model import HUBER_DELTA, OmniSpectra, OmniSpectraConfig, masked_reconstruction_loss
+from omnispectra.model import HUBER_DELTA, OmniSpectra, OmniSpectraConfig
 
 VARIANTS = {"old": (False, None), "new": (True, HUBER_DELTA), "new-mse": (True, None)}
 

@@ -125,12 +125,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="lightning")
 
-    from omnispectra.runtime import resolve_model
     from omnispectra.dataset import split_by_object
     from omnispectra.evaluation import baselines
-    from omnispectra.evaluation.harness import (TASKS, compute_embeddings, task_targets, transform_targets,
-                                                labeled_rows, load_labeled)
+    from omnispectra.evaluation.harness import (
+        TASKS,
+        compute_embeddings,
+        labeled_rows,
+        load_labeled,
+        task_targets,
+        transform_targets,
+    )
     from omnispectra.probes import encoder_description, save_probe
+    from omnispectra.runtime import resolve_model
 
     t0 = time.perf_counter()
     out = Path(args.output)

@@ -75,7 +75,8 @@ Formats
 WAVE/FLUX/ERR tables, PyHammer templates), ``mmu`` (Multimodal Universe HDF5, incl.
 VIPERS), ``deimos`` (Keck/DEIMOS spec1d), ``uves_popler``, ``x1d`` (JWST/HST extracted
 spectra, one per order), ``ascii_table`` (CSV/ECSV/text tables named explicitly),
-``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.  FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
+``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.
+FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
 ``iraf_multispec``, ``fits_image`` and ``fits_image_rows`` (:mod:`omnispectra.io.fits_image`), whose
 axes come from :mod:`omnispectra.io.spectral_wcs`; they say ``medium = 'unknown'`` (wavelengths
 kept as written) when nothing in the file says air or vacuum.  No reader ever uses the pixel index
@@ -96,18 +97,34 @@ tells a corpus builder what failed and why (``on_error='raise'|'warn'|'skip'``).
 """
 
 from ._common import Spectrum, SpectrumList, air_to_vacuum, build_spectrum, err_to_ivar, file_stem
-from .registry import (FileProbe, ReaderInfo, ReadFailure, SpectrumIterator, SpectrumReadWarning,
-                       get_reader, identify_format, identify_formats, iter_spectra, list_formats,
-                       probe_file, read, register_reader)
+from .registry import (
+    FileProbe,
+    ReaderInfo,
+    ReadFailure,
+    SpectrumIterator,
+    SpectrumReadWarning,
+    get_reader,
+    identify_format,
+    identify_formats,
+    iter_spectra,
+    list_formats,
+    probe_file,
+    read,
+    register_reader,
+)
 
-# Importing the reader modules registers them.
-from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: E402,F401
-from . import tables, x1d, deimos, uves_popler  # noqa: E402,F401
-from . import sixdfgs, sdss_spspec  # noqa: E402,F401
-from . import fits_image  # noqa: E402,F401  (generic image layouts, before the specutils fallback)
-from . import specutils_fallback  # noqa: E402,F401
-from .mmu import iter_mmu, read_mmu  # noqa: E402
-from .specutils_registry import register_with_specutils  # noqa: E402
+# Importing the reader modules registers them, in this order (isort would alphabetise it, so it is
+# switched off for the block: generic image layouts must come after the specific formats and the
+# specutils fallback last).
+# isort: off
+from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: F401
+from . import tables, x1d, deimos, uves_popler  # noqa: F401
+from . import sixdfgs, sdss_spspec  # noqa: F401
+from . import fits_image  # noqa: F401  (generic image layouts, before the specutils fallback)
+from . import specutils_fallback  # noqa: F401
+# isort: on
+from .mmu import iter_mmu, read_mmu
+from .specutils_registry import register_with_specutils
 
 register_with_specutils()  # Spectrum.read(path, format="omnispectra-lamost") etc.; never auto-identified
 

@@ -31,8 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import SpectrumFormatError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits,
-                      parse_unit, put_label, put_text)
+from ._common import (
+    FLUX_1E17,
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    open_fits,
+    parse_unit,
+    put_label,
+    put_text,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_aspcapstar", "read_apstar", "identify_aspcapstar", "identify_apstar",

@@ -33,8 +33,18 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, open_fits, parse_unit,
-                      put_class, put_label, put_text, finish_rows)
+from ._common import (
+    FLUX_1E17,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    finish_rows,
+    open_fits,
+    parse_unit,
+    put_class,
+    put_label,
+    put_text,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_desi", "read_desi_stack", "identify_desi", "identify_desi_stack", "merge_arms"]

@@ -33,15 +33,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (air_to_vacuum, base_meta, build_spectrum, file_stem, finish_rows, open_fits, parse_unit,
-                      put_label, put_text, survey_from_header)
+from ._common import (
+    air_to_vacuum,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    finish_rows,
+    open_fits,
+    parse_unit,
+    put_label,
+    put_text,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
-from .tables import (ERROR_COLUMNS, IVAR_COLUMNS, LOGWAVE_COLUMNS, VARIANCE_COLUMNS, finish_table_columns,
-                     ivar_from_columns, unused_error_like, wavelength_in_angstrom)
+from .tables import (
+    ERROR_COLUMNS,
+    IVAR_COLUMNS,
+    LOGWAVE_COLUMNS,
+    VARIANCE_COLUMNS,
+    finish_table_columns,
+    ivar_from_columns,
+    unused_error_like,
+    wavelength_in_angstrom,
+)
 from .xshooter import header_medium
 
 __all__ = ["read_eso_phase3", "identify_eso_phase3"]

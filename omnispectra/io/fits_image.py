@@ -45,11 +45,28 @@ import numpy as np
 from astropy.io import fits
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError, UnitsError
-from ._common import (base_meta, build_spectrum, err_to_ivar, file_stem, finish_rows, flux_unit_from_header,
-                      open_fits, put_text, radec_object_id, survey_from_header)
+from ._common import (
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    finish_rows,
+    flux_unit_from_header,
+    open_fits,
+    put_text,
+    radec_object_id,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
-from .spectral_wcs import (SpectralAxis, header_medium, iraf_wat, parse_axis_unit, spectral_axis_from_header,
-                           to_vacuum, wavelengths_to_angstrom)
+from .spectral_wcs import (
+    SpectralAxis,
+    header_medium,
+    iraf_wat,
+    parse_axis_unit,
+    spectral_axis_from_header,
+    to_vacuum,
+    wavelengths_to_angstrom,
+)
 
 __all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec", "identify_fits_image",
            "identify_fits_image_rows", "identify_iraf_multispec", "uncertainty_to_ivar"]

@@ -32,8 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (air_to_vacuum, base_meta, build_spectrum, file_stem, open_fits, put_class,
-                      put_label, put_text, radec_object_id)
+from ._common import (
+    air_to_vacuum,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    open_fits,
+    put_class,
+    put_label,
+    put_text,
+    radec_object_id,
+)
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header
 

@@ -22,8 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, finish_rows, open_fits, parse_unit,
-                      put_label)
+from ._common import (
+    FLUX_1E17,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    finish_rows,
+    open_fits,
+    parse_unit,
+    put_label,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_manga", "identify_manga"]

@@ -34,16 +34,23 @@ is ``mmu:<object_id>``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-import astropy.units as u
-
-from ._common import (base_meta, build_spectrum, err_to_ivar, file_stem, finish_rows, put_class, put_label,
-                      put_text)
+from ._common import (
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    finish_rows,
+    put_class,
+    put_label,
+    put_text,
+)
 from .registry import FileProbe, register_reader
 from .sdss import put_elodie
 

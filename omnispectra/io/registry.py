@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from astropy.io import fits
 
-from ..exceptions import NotASpectrumError, OmniSpectraError, SpectrumFormatError, UnknownFormatError
+from ..exceptions import OmniSpectraError, SpectrumFormatError, UnknownFormatError
 from ._common import SpectrumList, check_truncation
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "iter_spectra",
     "probe_file",
     "SPECTRUM_FILE_SUFFIXES",
+    "expand_sources",
 ]
 
 _FITS_MAGIC = b"SIMPLE  ="

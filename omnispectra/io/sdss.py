@@ -42,9 +42,19 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 
-from ..exceptions import OmniSpectraError, SpectrumFormatError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, open_fits, parse_unit,
-                      put_class, put_label, put_text, radec_object_id)
+from ..exceptions import SpectrumFormatError
+from ._common import (
+    FLUX_1E17,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    open_fits,
+    parse_unit,
+    put_class,
+    put_label,
+    put_text,
+    radec_object_id,
+)
 from .fastfits import UnsupportedTable, read_hdu_headers, read_table_columns
 from .registry import FileProbe, register_reader
 

@@ -25,8 +25,15 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import SpectrumFormatError, UnitsError
-from ._common import (FLUX_1E17, base_meta, build_spectrum, file_stem, flux_unit_from_header,
-                      put_label, radec_object_id)
+from ._common import (
+    FLUX_1E17,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    flux_unit_from_header,
+    put_label,
+    radec_object_id,
+)
 from .fits_image import primary_image, uncertainty_to_ivar
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header, wavelengths_to_angstrom

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import registry as io_registry
+
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError, SpectrumTypeError
 from ..spectrum import ivar_from_uncertainty
 from ._common import Spectrum, SpectrumList, base_meta, build_spectrum, file_stem, survey_from_header

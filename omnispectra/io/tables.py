@@ -45,8 +45,15 @@ import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, parse_unit,
-                      survey_from_header)
+from ._common import (
+    air_to_vacuum,
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    parse_unit,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",

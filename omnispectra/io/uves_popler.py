@@ -28,8 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import SpectrumFormatError
-from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits, put_text,
-                      survey_from_header)
+from ._common import (
+    air_to_vacuum,
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    open_fits,
+    put_text,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_uves_popler", "identify_uves_popler"]

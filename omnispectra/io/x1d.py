@@ -24,15 +24,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import astropy.units as u
 import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (base_meta, build_spectrum, file_stem, finish_rows, open_fits, put_label, put_text,
-                      survey_from_header)
+from ._common import (
+    base_meta,
+    build_spectrum,
+    file_stem,
+    finish_rows,
+    open_fits,
+    put_label,
+    put_text,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
-from .tables import (column_unit, find_columns, finish_table_columns, ivar_from_columns, unused_error_like,
-                     wavelength_in_angstrom)
+from .tables import (
+    column_unit,
+    find_columns,
+    finish_table_columns,
+    ivar_from_columns,
+    unused_error_like,
+    wavelength_in_angstrom,
+)
 
 __all__ = ["read_x1d", "identify_x1d"]
 

@@ -23,8 +23,17 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 
-from ._common import (air_to_vacuum, base_meta, build_spectrum, err_to_ivar, file_stem, open_fits,
-                      parse_unit, put_label, put_text)
+from ._common import (
+    air_to_vacuum,
+    base_meta,
+    build_spectrum,
+    err_to_ivar,
+    file_stem,
+    open_fits,
+    parse_unit,
+    put_label,
+    put_text,
+)
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_xsl", "identify_xsl", "header_medium"]

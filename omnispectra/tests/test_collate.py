@@ -4,8 +4,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omnispectra.collate import (Collator, LengthBucketSampler, Sample, collate, length_sorted_batches,
-                                 padding_fraction, restandardize_tokens)
+from omnispectra.collate import (
+    Collator,
+    LengthBucketSampler,
+    Sample,
+    collate,
+    length_sorted_batches,
+    padding_fraction,
+    restandardize_tokens,
+)
 from omnispectra.tokenizer import tokenize
 
 

@@ -14,8 +14,15 @@ from specutils import Spectrum
 
 from omnispectra import CorpusError
 from omnispectra.cli import main
-from omnispectra.corpus import (FORMAT_VERSION, META_COLUMNS, build_corpus, corpus_files, corpus_info,
-                                is_corpus, open_corpus)
+from omnispectra.corpus import (
+    FORMAT_VERSION,
+    META_COLUMNS,
+    build_corpus,
+    corpus_files,
+    corpus_info,
+    is_corpus,
+    open_corpus,
+)
 
 from .helpers import data_dir
 

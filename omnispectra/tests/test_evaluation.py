@@ -10,7 +10,13 @@ pytest.importorskip("sklearn")
 from omnispectra.cli import main  # noqa: E402
 from omnispectra.evaluation import baselines  # noqa: E402
 from omnispectra.evaluation.harness import (  # noqa: E402
-    TASKS, classification_metrics, evaluate, labeled_rows, regression_metrics, source_classes)
+    TASKS,
+    classification_metrics,
+    evaluate,
+    labeled_rows,
+    regression_metrics,
+    source_classes,
+)
 from omnispectra.model import OmniSpectra, OmniSpectraConfig  # noqa: E402
 
 from .helpers import require_data_dir  # noqa: E402

@@ -8,8 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from omnispectra.collate import Collator, collate
-from omnispectra.model import (PRESETS, OmniSpectra, OmniSpectraConfig, masked_reconstruction_loss,
-                               sinusoidal_encoding)
+from omnispectra.model import (
+    PRESETS,
+    OmniSpectra,
+    OmniSpectraConfig,
+    masked_reconstruction_loss,
+    sinusoidal_encoding,
+)
 from omnispectra.tokenizer import tokenize
 
 from .helpers import real_sdss_files, sdss_arrays

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import omnispectra
-from omnispectra import CheckpointError, OmniSpectraError
-from omnispectra import pretrained
+from omnispectra import CheckpointError, OmniSpectraError, pretrained
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import (
     ModelDownloadError,

@@ -1,7 +1,6 @@
 """Probes: class weights, sampler, heads learning synthetic tasks, save/load, the predictor API and CLI."""
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,17 @@ from omnispectra.cli import main
 from omnispectra.examples import example_paths
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import save_weights
-from omnispectra.probes import (KNNProbe, Probe, class_balanced_sampler, class_weights, encoder_description,
-                                encoder_fingerprint, load_probe, read_probe_header, save_probe)
+from omnispectra.probes import (
+    KNNProbe,
+    Probe,
+    class_balanced_sampler,
+    class_weights,
+    encoder_description,
+    encoder_fingerprint,
+    load_probe,
+    read_probe_header,
+    save_probe,
+)
 from omnispectra.training.probe_module import fit_finetune, fit_probe_on_embeddings
 
 pytestmark = pytest.mark.filterwarnings(

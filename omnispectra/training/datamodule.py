@@ -52,7 +52,7 @@ class _TrainerEpochSampler(torch.utils.data.Sampler[list]):
     epoch during that first iteration).
     """
 
-    def __init__(self, sampler: Any, datamodule: "SpectraDataModule") -> None:
+    def __init__(self, sampler: Any, datamodule: SpectraDataModule) -> None:
         self.inner = sampler
         self.datamodule = datamodule
         self._first_epoch: int | None = None

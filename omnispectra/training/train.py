@@ -71,7 +71,7 @@ class TrainConfig:
     progress: bool = True
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """A preset of :data:`TRAIN_PRESETS` with some fields changed.
 
         Raises
@@ -84,7 +84,7 @@ class TrainConfig:
         return TRAIN_PRESETS[name].replace(**overrides)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike, base: "TrainConfig | None" = None) -> "TrainConfig":
+    def from_yaml(cls, path: str | os.PathLike, base: TrainConfig | None = None) -> TrainConfig:
         """Settings from a YAML mapping of field names, applied over ``base``.
 
         Without ``base``, the file's ``preset`` key (default ``tiny``) chooses the base.
@@ -109,7 +109,7 @@ class TrainConfig:
             base = cls.from_preset(values.get("preset", "tiny"))
         return base.replace(**values)
 
-    def replace(self, **values: Any) -> "TrainConfig":
+    def replace(self, **values: Any) -> TrainConfig:
         """A copy with some fields changed; unknown names and wrong types are a :class:`ConfigError`."""
         return dataclasses.replace(self, **_checked(values))
 
@@ -313,8 +313,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     # one log version per (re)start: logs/version_N/metrics.csv keeps every segment of a run
     loggers = [CSVLogger(out, name="logs")]
     try:
-        from lightning.pytorch.loggers import TensorBoardLogger
         import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(out, name="tensorboard"))
     except ImportError:

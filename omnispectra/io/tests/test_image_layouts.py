@@ -16,7 +16,7 @@ import pytest
 from astropy.io import fits
 
 import omnispectra.io as oio
-from omnispectra.exceptions import OmniSpectraError, SpectrumFormatError, UnitsError
+from omnispectra.exceptions import OmniSpectraError, UnitsError
 from omnispectra.io._common import WAVELENGTH_LIMITS_AA, flux_unit_from_header, survey_from_header
 
 N = 400

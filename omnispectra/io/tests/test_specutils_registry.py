@@ -9,7 +9,6 @@ import pytest
 from astropy.io import fits
 from astropy.io import registry as io_registry
 
-import omnispectra.io as oio
 from omnispectra.exceptions import OmniSpectraError
 from omnispectra.io._common import Spectrum, SpectrumList
 from omnispectra.io.specutils_registry import register_with_specutils, specutils_format_name

@@ -12,8 +12,13 @@ from astropy.io import fits
 from astropy.nddata import InverseVariance
 
 import omnispectra.io as oio
-from omnispectra.exceptions import (InvalidSpectrumError, NotASpectrumError, OmniSpectraError,
-                                    SpectrumFormatError, UnknownFormatError)
+from omnispectra.exceptions import (
+    InvalidSpectrumError,
+    NotASpectrumError,
+    OmniSpectraError,
+    SpectrumFormatError,
+    UnknownFormatError,
+)
 
 from .conftest import write_sdss_like
 
