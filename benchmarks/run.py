@@ -224,7 +224,7 @@ def section_tokenize(raw, args) -> list[dict]:
     rows = []
     for name, arrays in raw.items():
         arrays = arrays[:16]
-        seconds = best_time(lambda: [tokenize(*a) for a in arrays], repeat=3)
+        seconds = best_time(lambda arrays=arrays: [tokenize(*a) for a in arrays], repeat=3)
         rows.append({"set": name, "spectra_per_s": len(arrays) / seconds,
                      "pixels": float(np.mean([a[0].size for a in arrays]))})
         print(f"  {name:<12} {rows[-1]['pixels']:>7.0f} px   {rows[-1]['spectra_per_s']:>9,.0f} spectra/s")
@@ -270,7 +270,8 @@ def section_embed(sets, peak, device, args) -> list[dict]:
                 model = build_model(preset, device, impl).eval()
                 batches = batches_of(tokens, batch_size, batching == "bucketed")
                 prepared = prepare(tokens, batches, device)
-                seconds = timed(lambda: embed_once(model, prepared, device, dtype), device, args.repeat)
+                seconds = timed(lambda model=model, prepared=prepared, dtype=dtype: embed_once(model, prepared, device, dtype),
+                                device, args.repeat)
                 row = {"preset": preset, "set": name, "dtype": dtype, "batching": batching, "attention": impl,
                        "n_spectra": len(tokens), "mean_tokens": float(np.mean([t.n_tokens for t in tokens])),
                        "spectra_per_s": len(tokens) / seconds, "tokens_per_s": lengths.sum() / seconds,
@@ -312,7 +313,7 @@ def section_train(sets, peak, device, args) -> list[dict]:
                 model = build_model(preset, device, impl).train()
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
-                def epoch():
+                def epoch(model=model, opt=opt, dtype=dtype):
                     for b in prepared:
                         with autocast(device, dtype):
                             loss = model.loss(b)
@@ -403,7 +404,7 @@ def section_scaling(device, args) -> dict:
     for n_tok in args.scaling_tokens:
         batch = synthetic_batch(model, 1, n_tok, device)
 
-        def run():
+        def run(batch=batch):
             with autocast(device, "bf16" if device.type == "cuda" else "fp32"):
                 run_batch(model, batch, "embed")
         times.append(timed(run, device, args.repeat))
@@ -483,12 +484,12 @@ def section_peer(sets, raw, device, args) -> dict:
     out = {"available": True, "n_spectra": len(tokens), "n_pixels": n_pix, "peer_params": n_params,
            "preset": nearest, "preset_params": ours.get_num_params(), "rows": []}
     for dtype in args.dtypes:
-        def run_peer():
+        def run_peer(dtype=dtype):
             with torch.inference_mode(), autocast(device, dtype):
                 for i in range(0, len(flux), args.batch_size):
                     peer(flux[i:i + args.batch_size])
         t_peer = timed(run_peer, device, args.repeat)
-        t_ours = timed(lambda: embed_once(ours, prepared, device, dtype), device, args.repeat)
+        t_ours = timed(lambda dtype=dtype: embed_once(ours, prepared, device, dtype), device, args.repeat)
         row = {"dtype": dtype, "peer_spectra_per_s": len(tokens) / t_peer,
                "omnispectra_spectra_per_s": len(tokens) / t_ours, "ratio": t_peer / t_ours}
         out["rows"].append(row)
@@ -528,7 +529,7 @@ def section_files(device, args) -> list[dict]:
           f"(model only = the same spectra already tokenized)")
     rows = [{"mode": "model_only", "spectra_per_s": n / timed(lambda: run(tokens), device, args.repeat)}]
     for workers in (0, 1):
-        seconds = timed(lambda: run(files, workers=workers, on_error="skip"), device, args.repeat)
+        seconds = timed(lambda workers=workers: run(files, workers=workers, on_error="skip"), device, args.repeat)
         rows.append({"mode": f"files_workers{workers}", "spectra_per_s": n / seconds})
     for row in rows:
         row.update(preset=preset, n_spectra=n, ratio_to_model_only=row["spectra_per_s"] / rows[0]["spectra_per_s"])

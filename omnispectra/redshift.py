@@ -414,7 +414,8 @@ class RedshiftFitter:
         n_lag = lags.size
         big_m = np.zeros((n_lag, n, n))
         y = np.zeros((n_lag, n))
-        for row, (kind, ca, cb) in zip(corr, targets):
+        # corr's last two rows (wff, counts) have no target; they are read below
+        for row, (kind, ca, cb) in zip(corr, targets, strict=False):
             if kind == "y":
                 y[:, ca] += row
             else:

@@ -125,7 +125,7 @@ def main(argv=None):
         probes = evaluate(args.corpus, model=model, tasks=("source_class", "stellar_params"),
                           methods=["trivial", "few-shot", "mlp32"], runs=args.runs, min_labeled=20)
         summary = probes["summary"]
-        rows = [dict(zip(summary.colnames, (v.item() if hasattr(v, "item") else v for v in row)))
+        rows = [dict(zip(summary.colnames, (v.item() if hasattr(v, "item") else v for v in row), strict=True))
                 for row in summary]
         results["variants"][name] = {"train_seconds": seconds, "final_loss": float(np.mean(losses[-20:])),
                                      "reconstruction": recon, "probes": rows}

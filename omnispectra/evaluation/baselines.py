@@ -128,7 +128,7 @@ class SpenderEncoder(nn.Module):
         sizes = (5, 11, 21)
         blocks = []
         c_in = in_channels
-        for f, s in zip(filters, sizes):
+        for f, s in zip(filters, sizes, strict=True):
             blocks.append(nn.Sequential(nn.Conv1d(c_in, f, s, padding=s // 2), nn.InstanceNorm1d(f),
                                         nn.PReLU(f)))
             c_in = f

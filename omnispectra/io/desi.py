@@ -84,7 +84,7 @@ def merge_arms(waves, fluxes, ivars, masks, decimals: int = 3):
     den = np.zeros(grid.size)
     fsum = np.zeros(grid.size)
     fcnt = np.zeros(grid.size)
-    for key, f, iv, m in zip(keys, fluxes, ivars, masks):
+    for key, f, iv, m in zip(keys, fluxes, ivars, masks, strict=True):
         idx = np.searchsorted(grid, key)
         f = np.asarray(f, dtype=np.float64)
         iv = np.asarray(iv, dtype=np.float64)

@@ -352,7 +352,8 @@ def read_iraf_multispec(path, **kwargs) -> list:
         axes_raw, axis_unit, zs = _multispec_axes(path, header, cube[k_flux])
         zs = list(zs) + [0.0] * (len(axes_raw) - len(zs))
         axes = []
-        for a, z in zip(axes_raw, zs):
+        # zs comes from the WAT2 header text and may list more specN entries than there are axes
+        for a, z in zip(axes_raw, zs, strict=False):
             notes: dict = {}
             wave = wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path), notes=notes)
             wave, medium = to_vacuum(wave, header_medium(header))

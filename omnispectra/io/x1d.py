@@ -67,15 +67,19 @@ def identify_x1d(probe: FileProbe) -> bool:
 
 def _rows(data, roles):
     """(wave, flux, err, ivar, var, dq, row-info) per order: array columns -> one per row."""
-    get = lambda key: None if roles[key] is None else np.asarray(data[roles[key]])  # noqa: E731
+    def get(key):
+        return None if roles[key] is None else np.asarray(data[roles[key]])
+
+    def pick(column, r):
+        return None if column is None else column[r]
+
     wave = get("wave")
     if wave.ndim == 1:
         yield wave, get("flux"), get("err"), get("ivar"), get("var"), get("qual"), None
         return
     for r in range(wave.shape[0]):
-        pick = lambda a: None if a is None else a[r]  # noqa: E731
-        yield (wave[r], get("flux")[r], pick(get("err")), pick(get("ivar")), pick(get("var")),
-               pick(get("qual")), r)
+        yield (wave[r], get("flux")[r], pick(get("err"), r), pick(get("ivar"), r), pick(get("var"), r),
+               pick(get("qual"), r), r)
 
 
 @register_reader("x1d", identify=identify_x1d, extensions=(".fits", ".fits.gz"), priority=40)
@@ -108,7 +112,7 @@ def read_x1d(path, **kwargs) -> list:
     telescope = _telescope(prim)
     stem = file_stem(path)
     out, errors = [], []
-    for k, (i, th, units, roles, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
+    for k, (i, th, units, _roles, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
         sid = stem if len(pieces) == 1 else f"{stem}:{k}"
         where = f"{path} [HDU {i}]"
         try:

@@ -92,7 +92,7 @@ def test_dataloader_workers_match_single_process(corpus_dir):
                             multiprocessing_context="fork" if workers else None)
         results.append(_batches(loader))
     assert len(results[0]) == len(results[1]) == 8
-    for (ids_a, tok_a, mask_a), (ids_b, tok_b, mask_b) in zip(*results):
+    for (ids_a, tok_a, mask_a), (ids_b, tok_b, mask_b) in zip(*results, strict=True):
         assert ids_a == ids_b
         assert torch.equal(tok_a, tok_b) and torch.equal(mask_a, mask_b)
     assert sum(m.sum() for _, _, m in results[0]) > 0
@@ -209,7 +209,7 @@ def test_datamodule(corpus_dir):
     assert [b.ids for b in dm.train_dataloader()] != [b.ids for b in batches]
     val_a = [b.loss_mask for b in dm.val_dataloader()]
     val_b = [b.loss_mask for b in dm.val_dataloader()]
-    assert len(val_a) > 0 and all(torch.equal(a, b) for a, b in zip(val_a, val_b))  # fixed val masks
+    assert len(val_a) > 0 and all(torch.equal(a, b) for a, b in zip(val_a, val_b, strict=True))  # fixed val masks
     weighted = SpectraDataModule(corpus_dir, batch_size=8, num_workers=0, val_fraction=0.2,
                                  survey_weights={"apogee": 0.0})
     weighted.setup()

@@ -11,7 +11,7 @@ def _runs(mask):
     """(start, length) of each run of True."""
     padded = np.r_[False, mask, False].astype(int)
     edges = np.flatnonzero(np.diff(padded))
-    return list(zip(edges[::2], edges[1::2] - edges[::2]))
+    return list(zip(edges[::2], edges[1::2] - edges[::2], strict=True))
 
 
 def test_paper_rule_for_sdss_length():
@@ -42,7 +42,7 @@ def test_chunk_mask_properties(n_tok, seed, ratio):
     assert mask.sum() == n_mask * w
     assert mask.sum() <= max(ratio / 2 * n_tok, 0) + 1e-9 or n_mask == 0
     # non-adjacent: at least one unmasked token between chunks; each within its interval
-    for (s0, l0), (s1, _) in zip(runs, runs[1:]):
+    for (s0, l0), (s1, _) in zip(runs, runs[1:], strict=False):
         assert s1 > s0 + l0
     for start, _ in runs:
         k = start // (2 * w)

@@ -200,7 +200,7 @@ def test_ablation_switches():
 def _segment_attention(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs):
     """Reference varlen attention: SDPA per cu_seqlens segment. (N, H, hs) layout."""
     out = torch.empty_like(q)
-    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
         seg = [t[s:e].transpose(0, 1)[None] for t in (q, k, v)]
         out[s:e] = F.scaled_dot_product_attention(*seg)[0].transpose(0, 1)
     return out

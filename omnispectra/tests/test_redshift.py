@@ -21,7 +21,7 @@ REST = 10 ** (LOGLAM0 + DLOG * np.arange(N_FINE))
 
 def _lines(centres, sigma_a, amps):
     out = np.zeros_like(REST)
-    for c, a in zip(centres, amps):
+    for c, a in zip(centres, amps, strict=True):
         out += a * np.exp(-0.5 * ((REST - c) / (sigma_a * c / 5000.0)) ** 2)
     return out
 

@@ -148,7 +148,7 @@ class ShardWriter(BasePredictionWriter):
                            dataloader_idx=0) -> None:
         positions, vectors = prediction
         vectors = vectors.detach().cpu().numpy()
-        for pos, vec in zip(positions.tolist(), vectors):
+        for pos, vec in zip(positions.tolist(), vectors, strict=True):
             k = pos // self.shard_size
             self._pending.setdefault(k, {})[pos] = vec
             expected = min((k + 1) * self.shard_size, len(self.dataset)) - k * self.shard_size

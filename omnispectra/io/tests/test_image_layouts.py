@@ -260,8 +260,8 @@ def test_iraf_equispec_bands_like_yfosc(tmp_path):
 
 def _multispec(path, data, spec2_z=0.0, **extra):
     hdu = fits.PrimaryHDU(np.asarray(data, np.float32))
-    spec1 = '"1 61 0 5000. 0.05 %d 0. 1. 10."' % N
-    spec2 = '"2 60 1 3.71 1e-5 %d %g 12. 20."' % (N, spec2_z)  # log-linear order
+    spec1 = f'"1 61 0 5000. 0.05 {N:d} 0. 1. 10."'
+    spec2 = f'"2 60 1 3.71 1e-5 {N:d} {spec2_z:g} 12. 20."'  # log-linear order
     wat2 = f"wtype=multispec spec1 = {spec1} spec2 = {spec2}"
     hdu.header.update({"WCSDIM": 2, "CTYPE1": "MULTISPE", "CTYPE2": "MULTISPE", "CD1_1": 1.0, "CD2_2": 1.0,
                        "LTM1_1": 1.0, "LTM2_2": 1.0, "WAT0_001": "system=multispec",
