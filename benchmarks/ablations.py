@@ -34,7 +34,8 @@ PAPER = {"OmniSpectra (full)": 0.505, "w/o local positional embedding": 0.531,
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", nargs="+")
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/ablations"))
     parser.add_argument("--preset", default="tiny")

@@ -417,7 +417,8 @@ class OmniSpectra(nn.Module):
         """One embedding per spectrum, ``(B, D)``: the valid-token mean of :meth:`encode`."""
         return self.pool(self.encode(tokens, wavelength, valid), valid)
 
-    def reconstruct(self, tokens: torch.Tensor, wavelength: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, tokens: torch.Tensor, wavelength: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:
         """Predicted tokens ``(B, T, p+2)`` for every slot."""
         return self.head(self.encode(tokens, wavelength, valid))
 

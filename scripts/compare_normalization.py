@@ -98,7 +98,8 @@ def masked_mse(model, dataset, rows, restandardize, batch_size=16, seed=123):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", nargs="+")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--steps", type=int, default=300)
@@ -121,7 +122,8 @@ def main(argv=None):
                                  args.lr, args.seed)
         seconds = time.perf_counter() - t0
         torch.save(model.state_dict(), out / f"{name}.pt")
-        recon = {norm: masked_mse(model, dataset, val, flag) for norm, flag in (("old", False), ("new", True))}
+        recon = {norm: masked_mse(model, dataset, val, flag)
+                 for norm, flag in (("old", False), ("new", True))}
         probes = evaluate(args.corpus, model=model, tasks=("source_class", "stellar_params"),
                           methods=["trivial", "few-shot", "mlp32"], runs=args.runs, min_labeled=20)
         summary = probes["summary"]

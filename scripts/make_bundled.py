@@ -35,7 +35,8 @@ def _metrics(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="run directory of `omnispectra train`")
     parser.add_argument("corpus", nargs="+", help="the corpus files the run trained on")
     parser.add_argument("-o", "--output", type=Path, default=Path("omnispectra/data"))

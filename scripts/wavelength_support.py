@@ -27,7 +27,8 @@ ADDED_LATER = ("6dfgs", "lamost/dr1", "sdss/more", "vimos", "lijiang", "template
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="the shared data folder (../shared/data)")
     parser.add_argument("--card", type=Path, default=None, help="model card (default: the bundled one)")
     parser.add_argument("--write", action="store_true", help="store the result in the card")

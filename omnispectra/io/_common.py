@@ -149,7 +149,8 @@ def open_fits(path: str | Path) -> Iterator[FitsFile]:
         try:
             hdul = fits.open(path, memmap=False, lazy_load_hdus=True, mode="readonly")
         except Exception as exc:  # OSError, ValueError, EOFError, gzip errors ...
-            raise SpectrumFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+            raise SpectrumFormatError(
+                f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
         ff = FitsFile(path, hdul)
         try:
             try:
@@ -353,7 +354,8 @@ def build_spectrum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, meta
     d = np.diff(wave)
     if not np.all(d > 0):
         if np.all(d < 0):
-            wave, flux, ivar, mask = wave[::-1].copy(), flux[::-1].copy(), ivar[::-1].copy(), mask[::-1].copy()
+            wave, flux = wave[::-1].copy(), flux[::-1].copy()
+            ivar, mask = ivar[::-1].copy(), mask[::-1].copy()
         else:
             _valid_wave_msg(where, wave)
     if wave[0] <= 0:

@@ -54,7 +54,8 @@ _PARAM_INDEX = {"teff": 0, "logg": 1, "fe_h": 3, "alpha_m": 6}
 
 
 def _log_linear_wcs(h):
-    return all(k in h for k in ("CRVAL1", "CDELT1")) and str(h.get("CTYPE1", "LOG-LINEAR")).upper().startswith("LOG")
+    return (all(k in h for k in ("CRVAL1", "CDELT1"))
+            and str(h.get("CTYPE1", "LOG-LINEAR")).upper().startswith("LOG"))
 
 
 def identify_aspcapstar(probe: FileProbe) -> bool:
@@ -81,7 +82,8 @@ def _wave(h, n, path):
         crval, cdelt = float(h["CRVAL1"]), float(h["CDELT1"])
         crpix = float(h.get("CRPIX1", 1.0))
     except (KeyError, TypeError, ValueError) as exc:
-        raise SpectrumFormatError(f"{path}: no log-linear wavelength solution (CRVAL1/CDELT1): {exc}") from exc
+        raise SpectrumFormatError(
+            f"{path}: no log-linear wavelength solution (CRVAL1/CDELT1): {exc}") from exc
     return 10.0 ** (crval + cdelt * (np.arange(n) + 1.0 - crpix))
 
 

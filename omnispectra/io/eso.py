@@ -139,7 +139,8 @@ def read_eso_phase3(path, **kwargs) -> list:
         ec, qc = _pick(colmap, _ERR), _pick(colmap, _QUAL)
         ic = _pick(colmap, _IVAR) if ec is None else None
         vc = _pick(colmap, _VAR) if ec is None and ic is None else None
-        get = {k: (np.array(data[colmap[k].name], dtype=np.float64) if k else None) for k in (wc, fc, ec, ic, vc)}
+        get = {k: (np.array(data[colmap[k].name], dtype=np.float64) if k else None)
+               for k in (wc, fc, ec, ic, vc)}
         qual = np.array(data[colmap[qc].name]) if qc else None
         wunit = parse_unit(colmap[wc].unit)
         funit = parse_unit(colmap[fc].unit)

@@ -258,5 +258,6 @@ def read_all_headers(path: str | Path) -> list[tuple[dict[str, Any], bytes]]:
             end = hdus[-1].data_offset + hdus[-1].data_size
             fh.seek(end - 1)
             if len(fh.read(1)) != 1:
-                raise SpectrumFormatError(f"{path}: truncated FITS file (data of HDU {hdus[-1].index} cut short)")
+                raise SpectrumFormatError(
+                    f"{path}: truncated FITS file (data of HDU {hdus[-1].index} cut short)")
     return [(hdu.cards, hdu.raw_header) for hdu in hdus]

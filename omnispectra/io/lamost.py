@@ -133,7 +133,8 @@ def read_lamost_lrs(path, **kwargs) -> list:
             flux = np.asarray(t["FLUX"][0], dtype=np.float64)
             ivar = np.asarray(t["IVAR"][0], dtype=np.float64)
             wave = np.asarray(t["WAVELENGTH"][0], dtype=np.float64)
-            andmask = np.asarray(t["ANDMASK"][0]) if "ANDMASK" in [c.upper() for c in t.columns.names] else None
+            has_andmask = "ANDMASK" in [c.upper() for c in t.columns.names]
+            andmask = np.asarray(t["ANDMASK"][0]) if has_andmask else None
         else:
             data = ff.hdul[0].data
             if data is None or data.ndim != 2 or data.shape[0] < 3:
@@ -143,7 +144,8 @@ def read_lamost_lrs(path, **kwargs) -> list:
             data = np.array(data, dtype=np.float64)
             rows = _image_rows(h, data.shape[0])
             flux, ivar = data[rows["FLUX"]], data[rows["INVERSE"]]
-            wave = data[rows["WAVELENGTH"]] if "WAVELENGTH" in rows else _loglinear_axis(path, h, data.shape[1])
+            wave = (data[rows["WAVELENGTH"]] if "WAVELENGTH" in rows
+                    else _loglinear_axis(path, h, data.shape[1]))
             andmask = data[rows["ANDMASK"]] if "ANDMASK" in rows else None
         warn = list(ff.warnings)
     is_air, medium = _medium(h)

@@ -136,7 +136,8 @@ def _one(path, h5, row, survey, stem):
     else:
         ivar = np.where(np.isfinite(flux), 1.0, 0.0)
         placeholder = True
-    mask = (np.asarray(h5["spectrum_mask"][row]).ravel() != 0) if "spectrum_mask" in h5 else np.zeros(flux.shape, bool)
+    mask = ((np.asarray(h5["spectrum_mask"][row]).ravel() != 0) if "spectrum_mask" in h5
+            else np.zeros(flux.shape, bool))
     if not (lam.shape == flux.shape == ivar.shape == mask.shape):
         raise SpectrumFormatError(f"{path}: row {row}: spectrum_* datasets differ in length")
     lam, flux, ivar, mask = _trim(lam, flux, ivar, mask)

@@ -27,7 +27,8 @@ def _has_flux_hdu(probe: FileProbe) -> bool:
     for h in probe.hdus:
         if h.name.endswith("_FLUX") or h.name in ("FLUX", "WAVE"):
             return True
-        if h.kind in ("image", "primary", "compimage") and len(h.shape) >= 1 and int(h.header.get("BITPIX", 8)) < 0:
+        if (h.kind in ("image", "primary", "compimage") and len(h.shape) >= 1
+                and int(h.header.get("BITPIX", 8)) < 0):
             return True
         if any(c in _FLUXY for c in h.columns):
             return True
@@ -59,7 +60,8 @@ def _describe_tables(probe: FileProbe) -> str:
     for h in probe.hdus:
         if h.kind in ("bintable", "table"):
             cols = ", ".join(h.columns[:8]) + (", ..." if len(h.columns) > 8 else "")
-            parts.append(f"HDU {h.index} {h.name or '(unnamed)'!s}: {h.shape[0] if h.shape else 0} rows [{cols}]")
+            n_rows = h.shape[0] if h.shape else 0
+            parts.append(f"HDU {h.index} {h.name or '(unnamed)'!s}: {n_rows} rows [{cols}]")
     return "; ".join(parts)
 
 
@@ -79,7 +81,8 @@ def read_redrock(path, **kwargs):
 def read_gaia_xp(path, **kwargs):
     """Gaia XP continuous (Hermite coefficient) spectra: not sampled spectra."""
     probe = probe_file(path)
-    n = next((h.shape[0] for h in probe.hdus if "BP_COEFFICIENTS" in h.columns or "RP_COEFFICIENTS" in h.columns), "?")
+    n = next((h.shape[0] for h in probe.hdus
+              if "BP_COEFFICIENTS" in h.columns or "RP_COEFFICIENTS" in h.columns), "?")
     raise NotASpectrumError(
         f"{Path(path)}: this is a Gaia DR3 XP *continuous* spectrum table ({n} sources; BP/RP Hermite-basis "
         f"coefficients and covariances), not a sampled spectrum; sample it first (e.g. GaiaXPy.calibrate)")

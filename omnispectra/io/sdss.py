@@ -199,7 +199,8 @@ def _load_astropy(path: Path):
         for key in ("SPECOBJ", "SPALL", 2):
             if ff.has(key):
                 h = ff.hdu(key)
-                if getattr(h, "columns", None) is not None and "CLASS" in [c.upper() for c in h.columns.names]:
+                if (getattr(h, "columns", None) is not None
+                        and "CLASS" in [c.upper() for c in h.columns.names]):
                     data = h.data[:1]
                     row = {c.upper(): data[c][0] for c in data.columns.names
                            if c.upper() in _SPECOBJ_READ and len(data)}
@@ -225,7 +226,8 @@ def load_sdss_arrays(path, fast: bool = True):
         except UnsupportedTable:
             pass
         except (OSError, EOFError, ValueError) as exc:
-            raise SpectrumFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
+            raise SpectrumFormatError(
+                f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
     return _load_astropy(path)
 
 
@@ -264,7 +266,8 @@ def read_sdss(path, fast: bool = True, **kwargs) -> list:
     if thing is not None and int(thing) > 0:
         meta["thing_id"] = int(thing)
     put_label(meta, "ra", _row_value(spec_row, "PLUG_RA") if spec_row is not None else header.get("PLUG_RA"))
-    put_label(meta, "dec", _row_value(spec_row, "PLUG_DEC") if spec_row is not None else header.get("PLUG_DEC"))
+    put_label(meta, "dec",
+              _row_value(spec_row, "PLUG_DEC") if spec_row is not None else header.get("PLUG_DEC"))
     if spec_row is not None:
         put_class(meta, _row_value(spec_row, "CLASS"))
         put_text(meta, "subclass", _row_value(spec_row, "SUBCLASS"))

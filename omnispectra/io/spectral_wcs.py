@@ -177,7 +177,8 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
         wmin, wmax = float(np.nanmin(wave)), float(np.nanmax(wave))
     if not (lo <= wmin and wmax <= hi):
         kind = unit.physical_type
-        hint = " (log10 wavelengths without DC-FLAG = 1?)" if unit == u.AA and 2.0 < vmin and vmax < 6.0 else ""
+        looks_log10 = unit == u.AA and 2.0 < vmin and vmax < 6.0
+        hint = " (log10 wavelengths without DC-FLAG = 1?)" if looks_log10 else ""
         raise UnitsError(
             f"{where}: {what} ({kind} axis in {unit}: {vmin:.6g}-{vmax:.6g}) corresponds to "
             f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom{hint}; refused")
@@ -201,7 +202,8 @@ def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 
         raise UnitsError(f"{where}: the spectral axis is a velocity (CTYPE{axis}={ctype!r}, "
                          f"CUNIT{axis}={header.get(f'CUNIT{axis}', '')!r}), not a UV/optical/IR "
                          f"wavelength axis (e.g. a radio line spectrum); refused")
-    if base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES and not base.startswith("MULTISPE"):
+    if (base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES
+            and not base.startswith("MULTISPE")):
         raise UnitsError(f"{where}: axis {axis} is CTYPE{axis}={ctype!r}, not a spectral axis; refused")
     crval = header.get(f"CRVAL{axis}")
     step = header.get(f"CD{axis}_{axis}", header.get(f"CDELT{axis}"))

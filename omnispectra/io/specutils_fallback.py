@@ -106,7 +106,8 @@ def read_with_specutils(path, specutils_format: str | None = None, **kwargs) -> 
         obj = str(hdr.get("OBJECT", "")).strip()
         medium = header_medium(hdr, str(hdr.get("CTYPE1", "")))
         wave, medium = to_vacuum(wave, medium)
-        meta = base_meta(path, "specutils", survey_from_header(hdr), id=sid, object_id=obj or sid, medium=medium)
+        meta = base_meta(path, "specutils", survey_from_header(hdr), id=sid, object_id=obj or sid,
+                         medium=medium)
         meta["specutils_format"] = fmt
         if placeholder:
             meta["ivar_is_placeholder"] = True

@@ -278,7 +278,8 @@ def _read_table(path: Path):
             return Table.read(path, format="ascii.csv", comment="#")
         return Table.read(path, format="ascii", guess=True)
     except Exception as exc:
-        raise SpectrumFormatError(f"{path}: cannot be parsed as a table ({type(exc).__name__}: {exc})") from exc
+        raise SpectrumFormatError(
+            f"{path}: cannot be parsed as a table ({type(exc).__name__}: {exc})") from exc
 
 
 @register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES, priority=20)
@@ -307,7 +308,8 @@ def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None, flux_unit:
     wunit = u.Unit(wave_unit) if wave_unit is not None else column_unit(wave_col, table[wave_col].unit)
     wave, assumed = wavelength_in_angstrom(np.asarray(table[wave_col], dtype=np.float64), wunit, where,
                                            log10=roles["logwave"] is not None and roles["wave"] is None)
-    funit = u.Unit(flux_unit) if flux_unit is not None else column_unit(roles["flux"], table[roles["flux"]].unit)
+    funit = (u.Unit(flux_unit) if flux_unit is not None
+             else column_unit(roles["flux"], table[roles["flux"]].unit))
     flux = np.asarray(table[roles["flux"]], dtype=np.float64)
     col = lambda key: None if roles[key] is None else np.asarray(table[roles[key]], dtype=np.float64)  # noqa: E731
     ivar, kind = ivar_from_columns(col("err"), col("ivar"), col("var"))
@@ -321,7 +323,8 @@ def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None, flux_unit:
     meta["columns_used"] = {k: v for k, v in roles.items() if v is not None}
     unused = unused_error_like(names, roles)
     if unused:
-        logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused, roles.get(kind or "err"))
+        logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused,
+                       roles.get(kind or "err"))
     flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused)
     bad = None if roles["qual"] is None else np.asarray(table[roles["qual"]]) != 0
     return [build_spectrum(wave, flux, ivar, mask=bad, flux_unit=funit, meta=meta, path=path)]

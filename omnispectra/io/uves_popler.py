@@ -108,7 +108,8 @@ def read_uves_popler(path, **kwargs) -> list:
         data = ff.image(0, "UVES_popler arrays").astype(np.float64)
         warn = list(ff.warnings)
     if data.ndim != 2:
-        raise SpectrumFormatError(f"{path}: UVES_popler file should hold a 2-D image, found shape {data.shape}")
+        raise SpectrumFormatError(
+            f"{path}: UVES_popler file should hold a 2-D image, found shape {data.shape}")
     roles = _row_roles(header, data.shape[0])
     wave = _wavelengths(header, data.shape[1], path)
     flux = data[roles["flux"]]

@@ -241,7 +241,8 @@ class SpectraDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Remember where the checkpointed run was, to skip those batches on resume."""
-        self._resume = {"epoch": int(state_dict.get("epoch", 0)), "batches": int(state_dict.get("batches", 0))}
+        self._resume = {"epoch": int(state_dict.get("epoch", 0)),
+                        "batches": int(state_dict.get("batches", 0))}
 
     def describe(self) -> dict[str, Any]:
         """Sizes of the split per survey (for logs)."""

@@ -102,9 +102,11 @@ class TrainConfig:
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" (line {where.line + 1})" if where is not None else ""
-            raise ConfigError(f"{path} is not valid YAML{line}: {getattr(err, 'problem', None) or err}") from err
+            problem = getattr(err, 'problem', None) or err
+            raise ConfigError(f"{path} is not valid YAML{line}: {problem}") from err
         if not isinstance(values, dict):
-            raise ConfigError(f"{path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
+            raise ConfigError(
+                f"{path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
         if base is None:
             base = cls.from_preset(values.get("preset", "tiny"))
         return base.replace(**values)
@@ -159,7 +161,8 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
         if key == "corpus":
             if isinstance(value, (str, os.PathLike)):
                 value = [value]
-            if not (isinstance(value, (list, tuple)) and all(isinstance(v, (str, os.PathLike)) for v in value)):
+            if not (isinstance(value, (list, tuple))
+                    and all(isinstance(v, (str, os.PathLike)) for v in value)):
                 raise ConfigError(f"training setting corpus={value!r} must be a list of file names")
             values = {**values, "corpus": [os.fspath(v) for v in value]}
     if "betas" in values:
