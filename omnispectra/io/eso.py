@@ -145,7 +145,8 @@ def read_eso_phase3(path, **kwargs) -> list:
         wunit = parse_unit(colmap[wc].unit)
         funit = parse_unit(colmap[fc].unit)
         unused = unused_error_like([c.name for c in hdu.columns],
-                                   {"w": colmap[wc].name, "f": colmap[fc].name, "q": colmap[qc].name if qc else None,
+                                   {"w": colmap[wc].name, "f": colmap[fc].name,
+                                    "q": colmap[qc].name if qc else None,
                                     **{k: colmap[c].name for k, c in (("e", ec), ("i", ic), ("v", vc)) if c}})
         wcol_index = list(colmap).index(wc) + 1
         tucd = str(th.get(f"TUCD{wcol_index}", ""))

@@ -68,8 +68,9 @@ from .spectral_wcs import (
     wavelengths_to_angstrom,
 )
 
-__all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec", "identify_fits_image",
-           "identify_fits_image_rows", "identify_iraf_multispec", "uncertainty_to_ivar"]
+__all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec",
+           "identify_fits_image", "identify_fits_image_rows", "identify_iraf_multispec",
+           "uncertainty_to_ivar"]
 
 _FLUX_NAMES = ("FLUX", "SCI", "SPEC", "SPECTRUM", "DATA", "PRIMARY")
 _WAVE_NAMES = ("WAVELENGTH", "WAVE", "LAMBDA", "WAVELEN", "WAVES")
@@ -128,7 +129,8 @@ def identify_fits_image_rows(probe: FileProbe) -> bool:
 
 
 def identify_iraf_multispec(probe: FileProbe) -> bool:
-    return probe.kind == "fits" and bool(probe.hdus) and probe.hdus[0].shape != () and _is_iraf_spec(probe.primary)
+    return (probe.kind == "fits" and bool(probe.hdus) and probe.hdus[0].shape != ()
+            and _is_iraf_spec(probe.primary))
 
 
 def _where(path, sid=None) -> str:
@@ -193,31 +195,37 @@ def read_fits_image(path, **kwargs) -> list:
         flux = np.squeeze(np.array(flux_hdu.data, dtype=np.float64))
         header = flux_hdu.header
         err_hdu = next((h for h in images if h.name.upper() in _ERR_KINDS and h.data.size == flux.size), None)
-        mask_hdu = next((h for h in images if h.name.upper() in _MASK_NAMES and h.data.size == flux.size), None)
-        ivar = (uncertainty_to_ivar(np.array(err_hdu.data).reshape(flux.shape), _ERR_KINDS[err_hdu.name.upper()])
+        mask_hdu = next((h for h in images if h.name.upper() in _MASK_NAMES and h.data.size == flux.size),
+                        None)
+        ivar = (uncertainty_to_ivar(np.array(err_hdu.data).reshape(flux.shape),
+                                    _ERR_KINDS[err_hdu.name.upper()])
                 if err_hdu is not None else _placeholder_ivar(flux))
         mask = None if mask_hdu is None else np.array(mask_hdu.data).reshape(flux.shape) != 0
         axis: SpectralAxis | None = None
         if wave_hdu is not None:
             wave_values = np.squeeze(np.array(wave_hdu.data, dtype=np.float64))
             if wave_values.shape != flux.shape:
-                raise SpectrumFormatError(f"{path}: wavelength HDU {wave_hdu.name!r} has shape {wave_values.shape}, "
-                                          f"flux HDU {flux_hdu.name!r} has {flux.shape}")
+                raise SpectrumFormatError(
+                    f"{path}: wavelength HDU {wave_hdu.name!r} has shape {wave_values.shape}, "
+                    f"flux HDU {flux_hdu.name!r} has {flux.shape}")
             wh = wave_hdu.header
             unit_text = wh.get("BUNIT") or wh.get("CUNIT1") or wh.get("TUNIT1")
             unit = parse_axis_unit(unit_text)
             if unit is None and unit_text:
-                raise UnitsError(f"{path}: wavelength HDU unit {unit_text!r} is not a unit astropy knows; refused")
+                raise UnitsError(
+                    f"{path}: wavelength HDU unit {unit_text!r} is not a unit astropy knows; refused")
             notes: dict = {}
-            wave = wavelengths_to_angstrom(wave_values, unit, what=f"the {wave_hdu.name} HDU", where=str(path),
-                                           notes=notes)
+            wave = wavelengths_to_angstrom(wave_values, unit, what=f"the {wave_hdu.name} HDU",
+                                           where=str(path), notes=notes)
             medium = header_medium(wh) if header_medium(wh) != "unknown" else header_medium(prim)
             wave, medium = to_vacuum(wave, medium)
-            axis = SpectralAxis(wave=wave, medium=medium, description=f"{wave_hdu.name} image HDU, unit "
-                                f"{unit_text!r}" if unit_text else f"{wave_hdu.name} image HDU, no unit", notes=notes)
+            description = (f"{wave_hdu.name} image HDU, unit {unit_text!r}" if unit_text
+                           else f"{wave_hdu.name} image HDU, no unit")
+            axis = SpectralAxis(wave=wave, medium=medium, description=description, notes=notes)
         else:
             if flux.ndim != 1:
-                raise SpectrumFormatError(f"{path}: flux image of shape {flux.shape} without a wavelength HDU")
+                raise SpectrumFormatError(
+                    f"{path}: flux image of shape {flux.shape} without a wavelength HDU")
             wcs_header = header if "CRVAL1" in header or flux_hdu is ff.hdul[0] else prim
             axis = spectral_axis_from_header(wcs_header, flux.size, where=str(path))
             wave = axis.wave
@@ -254,8 +262,8 @@ def _error_kind(header) -> str:
     return "sigma"
 
 
-@register_reader("fits_image_rows", identify=identify_fits_image_rows, extensions=(".fits", ".fits.gz", ".fit"),
-                 priority=-45)
+@register_reader("fits_image_rows", identify=identify_fits_image_rows,
+                 extensions=(".fits", ".fits.gz", ".fit"), priority=-45)
 def read_fits_image_rows(path, **kwargs) -> list:
     """One 2 x N / 3 x N (or N x 3) image: wavelength, flux, (error) rows."""
     path = Path(path)
@@ -287,8 +295,8 @@ def read_fits_image_rows(path, **kwargs) -> list:
     ivar = uncertainty_to_ivar(rows[others[1]], kind) if len(others) > 1 else _placeholder_ivar(flux)
     stem = file_stem(path)
     unit_flux, raw_unit = flux_unit_from_header(header.get("BUNIT", prim.get("BUNIT")))
-    meta = base_meta(path, "fits_image_rows", survey_from_header(prim), id=stem, object_id=_object_id(prim, stem),
-                     medium=medium)
+    meta = base_meta(path, "fits_image_rows", survey_from_header(prim), id=stem,
+                     object_id=_object_id(prim, stem), medium=medium)
     axis = SpectralAxis(wave=wave, medium=medium, notes=notes,
                         description=f"image row {k_wave + 1}, unit {unit_text!r}" if unit_text
                         else f"image row {k_wave + 1}, no unit")
@@ -303,7 +311,8 @@ def _band_roles(header, nbands: int) -> tuple[int, int | None, list[str]]:
     ids = [str(header.get(f"BANDID{k + 1}", "") or "").strip() for k in range(nbands)]
     low = [s.lower() for s in ids]
     flux = next((k for k, s in enumerate(low) if s.startswith("spectrum")), 0)
-    sigma = next((k for k, s in enumerate(low) if s.startswith("sigma") or "error" in s.split(" - ")[0]), None)
+    sigma = next((k for k, s in enumerate(low) if s.startswith("sigma") or "error" in s.split(" - ")[0]),
+                 None)
     return flux, sigma, ids
 
 
@@ -313,8 +322,9 @@ def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray,
 
     ltv, ltm = float(header.get("LTV1", 0.0) or 0.0), float(header.get("LTM1_1", 1.0) or 1.0)
     if ltv != 0.0 or ltm != 1.0:
-        raise SpectrumFormatError(f"{path}: multispec image with a logical-to-physical pixel map (LTV1={ltv}, "
-                                  f"LTM1_1={ltm}) is not supported")
+        raise SpectrumFormatError(
+            f"{path}: multispec image with a logical-to-physical pixel map (LTV1={ltv}, "
+            f"LTM1_1={ltm}) is not supported")
     hdr = header.copy()
     for key in list(hdr.keys()):
         if re.fullmatch(r"(NAXIS3|CTYPE3|CD3_3|CDELT3|CRVAL3|CRPIX3|LTM3_3|WAT3_\d+)", key):
@@ -325,7 +335,8 @@ def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray,
         warnings.simplefilter("ignore")
         coll = SpectrumCollection.read(fits.HDUList([prim]), format="iraf")
     axes = np.atleast_2d(coll.spectral_axis.value)
-    text = "".join(f"{str(header[k]):68s}" for k in sorted(k for k in header.keys() if re.fullmatch(r"WAT2_\d+", k)))
+    wat2_keys = sorted(k for k in header.keys() if re.fullmatch(r"WAT2_\d+", k))
+    text = "".join(f"{str(header[k]):68s}" for k in wat2_keys)
     zs = []
     for m in re.finditer(r'spec\d+\s*=\s*"([^"]*)"', text):
         fields = m.group(1).split()
@@ -355,7 +366,8 @@ def read_iraf_multispec(path, **kwargs) -> list:
         # zs comes from the WAT2 header text and may list more specN entries than there are axes
         for a, z in zip(axes_raw, zs, strict=False):
             notes: dict = {}
-            wave = wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path), notes=notes)
+            wave = wavelengths_to_angstrom(a, axis_unit, what="the multispec dispersion", where=str(path),
+                                           notes=notes)
             wave, medium = to_vacuum(wave, header_medium(header))
             axes.append(SpectralAxis(wave=wave, medium=medium, dopcor_z=z, notes=notes,
                                      description="IRAF multispec (WAT2 specN), via specutils"))
@@ -369,7 +381,8 @@ def read_iraf_multispec(path, **kwargs) -> list:
         apnum = str(header.get(f"APNUM{ap + 1}", ap + 1)).split()[0]
         sid = stem if naps == 1 else f"{stem}:{apnum}"
         flux = cube[k_flux, ap]
-        ivar = uncertainty_to_ivar(cube[k_sigma, ap], "sigma") if k_sigma is not None else _placeholder_ivar(flux)
+        ivar = (uncertainty_to_ivar(cube[k_sigma, ap], "sigma") if k_sigma is not None
+                else _placeholder_ivar(flux))
         meta = base_meta(path, "iraf_multispec", survey_from_header(header), id=sid,
                          object_id=_object_id(header, stem), medium=axes[ap].medium)
         _finish_meta(meta, header, axes[ap], raw_unit, k_sigma is None, warn)

@@ -74,8 +74,8 @@ def read_sdss_spspec(path, **kwargs) -> list:
         raise SpectrumFormatError(f"{path}: no SPECTRUM row among {list(rows)}")
     flux = rows["SPECTRUM"]
     npix = flux.size
-    loglin = wavelengths_to_angstrom(10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix)), u.AA,
-                                     what="COEFF0/COEFF1 axis", where=str(path))
+    loglin = wavelengths_to_angstrom(10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix)),
+                                     u.AA, what="COEFF0/COEFF1 axis", where=str(path))
     z_header = float(h.get("Z", 0.0) or 0.0)
     rest_frame, source = False, "COEFF0/COEFF1 (log10)"
     wave = loglin
@@ -85,7 +85,8 @@ def read_sdss_spspec(path, **kwargs) -> list:
         if abs(linear[0] - loglin[0]) < 2 * step:
             wave, source = linear, "linear WCS (observed frame)"
         elif abs(linear[0] - loglin[0] / (1.0 + z_header)) < 2 * step:
-            wave, rest_frame, source = linear, True, f"linear WCS, shifted to the rest frame of Z={z_header:g}"
+            wave, rest_frame = linear, True
+            source = f"linear WCS, shifted to the rest frame of Z={z_header:g}"
         else:
             raise UnitsError(
                 f"{path}: the linear WCS starts at {linear[0]:.6g} A but COEFF0 says {loglin[0]:.6g} A "

@@ -63,8 +63,9 @@ def read_6dfgs(path, **kwargs) -> list:
             wave, rest_frame, source = row, False, "row 4 (observed wavelengths)"
         else:
             raise SpectrumFormatError(
-                f"{path}: the 4th row ({row[0]:.6g}-{row[-1]:.6g}) is not the wavelength array the WCS describes "
-                f"({expected[0]:.6g}-{expected[-1]:.6g}, dopcor z={axis.dopcor_z:g}); layout not understood")
+                f"{path}: the 4th row ({row[0]:.6g}-{row[-1]:.6g}) is not the wavelength array the WCS "
+                f"describes ({expected[0]:.6g}-{expected[-1]:.6g}, dopcor z={axis.dopcor_z:g}); "
+                "layout not understood")
     else:
         wave = axis.wave
     stem = file_stem(path)

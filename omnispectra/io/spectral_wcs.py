@@ -36,8 +36,8 @@ import numpy as np
 from ..exceptions import UnitsError
 from ._common import WAVELENGTH_LIMITS_AA, air_to_vacuum
 
-__all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom", "header_medium",
-           "iraf_wat", "parse_axis_unit"]
+__all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom",
+           "header_medium", "iraf_wat", "parse_axis_unit"]
 
 _VELOCITY_CTYPES = ("VELO", "VRAD", "VOPT", "ZOPT", "BETA", "FELO", "VELOCITY")
 _NON_WAVELENGTH_CTYPES = ("FREQ", "ENER", "WAVN", "VRAD", "VOPT", "ZOPT", "VELO", "BETA", "FELO")
@@ -181,7 +181,8 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
         hint = " (log10 wavelengths without DC-FLAG = 1?)" if looks_log10 else ""
         raise UnitsError(
             f"{where}: {what} ({kind} axis in {unit}: {vmin:.6g}-{vmax:.6g}) corresponds to "
-            f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom{hint}; refused")
+            f"{wmin:.4g}-{wmax:.4g} Angstrom, outside the UV/optical/IR range {lo:g}-{hi:g} Angstrom"
+            f"{hint}; refused")
     return wave
 
 

@@ -165,7 +165,8 @@ def wavelength_in_angstrom(values: np.ndarray, unit: u.UnitBase | None, where: s
         "the column name (e.g. 'wavelength [nm]') or with wave_unit=")
 
 
-def flambda_factor(unit: u.UnitBase | None, wave_aa: np.ndarray) -> tuple[np.ndarray | None, u.UnitBase | None]:
+def flambda_factor(unit: u.UnitBase | None,
+                   wave_aa: np.ndarray) -> tuple[np.ndarray | None, u.UnitBase | None]:
     """Per-pixel factor converting a flux per unit frequency (Jy, erg/s/cm2/Hz) to f_lambda.
 
     Returns ``(factor, new_unit)``: multiply flux and errors by ``factor`` (divide ivar
@@ -283,8 +284,8 @@ def _read_table(path: Path):
 
 
 @register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES, priority=20)
-def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None, flux_unit: str | u.UnitBase | None = None,
-                     **kwargs) -> list:
+def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None,
+                     flux_unit: str | u.UnitBase | None = None, **kwargs) -> list:
     """ASCII/CSV/ECSV tables with wavelength, flux and (optionally) error/ivar/variance columns."""
     import warnings
 

@@ -16,8 +16,8 @@ HST COS/STIS ``x1d`` (https://hst-docs.stsci.edu/cosdhb/chapter-2-cos-data-files
 
 Wavelengths of both observatories' pipelines are vacuum.  ``survey``: from ``TELESCOP`` and
 ``INSTRUME`` (:func:`omnispectra.io._common.survey_from_header`: ``jwst:niriss``, ``hst:cos``),
-with ``meta['instrument']``; ``unknown`` when the header says nothing.  Error columns: any of :data:`omnispectra.io.tables.ERROR_COLUMNS` (``ERROR``,
-``FLUX_ERROR``, ``ERR_FLUX`` ...).
+with ``meta['instrument']``; ``unknown`` when the header says nothing.  Error columns: any of
+:data:`omnispectra.io.tables.ERROR_COLUMNS` (``ERROR``, ``FLUX_ERROR``, ``ERR_FLUX`` ...).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _rows(data, roles):
 
 @register_reader("x1d", identify=identify_x1d, extensions=(".fits", ".fits.gz"), priority=40)
 def read_x1d(path, **kwargs) -> list:
-    """JWST/HST x1d-style tables (EXTRACT1D or SCI: WAVELENGTH, FLUX, ERROR/FLUX_ERROR, DQ): one spectrum per order."""
+    # The docstring's first line is this format's description in list_formats(), so it stays one line.
+    """JWST/HST x1d-style tables (EXTRACT1D or SCI: WAVELENGTH, FLUX, ERROR/FLUX_ERROR, DQ): one spectrum per order."""  # noqa: E501
     path = Path(path)
     pieces = []
     with open_fits(path) as ff:

@@ -183,8 +183,8 @@ class _ShardData(L.LightningDataModule):
         trainer = self.trainer
         sampler = ShardBatchSampler(self.dataset.token_lengths, self.shard_size, self.batch_size, self.shards,
                                     num_replicas=int(trainer.world_size), rank=int(trainer.global_rank))
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=_PositionCollator(),
-                                           num_workers=self.num_workers)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler,
+                                           collate_fn=_PositionCollator(), num_workers=self.num_workers)
 
 
 def _manifest(dataset: SpectrumDataset, model: Any, shard_size: int, precision: str) -> dict[str, Any]:
