@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
             outcome = train(config)
             losses.append(outcome["val_loss"])
             walls.append(outcome["wall_time_s"])
-            print(f"{name:<34} seed {seed}: val MSE {outcome['val_loss']:.4f} ({outcome['wall_time_s']:.0f} s)",
-                  flush=True)
+            print(f"{name:<34} seed {seed}: val MSE {outcome['val_loss']:.4f} "
+                  f"({outcome['wall_time_s']:.0f} s)", flush=True)
         results[name] = {"val_mse": losses, "mean": float(np.mean(losses)),
                          "std": float(np.std(losses)), "wall_s": walls}
 

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
                 sampler.set_epoch(epoch)
             else:
                 gen = torch.Generator().manual_seed(epoch)
-                sampler = BatchSampler(RandomSampler(range(n), generator=gen), args.batch_size, drop_last=False)
+                sampler = BatchSampler(RandomSampler(range(n), generator=gen), args.batch_size,
+                                       drop_last=False)
             batches = [list(map(int, b)) for b in sampler]
             collator = Collator(seed=42)
             collator.set_epoch(epoch)
@@ -140,9 +141,11 @@ def main(argv: list[str] | None = None) -> dict:
         surveys = ds.surveys
         for name, bucketed in (("pipeline/random", False), ("pipeline/bucketed", True)):
             _, batches = loader(bucketed, 0)
-            results[name]["tokens_per_batch_padded"] = float(np.mean([len(b) * lengths[b].max() for b in batches]))
+            results[name]["tokens_per_batch_padded"] = float(np.mean([len(b) * lengths[b].max()
+                                                                      for b in batches]))
             # buckets must not turn into one-survey batches: the paper mixes surveys in a batch
-            results[name]["surveys_per_batch"] = float(np.mean([len(set(surveys[b].tolist())) for b in batches]))
+            results[name]["surveys_per_batch"] = float(np.mean([len(set(surveys[b].tolist()))
+                                                                for b in batches]))
 
     out = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -157,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
                               "max": int(lengths.max())}},
         "batch_size": args.batch_size,
         "results": results,
-        "speedup_bucketed_vs_random": results["pipeline/random"]["seconds"] / results["pipeline/bucketed"]["seconds"],
+        "speedup_bucketed_vs_random": (results["pipeline/random"]["seconds"]
+                                       / results["pipeline/bucketed"]["seconds"]),
     }
     c = out["corpus"]
     print(f"corpus: {c['n_spectra']} spectra from {c['files_in']} files ({c['files_failed']} unreadable), "
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("surveys: " + ", ".join(f"{k}={v}" for k, v in c["surveys"].items()))
     print(f"tokens per spectrum: min {c['tokens']['min']}, median {c['tokens']['median']:.0f}, "
           f"max {c['tokens']['max']}; batch size {args.batch_size}; workers {args.workers}")
-    print(f"{'stage':<20s} {'spectra/s':>10s} {'padding':>8s} {'padded tokens/batch':>20s} {'surveys/batch':>14s}")
+    print(f"{'stage':<20s} {'spectra/s':>10s} {'padding':>8s} {'padded tokens/batch':>20s} "
+          f"{'surveys/batch':>14s}")
     for name, r in results.items():
         pad = f"{r['padding_fraction']:.1%}" if "padding_fraction" in r else "-"
         tpb = f"{r['tokens_per_batch_padded']:.0f}" if r.get("tokens_per_batch_padded") else "-"

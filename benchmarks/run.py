@@ -115,7 +115,8 @@ def load_token_sets(root: Path | None, per_survey: int) -> tuple[dict[str, list[
     for survey in SURVEYS:
         raw[survey] = [spectrum_arrays(s) for s in _read_survey(root, survey, per_survey)]
     raw[SHORT] = [a for a in (_short_version(*arrays) for arrays in raw["sdss"]) if a is not None]
-    sets = {name: _repeat([tokenize(*a) for a in arrays], per_survey) for name, arrays in raw.items() if arrays}
+    sets = {name: _repeat([tokenize(*a) for a in arrays], per_survey)
+            for name, arrays in raw.items() if arrays}
     # the mixed set takes half of each set, so its lengths span ~55 to ~860 tokens
     rng = np.random.default_rng(0)
     mixed = [t for v in sets.values() for t in v[: max(1, per_survey // 2)]]
@@ -143,9 +144,11 @@ def load_saved_token_sets(path: Path) -> dict[str, list[Tokens]]:
     sets = {}
     for name in names:
         cuts = np.cumsum(data[f"{name}/lengths"])[:-1]
-        parts = {f: np.split(data[f"{name}/{f}"], cuts) for f in ("tokens", "wavelength", "valid", "pixel_valid")}
-        sets[name] = [Tokens(tokens=parts["tokens"][i], wavelength=parts["wavelength"][i], valid=parts["valid"][i],
-                             pixel_valid=parts["pixel_valid"][i], normalization=Normalization(0.0, 1.0),
+        parts = {f: np.split(data[f"{name}/{f}"], cuts)
+                 for f in ("tokens", "wavelength", "valid", "pixel_valid")}
+        sets[name] = [Tokens(tokens=parts["tokens"][i], wavelength=parts["wavelength"][i],
+                             valid=parts["valid"][i], pixel_valid=parts["pixel_valid"][i],
+                             normalization=Normalization(0.0, 1.0),
                              n_pixels=int(parts["tokens"][i].shape[0] * 10 + 10))
                       for i in range(len(parts["tokens"]))]
     return sets
@@ -215,7 +218,8 @@ def section_peak(device, args) -> dict:
     n = 8192 if device.type == "cuda" else 1536
     peak = {"fp32": matmul_peak(device, torch.float32, n), "bf16": matmul_peak(device, torch.bfloat16, n),
             "matmul_n": n}
-    print(f"\n== peak: {n}^3 matmul  fp32 {peak['fp32'] / 1e9:,.1f} GFLOP/s   bf16 {peak['bf16'] / 1e9:,.1f} GFLOP/s")
+    print(f"\n== peak: {n}^3 matmul  fp32 {peak['fp32'] / 1e9:,.1f} GFLOP/s   "
+          f"bf16 {peak['bf16'] / 1e9:,.1f} GFLOP/s")
     return peak
 
 
@@ -250,7 +254,8 @@ def embed_once(model, prepared, device, dtype, order=None):
 def section_embed(sets, peak, device, args) -> list[dict]:
     print(f"\n== embed: batch {args.batch_size}, {device.type}")
     print(f"  {'preset':<6} {'set':<12} {'tok/sp':>6} {'dtype':<5} {'batching':<9} {'attention':<12} "
-          f"{'spectra/s':>9} {'tokens/s':>10} {'pad':>6} {'GFLOP/s':>9} {'MFU':>6} {'ratio':>6} {'cos min':>8}")
+          f"{'spectra/s':>9} {'tokens/s':>10} {'pad':>6} {'GFLOP/s':>9} {'MFU':>6} {'ratio':>6} "
+          f"{'cos min':>8}")
     rows = []
     for preset in args.presets:
         for name in args.sets:
@@ -262,16 +267,17 @@ def section_embed(sets, peak, device, args) -> list[dict]:
                 tokens, batch_size = tokens[: args.n_paper], min(batch_size, 4)
             lengths = np.array([t.valid.sum() for t in tokens])
             flops = forward_flops(PRESETS[preset], lengths)
-            combos = [(dt, bk, impl) for dt in args.dtypes for bk in (["padded", "bucketed"] if name == MIXED
-                                                                         else ["bucketed"])
-                      for impl in attention_impls(device, args, compile_ok=name == MIXED and bk == "bucketed")]
+            batchings = ["padded", "bucketed"] if name == MIXED else ["bucketed"]
+            combos = [(dt, bk, impl) for dt in args.dtypes for bk in batchings
+                      for impl in attention_impls(device, args,
+                                                  compile_ok=name == MIXED and bk == "bucketed")]
             reference = {}
             for dtype, batching, impl in combos:
                 model = build_model(preset, device, impl).eval()
                 batches = batches_of(tokens, batch_size, batching == "bucketed")
                 prepared = prepare(tokens, batches, device)
-                seconds = timed(lambda model=model, prepared=prepared, dtype=dtype: embed_once(model, prepared, device, dtype),
-                                device, args.repeat)
+                seconds = timed(lambda model=model, prepared=prepared, dtype=dtype:
+                                embed_once(model, prepared, device, dtype), device, args.repeat)
                 row = {"preset": preset, "set": name, "dtype": dtype, "batching": batching, "attention": impl,
                        "n_spectra": len(tokens), "mean_tokens": float(np.mean([t.n_tokens for t in tokens])),
                        "spectra_per_s": len(tokens) / seconds, "tokens_per_s": lengths.sum() / seconds,
@@ -288,8 +294,9 @@ def section_embed(sets, peak, device, args) -> list[dict]:
                         embed_once(model, prepared, device, dtype, order=batches), ref, dim=1)
                     row["cosine_min"], row["cosine_mean"] = cos.min().item(), cos.mean().item()
                 rows.append(row)
-                print(f"  {preset:<6} {name:<12} {row['mean_tokens']:>6.0f} {dtype:<5} {batching:<9} {impl:<12} "
-                      f"{row['spectra_per_s']:>9.1f} {row['tokens_per_s']:>10,.0f} {row['padding_fraction']:>6.1%} "
+                print(f"  {preset:<6} {name:<12} {row['mean_tokens']:>6.0f} {dtype:<5} {batching:<9} "
+                      f"{impl:<12} {row['spectra_per_s']:>9.1f} {row['tokens_per_s']:>10,.0f} "
+                      f"{row['padding_fraction']:>6.1%} "
                       f"{row['flops_per_s'] / 1e9:>9.1f} {row['mfu']:>6.1%} {row['speedup_vs_first']:>5.2f}x "
                       f"{row.get('cosine_min', float('nan')):>8.5f}")
     return rows
@@ -367,8 +374,9 @@ def _rss_probe(preset: str, batch_size: int, n_tok: int, mode: str) -> dict:
 
 def section_memory(device, args) -> list[dict]:
     n_tok = 400  # an SDSS-length spectrum
-    print(f"\n== memory: {n_tok} tokens per spectrum, {device.type} "
-          f"({'max allocated' if device.type == 'cuda' else 'peak RSS of a fresh process minus RSS before the batch'})")
+    measured = ("max allocated" if device.type == "cuda"
+                else "peak RSS of a fresh process minus RSS before the batch")
+    print(f"\n== memory: {n_tok} tokens per spectrum, {device.type} ({measured})")
     rows = []
     for preset in args.memory_presets:
         for mode in ("embed", "train"):
@@ -386,12 +394,14 @@ def section_memory(device, args) -> list[dict]:
                     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
                             f"import json, run; print(json.dumps(run._rss_probe({preset!r}, {bs}, {n_tok}, "
                             f"{mode!r})))")
-                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                         check=True)
                     probe = json.loads(out.stdout.strip().splitlines()[-1])
                     mib = probe["peak_mib"] - probe["before_mib"]
                 rows.append({"preset": preset, "mode": mode, "batch_size": bs, "n_tokens": n_tok,
                              "peak_mib": mib, "mib_per_spectrum": mib / bs})
-                print(f"  {preset:<6} {mode:<5} batch {bs:>4}: {mib:>9.1f} MiB  ({mib / bs:.2f} MiB/spectrum)")
+                print(f"  {preset:<6} {mode:<5} batch {bs:>4}: {mib:>9.1f} MiB  "
+                      f"({mib / bs:.2f} MiB/spectrum)")
     return rows
 
 
@@ -494,7 +504,8 @@ def section_peer(sets, raw, device, args) -> dict:
                "omnispectra_spectra_per_s": len(tokens) / t_ours, "ratio": t_peer / t_ours}
         out["rows"].append(row)
         print(f"  {dtype}: spender encoder ({n_params:,} params) {row['peer_spectra_per_s']:,.1f} spectra/s; "
-              f"omnispectra {nearest} ({ours.get_num_params():,} params) {row['omnispectra_spectra_per_s']:,.1f} "
+              f"omnispectra {nearest} ({ours.get_num_params():,} params) "
+              f"{row['omnispectra_spectra_per_s']:,.1f} "
               f"spectra/s; omnispectra/spender = {row['ratio']:.2f}x")
     return out
 
@@ -529,10 +540,12 @@ def section_files(device, args) -> list[dict]:
           f"(model only = the same spectra already tokenized)")
     rows = [{"mode": "model_only", "spectra_per_s": n / timed(lambda: run(tokens), device, args.repeat)}]
     for workers in (0, 1):
-        seconds = timed(lambda workers=workers: run(files, workers=workers, on_error="skip"), device, args.repeat)
+        seconds = timed(lambda workers=workers: run(files, workers=workers, on_error="skip"), device,
+                        args.repeat)
         rows.append({"mode": f"files_workers{workers}", "spectra_per_s": n / seconds})
     for row in rows:
-        row.update(preset=preset, n_spectra=n, ratio_to_model_only=row["spectra_per_s"] / rows[0]["spectra_per_s"])
+        row.update(preset=preset, n_spectra=n,
+                   ratio_to_model_only=row["spectra_per_s"] / rows[0]["spectra_per_s"])
         print(f"  {row['mode']:<16} {row['spectra_per_s']:>8.1f} spectra/s   "
               f"{100 * row['ratio_to_model_only']:>5.0f}% of model only")
     return rows
@@ -577,7 +590,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.memory_batch_sizes = [1, 4] if quick else ([8, 32, 128] if cuda else [1, 8, 32])
     args.scaling_preset = "tiny" if quick else ("paper" if cuda else "small")
     args.scaling_tokens = ([64, 128, 256] if quick else
-                           ([256, 512, 1024, 2048, 4096, 8192, 16384] if cuda else [128, 256, 512, 1024, 2048, 4096]))
+                           ([256, 512, 1024, 2048, 4096, 8192, 16384] if cuda
+                            else [128, 256, 512, 1024, 2048, 4096]))
     args.peer_presets = ["tiny", "small"]
     args.files_n = args.files_n or (8 if quick else 64)
     return args
@@ -598,7 +612,8 @@ def main(argv=None) -> dict:
         save_token_sets(sets, args.save_tokens)
         print(f"wrote {args.save_tokens}: " + ", ".join(f"{k}={len(v)}" for k, v in sets.items()))
         return {}
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    machine = {"python": platform.python_version(), "torch": torch.__version__,
+               "platform": platform.platform(),
                "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "attention_backends": attention_backends()}
@@ -606,7 +621,8 @@ def main(argv=None) -> dict:
           f"({machine['threads']} torch threads, torch {torch.__version__})")
     print("token sets: " + ", ".join(f"{k}={len(v)} spectra/{np.mean([t.n_tokens for t in v]):.0f} tokens"
                                      for k, v in sets.items()))
-    results = {"machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    results = {"machine": machine,
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     started = time.perf_counter()
     peak = section_peak(device, args)
     results["peak"] = peak

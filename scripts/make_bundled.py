@@ -82,7 +82,8 @@ def main(argv=None) -> dict:
     card["size_bytes"] = weights.stat().st_size
     (args.output / "omnispectra-default.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({k: card[k] for k in ("sha256", "size_bytes")} | {
-        "final_validation_mse": card["training"]["final_validation_mse"], "steps": result["steps"]}, indent=2))
+        "final_validation_mse": card["training"]["final_validation_mse"], "steps": result["steps"]},
+        indent=2))
     return card
 
 
