@@ -64,7 +64,8 @@ def test_collator_masks_reproducible_and_only_valid():
 
 def test_bucket_sampler_groups_lengths_and_covers_all():
     rng = np.random.default_rng(0)
-    lengths = np.concatenate([rng.integers(50, 60, 200), rng.integers(380, 390, 200), rng.integers(770, 780, 200)])
+    lengths = np.concatenate([rng.integers(50, 60, 200), rng.integers(380, 390, 200),
+                              rng.integers(770, 780, 200)])
     sampler = LengthBucketSampler(lengths, batch_size=16, seed=3)
     batches = list(sampler)
     flat = np.concatenate(batches)

@@ -63,8 +63,8 @@ def assert_same_spectrum(a: Spectrum, b: Spectrum) -> None:
         assert b.uncertainty is None
     else:
         assert isinstance(b.uncertainty, InverseVariance)
-        ivar = a.uncertainty.array if isinstance(a.uncertainty, InverseVariance) else a.uncertainty.represent_as(
-            InverseVariance).array
+        ivar = (a.uncertainty.array if isinstance(a.uncertainty, InverseVariance)
+                else a.uncertainty.represent_as(InverseVariance).array)
         expected = np.asarray(ivar, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             expected = np.where(np.isfinite(expected), expected, 0.0)
@@ -163,7 +163,8 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     # one rule for bad paths (omnispectra.inputs): a missing file is a SpectrumFormatError
     assert failed["missing.npz"].error == "SpectrumFormatError"
     assert "file not found" in failed["missing.npz"].message
-    assert [(name, why.split(":")[0]) for name, why in report.skipped_spectra] == [("nonmono", "InvalidSpectrumError")]
+    skipped = [(name, why.split(":")[0]) for name, why in report.skipped_spectra]
+    assert skipped == [("nonmono", "InvalidSpectrumError")]
     assert "notes.npz" in report.summary() and "2 file(s) skipped" in report.summary()
     assert len(open_corpus(tmp_path / "out" / "c.h5")) == 3
 
@@ -276,7 +277,8 @@ def test_corpus_info_and_cli(tmp_path):
     assert sdss["wavelength"]["min"] == min(w[0] for w in waves)
 
     runner = CliRunner()
-    result = runner.invoke(main, ["corpus", "info", str(tmp_path / "c-sdss.h5"), str(tmp_path / "c-miles.h5")])
+    result = runner.invoke(main, ["corpus", "info", str(tmp_path / "c-sdss.h5"),
+                                  str(tmp_path / "c-miles.h5")])
     assert result.exit_code == 0, result.output
     assert "total: 8 spectra" in result.output
     assert "[miles] 4 spectra of 2 objects" in result.output

@@ -112,7 +112,8 @@ def test_split_deterministic_grouped_stratified():
     train, val = split_by_object(objects, surveys, fraction=0.1, seed=42)
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(len(objects)))
     assert not set(objects[train]) & set(objects[val])  # grouped: no object on both sides
-    val_objects = {s: len(set(objects[val][surveys[val] == s])) for s in ("sdss", "miles", "apogee", "single")}
+    val_objects = {s: len(set(objects[val][surveys[val] == s]))
+                   for s in ("sdss", "miles", "apogee", "single")}
     # a hash threshold: about 10% of each survey; tiny surveys keep both sides non-empty
     assert 15 <= val_objects["sdss"] <= 45 and 1 <= val_objects["miles"] <= 10
     assert val_objects["apogee"] == 1 and val_objects["single"] == 0
@@ -150,9 +151,11 @@ def test_weighted_sampler_mixes_surveys():
     assert all(max(lengths[b]) - min(lengths[b]) <= 36 for b in batches)
     # bucketing cuts padding compared with random batches
     rand = np.random.default_rng(0).permutation(sampler.epoch_indices())
-    assert padding_fraction(lengths, batches) < padding_fraction(lengths, [rand[i:i + 10] for i in range(0, 150, 10)])
+    random_batches = [rand[i:i + 10] for i in range(0, 150, 10)]
+    assert padding_fraction(lengths, batches) < padding_fraction(lengths, random_batches)
     # rank-aware: two ranks see disjoint halves of the same batch list
-    ranks = [WeightedLengthBucketSampler(lengths, groups, {"b": 5.0}, 10, num_replicas=2, rank=r) for r in (0, 1)]
+    ranks = [WeightedLengthBucketSampler(lengths, groups, {"b": 5.0}, 10, num_replicas=2, rank=r)
+             for r in (0, 1)]
     assert len(list(ranks[0])) == len(list(ranks[1])) == len(ranks[0])
     keyed = WeightedLengthBucketSampler(lengths, groups, {}, 10, with_epoch=True)
     keyed.set_epoch(4)
@@ -209,7 +212,8 @@ def test_datamodule(corpus_dir):
     assert [b.ids for b in dm.train_dataloader()] != [b.ids for b in batches]
     val_a = [b.loss_mask for b in dm.val_dataloader()]
     val_b = [b.loss_mask for b in dm.val_dataloader()]
-    assert len(val_a) > 0 and all(torch.equal(a, b) for a, b in zip(val_a, val_b, strict=True))  # fixed val masks
+    # fixed val masks
+    assert len(val_a) > 0 and all(torch.equal(a, b) for a, b in zip(val_a, val_b, strict=True))
     weighted = SpectraDataModule(corpus_dir, batch_size=8, num_workers=0, val_fraction=0.2,
                                  survey_weights={"apogee": 0.0})
     weighted.setup()

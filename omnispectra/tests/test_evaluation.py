@@ -170,5 +170,6 @@ def test_survey_names_with_slashes_make_safe_plot_names(tmp_path):
     out = tmp_path / "eval"
     write_outputs(result, out, [TASKS["source_class"], TASKS["stellar_params"]])
     names = sorted(p.name for p in out.glob("*.png"))
-    assert names == ["confusion_source_class_sdss_boss_zero-shot.png", "pred_vs_true_stellar_params__up_few-shot.png"]
+    assert names == ["confusion_source_class_sdss_boss_zero-shot.png",
+                     "pred_vs_true_stellar_params__up_few-shot.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]

@@ -30,7 +30,8 @@ def test_every_bit_is_documented():
 
 
 @pytest.mark.parametrize("value, text", [(0, "OK"), (64, "Z_EDGE"), (64 | 128, "Z_EDGE|SMALL_DELTACHI2"),
-                                         (1 | 4096, "BAD_INPUT|NONFINITE")], ids=["zero", "one", "two", "ends"])
+                                         (1 | 4096, "BAD_INPUT|NONFINITE")],
+                         ids=["zero", "one", "two", "ends"])
 def test_describe(value, text):
     assert describe(value) == text
     assert int(flag_from_names(text)) == value

@@ -74,4 +74,6 @@ def test_masked_mean_from_visible_is_exact_for_a_standardized_spectrum():
     truth = tok.pixel_flux(physical=False)[hidden].mean()
     estimate = masked_mean_from_visible(tok.tokens[:, 2:], tok.pixel_valid, tok.valid, chunk, tok.stride)
     assert abs(truth) > 0.3 and estimate == pytest.approx(truth, abs=1e-4)
-    assert masked_mean_from_visible(tok.tokens[:, 2:], tok.pixel_valid, tok.valid, chunk & False, tok.stride) == 0
+    nothing_masked = chunk & False
+    assert masked_mean_from_visible(tok.tokens[:, 2:], tok.pixel_valid, tok.valid, nothing_masked,
+                                    tok.stride) == 0

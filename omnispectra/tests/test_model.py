@@ -257,7 +257,8 @@ def test_packed_layout_without_validity_mask(monkeypatch):
     _fake_varlen("torch_varlen", monkeypatch)
     batch = _mixed_batch()
     with torch.no_grad():
-        ref = _model(attention="sdpa", validity_mask=False).encode(batch.tokens, batch.wavelength, batch.valid)
+        ref = _model(attention="sdpa", validity_mask=False).encode(batch.tokens, batch.wavelength,
+                                                                    batch.valid)
         out = _model(attention="torch_varlen", validity_mask=False).encode(
             batch.tokens, batch.wavelength, batch.valid)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)

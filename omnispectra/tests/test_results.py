@@ -70,8 +70,8 @@ def _check_common(table, back):
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_embeddings_round_trip(model, tmp_path, suffix):
     vectors = np.random.default_rng(0).normal(size=(len(IDS), 32)).astype(np.float32)
-    table = embeddings_table(IDS, vectors, source_files=["a.fits"] * 4, surveys=["sdss", "sdss/boss", "x", "y"],
-                             meta=_meta(model))
+    table = embeddings_table(IDS, vectors, source_files=["a.fits"] * 4,
+                             surveys=["sdss", "sdss/boss", "x", "y"], meta=_meta(model))
     back = _round_trip(table, tmp_path / f"emb{suffix}")
     _check_common(table, back)
     assert back.meta["KIND"] == "embeddings"

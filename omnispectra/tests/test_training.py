@@ -77,7 +77,8 @@ def _train_losses(run_dir):
     losses = {}
     for path in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
         with open(path) as fh:
-            losses.update({int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(fh) if r.get("train_loss")})
+            losses.update({int(r["step"]): float(r["train_loss"])
+                           for r in csv.DictReader(fh) if r.get("train_loss")})
     return losses
 
 
@@ -214,14 +215,16 @@ def test_cli_train_and_export(corpus, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
     result = runner.invoke(main, ["train", *corpus, "--preset", "tiny", "--max-steps", "5", "-o", str(out),
-                                  "--batch-size", "4", "--quiet", "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
+                                  "--batch-size", "4", "--quiet",
+                                  "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
                                   "--set", "val_fraction=0.2"])
     assert result.exit_code == 0, result.output
     assert "steps 5" in result.output
     assert "val_loss None" not in result.output  # a run shorter than val_every still validates
     saved = TrainConfig.from_yaml(out / "config.yaml")
     assert saved.max_steps == 5 and saved.model == MICRO and saved.corpus == corpus
-    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"), "-o", str(tmp_path / "w.st")])
+    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"),
+                                  "-o", str(tmp_path / "w.st")])
     assert result.exit_code == 0, result.output
     assert "sha256" in result.output and (tmp_path / "w.st").is_file()
     bad = runner.invoke(main, ["train", *corpus, "--set", "no_such_setting=1", "-o", str(out)])
@@ -290,7 +293,8 @@ def test_corrupt_corpus_and_bad_settings_are_typed_errors(corpus, tmp_path):
     settings = tmp_path / "s.yaml"
     for text, match in [("max_steps: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "mapping"),
                         ("batch_size: lots\n", "positive integer"), ("no_such: 1\n", "unknown training"),
-                        ("model: {dim: 30, n_heads: 4}\n", "divisible"), ("preset: huge\n", "unknown training preset")]:
+                        ("model: {dim: 30, n_heads: 4}\n", "divisible"),
+                        ("preset: huge\n", "unknown training preset")]:
         settings.write_text(text)
         with pytest.raises(ConfigError, match=match):
             train(TrainConfig.from_yaml(settings, base=_config(corpus, tmp_path, "run"))

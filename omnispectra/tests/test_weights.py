@@ -68,7 +68,8 @@ def test_corrupt_weights_rejected(tmp_path, tiny_model, damage):
     elif damage == "foreign":
         save_file({"x": torch.zeros(2)}, path)
     elif damage == "version":
-        save_file({"x": torch.zeros(2)}, path, metadata={"format": "omnispectra-weights", "format_version": "99"})
+        save_file({"x": torch.zeros(2)}, path,
+                  metadata={"format": "omnispectra-weights", "format_version": "99"})
     else:
         path.unlink()
     with pytest.raises(CheckpointError):

@@ -33,7 +33,8 @@ def write_sdss_like(path: Path, npix: int = 50, *, flux=None, ivar=None, loglam=
     flux = np.ones(npix, np.float32) if flux is None else np.asarray(flux, np.float32)
     ivar = np.ones(npix, np.float32) if ivar is None else np.asarray(ivar, np.float32)
     cols = [fits.Column("flux", "E", array=flux), fits.Column("loglam", "E", array=loglam.astype(np.float32)),
-            fits.Column("ivar", "E", array=ivar), fits.Column("and_mask", "J", array=np.zeros(npix, np.int32))]
+            fits.Column("ivar", "E", array=ivar),
+            fits.Column("and_mask", "J", array=np.zeros(npix, np.int32))]
     prim = fits.PrimaryHDU()
     prim.header["TELESCOP"] = "SDSS 2.5-M"
     prim.header["BUNIT"] = "1E-17 erg/cm^2/s/Ang"

@@ -49,8 +49,8 @@ def test_iraf_log_linear_axis_dc_flag(tmp_path):
 
 
 def test_log10_values_without_dc_flag_refused(tmp_path):
-    path = _write_1d(tmp_path / "nodcflag.fits", CTYPE1="LINEAR", CUNIT1="Angstrom", CRVAL1=3.58, CDELT1=2.2e-5,
-                     CRPIX1=1)
+    path = _write_1d(tmp_path / "nodcflag.fits", CTYPE1="LINEAR", CUNIT1="Angstrom", CRVAL1=3.58,
+                     CDELT1=2.2e-5, CRPIX1=1)
     with pytest.raises(UnitsError, match="log10 wavelengths without DC-FLAG"):
         oio.read(path)
 
@@ -62,7 +62,8 @@ def test_wave_log_ctype_both_conventions(tmp_path):
     assert a.meta["medium"] == "vacuum"  # CTYPE 'WAVE' is vacuum by the FITS standard
     b = _read1(_write_1d(tmp_path / "ln.fits", CTYPE1="WAVE-LOG", CRVAL1=5000.0, CDELT1=0.5, CRPIX1=1,
                          CUNIT1="Angstrom"))
-    np.testing.assert_allclose(b.spectral_axis.value, 5000.0 * np.exp(0.5 * np.arange(N) / 5000.0), rtol=1e-12)
+    np.testing.assert_allclose(b.spectral_axis.value, 5000.0 * np.exp(0.5 * np.arange(N) / 5000.0),
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("cards", [dict(CRVAL1=4000.0, CDELT1=2.0, CRPIX1=11.0),
@@ -72,10 +73,12 @@ def test_linear_wcs_crpix(tmp_path, cards):
     np.testing.assert_allclose(s.spectral_axis.value, 4000.0 + 2.0 * (np.arange(1, N + 1) - 11.0))
 
 
-@pytest.mark.parametrize("unit,crval,cdelt", [("nm", 400.0, 0.2), ("um", 0.4, 2e-4), ("Angstrom", 4000.0, 2.0),
-                                              ("Angstroms", 4000.0, 2.0)], ids=["nm", "um", "AA", "AAs"])
+@pytest.mark.parametrize("unit,crval,cdelt", [("nm", 400.0, 0.2), ("um", 0.4, 2e-4),
+                                              ("Angstrom", 4000.0, 2.0), ("Angstroms", 4000.0, 2.0)],
+                         ids=["nm", "um", "AA", "AAs"])
 def test_cunit(tmp_path, unit, crval, cdelt):
-    s = _read1(_write_1d(tmp_path / "u.fits", CTYPE1="WAVE", CUNIT1=unit, CRVAL1=crval, CDELT1=cdelt, CRPIX1=1))
+    s = _read1(_write_1d(tmp_path / "u.fits", CTYPE1="WAVE", CUNIT1=unit, CRVAL1=crval, CDELT1=cdelt,
+                         CRPIX1=1))
     np.testing.assert_allclose(s.spectral_axis.value, 4000.0 + 2.0 * np.arange(N), rtol=1e-9)
 
 
@@ -89,7 +92,8 @@ def test_cunit(tmp_path, unit, crval, cdelt):
     (dict(CTYPE1="LINEAR"), "unknown"),
 ], ids=["awav", "airorvac-air", "airorvac-vac", "vacuum-F", "vacuum-T", "wave", "nothing"])
 def test_air_vacuum_keywords(tmp_path, cards, medium):
-    s = _read1(_write_1d(tmp_path / "m.fits", CRVAL1=5000.0, CDELT1=1.0, CRPIX1=1, CUNIT1="Angstrom", **cards))
+    s = _read1(_write_1d(tmp_path / "m.fits", CRVAL1=5000.0, CDELT1=1.0, CRPIX1=1, CUNIT1="Angstrom",
+                         **cards))
     assert s.meta["medium"] == medium
     air = 5000.0 + np.arange(N)
     expected = oio.air_to_vacuum(air) if medium == "air->vacuum" else air
@@ -110,7 +114,8 @@ def test_same_spectrum_as_specutils_wcs1d_and_not_slower(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs = Spectrum.read(path, format="wcs1d-fits")
-    np.testing.assert_allclose(ours.spectral_axis.to_value(u.AA), theirs.spectral_axis.to_value(u.AA), rtol=1e-12)
+    np.testing.assert_allclose(ours.spectral_axis.to_value(u.AA), theirs.spectral_axis.to_value(u.AA),
+                               rtol=1e-12)
     np.testing.assert_array_equal(ours.flux.value, theirs.flux.value)
     assert ours.flux.unit == theirs.flux.unit
 
@@ -285,12 +290,14 @@ def test_iraf_multispec_bands_and_per_order_dopcor(tmp_path):
     cube = np.ones((2, 2, N))
     cube[1] = 0.5  # sigma band
     path = _multispec(tmp_path / "bands.fits", cube, spec2_z=0.1, WCSDIM=3, CTYPE3="LINEAR", CD3_3=1.0,
-                      WAT3_001="wtype=linear", BANDID1="spectrum - background fit", BANDID2="sigma - background fit")
+                      WAT3_001="wtype=linear", BANDID1="spectrum - background fit",
+                      BANDID2="sigma - background fit")
     first, second = oio.read(path)
     np.testing.assert_allclose(first.uncertainty.array, 4.0)
     assert first.meta["rest_frame"] is False and second.meta["rest_frame"] is True
     assert second.meta["dopcor_z"] == pytest.approx(0.1)
-    np.testing.assert_allclose(second.spectral_axis.value, 10 ** (3.71 + 1e-5 * np.arange(N)) / 1.1, rtol=1e-10)
+    np.testing.assert_allclose(second.spectral_axis.value, 10 ** (3.71 + 1e-5 * np.arange(N)) / 1.1,
+                               rtol=1e-10)
 
 
 # ------------------------------------------------------------------ survey image layouts
@@ -388,8 +395,8 @@ def test_sdss_spspec_iraf_rest_frame_copy(tmp_path):
 
 
 def test_sdss_spspec_inconsistent_axes_refused(tmp_path):
-    path = _spspec(tmp_path / "bad.fits", np.full(N, 3.0), CRVAL1=5000.0, CD1_1=1.0, CRPIX1=1, CTYPE1="LINEAR",
-                   **{"DC-FLAG": 0})
+    path = _spspec(tmp_path / "bad.fits", np.full(N, 3.0), CRVAL1=5000.0, CD1_1=1.0, CRPIX1=1,
+                   CTYPE1="LINEAR", **{"DC-FLAG": 0})
     with pytest.raises(UnitsError, match="cannot tell which frame"):
         oio.read(path)
 
@@ -463,7 +470,8 @@ def test_spspec_same_as_specutils_loader(tmp_path):
                    CTYPE1="LINEAR", **{"DC-FLAG": 1})
     ours, theirs = _read1(path), _specutils_read(path, "SDSS-I/II spSpec")
     np.testing.assert_allclose(ours.spectral_axis.value, 10 ** (3.5811 + 1e-4 * np.arange(N)), rtol=1e-12)
-    np.testing.assert_allclose(ours.spectral_axis.value[1:], theirs.spectral_axis.to_value(u.AA)[:-1], rtol=1e-10)
+    np.testing.assert_allclose(ours.spectral_axis.value[1:], theirs.spectral_axis.to_value(u.AA)[:-1],
+                               rtol=1e-10)
     np.testing.assert_allclose(ours.flux.value, theirs.flux.value)
     np.testing.assert_allclose(ours.uncertainty.array, 1 / theirs.uncertainty.array ** 2)
     np.testing.assert_array_equal(ours.mask, theirs.mask)

@@ -158,7 +158,8 @@ def test_desi_labels_and_arm_merge(data_dir):
         specs = oio.read(data_dir / row["file"])
         s = [x for x in specs if x.meta["targetid"] == int(row["TARGETID"])][0]
         assert s.meta["class"] == row["SPECTYPE"] and s.meta["z"] == pytest.approx(float(row["Z"]))
-        assert s.meta["id"].endswith(":" + row["TARGETID"]) and s.meta["object_id"] == f"desi:{row['TARGETID']}"
+        assert s.meta["id"].endswith(":" + row["TARGETID"])
+        assert s.meta["object_id"] == f"desi:{row['TARGETID']}"
         w = s.spectral_axis.value
         assert w.size == 7781 and w[0] == pytest.approx(3600.0) and w[-1] == pytest.approx(9824.0)
         np.testing.assert_allclose(np.diff(w), 0.8, atol=1e-3)

@@ -25,7 +25,8 @@ def _identified(path, cls):
 def test_every_format_and_family_is_registered():
     formats = set(io_registry.get_formats(Spectrum)["Format"])
     for name in ("omnispectra", "omnispectra-lamost", "omnispectra-miles", "omnispectra-xshooter",
-                 "omnispectra-legac", "omnispectra-sdss", "omnispectra-lamost-mrs", "omnispectra-ascii-table"):
+                 "omnispectra-legac", "omnispectra-sdss", "omnispectra-lamost-mrs",
+                 "omnispectra-ascii-table"):
         assert name in formats, name
     assert set(io_registry.get_formats(SpectrumList)["Format"]) >= {"omnispectra-lamost", "omnispectra"}
     assert specutils_format_name("xshooter_xsl") == "omnispectra-xshooter-xsl"
@@ -66,8 +67,10 @@ def test_miles_by_name_and_multi_spectrum_files(tmp_path):
     prim = fits.PrimaryHDU()
     prim.header["TELESCOP"] = "HST"
     n = 20
-    cols = [fits.Column("WAVELENGTH", f"{n}D", unit="Angstrom", array=[1300.0 + np.arange(n), 1100.0 + np.arange(n)]),
-            fits.Column("FLUX", f"{n}E", array=np.ones((2, n))), fits.Column("ERROR", f"{n}E", array=np.ones((2, n)))]
+    cols = [fits.Column("WAVELENGTH", f"{n}D", unit="Angstrom",
+                        array=[1300.0 + np.arange(n), 1100.0 + np.arange(n)]),
+            fits.Column("FLUX", f"{n}E", array=np.ones((2, n))),
+            fits.Column("ERROR", f"{n}E", array=np.ones((2, n)))]
     two = tmp_path / "two_x1d.fits"
     fits.HDUList([prim, fits.BinTableHDU.from_columns(cols, name="SCI")]).writeto(two)
     assert len(SpectrumList.read(str(two), format="omnispectra-x1d")) == 2

@@ -20,7 +20,8 @@ FLAM = u.Unit("erg / (s cm2 Angstrom)")
 def test_csv_with_err_flux_column(tmp_path):
     path = tmp_path / "spec.csv"
     wave = 4000.0 + np.arange(50.0)
-    lines = ["Wavelength,Flux,ERR_FLUX,sky_err_model"] + [f"{w},{1.0 + 0.01 * i},0.5,9" for i, w in enumerate(wave)]
+    lines = (["Wavelength,Flux,ERR_FLUX,sky_err_model"]
+             + [f"{w},{1.0 + 0.01 * i},0.5,9" for i, w in enumerate(wave)])
     path.write_text("\n".join(lines) + "\n")
     assert oio.identify_format(path) == "ascii_table"
     s = oio.read(path)[0]
@@ -159,14 +160,16 @@ def test_jwst_x1d_orders_jy_to_flambda(tmp_path):
     prim.header["TELESCOP"] = "JWST"
     prim.header["INSTRUME"] = "NIRISS"
     prim.header["TARGNAME"] = "WASP-39"
-    hdus = [prim, _jwst_extract1d(1, np.linspace(0.9, 2.8, 60)), _jwst_extract1d(2, np.linspace(0.6, 1.4, 40))]
+    hdus = [prim, _jwst_extract1d(1, np.linspace(0.9, 2.8, 60)),
+            _jwst_extract1d(2, np.linspace(0.6, 1.4, 40))]
     path = tmp_path / "jw01366_x1d.fits"
     fits.HDUList(hdus).writeto(path)
     assert oio.identify_format(path) == "x1d"
     specs = oio.read(path)
     assert [s.meta["order"] for s in specs] == [1, 2]
     s = specs[0]
-    assert s.meta["survey"] == "jwst:niriss" and s.meta["instrument"] == "NIRISS" and s.meta["medium"] == "vacuum"
+    assert s.meta["survey"] == "jwst:niriss" and s.meta["instrument"] == "NIRISS"
+    assert s.meta["medium"] == "vacuum"
     w = s.spectral_axis.to_value(u.AA)
     assert w[0] == pytest.approx(9000.0) and w[-1] == pytest.approx(28000.0)
     expect = (1e-3 * u.Jy).to_value(FLAM, equivalencies=u.spectral_density(w * u.AA))
