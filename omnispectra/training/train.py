@@ -190,6 +190,11 @@ def _precision(config: TrainConfig) -> str:
     return "32-true"
 
 
+def _is_launched_worker() -> bool:
+    """Whether this process is a non-zero rank that Lightning's launcher started."""
+    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
     """Check that a run may write into ``output``; call it before any work.
 
@@ -213,6 +218,10 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     """
     out = Path(output)
     last = out / "checkpoints" / "last.ckpt"
+    if _is_launched_worker():
+        # A process Lightning launched for another rank re-runs the command after rank 0
+        # checked (and, with overwrite, cleaned) the folder and began writing to it.
+        return last
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other: resume continues the run in "
                           f"{out}, overwrite deletes it")
