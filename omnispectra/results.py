@@ -31,8 +31,8 @@ is a valid FITS header and reads back unchanged from every format:
 ``PROBE``     probe name (results of a probe only)
 ``PROBESHA``  sha256 over the probe's tensors (results of a probe only)
 ``DTYPE``     the arithmetic actually used: ``float32``, ``bfloat16`` or ``float16``
-              (``dtype="auto"`` gives ``bfloat16`` on GPUs and CPUs with native bf16,
-              else ``float32``; bf16 results differ between machines in the last digits)
+              (``dtype="auto"`` gives ``bfloat16`` on CUDA GPUs and ``float32`` on CPUs,
+              so CPU results do not depend on the machine)
 ``DEVICE``    ``cpu``, ``cuda``, ...
 ``KIND``      which result: ``embeddings``, ``anomaly``, ``predictions``, ``reconstruction``
 ============  ===============================================================================

@@ -184,10 +184,12 @@ def test_auto_dtype_follows_the_hardware(model, monkeypatch):
     exact = embed(spectra, model=model, dtype="float32")
     low = embed(spectra, model=model, dtype="bf16")
     assert not np.array_equal(exact, low)
-    for native, expected in ((True, low), (False, exact)):
+    for native in (True, False):  # CPU results never depend on the CPU's bf16 support
         monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-        assert api.default_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
-        np.testing.assert_array_equal(embed(spectra, model=model), expected)  # default dtype="auto"
+        assert api.default_dtype("cpu") == torch.float32
+        np.testing.assert_array_equal(embed(spectra, model=model), exact)  # default dtype="auto"
+        assert embed(spectra, model=model, as_table=True).meta["DTYPE"] == "float32"
+    assert embed(spectra, model=model, dtype="bf16", as_table=True).meta["DTYPE"] == "bfloat16"
     assert api.default_dtype("meta") == torch.float32
 
 
