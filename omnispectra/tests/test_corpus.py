@@ -14,6 +14,7 @@ from specutils import Spectrum
 
 from omnispectra import CorpusError
 from omnispectra.cli import main
+from omnispectra.exceptions import OutputIsInputError
 from omnispectra.corpus import (FORMAT_VERSION, META_COLUMNS, build_corpus, corpus_files, corpus_info,
                                 is_corpus, open_corpus)
 
@@ -200,7 +201,7 @@ def test_interrupted_build_is_atomic(tmp_path):
 def test_never_overwrites_an_input(tmp_path):
     src = tmp_path / "s.npz"
     _write_npz(src)
-    with pytest.raises(ValueError, match="one of the inputs"):
+    with pytest.raises(OutputIsInputError, match="one of the inputs"):
         build_corpus([src], src, reader=_npz_reader, overwrite=True, progress=False)
     assert np.load(src)["flux"].size == 40
 
