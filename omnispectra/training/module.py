@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..collate import Batch
 from ..model import OmniSpectra, OmniSpectraConfig
-from .._fileutils import default_file_mode
+from ..fileio import commit
 
 __all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
 
@@ -117,8 +117,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.close(fd)
         try:
             torch.save(checkpoint, tmp)
-            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-            os.replace(tmp, path)
+            commit(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
