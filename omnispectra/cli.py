@@ -178,13 +178,23 @@ def _check_output(output: str, inputs: Any = (), overwrite: bool = False, table:
     return check_output(output, inputs, overwrite=overwrite)
 
 
+#: The api's count keys in ``meta`` and their FITS header names.
+_FITS_COUNT_KEYS = {"n_inputs": "NINPUTS", "n_read": "NREAD", "n_skipped": "NSKIPPED"}
+
+
 def _write_result(table: Any, out: Path, inputs: Any, overwrite: bool) -> None:
-    """Write a result table (ECSV/FITS/HDF5 by suffix) atomically; FITS gets the skip count only."""
+    """Write a result table (ECSV/FITS/HDF5 by suffix) atomically.
+
+    FITS gets the counts as ``NINPUTS``/``NREAD``/``NSKIPPED`` and no list of skipped inputs.
+    """
     from .results import table_format, write_table
 
-    if table_format(out) == "fits" and "skipped" in table.meta:  # a FITS header holds no list of dicts
+    if table_format(out) == "fits":  # a FITS header holds no list of dicts, and keys of 8 characters
         table = table.copy(copy_data=False)
-        del table.meta["skipped"]
+        table.meta.pop("skipped", None)
+        for key, short in _FITS_COUNT_KEYS.items():
+            if key in table.meta:
+                table.meta[short] = table.meta.pop(key)
     write_table(table, out, overwrite=overwrite, inputs=inputs)
 
 

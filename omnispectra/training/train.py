@@ -363,6 +363,7 @@ def load_checkpoint_model(path: str | os.PathLike):
         Missing, corrupt or foreign checkpoint, or tensors that do not match its config.
     """
     import pickle
+    import struct
     import zipfile
 
     from ..model import OmniSpectra
@@ -377,7 +378,7 @@ def load_checkpoint_model(path: str | os.PathLike):
         raise CheckpointError(
             f"{path} is not a readable checkpoint: it holds Python objects other than tensors "
             "and plain values, which omnispectra does not unpickle") from err
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, struct.error) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch "
                               f"checkpoint: {type(err).__name__})") from err
     try:
