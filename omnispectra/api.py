@@ -749,9 +749,11 @@ def resolve_probe(probe: Any, task: str):
                 f"the bundled {task.replace('_', ' ')} probe ({path.name}) is missing from this "
                 f"installation ({path.parent}); train one with scripts/train_predictors.py or pass "
                 "probe=PATH")
-        return load_probe(path)
+        probe = path
     if isinstance(probe, (str, os.PathLike)):
-        return load_probe(probe)
+        loaded = load_probe(probe)
+        loaded.info.setdefault("name", Path(probe).name)  # the provenance's PROBE (a name, no folder)
+        return loaded
     raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
 
 

@@ -183,7 +183,7 @@ def provenance_meta(model: Any, probe: Any = None, dtype: Any = None, device: An
     if probe is not None:
         probe_info = getattr(probe, "info", None) or {}
         meta["PROBE"] = Path(str(probe_info.get("name", ""))).name
-        meta["PROBESHA"] = encoder_fingerprint(probe)
+        meta["PROBESHA"] = encoder_fingerprint(probe) if hasattr(probe, "state_dict") else ""
     meta["DTYPE"] = _dtype_name(dtype, device_type)
     meta["DEVICE"] = device_type
     if kind is not None:

@@ -234,7 +234,10 @@ def test_cli_classify(trained, tmp_path):
     assert len(table) == 3 and table.colnames[:4] == ["id", "source_file", "survey", "class"]
     assert table.meta["n_inputs"] == 4 and table.meta["n_skipped"] == 1
     assert table.meta["skipped"][0]["source"] == str(bad)
-    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.csv")])
-    assert result.exit_code != 0 and "no spectrum could be classified" in result.output
+    assert table.meta["PROBE"] and len(table.meta["PROBESHA"]) == 64 and table.meta["DTYPE"] == "float32"
+    result = runner.invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 1 and "already exists" in result.output
+    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.ecsv")])
+    assert result.exit_code == 1 and "no spectrum could be classified" in result.output
     result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])
-    assert result.exit_code != 0 and ".ecsv, .csv or .fits" in result.output
+    assert result.exit_code == 2 and ".ecsv" in result.output
