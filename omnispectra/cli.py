@@ -68,20 +68,23 @@ def _logging_for(verbosity: int) -> Iterator[None]:
     package = logging.getLogger("omnispectra")
     handler = TqdmLoggingHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbosity > 0 else "%(message)s"))
-    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    # lightning_utilities' rank_zero_info logs to whichever of these was imported last
+    tips = [logging.getLogger(f"lightning.{part}.utilities.rank_zero") for part in ("pytorch", "fabric")]
     tip_filter = _LightningTips()
     saved = package.level, package.propagate
     package.addHandler(handler)
     package.setLevel(level)
     package.propagate = False
-    tips.addFilter(tip_filter)
+    for tip_logger in tips:
+        tip_logger.addFilter(tip_filter)
     try:
         yield
     finally:
         package.removeHandler(handler)
         package.setLevel(saved[0])
         package.propagate = saved[1]
-        tips.removeFilter(tip_filter)
+        for tip_logger in tips:
+            tip_logger.removeFilter(tip_filter)
 
 
 class CommandError(click.ClickException):
