@@ -148,7 +148,8 @@ def _run(
     results: list[np.ndarray] = []
     kept: list[InputItem] = []
     show = progress if progress is not None else (None if not inputs.single else False)
-    bar = _progress_bar(show, inputs.count(), desc)
+    total = inputs.count()  # None for files: their number of spectra is known once read
+    bar = _progress_bar(show, total, desc)
     pool_size = _POOL_FACTOR * batch_size
 
     def flush(pool: list[InputItem]) -> None:
@@ -176,6 +177,8 @@ def _run(
         pool: list[InputItem] = []
         for n_read, item in enumerate(inputs, 1):
             pool.append(item)
+            if bar is not None and total is None:  # the total grows as files are read
+                bar.total = n_read
             if bar is not None and hasattr(bar, "set_postfix_str") and time.monotonic() - last_refresh > 0.5:
                 # the bar counts computed spectra; while a pool is being read, show reading moves
                 bar.set_postfix_str(f"read {n_read}")

@@ -251,3 +251,19 @@ def test_global_quiet_and_verbose_options(weights, tmp_path):
                                        "-o", str(tmp_path / "f.ecsv"), "--model", weights])
     assert result.exit_code == 0, result.output
     assert "missing.fits" in result.stderr
+
+
+def test_progress_has_a_total_and_moves_per_batch(model):
+    class Bar:
+        total = None
+
+        def __init__(self):
+            self.updates = []
+
+        def update(self, n):
+            self.updates.append(n)
+
+    bar = Bar()
+    paths = example_paths()
+    api.embed(paths, model=model, batch_size=1, progress=bar)
+    assert bar.total == len(paths) and bar.updates == [1] * len(paths)
