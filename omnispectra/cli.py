@@ -630,8 +630,9 @@ def embed_corpus_command(corpus, output, model_name, shard_size, batch_size, pre
                           precision=precision, accelerator=accelerator, devices=devices,
                           num_workers=num_workers, resume=resume, overwrite=overwrite,
                           progress=not _is_quiet(quiet))
+    kept = result["skipped"] if isinstance(result["skipped"], int) else len(result["skipped"])
     click.echo(f"embedded {result['n_spectra']} spectra in {result['n_shards']} shards -> {result['output']}"
-               + (f" ({len(result['skipped'])} shards kept from the previous run)" if result["skipped"] else ""))
+               + (f" ({kept} shards kept from the previous run)" if kept else ""))
 
 
 @main.command("evaluate")

@@ -218,6 +218,22 @@ def test_missing_bundled_probe_is_a_clear_error(trained, monkeypatch, tmp_path):
         omnispectra.predict_redshift(example_paths(), model=trained["encoder"])
 
 
+def test_cli_predict_stellar(trained, tmp_path):
+    from astropy import units as u
+    from astropy.table import Table
+
+    out = tmp_path / "stars.h5"
+    args = ["predict-stellar", "--examples", "--model", str(trained["weights"]), "--probe", str(trained["stellar"])]
+    result = CliRunner().invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "teff" in result.stdout  # the table is printed as well
+    table = Table.read(out)
+    assert table["teff"].unit == u.K and len(table) == 3 and table.meta["KIND"] == "predictions"
+    assert len(table.meta["PROBESHA"]) == 64 and table.meta["PROBE"] == "stars.safetensors"
+    wrong = CliRunner().invoke(main, ["predict-stellar", "--examples", "--probe", str(trained["stellar"])])
+    assert wrong.exit_code == 1 and wrong.output.startswith("Error:")  # the probe of another encoder
+
+
 def test_cli_classify(trained, tmp_path):
     from astropy.table import Table
 
