@@ -58,7 +58,7 @@ class _LightningTips(logging.Filter):
 
 
 @contextlib.contextmanager
-def _logging_for(verbosity: int) -> Iterator[None]:
+def logging_for(verbosity: int) -> Iterator[None]:
     """Route the ``omnispectra`` loggers to stderr at the level ``-v``/``-q`` asked for.
 
     The previous logger state is restored afterwards (the CLI is also run in-process, by
@@ -112,7 +112,7 @@ class _Main(click.Group):
         from .exceptions import ConfigError, OmniSpectraError
 
         verbosity = ctx.params.get("verbose", 0) - (1 if ctx.params.get("quiet") else 0)
-        with _logging_for(verbosity):
+        with logging_for(verbosity):
             try:
                 return super().invoke(ctx)
             except ConfigError as err:

@@ -11,33 +11,10 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from omnispectra import api
-from omnispectra.cli import _logging_for, main
+from omnispectra.cli import logging_for, main
 from omnispectra.examples import example_paths
-from omnispectra.model import OmniSpectra, OmniSpectraConfig
-from omnispectra.pretrained import save_weights
 
-DIM = 32
-
-
-@pytest.fixture(scope="module")
-def model() -> OmniSpectra:
-    torch.manual_seed(0)
-    return OmniSpectra(OmniSpectraConfig.from_preset("tiny", dim=DIM, n_layers=1, n_heads=2)).eval()
-
-
-@pytest.fixture(scope="module")
-def weights(model, tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, path, info={"note": "random tiny test model"})
-    return str(path)
-
-
-def _spectrum(**kw):
-    try:
-        from specutils import Spectrum
-    except ImportError:  # pragma: no cover - specutils < 2
-        from specutils import Spectrum1D as Spectrum
-    return Spectrum(**kw)
+from .test_api import DIM, model, weights  # noqa: F401 - the tiny model fixtures
 
 
 @pytest.fixture
@@ -146,8 +123,10 @@ def test_embed_table_keeps_ids_with_newlines(model, tmp_path):
 
     wave = 4000.0 + np.arange(400) * 1.5
     flux = 1.0 + 0.3 * np.sin(wave / 40.0)
-    spectra = [_spectrum(spectral_axis=wave * u.AA, flux=flux * u.Jy, meta={"id": "a\nb"}),
-               _spectrum(spectral_axis=wave * u.AA, flux=2 * flux * u.Jy, meta={"id": "c,\"d\""})]
+    from specutils import Spectrum
+
+    spectra = [Spectrum(spectral_axis=wave * u.AA, flux=flux * u.Jy, meta={"id": "a\nb"}),
+               Spectrum(spectral_axis=wave * u.AA, flux=2 * flux * u.Jy, meta={"id": "c,\"d\""})]
     table = api.embed(spectra, model=model, as_table=True)
     for suffix in (".ecsv", ".h5"):
         back = Table.read(write_table(table, tmp_path / f"e{suffix}"))
@@ -231,13 +210,13 @@ def test_verbosity_and_lightning_tips(caplog):
     library = logging.getLogger("omnispectra.inputs")
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
-        with _logging_for(0):
+        with logging_for(0):
             assert not library.isEnabledFor(logging.INFO) and library.isEnabledFor(logging.WARNING)
             tips.info("💡 Tip: For seamless cloud uploads and versioning, try installing litmodels")
             tips.info("GPU available: False")
-        with _logging_for(1):
+        with logging_for(1):
             assert library.isEnabledFor(logging.INFO)
-        with _logging_for(-1):
+        with logging_for(-1):
             assert not library.isEnabledFor(logging.WARNING)
     messages = [r.getMessage() for r in caplog.records]
     assert "GPU available: False" in messages and not any("Tip:" in m for m in messages)
