@@ -274,9 +274,10 @@ def embed(
     device : str or torch.device, optional
         Default: the model's device for an instance, else CUDA when available.
     dtype : torch.dtype or str, optional
-        ``"auto"`` (default): bfloat16 autocast where the hardware runs it natively, else
-        float32 (:func:`~omnispectra.runtime.default_dtype`); ``torch.bfloat16``/``"bf16"``,
-        ``torch.float16`` or ``"float32"`` force one.
+        ``"auto"`` (default): bfloat16 autocast on CUDA GPUs, float32 on CPUs (so CPU
+        results do not depend on the machine; :func:`~omnispectra.runtime.default_dtype`);
+        ``torch.bfloat16``/``"bf16"``, ``torch.float16`` or ``"float32"`` force one. The
+        dtype used is in a table's ``meta['DTYPE']``.
     progress : bool or tqdm-like, optional
         Show a progress bar on stderr (total: the number of spectra when it is known,
         updated after every batch); default only when stderr is a terminal and more
