@@ -240,7 +240,9 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
            "--batch-size", "2", "--quiet", "--devices", "2", "--set", "accelerator=cpu",
            "--set", "strategy=ddp", "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
            "--set", "val_fraction=0.2", "--set", "checkpoint_every=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    repo = str(Path(__file__).resolve().parents[2])  # this checkout's code, not an installed copy
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "steps 4" in proc.stdout and "Tip:" not in proc.stdout + proc.stderr  # no Lightning adverts

@@ -210,6 +210,10 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     """
     out = Path(output)
     last = out / "checkpoints" / "last.ckpt"
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        # a process Lightning launched for another rank re-runs the command after rank 0
+        # checked (and, with overwrite, cleaned) the folder and wrote config.yaml into it
+        return last
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other: resume continues the run in "
                           f"{out}, overwrite deletes it")
