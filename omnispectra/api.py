@@ -25,6 +25,7 @@ import dataclasses
 import numbers
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,12 @@ def _inputs(spectra: Any, net: OmniSpectra, format: str | None, on_error: str,
                   prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support))
 
 
-def _progress_bar(progress: bool | None, total: int | None, desc: str):
+def _progress_bar(progress: Any, total: int | None, desc: str):
+    """A tqdm bar on stderr (None: no bar); an object with ``update`` is used as it is."""
+    if hasattr(progress, "update"):
+        if total is not None and getattr(progress, "total", None) is None:
+            progress.total = total
+        return progress
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     if not progress:
@@ -142,7 +148,8 @@ def _run(
     results: list[np.ndarray] = []
     kept: list[InputItem] = []
     show = progress if progress is not None else (None if not inputs.single else False)
-    bar = _progress_bar(show, inputs.count(), desc)
+    total = inputs.count()  # None for files: their number of spectra is known once read
+    bar = _progress_bar(show, total, desc)
     pool_size = _POOL_FACTOR * batch_size
 
     def flush(pool: list[InputItem]) -> None:
@@ -164,26 +171,40 @@ def _run(
                 inputs.reject(item, NonFiniteOutputError(
                     f"spectrum {item.id!r}: the model's {desc} output is not finite (NaN or inf)"))
 
+    own_bar = not hasattr(progress, "update")
+    last_refresh = time.monotonic()
     try:
         pool: list[InputItem] = []
-        for item in inputs:
+        for n_read, item in enumerate(inputs, 1):
             pool.append(item)
+            if bar is not None and total is None:  # the total grows as files are read
+                bar.total = n_read
+            if bar is not None and hasattr(bar, "set_postfix_str") and time.monotonic() - last_refresh > 0.5:
+                # the bar counts computed spectra; while a pool is being read, show reading moves
+                bar.set_postfix_str(f"read {n_read}")
+                last_refresh = time.monotonic()
             if len(pool) >= pool_size:
                 flush(pool)
                 pool = []
         flush(pool)
     finally:
-        if bar is not None:
+        if bar is not None and own_bar:
             bar.close()
     return results, kept
 
 
-def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any) -> dict[str, Any]:
-    """What every result table's ``meta`` holds: model, precision, counts, skipped inputs."""
-    info = dict(getattr(net, "info", None) or {})
+def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
+          kind: str | None = None) -> dict[str, Any]:
+    """What every result table's ``meta`` holds: provenance, counts, skipped inputs.
+
+    Provenance (:func:`omnispectra.results.provenance_meta`): ``OMNIVERS``, ``MODEL``,
+    ``MODELSHA``, ``ENCSHA``, [``PROBE``, ``PROBESHA``], ``DTYPE`` (the dtype actually
+    used), ``DEVICE``, ``KIND``.
+    """
+    from .results import provenance_meta
+
     return {
-        "model": str(info.get("name", "")) or "OmniSpectra instance",
-        "dtype": "float32" if dtype is None else str(dtype).replace("torch.", ""),
+        **provenance_meta(net, probe=probe, dtype=dtype, kind=kind),
         "n_inputs": inputs.n_inputs,
         "n_read": inputs.n_read,
         "n_skipped": len(inputs.skipped),
@@ -253,12 +274,15 @@ def embed(
     device : str or torch.device, optional
         Default: the model's device for an instance, else CUDA when available.
     dtype : torch.dtype or str, optional
-        ``"auto"`` (default): bfloat16 autocast where the hardware runs it natively, else
-        float32 (:func:`~omnispectra.runtime.default_dtype`); ``torch.bfloat16``/``"bf16"``,
-        ``torch.float16`` or ``"float32"`` force one.
-    progress : bool, optional
-        Show a progress bar on stderr; default only when stderr is a terminal and more
-        than one spectrum is given.
+        ``"auto"`` (default): bfloat16 autocast on CUDA GPUs, float32 on CPUs (so CPU
+        results do not depend on the machine; :func:`~omnispectra.runtime.default_dtype`);
+        ``torch.bfloat16``/``"bf16"``, ``torch.float16`` or ``"float32"`` force one. The
+        dtype used is in a table's ``meta['DTYPE']``.
+    progress : bool or tqdm-like, optional
+        Show a progress bar on stderr (total: the number of spectra when it is known,
+        updated after every batch); default only when stderr is a terminal and more
+        than one spectrum is given. An object with ``update(n)`` (a ``tqdm`` bar) is
+        updated instead (its ``total`` set when unset) and left open.
     return_ids : bool
         Also return the spectrum ids (``meta['id']``, else ``"FILESTEM:k"`` for files and
         the input position for in-memory spectra; made unique, see :mod:`omnispectra.inputs`).
@@ -269,9 +293,12 @@ def embed(
         docstring). With ``"skip"``/``"warn"`` use ``as_table=True`` or
         ``return_ids=True`` to know which rows survived.
     as_table : bool
-        Return an `~astropy.table.Table` with columns ``id``, ``source_file``, ``survey``
-        and ``embedding`` (one vector per row) and ``meta`` holding the model name,
-        dtype, counts (``n_inputs == n_read + n_skipped``) and ``skipped``.
+        Return an `~astropy.table.Table` (:func:`omnispectra.results.embeddings_table`)
+        with columns ``id``, ``source_file``, ``survey`` and ``embedding`` (one vector
+        per row) and ``meta`` holding the provenance (:func:`omnispectra.results.provenance_meta`:
+        package version, model name and sha256, ``DTYPE`` actually used, ``DEVICE``),
+        the counts (``n_inputs == n_read + n_skipped``) and ``skipped``. Write it with
+        :func:`omnispectra.results.write_table` (ECSV, FITS or HDF5).
     workers : int, optional
         Threads reading and tokenizing files ahead of the model, so reading overlaps
         with the model (default 1 when files are read; 0 reads in the calling thread).
@@ -314,11 +341,11 @@ def embed(
     if inputs.single and not kept:  # one spectrum: nothing left to return
         raise inputs.skipped[0].error
     if as_table:
-        table = _item_table(kept)
-        table["embedding"] = vectors
-        table["embedding"].description = "mean-pooled encoder embedding"
-        table.meta.update(_meta(net, inputs, torch_dtype))
-        return table
+        from .results import embeddings_table
+
+        sources = _item_table(kept)
+        return embeddings_table(ids, vectors, source_files=sources["source_file"], surveys=sources["survey"],
+                                meta=_meta(net, inputs, torch_dtype, kind="embeddings"))
     if inputs.single:
         vectors, ids = vectors[0], ids[0]
     return (vectors, ids) if return_ids else vectors
@@ -367,6 +394,7 @@ def anomaly_score(
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    as_table: bool = False,
 ):
     """Outlier score: the mean masked-reconstruction error over several random masks.
 
@@ -391,10 +419,14 @@ def anomaly_score(
         Masks averaged per spectrum.
     seed : int
         Seed of the masks.
+    as_table : bool
+        Return an `~astropy.table.Table` (:func:`omnispectra.results.anomaly_table`):
+        ``id``, ``source_file``, ``survey``, ``anomaly_score``, with the provenance,
+        ``NMASKS``, ``MASKSEED``, counts and ``skipped`` in ``meta`` (as :func:`embed`).
 
     Returns
     -------
-    scores : float or ndarray of shape (N,), float64
+    scores : float or ndarray of shape (N,), float64, or Table
         NaN for a spectrum too short to be masked (fewer than 4 tokens). A model output
         that is not finite is never averaged in: that input raises
         :class:`~omnispectra.exceptions.NonFiniteOutputError` (or is skipped).
@@ -434,6 +466,15 @@ def anomaly_score(
     ids = [item.id for item in kept]
     if inputs.single and not kept:
         raise inputs.skipped[0].error
+    if as_table:
+        from .results import anomaly_table
+
+        table = anomaly_table(ids, scores, n_masks=n_masks, seed=seed,
+                              meta=_meta(net, inputs, torch_dtype, kind="anomaly"))
+        sources = _item_table(kept)
+        for k, name in enumerate(("source_file", "survey")):
+            table.add_column(sources[name], index=1 + k)
+        return table
     if inputs.single:
         scores, ids = float(scores[0]), ids[0]
     return (scores, ids) if return_ids else scores
@@ -506,17 +547,17 @@ class Reconstruction:
         return [(float(self.wavelength[a]), float(self.wavelength[b - 1]))
                 for a, b in zip(edges[::2], edges[1::2])]
 
-    def to_table(self):
-        """The per-pixel arrays as an `~astropy.table.Table`."""
-        from astropy.table import Table
+    def to_table(self, meta: dict[str, Any] | None = None):
+        """This reconstruction as a one-row `~astropy.table.Table`.
 
-        table = Table({"wavelength": self.wavelength, "flux": self.flux,
-                       "reconstruction": self.reconstruction, "masked": self.pixel_masked})
-        table["wavelength"].unit = "Angstrom"
-        if self.flux_unit:
-            table["flux"].unit = table["reconstruction"].unit = self.flux_unit
-        table.meta.update({"id": self.id, "mse": self.mse})
-        return table
+        :func:`omnispectra.results.reconstruction_table`: ``id``, ``mse`` and per-pixel
+        array columns ``wavelength`` (Angstrom), ``flux`` and ``reconstruction`` (in the
+        input's flux unit), ``pixel_masked``, ``token_wavelength``, ``token_mask``;
+        ``meta`` (e.g. :func:`omnispectra.results.provenance_meta`) is stored with it.
+        """
+        from .results import reconstruction_table
+
+        return reconstruction_table(self, meta=meta)
 
 
 def _single_spectrum(spectrum: Any, net: OmniSpectra, format: str | None) -> InputItem:
@@ -716,9 +757,11 @@ def resolve_probe(probe: Any, task: str):
                 f"the bundled {task.replace('_', ' ')} probe ({path.name}) is missing from this "
                 f"installation ({path.parent}); train one with scripts/train_predictors.py or pass "
                 "probe=PATH")
-        return load_probe(path)
+        probe = path
     if isinstance(probe, (str, os.PathLike)):
-        return load_probe(probe)
+        loaded = load_probe(probe)
+        loaded.info.setdefault("name", Path(probe).name)  # the provenance's PROBE (a name, no folder)
+        return loaded
     raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
 
 
@@ -751,8 +794,7 @@ def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, f
             f"spectrum {item.id!r}: the {task.replace('_', ' ')} probe's output is not finite"))
     if inputs.single and not finite.all() or inputs.single and not kept:
         raise inputs.skipped[-1].error
-    meta = _meta(net, inputs, torch_dtype)
-    meta["probe"] = str(head.info.get("name", task))
+    meta = _meta(net, inputs, torch_dtype, probe=head, kind="predictions")
     return _Prediction(head, np.asarray(values)[finite], [i for i, ok in zip(kept, finite) if ok], meta)
 
 

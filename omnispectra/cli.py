@@ -1,39 +1,236 @@
-"""The ``omnispectra`` command line: a thin click layer over the Python API."""
+"""The ``omnispectra`` command line: a thin click layer over the Python API.
+
+Every command follows the same rules:
+
+- **Never destroy a file.** An output that is one of the inputs is always refused; an
+  existing output is replaced only with ``--overwrite``; both are checked before any work
+  (:func:`omnispectra.fileio.check_output`), and every file is written atomically
+  (:func:`omnispectra.fileio.atomic_write`).
+- **One-line errors.** A failure prints ``Error: ...`` and exits with 1; bad usage (a
+  wrong option, an unusable setting: :class:`~omnispectra.exceptions.ConfigError`)
+  exits with 2. No tracebacks (``-vv`` shows them for debugging).
+- **Logging.** The library logs through :mod:`logging`; ``-v``/``-vv`` show its INFO/DEBUG
+  messages, ``-q`` shows errors only and no progress bars. Messages are written through
+  the progress bar's writer, so they never break a bar.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import platform
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
 
+logger = logging.getLogger(__name__)
 
 #: Inputs of the commands that read spectra: never checked by click (a missing or
 #: unreadable path is reported by omnispectra.inputs and skipped like any bad input).
 _INPUT_PATHS = click.Path(exists=False, readable=False)
 
+#: Result-table suffixes (:data:`omnispectra.results.TABLE_FORMATS`), for help texts.
+_TABLE_SUFFIXES = ".ecsv, .fits or .h5/.hdf5"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class TqdmLoggingHandler(logging.Handler):
+    """Write log records with ``tqdm.write`` on the current stderr (never through a bar)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+class _LightningTips(logging.Filter):
+    """Drop Lightning's advertisements ("💡 Tip: ... litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def logging_for(verbosity: int) -> Iterator[None]:
+    """Route the ``omnispectra`` loggers to stderr at the level ``-v``/``-q`` asked for.
+
+    The previous logger state is restored afterwards (the CLI is also run in-process, by
+    tests and notebooks).
+    """
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    package = logging.getLogger("omnispectra")
+    handler = TqdmLoggingHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbosity > 0 else "%(message)s"))
+    # lightning_utilities' rank_zero_info logs to whichever of these was imported last
+    tips = [logging.getLogger(f"lightning.{part}.utilities.rank_zero") for part in ("pytorch", "fabric")]
+    tip_filter = _LightningTips()
+    saved = package.level, package.propagate
+    package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False
+    for tip_logger in tips:
+        tip_logger.addFilter(tip_filter)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+        for tip_logger in tips:
+            tip_logger.removeFilter(tip_filter)
+
+
+class CommandError(click.ClickException):
+    """A failure shown as one ``Error: ...`` line, exit code 1."""
+
+    exit_code = 1
+
+
+class UsageFailure(click.ClickException):
+    """Unusable settings (:class:`~omnispectra.exceptions.ConfigError`), exit code 2."""
+
+    exit_code = 2
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
+class _Main(click.Group):
+    """The top-level group: logging set-up and one-line errors for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .exceptions import ConfigError, OmniSpectraError
+
+        verbosity = ctx.params.get("verbose", 0) - (1 if ctx.params.get("quiet") else 0)
+        with logging_for(verbosity):
+            try:
+                return super().invoke(ctx)
+            except ConfigError as err:
+                if verbosity > 1:
+                    logger.exception("usage error")
+                raise UsageFailure(_one_line(err)) from err
+            except (OmniSpectraError, OSError) as err:
+                if verbosity > 1:
+                    logger.exception("failure")
+                raise CommandError(_one_line(err)) from err
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="omnispectra")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More messages (-v info, -vv debug with tracebacks).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only, and no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """OmniSpectra: a native-resolution foundation model for astronomical spectra."""
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+
+
+def _is_quiet(local_quiet: bool = False) -> bool:
+    """The command's ``--quiet`` or the global ``-q``."""
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(local_quiet or (root is not None and (root.obj or {}).get("quiet")))
+
+
+def _progress(local_quiet: bool = False) -> bool | None:
+    """``progress=`` for the api: False when quiet, else the default (a bar on a terminal)."""
+    return False if _is_quiet(local_quiet) else None
+
+
+def _say(message: str) -> None:
+    """A status line on stderr (suppressed by ``-q``)."""
+    if not _is_quiet():
+        click.echo(message, err=True)
+
+
+_quiet_option = click.option("--quiet", is_flag=True, help="No progress bars (as the global -q).")
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Replace an existing output (never one of the inputs).")
+_model_option = click.option("--model", "model_name", default="default", show_default=True,
+                             help="Model name (see `omnispectra info`) or weights file.")
+_device_option = click.option("--device", default=None,
+                              help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
+_format_option = click.option("--format", "fmt", default=None,
+                              help="Force a reader (see `omnispectra info`).")
+_batch_option = click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+
+
+def _check_output(output: str, inputs: Any = (), overwrite: bool = False, table: bool = False) -> Path:
+    """Refuse a destructive or unusable output before any work (exit 2 for a bad suffix)."""
+    from .exceptions import OutputError
+    from .fileio import check_output
+
+    if table:
+        from .results import table_format
+
+        try:
+            table_format(output)
+        except OutputError as err:
+            raise click.UsageError(f"--output: {err}") from err
+    return check_output(output, inputs, overwrite=overwrite)
+
+
+#: The api's count keys in ``meta`` and their FITS header names.
+_FITS_COUNT_KEYS = {"n_inputs": "NINPUTS", "n_read": "NREAD", "n_skipped": "NSKIPPED"}
+
+
+def _write_result(table: Any, out: Path, inputs: Any, overwrite: bool) -> None:
+    """Write a result table (ECSV/FITS/HDF5 by suffix) atomically.
+
+    FITS gets the counts as ``NINPUTS``/``NREAD``/``NSKIPPED`` and no list of skipped inputs.
+    """
+    from .results import table_format, write_table
+
+    if table_format(out) == "fits":  # a FITS header holds no list of dicts, and keys of 8 characters
+        table = table.copy(copy_data=False)
+        table.meta.pop("skipped", None)
+        for key, short in _FITS_COUNT_KEYS.items():
+            if key in table.meta:
+                table.meta[short] = table.meta.pop(key)
+    write_table(table, out, overwrite=overwrite, inputs=inputs)
+
+
+def _load(model_name: str, device: str | None):
+    """The encoder, with the device checked first (one-line error for ``gpu``, missing CUDA)."""
+    from .runtime import resolve_model
+
+    return resolve_model(model_name, device)
 
 
 @main.command()
 def info() -> None:
-    """Print versions, the compute device and which attention kernels are available."""
+    """Print versions, the compute device, attention kernels, readers and known models."""
+    import importlib.metadata
+
     import torch
 
+    from . import io
     from .model import attention_backends
 
     click.echo(f"omnispectra {__version__}")
     click.echo(f"python      {platform.python_version()}")
-    click.echo(f"torch       {torch.__version__}")
+    for package in ("numpy", "astropy", "specutils", "torch"):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a broken install
+            version = "not installed"
+        click.echo(f"{package:<11} {version}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     click.echo(f"device      {device}" + (f" ({torch.cuda.get_device_name(0)})" if device == "cuda" else ""))
     click.echo("attention   " + ", ".join(f"{name}={'yes' if ok else 'no'}"
                                           for name, ok in attention_backends().items()))
+    click.echo("readers     " + ", ".join(io.list_formats()))
     _echo_flash_attn_and_models()
 
 
@@ -107,119 +304,85 @@ def _report_skipped(table) -> int:
     return len(skipped)
 
 
+def _table_output_option(required: bool, what: str):
+    return click.option("-o", "--output", required=required, type=click.Path(dir_okay=False),
+                        help=f"Write the {what} table: {_TABLE_SUFFIXES} (by suffix; Table.read opens it).")
+
+
 @main.command("embed")
 @click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
 @click.option("--examples", is_flag=True, help="Also embed the example spectra shipped with the package.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="embeddings.npy (ids go to embeddings.ids.txt) or embeddings.h5 "
-                   "(datasets 'embeddings' and 'ids').")
-@click.option("--model", "model_name", default="default", show_default=True,
-              help="Model name (see `omnispectra info`) or weights file.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
+@_table_output_option(True, "embeddings")
+@_model_option
+@_batch_option
+@_device_option
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="Compute precision: auto = bf16 autocast where the hardware runs it natively, else fp32.")
-@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed_command(inputs, examples, output, model_name, batch_size, device, dtype, fmt, quiet) -> None:
-    """Embed every spectrum in FILE_OR_DIR... and save the vectors with their ids.
+              help="Compute precision: auto = bf16 autocast on CUDA GPUs, float32 on CPUs.")
+@_format_option
+@_overwrite_option
+@_quiet_option
+def embed_command(inputs, examples, output, model_name, batch_size, device, dtype, fmt, overwrite,
+                  quiet) -> None:
+    """Embed every spectrum in FILE_OR_DIR... and write a table of vectors.
 
-    Files that cannot be read and spectra that cannot be tokenized are reported and
-    skipped; the command fails only when nothing was embedded.
+    Columns ``id``, ``source_file``, ``survey`` and ``embedding`` (one vector per row);
+    ``meta`` holds the package version, model name and sha256, the precision used and the
+    device. Files that cannot be read and spectra that cannot be tokenized are reported
+    and skipped; the command fails only when nothing was embedded.
     """
-    from pathlib import Path
-
-    import numpy as np
-
     from .api import embed
-    from .exceptions import OmniSpectraError
-    from .pretrained import load_model
 
-    out = Path(output)
-    if out.suffix.lower() not in (".npy", ".h5", ".hdf5"):
-        raise click.UsageError("--output must end in .npy, .h5 or .hdf5")
     sources = _sources(inputs, examples)
-    try:
-        model = load_model(model_name, device=device)
-    except OmniSpectraError as err:
-        raise click.ClickException(str(err)) from err
+    out = _check_output(output, sources, overwrite, table=True)
+    model = _load(model_name, device)
     table = embed(sources, model=model, batch_size=batch_size, dtype=dtype, format=fmt,
-                  progress=False if quiet else None, on_error="skip", as_table=True)
+                  progress=_progress(quiet), on_error="skip", as_table=True)
     n_skipped = _report_skipped(table)
     if not len(table):
-        raise click.ClickException("no spectrum could be embedded; nothing written")
-    vectors, ids = np.asarray(table["embedding"]), [str(i) for i in table["id"]]
-    _save_embeddings(out, vectors, ids, model)
-    click.echo(f"embedded {len(ids)} spectra ({vectors.shape[1]}-d, model {model_name!r}) -> {out}"
-               + (f"; {n_skipped} skipped" if n_skipped else ""), err=True)
-
-
-def _save_embeddings(out, vectors, ids, model) -> None:
-    """Write ``.npy`` + ``.ids.txt``, or an HDF5 file with ``embeddings`` and ``ids``."""
-    import json
-    import os
-
-    import numpy as np
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix.lower() == ".npy":
-        with open(tmp, "wb") as fh:
-            np.save(fh, vectors)
-        id_file = out.with_suffix(".ids.txt")
-        id_file.write_text("".join(f"{i}\n" for i in ids))
-    else:
-        import h5py
-
-        with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("embeddings", data=vectors)
-            fh.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-            fh.attrs["omnispectra_version"] = __version__
-            fh.attrs["model"] = str(model.info.get("name", ""))
-            fh.attrs["model_info"] = json.dumps(model.info, default=str)
-    os.replace(tmp, out)
+        raise CommandError("no spectrum could be embedded; nothing written")
+    _write_result(table, out, sources, overwrite)
+    _say(f"embedded {len(table)} spectra ({table['embedding'].shape[1]}-d, model {model_name!r}, "
+         f"{table.meta['DTYPE']}) -> {out}" + (f"; {n_skipped} skipped" if n_skipped else ""))
 
 
 @main.command("plot")
 @click.argument("path", type=_INPUT_PATHS)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Image file (png, pdf, svg ...).")
-@click.option("--model", "model_name", default="default", show_default=True,
-              help="Model name (see `omnispectra info`) or weights file.")
+              help="Image file (png, pdf, svg ...); its folder must exist.")
+@_model_option
 @click.option("--index", default=0, show_default=True, type=click.IntRange(min=0),
               help="Which spectrum of a file that holds several.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the chunk mask.")
 @click.option("--no-mask", is_flag=True, help="Reconstruct the whole spectrum without masking.")
-@click.option("--device", default=None, help="torch device (default: cuda if available).")
-@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
-def plot_command(path, output, model_name, index, seed, no_mask, device, fmt) -> None:
+@_device_option
+@_format_option
+@_overwrite_option
+def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, overwrite) -> None:
     """Mask chunks of the spectrum in PATH, reconstruct them and plot the result."""
     from . import io
     from .api import reconstruct
-    from .exceptions import OmniSpectraError
-    from .pretrained import load_model
+    from .fileio import atomic_write
+    from .inputs import check_readable_file
 
     try:
         from matplotlib.figure import Figure
 
         from .plotting import plot_reconstruction
     except ImportError as err:
-        raise click.ClickException(
-            f'plotting needs matplotlib ({err}); pip install "omnispectra[plot]"') from err
-    from .inputs import check_readable_file
-
-    try:
-        spectra = io.read(check_readable_file(path), format=fmt)
-        if index >= len(spectra):
-            raise click.ClickException(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
-        model = load_model(model_name, device=device)
-        result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
-    except OmniSpectraError as err:
-        raise click.ClickException(str(err)) from err
+        raise CommandError(f'plotting needs matplotlib ({err}); pip install "omnispectra[plot]"') from err
+    out = _check_output(output, [path], overwrite)
+    if not out.parent.is_dir():  # a typo in the folder: say so before the computation
+        raise CommandError(f"the folder of the output {out} does not exist")
+    spectra = io.read(check_readable_file(path), format=fmt)
+    if index >= len(spectra):
+        raise CommandError(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
+    model = _load(model_name, device)
+    result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     plot_reconstruction(result, ax=fig.add_subplot())
-    fig.savefig(output, dpi=120)
-    click.echo(f"{result.id}: masked MSE {result.mse:.4g} -> {output}", err=True)
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or None)
+    _say(f"{result.id}: masked MSE {result.mse:.4g} -> {out}")
 
 
 @main.group()
@@ -233,20 +396,22 @@ def corpus() -> None:
               help="corpus.h5 (corpus-<survey>.h5 when several surveys) or a directory (<survey>.h5).")
 @click.option("--survey", default=None, help="Override the survey of every spectrum (one output file).")
 @click.option("--only", "only", multiple=True, help="Keep only this survey (repeatable).")
-@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
+@_format_option
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files (once the new ones are complete).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing output files (once the new ones are complete); old per-survey "
+                   "files of this output are removed.")
+@_quiet_option
 def corpus_build(inputs, output, survey, only, fmt, compression, overwrite, quiet) -> None:
     """Convert spectrum files, directories or globs INPUTS into HDF5 corpora."""
     from .corpus import build_corpus
 
     try:
-        report = build_corpus(list(inputs), output, survey=survey, format=fmt, progress=not quiet,
+        report = build_corpus(list(inputs), output, survey=survey, format=fmt, progress=not _is_quiet(quiet),
                               only_surveys=list(only) or None, overwrite=overwrite,
                               compression=None if compression == "none" else compression)
-    except (OSError, ValueError) as err:  # incl. FileExistsError, CorpusError, nothing readable
-        raise click.ClickException(str(err)) from err
+    except ValueError as err:  # nothing readable, or a bad setting
+        raise CommandError(str(err)) from err
     click.echo(report.summary())
 
 
@@ -259,12 +424,7 @@ def corpus_info_command(paths, as_json) -> None:
 
     from .corpus import corpus_info, format_corpus_info
 
-    from .exceptions import CorpusError
-
-    try:
-        info = corpus_info(list(paths))
-    except CorpusError as err:
-        raise click.ClickException(str(err)) from err
+    info = corpus_info(list(paths))
     click.echo(json.dumps(info, indent=2) if as_json else format_corpus_info(info))
 
 
@@ -276,7 +436,10 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        try:
+            values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise click.BadParameter(f"{pair!r}: the value is not valid YAML", param_hint="--set") from err
     return values
 
 
@@ -296,44 +459,38 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any setting, e.g. --set lr=3e-4 --set model='{local_pe: false}'.")
 @click.option("--resume", is_flag=True, help="Continue from <output>/checkpoints/last.ckpt.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True, help="Delete the previous run in <output> and start clean.")
+@_quiet_option
 def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batch_size, num_workers,
-          devices, precision, seed, overrides, resume, quiet) -> None:
+          devices, precision, seed, overrides, resume, overwrite, quiet) -> None:
     """Pretrain OmniSpectra by masked reconstruction on corpus files (Lightning).
 
     Settings resolve as: preset < --config file (or, with --resume, the run's saved
     config.yaml) < explicit options < --set. The resolved settings are saved as
-    <output>/config.yaml.
+    <output>/config.yaml. A run folder that holds a previous run needs --resume (go on)
+    or --overwrite (start clean). Needs the ``train`` extra.
     """
-    from pathlib import Path
-
-    from .exceptions import MissingDependencyError
     from .training import require_lightning
+
+    require_lightning()  # MissingDependencyError names the extra; main() prints it on one line
     from .training.train import TrainConfig, train as run_training
 
-    try:
-        require_lightning()
-    except MissingDependencyError as err:
-        raise click.ClickException(str(err)) from err
     options = {"corpus": [str(p) for p in corpus] or None, "output": output, "max_steps": max_steps,
                "max_time_minutes": max_time_minutes, "batch_size": batch_size, "num_workers": num_workers,
                "devices": devices, "precision": precision, "seed": seed}
     options = {k: v for k, v in options.items() if v is not None}
     options.update(_parse_overrides(overrides))
-    if quiet:
+    if _is_quiet(quiet):
         options["progress"] = False
     saved = Path(output) / "config.yaml" if output else None
-    try:
-        if config_file:
-            config = TrainConfig.from_yaml(config_file, base=TrainConfig.from_preset(preset) if preset else None)
-        elif resume and saved is not None and saved.is_file():
-            config = TrainConfig.from_yaml(saved)
-        else:
-            config = TrainConfig.from_preset(preset or "tiny")
-        config = config.replace(**options)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from err
-    result = run_training(config, resume=resume)
+    if config_file:
+        config = TrainConfig.from_yaml(config_file, base=TrainConfig.from_preset(preset) if preset else None)
+    elif resume and saved is not None and saved.is_file():
+        config = TrainConfig.from_yaml(saved)
+    else:
+        config = TrainConfig.from_preset(preset or "tiny")
+    config = config.replace(**options)
+    result = run_training(config, resume=resume, overwrite=overwrite)
     click.echo(f"steps {result['steps']}  val_loss {result['val_loss']}  wall {result['wall_time_s']:.0f} s")
     click.echo(f"last checkpoint {result['last_checkpoint']}")
 
@@ -342,74 +499,140 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output weights file (.safetensors).")
-def export(checkpoint: str, output: str) -> None:
+@_overwrite_option
+def export(checkpoint: str, output: str, overwrite: bool) -> None:
     """Export a training checkpoint's encoder as a safetensors weights file; print its sha256."""
-    from .training.train import export_checkpoint
+    try:
+        from .training.train import export_checkpoint
+    except ImportError as err:  # pragma: no cover - lightning missing
+        raise CommandError(f"{err}; install the train extra: pip install 'omnispectra[train]'") from err
 
-    digest = export_checkpoint(checkpoint, output)
+    digest = export_checkpoint(checkpoint, output, overwrite=overwrite)
     click.echo(f"wrote {output}")
     click.echo(f"sha256 {digest}")
 
 
-_TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".fits": "fits", ".fit": "fits"}
+def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
+    """The table on stdout (long paths are in -o only)."""
+    shown = table[[c for c in table.colnames if c not in drop and table[c].ndim == 1]]
+    for line in shown.pformat(max_lines=-1, max_width=-1):
+        click.echo(line)
 
 
-@main.command("classify")
-@click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
-@click.option("--examples", is_flag=True, help="Also classify the example spectra shipped with the package.")
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="Write the table: .ecsv, .csv or .fits (by extension).")
-@click.option("--model", "model_name", default="default", show_default=True,
-              help="Encoder (name or weights file); must match the probe.")
-@click.option("--probe", "probe_path", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Probe file (default: the bundled source-class probe).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: cuda if available).")
-@click.option("--format", "fmt", default=None, help="Force a reader (see `omnispectra.io.list_formats()`).")
-@click.option("--quiet", is_flag=True, help="Do not print the table (with -o).")
-def classify_command(inputs, examples, output, model_name, probe_path, batch_size, device, fmt,
-                     quiet) -> None:
+def _predict_command(name: str, verb: str, what: str, probe_task: str | None, doc: str):
+    """A command that runs one api predictor on FILE_OR_DIR... and prints/writes its table."""
+
+    @main.command(name, help=doc)
+    @click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
+    @click.option("--examples", is_flag=True, help="Also use the example spectra shipped with the package.")
+    @_table_output_option(False, what)
+    @_model_option
+    @click.option("--probe", "probe_path", default=None, type=click.Path(exists=True, dir_okay=False),
+                  help="Probe file (default: the bundled probe).", hidden=probe_task is None)
+    @_batch_option
+    @_device_option
+    @_format_option
+    @click.option("--no-table", is_flag=True, help="Do not print the table (with -o).")
+    @_overwrite_option
+    @_quiet_option
+    def command(inputs, examples, output, model_name, probe_path, batch_size, device, fmt, no_table,
+                overwrite, quiet) -> None:
+        from . import api
+
+        sources = _sources(inputs, examples)
+        out = _check_output(output, sources, overwrite, table=True) if output else None
+        model = _load(model_name, device)
+        kwargs: dict[str, Any] = {}
+        if probe_task is not None:
+            probe = api.resolve_probe(probe_path, probe_task)
+            probe.check_encoder(model)
+            kwargs["probe"] = probe
+        else:
+            kwargs["as_table"] = True
+        table = getattr(api, verb)(sources, model=model, batch_size=batch_size, progress=_progress(quiet),
+                                   format=fmt, on_error="skip", **kwargs)
+        n_skipped = _report_skipped(table)
+        if not len(table):
+            raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
+        for col in table.colnames:
+            if col.startswith("prob_"):
+                table[col].info.format = ".3f"
+        if out is None or not no_table:
+            _print_table(table)
+        if out is not None:
+            _write_result(table, out, sources, overwrite)
+            _say(f"{len(table)} spectra -> {out}" + (f"; {n_skipped} skipped" if n_skipped else ""))
+
+    return command
+
+
+classify_command = _predict_command(
+    "classify", "classify", "classified", "source_class",
     """Classify every spectrum in FILE_OR_DIR... as GALAXY, QSO or STAR.
 
     Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR) and/or writes it with
-    -o. Unreadable files and untokenizable spectra are reported with the reason and
-    skipped; the command fails only when nothing was classified.
+    -o (with provenance in its meta). Unreadable files and untokenizable spectra are
+    reported with the reason and skipped; the command fails only when nothing was
+    classified.""")
+
+predict_stellar_command = _predict_command(
+    "predict-stellar", "predict_stellar_parameters", "predicted stellar parameters", "stellar_params",
+    """Stellar parameters (teff in K, logg, fe_h) of every spectrum in FILE_OR_DIR...
+
+    A probe on the embedding trained on stars: meaningful for stellar spectra only.
+    Prints a table and/or writes it with -o; bad inputs are reported and skipped.""")
+
+predict_redshift_command = _predict_command(
+    "predict-redshift", "predict_redshift", "predicted redshifts", "redshift",
+    """Redshift of every galaxy or quasar spectrum in FILE_OR_DIR...
+
+    Prints a table (id, survey, z) and/or writes it with -o; bad inputs are reported and
+    skipped.""")
+
+anomaly_command = _predict_command(
+    "anomaly", "anomaly_score", "scored anomaly", None,
+    """Anomaly score of every spectrum in FILE_OR_DIR...: the mean masked-reconstruction error.
+
+    High scores mark spectra unlike the model's training data (see
+    omnispectra.anomaly_score). Prints a table and/or writes it with -o.""")
+
+
+@main.command("embed-corpus")
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder for manifest.json and the embedding shards.")
+@_model_option
+@click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Spectra per shard (the unit a killed run resumes from).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--precision", default="32-true", show_default=True,
+              help="Lightning precision: 32-true, bf16-mixed or 16-mixed.")
+@click.option("--accelerator", default="auto", show_default=True)
+@click.option("--devices", default="auto", show_default=True, help="e.g. 'auto', 8 or '0,1'.")
+@click.option("--num-workers", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--resume", is_flag=True, help="Continue a killed run: shards that exist are kept.")
+@click.option("--overwrite", is_flag=True, help="Delete a previous run's shards and start again.")
+@_quiet_option
+def embed_corpus_command(corpus, output, model_name, shard_size, batch_size, precision, accelerator,
+                         devices, num_workers, resume, overwrite, quiet) -> None:
+    """Embed whole corpus files through Lightning's predict loop (many GPUs), in resumable shards.
+
+    Needs the ``train`` extra. For a few files, ``omnispectra embed`` is simpler.
     """
-    from pathlib import Path
-
-    from .api import classify, resolve_probe
-    from .exceptions import OmniSpectraError
-    from .pretrained import load_model
-
-    out = Path(output) if output else None
-    if out is not None and out.suffix.lower() not in _TABLE_FORMATS:
-        raise click.UsageError("--output must end in .ecsv, .csv or .fits")
-    sources = _sources(inputs, examples)
     try:
-        model = load_model(model_name, device=device)
-        probe = resolve_probe(probe_path, "source_class")
-        probe.check_encoder(model)
-    except OmniSpectraError as err:
-        raise click.ClickException(str(err)) from err
-    table = classify(sources, model=model, probe=probe, batch_size=batch_size, progress=False,
-                     format=fmt, on_error="skip")
-    n_skipped = _report_skipped(table)
-    if not len(table):
-        raise click.ClickException("no spectrum could be classified")
-    for name in table.colnames:
-        if name.startswith("prob_"):
-            table[name].info.format = ".3f"
-    if out is None or not quiet:
-        shown = table[[c for c in table.colnames if c != "source_file"]]  # long paths: in -o only
-        for line in shown.pformat(max_lines=-1, max_width=-1):
-            click.echo(line)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if _TABLE_FORMATS[out.suffix.lower()] == "fits":  # a FITS header holds no list of dicts
-            del table.meta["skipped"]
-        table.write(out, format=_TABLE_FORMATS[out.suffix.lower()], overwrite=True)
-        note = f"; {n_skipped} skipped" if n_skipped else ""
-        click.echo(f"classified {len(table)} spectra -> {out}{note}", err=True)
+        from .training.predict import embed_corpus
+    except ImportError as err:
+        raise CommandError(f"{err}; install the train extra: pip install 'omnispectra[train]'") from err
+
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    result = embed_corpus(list(corpus), output, model=model_name, shard_size=shard_size, batch_size=batch_size,
+                          precision=precision, accelerator=accelerator, devices=devices,
+                          num_workers=num_workers, resume=resume, overwrite=overwrite,
+                          progress=not _is_quiet(quiet))
+    kept = result["skipped"] if isinstance(result["skipped"], int) else len(result["skipped"])
+    click.echo(f"embedded {result['n_spectra']} spectra in {result['n_shards']} shards -> {result['output']}"
+               + (f" ({kept} shards kept from the previous run)" if kept else ""))
 
 
 @main.command("evaluate")
@@ -426,37 +649,40 @@ def classify_command(inputs, examples, output, model_name, probe_path, batch_siz
 @click.option("--finetune", is_flag=True, help="Train the encoder with the zero-/few-shot heads (slow).")
 @click.option("--baseline-pixels", default=2048, show_default=True, type=click.IntRange(min=32),
               help="Largest resampled length for the supervised baselines.")
-@click.option("--device", default=None, help="torch device for the encoder.")
+@_device_option
+@_overwrite_option
 @click.option("--quiet", is_flag=True, help="No per-run progress lines.")
 def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_dataset, finetune,
-                     baseline_pixels, device, quiet) -> None:
+                     baseline_pixels, device, overwrite, quiet) -> None:
     """Downstream evaluation (paper protocol) of an encoder on the labelled spectra of CORPUS...
 
     Source class, stellar parameters and redshift from the corpus labels; 50/50 splits
     grouped by object, RUNS seeds; probes, supervised baselines, PCA+ridge, kNN and a
     trivial baseline. Needs scikit-learn and matplotlib (the ``eval`` extra).
     """
-    from .exceptions import MissingDependencyError, OmniSpectraError
+    from .fileio import check_output
     from .training import require_lightning
 
+    require_lightning("eval")  # MissingDependencyError names the extra; main() prints it
     try:
-        require_lightning("eval")
         from .evaluation.harness import evaluate
-    except MissingDependencyError as err:
-        raise click.ClickException(str(err)) from err
     except ImportError as err:  # pragma: no cover - scikit-learn missing
-        raise click.ClickException(f'{err}; install the eval extra: pip install "omnispectra[eval]"') from err
-    say = None if quiet else (lambda msg: click.echo(msg, err=True))
+        raise CommandError(f'{err}; install the eval extra: pip install "omnispectra[eval]"') from err
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"the output {out} is a file; give a folder")
+    for inp in corpus:  # an input inside the folder is never replaced; earlier results need --overwrite
+        check_output(out / "results.ecsv", [inp], overwrite=overwrite)
+    say = None if _is_quiet(quiet) else (lambda msg: click.echo(msg, err=True))
     try:
         result = evaluate(list(corpus), model=model_name, output=output, tasks=tasks.split(","),
                           methods=methods.split(",") if methods else None, runs=runs,
                           max_per_dataset=max_per_dataset, finetune=finetune,
                           baseline_pixels=baseline_pixels, device=device, progress=say)
-    except (OmniSpectraError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    except ValueError as err:
+        raise CommandError(str(err)) from err
     click.echo(result["report"])
-    click.echo(f"wrote {output}/results.ecsv, results.md and plots ({result['seconds']:.0f} s)", err=True)
-
+    _say(f"wrote {output}/results.ecsv, results.md and plots ({result['seconds']:.0f} s)")
 
 
 @main.command("simulate")

@@ -65,6 +65,7 @@ from __future__ import annotations
 import datetime as _dt
 import glob
 import math
+import logging
 import os
 import re
 import tempfile
@@ -79,10 +80,12 @@ import numpy as np
 from astropy import units as u
 
 from . import __version__
-from ._fileutils import default_file_mode
+from .fileio import check_output, commit
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
 from .inputs import IdAllocator, PathProblem, check_readable_file, expand_paths
 from .spectrum import bad_pixels, is_spectrum, spectrum_data
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_NAME",
@@ -385,6 +388,23 @@ def _targets(output: Path, surveys: Sequence[str], as_dir: bool) -> dict[str, Pa
     return {s: output.with_name(f"{stem}-{_safe_name(s)}{suffix}") for s in surveys}
 
 
+def _previous_outputs(output: Path, as_dir: bool) -> list[Path]:
+    """Files an earlier build to ``output`` made: replaced (or refused) by a new build.
+
+    A folder output: the corpus files in it; a file output ``x.h5``: ``x.h5`` and the
+    per-survey ``x-<survey>.h5``.
+    """
+    if as_dir:
+        if not output.is_dir():
+            return []
+        return sorted(p for pattern in ("*.h5", "*.hdf5") for p in output.glob(pattern) if is_corpus(p))
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    found = [output] if output.exists() or output.is_symlink() else []
+    found += sorted(p for p in output.parent.glob(f"{glob.escape(stem)}-*{output.suffix or '.h5'}")
+                    if is_corpus(p))
+    return found
+
+
 def build_corpus(
     inputs: Any,
     output: str | os.PathLike,
@@ -419,7 +439,9 @@ def build_corpus(
         Keep only spectra of these surveys (case-insensitive); others are counted as
         skipped.
     overwrite : bool
-        Replace existing output files (only once the new ones are complete).
+        Replace existing output files (only once the new ones are complete); the
+        per-survey files of an earlier build to ``output`` that the new build does not
+        make are removed, so readers of the folder do not count them again.
     compression : {"gzip", "lzf", None}
         Filter of the pixel arrays (with the shuffle filter). gzip is readable by
         every HDF5 installation; lzf is faster but h5py-specific.
@@ -441,10 +463,13 @@ def build_corpus(
 
     Raises
     ------
-    FileExistsError
-        An output exists and ``overwrite`` is False.
+    OutputExistsError
+        An output exists and ``overwrite`` is False (a ``FileExistsError``; checked
+        before the build for the files an earlier build to ``output`` made).
+    OutputIsInputError
+        An output would replace one of the inputs (always refused).
     ValueError
-        An output would replace one of the inputs, or nothing could be stored.
+        Nothing could be stored.
     """
     start = time.perf_counter()
     output = Path(output).expanduser()
@@ -454,15 +479,12 @@ def build_corpus(
     if compression not in ("gzip", "lzf", None):
         raise ValueError(f"compression must be 'gzip', 'lzf' or None, got {compression!r}")
     items = _expand_inputs(inputs)
-    input_files = {str(p.resolve()) for p in items if isinstance(p, Path) and p.exists()}
+    input_files = [p for p in items if isinstance(p, Path) and p.exists()]
     if not as_dir:
-        if str(output.resolve()) in input_files:
-            raise ValueError(f"the output {output} is one of the inputs; it would be overwritten")
-        stem = output.name[: -len(output.suffix)] if output.suffix else output.name
-        existing = [output] if output.exists() else []
-        existing += sorted(output.parent.glob(f"{glob.escape(stem)}-*{output.suffix or '.h5'}"))
-        if existing and not overwrite:  # checked early, not after a long build
-            raise FileExistsError(f"{existing[0]} exists (use overwrite=True / --overwrite)")
+        check_output(output, input_files, overwrite=True)  # the output is never an input
+    previous = _previous_outputs(output, as_dir)
+    for old in previous:  # checked before the build, not after it
+        check_output(old, input_files, overwrite=overwrite)
     read = reader  # omnispectra.io is imported only when a file has to be read
     keep = None if only_surveys is None else {s.lower() for s in only_surveys}
 
@@ -541,10 +563,7 @@ def build_corpus(
             raise ValueError("no spectrum could be stored:\n" + report.summary())
         targets = _targets(output, sorted(writers), as_dir)
         for name, target in targets.items():
-            if str(target.resolve()) in input_files:
-                raise ValueError(f"the output {target} is one of the inputs; it would be overwritten")
-            if target.exists() and not overwrite:
-                raise FileExistsError(f"{target} exists (use overwrite=True / --overwrite)")
+            check_output(target, input_files, overwrite=overwrite)
         for writer in writers.values():
             writer.finalize()
     except BaseException:
@@ -553,9 +572,12 @@ def build_corpus(
         raise
     # all files are complete: move them into place (each move is atomic)
     for name, target in targets.items():
-        os.chmod(writers[name].tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(writers[name].tmp, target)
+        commit(writers[name].tmp, target)
         report.outputs[name] = str(target)
+    stale = [old for old in previous if not any(old.resolve() == t.resolve() for t in targets.values())]
+    for old in stale:  # per-survey files of the replaced build would be read again with the new ones
+        logger.info("overwrite: removing %s of the previous build", old)
+        old.unlink()
     report.seconds = time.perf_counter() - start
     return report
 

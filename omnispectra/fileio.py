@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .exceptions import OutputExistsError, OutputIsInputError
 
-__all__ = ["default_file_mode", "atomic_write", "write_bytes", "write_text", "check_output",
+__all__ = ["default_file_mode", "atomic_write", "commit", "write_bytes", "write_text", "check_output",
            "same_file", "safe_filename"]
 
 
@@ -93,14 +93,26 @@ def atomic_write(path: str | os.PathLike, mode: int | None = None) -> Iterator[P
         yield tmp
         if not tmp.is_file():
             raise FileNotFoundError(f"the writer did not create {tmp}")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode() if mode is None else mode)
-        os.replace(tmp, path)
-        _fsync_directory(directory)
+        commit(tmp, path, mode)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike, mode: int | None = None) -> None:
+    """Move a complete temporary file over ``path``: fsync, set its mode, rename atomically.
+
+    For writers that stream into their own temporary file over a long time (the corpus
+    builder, Lightning's checkpoint IO); :func:`atomic_write` ends with this. ``tmp`` must
+    be in ``path``'s folder (a rename does not cross file systems). ``mode`` defaults to
+    :func:`default_file_mode` (``mkstemp`` makes files readable by their owner only).
+    """
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.chmod(tmp, default_file_mode() if mode is None else mode)
+    os.replace(tmp, path)
+    _fsync_directory(path.parent)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

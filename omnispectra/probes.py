@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from .exceptions import CheckpointError
+from .fileio import atomic_write
 
 __all__ = [
     "Probe",
@@ -462,8 +462,9 @@ def check_encoder(expected: Mapping[str, Any], model: Any, what: str = "probe") 
 def save_probe(probe: Probe, path: str | os.PathLike, card: bool = True) -> Path:
     """Write a probe as safetensors (tensors) + JSON header metadata; no pickle.
 
-    The file is written to a temporary name and renamed. With ``card=True`` the header is
-    also written, human-readable, to ``<path>.json`` (``.safetensors`` replaced).
+    Both files are written atomically (:func:`omnispectra.fileio.atomic_write`), mode
+    0644 (package data: readable by everyone). With ``card=True`` the header is also
+    written, human-readable, to ``<path>.json`` (``.safetensors`` replaced).
     """
     from safetensors.torch import save_file
 
@@ -472,18 +473,11 @@ def save_probe(probe: Probe, path: str | os.PathLike, card: bool = True) -> Path
     header = probe.header()
     metadata = {"format": PROBE_FORMAT, "format_version": str(PROBE_FORMAT_VERSION),
                 "probe": json.dumps(header)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, mode=0o644) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     if card:
-        path.with_suffix(".json").write_text(json.dumps(header, indent=2) + "\n")
+        with atomic_write(path.with_suffix(".json"), mode=0o644) as tmp:
+            tmp.write_text(json.dumps(header, indent=2) + "\n")
     return path
 
 

@@ -31,8 +31,8 @@ is a valid FITS header and reads back unchanged from every format:
 ``PROBE``     probe name (results of a probe only)
 ``PROBESHA``  sha256 over the probe's tensors (results of a probe only)
 ``DTYPE``     the arithmetic actually used: ``float32``, ``bfloat16`` or ``float16``
-              (``dtype="auto"`` gives ``bfloat16`` on GPUs and CPUs with native bf16,
-              else ``float32``; bf16 results differ between machines in the last digits)
+              (``dtype="auto"`` gives ``bfloat16`` on CUDA GPUs and ``float32`` on CPUs,
+              so CPU results do not depend on the machine)
 ``DEVICE``    ``cpu``, ``cuda``, ...
 ``KIND``      which result: ``embeddings``, ``anomaly``, ``predictions``, ``reconstruction``
 ============  ===============================================================================
@@ -183,7 +183,7 @@ def provenance_meta(model: Any, probe: Any = None, dtype: Any = None, device: An
     if probe is not None:
         probe_info = getattr(probe, "info", None) or {}
         meta["PROBE"] = Path(str(probe_info.get("name", ""))).name
-        meta["PROBESHA"] = encoder_fingerprint(probe)
+        meta["PROBESHA"] = encoder_fingerprint(probe) if hasattr(probe, "state_dict") else ""
     meta["DTYPE"] = _dtype_name(dtype, device_type)
     meta["DEVICE"] = device_type
     if kind is not None:

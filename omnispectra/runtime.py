@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .exceptions import CheckpointError, InvalidSpectrumError, NonFiniteOutputError, UnitsError
+from .exceptions import CheckpointError, ConfigError, InvalidSpectrumError, NonFiniteOutputError, UnitsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,6 +29,7 @@ __all__ = [
     "cpu_has_native_bf16",
     "default_dtype",
     "resolve_dtype",
+    "resolve_device",
     "resolve_model",
     "model_device",
     "inference",
@@ -58,25 +59,58 @@ def cpu_has_native_bf16() -> bool:
 def default_dtype(device: Any = "cpu"):
     """The inference dtype that ``dtype="auto"`` picks on ``device``.
 
-    bfloat16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU with
-    AVX512-BF16 or AMX), else float32. It is the default of :func:`omnispectra.embed` and
+    bfloat16 autocast on a CUDA GPU that supports it, float32 everywhere else (CPUs
+    included, even those with native bf16), so results computed on CPUs are the same on
+    every machine. It is the default of :func:`omnispectra.embed` and
     :func:`omnispectra.classify`: on 134 real SDSS, LAMOST and MILES spectra the bundled
     encoder's bf16 embeddings have a cosine similarity >= 0.99998 to float32 and the source
     classifier gave the same class for every spectrum (probabilities within 0.0013;
-    ``benchmarks/run.py``, section ``bf16``), 1.3-1.6x faster on this project's CPU. The
-    regressors (:func:`~omnispectra.predict_stellar_parameters`,
-    :func:`~omnispectra.predict_redshift`) default to float32: on the same MILES stars bf16
-    moved Teff by 2 K typically but by up to 180 K, half the predictor's mean error. Pass
-    ``dtype="float32"`` for float32 results.
+    ``benchmarks/run.py``, section ``bf16``). The regressors
+    (:func:`~omnispectra.predict_stellar_parameters`, :func:`~omnispectra.predict_redshift`)
+    default to float32: on the same MILES stars bf16 moved Teff by 2 K typically but by up
+    to 180 K. Pass ``dtype="bf16"`` to use bf16 on a CPU with native bf16
+    (:func:`cpu_has_native_bf16`; 1.3-1.6x faster on this project's CPU), and
+    ``dtype="float32"`` for float32 on a GPU. The dtype used is recorded in every result
+    table's ``meta`` (``DTYPE``).
     """
     import torch
 
     kind = torch.device(device).type
     if kind == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if kind == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
     return torch.float32
+
+
+def resolve_device(device: Any = None):
+    """A usable :class:`torch.device` for ``device`` (None: CUDA when available, else CPU).
+
+    Raises
+    ------
+    ConfigError
+        ``device`` is not a torch device name (``"gpu"``), or names a device this
+        installation cannot use (``"cuda"`` on a CPU-only torch, ``"cuda:3"`` on a
+        one-GPU machine).
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available in this torch installation "
+                              f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                              "device(s)")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ConfigError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def resolve_dtype(dtype: Any, device: Any = "cpu"):
@@ -105,15 +139,17 @@ def resolve_model(model: Any = "default", device: Any = None) -> OmniSpectra:
     """An :class:`~omnispectra.model.OmniSpectra` from a name, a weights path or an instance.
 
     An instance is moved to ``device`` when one is given; names and paths are loaded with
-    :func:`omnispectra.pretrained.load_model` (default device: CUDA when available).
+    :func:`omnispectra.pretrained.load_model` (default device: CUDA when available). The
+    device is checked first (:func:`resolve_device`: a typed :class:`ConfigError` for an
+    unknown or unavailable device).
     """
     from .model import OmniSpectra
     from .pretrained import load_model
 
     if isinstance(model, OmniSpectra):
-        return model if device is None else model.to(device)
+        return model if device is None else model.to(resolve_device(device))
     if isinstance(model, (str, os.PathLike)):
-        return load_model(model, device=device)
+        return load_model(model, device=resolve_device(device))
     raise CheckpointError(
         f"model must be a model name, a weights-file path or an OmniSpectra instance, got "
         f"{type(model).__name__}")

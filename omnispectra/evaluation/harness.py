@@ -662,23 +662,31 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path, tasks: Sequence[Task]) -> None:
-    """ECSV tables, markdown, JSON and PNG plots into ``out``."""
+    """ECSV tables, markdown, JSON and PNG plots into ``out``, each file written atomically.
+
+    Existing files of an earlier evaluation are replaced (the CLI asks for ``--overwrite``
+    first); file names are made safe with :func:`omnispectra.fileio.safe_filename`.
+    """
     from astropy.table import Table
+
+    from ..fileio import atomic_write, safe_filename, write_text
+
+    def write_ecsv(table: Table, name: str) -> None:
+        with atomic_write(out / name) as tmp:
+            table.write(tmp, format="ascii.ecsv")
 
     out.mkdir(parents=True, exist_ok=True)
     summary = result["summary"]
-    summary.write(out / "results.ecsv", format="ascii.ecsv", overwrite=True)
+    write_ecsv(summary, "results.ecsv")
     if result["runs"]:
-        Table(rows=[[r[k] for k in ("task", "group", "method", "run", "metric", "value", "n_train", "n_test")]
-                    for r in result["runs"]],
-              names=("task", "group", "method", "run", "metric", "value", "n_train", "n_test")).write(
-            out / "results_runs.ecsv", format="ascii.ecsv", overwrite=True)
+        names = ("task", "group", "method", "run", "metric", "value", "n_train", "n_test")
+        write_ecsv(Table(rows=[[r[k] for k in names] for r in result["runs"]], names=names), "results_runs.ecsv")
     for task in tasks:
         sub = summary[summary["task"] == task.name] if len(summary) else summary
         if len(sub):
-            sub.write(out / f"{task.name}.ecsv", format="ascii.ecsv", overwrite=True)
-    (out / "results.md").write_text(result["report"])
-    (out / "results.json").write_text(json.dumps({
+            write_ecsv(sub, f"{safe_filename(task.name)}.ecsv")
+    write_text(out / "results.md", result["report"])
+    write_text(out / "results.json", json.dumps({
         "n_spectra": result["n_spectra"], "seconds": round(result["seconds"], 1),
         "encoder": {k: v for k, v in result["encoder"].items() if isinstance(v, (str, int, float))},
         "summary": [dict(zip(summary.colnames, [r[c].item() if hasattr(r[c], "item") else r[c]
@@ -692,6 +700,13 @@ def _plot_name(kind: str, task: str, group: str, method: str) -> str:
     from ..fileio import safe_filename
 
     return "_".join([kind, *(safe_filename(part) for part in (task, group, method))]) + ".png"
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    from ..fileio import atomic_write
+
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def _plots(result: dict[str, Any], out: Path) -> None:
@@ -716,7 +731,7 @@ def _plots(result: dict[str, Any], out: Path) -> None:
         ax.set_ylabel("true")
         ax.set_title(f"{task} {group} {method} (all runs)")
         fig.tight_layout()
-        fig.savefig(out / _plot_name("confusion", task, group, method), dpi=110)
+        _save_png(fig, out / _plot_name("confusion", task, group, method))
         plt.close(fig)
     for (task, group, method), (yt, yp) in result["predictions"].items():
         if method not in ("few-shot", "mlp", "pca_ridge", "galspecnet") or group != "all" and any(
@@ -736,5 +751,5 @@ def _plots(result: dict[str, Any], out: Path) -> None:
             ax.set_ylabel(f"predicted {label}")
         fig.suptitle(f"{task} {group} {method} (test, all runs)")
         fig.tight_layout()
-        fig.savefig(out / _plot_name("pred_vs_true", task, group, method), dpi=110)
+        _save_png(fig, out / _plot_name("pred_vs_true", task, group, method))
         plt.close(fig)

@@ -184,10 +184,12 @@ def test_auto_dtype_follows_the_hardware(model, monkeypatch):
     exact = embed(spectra, model=model, dtype="float32")
     low = embed(spectra, model=model, dtype="bf16")
     assert not np.array_equal(exact, low)
-    for native, expected in ((True, low), (False, exact)):
+    for native in (True, False):  # CPU results never depend on the CPU's bf16 support
         monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
-        assert api.default_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
-        np.testing.assert_array_equal(embed(spectra, model=model), expected)  # default dtype="auto"
+        assert api.default_dtype("cpu") == torch.float32
+        np.testing.assert_array_equal(embed(spectra, model=model), exact)  # default dtype="auto"
+        assert embed(spectra, model=model, as_table=True).meta["DTYPE"] == "float32"
+    assert embed(spectra, model=model, dtype="bf16", as_table=True).meta["DTYPE"] == "bfloat16"
     assert api.default_dtype("meta") == torch.float32
 
 
@@ -223,7 +225,8 @@ def test_reconstruct_example(model, examples):
     assert intervals and all(a < b for a, b in intervals)
     assert result.flux_unit is not None
     table = result.to_table()
-    assert len(table) == n and table.meta["id"] == result.id
+    assert len(table) == 1 and table["id"][0] == result.id and table["flux"].shape == (1, n)
+    assert table["flux"].unit == u.Unit(result.flux_unit) and table["wavelength"].unit == u.AA
     # reproducible, seed-dependent
     again = reconstruct(spec, model=model, seed=1)
     np.testing.assert_array_equal(again.token_mask, result.token_mask)
@@ -290,46 +293,45 @@ def test_lazy_exports():
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_embed_npy_and_h5(weights, tmp_path, model, examples):
-    import h5py
+def test_cli_embed_table(weights, tmp_path, model, examples):
+    from astropy.table import Table
 
     runner = CliRunner()
     bad = tmp_path / "in" / "broken.fits"
     bad.parent.mkdir()
     bad.write_bytes(b"not a fits file at all")
-    out = tmp_path / "e.npy"
+    out = tmp_path / "e.ecsv"
     res = runner.invoke(main, ["embed", str(bad.parent), "--examples", "-o", str(out),
                                "--model", weights, "--batch-size", "2", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "skipped" in res.stderr and "broken.fits" in res.stderr
-    vectors = np.load(out)
-    ids = (tmp_path / "e.ids.txt").read_text().splitlines()
-    assert vectors.shape == (len(examples), DIM) and ids == [s.meta["id"] for s in examples]
-    np.testing.assert_allclose(vectors, embed(examples, model=model), atol=1e-5)
+    table = Table.read(out)
+    assert table["embedding"].shape == (len(examples), DIM)
+    assert list(table["id"]) == [s.meta["id"] for s in examples]
+    np.testing.assert_allclose(table["embedding"], embed(examples, model=model), atol=1e-5)
 
     h5 = tmp_path / "sub" / "e.h5"
     res = runner.invoke(main, ["embed", str(example_paths()[0]), "-o", str(h5), "--model", weights])
     assert res.exit_code == 0, res.output
-    with h5py.File(h5) as fh:
-        assert fh["embeddings"].shape == (1, DIM)
-        assert [i.decode() for i in fh["ids"][:]] == [examples[0].meta["id"]]
-        assert fh.attrs["model"] == weights.rsplit("/", 1)[-1]  # a file name, never a folder
+    table = Table.read(h5)
+    assert table["embedding"].shape == (1, DIM) and list(table["id"]) == [examples[0].meta["id"]]
+    assert table.meta["MODEL"] == weights.rsplit("/", 1)[-1]  # a file name, never a folder
 
 
 def test_cli_embed_failures(weights, tmp_path, monkeypatch):
     runner = CliRunner()
     bad = tmp_path / "broken.fits"
     bad.write_bytes(b"junk")
-    res = runner.invoke(main, ["embed", str(bad), "-o", str(tmp_path / "e.npy"), "--model", weights])
+    res = runner.invoke(main, ["embed", str(bad), "-o", str(tmp_path / "e.ecsv"), "--model", weights])
     assert res.exit_code == 1 and "nothing written" in res.output
-    assert not (tmp_path / "e.npy").exists()
-    res = runner.invoke(main, ["embed", "--examples", "-o", str(tmp_path / "e.csv")])
-    assert res.exit_code == 2 and ".npy" in res.output
-    res = runner.invoke(main, ["embed", "-o", str(tmp_path / "e.npy")])
+    assert not (tmp_path / "e.ecsv").exists()
+    res = runner.invoke(main, ["embed", "--examples", "-o", str(tmp_path / "e.npy")])
+    assert res.exit_code == 2 and ".ecsv" in res.output
+    res = runner.invoke(main, ["embed", "-o", str(tmp_path / "e.ecsv")])
     assert res.exit_code == 2
     monkeypatch.delenv("OMNISPECTRA_DEFAULT_MODEL", raising=False)
     monkeypatch.setattr("omnispectra.pretrained._data_dir", lambda: tmp_path)
-    res = runner.invoke(main, ["embed", "--examples", "-o", str(tmp_path / "e.npy")])
+    res = runner.invoke(main, ["embed", "--examples", "-o", str(tmp_path / "e.ecsv")])
     assert res.exit_code == 1 and "missing from this installation" in res.output
 
 
@@ -340,7 +342,7 @@ def test_cli_plot_and_info(weights, tmp_path):
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = runner.invoke(main, ["plot", str(example_paths()[0]), "-o", str(png), "--model", weights,
-                               "--index", "5"])
+                               "--index", "5", "--overwrite"])
     assert res.exit_code == 1 and "out of range" in res.output
     res = runner.invoke(main, ["info"])
     assert res.exit_code == 0, res.output

@@ -23,6 +23,7 @@ from omnispectra.corpus import (
     is_corpus,
     open_corpus,
 )
+from omnispectra.exceptions import OutputIsInputError
 
 from .helpers import data_dir
 
@@ -208,7 +209,7 @@ def test_interrupted_build_is_atomic(tmp_path):
 def test_never_overwrites_an_input(tmp_path):
     src = tmp_path / "s.npz"
     _write_npz(src)
-    with pytest.raises(ValueError, match="one of the inputs"):
+    with pytest.raises(OutputIsInputError, match="one of the inputs"):
         build_corpus([src], src, reader=_npz_reader, overwrite=True, progress=False)
     assert np.load(src)["flux"].size == 40
 
@@ -381,3 +382,28 @@ def test_full_real_corpus_reads_back_bit_exactly(tmp_path):
                 assert_same_spectrum(originals[back.meta["id"]], back)
                 n += 1
     assert n == len(originals)
+
+
+def test_folder_output_checked_before_the_build_and_stale_files_removed(tmp_path):
+    spectra = make_spectra(2, surveys=("sdss", "miles", "desi"))
+    out = tmp_path / "dir"
+    first = build_corpus(spectra, out, progress=False)
+    assert sorted(first.outputs) == ["desi", "miles", "sdss"]
+
+    def never(_path):  # pragma: no cover - the refusal must come before any reading
+        raise AssertionError("inputs were read before the output check")
+
+    src = tmp_path / "s.npz"
+    _write_npz(src)
+    with pytest.raises(FileExistsError, match="already exists"):
+        build_corpus([src], out, reader=never, progress=False)
+    # --overwrite with fewer surveys: the old per-survey files go, so they are not counted again
+    second = build_corpus(spectra[:2], out, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}.h5" for s in second.outputs] == ["sdss.h5"]
+    assert corpus_info(out)["n_spectra"] == 2
+    # a file output: x.h5 and x-<survey>.h5 of an earlier build
+    several = build_corpus(spectra, tmp_path / "x.h5", progress=False)
+    assert len(several.outputs) == 3
+    one = build_corpus(spectra[:2], tmp_path / "x.h5", overwrite=True, progress=False)
+    assert one.outputs == {"sdss": str(tmp_path / "x.h5")}
+    assert not list(tmp_path.glob("x-*.h5"))

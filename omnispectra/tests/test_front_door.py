@@ -90,7 +90,7 @@ def test_on_error_skip_lists_skipped_inputs_and_counts_add_up(model, tmp_path):
     assert list(table["id"])[0] == "0" and len(table) == 2
     assert table["survey"][1] == "miles" and table["source_file"][1].endswith("m0066V.fits")
     meta = table.meta
-    assert meta["model"] == "tiny-test" and meta["n_inputs"] == 5
+    assert meta["MODEL"] == "tiny-test" and meta["n_inputs"] == 5
     assert meta["n_read"] + meta["n_skipped"] == meta["n_inputs"] and meta["n_skipped"] == 3
     sources = [s["source"] for s in meta["skipped"]]
     assert sources[0] == "input 1" and sources[1].endswith("missing.fits")

@@ -103,3 +103,22 @@ def test_resume_with_other_settings_is_refused(corpus, model, tmp_path):
                              resume=True)
     fresh = _run(corpus, model, folder, overwrite=True)
     assert fresh["written"] == 5 and fresh["skipped"] == 0
+
+
+def test_cli_embed_corpus_and_resume(corpus, model, tmp_path):
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.pretrained import save_weights
+
+    weights = save_weights(model, tmp_path / "m.safetensors") and tmp_path / "m.safetensors"
+    folder = tmp_path / "emb"
+    args = ["embed-corpus", *corpus, "-o", str(folder), "--model", str(weights), "--shard-size", "10",
+            "--batch-size", "4", "--accelerator", "cpu", "--devices", "1", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "embedded 23 spectra" in result.output
+    again = CliRunner().invoke(main, args)  # a used folder needs --resume or --overwrite
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    resumed = CliRunner().invoke(main, args + ["--resume"])
+    assert resumed.exit_code == 0 and "kept from the previous run" in resumed.output, resumed.output

@@ -226,6 +226,22 @@ def test_missing_bundled_probe_is_a_clear_error(trained, monkeypatch, tmp_path):
         omnispectra.predict_redshift(example_paths(), model=trained["encoder"])
 
 
+def test_cli_predict_stellar(trained, tmp_path):
+    from astropy import units as u
+    from astropy.table import Table
+
+    out = tmp_path / "stars.h5"
+    args = ["predict-stellar", "--examples", "--model", str(trained["weights"]), "--probe", str(trained["stellar"])]
+    result = CliRunner().invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "teff" in result.stdout  # the table is printed as well
+    table = Table.read(out)
+    assert table["teff"].unit == u.K and len(table) == 3 and table.meta["KIND"] == "predictions"
+    assert len(table.meta["PROBESHA"]) == 64 and table.meta["PROBE"] == "stars.safetensors"
+    wrong = CliRunner().invoke(main, ["predict-stellar", "--examples", "--probe", str(trained["stellar"])])
+    assert wrong.exit_code == 1 and wrong.output.startswith("Error:")  # the probe of another encoder
+
+
 def test_cli_classify(trained, tmp_path):
     from astropy.table import Table
 
@@ -242,7 +258,10 @@ def test_cli_classify(trained, tmp_path):
     assert len(table) == 3 and table.colnames[:4] == ["id", "source_file", "survey", "class"]
     assert table.meta["n_inputs"] == 4 and table.meta["n_skipped"] == 1
     assert table.meta["skipped"][0]["source"] == str(bad)
-    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.csv")])
-    assert result.exit_code != 0 and "no spectrum could be classified" in result.output
+    assert table.meta["PROBE"] and len(table.meta["PROBESHA"]) == 64 and table.meta["DTYPE"] == "float32"
+    result = runner.invoke(main, args + ["-o", str(out)])
+    assert result.exit_code == 1 and "already exists" in result.output
+    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.ecsv")])
+    assert result.exit_code == 1 and "no spectrum could be classified" in result.output
     result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])
-    assert result.exit_code != 0 and ".ecsv, .csv or .fits" in result.output
+    assert result.exit_code == 2 and ".ecsv" in result.output

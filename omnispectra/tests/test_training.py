@@ -227,8 +227,12 @@ def test_cli_train_and_export(corpus, tmp_path):
                                   "-o", str(tmp_path / "w.st")])
     assert result.exit_code == 0, result.output
     assert "sha256" in result.output and (tmp_path / "w.st").is_file()
+    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"), "-o", str(tmp_path / "w.st")])
+    assert result.exit_code == 1 and "--overwrite" in result.output  # never replaced silently
     bad = runner.invoke(main, ["train", *corpus, "--set", "no_such_setting=1", "-o", str(out)])
-    assert bad.exit_code != 0 and "unknown training settings" in bad.output
+    assert bad.exit_code == 2 and "unknown training settings" in bad.output and "Traceback" not in bad.output
+    used = runner.invoke(main, ["train", *corpus, "--preset", "tiny", "-o", str(out)])
+    assert used.exit_code == 1 and "--resume" in used.output and "Traceback" not in used.output
 
 
 @pytest.mark.slow
@@ -239,10 +243,12 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
            "--batch-size", "2", "--quiet", "--devices", "2", "--set", "accelerator=cpu",
            "--set", "strategy=ddp", "--set", "model={dim: 32, n_layers: 1, n_heads: 2}",
            "--set", "val_fraction=0.2", "--set", "checkpoint_every=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    repo = str(Path(__file__).resolve().parents[2])  # this checkout's code, not an installed copy
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "steps 4" in proc.stdout
+    assert "steps 4" in proc.stdout and "Tip:" not in proc.stdout + proc.stderr  # no Lightning adverts
     assert (out / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..collate import Batch
+from ..fileio import commit
 from ..model import HUBER_DELTA, OmniSpectra, OmniSpectraConfig, masked_reconstruction_loss
-from .._fileutils import default_file_mode
 
 __all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
 
@@ -129,8 +129,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.close(fd)
         try:
             torch.save(checkpoint, tmp)
-            os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-            os.replace(tmp, path)
+            commit(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)

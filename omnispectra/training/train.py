@@ -190,11 +190,6 @@ def _precision(config: TrainConfig) -> str:
     return "32-true"
 
 
-def _is_launched_worker() -> bool:
-    """Whether this process is a non-zero rank that Lightning's launcher started."""
-    return any(int(os.environ.get(var, "0") or 0) > 0 for var in ("LOCAL_RANK", "NODE_RANK"))
-
-
 def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
     """Check that a run may write into ``output``; call it before any work.
 
@@ -218,9 +213,9 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     """
     out = Path(output)
     last = out / "checkpoints" / "last.ckpt"
-    if _is_launched_worker():
-        # A process Lightning launched for another rank re-runs the command after rank 0
-        # checked (and, with overwrite, cleaned) the folder and began writing to it.
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        # a process Lightning launched for another rank re-runs the command after rank 0
+        # checked (and, with overwrite, cleaned) the folder and wrote config.yaml into it
         return last
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other: resume continues the run in "
@@ -375,6 +370,7 @@ def load_checkpoint_model(path: str | os.PathLike):
         Missing, corrupt or foreign checkpoint, or tensors that do not match its config.
     """
     import pickle
+    import struct
     import zipfile
 
     from ..model import OmniSpectra
@@ -389,7 +385,7 @@ def load_checkpoint_model(path: str | os.PathLike):
         raise CheckpointError(
             f"{path} is not a readable checkpoint: it holds Python objects other than tensors "
             "and plain values, which omnispectra does not unpickle") from err
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, struct.error) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch "
                               f"checkpoint: {type(err).__name__})") from err
     try:
