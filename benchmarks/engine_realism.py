@@ -369,6 +369,18 @@ def render_rst(results: dict, command: str) -> str:
           f"{', '.join(f'{a:.3f}' for a in results['engine_holdout_accuracy'])}. "
           f"Low-z (z < 0.3) objects labelled QSO: {results['low_z_qso']['correct']} of "
           f"{results['low_z_qso']['n']} called QSO.", ""]
+    rows = [r for r in results.get("per_spectrum", []) if r["survey"] != "6dfgs"]
+    if rows:
+        parts = []
+        for c in CLASSES:
+            n = sum(r["true"] == c for r in rows)
+            k = sum(r["true"] == c and r["pred"] == c for r in rows)
+            lo, hi = wilson(k, n)
+            parts.append((c, k, n, lo, hi))
+        macro = np.mean([k / n for _, k, n, _, _ in parts if n])
+        L += ["Without 6dFGS (SDSS/BOSS/eBOSS/SEGUE and LAMOST only): " + ", ".join(
+            f"{c} {k}/{n} ({k / n:.3f}, Wilson [{lo:.3f}, {hi:.3f}])" for c, k, n, lo, hi in parts)
+            + f"; macro recall {macro:.3f}.", ""]
     L += ["Per survey and class (correct / N): " + ", ".join(
         f"{k} {v['correct']}/{v['n']}" for k, v in results["by_survey_class"].items()) + ".", ""]
     z = results["redshift"]
