@@ -386,9 +386,9 @@ def render_rst(results: dict, command: str) -> str:
     z = results["redshift"]
     lo, hi = z["refined_wilson95"]
     L += [f"**Redshift** of real galaxies and quasars with a redshift label (N = {z['n']}): "
-          f"|dz|/(1+z) < 0.01 for {z['cnn_within_0.01']} from the CNN alone ({z['cnn_fraction']:.3f}) and "
+          f"``|dz|/(1+z)`` < 0.01 for {z['cnn_within_0.01']} from the CNN alone ({z['cnn_fraction']:.3f}) and "
           f"**{z['refined_within_0.01']} ({z['refined_fraction']:.3f}, Wilson [{lo:.3f}, {hi:.3f}])** after the "
-          f"local chi-square refinement with the Redrock bases (median |dz|/(1+z) {z['refined_median_dz']:.4f}). "
+          f"local chi-square refinement with the Redrock bases (median ``|dz|/(1+z)`` {z['refined_median_dz']:.4f}). "
           f"By class: " + ", ".join(f"{c} {v['refined_within_0.01']}/{v['n']}" for c, v in z["by_class"].items())
           + ". Without 6dFGS: "
           f"{z['without_6dfgs']['refined_within_0.01']}/{z['without_6dfgs']['n']} (CNN alone "
