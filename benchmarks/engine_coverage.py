@@ -1,0 +1,97 @@
+"""Which classes the engine yields on every optical survey grid of ``../shared/data``.
+
+For each survey, one engine spectrum per class (GALAXY, QSO, STAR) is drawn through
+each of up to ``--donors`` real spectra of that survey; a class counts as yielded when at
+least one template covers the donor grid at an allowed redshift and is not sharper than
+the donor's line spread. Writes a table (JSON) and one figure,
+``docs/_static/engine_coverage.png`` (a row per survey, a column per class).
+
+No model is trained here, so donors of both sides of the split are used (this only
+shows what the engine *can* produce on each grid)::
+
+    OMP_NUM_THREADS=1 python benchmarks/engine_coverage.py --data ../shared/data \
+        --cache /tmp/eng/real.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from omnispectra.engine.generator import CLASSES, Engine
+from omnispectra.engine.templates import load_library
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_realism import load_real  # noqa: E402
+
+NON_OPTICAL = ("apogee",)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--donors", type=int, default=3, help="donors tried per survey")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/engine_coverage.json"))
+    ap.add_argument("--figure", type=Path, default=Path("docs/_static/engine_coverage.png"))
+    args = ap.parse_args(argv)
+    donors, _ = load_real(args.data, args.cache)
+    by_survey = defaultdict(list)
+    for d in donors:
+        if d.survey not in NON_OPTICAL:
+            by_survey[d.survey].append(d)
+    library = load_library(args.data / "templates")
+    table, examples = {}, {}
+    for survey, ds in sorted(by_survey.items()):
+        picked = ds[:: max(len(ds) // args.donors, 1)][: args.donors]
+        eng = Engine(library, picked)
+        eng.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
+        row = {}
+        for c in CLASSES:
+            n_ok = 0
+            for k in range(len(picked)):
+                if eng.candidates(c, k):
+                    n_ok += 1
+                    if (survey, c) not in examples:
+                        examples[(survey, c)] = eng.sample(np.random.default_rng(k), spectype=c, donor_index=k)
+            row[c] = f"{n_ok}/{len(picked)}"
+        table[survey] = row | {"wave": f"{picked[0].wave[0]:.0f}-{picked[0].wave[-1]:.0f}",
+                               "sigma_kms": round(picked[0].median_sigma_kms, 1)}
+    args.out.write_text(json.dumps(table, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    surveys = sorted(table)
+    fig, axes = plt.subplots(len(surveys), 3, figsize=(9, 1.1 * len(surveys)), squeeze=False)
+    for r, survey in enumerate(surveys):
+        for col, c in enumerate(CLASSES):
+            ax = axes[r, col]
+            ax.tick_params(labelsize=5)
+            s = examples.get((survey, c))
+            if s is None:
+                ax.text(0.5, 0.5, "no template covers this grid", ha="center", va="center", fontsize=6,
+                        transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ok = ~s.mask
+                ax.plot(s.wave, np.where(ok, s.flux, np.nan), lw=0.3)
+                lo, hi = np.percentile(s.flux[ok], [1, 99])
+                ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.2 * (hi - lo))
+                sub = s.labels.get("subclass") or ""
+                ax.set_title(f"{survey} {c} {sub} z={s.labels['z']:.3f}", fontsize=6)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(args.figure, dpi=40)
+    plt.close(fig)
+    print(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
