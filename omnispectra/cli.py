@@ -473,7 +473,8 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
     from .training import require_lightning
 
     require_lightning()  # MissingDependencyError names the extra; main() prints it on one line
-    from .training.train import TrainConfig, train as run_training
+    from .training.train import TrainConfig
+    from .training.train import train as run_training
 
     options = {"corpus": [str(p) for p in corpus] or None, "output": output, "max_steps": max_steps,
                "max_time_minutes": max_time_minutes, "batch_size": batch_size, "num_workers": num_workers,

@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import glob
-import math
 import logging
+import math
 import os
 import re
 import tempfile
@@ -80,8 +80,8 @@ import numpy as np
 from astropy import units as u
 
 from . import __version__
-from .fileio import check_output, commit
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
+from .fileio import check_output, commit
 from .inputs import IdAllocator, PathProblem, check_readable_file, expand_paths
 from .spectrum import bad_pixels, is_spectrum, spectrum_data
 
@@ -702,7 +702,7 @@ class CorpusReader:
                 pass
         self._file = None
 
-    def __enter__(self) -> "CorpusReader":
+    def __enter__(self) -> CorpusReader:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -256,7 +256,7 @@ class SpectrumDataset(torch.utils.data.Dataset):
         """``object_id`` of every item (reads one metadata column)."""
         return self.column("object_id")
 
-    def subset(self, positions: Sequence[int]) -> "SpectrumDataset":
+    def subset(self, positions: Sequence[int]) -> SpectrumDataset:
         """A dataset of the items at ``positions`` of this one (shares the readers)."""
         positions = np.asarray(positions, dtype=np.int64)
         new = copy.copy(self)

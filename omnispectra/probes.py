@@ -344,7 +344,7 @@ class Probe(nn.Module):
         }
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> "Probe":
+    def from_header(cls, header: Mapping[str, Any]) -> Probe:
         head = header["head"]
         norm = header.get("normalization") or {}
         return cls(in_dim=head["in_dim"], kind=header["kind"], names=header["names"], head=head["type"],
@@ -377,7 +377,7 @@ class KNNProbe:
     def __init__(self, k: int = 16) -> None:
         self.k = int(k)
 
-    def fit(self, embeddings: np.ndarray, targets: np.ndarray) -> "KNNProbe":
+    def fit(self, embeddings: np.ndarray, targets: np.ndarray) -> KNNProbe:
         x = np.asarray(embeddings, dtype=np.float64)
         self.mean_ = x.mean(0)
         self.scale_ = x.std(0) + 1e-6

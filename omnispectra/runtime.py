@@ -20,8 +20,6 @@ import numpy as np
 from .exceptions import CheckpointError, ConfigError, InvalidSpectrumError, NonFiniteOutputError, UnitsError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from .model import OmniSpectra
 
 __all__ = [
@@ -43,7 +41,7 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
            "float16": "float16", "fp16": "float16", "half": "float16"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), Linux only.
 

@@ -79,7 +79,7 @@ def canonical_object_id(object_id: Any) -> str:
 def object_hash(object_id: Any, seed: int = DEFAULT_SEED) -> float:
     """The object's position in [0, 1): ``blake2b(seed, canonical id)`` over 2**64."""
     key = canonical_object_id(object_id)
-    digest = hashlib.blake2b(f"{int(seed)}\x1f{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{int(seed)}\x1f{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

@@ -27,7 +27,7 @@ import torch
 from .. import splits
 from ..exceptions import OmniSpectraError
 from .augment import AugmentConfig, augment_real
-from .donors import Donor, donor_from_spectrum, select_side
+from .donors import donor_from_spectrum, select_side
 from .generator import Engine, EngineConfig, EngineSample
 from .templates import load_library
 

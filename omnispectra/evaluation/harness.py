@@ -452,8 +452,8 @@ def evaluate(
     dict with ``runs`` (per-run rows), ``summary`` (an astropy Table), ``confusion``,
     ``predictions`` and ``report`` (markdown).
     """
-    from ..runtime import resolve_model
     from ..dataset import split_by_object
+    from ..runtime import resolve_model
     from . import baselines
 
     say = progress or (lambda msg: None)

@@ -12,6 +12,7 @@ from astropy.io import fits
 from omnispectra.examples import example_path
 
 REPO = Path(__file__).resolve().parents[2]
+TINY_DIM = 32  # width of the tiny random model of the ``model`` fixture (conftest.py)
 
 
 def data_dir() -> Path | None:

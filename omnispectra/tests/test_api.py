@@ -24,27 +24,11 @@ from omnispectra import (
 from omnispectra.api import Reconstruction, anomaly_score, embed, reconstruct
 from omnispectra.cli import main
 from omnispectra.examples import example_paths
-from omnispectra.model import OmniSpectra, OmniSpectraConfig
-from omnispectra.pretrained import save_weights
 from omnispectra.tokenizer import tokenize
 
-from .helpers import REPO, sdss_arrays
+from .helpers import REPO, TINY_DIM, sdss_arrays
 
-DIM = 32
-
-
-@pytest.fixture(scope="module")
-def model() -> OmniSpectra:
-    torch.manual_seed(0)
-    return OmniSpectra(OmniSpectraConfig.from_preset("tiny", dim=DIM, n_layers=2, n_heads=2)).eval()
-
-
-@pytest.fixture(scope="module")
-def weights(model, tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, path, info={"note": "random tiny test model"})
-    return str(path)
-
+DIM = TINY_DIM  # the ``model`` and ``weights`` fixtures (conftest.py) have this width
 
 def _spectrum(**kw):
     try:
@@ -185,7 +169,7 @@ def test_auto_dtype_follows_the_hardware(model, monkeypatch):
     low = embed(spectra, model=model, dtype="bf16")
     assert not np.array_equal(exact, low)
     for native in (True, False):  # CPU results never depend on the CPU's bf16 support
-        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
         assert api.default_dtype("cpu") == torch.float32
         np.testing.assert_array_equal(embed(spectra, model=model), exact)  # default dtype="auto"
         assert embed(spectra, model=model, as_table=True).meta["DTYPE"] == "float32"

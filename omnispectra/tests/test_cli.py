@@ -14,7 +14,7 @@ from omnispectra import api
 from omnispectra.cli import logging_for, main
 from omnispectra.examples import example_paths
 
-from .test_api import DIM, model, weights  # noqa: F401 - the tiny model fixtures
+from .helpers import TINY_DIM as DIM  # width of the tiny ``model``/``weights`` fixtures (conftest.py)
 
 
 @pytest.fixture
