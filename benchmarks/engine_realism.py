@@ -262,12 +262,13 @@ def _refine_one(d, z0, spectype, library, half_width, poly):
     best = (np.inf, z0)
     for name in names:
         t = library.get(name)
-        for step, hw, centre in ((0.002, half_width, u0), (0.0002, 0.002, None)):
-            c = centre if centre is not None else np.log1p(zb)
-            us = np.arange(c - hw, c + hw + step / 2, step)
+        centre = u0  # the coarse scan is centred on the candidate, the fine one on the coarse best
+        for step, hw in ((0.002, half_width), (0.0002, 0.002)):
+            us = np.arange(centre - hw, centre + hw + step / 2, step)
             chis = np.array([_chi2(d, t, np.expm1(u), poly) if np.expm1(u) > -0.005 else np.inf for u in us])
             k = int(np.argmin(chis))
             zb = float(np.expm1(us[k]))
+            centre = np.log1p(zb)
             if not np.isfinite(chis[k]):
                 break
         else:
@@ -447,7 +448,7 @@ def main(argv=None):
     engine_acc = []
     for fold in range(args.folds):
         donor_side = side_b if fold == 1 else ~side_b
-        donors = [d for d, s in zip(donors_all, donor_side) if s and d.survey in TEST_SURVEYS]
+        donors = [d for d, s in zip(donors_all, donor_side, strict=True) if s and d.survey in TEST_SURVEYS]
         test = [i for i in labelled if not donor_side[i]]
         eng = Engine(library, donors, EngineConfig())
         fits_ = eng.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
@@ -476,7 +477,7 @@ def main(argv=None):
         xr = np.stack([to_grid(donors_all[i].wave, donors_all[i].flux, donors_all[i].ivar, donors_all[i].mask)
                        for i in test])
         p, zc = predict(model, xr)
-        for i, pi, zi in zip(test, p, zc):
+        for i, pi, zi in zip(test, p, zc, strict=True):
             d = donors_all[i]
             pred = CLASSES[int(pi.argmax())]
             zt = d.labels.get("z")
@@ -518,7 +519,7 @@ def main(argv=None):
         "refined_wilson95": wilson(int(np.sum(dz_ref < 0.01)), len(zrows)),
         "refined_median_dz": float(np.median(dz_ref)), "cnn_median_dz": float(np.median(dz_cnn)),
         "by_class": {c: {"n": int(sum(r[1] == c for r in zrows)),
-                         "refined_within_0.01": int(sum((r[1] == c) and d < 0.01 for r, d in zip(zrows, dz_ref)))}
+                         "refined_within_0.01": int(sum((r[1] == c) and d < 0.01 for r, d in zip(zrows, dz_ref, strict=True)))}
                      for c in ("GALAXY", "QSO")},
     }
     no6 = [k for k, r in enumerate(zrows) if donors_all[r[0]].survey != "6dfgs"]

@@ -159,11 +159,11 @@ def _run(
         out: list[Any] = [None] * len(pool)
         for batch in batches:
             values = compute([pool[i].prepared for i in batch])
-            for i, row in zip(batch, values):
+            for i, row in zip(batch, values, strict=True):
                 out[i] = row
             if bar is not None:
                 bar.update(len(batch))
-        for item, row in zip(pool, out):
+        for item, row in zip(pool, out, strict=True):
             if accept(row):
                 results.append(row)
                 kept.append(item)
@@ -545,7 +545,7 @@ class Reconstruction:
         m = self.pixel_masked.astype(np.int8)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], m, [0]])))
         return [(float(self.wavelength[a]), float(self.wavelength[b - 1]))
-                for a, b in zip(edges[::2], edges[1::2])]
+                for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
     def to_table(self, meta: dict[str, Any] | None = None):
         """This reconstruction as a one-row `~astropy.table.Table`.
@@ -789,13 +789,13 @@ def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, f
                                                      format, on_error, workers)
     values = np.asarray(head.predict(vectors) if len(kept) else np.zeros((0, len(head.names))))
     finite = np.all(np.isfinite(values.reshape(len(kept), -1)), axis=1) if len(kept) else np.ones(0, bool)
-    for item in (item for item, ok in zip(kept, finite) if not ok):
+    for item in (item for item, ok in zip(kept, finite, strict=True) if not ok):
         inputs.reject(item, NonFiniteOutputError(
             f"spectrum {item.id!r}: the {task.replace('_', ' ')} probe's output is not finite"))
     if inputs.single and not finite.all() or inputs.single and not kept:
         raise inputs.skipped[-1].error
     meta = _meta(net, inputs, torch_dtype, probe=head, kind="predictions")
-    return _Prediction(head, np.asarray(values)[finite], [i for i, ok in zip(kept, finite) if ok], meta)
+    return _Prediction(head, np.asarray(values)[finite], [i for i, ok in zip(kept, finite, strict=True) if ok], meta)
 
 
 def classify(

@@ -315,7 +315,7 @@ class _SurveyWriter:
             spectra.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,), **opts)
 
     def add(self, wave, flux, ivar, mask, meta: dict[str, Any]) -> None:
-        for name, arr in zip(_PIXEL_ARRAYS, (wave, flux, ivar, mask)):
+        for name, arr in zip(_PIXEL_ARRAYS, (wave, flux, ivar, mask), strict=True):
             self.buffers[name].append(arr)
         self.buffered += wave.size
         self.offsets.append(self.offsets[-1] + wave.size)
@@ -562,7 +562,7 @@ def build_corpus(
         if not writers:
             raise ValueError("no spectrum could be stored:\n" + report.summary())
         targets = _targets(output, sorted(writers), as_dir)
-        for name, target in targets.items():
+        for target in targets.values():
             check_output(target, input_files, overwrite=overwrite)
         for writer in writers.values():
             writer.finalize()

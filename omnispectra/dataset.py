@@ -293,7 +293,7 @@ class SpectrumDataset(torch.utils.data.Dataset):
                           meta={"id": sid, "survey": survey})
         labels = None
         if self._labels is not None:
-            labels = {name: float(v) for name, v in zip(self.labels, self._labels[i])}
+            labels = {name: float(v) for name, v in zip(self.labels, self._labels[i], strict=True)}
         sample = Sample(tokens=tokens, labels=labels, id=sid)
         return ((key[0], i) if isinstance(key, tuple) else i, sample) if self.return_index else sample
 
@@ -345,7 +345,7 @@ class WeightedLengthBucketSampler(LengthBucketSampler):
         self.group_names = sorted(set(groups.tolist()))
         self._members = [np.flatnonzero(groups == g) for g in self.group_names]
         self.weights = {g: float(weights.get(g, 1.0)) for g in self.group_names}
-        mass = np.array([self.weights[g] * len(m) for g, m in zip(self.group_names, self._members)])
+        mass = np.array([self.weights[g] * len(m) for g, m in zip(self.group_names, self._members, strict=True)])
         if mass.sum() <= 0:
             raise ValueError("all survey weights are zero")
         self.num_samples = int(num_samples if num_samples is not None else len(self.lengths))
@@ -353,13 +353,13 @@ class WeightedLengthBucketSampler(LengthBucketSampler):
         counts = np.floor(share).astype(np.int64)
         rest = self.num_samples - counts.sum()
         counts[np.argsort(-(share - counts), kind="stable")[:rest]] += 1
-        self.counts = dict(zip(self.group_names, counts.tolist()))
+        self.counts = dict(zip(self.group_names, counts.tolist(), strict=True))
 
     def epoch_indices(self) -> np.ndarray:
         """The (unbucketed) draw of the current epoch."""
         rng = np.random.default_rng([self.seed, self.epoch])
         parts = []
-        for members, g in zip(self._members, self.group_names):
+        for members, g in zip(self._members, self.group_names, strict=True):
             need = self.counts[g]
             if need == 0 or members.size == 0:
                 continue

@@ -123,4 +123,4 @@ def select_side(donors: list[Donor], side: str = "train",
     if side not in ("train", "validation"):
         raise ValueError(f"side must be 'train' or 'validation', got {side!r}")
     keep = splits.is_validation([d.object_id for d in donors], fraction, seed) == (side == "validation")
-    return [d for d, k in zip(donors, keep) if k]
+    return [d for d, k in zip(donors, keep, strict=True) if k]

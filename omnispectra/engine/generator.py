@@ -27,6 +27,7 @@ or the composite's spectral type such as ``M2``; empty for galaxies and quasars)
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -280,8 +281,8 @@ class Engine:
             transmission = None
             if cls == "QSO":
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
-                transmission = (lambda ll, z=z: forest_transmission(
-                    ll, z, rng, sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms))
+                transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
+                                                 sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
             obs_cfg = cfg.observe
             if donor.survey in cfg.uncalibrated_surveys:
                 obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=cfg.uncalibrated_tilt[1])

@@ -75,7 +75,7 @@ class RealPool:
     def __init__(self, items: Sequence[tuple], fraction: float = splits.DEFAULT_VALIDATION_FRACTION,
                  seed: int = splits.DEFAULT_SEED) -> None:
         val = splits.is_validation([it[5].get("object_id") or it[5].get("id", "") for it in items], fraction, seed)
-        self.items = [it for it, v in zip(items, val) if not v]
+        self.items = [it for it, v in zip(items, val, strict=True) if not v]
 
     def __len__(self) -> int:
         return len(self.items)

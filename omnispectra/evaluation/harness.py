@@ -148,7 +148,7 @@ def source_classes(classes: Sequence[str], surveys: Sequence[str],
     """GALAXY/QSO/STAR per row ('' when unknown), with the rules of the module docstring."""
     out = []
     files = source_files if source_files is not None else [""] * len(classes)
-    for cls, survey, src in zip(classes, surveys, files):
+    for cls, survey, src in zip(classes, surveys, files, strict=True):
         c = str(cls).strip().upper()
         s = str(survey).lower()
         if src:
@@ -253,7 +253,7 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, classes: Sequen
     f1 = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     present = [k for k in labels if (np.asarray(y_true) == k).any()]
     out: dict[str, Any] = {f"f1_{c}": float(v) if k in present else math.nan
-                           for k, (c, v) in enumerate(zip(classes, f1))}
+                           for k, (c, v) in enumerate(zip(classes, f1, strict=True))}
     out["f1_macro"] = float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
     out["accuracy"] = float(accuracy_score(y_true, y_pred))
     out["confusion"] = confusion_matrix(y_true, y_pred, labels=labels)
@@ -405,6 +405,19 @@ def _groups(task: Task, data: LabeledData, rows: np.ndarray, min_group: int) -> 
     return groups
 
 
+def _split_side(idx: np.ndarray, y_all: np.ndarray, embeddings: np.ndarray | None, grows: np.ndarray,
+                x_all: np.ndarray | None, tok_all: list | None) -> dict[str, Any]:
+    """The rows ``idx`` of one group (``grows`` into the whole data set): the inputs ``run_method`` takes."""
+    d: dict[str, Any] = {"y": y_all[idx]}
+    if embeddings is not None:
+        d["emb"] = embeddings[grows[idx]]
+    if x_all is not None:
+        d["x"] = x_all[idx]
+    if tok_all is not None:
+        d["tokens"] = [tok_all[i] for i in idx]
+    return d
+
+
 def evaluate(
     corpus: Any,
     model: Any = "default",
@@ -503,18 +516,7 @@ def evaluate(
                     continue
                 if task.kind == "classification" and len(set(y_all[tr].tolist())) < 2:
                     continue
-
-                def part(idx: np.ndarray) -> dict[str, Any]:
-                    d: dict[str, Any] = {"y": y_all[idx]}
-                    if data.embeddings is not None:
-                        d["emb"] = data.embeddings[grows[idx]]
-                    if x_all is not None:
-                        d["x"] = x_all[idx]
-                    if tok_all is not None:
-                        d["tokens"] = [tok_all[i] for i in idx]
-                    return d
-
-                train, test = part(tr), part(te)
+                train, test = (_split_side(idx, y_all, data.embeddings, grows, x_all, tok_all) for idx in (tr, te))
                 for method in task_methods:
                     t1 = time.perf_counter()
                     pred = run_method(method, task, train, test, seed=run, encoder=encoder,
@@ -570,7 +572,7 @@ def summarize(rows: list[dict[str, Any]]):
     for key in sorted(acc):
         values = np.asarray(acc[key], dtype=np.float64)
         finite = values[np.isfinite(values)]
-        for name, v in zip(("task", "group", "method", "metric"), key):
+        for name, v in zip(("task", "group", "method", "metric"), key, strict=True):
             cols[name].append(v)
         cols["mean"].append(float(finite.mean()) if finite.size else math.nan)
         cols["std"].append(float(finite.std()) if finite.size else math.nan)
@@ -689,8 +691,8 @@ def write_outputs(result: dict[str, Any], out: Path, tasks: Sequence[Task]) -> N
     write_text(out / "results.json", json.dumps({
         "n_spectra": result["n_spectra"], "seconds": round(result["seconds"], 1),
         "encoder": {k: v for k, v in result["encoder"].items() if isinstance(v, (str, int, float))},
-        "summary": [dict(zip(summary.colnames, [r[c].item() if hasattr(r[c], "item") else r[c]
-                                               for c in summary.colnames])) for r in summary],
+        "summary": [{c: r[c].item() if hasattr(r[c], "item") else r[c] for c in summary.colnames}
+                    for r in summary],
     }, indent=1, default=str))
     _plots(result, out)
 
@@ -739,7 +741,7 @@ def _plots(result: dict[str, Any], out: Path) -> None:
             continue
         names = TASKS[task].targets if task in TASKS else [str(k) for k in range(yt.shape[1])]
         fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.3), squeeze=False)
-        for k, (ax, name) in enumerate(zip(axes[0], names)):
+        for k, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
             ok = np.isfinite(yt[:, k]) & np.isfinite(yp[:, k])
             ax.scatter(yt[ok, k], yp[ok, k], s=6, alpha=0.6)
             if ok.any():
