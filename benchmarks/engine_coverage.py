@@ -58,7 +58,8 @@ def main(argv=None):
                 if eng.candidates(c, k):
                     n_ok += 1
                     if (survey, c) not in examples:
-                        examples[(survey, c)] = eng.sample(np.random.default_rng(k), spectype=c, donor_index=k)
+                        examples[(survey, c)] = eng.sample(np.random.default_rng(k), spectype=c,
+                                                        donor_index=k)
             row[c] = f"{n_ok}/{len(picked)}"
         table[survey] = row | {"wave": f"{picked[0].wave[0]:.0f}-{picked[0].wave[-1]:.0f}",
                                "sigma_kms": round(picked[0].median_sigma_kms, 1)}

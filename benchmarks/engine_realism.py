@@ -139,7 +139,8 @@ def make_cnn():
         def __init__(self):
             super().__init__()
             self.features = nn.Sequential(*layers)
-            self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * n_out, 128), nn.GELU(), nn.Dropout(0.2))
+            self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * n_out, 128), nn.GELU(),
+                                       nn.Dropout(0.2))
             self.cls = nn.Linear(128, len(CLASSES))
             self.z = nn.Linear(128, N_ZBINS)
 
@@ -201,7 +202,8 @@ def predict(model, x):
                 for _ in range(2):  # the best peak, then the best outside +-0.03 of it
                     kk = int(row.argmax())
                     lo, hi = max(kk - 2, 0), min(kk + 3, N_ZBINS)
-                    cands.append(float(np.sum(row[lo:hi] * U_CENTRES[lo:hi]) / max(np.sum(row[lo:hi]), 1e-12)))
+                    weight = max(np.sum(row[lo:hi]), 1e-12)
+                    cands.append(float(np.sum(row[lo:hi] * U_CENTRES[lo:hi]) / weight))
                     row = np.where(np.abs(U_CENTRES - cands[-1]) < 0.03, 0.0, row)
                 zs.append(np.expm1(np.array(cands)))
     return np.concatenate(probs), np.array(zs)
@@ -225,7 +227,8 @@ def _chi2(d, t, z, poly):
     ll, basis = _binned(t)
     rest = d.wave / (1 + z)
     r0, r1 = 10 ** ll[0], 10 ** ll[-1]
-    use = d.valid & (rest > max(r0 * 1.01, 1216.0 * 1.02 if t.spectype == "QSO" else 0.0)) & (rest < r1 / 1.01)
+    blue_end = max(r0 * 1.01, 1216.0 * 1.02 if t.spectype == "QSO" else 0.0)
+    use = d.valid & (rest > blue_end) & (rest < r1 / 1.01)
     if use.sum() < 200:
         return np.inf
     lr = np.log10(rest[use])
@@ -327,10 +330,12 @@ def survey_figure(survey, real, engine_samples, path):
     for r, c in enumerate(classes):
         reals = [d for d in real if d.labels.get("class") == c]
         engs = [s for s in engine_samples if s.labels["class"] == c]
-        for col, (item, kind) in enumerate(((reals[0] if reals else None, "real"), (engs[0] if engs else None, "engine"))):
+        pair = ((reals[0] if reals else None, "real"), (engs[0] if engs else None, "engine"))
+        for col, (item, kind) in enumerate(pair):
             ax = axes[r, col]
             if item is None:
-                ax.text(0.5, 0.5, f"no real {c} in {survey}", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, f"no real {c} in {survey}", ha="center", va="center",
+                        transform=ax.transAxes)
                 continue
             wave, flux = item.wave, item.flux
             ok = ~item.mask
@@ -339,7 +344,8 @@ def survey_figure(survey, real, engine_samples, path):
             ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.3 * (hi - lo))
             z = item.labels.get("z")
             sub = item.labels.get("subclass") or ""
-            ax.set_title(f"{kind}: {c} {sub} z={z:.3f}" if z is not None else f"{kind}: {c} {sub}", fontsize=8)
+            title = f"{kind}: {c} {sub} z={z:.3f}" if z is not None else f"{kind}: {c} {sub}"
+            ax.set_title(title, fontsize=8)
             ax.tick_params(labelsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("wavelength [A]", fontsize=8)
@@ -387,10 +393,13 @@ def render_rst(results: dict, command: str) -> str:
     z = results["redshift"]
     lo, hi = z["refined_wilson95"]
     L += [f"**Redshift** of real galaxies and quasars with a redshift label (N = {z['n']}): "
-          f"``|dz|/(1+z)`` < 0.01 for {z['cnn_within_0.01']} from the CNN alone ({z['cnn_fraction']:.3f}) and "
-          f"**{z['refined_within_0.01']} ({z['refined_fraction']:.3f}, Wilson [{lo:.3f}, {hi:.3f}])** after the "
-          f"local chi-square refinement with the Redrock bases (median ``|dz|/(1+z)`` {z['refined_median_dz']:.4f}). "
-          f"By class: " + ", ".join(f"{c} {v['refined_within_0.01']}/{v['n']}" for c, v in z["by_class"].items())
+          f"``|dz|/(1+z)`` < 0.01 for {z['cnn_within_0.01']} from the CNN alone "
+          f"({z['cnn_fraction']:.3f}) and "
+          f"**{z['refined_within_0.01']} ({z['refined_fraction']:.3f}, Wilson [{lo:.3f}, {hi:.3f}])** "
+          f"after the local chi-square refinement with the Redrock bases "
+          f"(median ``|dz|/(1+z)`` {z['refined_median_dz']:.4f}). "
+          f"By class: "
+          + ", ".join(f"{c} {v['refined_within_0.01']}/{v['n']}" for c, v in z["by_class"].items())
           + ". Without 6dFGS: "
           f"{z['without_6dfgs']['refined_within_0.01']}/{z['without_6dfgs']['n']} (CNN alone "
           f"{z['without_6dfgs']['cnn_within_0.01']}).", ""]
@@ -423,7 +432,8 @@ def main(argv=None):
     ap.add_argument("--rst", type=Path, default=Path("docs/engine_results.inc"))
     ap.add_argument("--render-only", action="store_true", help="rewrite --rst from the results JSON")
     args = ap.parse_args(argv)
-    command = "OMP_NUM_THREADS=2 python benchmarks/engine_realism.py " + " ".join(argv or __import__("sys").argv[1:])
+    command = ("OMP_NUM_THREADS=2 python benchmarks/engine_realism.py "
+               + " ".join(argv or __import__("sys").argv[1:]))
     if args.render_only:
         results = json.loads(args.out.with_suffix(".json").read_text())
         args.rst.write_text(render_rst(results, results.get("command", command)))
@@ -519,11 +529,13 @@ def main(argv=None):
         "refined_wilson95": wilson(int(np.sum(dz_ref < 0.01)), len(zrows)),
         "refined_median_dz": float(np.median(dz_ref)), "cnn_median_dz": float(np.median(dz_cnn)),
         "by_class": {c: {"n": int(sum(r[1] == c for r in zrows)),
-                         "refined_within_0.01": int(sum((r[1] == c) and d < 0.01 for r, d in zip(zrows, dz_ref, strict=True)))}
+                         "refined_within_0.01": int(sum((r[1] == c) and d < 0.01
+                                                        for r, d in zip(zrows, dz_ref, strict=True)))}
                      for c in ("GALAXY", "QSO")},
     }
     no6 = [k for k, r in enumerate(zrows) if donors_all[r[0]].survey != "6dfgs"]
-    results["redshift"]["without_6dfgs"] = {"n": len(no6), "refined_within_0.01": int(np.sum(dz_ref[no6] < 0.01)),
+    results["redshift"]["without_6dfgs"] = {"n": len(no6),
+                                            "refined_within_0.01": int(np.sum(dz_ref[no6] < 0.01)),
                                             "cnn_within_0.01": int(np.sum(dz_cnn[no6] < 0.01))}
     results["per_spectrum"] = [{"id": donors_all[r[0]].id, "survey": donors_all[r[0]].survey, "true": r[1],
                                 "pred": r[2], "z": r[3], "z_cnn": r[4], "z_refined": r[5], "fold": r[6]}
@@ -548,7 +560,8 @@ def main(argv=None):
         g_r = np.array([splits.canonical_object_id(donors_all[i].object_id) for i in idx])
         g_e = np.array(eng_g_by_key[key])
         auc, ci = discriminator_auc(feats_r, g_r, feats_e, g_e, seed=args.seed)
-        disc[f"{key[0]}/{key[1]}"] = {"n_real": len(idx), "n_engine": len(feats_e), "auc": auc, "bootstrap95": ci}
+        disc[f"{key[0]}/{key[1]}"] = {"n_real": len(idx), "n_engine": len(feats_e), "auc": auc,
+                                       "bootstrap95": ci}
         log.info("discriminator %s: AUC %.3f [%.3f, %.3f]", key, auc, *ci)
     results["discriminator"] = disc
 
@@ -561,8 +574,8 @@ def main(argv=None):
         figs.append(str(path))
     results["figures"] = figs
     results["seconds"] = time.time() - t0
-    results["config"] = vars(args) | {"data": str(args.data), "out": str(args.out), "figures": str(args.figures),
-                                      "cache": str(args.cache)}
+    results["config"] = vars(args) | {"data": str(args.data), "out": str(args.out),
+                                      "figures": str(args.figures), "cache": str(args.cache)}
     results["command"] = command
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     args.rst.write_text(render_rst(results, command))

@@ -631,7 +631,8 @@ def reconstruct(
     with inference(net, torch_dtype):
         pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
         mse = float(_per_sample_mse(pred, batch.target, loss_mask, batch.pixel_valid)[0])
-    predicted = batch.to_tokenizer_units(pred.float())[0, :n_tok].cpu().numpy()  # undo the collator's rescaling
+    # undo the collator's rescaling
+    predicted = batch.to_tokenizer_units(pred.float())[0, :n_tok].cpu().numpy()
     if not np.all(np.isfinite(predicted)):
         raise NonFiniteOutputError(f"spectrum {sid!r}: the model's reconstruction is not finite")
 
@@ -795,7 +796,8 @@ def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, f
     if inputs.single and not finite.all() or inputs.single and not kept:
         raise inputs.skipped[-1].error
     meta = _meta(net, inputs, torch_dtype, probe=head, kind="predictions")
-    return _Prediction(head, np.asarray(values)[finite], [i for i, ok in zip(kept, finite, strict=True) if ok], meta)
+    kept_ok = [i for i, ok in zip(kept, finite, strict=True) if ok]
+    return _Prediction(head, np.asarray(values)[finite], kept_ok, meta)
 
 
 def classify(

@@ -316,7 +316,8 @@ def _table_output_option(required: bool, what: str):
 @_model_option
 @_batch_option
 @_device_option
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True,
               help="Compute precision: auto = bf16 autocast on CUDA GPUs, float32 on CPUs.")
 @_format_option
 @_overwrite_option
@@ -450,7 +451,8 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict:
               help="YAML file of training settings (see omnispectra.training.TrainConfig).")
 @click.option("-o", "--output", default=None, help="Run directory (checkpoints, logs, resolved config).")
 @click.option("--max-steps", type=int, default=None)
-@click.option("--max-time", "max_time_minutes", type=float, default=None, help="Stop after this many minutes.")
+@click.option("--max-time", "max_time_minutes", type=float, default=None,
+              help="Stop after this many minutes.")
 @click.option("--batch-size", type=int, default=None, help="Spectra per batch and device.")
 @click.option("--num-workers", type=int, default=None)
 @click.option("--devices", default=None, help="Lightning devices, e.g. 'auto', 2 or '0,1'.")
@@ -627,9 +629,9 @@ def embed_corpus_command(corpus, output, model_name, shard_size, batch_size, pre
 
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    result = embed_corpus(list(corpus), output, model=model_name, shard_size=shard_size, batch_size=batch_size,
-                          precision=precision, accelerator=accelerator, devices=devices,
-                          num_workers=num_workers, resume=resume, overwrite=overwrite,
+    result = embed_corpus(list(corpus), output, model=model_name, shard_size=shard_size,
+                          batch_size=batch_size, precision=precision, accelerator=accelerator,
+                          devices=devices, num_workers=num_workers, resume=resume, overwrite=overwrite,
                           progress=not _is_quiet(quiet))
     kept = result["skipped"] if isinstance(result["skipped"], int) else len(result["skipped"])
     click.echo(f"embedded {result['n_spectra']} spectra in {result['n_shards']} shards -> {result['output']}"
@@ -694,10 +696,12 @@ def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_d
 @click.option("--donors", "donors", multiple=True, required=True,
               help="Real spectrum files/folders lending grids and noise (training side only).")
 @click.option("--seed", default=0, show_default=True, help="Sample seed (item i = rng(seed, 0, i)).")
-@click.option("--split-fraction", default=0.2, show_default=True, help="Validation fraction of the object-hash split.")
+@click.option("--split-fraction", default=0.2, show_default=True,
+              help="Validation fraction of the object-hash split.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the object-hash split.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def simulate_command(output, n_samples, templates, donors, seed, split_fraction, split_seed, overwrite) -> None:
+def simulate_command(output, n_samples, templates, donors, seed, split_fraction, split_seed,
+                     overwrite) -> None:
     """Write N labelled engine spectra (templates observed through real donors) into an HDF5 corpus."""
     from .engine import build_engine, write_engine_corpus
     from .exceptions import OmniSpectraError

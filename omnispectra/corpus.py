@@ -473,7 +473,8 @@ def build_corpus(
     """
     start = time.perf_counter()
     output = Path(output).expanduser()
-    as_dir = output.is_dir() or str(output).endswith(("/", os.sep)) or (not output.suffix and not output.exists())
+    as_dir = (output.is_dir() or str(output).endswith(("/", os.sep))
+              or (not output.suffix and not output.exists()))
     directory = output if as_dir else output.parent
     directory.mkdir(parents=True, exist_ok=True)
     if compression not in ("gzip", "lzf", None):
@@ -672,7 +673,8 @@ class CorpusReader:
                 raise CorpusError(f"{self.path}: corrupt corpus, offsets do not match the pixel arrays")
             bad_cols = [c for c in META_COLUMNS if f[f"meta/{c}"].shape != (n,)]
             if bad_cols:
-                raise CorpusError(f"{self.path}: corrupt corpus, metadata columns of wrong length: {bad_cols}")
+                raise CorpusError(f"{self.path}: corrupt corpus, metadata columns of wrong length: "
+                                  f"{bad_cols}")
             self.offsets = offsets
             self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         except CorpusError:
@@ -797,7 +799,8 @@ class CorpusReader:
             for c in META_COLUMNS:
                 value = f[f"meta/{c}"][i]
                 row[c] = value.decode("utf-8") if isinstance(value, bytes) else value
-        meta: dict[str, Any] = {c: str(row[c]) for c in ("id", "object_id", "survey", "source_file", "format")}
+        meta: dict[str, Any] = {c: str(row[c])
+                                for c in ("id", "object_id", "survey", "source_file", "format")}
         meta["rest_frame"] = bool(row["rest_frame"])
         for c in ("class", "subclass"):
             if str(row[c]):

@@ -201,7 +201,8 @@ class SpectrumDataset(torch.utils.data.Dataset):
         self._file_starts = np.concatenate([[0], np.cumsum(sizes)])
         n_total = int(sizes.sum())
         src = np.repeat(np.arange(len(self.readers), dtype=np.int32), sizes)
-        row = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if n_total else np.zeros(0, np.int64)
+        row = (np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if n_total
+               else np.zeros(0, np.int64))
         n_pix = np.concatenate([r.lengths for r in self.readers]) if n_total else np.zeros(0, np.int64)
         n_valid = self._concat("n_valid").astype(np.int64)
         survey = self._concat("survey")
@@ -339,13 +340,15 @@ class WeightedLengthBucketSampler(LengthBucketSampler):
             raise ValueError("groups and lengths must have the same length")
         unknown = set(weights) - set(groups.tolist())
         if unknown:
-            raise ValueError(f"weights for unknown survey(s) {sorted(unknown)}; surveys: {sorted(set(groups.tolist()))}")
+            raise ValueError(f"weights for unknown survey(s) {sorted(unknown)}; "
+                             f"surveys: {sorted(set(groups.tolist()))}")
         if any(w < 0 or not math.isfinite(w) for w in weights.values()):
             raise ValueError("survey weights must be finite and >= 0")
         self.group_names = sorted(set(groups.tolist()))
         self._members = [np.flatnonzero(groups == g) for g in self.group_names]
         self.weights = {g: float(weights.get(g, 1.0)) for g in self.group_names}
-        mass = np.array([self.weights[g] * len(m) for g, m in zip(self.group_names, self._members, strict=True)])
+        mass = np.array([self.weights[g] * len(m)
+                         for g, m in zip(self.group_names, self._members, strict=True)])
         if mass.sum() <= 0:
             raise ValueError("all survey weights are zero")
         self.num_samples = int(num_samples if num_samples is not None else len(self.lengths))

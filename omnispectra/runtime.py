@@ -104,7 +104,8 @@ def resolve_device(device: Any = None):
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
                               "device(s)")
-    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
         raise ConfigError(f"device {device!r}: MPS is not available on this machine")
     elif dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise ConfigError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps")

@@ -67,14 +67,16 @@ def regrid(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarra
     if extra2 < -(0.05 * sigma_kms) ** 2:
         return None
     dloglam = float(np.median(np.diff(np.log10(wave))))
-    f = broaden_loglam(np.where(mask, np.interp(wave, wave[~mask], flux[~mask]) if (~mask).any() else 0.0, flux),
+    filled = np.interp(wave, wave[~mask], flux[~mask]) if (~mask).any() else 0.0
+    f = broaden_loglam(np.where(mask, filled, flux),
                        dloglam, np.sqrt(max(extra2, 0.0)))
     var = np.where((ivar > 0) & ~mask, 1.0 / np.where(ivar > 0, ivar, 1.0), 0.0)
     bad = rebin(wave, (var == 0).astype(float), donor.wave)
     new_flux = rebin(wave, f, donor.wave)
     # averaging n input pixels into one divides the variance by n
-    n_in = np.diff(np.searchsorted(wave, np.concatenate([[donor.wave[0]], 0.5 * (donor.wave[1:] + donor.wave[:-1]),
-                                                         [donor.wave[-1]]])))
+    donor_edges = np.concatenate([[donor.wave[0]], 0.5 * (donor.wave[1:] + donor.wave[:-1]),
+                                  [donor.wave[-1]]])
+    n_in = np.diff(np.searchsorted(wave, donor_edges))
     new_var = rebin(wave, var, donor.wave) / np.maximum(n_in, 1)
     new_mask = ~np.isfinite(new_flux) | (bad > 0) | donor.mask
     new_ivar = np.where(new_mask | ~(new_var > 0), 0.0, 1.0 / np.where(new_var > 0, new_var, 1.0))
@@ -137,7 +139,8 @@ def augment_real(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.
             mask[s:s + w] = True
         steps.append("columns")
     z = labels.get("z")
-    if labels.get("class") in ("GALAXY", "QSO") and z is not None and np.isfinite(z) and rng.random() < cfg.p_zshift:
+    if (labels.get("class") in ("GALAXY", "QSO") and z is not None and np.isfinite(z)
+            and rng.random() < cfg.p_zshift):
         dlnz = rng.uniform(-cfg.max_dlnz, cfg.max_dlnz)
         if (1.0 + z) * np.exp(dlnz) - 1.0 >= 0.0:
             wave = wave * np.exp(dlnz)

@@ -111,7 +111,8 @@ def donor_from_spectrum(spectrum: Any, survey: str | None = None) -> Donor:
             kms = wdisp * C_KMS * np.log(10.0) * 1e-4
             sigma = np.where(wdisp > 0, kms, np.median(kms[wdisp > 0]))
     labels = {k: meta[k] for k in ("class", "subclass", "z") if meta.get(k) is not None}
-    return Donor(survey=survey, id=str(meta.get("id", "")), object_id=str(meta.get("object_id") or meta.get("id", "")),
+    return Donor(survey=survey, id=str(meta.get("id", "")),
+                 object_id=str(meta.get("object_id") or meta.get("id", "")),
                  wave=wave, flux=np.nan_to_num(flux), ivar=np.where(bad, 0.0, np.nan_to_num(ivar)), mask=bad,
                  sigma_kms=sigma, sky=sky, labels=labels)
 

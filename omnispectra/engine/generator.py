@@ -59,7 +59,8 @@ SIGMA_TOLERANCE = 1.25
 class EngineConfig:
     """Priors and physics of :class:`Engine` (all explicit; see the module docstring)."""
 
-    class_priors: dict[str, float] = field(default_factory=lambda: {"GALAXY": 1 / 3, "QSO": 1 / 3, "STAR": 1 / 3})
+    class_priors: dict[str, float] = field(
+        default_factory=lambda: {"GALAXY": 1 / 3, "QSO": 1 / 3, "STAR": 1 / 3})
     #: Star sources: Redrock subtypes by name, and all PyHammer composites together.
     star_priors: dict[str, float] = field(default_factory=lambda: {
         "A": 0.10, "B": 0.06, "F": 0.14, "G": 0.12, "K": 0.14, "M": 0.14, "WD": 0.06, "CV": 0.02,
@@ -124,7 +125,8 @@ class Engine:
     config : EngineConfig, optional
     """
 
-    def __init__(self, library: TemplateLibrary, donors: list[Donor], config: EngineConfig | None = None) -> None:
+    def __init__(self, library: TemplateLibrary, donors: list[Donor],
+                 config: EngineConfig | None = None) -> None:
         if not donors:
             raise OmniSpectraError("the engine needs at least one noise donor")
         self.library = library
@@ -185,7 +187,8 @@ class Engine:
                     return f
             return template.flux(rows[rng.integers(len(rows))])
         # fallback (no fits): the first vector plus small multiples of the others
-        scale = np.linalg.norm(template.basis[0]) / np.maximum(np.linalg.norm(template.basis[1:], axis=1), 1e-30)
+        scale = (np.linalg.norm(template.basis[0])
+                 / np.maximum(np.linalg.norm(template.basis[1:], axis=1), 1e-30))
         for _ in range(self.config.max_tries):
             c = np.concatenate([[1.0], 0.1 * scale * rng.standard_normal(template.basis.shape[0] - 1)])
             f = template.flux(c)
@@ -285,7 +288,8 @@ class Engine:
                                                  sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
             obs_cfg = cfg.observe
             if donor.survey in cfg.uncalibrated_surveys:
-                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=cfg.uncalibrated_tilt[1])
+                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0],
+                                  tilt_sigma=cfg.uncalibrated_tilt[1])
             flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission)
             sub = template.subtype if cls == "STAR" else ""
             labels = {"class": cls, "subclass": sub, "z": z}

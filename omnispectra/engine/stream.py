@@ -52,7 +52,8 @@ class EngineDataset(torch.utils.data.Dataset):
 
     def __init__(self, engine: Engine, length: int, seed: int = 0, epoch: int = 0,
                  transform: Callable[[EngineSample], Any] | None = None) -> None:
-        self.engine, self.length, self.seed, self.epoch, self.transform = engine, int(length), int(seed), int(epoch), transform
+        self.engine, self.length, self.transform = engine, int(length), transform
+        self.seed, self.epoch = int(seed), int(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -74,7 +75,8 @@ class RealPool:
 
     def __init__(self, items: Sequence[tuple], fraction: float = splits.DEFAULT_VALIDATION_FRACTION,
                  seed: int = splits.DEFAULT_SEED) -> None:
-        val = splits.is_validation([it[5].get("object_id") or it[5].get("id", "") for it in items], fraction, seed)
+        object_ids = [it[5].get("object_id") or it[5].get("id", "") for it in items]
+        val = splits.is_validation(object_ids, fraction, seed)
         self.items = [it for it, v in zip(items, val, strict=True) if not v]
 
     def __len__(self) -> int:
@@ -96,7 +98,8 @@ class MixedDataset(torch.utils.data.Dataset):
         if real_fraction > 0 and len(real) == 0:
             raise OmniSpectraError("real_fraction > 0 but the real pool (training side) is empty")
         self.engine_ds = EngineDataset(engine, length, seed, epoch)
-        self.real, self.real_fraction, self.augment, self.transform = real, float(real_fraction), augment, transform
+        self.real, self.real_fraction = real, float(real_fraction)
+        self.augment, self.transform = augment, transform
 
     def set_epoch(self, epoch: int) -> None:
         self.engine_ds.set_epoch(epoch)
@@ -148,13 +151,16 @@ def engine_spectrum(sample: EngineSample):
     from astropy.nddata import InverseVariance
     from specutils import Spectrum
 
-    meta = {"id": sample.meta.get("id", ""), "object_id": sample.meta.get("object_id", sample.meta.get("id", "")),
+    meta = {"id": sample.meta.get("id", ""),
+            "object_id": sample.meta.get("object_id", sample.meta.get("id", "")),
             "survey": f"engine_{sample.meta.get('survey', 'unknown')}", "format": "engine",
             "source_file": f"engine:{sample.meta.get('template', sample.meta.get('source_id', ''))}"
                            f"|donor:{sample.meta.get('donor_id', '')}",
             "rest_frame": False, **{k: v for k, v in sample.labels.items() if v not in (None, "")}}
-    return Spectrum(spectral_axis=sample.wave * u.AA, flux=sample.flux.astype(np.float32) * u.dimensionless_unscaled,
-                    uncertainty=InverseVariance(sample.ivar.astype(np.float32)), mask=sample.mask.copy(), meta=meta)
+    return Spectrum(spectral_axis=sample.wave * u.AA,
+                    flux=sample.flux.astype(np.float32) * u.dimensionless_unscaled,
+                    uncertainty=InverseVariance(sample.ivar.astype(np.float32)), mask=sample.mask.copy(),
+                    meta=meta)
 
 
 def write_engine_corpus(engine: Engine, n: int, output: str | os.PathLike, seed: int = 0, *,

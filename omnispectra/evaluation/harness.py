@@ -516,7 +516,8 @@ def evaluate(
                     continue
                 if task.kind == "classification" and len(set(y_all[tr].tolist())) < 2:
                     continue
-                train, test = (_split_side(idx, y_all, data.embeddings, grows, x_all, tok_all) for idx in (tr, te))
+                train, test = (_split_side(idx, y_all, data.embeddings, grows, x_all, tok_all)
+                               for idx in (tr, te))
                 for method in task_methods:
                     t1 = time.perf_counter()
                     pred = run_method(method, task, train, test, seed=run, encoder=encoder,
@@ -682,7 +683,8 @@ def write_outputs(result: dict[str, Any], out: Path, tasks: Sequence[Task]) -> N
     write_ecsv(summary, "results.ecsv")
     if result["runs"]:
         names = ("task", "group", "method", "run", "metric", "value", "n_train", "n_test")
-        write_ecsv(Table(rows=[[r[k] for k in names] for r in result["runs"]], names=names), "results_runs.ecsv")
+        runs_table = Table(rows=[[r[k] for k in names] for r in result["runs"]], names=names)
+        write_ecsv(runs_table, "results_runs.ecsv")
     for task in tasks:
         sub = summary[summary["task"] == task.name] if len(summary) else summary
         if len(sub):

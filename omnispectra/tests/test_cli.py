@@ -149,7 +149,8 @@ def test_anomaly_and_reconstruction_tables(model, tmp_path):
 
 def test_anomaly_command(weights, tmp_path):
     out = tmp_path / "a.ecsv"
-    result = CliRunner().invoke(main, ["anomaly", "--examples", "--model", weights, "-o", str(out), "--no-table"])
+    result = CliRunner().invoke(main, ["anomaly", "--examples", "--model", weights, "-o", str(out),
+                                      "--no-table"])
     assert result.exit_code == 0, result.output
     assert "anomaly_score" not in result.stdout
     table = Table.read(out)
@@ -181,7 +182,8 @@ def test_train_errors_are_one_line(tmp_path):
     bad_yaml.write_text("lr: [1, 2\n")
     corpus = tmp_path / "c.h5"
     corpus.write_bytes(b"corrupt corpus")
-    result = CliRunner().invoke(main, ["train", str(corpus), "--config", str(bad_yaml), "-o", str(tmp_path / "r")])
+    result = CliRunner().invoke(main, ["train", str(corpus), "--config", str(bad_yaml),
+                                      "-o", str(tmp_path / "r")])
     assert "YAML" in _one_error_line(result, 2)
     result = CliRunner().invoke(main, ["train", str(corpus), "-o", str(tmp_path / "r2")])
     assert "c.h5" in _one_error_line(result, 1)
@@ -195,7 +197,8 @@ def test_cache_pointing_at_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNISPECTRA_CACHE", str(cache))
     result = CliRunner().invoke(main, ["info"])  # reported on the models line, no traceback
     assert result.exit_code == 0 and "Traceback" not in result.output
-    assert [line for line in result.output.splitlines() if "OMNISPECTRA_CACHE" in line][0].startswith("models")
+    cache_lines = [line for line in result.output.splitlines() if "OMNISPECTRA_CACHE" in line]
+    assert cache_lines[0].startswith("models")
 
 
 def test_info_lists_readers_and_versions():

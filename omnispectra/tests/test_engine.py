@@ -33,8 +33,10 @@ def _continuum(wave, k):
 def library():
     rows_wd = np.tile([1.0, 0.1], (2000, 1))
     t = [
-        _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum, archetypes=np.array([[1.0, 0.2]])),
-        _log_template("redrock:STAR-K", "STAR", "K", 3000, 11000, _continuum, archetypes=np.array([[1.0, 0.0]])),
+        _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum,
+                      archetypes=np.array([[1.0, 0.2]])),
+        _log_template("redrock:STAR-K", "STAR", "K", 3000, 11000, _continuum,
+                      archetypes=np.array([[1.0, 0.0]])),
         _log_template("redrock:STAR-WD", "STAR", "WD", 3000, 11000, _continuum, archetypes=rows_wd),
         _log_template("redrock:QSO-LOZ", "QSO", "LOZ", 1330, 9600, _continuum, sigma=60.0),
         _log_template("redrock:QSO-HIZ", "QSO", "HIZ", 450, 4500, _continuum, sigma=60.0),
@@ -149,8 +151,8 @@ def test_augment_keeps_labels_consistent():
     d = _donor()
     rng = np.random.default_rng(5)
     cfg = augment.AugmentConfig(p_renoise=1, p_mask=1, p_columns=1, p_zshift=1, p_regrid=0)
-    s = augment.augment_real(d.wave, d.flux, d.ivar, d.mask, {"class": "GALAXY", "z": 0.1}, {"survey": "sdss"},
-                             rng, config=cfg)
+    s = augment.augment_real(d.wave, d.flux, d.ivar, d.mask, {"class": "GALAXY", "z": 0.1},
+                             {"survey": "sdss"}, rng, config=cfg)
     ratio = s.wave[0] / d.wave[0]
     assert s.labels["z"] == pytest.approx(1.1 * ratio - 1.0)
     assert s.mask.sum() > d.mask.sum() and np.all(s.ivar[s.mask] == 0)
@@ -165,8 +167,8 @@ def test_stream_is_reproducible_and_mixes_in_workers(engine):
     assert np.array_equal(a.flux, b.flux) and not np.array_equal(ds[3].flux, a.flux)
     ds.set_epoch(1)
     assert not np.array_equal(ds[2].flux, a.flux)
-    items = [(d.wave, d.flux, d.ivar, d.mask, {"class": "STAR", "z": 0.0}, {"id": d.id, "object_id": d.object_id,
-                                                                               "survey": d.survey})
+    items = [(d.wave, d.flux, d.ivar, d.mask, {"class": "STAR", "z": 0.0},
+              {"id": d.id, "object_id": d.object_id, "survey": d.survey})
              for d in (_donor(i) for i in range(40))]
     pool = stream.RealPool(items, fraction=0.5, seed=0)
     assert 0 < len(pool) < 40
@@ -190,7 +192,8 @@ def test_donor_side_selection_and_corpus_writing(engine, tmp_path):
     reader = open_corpus(tmp_path / "eng.h5")
     assert len(reader) == 5 and set(reader.column("class")) <= set(generator.CLASSES)
     assert reader.column("survey")[0] == "engine_sdss"
-    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "x.h5"), "--donors", str(tmp_path / "none")])
+    result = CliRunner().invoke(main, ["simulate", str(tmp_path / "x.h5"),
+                                      "--donors", str(tmp_path / "none")])
     assert result.exit_code != 0
 
 
@@ -203,8 +206,10 @@ def test_simulate_command_writes_a_labelled_corpus(tmp_path):
 
     (tmp_path / "redrock").mkdir()
     n = int((4.0 - np.log10(1200.0)) / 1e-4)
-    hdu = fits.PrimaryHDU(np.stack([_continuum(10 ** (np.log10(1200.0) + 1e-4 * np.arange(n)), k) for k in range(2)]))
-    hdu.header.update({"RRTYPE": "GALAXY", "RRSUBTYP": "", "CRVAL1": np.log10(1200.0), "CDELT1": 1e-4, "LOGLAM": 1})
+    wave = 10 ** (np.log10(1200.0) + 1e-4 * np.arange(n))
+    hdu = fits.PrimaryHDU(np.stack([_continuum(wave, k) for k in range(2)]))
+    hdu.header.update({"RRTYPE": "GALAXY", "RRSUBTYP": "", "CRVAL1": np.log10(1200.0), "CDELT1": 1e-4,
+                       "LOGLAM": 1})
     fits.HDUList([hdu, fits.ImageHDU(np.array([[1.0, 0.1]]), name="ARCHETYPE_COEFF")]).writeto(
         tmp_path / "redrock" / "rrtemplate-galaxy.fits")
     out = tmp_path / "sim.h5"

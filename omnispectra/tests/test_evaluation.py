@@ -147,7 +147,8 @@ def test_cli_evaluate(tiny_corpus, tmp_path):
                                        "--runs", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "Source classification" in result.output and (tmp_path / "ev" / "source_class.ecsv").is_file()
-    again = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights), "-o", str(tmp_path / "ev")])
+    again = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights),
+                                     "-o", str(tmp_path / "ev")])
     assert again.exit_code == 1 and "--overwrite" in again.output  # refused before evaluating
     assert not [p for p in (tmp_path / "ev").iterdir() if p.name.startswith(".")]  # no temporary files
     bad = CliRunner().invoke(main, ["evaluate", *files, "--model", str(weights), "-o", str(tmp_path / "x"),

@@ -231,7 +231,8 @@ def test_cli_predict_stellar(trained, tmp_path):
     from astropy.table import Table
 
     out = tmp_path / "stars.h5"
-    args = ["predict-stellar", "--examples", "--model", str(trained["weights"]), "--probe", str(trained["stellar"])]
+    args = ["predict-stellar", "--examples", "--model", str(trained["weights"]),
+            "--probe", str(trained["stellar"])]
     result = CliRunner().invoke(main, args + ["-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "teff" in result.stdout  # the table is printed as well

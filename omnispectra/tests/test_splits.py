@@ -10,7 +10,8 @@ def test_same_object_in_two_surveys_is_on_one_side():
     for seed in range(20):
         assert splits.side_of("s0505", 0.5, seed) == splits.side_of("BD+01 2916", 0.5, seed)
         assert splits.side_of("BD+012916", 0.5, seed) == splits.side_of(" S0505 ", 0.5, seed)
-        sides = {splits.side_of(e, 0.5, seed) for e in ("sdss:1237661385994338550", "spec-7339-57918-0737", "rm017")}
+        ids = ("sdss:1237661385994338550", "spec-7339-57918-0737", "rm017")
+        sides = {splits.side_of(e, 0.5, seed) for e in ids}
         assert len(sides) == 1
 
 

@@ -227,7 +227,8 @@ def test_cli_train_and_export(corpus, tmp_path):
                                   "-o", str(tmp_path / "w.st")])
     assert result.exit_code == 0, result.output
     assert "sha256" in result.output and (tmp_path / "w.st").is_file()
-    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"), "-o", str(tmp_path / "w.st")])
+    result = runner.invoke(main, ["export", str(out / "checkpoints" / "last.ckpt"),
+                                  "-o", str(tmp_path / "w.st")])
     assert result.exit_code == 1 and "--overwrite" in result.output  # never replaced silently
     bad = runner.invoke(main, ["train", *corpus, "--set", "no_such_setting=1", "-o", str(out)])
     assert bad.exit_code == 2 and "unknown training settings" in bad.output and "Traceback" not in bad.output
