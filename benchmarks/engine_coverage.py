@@ -10,7 +10,7 @@ No model is trained here, so donors of both sides of the split are used (this on
 shows what the engine *can* produce on each grid)::
 
     OMP_NUM_THREADS=1 python benchmarks/engine_coverage.py --data ../shared/data \
-        --cache /tmp/eng/real.pkl
+        [--cache real.pkl]
 """
 
 from __future__ import annotations

@@ -360,7 +360,7 @@ def render_rst(results: dict, command: str) -> str:
     """The docs include (``docs/engine_results.inc``) from the results JSON."""
     L = ["Measured with::", "", f"    {command}", ""]
     L += [f"{results['n_real_readable']} real spectra were readable; unreadable files per folder: "
-          f"``{results['unreadable_files']}`` (the LAMOST DR1 5 x N files are being fixed elsewhere).", ""]
+          f"``{results['unreadable_files']}``.", ""]
     L += ["**(a) Sim-to-real transfer.** A 1-D CNN trained on engine spectra only (two folds of the "
           "object-hash split at 0.5: donors and quasar fits from one side, scored on the other), on "
           "the real labelled SDSS/BOSS/eBOSS/SEGUE, LAMOST LRS and 6dFGS spectra:", ""]

@@ -74,7 +74,9 @@ def forest_transmission(loglam_obs: np.ndarray, z_qso: float, rng: np.random.Gen
         return out
     dloglam = float(np.median(np.diff(loglam_obs)))
     g = gaussian_filter1d(rng.standard_normal(int(blue.sum())), max(sigma_pixels(corr_kms, dloglam), 0.5))
-    g *= sigma_g / max(float(g.std()), 1e-12)
+    spread = float(g.std())
+    # a forest of one or two pixels has no spread to rescale: leave it at the mean transmission
+    g = g * (sigma_g / spread) if spread > 1e-6 else np.zeros_like(g)
     log_tau, log_a = _amplitude_table(float(sigma_g))
     tau = tau_eff(wave[blue] / LYA_REST - 1.0)
     amp = np.exp(np.interp(np.log(tau), log_tau, log_a))
