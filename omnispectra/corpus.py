@@ -67,7 +67,6 @@ import glob
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -81,7 +80,7 @@ from astropy import units as u
 
 from . import __version__
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
-from .fileio import check_output, commit
+from .fileio import check_output, commit, safe_filename
 from .inputs import IdAllocator, PathProblem, check_readable_file, expand_paths
 from .spectrum import bad_pixels, is_spectrum, spectrum_data
 
@@ -238,7 +237,8 @@ def _default_reader(format: str | None) -> Callable[[Path], Iterable[Any]]:
 
 
 def _safe_name(survey: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", survey.strip().lower()) or "unknown"
+    name = survey.strip().lower()
+    return safe_filename(name) if name else "unknown"
 
 
 #: Largest flux magnitude the corpus stores (its flux array is float32).

@@ -428,9 +428,9 @@ def encoder_description(model: nn.Module) -> dict[str, Any]:
         desc["name"] = str(info["name"])
     path = info.get("path")
     if path and os.path.isfile(path):
-        from .pretrained import sha256sum
+        from .pretrained import file_sha256  # cached: load_model already hashed this file
 
-        desc["file_sha256"] = sha256sum(path)
+        desc["file_sha256"] = file_sha256(path)
     return desc
 
 
