@@ -3,6 +3,7 @@ contract-conforming :class:`specutils.Spectrum` objects, units, air->vacuum, ids
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -191,8 +192,13 @@ def parse_unit(text: Any) -> u.UnitBase | None:
     if text is None:
         return None
     s = str(text).strip()
-    if not s:
-        return None
+    return _parse_unit_text(s) if s else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_unit_text(s: str) -> u.UnitBase | None:
+    # astropy's failed parse (with its "did you mean" message) costs ~30 ms; files of one
+    # survey repeat a handful of unit strings, so each is parsed once.
     cands = [s]
     m = re.match(r"^[A-Za-z][A-Za-z ]*\((.*)\)\s*$", s)
     if m:

@@ -217,7 +217,9 @@ def read_fits_image(path, **kwargs) -> list:
             notes: dict = {}
             wave = wavelengths_to_angstrom(wave_values, unit, what=f"the {wave_hdu.name} HDU",
                                            where=str(path), notes=notes)
-            medium = header_medium(wh) if header_medium(wh) != "unknown" else header_medium(prim)
+            medium = header_medium(wh)
+            if medium == "unknown":
+                medium = header_medium(prim)
             wave, medium = to_vacuum(wave, medium)
             description = (f"{wave_hdu.name} image HDU, unit {unit_text!r}" if unit_text
                            else f"{wave_hdu.name} image HDU, no unit")

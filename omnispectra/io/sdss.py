@@ -36,7 +36,6 @@ layouts the fast path does not handle (then the result is the same).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import astropy.units as u
@@ -231,10 +230,7 @@ def load_sdss_arrays(path, fast: bool = True):
     return _load_astropy(path)
 
 
-@functools.lru_cache(maxsize=64)
 def _flux_unit(bunit) -> u.UnitBase:
-    # Parsing '1E-17 erg/cm^2/s/Ang' tries astropy's parser first, whose failure message
-    # ("did you mean ...") cost 30 ms per file: the handful of BUNIT strings are cached.
     return parse_unit(bunit) or FLUX_1E17
 
 

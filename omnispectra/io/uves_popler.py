@@ -34,10 +34,10 @@ from ._common import (
     build_spectrum,
     err_to_ivar,
     file_stem,
-    open_fits,
     put_text,
     survey_from_header,
 )
+from .fits_image import primary_image
 from .registry import FileProbe, register_reader
 
 __all__ = ["read_uves_popler", "identify_uves_popler"]
@@ -103,10 +103,7 @@ def _medium(header) -> tuple[bool, bool]:
 def read_uves_popler(path, **kwargs) -> list:
     """UVES_popler output: rows flux, error, expected fluctuation, continuum, status of one image."""
     path = Path(path)
-    with open_fits(path) as ff:
-        header = ff.header(0).copy()
-        data = ff.image(0, "UVES_popler arrays").astype(np.float64)
-        warn = list(ff.warnings)
+    header, data, warn = primary_image(path, "UVES_popler arrays")
     if data.ndim != 2:
         raise SpectrumFormatError(
             f"{path}: UVES_popler file should hold a 2-D image, found shape {data.shape}")

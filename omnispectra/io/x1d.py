@@ -104,8 +104,8 @@ def read_x1d(path, **kwargs) -> list:
             for wave, flux, err, iv, var, dq, r in _rows(hdu.data, roles):
                 order = th.get("SPORDER", th.get("SLTNAME")) if r is None else (
                     orders[r] if orders is not None else r)
-                pieces.append((i, th, units, roles, unused_error_like(names, roles), wave, flux, err, iv, var,
-                               dq, order))
+                pieces.append((i, th, units, unused_error_like(names, roles), wave, flux, err, iv, var, dq,
+                               order))
         warn = list(ff.warnings)
     if not pieces:
         raise SpectrumFormatError(f"{path}: no EXTRACT1D/SCI table with WAVELENGTH and FLUX columns")
@@ -113,13 +113,13 @@ def read_x1d(path, **kwargs) -> list:
     telescope = _telescope(prim)
     stem = file_stem(path)
     out, errors = [], []
-    for k, (i, th, units, _roles, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
+    obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
+    for k, (i, th, units, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
         sid = stem if len(pieces) == 1 else f"{stem}:{k}"
         where = f"{path} [HDU {i}]"
         try:
             w, assumed = wavelength_in_angstrom(wave, units.get("wave"), where)
             ivar, _ = ivar_from_columns(err, iv, var)
-            obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
             meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
                              medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
             put_text(meta, "instrument", prim.get("INSTRUME"))
