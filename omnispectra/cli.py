@@ -547,9 +547,8 @@ def _predict_command(name: str, verb: str, what: str, probe_task: str | None, do
         model = _load(model_name, device)
         kwargs: dict[str, Any] = {}
         if probe_task is not None:
-            probe = api.resolve_probe(probe_path, probe_task)
-            probe.check_encoder(model)
-            kwargs["probe"] = probe
+            # api checks that the probe belongs to the encoder before reading any input
+            kwargs["probe"] = api.resolve_probe(probe_path, probe_task)
         else:
             kwargs["as_table"] = True
         table = getattr(api, verb)(sources, model=model, batch_size=batch_size, progress=_progress(quiet),

@@ -597,7 +597,7 @@ def list_models() -> list[dict[str, Any]]:
     cache = cache_dir()
     for name, entry in registry.items():
         path = cache / _cache_name(name)
-        cached = path.is_file() and sha256sum(path) == entry["sha256"]
+        cached = path.is_file() and file_sha256(path) == entry["sha256"]
         models.append({"name": name, "source": "registry", "available": cached, "cached": cached,
                        "path": str(path) if cached else None, "url": entry["url"],
                        "sha256": entry["sha256"]})
