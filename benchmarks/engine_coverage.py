@@ -47,10 +47,14 @@ def main(argv=None):
             by_survey[d.survey].append(d)
     library = load_library(args.data / "templates")
     table, examples = {}, {}
+    qso_models = None  # the fits depend on the quasars and templates only: made once
     for survey, ds in sorted(by_survey.items()):
         picked = ds[:: max(len(ds) // args.donors, 1)][: args.donors]
         eng = Engine(library, picked)
-        eng.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
+        if qso_models is None:
+            eng.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
+            qso_models = eng.coefficient_models
+        eng.coefficient_models = qso_models
         row = {}
         for c in CLASSES:
             n_ok = 0

@@ -172,6 +172,12 @@ class RedshiftResult:
     #: The other refined solutions, best first: (spectype, subtype, z, chi2).
     candidates: list[tuple[str, str, float, float]] = field(default_factory=list)
 
+    @classmethod
+    def no_fit(cls, n_pixels: int, flag: Flag) -> RedshiftResult:
+        """The row of a spectrum that could not be fitted (NaN values, ``flag`` says why)."""
+        nan = float("nan")
+        return cls("", "", nan, nan, nan, nan, n_pixels, np.zeros(0), int(flag), "")
+
     @property
     def velocity_kms(self) -> float:
         """Radial velocity (relativistic Doppler) for a star; meaningful for small ``z``."""
@@ -332,11 +338,10 @@ class RedshiftFitter:
         valid = ivar_a > 0
         n_valid = int(valid.sum())
         if n_valid < 10 or np.any(wave <= 0):
-            result = RedshiftResult("", "", float("nan"), float("nan"), float("nan"), float("nan"), n_valid,
-                                    np.zeros(0), int(Flag.BAD_INPUT), "")
+            result = RedshiftResult.no_fit(n_valid, Flag.BAD_INPUT)
             return (result, []) if return_scans else result
         scans, minima = self._coarse_scan(wave, flux_a, ivar_a)
-        result = self._refine(wave, flux_a, ivar_a, minima, scans)
+        result = self._refine(wave, flux_a, ivar_a, minima)
         snr = float(np.median(np.abs(flux_a[valid]) * np.sqrt(ivar_a[valid])))
         if snr < self.config.min_snr:
             result.flag |= int(Flag.LOW_SN)
@@ -452,12 +457,11 @@ class RedshiftFitter:
         chi2 = float(resid @ resid) * n_valid / covered.sum()
         return chi2, coef, coef @ design, covered
 
-    def _refine(self, wave, flux, ivar, minima, scans) -> RedshiftResult:
+    def _refine(self, wave, flux, ivar, minima) -> RedshiftResult:
         cfg = self.config
         n_valid = int((ivar > 0).sum())
         if not minima:
-            return RedshiftResult("", "", float("nan"), float("nan"), float("nan"), float("nan"), n_valid,
-                                  np.zeros(0), int(Flag.LITTLE_COVERAGE), "")
+            return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
         edges = pixel_edges(wave)
         lw = np.log10(wave)
         x = 2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0
@@ -517,8 +521,7 @@ class RedshiftFitter:
                     flag |= Flag.NEGATIVE_MODEL
             refined.append((chi2, p, z_best, z_err, coef, flag))
         if not refined:
-            return RedshiftResult("", "", float("nan"), float("nan"), float("nan"), float("nan"), n_valid,
-                                  np.zeros(0), int(Flag.LITTLE_COVERAGE), "")
+            return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
         refined.sort(key=lambda r: r[0])
         chi2, p, z_best, z_err, coef, flag = refined[0]
         others = [r for r in refined[1:] if r[1].template.spectype != p.template.spectype
