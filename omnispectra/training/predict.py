@@ -136,6 +136,7 @@ class ShardWriter(BasePredictionWriter):
         self.dtype = dtype
         self._pending: dict[int, dict[int, np.ndarray]] = {}
         self._columns: dict[str, np.ndarray] | None = None
+        self._provenance: dict[str, Any] | None = None
 
     def _meta_columns(self) -> dict[str, np.ndarray]:
         if self._columns is None:
@@ -158,8 +159,10 @@ class ShardWriter(BasePredictionWriter):
     def _write(self, k: int, rows: dict[int, np.ndarray], pl_module) -> None:
         positions = np.array(sorted(rows), dtype=np.int64)
         cols = self._meta_columns()
-        meta = provenance_meta(pl_module.model, dtype=self.dtype, device=pl_module.device, kind="embeddings")
-        meta["SHARD"] = int(k)
+        if self._provenance is None:  # the weights are fixed while predicting: hash them once
+            self._provenance = provenance_meta(pl_module.model, dtype=self.dtype, device=pl_module.device,
+                                               kind="embeddings")
+        meta = {**self._provenance, "SHARD": int(k)}
         table = embeddings_table(cols["id"][positions], np.stack([rows[p] for p in positions]),
                                  source_files=cols["source_file"][positions],
                                  surveys=cols["survey"][positions], meta=meta)
