@@ -49,6 +49,7 @@ from omnispectra.engine.donors import donor_from_spectrum
 from omnispectra.engine.generator import Engine, EngineConfig
 from omnispectra.engine.resample import rebin
 from omnispectra.engine.templates import load_library
+from omnispectra.evaluation.stats import wilson_interval
 
 log = logging.getLogger("engine_realism")
 
@@ -281,16 +282,6 @@ def _refine_one(d, z0, spectype, library, half_width, poly):
 
 
 # ----------------------------------------------------------------------------- statistics
-def wilson(k, n, zc=1.96):
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    den = 1 + zc ** 2 / n
-    c = (p + zc ** 2 / (2 * n)) / den
-    h = zc * np.sqrt(p * (1 - p) / n + zc ** 2 / (4 * n * n)) / den
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def discriminator_auc(x_real, g_real, x_eng, g_eng, seed=0, n_boot=1000):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -382,7 +373,7 @@ def render_rst(results: dict, command: str) -> str:
         for c in CLASSES:
             n = sum(r["true"] == c for r in rows)
             k = sum(r["true"] == c and r["pred"] == c for r in rows)
-            lo, hi = wilson(k, n)
+            lo, hi = wilson_interval(k, n)
             parts.append((c, k, n, lo, hi))
         macro = np.mean([k / n for _, k, n, _, _ in parts if n])
         L += ["Without 6dFGS (SDSS/BOSS/eBOSS/SEGUE and LAMOST only): " + ", ".join(
@@ -506,7 +497,7 @@ def main(argv=None):
         rows = [r for r in per_spec if r[1] == c]
         k = sum(r[2] == c for r in rows)
         rec[c] = {"n": len(rows), "correct": k, "recall": k / len(rows) if rows else float("nan"),
-                  "wilson95": wilson(k, len(rows))}
+                  "wilson95": wilson_interval(k, len(rows))}
     results["recall"] = rec
     results["macro_recall"] = float(np.mean([rec[c]["recall"] for c in CLASSES if rec[c]["n"]]))
     results["accuracy"] = float(np.mean([r[1] == r[2] for r in per_spec]))
@@ -526,7 +517,7 @@ def main(argv=None):
         "n": len(zrows),
         "cnn_within_0.01": int(np.sum(dz_cnn < 0.01)), "refined_within_0.01": int(np.sum(dz_ref < 0.01)),
         "cnn_fraction": float(np.mean(dz_cnn < 0.01)), "refined_fraction": float(np.mean(dz_ref < 0.01)),
-        "refined_wilson95": wilson(int(np.sum(dz_ref < 0.01)), len(zrows)),
+        "refined_wilson95": wilson_interval(int(np.sum(dz_ref < 0.01)), len(zrows)),
         "refined_median_dz": float(np.median(dz_ref)), "cnn_median_dz": float(np.median(dz_cnn)),
         "by_class": {c: {"n": int(sum(r[1] == c for r in zrows)),
                          "refined_within_0.01": int(sum((r[1] == c) and d < 0.01

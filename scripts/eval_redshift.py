@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import omnispectra
+from omnispectra.evaluation.stats import wilson_interval
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz
 from omnispectra.tokenizer import spectrum_arrays
@@ -29,19 +30,8 @@ FOLDERS = ("sdss", "6dfgs", "lamost", "vimos", "lijiang")
 SUFFIXES = (".fits", ".fits.gz", ".fit")
 
 
-def wilson(k: int, n: int, zcrit: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + zcrit ** 2 / n
-    mid = (p + zcrit ** 2 / (2 * n)) / den
-    half = zcrit * np.sqrt(p * (1 - p) / n + zcrit ** 2 / (4 * n * n)) / den
-    return mid - half, mid + half
-
-
 def frac(k: int, n: int) -> str:
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return f"{k}/{n} = {k / max(n, 1):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
