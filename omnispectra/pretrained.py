@@ -27,7 +27,7 @@ __all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_weights", "load_wei
            "read_weights_metadata", "read_safetensors_header", "validate_config",
            "expected_tensor_shapes", "sha256sum", "file_sha256",
            "DEFAULT_MODEL", "ModelDownloadError", "load_model", "fetch_model", "list_models",
-           "read_registry", "bundled_weights_path", "cache_dir"]
+           "read_registry", "bundled_weights_path", "bundled_card", "cache_dir"]
 
 WEIGHTS_FORMAT = "omnispectra-weights"
 WEIGHTS_FORMAT_VERSION = 1
@@ -340,7 +340,8 @@ def bundled_weights_path() -> Path:
     return _data_dir() / _BUNDLED_WEIGHTS
 
 
-def _bundled_card() -> dict[str, Any]:
+def bundled_card() -> dict[str, Any]:
+    """The bundled model's card (``omnispectra-default.json``), ``{}`` when absent."""
     card = _data_dir() / _BUNDLED_CARD
     if not card.is_file():
         return {}
@@ -483,7 +484,7 @@ def fetch_model(name: str | os.PathLike = DEFAULT_MODEL, progressbar: bool | Non
                 "load_model() (see omnispectra.pretrained.list_models()), or set "
                 "OMNISPECTRA_DEFAULT_MODEL to a weights file"
             )
-        _check_bundled_digest(path, _bundled_card().get("sha256"))
+        _check_bundled_digest(path, bundled_card().get("sha256"))
         return path
     registry = read_registry()
     if isinstance(name, str) and name in registry:
@@ -591,7 +592,7 @@ def list_models() -> list[dict[str, Any]]:
     models = [{
         "name": DEFAULT_MODEL, "source": "bundled", "available": bundled.is_file(),
         "cached": False, "path": str(bundled) if bundled.is_file() else None,
-        "url": None, "sha256": _bundled_card().get("sha256") if bundled.is_file() else None,
+        "url": None, "sha256": bundled_card().get("sha256") if bundled.is_file() else None,
     }]
     registry = read_registry()
     cache = cache_dir()

@@ -123,20 +123,10 @@ _DESCRIPTIONS = {
 
 def _dtype_name(dtype: Any, device: Any) -> str:
     """``float32``/``bfloat16``/``float16`` for a torch dtype, a name, ``"auto"`` or None."""
-    import torch
+    from .runtime import resolve_dtype  # the one place that knows the dtype names
 
-    if dtype is None:
-        return "float32"
-    if isinstance(dtype, str):
-        if dtype.lower() == "auto":
-            from .api import default_dtype
-
-            return str(default_dtype(device)).removeprefix("torch.")
-        names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-        return names.get(dtype.lower(), dtype.lower())
-    if isinstance(dtype, torch.dtype):
-        return str(dtype).removeprefix("torch.")
-    raise TypeError(f"dtype must be a torch dtype, a name or None, got {type(dtype).__name__}")
+    resolved = resolve_dtype(dtype, device)
+    return "float32" if resolved is None else str(resolved).removeprefix("torch.")
 
 
 def provenance_meta(model: Any, probe: Any = None, dtype: Any = None, device: Any = None,

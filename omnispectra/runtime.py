@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,18 +196,16 @@ class WavelengthSupport(dict):
 
 
 def _card_support(info: dict[str, Any]) -> dict | None:
-    from .pretrained import bundled_weights_path
+    from .pretrained import bundled_card, bundled_weights_path
 
     support = info.get("wavelength_support")
     if support:
         return support
     path = info.get("path")
-    bundled = bundled_weights_path()
-    if path and Path(path).resolve() == bundled.resolve():
-        card = bundled.with_suffix(".json")
+    if path and Path(path).resolve() == bundled_weights_path().resolve():
         try:
-            return json.loads(card.read_text()).get("wavelength_support")
-        except (OSError, json.JSONDecodeError):
+            return bundled_card().get("wavelength_support")
+        except CheckpointError:  # a corrupt card: no support known
             return None
     return None
 
