@@ -35,6 +35,7 @@ __all__ = [
     "file_stem",
     "build_spectrum",
     "err_to_ivar",
+    "placeholder_ivar",
     "air_to_vacuum",
     "parse_unit",
     "radec_object_id",
@@ -226,6 +227,14 @@ def air_to_vacuum(wave_air_angstrom: np.ndarray) -> np.ndarray:
     (Morton 2000 refractive index, exact inversion)."""
     w = np.asarray(wave_air_angstrom, dtype=np.float64)
     return np.asarray(air_to_vac(w * u.AA, scheme="inversion", method="Morton2000").to_value(u.AA))
+
+
+def placeholder_ivar(flux: np.ndarray) -> np.ndarray:
+    """Inverse variance for a file without errors: 1 where the flux is finite, else 0.
+
+    Readers that use it also set ``meta['ivar_is_placeholder'] = True``.
+    """
+    return np.where(np.isfinite(flux), 1.0, 0.0)
 
 
 def err_to_ivar(err: np.ndarray, bad_above: float | None = None) -> np.ndarray:

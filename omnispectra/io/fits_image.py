@@ -53,6 +53,7 @@ from ._common import (
     finish_rows,
     flux_unit_from_header,
     open_fits,
+    placeholder_ivar,
     put_text,
     radec_object_id,
     survey_from_header,
@@ -171,10 +172,6 @@ def primary_image(path: Path, what: str) -> tuple[fits.Header, np.ndarray, list[
         return header, data, list(ff.warnings)
 
 
-def _placeholder_ivar(flux: np.ndarray) -> np.ndarray:
-    return np.where(np.isfinite(flux), 1.0, 0.0)
-
-
 @register_reader("fits_image", identify=identify_fits_image, extensions=(".fits", ".fits.gz", ".fit"),
                  priority=-40)
 def read_fits_image(path, **kwargs) -> list:
@@ -199,7 +196,7 @@ def read_fits_image(path, **kwargs) -> list:
                         None)
         ivar = (uncertainty_to_ivar(np.array(err_hdu.data).reshape(flux.shape),
                                     _ERR_KINDS[err_hdu.name.upper()])
-                if err_hdu is not None else _placeholder_ivar(flux))
+                if err_hdu is not None else placeholder_ivar(flux))
         mask = None if mask_hdu is None else np.array(mask_hdu.data).reshape(flux.shape) != 0
         axis: SpectralAxis | None = None
         if wave_hdu is not None:
@@ -294,7 +291,7 @@ def read_fits_image_rows(path, **kwargs) -> list:
     wave, medium = to_vacuum(wave, header_medium(header))
     flux = rows[others[0]]
     kind = _error_kind(header)
-    ivar = uncertainty_to_ivar(rows[others[1]], kind) if len(others) > 1 else _placeholder_ivar(flux)
+    ivar = uncertainty_to_ivar(rows[others[1]], kind) if len(others) > 1 else placeholder_ivar(flux)
     stem = file_stem(path)
     unit_flux, raw_unit = flux_unit_from_header(header.get("BUNIT", prim.get("BUNIT")))
     meta = base_meta(path, "fits_image_rows", survey_from_header(prim), id=stem,
@@ -384,7 +381,7 @@ def read_iraf_multispec(path, **kwargs) -> list:
         sid = stem if naps == 1 else f"{stem}:{apnum}"
         flux = cube[k_flux, ap]
         ivar = (uncertainty_to_ivar(cube[k_sigma, ap], "sigma") if k_sigma is not None
-                else _placeholder_ivar(flux))
+                else placeholder_ivar(flux))
         meta = base_meta(path, "iraf_multispec", survey_from_header(header), id=sid,
                          object_id=_object_id(header, stem), medium=axes[ap].medium)
         _finish_meta(meta, header, axes[ap], raw_unit, k_sigma is None, warn)

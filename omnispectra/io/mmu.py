@@ -47,6 +47,7 @@ from ._common import (
     err_to_ivar,
     file_stem,
     finish_rows,
+    placeholder_ivar,
     put_class,
     put_label,
     put_text,
@@ -134,7 +135,7 @@ def _one(path, h5, row, survey, stem):
     elif error_key is not None:
         ivar = err_to_ivar(np.asarray(h5[error_key][row]).ravel())
     else:
-        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        ivar = placeholder_ivar(flux)
         placeholder = True
     mask = ((np.asarray(h5["spectrum_mask"][row]).ravel() != 0) if "spectrum_mask" in h5
             else np.zeros(flux.shape, bool))

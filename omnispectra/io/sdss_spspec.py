@@ -31,6 +31,7 @@ from ._common import (
     build_spectrum,
     file_stem,
     flux_unit_from_header,
+    placeholder_ivar,
     put_label,
     radec_object_id,
 )
@@ -99,7 +100,7 @@ def read_sdss_spspec(path, **kwargs) -> list:
     if unit is not None and unit.scale == 1e-17 and finite.size and np.median(np.abs(finite)) < 1e-10:
         unit, note = unit / unit.scale, "values are already erg/s/cm2/A although BUNIT says 1e-17"
     ivar = (uncertainty_to_ivar(rows["ERROR"], "sigma") if "ERROR" in rows
-            else np.where(np.isfinite(flux), 1.0, 0.0))
+            else placeholder_ivar(flux))
     mask = rows["MASK"] != 0 if "MASK" in rows else None
     stem = file_stem(path)
     oid = radec_object_id(h.get("RAOBJ"), h.get("DECOBJ")) or stem

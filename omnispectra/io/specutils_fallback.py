@@ -23,7 +23,15 @@ from astropy.io import registry as io_registry
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError, SpectrumTypeError
 from ..spectrum import ivar_from_uncertainty
-from ._common import Spectrum, SpectrumList, base_meta, build_spectrum, file_stem, survey_from_header
+from ._common import (
+    Spectrum,
+    SpectrumList,
+    base_meta,
+    build_spectrum,
+    file_stem,
+    placeholder_ivar,
+    survey_from_header,
+)
 from .registry import FileProbe, register_reader
 from .spectral_wcs import header_medium, to_vacuum, wavelengths_to_angstrom
 
@@ -60,7 +68,7 @@ def _to_ivar(spec) -> tuple[np.ndarray, bool]:
             return ivar_from_uncertainty(unc), False
     except SpectrumTypeError:  # an uncertainty type we cannot convert: like none at all
         pass
-    return np.where(np.isfinite(spec.flux.value), 1.0, 0.0), True
+    return placeholder_ivar(spec.flux.value), True
 
 
 def _rows(spec):

@@ -52,6 +52,7 @@ from ._common import (
     err_to_ivar,
     file_stem,
     parse_unit,
+    placeholder_ivar,
     survey_from_header,
 )
 from .registry import FileProbe, register_reader
@@ -204,7 +205,7 @@ def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar
         if value:
             meta[key] = value
     if ivar is None:
-        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        ivar = placeholder_ivar(flux)
         meta["ivar_is_placeholder"] = True
     return flux, ivar, unit
 

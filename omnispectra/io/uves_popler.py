@@ -34,6 +34,7 @@ from ._common import (
     build_spectrum,
     err_to_ivar,
     file_stem,
+    placeholder_ivar,
     put_text,
     survey_from_header,
 )
@@ -130,7 +131,7 @@ def read_uves_popler(path, **kwargs) -> list:
     if warn:
         meta["header_warnings"] = warn
     if err is None:
-        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        ivar = placeholder_ivar(flux)
         meta["ivar_is_placeholder"] = True
     else:
         ivar = err_to_ivar(err)

@@ -31,6 +31,7 @@ from ._common import (
     file_stem,
     open_fits,
     parse_unit,
+    placeholder_ivar,
     put_label,
     put_text,
 )
@@ -102,7 +103,7 @@ def read_xsl(path, **kwargs) -> list:
     if err is not None:
         ivar = err_to_ivar(err)
     else:
-        ivar = np.where(np.isfinite(flux), 1.0, 0.0)
+        ivar = placeholder_ivar(flux)
         meta["ivar_is_placeholder"] = True
     bad = np.zeros(flux.shape, bool)
     wmin = prim.get(f"WMIN_{arm}") if arm else None
