@@ -36,6 +36,7 @@ __all__ = [
     "build_spectrum",
     "err_to_ivar",
     "placeholder_ivar",
+    "uncertainty_to_ivar",
     "air_to_vacuum",
     "parse_unit",
     "radec_object_id",
@@ -227,6 +228,22 @@ def air_to_vacuum(wave_air_angstrom: np.ndarray) -> np.ndarray:
     (Morton 2000 refractive index, exact inversion)."""
     w = np.asarray(wave_air_angstrom, dtype=np.float64)
     return np.asarray(air_to_vac(w * u.AA, scheme="inversion", method="Morton2000").to_value(u.AA))
+
+
+def uncertainty_to_ivar(values: np.ndarray, kind: str) -> np.ndarray:
+    """Inverse variance (float64) from ``kind`` = ``'sigma'``, ``'var'`` or ``'ivar'`` values;
+    0 where the input is non-positive or non-finite (or its inverse overflows)."""
+    a = np.asarray(values, dtype=np.float64)
+    if kind == "sigma":
+        return err_to_ivar(a)
+    if kind == "var":
+        with np.errstate(divide="ignore", over="ignore"):
+            ivar = np.where(np.isfinite(a) & (a > 0), 1.0 / np.where(a > 0, a, 1.0), 0.0)
+        ivar[~np.isfinite(ivar)] = 0.0
+        return ivar
+    if kind == "ivar":
+        return np.where(np.isfinite(a) & (a > 0), a, 0.0)
+    raise ValueError(f"unknown uncertainty kind {kind!r}")
 
 
 def placeholder_ivar(flux: np.ndarray) -> np.ndarray:

@@ -48,7 +48,6 @@ from ..exceptions import InvalidSpectrumError, SpectrumFormatError, UnitsError
 from ._common import (
     base_meta,
     build_spectrum,
-    err_to_ivar,
     file_stem,
     finish_rows,
     flux_unit_from_header,
@@ -57,6 +56,7 @@ from ._common import (
     put_text,
     radec_object_id,
     survey_from_header,
+    uncertainty_to_ivar,
 )
 from .registry import FileProbe, register_reader
 from .spectral_wcs import (
@@ -71,7 +71,7 @@ from .spectral_wcs import (
 
 __all__ = ["primary_image", "read_fits_image", "read_fits_image_rows", "read_iraf_multispec",
            "identify_fits_image", "identify_fits_image_rows", "identify_iraf_multispec",
-           "uncertainty_to_ivar"]
+]
 
 _FLUX_NAMES = ("FLUX", "SCI", "SPEC", "SPECTRUM", "DATA", "PRIMARY")
 _WAVE_NAMES = ("WAVELENGTH", "WAVE", "LAMBDA", "WAVELEN", "WAVES")
@@ -81,19 +81,6 @@ _ERR_KINDS = {"ERROR": "sigma", "ERR": "sigma", "SIGMA": "sigma", "STDDEV": "sig
 _MASK_NAMES = ("MASK", "DQ", "QUALITY", "BADPIX")
 #: Rest-frame threshold on an IRAF dopcor shift (smaller ones are heliocentric corrections).
 _DOPCOR_REST = 1e-3
-
-
-def uncertainty_to_ivar(values: np.ndarray, kind: str) -> np.ndarray:
-    """Inverse variance from sigma (``'sigma'``), variance (``'var'``) or ivar (``'ivar'``);
-    0 where the input is non-positive or non-finite."""
-    a = np.asarray(values, dtype=np.float64)
-    if kind == "sigma":
-        return err_to_ivar(a)
-    if kind == "var":
-        return err_to_ivar(np.sqrt(np.where(a > 0, a, np.nan)))
-    if kind == "ivar":
-        return np.where(np.isfinite(a) & (a > 0), a, 0.0)
-    raise ValueError(f"unknown uncertainty kind {kind!r}")
 
 
 def _is_iraf_spec(header) -> bool:

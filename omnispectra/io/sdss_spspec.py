@@ -34,8 +34,9 @@ from ._common import (
     placeholder_ivar,
     put_label,
     radec_object_id,
+    uncertainty_to_ivar,
 )
-from .fits_image import primary_image, uncertainty_to_ivar
+from .fits_image import primary_image
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header, wavelengths_to_angstrom
 

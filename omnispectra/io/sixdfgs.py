@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import SpectrumFormatError
-from ._common import base_meta, build_spectrum, file_stem, put_label, put_text
-from .fits_image import primary_image, uncertainty_to_ivar
+from ._common import base_meta, build_spectrum, file_stem, put_label, put_text, uncertainty_to_ivar
+from .fits_image import primary_image
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header
 

@@ -49,11 +49,11 @@ from ._common import (
     air_to_vacuum,
     base_meta,
     build_spectrum,
-    err_to_ivar,
     file_stem,
     parse_unit,
     placeholder_ivar,
     survey_from_header,
+    uncertainty_to_ivar,
 )
 from .registry import FileProbe, register_reader
 
@@ -212,17 +212,9 @@ def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar
 
 def ivar_from_columns(err=None, ivar=None, var=None) -> tuple[np.ndarray | None, str | None]:
     """Inverse variance from whichever uncertainty column exists, and which kind was used."""
-    if err is not None:
-        return err_to_ivar(err), "error"
-    if ivar is not None:
-        iv = np.array(ivar, dtype=np.float64)
-        iv[~np.isfinite(iv) | (iv < 0)] = 0.0
-        return iv, "ivar"
-    if var is not None:
-        v = np.asarray(var, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            iv = np.where(np.isfinite(v) & (v > 0), 1.0 / v, 0.0)
-        return iv, "variance"
+    for values, kind, name in ((err, "sigma", "error"), (ivar, "ivar", "ivar"), (var, "var", "variance")):
+        if values is not None:
+            return uncertainty_to_ivar(values, kind), name
     return None, None
 
 
