@@ -49,9 +49,11 @@ CLASSES = ("GALAXY", "QSO", "STAR")
 #: Native redshift ranges of the QSO bases (their REDSHIFTS HDUs: LOZ 0.05-1.6, HIZ 1.4-7).
 QSO_BASIS_Z = {"LOZ": (0.0, 1.6), "HIZ": (1.4, 7.0)}
 _PYHAMMER = "pyhammer"
-#: A template may go onto a grid whose line spread is up to this factor *narrower* than
-#: its own nominal one (R ~ 2000 is approximate, and SDSS wdisp varies by ~10% across
-#: fibres); anything sharper (DESI, LAMOST MRS, X-shooter, LEGA-C) is refused.
+#: A template may go onto a grid on which its sharpest features would be up to this
+#: factor narrower than in the template (R ~ 2000 is approximate, and SDSS wdisp varies
+#: by ~10% across fibres; :meth:`TemplateBasis.line_width_ratio`). PyHammer stars on
+#: sharper grids (DESI, LAMOST MRS, X-shooter, LEGA-C) are refused; quasars, whose lines
+#: are intrinsically broad, are not.
 SIGMA_TOLERANCE = 1.25
 
 
@@ -218,7 +220,7 @@ class Engine:
         donor = self.donors[donor_index]
         out = []
         for t in self.library.by_class(spectype):
-            if t.sigma_kms > SIGMA_TOLERANCE * donor.median_sigma_kms:  # broaden only downward
+            if t.line_width_ratio(donor.median_sigma_kms) > SIGMA_TOLERANCE:  # broaden only downward
                 continue
             lo, hi = self._window(t, donor_index)
             clo, chi = self._class_range(t)

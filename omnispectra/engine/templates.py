@@ -19,7 +19,11 @@ Resolution: each :class:`TemplateBasis` records the Gaussian sigma (km/s) of its
 line spread. The QSO/CV bases and the PyHammer composites come from SDSS/BOSS spectra
 (R ~ 2000: sigma 64 km/s); the Redrock star and galaxy bases are treated as
 unresolved (sigma 0). The observer broadens only downward: a template is never put on
-a grid whose line spread is narrower than its own.
+a grid whose line spread is narrower than its own, unless the source's own features
+are much wider than both (quasars: :data:`QSO_INTRINSIC_SIGMA_KMS`), so that the
+template's line spread changes what the sharper grid would show by a few per cent
+(:meth:`TemplateBasis.line_width_ratio`). That is why quasars go onto DESI, LAMOST MRS,
+X-shooter and LEGA-C grids while the PyHammer stars do not.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ logger = logging.getLogger(__name__)
 FINE_DLOGLAM = 2e-5
 #: Line-spread sigma of templates built from SDSS/BOSS spectra (R ~ 2000).
 SURVEY_GRADE_SIGMA_KMS = C_KMS / (2000.0 * 2.3548)
+#: Gaussian sigma of the narrowest *intrinsic* features of quasar spectra: the narrow
+#: forbidden lines of the narrow-line region ([O III] 5007 has sigma ~ 150-400 km/s;
+#: broad lines are far wider). Convolving 150 km/s with the bases' own 64 km/s widens
+#: them by only 9%, so the R ~ 2000 QSO bases are faithful on any sharper grid too.
+QSO_INTRINSIC_SIGMA_KMS = 150.0
 
 _PYHAMMER_NAME = re.compile(r"^(?P<type>[OBAFGKML]\d(?:\.\d)?)(?:_(?P<feh>[+-]\d\.\d)_Dwarf)?$")
 
@@ -77,6 +86,9 @@ class TemplateBasis:
         Coefficient rows of real template spectra (Redrock ``ARCHETYPE_COEFF``).
     sigma_kms : float
         Gaussian sigma of the template's own line spread.
+    intrinsic_sigma_kms : float
+        Gaussian sigma of the source's narrowest intrinsic features (0: unknown or
+        unresolved, e.g. stellar absorption lines); see :meth:`line_width_ratio`.
     fe_h : float
         [Fe/H] of a PyHammer dwarf composite (NaN otherwise). A 0.5-dex bin: metadata,
         never a training label.
@@ -90,8 +102,18 @@ class TemplateBasis:
     basis: np.ndarray
     archetypes: np.ndarray | None = None
     sigma_kms: float = 0.0
+    intrinsic_sigma_kms: float = 0.0
     fe_h: float = float("nan")
     source: str = ""
+
+    def line_width_ratio(self, target_sigma_kms: float) -> float:
+        """How much wider this template's sharpest features are than the same features
+        seen through a line spread of ``target_sigma_kms``: ``sqrt(s_t^2 + s_i^2) /
+        sqrt(s_target^2 + s_i^2)`` with ``s_t`` the template's own line spread and ``s_i``
+        the source's intrinsic width (1 or less: the template may be broadened to the target)."""
+        own = np.hypot(self.sigma_kms, self.intrinsic_sigma_kms)
+        target = np.hypot(float(target_sigma_kms), self.intrinsic_sigma_kms)
+        return float(own / target) if target > 0 else (1.0 if own == 0 else float("inf"))
 
     @property
     def n_pix(self) -> int:
@@ -174,9 +196,11 @@ def load_redrock(path: str | os.PathLike, dloglam: float = FINE_DLOGLAM) -> Temp
         loglam0, basis = _to_log_grid(crval + cdelt * idx, basis, dloglam)
         step = dloglam
     sigma = SURVEY_GRADE_SIGMA_KMS if spectype == "QSO" or subtype == "CV" else 0.0
+    intrinsic = QSO_INTRINSIC_SIGMA_KMS if spectype == "QSO" else 0.0
     name = f"redrock:{spectype}" + (f"-{subtype}" if subtype else "")
     return TemplateBasis(name=name, spectype=spectype, subtype=subtype, loglam0=loglam0, dloglam=step,
-                         basis=basis, archetypes=arche, sigma_kms=sigma, source=str(path))
+                         basis=basis, archetypes=arche, sigma_kms=sigma, intrinsic_sigma_kms=intrinsic,
+                         source=str(path))
 
 
 def load_pyhammer(path: str | os.PathLike) -> TemplateBasis:

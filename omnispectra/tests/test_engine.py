@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -219,3 +220,25 @@ def test_simulate_command_writes_a_labelled_corpus(tmp_path):
     reader = open_corpus(next(tmp_path.glob("sim*.h5")))
     assert len(reader) == 3 and set(reader.column("class")) == {"GALAXY"}
     assert np.all(np.isfinite(reader.column("z")))
+
+
+def test_sharp_grid_takes_broad_lined_quasars_but_not_survey_grade_stars():
+    """Broaden only downward, except where the source's own lines are much wider than
+    the template's line spread (quasars): the R ~ 2000 QSO basis may go onto a grid of
+    sigma 20 km/s, an R ~ 2000 stellar composite may not, unresolved bases always may."""
+    from omnispectra.engine.templates import QSO_INTRINSIC_SIGMA_KMS, SURVEY_GRADE_SIGMA_KMS
+
+    qso = _log_template("redrock:QSO-LOZ", "QSO", "LOZ", 1330, 9600, _continuum, sigma=SURVEY_GRADE_SIGMA_KMS)
+    qso = dataclasses.replace(qso, intrinsic_sigma_kms=QSO_INTRINSIC_SIGMA_KMS)
+    star = _log_template("pyhammer:K5", "STAR", "K5", 3000, 11000, _continuum,
+                         archetypes=np.ones((1, 1)), sigma=SURVEY_GRADE_SIGMA_KMS)
+    gal = _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum, archetypes=np.array([[1.0, 0.2]]))
+    sharp = _donor(0)
+    sharp.sigma_kms = np.full(sharp.wave.size, 20.0)
+    eng = generator.Engine(TemplateLibrary([qso, star, gal]), [sharp])
+    assert [t.name for t, *_ in eng.candidates("QSO", 0)] == ["redrock:QSO-LOZ"]
+    assert eng.candidates("STAR", 0) == []
+    assert len(eng.candidates("GALAXY", 0)) == 1
+    assert qso.line_width_ratio(20.0) < generator.SIGMA_TOLERANCE < star.line_width_ratio(20.0)
+    # without the intrinsic width the quasar basis would be refused like the star
+    assert dataclasses.replace(qso, intrinsic_sigma_kms=0.0).line_width_ratio(20.0) > generator.SIGMA_TOLERANCE
