@@ -46,6 +46,7 @@ __all__ = [
     "OmniSpectra",
     "sinusoidal_encoding",
     "masked_reconstruction_loss",
+    "reconstruction_weights",
     "HUBER_DELTA",
     "attention_backends",
     "forward_flops",
@@ -459,6 +460,17 @@ def forward_flops(config: OmniSpectraConfig, n_tokens: Any, head: bool = False) 
     return per_token * float(n.sum()) + attention
 
 
+def reconstruction_weights(target: torch.Tensor, loss_mask: torch.Tensor,
+                           pixel_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """0/1 float weights (B, T, p+2) of the elements the reconstruction loss averages
+    over: ``mu``, ``sigma`` and the valid pixels of masked valid tokens."""
+    weight = loss_mask[..., None].expand_as(target).to(torch.float32)  # (B, T, p+2)
+    if pixel_valid is not None:
+        weight = weight.clone()
+        weight[..., 2:] *= pixel_valid.to(torch.float32)
+    return weight
+
+
 def masked_reconstruction_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -486,10 +498,7 @@ def masked_reconstruction_loss(
         equals the squared error for ``|error| <= delta`` and grows as
         ``2 delta |error| - delta**2`` beyond (pretraining uses :data:`HUBER_DELTA`).
     """
-    weight = loss_mask[..., None].expand_as(target).to(torch.float32)  # (B, T, p+2)
-    if pixel_valid is not None:
-        weight = weight.clone()
-        weight[..., 2:] *= pixel_valid.to(torch.float32)
+    weight = reconstruction_weights(target, loss_mask, pixel_valid)
     if huber_delta is None:
         err = (pred.float() - target.float()) ** 2
     else:

@@ -1,12 +1,19 @@
 """Export a finished pretraining run as the bundled default model.
 
 Writes ``omnispectra-default.safetensors`` (config + encoder tensors, no optimizer) and
-``omnispectra-default.json`` (the model card: config, sha256, training corpus summary,
-final validation MSE, throughput, the command that reproduces it) into ``--output``.
+``omnispectra-default.json`` (the model card: config, sha256, training data per survey
+and the engine's share per source and class, steps, wall time, hardware, validation MSE
+on the *real* validation spectra per survey, the command that reproduces it) into
+``--output``. The wavelength support (per survey and overall, valid pixels of the
+training spectra) and the kinds of spectra trained on are stored in the weights file's
+provenance *and* in the card, so readers and predictors can tell "outside what the
+model learned".
 
 Usage::
 
-    python scripts/make_bundled.py runs/bundled corpus/*.h5 -o omnispectra/data/
+    python scripts/make_bundled.py runs/bundled -o omnispectra/data/ --hardware "2-core CPU"
+
+The corpus files are those of the run's ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from omnispectra import __version__
-from omnispectra.corpus import corpus_info
+from omnispectra.engine.stream import is_engine_survey
 from omnispectra.training import SpectraDataModule
-from omnispectra.training.train import TrainConfig, export_checkpoint
+from omnispectra.training.train import TrainConfig, export_checkpoint, load_checkpoint_model
+from omnispectra.training.validation import reconstruction_mse_by_survey
 
 
 def _metrics(run: Path) -> tuple[list[dict], list[dict]]:
@@ -34,32 +42,76 @@ def _metrics(run: Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
+def training_data(data: SpectraDataModule) -> tuple[dict, dict]:
+    """Wavelength support and kinds of the spectra on the training side of ``data``.
+
+    Support: per survey the min/max of valid-pixel wavelengths (vacuum Angstrom) and
+    the overall range. Kinds: per real survey the count per class label ("" when
+    unlabelled); for engine surveys the count per template family and class.
+    """
+    train = data.train_dataset
+    surveys = train.surveys
+    classes = train.column("class").astype(str)
+    sources = train.column("source_file").astype(str)
+    ranges: dict[str, list[float]] = {}
+    real: dict[str, dict[str, int]] = {}
+    engine_by_class: dict[str, int] = {}
+    engine_by_source: dict[str, int] = {}
+    for i in range(len(train)):
+        wave, _flux, ivar, mask = train.arrays(i)
+        good = wave[(ivar > 0) & ~mask.astype(bool)]
+        survey = str(surveys[i])
+        if good.size:
+            lo, hi = ranges.get(survey, [np.inf, -np.inf])
+            ranges[survey] = [min(lo, float(good.min())), max(hi, float(good.max()))]
+        if is_engine_survey(survey):
+            engine_by_class[classes[i]] = engine_by_class.get(classes[i], 0) + 1
+            # "engine:redrock:STAR-K|donor:..." -> "redrock:STAR-K"; PyHammer composites as one source
+            family = sources[i].split("|")[0].removeprefix("engine:")
+            family = "pyhammer" if family.startswith("pyhammer:") else family
+            engine_by_source[family] = engine_by_source.get(family, 0) + 1
+        else:
+            real.setdefault(survey, {})
+            real[survey][classes[i]] = real[survey].get(classes[i], 0) + 1
+    counts = {s: int(np.sum(surveys == s)) for s in ranges}
+    support = {
+        "unit": "Angstrom (vacuum), valid pixels",
+        "overall": [round(min(r[0] for r in ranges.values()), 2), round(max(r[1] for r in ranges.values()), 2)],
+        "surveys": {s: {"min": round(r[0], 2), "max": round(r[1], 2), "spectra": counts[s]}
+                    for s, r in sorted(ranges.items())},
+        "source": "scripts/make_bundled.py over the training side of the run's corpus",
+    }
+    kinds = {"real": real, "engine": {"by_class": engine_by_class, "by_source": engine_by_source}}
+    return support, kinds
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="run directory of `omnispectra train`")
-    parser.add_argument("corpus", nargs="+", help="the corpus files the run trained on")
     parser.add_argument("-o", "--output", type=Path, default=Path("omnispectra/data"))
+    parser.add_argument("--hardware", required=True, help="what the run trained on, in words")
+    parser.add_argument("--command", required=True, help="the commands that reproduce the run")
     parser.add_argument("--checkpoint", default="last.ckpt", help="checkpoint file in <run>/checkpoints")
     args = parser.parse_args(argv)
 
     config = TrainConfig.from_yaml(args.run / "config.yaml")
     result = json.loads((args.run / "result.json").read_text())
     train_rows, val_rows = _metrics(args.run)
-    data = SpectraDataModule(args.corpus, batch_size=config.batch_size, num_workers=0,
-                             val_fraction=config.val_fraction, seed=config.seed)
+    data = SpectraDataModule(config.corpus, batch_size=32, num_workers=0, val_fraction=config.val_fraction,
+                             seed=config.seed, survey_weights=config.survey_weights,
+                             engine_fraction=config.engine_fraction)
     split = data.describe()
-    info = corpus_info(args.corpus)
-    surveys = {name: {"spectra": s.get("n_spectra", s.get("count")), **split["surveys"].get(name, {})}
-               for name, s in info.get("surveys", {}).items()}
+    support, kinds = training_data(data)
+    checkpoint = args.run / "checkpoints" / args.checkpoint
+    val_mse = reconstruction_mse_by_survey(load_checkpoint_model(checkpoint), data)
     speed = [float(r["spectra_per_s"]) for r in train_rows[10:] if r.get("spectra_per_s")]
     card = {
         "name": "omnispectra-default",
         "omnispectra_version": __version__,
         "preset": config.preset,
         "training": {
-            "command": "omnispectra corpus build ../shared/data -o corpus/ && "
-                       "omnispectra train corpus/*.h5 --config configs/bundled.yaml -o runs/bundled",
+            "command": args.command,
             "settings": config.to_dict() | {"corpus": [Path(p).name for p in config.corpus]},
             "steps": result["steps"],
             "wall_time_s": round(result["wall_time_s"], 1),
@@ -67,18 +119,26 @@ def main(argv=None) -> dict:
             "validation_mse_curve": [[int(r["step"]), round(float(r["val_loss"]), 4)] for r in val_rows],
             "final_validation_mse": round(float(val_rows[-1]["val_loss"]), 4) if val_rows else None,
             "first_train_loss": round(float(train_rows[0]["train_loss"]), 4) if train_rows else None,
-            "hardware": "2-core CPU (no GPU), bf16 autocast",
+            "hardware": args.hardware,
+            "real_validation_mse_by_survey": {k: {"mse": round(v["mse"], 4), "n_spectra": v["n_spectra"]}
+                                              for k, v in val_mse.items()},
         },
         "corpus": {"n_train": split["n_train"], "n_val": split["n_val"], "n_dropped": split["n_dropped"],
-                   "surveys": surveys,
-                   "source": "the real spectra of the project's shared data folder (SDSS/BOSS/eBOSS, "
-                             "MILES, APOGEE, DESI EDR, LAMOST, MaNGA, X-shooter, LEGA-C); see SOURCES.md"},
+                   "surveys": split["surveys"], "engine_fraction": config.engine_fraction,
+                   "split": {"rule": "omnispectra.splits object hash", "fraction": config.val_fraction,
+                             "seed": config.seed, "engine spectra": "always training side"},
+                   "kinds": kinds,
+                   "source": "real spectra of the project's shared data folder (see SOURCES.md) and "
+                             "engine spectra (omnispectra simulate: Redrock and PyHammer templates "
+                             "observed through training-side real donors)"},
+        "wavelength_support": support,
         "licence": "BSD-3-Clause (weights); training data are public survey products",
     }
     args.output.mkdir(parents=True, exist_ok=True)
     weights = args.output / "omnispectra-default.safetensors"
-    card["sha256"] = export_checkpoint(args.run / "checkpoints" / args.checkpoint, weights,
-                                       info={"card": "omnispectra-default.json"})
+    card["sha256"] = export_checkpoint(checkpoint, weights, overwrite=True,
+                                       info={"card": "omnispectra-default.json", "wavelength_support": support,
+                                             "kinds": kinds})
     card["size_bytes"] = weights.stat().st_size
     (args.output / "omnispectra-default.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({k: card[k] for k in ("sha256", "size_bytes")} | {

@@ -31,10 +31,18 @@ from .donors import donor_from_spectrum, select_side
 from .generator import Engine, EngineConfig, EngineSample
 from .templates import load_library
 
-__all__ = ["EngineDataset", "MixedDataset", "RealPool", "build_engine", "engine_spectrum",
-           "write_engine_corpus"]
+__all__ = ["ENGINE_SURVEY_PREFIX", "EngineDataset", "MixedDataset", "RealPool", "build_engine",
+           "engine_spectrum", "is_engine_survey", "write_engine_corpus"]
 
 logger = logging.getLogger(__name__)
+
+#: Engine spectra written into a corpus carry the survey ``engine_<donor survey>``.
+ENGINE_SURVEY_PREFIX = "engine_"
+
+
+def is_engine_survey(survey: str) -> bool:
+    """Whether a corpus survey name holds engine (simulated) spectra."""
+    return str(survey).startswith(ENGINE_SURVEY_PREFIX)
 
 
 def _rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -153,13 +161,13 @@ def engine_spectrum(sample: EngineSample):
 
     meta = {"id": sample.meta.get("id", ""),
             "object_id": sample.meta.get("object_id", sample.meta.get("id", "")),
-            "survey": f"engine_{sample.meta.get('survey', 'unknown')}", "format": "engine",
+            "survey": f"{ENGINE_SURVEY_PREFIX}{sample.meta.get('survey', 'unknown')}", "format": "engine",
             "source_file": f"engine:{sample.meta.get('template', sample.meta.get('source_id', ''))}"
                            f"|donor:{sample.meta.get('donor_id', '')}",
             "rest_frame": False, **{k: v for k, v in sample.labels.items() if v not in (None, "")}}
     return Spectrum(spectral_axis=sample.wave * u.AA,
                     flux=sample.flux.astype(np.float32) * u.dimensionless_unscaled,
-                    uncertainty=InverseVariance(sample.ivar.astype(np.float32)), mask=sample.mask.copy(),
+                    uncertainty=InverseVariance(np.asarray(sample.ivar, dtype=np.float64)), mask=sample.mask.copy(),
                     meta=meta)
 
 

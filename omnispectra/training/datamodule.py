@@ -37,10 +37,42 @@ from torch.utils.data import DataLoader
 
 from ..collate import Collator, LengthBucketSampler
 from ..dataset import SpectrumDataset, WeightedLengthBucketSampler, split_by_object
+from ..engine.stream import is_engine_survey
 from ..masking import MASK_RATIO
 from ..tokenizer import PATCH_SIZE, STRIDE
 
-__all__ = ["SpectraDataModule"]
+__all__ = ["SpectraDataModule", "mixture_weights"]
+
+
+def mixture_weights(surveys: Sequence[str], survey_weights: Mapping[str, float],
+                    engine_fraction: float) -> dict[str, float]:
+    """Per-survey sampling weights that give engine surveys ``engine_fraction`` of the draws.
+
+    Real surveys keep their ``survey_weights`` (1 when not named); every engine survey
+    gets one common weight ``w`` chosen so that ``w * n_engine / (w * n_engine +
+    sum_real w_g n_g) = engine_fraction``; inside the engine share, surveys keep their
+    natural proportions. An engine survey named in ``survey_weights`` is scaled by it.
+
+    Raises
+    ------
+    ValueError
+        ``engine_fraction`` outside [0, 1), or > 0 with no engine (or no real) spectra.
+    """
+    if not 0.0 <= engine_fraction < 1.0:
+        raise ValueError(f"engine_fraction must be in [0, 1), got {engine_fraction}")
+    names, counts = np.unique(np.asarray(surveys, dtype=str), return_counts=True)
+    engine = {n: int(c) for n, c in zip(names, counts, strict=True) if is_engine_survey(n)}
+    real = {n: int(c) for n, c in zip(names, counts, strict=True) if not is_engine_survey(n)}
+    real_mass = sum(float(survey_weights.get(n, 1.0)) * c for n, c in real.items())
+    engine_mass = sum(float(survey_weights.get(n, 1.0)) * c for n, c in engine.items())
+    weights = {n: float(survey_weights.get(n, 1.0)) for n in real}
+    if engine_fraction == 0.0:
+        return weights | {n: 0.0 for n in engine}
+    if engine_mass <= 0 or real_mass <= 0:
+        raise ValueError(f"engine_fraction {engine_fraction} needs engine and real training spectra "
+                         f"(engine: {sorted(engine)}, real: {sorted(real)})")
+    scale = engine_fraction / (1.0 - engine_fraction) * real_mass / engine_mass
+    return weights | {n: float(survey_weights.get(n, 1.0)) * scale for n in engine}
 
 
 class _TrainerEpochSampler(torch.utils.data.Sampler[list]):
@@ -107,6 +139,12 @@ class SpectraDataModule(L.LightningDataModule):
         None keeps the natural mix.
     samples_per_epoch : int, optional
         Draws per epoch with ``survey_weights`` (default: the training set size).
+    engine_fraction : float, optional
+        Share of training draws that come from engine (simulated, ``engine_*``) surveys,
+        whatever their size; the real surveys keep their relative ``survey_weights``
+        (see :func:`mixture_weights`). None keeps the natural mix. Engine spectra are
+        never validation spectra: they are not evidence about real data, and their
+        noise donors are training-side already.
     labels : sequence of str, optional
         Label columns to carry in the batches (``Batch.labels``).
     drop_last : bool
@@ -130,6 +168,7 @@ class SpectraDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         labels: Sequence[str] | None = None,
         drop_last: bool = False,
+        engine_fraction: float | None = None,
     ) -> None:
         super().__init__()
         self.corpus = corpus
@@ -147,6 +186,9 @@ class SpectraDataModule(L.LightningDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.labels = labels
         self.drop_last = drop_last
+        if engine_fraction is not None and not 0.0 <= engine_fraction < 1.0:
+            raise ValueError(f"engine_fraction must be in [0, 1), got {engine_fraction}")
+        self.engine_fraction = engine_fraction
         self.dataset: SpectrumDataset | None = None
         self.train_dataset: SpectrumDataset | None = None
         self.val_dataset: SpectrumDataset | None = None
@@ -160,8 +202,13 @@ class SpectraDataModule(L.LightningDataModule):
             return
         self.dataset = SpectrumDataset(self.corpus, patch_size=self.patch_size, stride=self.stride,
                                        labels=self.labels)
-        train_idx, val_idx = split_by_object(self.dataset.object_ids, self.dataset.surveys,
-                                             self.val_fraction, seed=self.seed)
+        surveys = np.asarray(self.dataset.surveys, dtype=str)
+        synthetic = np.array([is_engine_survey(s) for s in surveys], dtype=bool)
+        real = np.flatnonzero(~synthetic)
+        train_idx, val_idx = split_by_object(np.asarray(self.dataset.object_ids, dtype=str)[real],
+                                             surveys[real], self.val_fraction, seed=self.seed)
+        train_idx = np.sort(np.concatenate([real[train_idx], np.flatnonzero(synthetic)]))
+        val_idx = real[val_idx]
         self.train_dataset = self.dataset.subset(train_idx)
         self.val_dataset = self.dataset.subset(val_idx)
 
@@ -201,8 +248,11 @@ class SpectraDataModule(L.LightningDataModule):
         ds = self.train_dataset
         common = dict(batch_size=self.batch_size, pool_size=self.pool_size, drop_last=self.drop_last,
                       seed=self.seed, num_replicas=num_replicas, rank=rank, with_epoch=True)
-        if self.survey_weights:
-            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, self.survey_weights,
+        weights = self.survey_weights
+        if self.engine_fraction is not None:
+            weights = mixture_weights(ds.surveys, self.survey_weights or {}, self.engine_fraction)
+        if weights:
+            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, weights,
                                                num_samples=self.samples_per_epoch, **common)
         return LengthBucketSampler(ds.token_lengths, shuffle=True, **common)
 

@@ -68,6 +68,7 @@ class TrainConfig:
     num_nodes: int = 1
     bucket_pool: int | None = None                     # spectra per length-sorting pool
     survey_weights: dict[str, float] | None = None     # per-survey sampling weights (1 = natural mix)
+    engine_fraction: float | None = None               # share of draws from engine_* surveys (None: natural)
     progress: bool = True
 
     @classmethod
@@ -156,6 +157,9 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"training setting {key}={value!r} must be a number >= 0")
         if key in ("num_workers", "seed") and type(value) is not int:
             raise ConfigError(f"training setting {key}={value!r} must be an integer")
+        if key == "engine_fraction" and value is not None and not (
+                type(value) in (int, float) and 0 <= value < 1):
+            raise ConfigError(f"training setting engine_fraction={value!r} must be a number in [0, 1)")
         if key == "model" and not isinstance(value, dict):
             raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
         if key == "corpus":
@@ -293,6 +297,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
         mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
+        engine_fraction=config.engine_fraction,
     )
     try:
         data.setup("fit")
