@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import logging
+
 import numpy as np
 
 from .exceptions import (
@@ -60,9 +62,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .model import OmniSpectra
 
-__all__ = ["embed", "reconstruct", "anomaly_score", "Reconstruction", "token_summary",
+__all__ = ["embed", "reconstruct", "anomaly_score", "anomaly_statistic", "anomaly_threshold", "masked_chi2",
+           "ANOMALY_MODEL_FLOOR", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
            "resolve_probe", "default_dtype", "PROBE_FILES"]
+
+logger = logging.getLogger(__name__)
 
 _POOL_FACTOR = 32  # spectra held (tokenized) at once = _POOL_FACTOR * batch_size
 
@@ -79,8 +84,14 @@ def _with_context(err: OmniSpectraError, context: str) -> OmniSpectraError:
 
 
 def _tokens_for(item: InputItem, patch_size: int, stride: int,
-                support: WavelengthSupport | None) -> Tokens:
-    """Tokens of one input, checked against the model's wavelength support."""
+                support: WavelengthSupport | None, measure: bool = False) -> Tokens:
+    """Tokens of one input, checked against the model's wavelength support.
+
+    With ``measure``, ``tok.meta`` also gets ``quality`` (:class:`~omnispectra.flags.SpectrumQuality`,
+    for the flags) and ``pixel_ivar`` (``(T, p)`` inverse variance in the tokenizer's
+    normalized flux units, 0 on invalid pixels; None without uncertainties), which the
+    anomaly statistic needs.
+    """
     obj = item.spectrum
     context = f"spectrum {item.id!r}" + ("" if item.source.startswith("input ") else f" ({item.source})")
     try:
@@ -101,15 +112,37 @@ def _tokens_for(item: InputItem, patch_size: int, stride: int,
     except OmniSpectraError as err:
         raise _with_context(err, context) from err
     tok.meta = {**tok.meta, "id": item.id}
+    if measure:
+        tok.meta["quality"], tok.meta["pixel_ivar"] = _measure(obj, tok, support)
     return tok
 
 
+def _measure(obj: Any, tok: Tokens, support: WavelengthSupport | None):
+    """``(SpectrumQuality, pixel ivar (T, p) in normalized units or None)`` of one input."""
+    from .flags import SpectrumQuality, spectrum_quality, support_fraction
+
+    n_valid_tokens = int(tok.valid.sum())
+    if isinstance(obj, Tokens):  # no pixels left: only what the tokens tell
+        return SpectrumQuality(n_valid_tokens, float("nan"),
+                               support_fraction(tok.wavelength[tok.valid], support)), None
+    data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
+    ivar = data.ivar if data.has_ivar else None
+    quality = spectrum_quality(data.wavelength, data.flux, ivar, data.bad, n_valid_tokens, support)
+    if ivar is None:
+        return quality, None
+    index = patch_index(tok.n_pixels, tok.patch_size, tok.stride)
+    safe = np.minimum(index, tok.n_pixels - 1)
+    # the ivar of normalized flux f / scale is ivar * scale**2
+    pixel_ivar = np.where(tok.pixel_valid, ivar[safe] * tok.normalization.scale ** 2, 0.0)
+    return quality, pixel_ivar.astype(np.float64)
+
+
 def _inputs(spectra: Any, net: OmniSpectra, format: str | None, on_error: str,
-            workers: int | None) -> Inputs:
+            workers: int | None, measure: bool = False) -> Inputs:
     cfg = net.config
     support = wavelength_support(net)
     return Inputs(spectra, format=format, on_error=on_error, workers=workers,
-                  prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support))
+                  prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support, measure))
 
 
 def _progress_bar(progress: Any, total: int | None, desc: str):
@@ -193,7 +226,7 @@ def _run(
     return results, kept
 
 
-def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
+def _meta(net: OmniSpectra, inputs: Inputs, torch_dtype: Any, probe: Any = None,
           kind: str | None = None) -> dict[str, Any]:
     """What every result table's ``meta`` holds: provenance, counts, skipped inputs.
 
@@ -204,7 +237,7 @@ def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
     from .results import provenance_meta
 
     return {
-        **provenance_meta(net, probe=probe, dtype=dtype, kind=kind),
+        **provenance_meta(net, probe=probe, dtype=torch_dtype, kind=kind),
         "n_inputs": inputs.n_inputs,
         "n_read": inputs.n_read,
         "n_skipped": len(inputs.skipped),
@@ -212,24 +245,85 @@ def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
     }
 
 
-def _embeddings(spectra, net, batch_size, dtype, progress, format, on_error, workers):
-    """``(vectors (N, D) float32, kept items, inputs, autocast dtype)``."""
-    from .collate import collate
+@dataclass(frozen=True)
+class _Masks:
+    """The chunk masks of the anomaly measures: ``n`` masks drawn from ``mask_rng(seed, k, 0)``."""
 
-    inputs = _inputs(spectra, net, format, on_error, workers)
+    n: int = 8
+    seed: int = 0
+
+
+@dataclass
+class _Pass:
+    """What one pass over the inputs gave, rows in input order (rejected rows left out)."""
+
+    vectors: np.ndarray          # (N, D) float32 embeddings (empty (N, 0) when not asked)
+    mse: np.ndarray              # (N,) anomaly_score (NaN when not asked)
+    chi2: np.ndarray             # (N,) anomaly statistic (NaN when not asked)
+    items: list[InputItem]
+    inputs: Inputs
+    torch_dtype: Any
+
+
+def _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, *, embed: bool = True,
+             masks: _Masks | None = None, measure: bool = False, desc: str = "embedding") -> _Pass:
+    """Embed and/or score the inputs in one pass (each spectrum read and tokenized once).
+
+    A row is rejected (raised or skipped per ``on_error``) when its embedding or any
+    reconstruction is not finite.
+    """
+    import torch
+
+    from .collate import Sample, collate
+    from .masking import chunk_mask, mask_rng
+
+    inputs = _inputs(spectra, net, format, on_error, workers, measure=measure or masks is not None)
     dev = model_device(net)
     torch_dtype = resolve_dtype(dtype, dev)
+    cfg = net.config
+    width = cfg.dim if embed else 0
 
     def compute(tokens: list[Tokens]) -> np.ndarray:
-        batch = collate(tokens).to(dev)
-        with inference(net, torch_dtype):
-            out = net.embed(batch.tokens, batch.wavelength, batch.valid)
-        return out.float().cpu().numpy()
+        """Rows ``[embedding (width), mse, chi2, all outputs finite]``."""
+        out = np.full((len(tokens), width + 3), np.nan)
+        out[:, -1] = 1.0
+        if embed:
+            batch = collate(tokens).to(dev)
+            with inference(net, torch_dtype):
+                out[:, :width] = net.embed(batch.tokens, batch.wavelength, batch.valid).float().cpu().numpy()
+        if masks is None:
+            return out
+        mse = np.zeros((masks.n, len(tokens)))
+        chi2 = np.zeros((masks.n, len(tokens)))
+        for k in range(masks.n):
+            samples = [Sample(t, chunk_mask(t.n_tokens, mask_rng(masks.seed, k, 0), cfg.patch_size,
+                                            cfg.mask_ratio)) for t in tokens]
+            batch = collate(samples).to(dev)
+            with inference(net, torch_dtype):
+                pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
+                mse[k] = _per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid).double().cpu().numpy()
+                out[:, -1] *= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
+                predicted = batch.to_tokenizer_units(pred.float()).cpu().numpy()
+            loss_mask = batch.loss_mask.cpu().numpy()
+            chi2[k] = [masked_chi2(t, predicted[b, :t.n_tokens], loss_mask[b, :t.n_tokens])
+                       for b, t in enumerate(tokens)]
+        out[:, width] = _mean_over_masks(mse)
+        out[:, width + 1] = _mean_over_masks(chi2)
+        return out
 
-    rows, kept = _run(inputs, compute, batch_size, progress, "embedding")
-    vectors = (np.stack(rows).astype(np.float32, copy=False) if rows
-               else np.zeros((0, net.config.dim), dtype=np.float32))
-    return vectors, kept, inputs, torch_dtype
+    def accept(row: np.ndarray) -> bool:
+        return bool(row[-1] > 0 and np.all(np.isfinite(row[:width])))
+
+    rows, kept = _run(inputs, compute, batch_size, progress, desc, accept=accept)
+    table = np.stack(rows) if rows else np.zeros((0, width + 3))
+    return _Pass(table[:, :width].astype(np.float32), table[:, width], table[:, width + 1], kept, inputs,
+                 torch_dtype)
+
+
+def _embeddings(spectra, net, batch_size, dtype, progress, format, on_error, workers):
+    """``(vectors (N, D) float32, kept items, inputs, autocast dtype)``."""
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    return done.vectors, done.items, done.inputs, done.torch_dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,51 +527,168 @@ def anomaly_score(
     ids : str or list of str
         Only with ``return_ids=True``.
     """
-    import torch
-
-    from .collate import Sample, collate
-    from .masking import chunk_mask, mask_rng
-
-    if not (isinstance(n_masks, numbers.Integral) and n_masks >= 1):
-        raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}")
     net = resolve_model(model, device)
-    inputs = _inputs(spectra, net, format, on_error, workers)
-    dev = model_device(net)
-    torch_dtype = resolve_dtype(dtype, dev)
-    cfg = net.config
-
-    def compute(tokens: list[Tokens]) -> np.ndarray:
-        """Rows ``(score, model output finite)``."""
-        scores = np.zeros((n_masks, len(tokens)))
-        finite = np.ones(len(tokens), dtype=bool)
-        for k in range(n_masks):
-            samples = [Sample(t, chunk_mask(t.n_tokens, mask_rng(seed, k, 0), cfg.patch_size,
-                                            cfg.mask_ratio)) for t in tokens]
-            batch = collate(samples).to(dev)
-            with inference(net, torch_dtype):
-                pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
-                mse = _per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid)
-                finite &= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
-            scores[k] = mse.double().cpu().numpy()
-        return np.stack([_mean_over_masks(scores), finite.astype(np.float64)], axis=1)
-
-    rows, kept = _run(inputs, compute, batch_size, progress, "scoring", accept=lambda row: row[1] > 0)
-    scores = np.asarray([row[0] for row in rows], dtype=np.float64)
-    ids = [item.id for item in kept]
-    if inputs.single and not kept:
-        raise inputs.skipped[0].error
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, embed=False,
+                    masks=_check_masks(n_masks, seed), desc="scoring")
+    scores, ids = done.mse, [item.id for item in done.items]
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[0].error
     if as_table:
+        from .flags import anomaly_flags, finite_flags
         from .results import anomaly_table
 
         table = anomaly_table(ids, scores, n_masks=n_masks, seed=seed,
-                              meta=_meta(net, inputs, torch_dtype, kind="anomaly"))
-        sources = _item_table(kept)
+                              meta=_meta(net, done.inputs, torch_dtype=done.torch_dtype, kind="anomaly"))
+        sources = _item_table(done.items)
         for k, name in enumerate(("source_file", "survey")):
             table.add_column(sources[name], index=1 + k)
+        table["anomaly"] = done.chi2
+        table["anomaly"].description = ANOMALY_DESCRIPTION
+        threshold = anomaly_threshold(net)
+        table["flag"] = (_quality_flags(done.items) | finite_flags(scores)
+                         | anomaly_flags(done.chi2, threshold))
+        table["flag"].description = FLAG_DESCRIPTION
+        table.meta["ANOMP99"] = float("nan") if threshold is None else threshold
         return table
-    if inputs.single:
+    if done.inputs.single:
         scores, ids = float(scores[0]), ids[0]
     return (scores, ids) if return_ids else scores
+
+
+def _check_masks(n_masks: Any, seed: Any) -> _Masks:
+    if not (isinstance(n_masks, numbers.Integral) and n_masks >= 1):
+        raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}")
+    return _Masks(int(n_masks), int(seed))
+
+
+#: Model-error floor of :func:`masked_chi2`, in units of the spectrum's own standard
+#: deviation (the tokenizer's normalized flux): a pixel's variance is ``1 / ivar`` plus
+#: ``(ANOMALY_MODEL_FLOOR * scale) ** 2``, so that high-S/N spectra, which no model
+#: reconstructs to their noise, are not all anomalous.
+ANOMALY_MODEL_FLOOR = 0.1
+
+#: Description of the ``anomaly`` column of the predictor tables.
+ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of the masked-chunk "
+                       "reconstruction (omnispectra.api.anomaly_statistic)")
+
+#: Description of the ``flag`` column (the bits are in omnispectra.flags).
+FLAG_DESCRIPTION = "warning bitmask (omnispectra.flags.Flag); 0 means use it"
+
+
+def masked_chi2(tokens: Tokens, predicted: np.ndarray, token_mask: np.ndarray,
+                floor: float = ANOMALY_MODEL_FLOOR) -> float:
+    """Chi-square per pixel of a reconstruction over the masked chunks of one spectrum.
+
+    ``mean over masked valid pixels of r**2 / (1 / ivar_n + floor**2)``, where ``r`` is the
+    reconstruction minus the observed flux and ``ivar_n`` the inverse variance, both in the
+    tokenizer's normalized units (flux / scale; the ``scale`` cancels, so this is the
+    physical chi-square with a model-error floor of ``floor * scale``). Each pixel counts
+    once per patch that holds it (patches overlap by half).
+
+    Parameters
+    ----------
+    tokens : Tokens
+        Made with ``meta['pixel_ivar']`` (as the api's inputs are when they are measured).
+    predicted : ndarray (T, p + 2)
+        The reconstruction in the units of ``tokens.tokens``.
+    token_mask : ndarray (T,) of bool
+        Tokens hidden from the model (and valid).
+
+    Returns
+    -------
+    float
+        NaN without uncertainties (``pixel_ivar`` None) or without masked valid pixels.
+    """
+    ivar = (tokens.meta or {}).get("pixel_ivar")
+    if ivar is None:
+        return float("nan")
+    use = np.asarray(token_mask, dtype=bool)[:, None] & tokens.pixel_valid & (ivar > 0)
+    if not use.any():
+        return float("nan")
+    resid = np.asarray(predicted, dtype=np.float64)[:, 2:] - tokens.tokens[:, 2:]
+    weight = ivar / (1.0 + floor ** 2 * ivar)
+    return float(np.mean((resid ** 2 * weight)[use]))
+
+
+def anomaly_statistic(
+    spectra: Any,
+    model: str | os.PathLike | OmniSpectra = "default",
+    n_masks: int = 8,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """The anomaly statistic behind the ``ANOMALY`` flag, one value per spectrum.
+
+    Each spectrum is masked ``n_masks`` times with the pretraining chunk masks (as
+    :func:`anomaly_score`: drawn from ``mask_rng(seed, k, 0)``, so a value does not depend
+    on the other inputs); the statistic is the mean over the masks of :func:`masked_chi2`,
+    the inverse-variance weighted chi-square per pixel of the reconstructed masked chunks
+    (with a model-error floor of :data:`ANOMALY_MODEL_FLOOR` times the spectrum's standard
+    deviation). Unlike the MSE of :func:`anomaly_score`, which grows with the noise, a noisy
+    but ordinary spectrum has a statistic near 1. Its name is
+    :data:`omnispectra.flags.ANOMALY_STATISTIC`; the encoder card's ``anomaly.p99`` (the
+    99th percentile over validation spectra, written by ``scripts/train_predictors.py``
+    with this function and its defaults) is the flag's threshold
+    (:func:`anomaly_threshold`).
+
+    Parameters
+    ----------
+    spectra, model, batch_size, device, dtype, progress, format, on_error, workers
+        As for :func:`embed`.
+    n_masks, seed
+        As for :func:`anomaly_score`.
+
+    Returns
+    -------
+    statistic : ndarray (N,), float64
+        NaN for a spectrum without uncertainties (no ivar) or too short to be masked.
+    ids : list of str
+        The ids of the rows (inputs skipped per ``on_error`` are left out).
+    """
+    net = resolve_model(model, device)
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, embed=False,
+                    masks=_check_masks(n_masks, seed), desc="scoring")
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[0].error
+    return done.chi2, [item.id for item in done.items]
+
+
+def anomaly_threshold(model: str | os.PathLike | OmniSpectra = "default") -> float | None:
+    """The ``ANOMALY`` threshold stored with a model, or None (then the bit is never set).
+
+    The card's (or weights file's) ``anomaly`` entry ``{"statistic", "p99", "n_validation"}``
+    (:func:`omnispectra.runtime.card_entry`); used only when its ``statistic`` is
+    :data:`omnispectra.flags.ANOMALY_STATISTIC`.
+    """
+    from .flags import ANOMALY_STATISTIC
+    from .runtime import card_entry
+
+    entry = card_entry(resolve_model(model, "cpu" if isinstance(model, (str, os.PathLike)) else None),
+                       "anomaly")
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("statistic") != ANOMALY_STATISTIC:
+        logger.warning("the model card's anomaly threshold is for statistic %r, not %r; ANOMALY is not set",
+                       entry.get("statistic"), ANOMALY_STATISTIC)
+        return None
+    try:
+        value = float(entry["p99"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _quality_flags(items: list[InputItem]) -> np.ndarray:
+    """``OUTSIDE_SUPPORT``/``FEW_TOKENS``/``LOW_SN`` of measured inputs."""
+    from .flags import input_flags
+
+    return input_flags([(item.prepared.meta or {}).get("quality") for item in items])
 
 
 def _mean_over_masks(scores: np.ndarray) -> np.ndarray:
