@@ -65,7 +65,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["embed", "reconstruct", "anomaly_score", "anomaly_statistic", "anomaly_threshold", "masked_chi2",
            "ANOMALY_MODEL_FLOOR", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
-           "resolve_probe", "default_dtype", "PROBE_FILES"]
+           "resolve_probe", "default_dtype", "PROBE_FILES", "fitter_name", "FLAG_DESCRIPTION",
+           "ANOMALY_DESCRIPTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -977,38 +978,180 @@ def resolve_probe(probe: Any, task: str):
     raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
 
 
-@dataclass
-class _Prediction:
-    head: Any
-    values: np.ndarray
-    items: list[InputItem]
-    meta: dict[str, Any]
-
-
-def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, format, on_error,
-             workers) -> _Prediction:
-    """Embed ``spectra`` with the encoder the probe belongs to and apply the probe.
-
-    Rows whose prediction is not finite are rejected (raised or skipped per ``on_error``).
-    """
+def _checked_probe(probe: Any, task: str, net: OmniSpectra):
+    """:func:`resolve_probe` of ``task``, checked to be of the task's kind and to belong to ``net``."""
     head = resolve_probe(probe, task)
     expected_kind = "classification" if task == "source_class" else "regression"
     if head.kind != expected_kind:
         raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
-    net = resolve_model(model, device)
     head.check_encoder(net)
-    vectors, kept, inputs, torch_dtype = _embeddings(spectra, net, batch_size, dtype, progress,
-                                                     format, on_error, workers)
-    values = np.asarray(head.predict(vectors) if len(kept) else np.zeros((0, len(head.names))))
-    finite = np.all(np.isfinite(values.reshape(len(kept), -1)), axis=1) if len(kept) else np.ones(0, bool)
-    for item in (item for item, ok in zip(kept, finite, strict=True) if not ok):
-        inputs.reject(item, NonFiniteOutputError(
-            f"spectrum {item.id!r}: the {task.replace('_', ' ')} probe's output is not finite"))
-    if inputs.single and not finite.all() or inputs.single and not kept:
-        raise inputs.skipped[-1].error
-    meta = _meta(net, inputs, torch_dtype, probe=head, kind="predictions")
-    kept_ok = [i for i, ok in zip(kept, finite, strict=True) if ok]
-    return _Prediction(head, np.asarray(values)[finite], kept_ok, meta)
+    return head
+
+
+def _probe_meta(head: Any, prefix: str) -> dict[str, str]:
+    """Name and tensor sha256 of a second probe in a table's meta (``<prefix>PROBE``, ``<prefix>PROBSHA``)."""
+    from .probes import encoder_fingerprint
+
+    return {f"{prefix}PROBE": Path(str(head.info.get("name", ""))).name,
+            f"{prefix}PROBSHA": encoder_fingerprint(head) if hasattr(head, "state_dict") else ""}
+
+
+@dataclass
+class _Run:
+    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns."""
+
+    net: Any
+    done: _Pass
+    threshold: float | None
+    anomaly: np.ndarray | None   # (N,) statistic, None when not computed
+
+    @property
+    def items(self) -> list[InputItem]:
+        return self.done.items
+
+    def keep(self, ok: np.ndarray, what: str) -> None:
+        """Reject the rows where ``ok`` is False (their ``what`` is not finite)."""
+        inputs = self.done.inputs
+        for item in (item for item, good in zip(self.items, ok, strict=True) if not good):
+            inputs.reject(item, NonFiniteOutputError(f"spectrum {item.id!r}: the {what} is not finite"))
+        if inputs.single and (not ok.all() or not self.items):
+            raise inputs.skipped[-1].error
+        d = self.done
+        self.done = _Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], [i for i, g in zip(d.items, ok, strict=True) if g],
+                          d.inputs, d.torch_dtype)
+        if self.anomaly is not None:
+            self.anomaly = self.anomaly[ok]
+
+    def flags(self) -> np.ndarray:
+        """The input checks and ``ANOMALY`` of every row."""
+        from .flags import anomaly_flags
+
+        out = _quality_flags(self.items)
+        if self.anomaly is not None:
+            out |= anomaly_flags(self.anomaly, self.threshold)
+        return out
+
+    def table(self, head: Any):
+        """``id``, ``source_file``, ``survey`` and the provenance (``head``'s probe) in ``meta``."""
+        table = _item_table(self.items)
+        table.meta.update(_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head, kind="predictions"))
+        table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
+        return table
+
+
+def _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
+                      anomaly: bool = False) -> _Run:
+    """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
+    threshold = anomaly_threshold(net)
+    masks = _Masks() if (anomaly or threshold is not None) else None
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, masks=masks,
+                    measure=True)
+    run = _Run(net, done, threshold, done.chi2 if masks is not None else None)
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[-1].error
+    return run
+
+
+def _class_columns(head: Any, run: _Run) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(classes, calibrated probabilities (N, K), DISAGREEMENT flags)``; rows with a
+    non-finite probability are rejected first (never a class from NaN)."""
+    from .flags import class_disagreement_flags
+
+    vectors = run.done.vectors
+    prob = np.asarray(head.predict(vectors)) if len(vectors) else np.zeros((0, len(head.names)))
+    ok = np.all(np.isfinite(prob), axis=1)
+    if not ok.all():
+        run.keep(ok, "source class probe's output")
+        prob, vectors = prob[ok], vectors[ok]
+    classes = [head.names[k] for k in np.argmax(prob, axis=1)] if len(prob) else []
+    disagree = None
+    if getattr(head, "members", 1) > 1 and len(vectors):
+        disagree = class_disagreement_flags(head.probabilities(head.member_outputs(vectors)))
+    return classes, prob, (np.zeros(len(prob), np.int64) if disagree is None else disagree)
+
+
+def _add_class_columns(table: Any, names: list[str], classes: list[str], prob: np.ndarray) -> None:
+    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table["class"].description = "source class (largest calibrated probability)"
+    for k, name in enumerate(names):
+        table[f"prob_{name}"] = prob[:, k].astype(np.float32)
+        table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
+
+
+def _stellar_columns(head: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values (N, k), 1-sigma errors (N, k), NONFINITE|IMPOSSIBLE_VALUE flags)`` in float32."""
+    from .flags import finite_flags, range_flags
+
+    if head.members < 2:
+        logger.warning("the stellar-parameter probe is a single head (no ensemble): its uncertainties are NaN")
+    if len(vectors):
+        values, errors = head.predict_with_spread(vectors)
+    else:
+        values = errors = np.zeros((0, len(head.names)))
+    flags = finite_flags(values) | range_flags({name: values[:, k] for k, name in enumerate(head.names)})
+    return values.astype(np.float32), errors.astype(np.float32), flags
+
+
+def _add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray) -> None:
+    from .results import quantity_unit
+
+    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
+                    "fe_h": "iron abundance [Fe/H] (dex)"}
+    for k, name in enumerate(names):
+        unit = quantity_unit(name)
+        table[name] = values[:, k]
+        table[name].description = descriptions.get(name, name)
+        table[f"{name}_err"] = errors[:, k]
+        table[f"{name}_err"].description = f"1-sigma uncertainty of {name} (calibrated ensemble spread)"
+        if unit is not None:
+            table[name].unit = table[f"{name}_err"].unit = unit
+
+
+def _fit_redshifts(fitter: Any, items: list[InputItem], classes: list[str]) -> dict[str, Any]:
+    """Template fits of every row, reporting the network class's best solution.
+
+    Columns ``spectype``, ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's bits,
+    ``NONFINITE``, ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and
+    the network's class, ``WRONG_CLASS`` for a star's radial velocity).
+    """
+    from .flags import Flag, finite_flags, range_flags, redshift_class_flags
+    from .redshift import RedshiftResult
+
+    results = []
+    for item, cls in zip(items, classes, strict=True):
+        obj = item.spectrum
+        if isinstance(obj, Tokens):  # tokens keep no pixel grid to fit
+            results.append(RedshiftResult.no_fit(0, Flag.BAD_INPUT))
+        else:
+            results.append(fitter.fit(*obj, spectype=cls) if isinstance(obj, tuple)
+                           else fitter.fit(obj, spectype=cls))
+    z = np.asarray([r.z for r in results], dtype=np.float64)
+    reported = [r.spectype for r in results]
+    best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
+    flags = (np.asarray([int(r.flag) for r in results], dtype=np.int64) | finite_flags(z)
+             | range_flags({"z": z}) | redshift_class_flags(classes, best, reported))
+    return {"spectype": reported, "z": z, "z_err": np.asarray([r.z_err for r in results], dtype=np.float64),
+            "deltachi2": np.asarray([r.deltachi2 for r in results], dtype=np.float64), "flag": flags}
+
+
+def _add_redshift_columns(table: Any, fit: dict[str, Any]) -> None:
+    table["spectype"] = np.asarray(fit["spectype"], dtype=str) if len(fit["z"]) else np.zeros(0, dtype="U6")
+    table["spectype"].description = "class of the reported template solution (STAR: z is a radial velocity)"
+    for name, description in (("z", "redshift of the template fit (STAR: radial velocity, 1 + z Doppler)"),
+                              ("z_err", "1-sigma redshift uncertainty (chi-square curvature)"),
+                              ("deltachi2", "chi-square of the next distinct solution minus this one's")):
+        table[name] = fit[name]
+        table[name].description = description
+
+
+def _add_flag_column(table: Any, flag: np.ndarray) -> None:
+    table["flag"] = np.asarray(flag, dtype=np.int64)
+    table["flag"].description = FLAG_DESCRIPTION
+
+
+def _add_anomaly_column(table: Any, run: _Run) -> None:
+    table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
+    table["anomaly"].description = ANOMALY_DESCRIPTION
 
 
 def classify(
@@ -1022,14 +1165,24 @@ def classify(
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    full: bool = False,
+    stellar_probe: Any = None,
+    templates: Any = None,
 ):
-    """Source class (GALAXY, QSO or STAR) of spectra, with class probabilities.
+    """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and a flag.
 
     A small MLP probe (one hidden layer of 128) on the mean-pooled embedding (paper,
     *Source Classification*; its recipe is in the probe file and the model card), trained
     across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
     spectra by ``scripts/train_predictors.py``; its held-out scores are in
-    ``omnispectra/data/predictors.json``.
+    ``omnispectra/data/predictors.json``. The probabilities are ``softmax(logits / T)``
+    with the temperature ``T`` stored in the probe (``calibration.temperature``; 1 when
+    absent, :attr:`omnispectra.probes.Probe.temperature`).
+
+    With ``full=True`` the answer is one Redrock-like catalogue row per spectrum: class and
+    probabilities, the template redshift (:func:`predict_redshift`), the stellar parameters
+    with uncertainties (:func:`predict_stellar_parameters`) for rows classified STAR, the
+    anomaly statistic (:func:`anomaly_statistic`) and one ``flag``.
 
     Parameters
     ----------
@@ -1038,36 +1191,74 @@ def classify(
     model : str, path-like or OmniSpectra
         The encoder; must be the one the probe was trained on (default: the bundled model).
     probe : path or Probe, optional
-        Default: the probe bundled with the package.
+        The class probe. Default: the probe bundled with the package.
     batch_size, device, dtype, progress, format, on_error, workers
         As for :func:`embed`.
+    full : bool
+        Return the full catalogue row (see Returns).
+    stellar_probe : path or Probe, optional
+        With ``full``: the stellar-parameter probe (default: the bundled one).
+    templates : path or RedshiftFitter, optional
+        With ``full``: the Redrock template folder (:func:`omnispectra.redshift.resolve_templates`:
+        this, else ``$OMNISPECTRA_TEMPLATES``; the package does not ship them).
 
     Returns
     -------
     astropy.table.Table
         One row per spectrum that was classified, in input order: ``id``,
-        ``source_file``, ``survey``, ``class`` and ``prob_<CLASS>`` for every class of
-        the probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``); ``meta`` holds the model
-        and probe names, the dtype, the counts (``n_inputs == n_read + n_skipped``) and
-        ``skipped`` (``[{source, reason[, id]}, ...]``).
+        ``source_file``, ``survey``, ``class``, ``prob_<CLASS>`` for every class of the
+        probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``) and ``flag`` (bits of
+        :class:`omnispectra.flags.Flag`: ``OUTSIDE_SUPPORT``, ``FEW_TOKENS``, ``LOW_SN``,
+        ``DISAGREEMENT`` between ensemble members, ``ANOMALY``; ``flag == 0`` means use it).
+        With ``full=True`` also ``spectype``, ``z``, ``z_err``, ``deltachi2``,
+        ``teff``/``teff_err`` (K), ``logg``/``logg_err``, ``fe_h``/``fe_h_err`` (NaN
+        unless ``class`` is STAR), ``anomaly``, before ``flag`` (see :doc:`/flags` for the
+        bits a full row can carry). ``meta`` holds the provenance
+        (:func:`omnispectra.results.provenance_meta`), the counts (``n_inputs == n_read +
+        n_skipped``) and ``skipped`` (``[{source, reason[, id]}, ...]``).
 
     Raises
     ------
     CheckpointError
-        The bundled probe is missing, or the probe belongs to another encoder.
+        A bundled probe is missing, or a probe belongs to another encoder.
+    TemplatesNotFoundError
+        ``full=True`` without Redrock templates (checked before any input is read).
     NonFiniteOutputError
         An embedding or probability is not finite (never turned into a class).
     """
-    result = _predict(spectra, "source_class", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    names, prob = result.head.names, result.values
-    table = _item_table(result.items)
-    table["class"] = np.asarray([names[k] for k in np.argmax(prob, axis=1)] if len(prob) else [], dtype=str)
-    for k, name in enumerate(names):
-        table[f"prob_{name}"] = prob[:, k].astype(np.float32) if len(prob) else np.zeros(0, np.float32)
-        table[f"prob_{name}"].description = f"probability that the source is a {name}"
-    table.meta.update(result.meta)
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "source_class", net)
+    if full:
+        from .redshift import fitter_for
+
+        stellar = _checked_probe(stellar_probe, "stellar_params", net)
+        fitter = fitter_for(templates)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers, anomaly=full)
+    classes, prob, flag = _class_columns(head, run)
+    table = run.table(head)
+    _add_class_columns(table, head.names, classes, prob)
+    flag = flag | run.flags()
+    if full:
+        from .flags import Flag, not_star_flags
+
+        table.meta.update(_probe_meta(stellar, "S"))
+        table.meta["TEMPLATE"] = fitter_name(fitter)
+        fit = _fit_redshifts(fitter, run.items, classes)
+        _add_redshift_columns(table, fit)
+        values, errors, stellar_flag = _stellar_columns(stellar, run.done.vectors)
+        star = not_star_flags(classes) == 0
+        values[~star], errors[~star] = np.nan, np.nan
+        _add_stellar_columns(table, stellar.names, values, errors)
+        _add_anomaly_column(table, run)
+        # a star's z is its radial velocity by design here: WRONG_CLASS is for predict_redshift
+        flag = flag | (fit["flag"] & ~int(Flag.WRONG_CLASS)) | np.where(star, stellar_flag, 0)
+    _add_flag_column(table, flag)
     return table
+
+
+def fitter_name(fitter: Any) -> str:
+    """What a result's ``meta['TEMPLATE']`` says of a redshift fitter: its template names."""
+    return ",".join(sorted({p.name.removeprefix("redrock:") for p in fitter.prepared}))
 
 
 def predict_stellar_parameters(
@@ -1081,34 +1272,41 @@ def predict_stellar_parameters(
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    class_probe: Any = None,
 ):
-    """Effective temperature, surface gravity and metallicity of stellar spectra.
+    """Effective temperature, surface gravity and metallicity of stellar spectra, with errors.
 
     A probe on the embedding trained on the MILES stars (Teff fitted as log10 Teff; its
     head and recipe are recorded in the probe file); meaningful for stars only, with the
-    accuracy recorded in ``omnispectra/data/predictors.json``. Parameters as for
-    :func:`classify`, except that ``dtype`` defaults to float32 (see :func:`default_dtype`).
+    accuracy recorded in ``omnispectra/data/predictors.json``. The uncertainties are the
+    spread of the probe's ensemble members times the calibrated ``sigma_scale`` of the
+    probe (:meth:`omnispectra.probes.Probe.predict_with_spread`); a single-head probe
+    gives NaN uncertainties (and a logged warning). Parameters as for :func:`classify`,
+    except that ``dtype`` defaults to float32 (see :func:`default_dtype`), and
+    ``class_probe`` (default: the bundled class probe) says which spectra are stars.
 
     Returns
     -------
     astropy.table.Table
-        ``id``, ``source_file``, ``survey``, ``teff`` (K), ``logg`` (log10 of cm s^-2),
-        ``fe_h`` (dex), input order; ``meta`` as for :func:`classify`.
+        ``id``, ``source_file``, ``survey``, ``teff``/``teff_err`` (K),
+        ``logg``/``logg_err`` (dex(cm / s2)), ``fe_h``/``fe_h_err`` (dex), all float32,
+        and ``flag`` (``NOT_STAR`` where the class probe does not say STAR,
+        ``IMPOSSIBLE_VALUE`` outside :data:`omnispectra.flags.PHYSICAL_RANGES`,
+        ``NONFINITE``, and the input checks and ``ANOMALY`` of :func:`classify`), input
+        order; ``meta`` as for :func:`classify` plus ``CPROBE``/``CPROBSHA``.
     """
-    from astropy import units as u
+    from .flags import not_star_flags
 
-    result = _predict(spectra, "stellar_params", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    head, values = result.head, result.values
-    table = _item_table(result.items)
-    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
-                    "fe_h": "iron abundance [Fe/H] (dex)"}
-    for k, name in enumerate(head.names):
-        table[name] = values[:, k] if len(values) else np.zeros(0)
-        table[name].description = descriptions.get(name, name)
-    if "teff" in table.colnames:
-        table["teff"].unit = u.K
-    table.meta.update(result.meta)
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "stellar_params", net)
+    classifier = _checked_probe(class_probe, "source_class", net)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    classes, _, _ = _class_columns(classifier, run)
+    values, errors, flag = _stellar_columns(head, run.done.vectors)
+    table = run.table(head)
+    table.meta.update(_probe_meta(classifier, "C"))
+    _add_stellar_columns(table, head.names, values, errors)
+    _add_flag_column(table, flag | not_star_flags(classes) | run.flags())
     return table
 
 
@@ -1118,26 +1316,62 @@ def predict_redshift(
     probe: Any = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = "float32",
+    dtype: torch.dtype | str | None = "auto",
     progress: bool | None = None,
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    templates: Any = None,
 ):
-    """Redshift of galaxy and quasar spectra (only where a redshift probe is shipped).
+    """Redshift of galaxy and quasar spectra: a full-range template fit, its class chosen by the network.
 
-    Parameters as for :func:`classify`, except that ``dtype`` defaults to float32.
+    Every spectrum is fitted with :class:`omnispectra.redshift.RedshiftFitter` (a
+    chi-square scan of the Redrock bases over the full redshift range of each class,
+    refined around the best minima). The class probe's class (see :func:`classify`)
+    chooses which class's best solution is reported; ``deltachi2`` is the chi-square of
+    the next distinct solution minus the reported one's (negative when the templates
+    prefer another solution). A spectrum the network calls a STAR gets its radial
+    velocity as ``z`` (relativistic Doppler, ``z ~ v / c``) and ``WRONG_CLASS``.
+
+    Parameters
+    ----------
+    probe : path or Probe, optional
+        The class probe (default: the bundled one).
+    templates : path or RedshiftFitter, optional
+        The Redrock template folder: this, else ``$OMNISPECTRA_TEMPLATES``
+        (:func:`omnispectra.redshift.resolve_templates`; the package does not ship them).
+    spectra, model, batch_size, device, dtype, progress, format, on_error, workers
+        As for :func:`classify`.
 
     Returns
     -------
     astropy.table.Table
-        ``id``, ``source_file``, ``survey`` and ``z``, input order; ``meta`` as for
-        :func:`classify`.
+        ``id``, ``source_file``, ``survey``, ``class`` (the network's), ``spectype`` (the
+        reported solution's), ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's
+        ``Z_EDGE``, ``SMALL_DELTACHI2``, ``NEGATIVE_MODEL``, ``LITTLE_COVERAGE``,
+        ``BAD_MINFIT``, ``BAD_INPUT``; ``WRONG_CLASS``; ``DISAGREEMENT`` when the fit's best
+        class differs from the network's or the class ensemble disagrees;
+        ``IMPOSSIBLE_VALUE`` for ``z <`` :data:`omnispectra.flags.Z_MIN`; ``NONFINITE`` when
+        nothing could be fitted; the input checks and ``ANOMALY``). Input order; ``meta``
+        as for :func:`classify` plus ``TEMPLATE``.
+
+    Raises
+    ------
+    TemplatesNotFoundError
+        No Redrock templates (checked before any input is read).
     """
-    result = _predict(spectra, "redshift", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    table = _item_table(result.items)
-    table["z"] = result.values[:, 0] if len(result.values) else np.zeros(0)
-    table["z"].description = "redshift"
-    table.meta.update(result.meta)
+    from .redshift import fitter_for
+
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "source_class", net)
+    fitter = fitter_for(templates)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    classes, _, class_flag = _class_columns(head, run)
+    fit = _fit_redshifts(fitter, run.items, classes)
+    table = run.table(head)
+    table.meta["TEMPLATE"] = fitter_name(fitter)
+    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table["class"].description = "source class of the class probe (chooses the reported solution)"
+    _add_redshift_columns(table, fit)
+    _add_flag_column(table, fit["flag"] | class_flag | run.flags())
     return table
