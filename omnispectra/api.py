@@ -22,6 +22,7 @@ that support (:func:`omnispectra.runtime.check_support`), and every output for N
 from __future__ import annotations
 
 import dataclasses
+import logging
 import numbers
 import os
 import sys
@@ -30,8 +31,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import logging
 
 import numpy as np
 
@@ -63,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import OmniSpectra
 
 __all__ = ["embed", "reconstruct", "anomaly_score", "anomaly_statistic", "anomaly_threshold", "masked_chi2",
+           "ANOMALY_N_MASKS",
            "ANOMALY_MODEL_FLOOR", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
            "resolve_probe", "default_dtype", "PROBE_FILES", "fitter_name", "FLAG_DESCRIPTION",
@@ -246,6 +246,11 @@ def _meta(net: OmniSpectra, inputs: Inputs, torch_dtype: Any, probe: Any = None,
     }
 
 
+#: Masks of the anomaly statistic behind the predictors' ``ANOMALY`` bit (and the default
+#: of :func:`anomaly_statistic`, with which the card's threshold is computed).
+ANOMALY_N_MASKS = 8
+
+
 @dataclass(frozen=True)
 class _Masks:
     """The chunk masks of the anomaly measures: ``n`` masks drawn from ``mask_rng(seed, k, 0)``."""
@@ -302,7 +307,8 @@ def _forward(spectra, net, batch_size, dtype, progress, format, on_error, worker
             batch = collate(samples).to(dev)
             with inference(net, torch_dtype):
                 pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
-                mse[k] = _per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid).double().cpu().numpy()
+                mse[k] = _per_sample_mse(pred, batch.target, batch.loss_mask,
+                                         batch.pixel_valid).double().cpu().numpy()
                 out[:, -1] *= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
                 predicted = batch.to_tokenizer_units(pred.float()).cpu().numpy()
             loss_mask = batch.loss_mask.cpu().numpy()
@@ -614,7 +620,7 @@ def masked_chi2(tokens: Tokens, predicted: np.ndarray, token_mask: np.ndarray,
 def anomaly_statistic(
     spectra: Any,
     model: str | os.PathLike | OmniSpectra = "default",
-    n_masks: int = 8,
+    n_masks: int = ANOMALY_N_MASKS,
     seed: int = 0,
     batch_size: int = 32,
     device: str | torch.device | None = None,
@@ -1017,8 +1023,8 @@ class _Run:
         if inputs.single and (not ok.all() or not self.items):
             raise inputs.skipped[-1].error
         d = self.done
-        self.done = _Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], [i for i, g in zip(d.items, ok, strict=True) if g],
-                          d.inputs, d.torch_dtype)
+        items = [item for item, good in zip(d.items, ok, strict=True) if good]
+        self.done = _Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], items, d.inputs, d.torch_dtype)
         if self.anomaly is not None:
             self.anomaly = self.anomaly[ok]
 
@@ -1034,7 +1040,8 @@ class _Run:
     def table(self, head: Any):
         """``id``, ``source_file``, ``survey`` and the provenance (``head``'s probe) in ``meta``."""
         table = _item_table(self.items)
-        table.meta.update(_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head, kind="predictions"))
+        table.meta.update(_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head,
+                                kind="predictions"))
         table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
         return table
 
@@ -1043,7 +1050,7 @@ def _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_erro
                       anomaly: bool = False) -> _Run:
     """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
     threshold = anomaly_threshold(net)
-    masks = _Masks() if (anomaly or threshold is not None) else None
+    masks = _Masks(ANOMALY_N_MASKS) if (anomaly or threshold is not None) else None
     done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, masks=masks,
                     measure=True)
     run = _Run(net, done, threshold, done.chi2 if masks is not None else None)
@@ -1083,7 +1090,7 @@ def _stellar_columns(head: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.nda
     from .flags import finite_flags, range_flags
 
     if head.members < 2:
-        logger.warning("the stellar-parameter probe is a single head (no ensemble): its uncertainties are NaN")
+        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
     if len(vectors):
         values, errors = head.predict_with_spread(vectors)
     else:
@@ -1233,7 +1240,8 @@ def classify(
 
         stellar = _checked_probe(stellar_probe, "stellar_params", net)
         fitter = fitter_for(templates)
-    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers, anomaly=full)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
+                            anomaly=full)
     classes, prob, flag = _class_columns(head, run)
     table = run.table(head)
     _add_class_columns(table, head.names, classes, prob)

@@ -290,7 +290,8 @@ class Probe(nn.Module):
         except (TypeError, ValueError):
             t = float("nan")
         if not (math.isfinite(t) and t > 0):
-            raise CheckpointError(f"the probe's calibration temperature must be a positive number, got {value!r}")
+            raise CheckpointError(f"the probe's calibration temperature must be a positive number, "
+                                  f"got {value!r}")
         return t
 
     @property
@@ -416,7 +417,8 @@ class Probe(nn.Module):
         if members.shape[0] < 2:
             return values, np.full_like(values, np.nan)
         spread = members.std(axis=0, ddof=1) * (self.std + EPS) * self.sigma_scale
-        errors = 0.5 * np.abs(self.inverse_transform(centre + spread) - self.inverse_transform(centre - spread))
+        upper, lower = self.inverse_transform(centre + spread), self.inverse_transform(centre - spread)
+        errors = 0.5 * np.abs(upper - lower)
         return values, errors
 
     def predict_transformed(self, embeddings: Any) -> np.ndarray:
