@@ -15,8 +15,16 @@ table's ``meta['skipped']`` as ``{source, reason[, id]}``. Every spectrum is che
 the boundary: its length (:data:`omnispectra.spectrum.DEFAULT_MAX_PIXELS`), unit-less
 wavelengths against the model's wavelength support
 (:func:`omnispectra.runtime.check_wavelength_plausible`), a spectrum entirely outside
-that support (:func:`omnispectra.runtime.check_support`), and every output for NaN/inf
-(:class:`~omnispectra.exceptions.NonFiniteOutputError`; never a class from NaN).
+that support (:func:`omnispectra.runtime.check_support`), and every embedding and class
+probability for NaN/inf (:class:`~omnispectra.exceptions.NonFiniteOutputError`; never a
+class from NaN).
+
+The predictors (:func:`classify`, :func:`predict_stellar_parameters`,
+:func:`predict_redshift`, :func:`anomaly_score` with ``as_table=True``) give every row a
+``flag`` bitmask (:class:`omnispectra.flags.Flag`, ``flag == 0``: use it); the rules that
+set its bits live in :mod:`omnispectra.flags` (see ``docs/flags.rst``), this module only
+measures the inputs and calls them. A non-finite *regression* value (or a redshift that
+could not be fitted) is returned with ``NONFINITE`` set rather than refused.
 """
 
 from __future__ import annotations

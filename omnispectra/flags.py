@@ -14,8 +14,7 @@ bit    name                    set when
                                stored wavelength support (e.g. infrared APOGEE for an
                                optical model)
 2      ``FEW_TOKENS``          too few valid tokens reached the encoder
-3      ``LOW_SN``              median per-pixel signal-to-noise below the predictor's
-                               threshold
+3      ``LOW_SN``              median per-pixel signal-to-noise below :data:`MIN_SNR`
 4      ``ANOMALY``             reconstruction chi-square above the 99th percentile of the
                                validation spectra
 5      ``DISAGREEMENT``        ensemble members (or network and template fit) disagree
@@ -25,8 +24,9 @@ bit    name                    set when
 8      ``NEGATIVE_MODEL``      the best-fit model spectrum is significantly negative
 9      ``NOT_STAR``            stellar parameters were asked for a spectrum that is not a star
 10     ``WRONG_CLASS``         a redshift for a class the classifier does not agree with
-11     ``IMPOSSIBLE_VALUE``    a physically impossible value (negative Teff, logg outside
-                               [-1, 10], z < -0.01 ...)
+11     ``IMPOSSIBLE_VALUE``    a physically impossible value (:data:`PHYSICAL_RANGES`:
+                               Teff outside [2000, 60000] K, logg outside [-1, 6], [Fe/H]
+                               outside [-5, 1.5]; z < :data:`Z_MIN` = -0.01)
 12     ``NONFINITE``           a returned value is NaN or infinite
 13     ``LITTLE_COVERAGE``     the template covers too little of the observed spectrum
 14     ``BAD_MINFIT``          the parabola fit to the chi-square minimum failed
