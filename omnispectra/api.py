@@ -135,7 +135,9 @@ def _measure(obj: Any, tok: Tokens, support: WavelengthSupport | None):
         return SpectrumQuality(n_valid_tokens, float("nan"),
                                support_fraction(tok.wavelength[tok.valid], support)), None
     data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
-    ivar = data.ivar if data.has_ivar else None
+    # readers of files without errors put a placeholder ivar of 1 (and say so in meta)
+    placeholder = bool((getattr(obj, "meta", None) or {}).get("ivar_is_placeholder"))
+    ivar = data.ivar if data.has_ivar and not placeholder else None
     quality = spectrum_quality(data.wavelength, data.flux, ivar, data.bad, n_valid_tokens, support)
     if ivar is None:
         return quality, None
@@ -1143,7 +1145,9 @@ def _fit_redshifts(fitter: Any, items: list[InputItem], classes: list[str]) -> d
     z = np.asarray([r.z for r in results], dtype=np.float64)
     reported = [r.spectype for r in results]
     best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
-    flags = (np.asarray([int(r.flag) for r in results], dtype=np.int64) | finite_flags(z)
+    # LOW_SN is the input check's (which knows placeholder uncertainties), not the fit's
+    fit_flags = np.asarray([int(r.flag) & ~int(Flag.LOW_SN) for r in results], dtype=np.int64)
+    flags = (fit_flags | finite_flags(z)
              | range_flags({"z": z}) | redshift_class_flags(classes, best, reported))
     return {"spectype": reported, "z": z, "z_err": np.asarray([r.z_err for r in results], dtype=np.float64),
             "deltachi2": np.asarray([r.deltachi2 for r in results], dtype=np.float64), "flag": flags}
