@@ -1212,7 +1212,8 @@ def classify(
     probe : path or Probe, optional
         The class probe. Default: the probe bundled with the package.
     batch_size, device, dtype, progress, format, on_error, workers
-        As for :func:`embed`.
+        As for :func:`embed` (with ``full=True``, ``dtype="auto"`` means float32, as for
+        :func:`predict_stellar_parameters`).
     full : bool
         Return the full catalogue row (see Returns).
     stellar_probe : path or Probe, optional
@@ -1252,6 +1253,8 @@ def classify(
 
         stellar = _checked_probe(stellar_probe, "stellar_params", net)
         fitter = fitter_for(templates)
+        if isinstance(dtype, str) and dtype.lower() == "auto":  # stellar parameters need float32
+            dtype = "float32"
     run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
                             anomaly=full)
     classes, prob, flag = _class_columns(head, run)
