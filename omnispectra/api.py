@@ -532,8 +532,11 @@ def anomaly_score(
         Seed of the masks.
     as_table : bool
         Return an `~astropy.table.Table` (:func:`omnispectra.results.anomaly_table`):
-        ``id``, ``source_file``, ``survey``, ``anomaly_score``, with the provenance,
-        ``NMASKS``, ``MASKSEED``, counts and ``skipped`` in ``meta`` (as :func:`embed`).
+        ``id``, ``source_file``, ``survey``, ``anomaly_score``, ``anomaly`` (the statistic
+        of :func:`anomaly_statistic`, from the same masks) and ``flag`` (input checks,
+        ``ANOMALY`` against the card's threshold ``meta['ANOMP99']``, ``NONFINITE`` for a
+        NaN score), with the provenance, ``NMASKS``, ``MASKSEED``, counts and ``skipped``
+        in ``meta`` (as :func:`embed`).
 
     Returns
     -------

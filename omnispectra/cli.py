@@ -525,7 +525,8 @@ def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
 _probe_path = click.Path(exists=True, dir_okay=False)
 _templates_option = click.option(
     "--templates", default=None, type=click.Path(file_okay=False),
-    help="Redrock template folder (holding redrock/rrtemplate-*.fits); default $OMNISPECTRA_TEMPLATES.")
+    help="Redrock template folder (with the rrtemplate FITS files in redrock/); default "
+         "$OMNISPECTRA_TEMPLATES.")
 _class_probe_option = click.option("--class-probe", "class_probe", default=None, type=_probe_path,
                                    help="Class probe file (default: the bundled probe).")
 
