@@ -193,8 +193,8 @@ def test_stellar_errors_from_the_ensemble(encoder, caplog):
     spread = base.member_outputs(api.embed(spectra, model=encoder)).std(0, ddof=1)[:, 0] * base.std[0]
     np.testing.assert_allclose(t1["teff_err"], t1["teff"] * np.log(10) * spread, rtol=1e-2)
     with caplog.at_level(logging.WARNING, logger="omnispectra.api"):
-        single = api.predict_stellar_parameters(spectra, model=encoder, probe=_stellar_probe(encoder, members=1),
-                                                class_probe=star)
+        single = api.predict_stellar_parameters(spectra, model=encoder, class_probe=star,
+                                                probe=_stellar_probe(encoder, members=1))
     assert np.all(np.isnan(single["teff_err"])) and np.all(np.isfinite(single["teff"]))
     assert "single head" in caplog.text
 
@@ -215,22 +215,25 @@ def test_redshift_bits(encoder, library, fitter):  # noqa: F811
                     5, snr=50.0)
     as_galaxy = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
                                      templates=fitter)
-    assert as_galaxy.colnames == ["id", "source_file", "survey", "class", "spectype", "z", "z_err", "deltachi2",
-                                  "flag"]
+    assert as_galaxy.colnames == ["id", "source_file", "survey", "class", "spectype", "z", "z_err",
+                                  "deltachi2", "flag"]
     assert _flags(as_galaxy) == [0] and abs(as_galaxy["z"][0] - z) < 1e-3
     assert as_galaxy["deltachi2"][0] > 9 and 0 < as_galaxy["z_err"][0] < 1e-3
 
     # the network's class chooses the solution: a worse one, flagged
-    as_qso = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "QSO"), templates=fitter)
+    as_qso = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "QSO"),
+                                  templates=fitter)
     assert as_qso["spectype"][0] == "QSO" and as_qso["deltachi2"][0] < 0
-    assert _flags(as_qso)[0] & (Flag.DISAGREEMENT | Flag.SMALL_DELTACHI2) == Flag.DISAGREEMENT | Flag.SMALL_DELTACHI2
+    both = Flag.DISAGREEMENT | Flag.SMALL_DELTACHI2
+    assert _flags(as_qso)[0] & both == both
 
     stars = api.predict_redshift([star], model=encoder, probe=_class_probe(encoder, "STAR"), templates=fitter)
     assert stars["spectype"][0] == "STAR" and _flags(stars) == [Flag.WRONG_CLASS]
     assert abs(stars["z"][0] * C_KMS - v) < 15.0
 
     narrow = RedshiftFitter(library, config=ScanConfig(galaxy_z=(0.0, 0.3)), classes=["GALAXY"])
-    edge = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"), templates=narrow)
+    edge = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
+                                templates=narrow)
     assert _flags(edge)[0] & Flag.Z_EDGE
 
     tokens = tokenize(*galaxy)  # no pixel grid left to fit
@@ -255,9 +258,9 @@ def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- the full answer
 
-FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype", "z",
-                "z_err", "deltachi2", "teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err", "anomaly",
-                "flag"]
+FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype",
+                "z", "z_err", "deltachi2", "teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err",
+                "anomaly", "flag"]
 
 
 def test_full_row(encoder, library, fitter):  # noqa: F811
