@@ -15,13 +15,22 @@ table's ``meta['skipped']`` as ``{source, reason[, id]}``. Every spectrum is che
 the boundary: its length (:data:`omnispectra.spectrum.DEFAULT_MAX_PIXELS`), unit-less
 wavelengths against the model's wavelength support
 (:func:`omnispectra.runtime.check_wavelength_plausible`), a spectrum entirely outside
-that support (:func:`omnispectra.runtime.check_support`), and every output for NaN/inf
-(:class:`~omnispectra.exceptions.NonFiniteOutputError`; never a class from NaN).
+that support (:func:`omnispectra.runtime.check_support`), and every embedding and class
+probability for NaN/inf (:class:`~omnispectra.exceptions.NonFiniteOutputError`; never a
+class from NaN).
+
+The predictors (:func:`classify`, :func:`predict_stellar_parameters`,
+:func:`predict_redshift`, :func:`anomaly_score` with ``as_table=True``) give every row a
+``flag`` bitmask (:class:`omnispectra.flags.Flag`, ``flag == 0``: use it); the rules that
+set its bits live in :mod:`omnispectra.flags` (see ``docs/flags.rst``), this module only
+measures the inputs and calls them. A non-finite *regression* value (or a redshift that
+could not be fitted) is returned with ``NONFINITE`` set rather than refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import numbers
 import os
 import sys
@@ -60,9 +69,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .model import OmniSpectra
 
-__all__ = ["embed", "reconstruct", "anomaly_score", "Reconstruction", "token_summary",
+__all__ = ["embed", "reconstruct", "anomaly_score", "anomaly_statistic", "anomaly_threshold", "masked_chi2",
+           "ANOMALY_N_MASKS",
+           "ANOMALY_MODEL_FLOOR", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
-           "resolve_probe", "default_dtype", "PROBE_FILES"]
+           "resolve_probe", "default_dtype", "PROBE_FILES", "fitter_name", "FLAG_DESCRIPTION",
+           "ANOMALY_DESCRIPTION"]
+
+logger = logging.getLogger(__name__)
 
 _POOL_FACTOR = 32  # spectra held (tokenized) at once = _POOL_FACTOR * batch_size
 
@@ -79,8 +93,14 @@ def _with_context(err: OmniSpectraError, context: str) -> OmniSpectraError:
 
 
 def _tokens_for(item: InputItem, patch_size: int, stride: int,
-                support: WavelengthSupport | None) -> Tokens:
-    """Tokens of one input, checked against the model's wavelength support."""
+                support: WavelengthSupport | None, measure: bool = False) -> Tokens:
+    """Tokens of one input, checked against the model's wavelength support.
+
+    With ``measure``, ``tok.meta`` also gets ``quality`` (:class:`~omnispectra.flags.SpectrumQuality`,
+    for the flags) and ``pixel_ivar`` (``(T, p)`` inverse variance in the tokenizer's
+    normalized flux units, 0 on invalid pixels; None without uncertainties), which the
+    anomaly statistic needs.
+    """
     obj = item.spectrum
     context = f"spectrum {item.id!r}" + ("" if item.source.startswith("input ") else f" ({item.source})")
     try:
@@ -101,15 +121,39 @@ def _tokens_for(item: InputItem, patch_size: int, stride: int,
     except OmniSpectraError as err:
         raise _with_context(err, context) from err
     tok.meta = {**tok.meta, "id": item.id}
+    if measure:
+        tok.meta["quality"], tok.meta["pixel_ivar"] = _measure(obj, tok, support)
     return tok
 
 
+def _measure(obj: Any, tok: Tokens, support: WavelengthSupport | None):
+    """``(SpectrumQuality, pixel ivar (T, p) in normalized units or None)`` of one input."""
+    from .flags import SpectrumQuality, spectrum_quality, support_fraction
+
+    n_valid_tokens = int(tok.valid.sum())
+    if isinstance(obj, Tokens):  # no pixels left: only what the tokens tell
+        return SpectrumQuality(n_valid_tokens, float("nan"),
+                               support_fraction(tok.wavelength[tok.valid], support)), None
+    data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
+    # readers of files without errors put a placeholder ivar of 1 (and say so in meta)
+    placeholder = bool((getattr(obj, "meta", None) or {}).get("ivar_is_placeholder"))
+    ivar = data.ivar if data.has_ivar and not placeholder else None
+    quality = spectrum_quality(data.wavelength, data.flux, ivar, data.bad, n_valid_tokens, support)
+    if ivar is None:
+        return quality, None
+    index = patch_index(tok.n_pixels, tok.patch_size, tok.stride)
+    safe = np.minimum(index, tok.n_pixels - 1)
+    # the ivar of normalized flux f / scale is ivar * scale**2
+    pixel_ivar = np.where(tok.pixel_valid, ivar[safe] * tok.normalization.scale ** 2, 0.0)
+    return quality, pixel_ivar.astype(np.float64)
+
+
 def _inputs(spectra: Any, net: OmniSpectra, format: str | None, on_error: str,
-            workers: int | None) -> Inputs:
+            workers: int | None, measure: bool = False) -> Inputs:
     cfg = net.config
     support = wavelength_support(net)
     return Inputs(spectra, format=format, on_error=on_error, workers=workers,
-                  prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support))
+                  prepare=lambda item: _tokens_for(item, cfg.patch_size, cfg.stride, support, measure))
 
 
 def _progress_bar(progress: Any, total: int | None, desc: str):
@@ -193,7 +237,7 @@ def _run(
     return results, kept
 
 
-def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
+def _meta(net: OmniSpectra, inputs: Inputs, torch_dtype: Any, probe: Any = None,
           kind: str | None = None) -> dict[str, Any]:
     """What every result table's ``meta`` holds: provenance, counts, skipped inputs.
 
@@ -204,7 +248,7 @@ def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
     from .results import provenance_meta
 
     return {
-        **provenance_meta(net, probe=probe, dtype=dtype, kind=kind),
+        **provenance_meta(net, probe=probe, dtype=torch_dtype, kind=kind),
         "n_inputs": inputs.n_inputs,
         "n_read": inputs.n_read,
         "n_skipped": len(inputs.skipped),
@@ -212,24 +256,91 @@ def _meta(net: OmniSpectra, inputs: Inputs, dtype: Any, probe: Any = None,
     }
 
 
-def _embeddings(spectra, net, batch_size, dtype, progress, format, on_error, workers):
-    """``(vectors (N, D) float32, kept items, inputs, autocast dtype)``."""
-    from .collate import collate
+#: Masks of the anomaly statistic behind the predictors' ``ANOMALY`` bit (and the default
+#: of :func:`anomaly_statistic`, with which the card's threshold is computed).
+ANOMALY_N_MASKS = 8
 
-    inputs = _inputs(spectra, net, format, on_error, workers)
+
+@dataclass(frozen=True)
+class _Masks:
+    """The chunk masks of the anomaly measures: ``n`` masks drawn from ``mask_rng(seed, k, 0)``."""
+
+    n: int = 8
+    seed: int = 0
+
+
+@dataclass
+class _Pass:
+    """What one pass over the inputs gave, rows in input order (rejected rows left out)."""
+
+    vectors: np.ndarray          # (N, D) float32 embeddings (empty (N, 0) when not asked)
+    mse: np.ndarray              # (N,) anomaly_score (NaN when not asked)
+    chi2: np.ndarray             # (N,) anomaly statistic (NaN when not asked)
+    items: list[InputItem]
+    inputs: Inputs
+    torch_dtype: Any
+
+
+def _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, *, embed: bool = True,
+             masks: _Masks | None = None, measure: bool = False, desc: str = "embedding") -> _Pass:
+    """Embed and/or score the inputs in one pass (each spectrum read and tokenized once).
+
+    A row is rejected (raised or skipped per ``on_error``) when its embedding or any
+    reconstruction is not finite.
+    """
+    import torch
+
+    from .collate import Sample, collate
+    from .masking import chunk_mask, mask_rng
+
+    inputs = _inputs(spectra, net, format, on_error, workers, measure=measure or masks is not None)
     dev = model_device(net)
     torch_dtype = resolve_dtype(dtype, dev)
+    cfg = net.config
+    width = cfg.dim if embed else 0
 
     def compute(tokens: list[Tokens]) -> np.ndarray:
-        batch = collate(tokens).to(dev)
-        with inference(net, torch_dtype):
-            out = net.embed(batch.tokens, batch.wavelength, batch.valid)
-        return out.float().cpu().numpy()
+        """Rows ``[embedding (width), mse, chi2, all outputs finite]``."""
+        out = np.full((len(tokens), width + 3), np.nan)
+        out[:, -1] = 1.0
+        if embed:
+            batch = collate(tokens).to(dev)
+            with inference(net, torch_dtype):
+                out[:, :width] = net.embed(batch.tokens, batch.wavelength, batch.valid).float().cpu().numpy()
+        if masks is None:
+            return out
+        mse = np.zeros((masks.n, len(tokens)))
+        chi2 = np.zeros((masks.n, len(tokens)))
+        for k in range(masks.n):
+            samples = [Sample(t, chunk_mask(t.n_tokens, mask_rng(masks.seed, k, 0), cfg.patch_size,
+                                            cfg.mask_ratio)) for t in tokens]
+            batch = collate(samples).to(dev)
+            with inference(net, torch_dtype):
+                pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
+                mse[k] = _per_sample_mse(pred, batch.target, batch.loss_mask,
+                                         batch.pixel_valid).double().cpu().numpy()
+                out[:, -1] *= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
+                predicted = batch.to_tokenizer_units(pred.float()).cpu().numpy()
+            loss_mask = batch.loss_mask.cpu().numpy()
+            chi2[k] = [masked_chi2(t, predicted[b, :t.n_tokens], loss_mask[b, :t.n_tokens])
+                       for b, t in enumerate(tokens)]
+        out[:, width] = _mean_over_masks(mse)
+        out[:, width + 1] = _mean_over_masks(chi2)
+        return out
 
-    rows, kept = _run(inputs, compute, batch_size, progress, "embedding")
-    vectors = (np.stack(rows).astype(np.float32, copy=False) if rows
-               else np.zeros((0, net.config.dim), dtype=np.float32))
-    return vectors, kept, inputs, torch_dtype
+    def accept(row: np.ndarray) -> bool:
+        return bool(row[-1] > 0 and np.all(np.isfinite(row[:width])))
+
+    rows, kept = _run(inputs, compute, batch_size, progress, desc, accept=accept)
+    table = np.stack(rows) if rows else np.zeros((0, width + 3))
+    return _Pass(table[:, :width].astype(np.float32), table[:, width], table[:, width + 1], kept, inputs,
+                 torch_dtype)
+
+
+def _embeddings(spectra, net, batch_size, dtype, progress, format, on_error, workers):
+    """``(vectors (N, D) float32, kept items, inputs, autocast dtype)``."""
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    return done.vectors, done.items, done.inputs, done.torch_dtype
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,8 +532,11 @@ def anomaly_score(
         Seed of the masks.
     as_table : bool
         Return an `~astropy.table.Table` (:func:`omnispectra.results.anomaly_table`):
-        ``id``, ``source_file``, ``survey``, ``anomaly_score``, with the provenance,
-        ``NMASKS``, ``MASKSEED``, counts and ``skipped`` in ``meta`` (as :func:`embed`).
+        ``id``, ``source_file``, ``survey``, ``anomaly_score``, ``anomaly`` (the statistic
+        of :func:`anomaly_statistic`, from the same masks) and ``flag`` (input checks,
+        ``ANOMALY`` against the card's threshold ``meta['ANOMP99']``, ``NONFINITE`` for a
+        NaN score), with the provenance, ``NMASKS``, ``MASKSEED``, counts and ``skipped``
+        in ``meta`` (as :func:`embed`).
 
     Returns
     -------
@@ -433,51 +547,168 @@ def anomaly_score(
     ids : str or list of str
         Only with ``return_ids=True``.
     """
-    import torch
-
-    from .collate import Sample, collate
-    from .masking import chunk_mask, mask_rng
-
-    if not (isinstance(n_masks, numbers.Integral) and n_masks >= 1):
-        raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}")
     net = resolve_model(model, device)
-    inputs = _inputs(spectra, net, format, on_error, workers)
-    dev = model_device(net)
-    torch_dtype = resolve_dtype(dtype, dev)
-    cfg = net.config
-
-    def compute(tokens: list[Tokens]) -> np.ndarray:
-        """Rows ``(score, model output finite)``."""
-        scores = np.zeros((n_masks, len(tokens)))
-        finite = np.ones(len(tokens), dtype=bool)
-        for k in range(n_masks):
-            samples = [Sample(t, chunk_mask(t.n_tokens, mask_rng(seed, k, 0), cfg.patch_size,
-                                            cfg.mask_ratio)) for t in tokens]
-            batch = collate(samples).to(dev)
-            with inference(net, torch_dtype):
-                pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
-                mse = _per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid)
-                finite &= torch.isfinite(pred.float()).flatten(1).all(dim=1).cpu().numpy()
-            scores[k] = mse.double().cpu().numpy()
-        return np.stack([_mean_over_masks(scores), finite.astype(np.float64)], axis=1)
-
-    rows, kept = _run(inputs, compute, batch_size, progress, "scoring", accept=lambda row: row[1] > 0)
-    scores = np.asarray([row[0] for row in rows], dtype=np.float64)
-    ids = [item.id for item in kept]
-    if inputs.single and not kept:
-        raise inputs.skipped[0].error
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, embed=False,
+                    masks=_check_masks(n_masks, seed), desc="scoring")
+    scores, ids = done.mse, [item.id for item in done.items]
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[0].error
     if as_table:
+        from .flags import anomaly_flags, finite_flags
         from .results import anomaly_table
 
         table = anomaly_table(ids, scores, n_masks=n_masks, seed=seed,
-                              meta=_meta(net, inputs, torch_dtype, kind="anomaly"))
-        sources = _item_table(kept)
+                              meta=_meta(net, done.inputs, torch_dtype=done.torch_dtype, kind="anomaly"))
+        sources = _item_table(done.items)
         for k, name in enumerate(("source_file", "survey")):
             table.add_column(sources[name], index=1 + k)
+        table["anomaly"] = done.chi2
+        table["anomaly"].description = ANOMALY_DESCRIPTION
+        threshold = anomaly_threshold(net)
+        table["flag"] = (_quality_flags(done.items) | finite_flags(scores)
+                         | anomaly_flags(done.chi2, threshold))
+        table["flag"].description = FLAG_DESCRIPTION
+        table.meta["ANOMP99"] = float("nan") if threshold is None else threshold
         return table
-    if inputs.single:
+    if done.inputs.single:
         scores, ids = float(scores[0]), ids[0]
     return (scores, ids) if return_ids else scores
+
+
+def _check_masks(n_masks: Any, seed: Any) -> _Masks:
+    if not (isinstance(n_masks, numbers.Integral) and n_masks >= 1):
+        raise ValueError(f"n_masks must be a positive integer, got {n_masks!r}")
+    return _Masks(int(n_masks), int(seed))
+
+
+#: Model-error floor of :func:`masked_chi2`, in units of the spectrum's own standard
+#: deviation (the tokenizer's normalized flux): a pixel's variance is ``1 / ivar`` plus
+#: ``(ANOMALY_MODEL_FLOOR * scale) ** 2``, so that high-S/N spectra, which no model
+#: reconstructs to their noise, are not all anomalous.
+ANOMALY_MODEL_FLOOR = 0.1
+
+#: Description of the ``anomaly`` column of the predictor tables.
+ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of the masked-chunk "
+                       "reconstruction (omnispectra.api.anomaly_statistic)")
+
+#: Description of the ``flag`` column (the bits are in omnispectra.flags).
+FLAG_DESCRIPTION = "warning bitmask (omnispectra.flags.Flag); 0 means use it"
+
+
+def masked_chi2(tokens: Tokens, predicted: np.ndarray, token_mask: np.ndarray,
+                floor: float = ANOMALY_MODEL_FLOOR) -> float:
+    """Chi-square per pixel of a reconstruction over the masked chunks of one spectrum.
+
+    ``mean over masked valid pixels of r**2 / (1 / ivar_n + floor**2)``, where ``r`` is the
+    reconstruction minus the observed flux and ``ivar_n`` the inverse variance, both in the
+    tokenizer's normalized units (flux / scale; the ``scale`` cancels, so this is the
+    physical chi-square with a model-error floor of ``floor * scale``). Each pixel counts
+    once per patch that holds it (patches overlap by half).
+
+    Parameters
+    ----------
+    tokens : Tokens
+        Made with ``meta['pixel_ivar']`` (as the api's inputs are when they are measured).
+    predicted : ndarray (T, p + 2)
+        The reconstruction in the units of ``tokens.tokens``.
+    token_mask : ndarray (T,) of bool
+        Tokens hidden from the model (and valid).
+
+    Returns
+    -------
+    float
+        NaN without uncertainties (``pixel_ivar`` None) or without masked valid pixels.
+    """
+    ivar = (tokens.meta or {}).get("pixel_ivar")
+    if ivar is None:
+        return float("nan")
+    use = np.asarray(token_mask, dtype=bool)[:, None] & tokens.pixel_valid & (ivar > 0)
+    if not use.any():
+        return float("nan")
+    resid = np.asarray(predicted, dtype=np.float64)[:, 2:] - tokens.tokens[:, 2:]
+    weight = ivar / (1.0 + floor ** 2 * ivar)
+    return float(np.mean((resid ** 2 * weight)[use]))
+
+
+def anomaly_statistic(
+    spectra: Any,
+    model: str | os.PathLike | OmniSpectra = "default",
+    n_masks: int = ANOMALY_N_MASKS,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
+    format: str | None = None,
+    on_error: str = "raise",
+    workers: int | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """The anomaly statistic behind the ``ANOMALY`` flag, one value per spectrum.
+
+    Each spectrum is masked ``n_masks`` times with the pretraining chunk masks (as
+    :func:`anomaly_score`: drawn from ``mask_rng(seed, k, 0)``, so a value does not depend
+    on the other inputs); the statistic is the mean over the masks of :func:`masked_chi2`,
+    the inverse-variance weighted chi-square per pixel of the reconstructed masked chunks
+    (with a model-error floor of :data:`ANOMALY_MODEL_FLOOR` times the spectrum's standard
+    deviation). Unlike the MSE of :func:`anomaly_score`, which grows with the noise, a noisy
+    but ordinary spectrum has a statistic near 1. Its name is
+    :data:`omnispectra.flags.ANOMALY_STATISTIC`; the encoder card's ``anomaly.p99`` (the
+    99th percentile over validation spectra, written by ``scripts/train_predictors.py``
+    with this function and its defaults) is the flag's threshold
+    (:func:`anomaly_threshold`).
+
+    Parameters
+    ----------
+    spectra, model, batch_size, device, dtype, progress, format, on_error, workers
+        As for :func:`embed`.
+    n_masks, seed
+        As for :func:`anomaly_score`.
+
+    Returns
+    -------
+    statistic : ndarray (N,), float64
+        NaN for a spectrum without uncertainties (no ivar) or too short to be masked.
+    ids : list of str
+        The ids of the rows (inputs skipped per ``on_error`` are left out).
+    """
+    net = resolve_model(model, device)
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, embed=False,
+                    masks=_check_masks(n_masks, seed), desc="scoring")
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[0].error
+    return done.chi2, [item.id for item in done.items]
+
+
+def anomaly_threshold(model: str | os.PathLike | OmniSpectra = "default") -> float | None:
+    """The ``ANOMALY`` threshold stored with a model, or None (then the bit is never set).
+
+    The card's (or weights file's) ``anomaly`` entry ``{"statistic", "p99", "n_validation"}``
+    (:func:`omnispectra.runtime.card_entry`); used only when its ``statistic`` is
+    :data:`omnispectra.flags.ANOMALY_STATISTIC`.
+    """
+    from .flags import ANOMALY_STATISTIC
+    from .runtime import card_entry
+
+    entry = card_entry(resolve_model(model, "cpu" if isinstance(model, (str, os.PathLike)) else None),
+                       "anomaly")
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("statistic") != ANOMALY_STATISTIC:
+        logger.warning("the model card's anomaly threshold is for statistic %r, not %r; ANOMALY is not set",
+                       entry.get("statistic"), ANOMALY_STATISTIC)
+        return None
+    try:
+        value = float(entry["p99"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _quality_flags(items: list[InputItem]) -> np.ndarray:
+    """``OUTSIDE_SUPPORT``/``FEW_TOKENS``/``LOW_SN`` of measured inputs."""
+    from .flags import input_flags
+
+    return input_flags([(item.prepared.meta or {}).get("quality") for item in items])
 
 
 def _mean_over_masks(scores: np.ndarray) -> np.ndarray:
@@ -766,38 +997,183 @@ def resolve_probe(probe: Any, task: str):
     raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
 
 
-@dataclass
-class _Prediction:
-    head: Any
-    values: np.ndarray
-    items: list[InputItem]
-    meta: dict[str, Any]
-
-
-def _predict(spectra, task, probe, model, batch_size, device, dtype, progress, format, on_error,
-             workers) -> _Prediction:
-    """Embed ``spectra`` with the encoder the probe belongs to and apply the probe.
-
-    Rows whose prediction is not finite are rejected (raised or skipped per ``on_error``).
-    """
+def _checked_probe(probe: Any, task: str, net: OmniSpectra):
+    """:func:`resolve_probe` of ``task``, checked to be of the task's kind and to belong to ``net``."""
     head = resolve_probe(probe, task)
     expected_kind = "classification" if task == "source_class" else "regression"
     if head.kind != expected_kind:
         raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
-    net = resolve_model(model, device)
     head.check_encoder(net)
-    vectors, kept, inputs, torch_dtype = _embeddings(spectra, net, batch_size, dtype, progress,
-                                                     format, on_error, workers)
-    values = np.asarray(head.predict(vectors) if len(kept) else np.zeros((0, len(head.names))))
-    finite = np.all(np.isfinite(values.reshape(len(kept), -1)), axis=1) if len(kept) else np.ones(0, bool)
-    for item in (item for item, ok in zip(kept, finite, strict=True) if not ok):
-        inputs.reject(item, NonFiniteOutputError(
-            f"spectrum {item.id!r}: the {task.replace('_', ' ')} probe's output is not finite"))
-    if inputs.single and not finite.all() or inputs.single and not kept:
-        raise inputs.skipped[-1].error
-    meta = _meta(net, inputs, torch_dtype, probe=head, kind="predictions")
-    kept_ok = [i for i, ok in zip(kept, finite, strict=True) if ok]
-    return _Prediction(head, np.asarray(values)[finite], kept_ok, meta)
+    return head
+
+
+def _probe_meta(head: Any, prefix: str) -> dict[str, str]:
+    """Name and tensor sha256 of a second probe in a table's meta (``<prefix>PROBE``, ``<prefix>PROBSHA``)."""
+    from .probes import encoder_fingerprint
+
+    return {f"{prefix}PROBE": Path(str(head.info.get("name", ""))).name,
+            f"{prefix}PROBSHA": encoder_fingerprint(head) if hasattr(head, "state_dict") else ""}
+
+
+@dataclass
+class _Run:
+    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns."""
+
+    net: Any
+    done: _Pass
+    threshold: float | None
+    anomaly: np.ndarray | None   # (N,) statistic, None when not computed
+
+    @property
+    def items(self) -> list[InputItem]:
+        return self.done.items
+
+    def keep(self, ok: np.ndarray, what: str) -> None:
+        """Reject the rows where ``ok`` is False (their ``what`` is not finite)."""
+        inputs = self.done.inputs
+        for item in (item for item, good in zip(self.items, ok, strict=True) if not good):
+            inputs.reject(item, NonFiniteOutputError(f"spectrum {item.id!r}: the {what} is not finite"))
+        if inputs.single and (not ok.all() or not self.items):
+            raise inputs.skipped[-1].error
+        d = self.done
+        items = [item for item, good in zip(d.items, ok, strict=True) if good]
+        self.done = _Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], items, d.inputs, d.torch_dtype)
+        if self.anomaly is not None:
+            self.anomaly = self.anomaly[ok]
+
+    def flags(self) -> np.ndarray:
+        """The input checks and ``ANOMALY`` of every row."""
+        from .flags import anomaly_flags
+
+        out = _quality_flags(self.items)
+        if self.anomaly is not None:
+            out |= anomaly_flags(self.anomaly, self.threshold)
+        return out
+
+    def table(self, head: Any):
+        """``id``, ``source_file``, ``survey`` and the provenance (``head``'s probe) in ``meta``."""
+        table = _item_table(self.items)
+        table.meta.update(_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head,
+                                kind="predictions"))
+        table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
+        return table
+
+
+def _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
+                      anomaly: bool = False) -> _Run:
+    """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
+    threshold = anomaly_threshold(net)
+    masks = _Masks(ANOMALY_N_MASKS) if (anomaly or threshold is not None) else None
+    done = _forward(spectra, net, batch_size, dtype, progress, format, on_error, workers, masks=masks,
+                    measure=True)
+    run = _Run(net, done, threshold, done.chi2 if masks is not None else None)
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[-1].error
+    return run
+
+
+def _class_columns(head: Any, run: _Run) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(classes, calibrated probabilities (N, K), DISAGREEMENT flags)``; rows with a
+    non-finite probability are rejected first (never a class from NaN)."""
+    from .flags import class_disagreement_flags
+
+    vectors = run.done.vectors
+    prob = np.asarray(head.predict(vectors)) if len(vectors) else np.zeros((0, len(head.names)))
+    ok = np.all(np.isfinite(prob), axis=1)
+    if not ok.all():
+        run.keep(ok, "source class probe's output")
+        prob, vectors = prob[ok], vectors[ok]
+    classes = [head.names[k] for k in np.argmax(prob, axis=1)] if len(prob) else []
+    disagree = None
+    if getattr(head, "members", 1) > 1 and len(vectors):
+        disagree = class_disagreement_flags(head.probabilities(head.member_outputs(vectors)))
+    return classes, prob, (np.zeros(len(prob), np.int64) if disagree is None else disagree)
+
+
+def _add_class_columns(table: Any, names: list[str], classes: list[str], prob: np.ndarray) -> None:
+    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table["class"].description = "source class (largest calibrated probability)"
+    for k, name in enumerate(names):
+        table[f"prob_{name}"] = prob[:, k].astype(np.float32)
+        table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
+
+
+def _stellar_columns(head: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values (N, k), 1-sigma errors (N, k), NONFINITE|IMPOSSIBLE_VALUE flags)`` in float32."""
+    from .flags import finite_flags, range_flags
+
+    if head.members < 2:
+        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
+    if len(vectors):
+        values, errors = head.predict_with_spread(vectors)
+    else:
+        values = errors = np.zeros((0, len(head.names)))
+    flags = finite_flags(values) | range_flags({name: values[:, k] for k, name in enumerate(head.names)})
+    return values.astype(np.float32), errors.astype(np.float32), flags
+
+
+def _add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray) -> None:
+    from .results import quantity_unit
+
+    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
+                    "fe_h": "iron abundance [Fe/H] (dex)"}
+    for k, name in enumerate(names):
+        unit = quantity_unit(name)
+        table[name] = values[:, k]
+        table[name].description = descriptions.get(name, name)
+        table[f"{name}_err"] = errors[:, k]
+        table[f"{name}_err"].description = f"1-sigma uncertainty of {name} (calibrated ensemble spread)"
+        if unit is not None:
+            table[name].unit = table[f"{name}_err"].unit = unit
+
+
+def _fit_redshifts(fitter: Any, items: list[InputItem], classes: list[str]) -> dict[str, Any]:
+    """Template fits of every row, reporting the network class's best solution.
+
+    Columns ``spectype``, ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's bits,
+    ``NONFINITE``, ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and
+    the network's class, ``WRONG_CLASS`` for a star's radial velocity).
+    """
+    from .flags import Flag, finite_flags, range_flags, redshift_class_flags
+    from .redshift import RedshiftResult
+
+    results = []
+    for item, cls in zip(items, classes, strict=True):
+        obj = item.spectrum
+        if isinstance(obj, Tokens):  # tokens keep no pixel grid to fit
+            results.append(RedshiftResult.no_fit(0, Flag.BAD_INPUT))
+        else:
+            results.append(fitter.fit(*obj, spectype=cls) if isinstance(obj, tuple)
+                           else fitter.fit(obj, spectype=cls))
+    z = np.asarray([r.z for r in results], dtype=np.float64)
+    reported = [r.spectype for r in results]
+    best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
+    # LOW_SN is the input check's (which knows placeholder uncertainties), not the fit's
+    fit_flags = np.asarray([int(r.flag) & ~int(Flag.LOW_SN) for r in results], dtype=np.int64)
+    flags = (fit_flags | finite_flags(z)
+             | range_flags({"z": z}) | redshift_class_flags(classes, best, reported))
+    return {"spectype": reported, "z": z, "z_err": np.asarray([r.z_err for r in results], dtype=np.float64),
+            "deltachi2": np.asarray([r.deltachi2 for r in results], dtype=np.float64), "flag": flags}
+
+
+def _add_redshift_columns(table: Any, fit: dict[str, Any]) -> None:
+    table["spectype"] = np.asarray(fit["spectype"], dtype=str) if len(fit["z"]) else np.zeros(0, dtype="U6")
+    table["spectype"].description = "class of the reported template solution (STAR: z is a radial velocity)"
+    for name, description in (("z", "redshift of the template fit (STAR: radial velocity, 1 + z Doppler)"),
+                              ("z_err", "1-sigma redshift uncertainty (chi-square curvature)"),
+                              ("deltachi2", "chi-square of the next distinct solution minus this one's")):
+        table[name] = fit[name]
+        table[name].description = description
+
+
+def _add_flag_column(table: Any, flag: np.ndarray) -> None:
+    table["flag"] = np.asarray(flag, dtype=np.int64)
+    table["flag"].description = FLAG_DESCRIPTION
+
+
+def _add_anomaly_column(table: Any, run: _Run) -> None:
+    table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
+    table["anomaly"].description = ANOMALY_DESCRIPTION
 
 
 def classify(
@@ -811,14 +1187,24 @@ def classify(
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    full: bool = False,
+    stellar_probe: Any = None,
+    templates: Any = None,
 ):
-    """Source class (GALAXY, QSO or STAR) of spectra, with class probabilities.
+    """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and a flag.
 
     A small MLP probe (one hidden layer of 128) on the mean-pooled embedding (paper,
     *Source Classification*; its recipe is in the probe file and the model card), trained
     across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
     spectra by ``scripts/train_predictors.py``; its held-out scores are in
-    ``omnispectra/data/predictors.json``.
+    ``omnispectra/data/predictors.json``. The probabilities are ``softmax(logits / T)``
+    with the temperature ``T`` stored in the probe (``calibration.temperature``; 1 when
+    absent, :attr:`omnispectra.probes.Probe.temperature`).
+
+    With ``full=True`` the answer is one Redrock-like catalogue row per spectrum: class and
+    probabilities, the template redshift (:func:`predict_redshift`), the stellar parameters
+    with uncertainties (:func:`predict_stellar_parameters`) for rows classified STAR, the
+    anomaly statistic (:func:`anomaly_statistic`) and one ``flag``.
 
     Parameters
     ----------
@@ -827,36 +1213,78 @@ def classify(
     model : str, path-like or OmniSpectra
         The encoder; must be the one the probe was trained on (default: the bundled model).
     probe : path or Probe, optional
-        Default: the probe bundled with the package.
+        The class probe. Default: the probe bundled with the package.
     batch_size, device, dtype, progress, format, on_error, workers
-        As for :func:`embed`.
+        As for :func:`embed` (with ``full=True``, ``dtype="auto"`` means float32, as for
+        :func:`predict_stellar_parameters`).
+    full : bool
+        Return the full catalogue row (see Returns).
+    stellar_probe : path or Probe, optional
+        With ``full``: the stellar-parameter probe (default: the bundled one).
+    templates : path or RedshiftFitter, optional
+        With ``full``: the Redrock template folder (:func:`omnispectra.redshift.resolve_templates`:
+        this, else ``$OMNISPECTRA_TEMPLATES``; the package does not ship them).
 
     Returns
     -------
     astropy.table.Table
         One row per spectrum that was classified, in input order: ``id``,
-        ``source_file``, ``survey``, ``class`` and ``prob_<CLASS>`` for every class of
-        the probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``); ``meta`` holds the model
-        and probe names, the dtype, the counts (``n_inputs == n_read + n_skipped``) and
-        ``skipped`` (``[{source, reason[, id]}, ...]``).
+        ``source_file``, ``survey``, ``class``, ``prob_<CLASS>`` for every class of the
+        probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``) and ``flag`` (bits of
+        :class:`omnispectra.flags.Flag`: ``OUTSIDE_SUPPORT``, ``FEW_TOKENS``, ``LOW_SN``,
+        ``DISAGREEMENT`` between ensemble members, ``ANOMALY``; ``flag == 0`` means use it).
+        With ``full=True`` also ``spectype``, ``z``, ``z_err``, ``deltachi2``,
+        ``teff``/``teff_err`` (K), ``logg``/``logg_err``, ``fe_h``/``fe_h_err`` (NaN
+        unless ``class`` is STAR), ``anomaly``, before ``flag`` (see :doc:`/flags` for the
+        bits a full row can carry). ``meta`` holds the provenance
+        (:func:`omnispectra.results.provenance_meta`), the counts (``n_inputs == n_read +
+        n_skipped``) and ``skipped`` (``[{source, reason[, id]}, ...]``).
 
     Raises
     ------
     CheckpointError
-        The bundled probe is missing, or the probe belongs to another encoder.
+        A bundled probe is missing, or a probe belongs to another encoder.
+    TemplatesNotFoundError
+        ``full=True`` without Redrock templates (checked before any input is read).
     NonFiniteOutputError
         An embedding or probability is not finite (never turned into a class).
     """
-    result = _predict(spectra, "source_class", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    names, prob = result.head.names, result.values
-    table = _item_table(result.items)
-    table["class"] = np.asarray([names[k] for k in np.argmax(prob, axis=1)] if len(prob) else [], dtype=str)
-    for k, name in enumerate(names):
-        table[f"prob_{name}"] = prob[:, k].astype(np.float32) if len(prob) else np.zeros(0, np.float32)
-        table[f"prob_{name}"].description = f"probability that the source is a {name}"
-    table.meta.update(result.meta)
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "source_class", net)
+    if full:
+        from .redshift import fitter_for
+
+        stellar = _checked_probe(stellar_probe, "stellar_params", net)
+        fitter = fitter_for(templates)
+        if isinstance(dtype, str) and dtype.lower() == "auto":  # stellar parameters need float32
+            dtype = "float32"
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
+                            anomaly=full)
+    classes, prob, flag = _class_columns(head, run)
+    table = run.table(head)
+    _add_class_columns(table, head.names, classes, prob)
+    flag = flag | run.flags()
+    if full:
+        from .flags import Flag, not_star_flags
+
+        table.meta.update(_probe_meta(stellar, "S"))
+        table.meta["TEMPLATE"] = fitter_name(fitter)
+        fit = _fit_redshifts(fitter, run.items, classes)
+        _add_redshift_columns(table, fit)
+        values, errors, stellar_flag = _stellar_columns(stellar, run.done.vectors)
+        star = not_star_flags(classes) == 0
+        values[~star], errors[~star] = np.nan, np.nan
+        _add_stellar_columns(table, stellar.names, values, errors)
+        _add_anomaly_column(table, run)
+        # a star's z is its radial velocity by design here: WRONG_CLASS is for predict_redshift
+        flag = flag | (fit["flag"] & ~int(Flag.WRONG_CLASS)) | np.where(star, stellar_flag, 0)
+    _add_flag_column(table, flag)
     return table
+
+
+def fitter_name(fitter: Any) -> str:
+    """What a result's ``meta['TEMPLATE']`` says of a redshift fitter: its template names."""
+    return ",".join(sorted({p.name.removeprefix("redrock:") for p in fitter.prepared}))
 
 
 def predict_stellar_parameters(
@@ -870,34 +1298,41 @@ def predict_stellar_parameters(
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    class_probe: Any = None,
 ):
-    """Effective temperature, surface gravity and metallicity of stellar spectra.
+    """Effective temperature, surface gravity and metallicity of stellar spectra, with errors.
 
     A probe on the embedding trained on the MILES stars (Teff fitted as log10 Teff; its
     head and recipe are recorded in the probe file); meaningful for stars only, with the
-    accuracy recorded in ``omnispectra/data/predictors.json``. Parameters as for
-    :func:`classify`, except that ``dtype`` defaults to float32 (see :func:`default_dtype`).
+    accuracy recorded in ``omnispectra/data/predictors.json``. The uncertainties are the
+    spread of the probe's ensemble members times the calibrated ``sigma_scale`` of the
+    probe (:meth:`omnispectra.probes.Probe.predict_with_spread`); a single-head probe
+    gives NaN uncertainties (and a logged warning). Parameters as for :func:`classify`,
+    except that ``dtype`` defaults to float32 (see :func:`default_dtype`), and
+    ``class_probe`` (default: the bundled class probe) says which spectra are stars.
 
     Returns
     -------
     astropy.table.Table
-        ``id``, ``source_file``, ``survey``, ``teff`` (K), ``logg`` (log10 of cm s^-2),
-        ``fe_h`` (dex), input order; ``meta`` as for :func:`classify`.
+        ``id``, ``source_file``, ``survey``, ``teff``/``teff_err`` (K),
+        ``logg``/``logg_err`` (dex(cm / s2)), ``fe_h``/``fe_h_err`` (dex), all float32,
+        and ``flag`` (``NOT_STAR`` where the class probe does not say STAR,
+        ``IMPOSSIBLE_VALUE`` outside :data:`omnispectra.flags.PHYSICAL_RANGES`,
+        ``NONFINITE``, and the input checks and ``ANOMALY`` of :func:`classify`), input
+        order; ``meta`` as for :func:`classify` plus ``CPROBE``/``CPROBSHA``.
     """
-    from astropy import units as u
+    from .flags import not_star_flags
 
-    result = _predict(spectra, "stellar_params", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    head, values = result.head, result.values
-    table = _item_table(result.items)
-    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
-                    "fe_h": "iron abundance [Fe/H] (dex)"}
-    for k, name in enumerate(head.names):
-        table[name] = values[:, k] if len(values) else np.zeros(0)
-        table[name].description = descriptions.get(name, name)
-    if "teff" in table.colnames:
-        table["teff"].unit = u.K
-    table.meta.update(result.meta)
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "stellar_params", net)
+    classifier = _checked_probe(class_probe, "source_class", net)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    classes, _, _ = _class_columns(classifier, run)
+    values, errors, flag = _stellar_columns(head, run.done.vectors)
+    table = run.table(head)
+    table.meta.update(_probe_meta(classifier, "C"))
+    _add_stellar_columns(table, head.names, values, errors)
+    _add_flag_column(table, flag | not_star_flags(classes) | run.flags())
     return table
 
 
@@ -907,26 +1342,62 @@ def predict_redshift(
     probe: Any = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = "float32",
+    dtype: torch.dtype | str | None = "auto",
     progress: bool | None = None,
     format: str | None = None,
     on_error: str = "raise",
     workers: int | None = None,
+    templates: Any = None,
 ):
-    """Redshift of galaxy and quasar spectra (only where a redshift probe is shipped).
+    """Redshift of galaxy and quasar spectra: a full-range template fit, its class chosen by the network.
 
-    Parameters as for :func:`classify`, except that ``dtype`` defaults to float32.
+    Every spectrum is fitted with :class:`omnispectra.redshift.RedshiftFitter` (a
+    chi-square scan of the Redrock bases over the full redshift range of each class,
+    refined around the best minima). The class probe's class (see :func:`classify`)
+    chooses which class's best solution is reported; ``deltachi2`` is the chi-square of
+    the next distinct solution minus the reported one's (negative when the templates
+    prefer another solution). A spectrum the network calls a STAR gets its radial
+    velocity as ``z`` (relativistic Doppler, ``z ~ v / c``) and ``WRONG_CLASS``.
+
+    Parameters
+    ----------
+    probe : path or Probe, optional
+        The class probe (default: the bundled one).
+    templates : path or RedshiftFitter, optional
+        The Redrock template folder: this, else ``$OMNISPECTRA_TEMPLATES``
+        (:func:`omnispectra.redshift.resolve_templates`; the package does not ship them).
+    spectra, model, batch_size, device, dtype, progress, format, on_error, workers
+        As for :func:`classify`.
 
     Returns
     -------
     astropy.table.Table
-        ``id``, ``source_file``, ``survey`` and ``z``, input order; ``meta`` as for
-        :func:`classify`.
+        ``id``, ``source_file``, ``survey``, ``class`` (the network's), ``spectype`` (the
+        reported solution's), ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's
+        ``Z_EDGE``, ``SMALL_DELTACHI2``, ``NEGATIVE_MODEL``, ``LITTLE_COVERAGE``,
+        ``BAD_MINFIT``, ``BAD_INPUT``; ``WRONG_CLASS``; ``DISAGREEMENT`` when the fit's best
+        class differs from the network's or the class ensemble disagrees;
+        ``IMPOSSIBLE_VALUE`` for ``z <`` :data:`omnispectra.flags.Z_MIN`; ``NONFINITE`` when
+        nothing could be fitted; the input checks and ``ANOMALY``). Input order; ``meta``
+        as for :func:`classify` plus ``TEMPLATE``.
+
+    Raises
+    ------
+    TemplatesNotFoundError
+        No Redrock templates (checked before any input is read).
     """
-    result = _predict(spectra, "redshift", probe, model, batch_size, device, dtype, progress,
-                      format, on_error, workers)
-    table = _item_table(result.items)
-    table["z"] = result.values[:, 0] if len(result.values) else np.zeros(0)
-    table["z"].description = "redshift"
-    table.meta.update(result.meta)
+    from .redshift import fitter_for
+
+    net = resolve_model(model, device)
+    head = _checked_probe(probe, "source_class", net)
+    fitter = fitter_for(templates)
+    run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
+    classes, _, class_flag = _class_columns(head, run)
+    fit = _fit_redshifts(fitter, run.items, classes)
+    table = run.table(head)
+    table.meta["TEMPLATE"] = fitter_name(fitter)
+    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table["class"].description = "source class of the class probe (chooses the reported solution)"
+    _add_redshift_columns(table, fit)
+    _add_flag_column(table, fit["flag"] | class_flag | run.flags())
     return table

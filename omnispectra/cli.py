@@ -522,15 +522,38 @@ def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
         click.echo(line)
 
 
+_probe_path = click.Path(exists=True, dir_okay=False)
+_templates_option = click.option(
+    "--templates", default=None, type=click.Path(file_okay=False),
+    help="Redrock template folder (with the rrtemplate FITS files in redrock/); default "
+         "$OMNISPECTRA_TEMPLATES.")
+_class_probe_option = click.option("--class-probe", "class_probe", default=None, type=_probe_path,
+                                   help="Class probe file (default: the bundled probe).")
+
+#: Extra options of each predictor command, and the api keyword each one fills.
+_EXTRA_OPTIONS: dict[str, list[Any]] = {
+    "classify": [
+        click.option("--full", is_flag=True,
+                     help="One catalogue row per spectrum: class, probabilities, z, z_err, deltachi2, "
+                          "stellar parameters with errors (stars), anomaly and flag (needs --templates)."),
+        click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
+                     help="With --full: stellar-parameter probe file (default: the bundled probe)."),
+        _templates_option],
+    "predict_stellar_parameters": [_class_probe_option],
+    "predict_redshift": [_templates_option],
+}
+
+
 def _predict_command(name: str, verb: str, what: str, probe_task: str | None, doc: str):
     """A command that runs one api predictor on FILE_OR_DIR... and prints/writes its table."""
 
+    @_with_options(_EXTRA_OPTIONS.get(verb, []))
     @main.command(name, help=doc)
     @click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
     @click.option("--examples", is_flag=True, help="Also use the example spectra shipped with the package.")
     @_table_output_option(False, what)
     @_model_option
-    @click.option("--probe", "probe_path", default=None, type=click.Path(exists=True, dir_okay=False),
+    @click.option("--probe", "probe_path", default=None, type=_probe_path,
                   help="Probe file (default: the bundled probe).", hidden=probe_task is None)
     @_batch_option
     @_device_option
@@ -539,13 +562,13 @@ def _predict_command(name: str, verb: str, what: str, probe_task: str | None, do
     @_overwrite_option
     @_quiet_option
     def command(inputs, examples, output, model_name, probe_path, batch_size, device, fmt, no_table,
-                overwrite, quiet) -> None:
+                overwrite, quiet, **extra) -> None:
         from . import api
 
         sources = _sources(inputs, examples)
         out = _check_output(output, sources, overwrite, table=True) if output else None
         model = _load(model_name, device)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {key: value for key, value in extra.items() if value is not None}
         if probe_task is not None:
             # api checks that the probe belongs to the encoder before reading any input
             kwargs["probe"] = api.resolve_probe(probe_path, probe_task)
@@ -568,35 +591,52 @@ def _predict_command(name: str, verb: str, what: str, probe_task: str | None, do
     return command
 
 
+def _with_options(options: list[Any]):
+    """Add click options to a command made by ``main.command`` (after it was made)."""
+
+    def apply(command: click.Command) -> click.Command:
+        for option in options:
+            option(command)  # click.option on a Command appends to its params
+        return command
+
+    return apply
+
+
 classify_command = _predict_command(
     "classify", "classify", "classified", "source_class",
     """Classify every spectrum in FILE_OR_DIR... as GALAXY, QSO or STAR.
 
-    Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR) and/or writes it with
-    -o (with provenance in its meta). Unreadable files and untokenizable spectra are
-    reported with the reason and skipped; the command fails only when nothing was
-    classified.""")
+    Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR, flag; flag 0 means use
+    it, see the docs for its bits) and/or writes it with -o (with provenance in its meta).
+    With --full: one catalogue row per spectrum with the template redshift, the stellar
+    parameters of stars and the anomaly statistic too. Unreadable files and untokenizable
+    spectra are reported with the reason and skipped; the command fails only when nothing
+    was classified.""")
 
 predict_stellar_command = _predict_command(
     "predict-stellar", "predict_stellar_parameters", "predicted stellar parameters", "stellar_params",
-    """Stellar parameters (teff in K, logg, fe_h) of every spectrum in FILE_OR_DIR...
+    """Stellar parameters (teff in K, logg, fe_h, with 1-sigma errors) of every spectrum in FILE_OR_DIR...
 
-    A probe on the embedding trained on stars: meaningful for stellar spectra only.
-    Prints a table and/or writes it with -o; bad inputs are reported and skipped.""")
+    A probe on the embedding trained on stars: meaningful for stellar spectra only (flag
+    NOT_STAR otherwise). Prints a table and/or writes it with -o; bad inputs are reported
+    and skipped.""")
 
 predict_redshift_command = _predict_command(
-    "predict-redshift", "predict_redshift", "predicted redshifts", "redshift",
+    "predict-redshift", "predict_redshift", "predicted redshifts", "source_class",
     """Redshift of every galaxy or quasar spectrum in FILE_OR_DIR...
 
-    Prints a table (id, survey, z) and/or writes it with -o; bad inputs are reported and
-    skipped.""")
+    A full-range chi-square fit of the Redrock templates (--templates or
+    $OMNISPECTRA_TEMPLATES); the class probe (--probe) chooses the class. Prints a table
+    (id, class, spectype, z, z_err, deltachi2, flag) and/or writes it with -o; bad inputs
+    are reported and skipped.""")
 
 anomaly_command = _predict_command(
     "anomaly", "anomaly_score", "scored anomaly", None,
     """Anomaly score of every spectrum in FILE_OR_DIR...: the mean masked-reconstruction error.
 
     High scores mark spectra unlike the model's training data (see
-    omnispectra.anomaly_score). Prints a table and/or writes it with -o.""")
+    omnispectra.anomaly_score); the table also holds the ivar-weighted statistic
+    (anomaly) and flag. Prints a table and/or writes it with -o.""")
 
 
 @main.command("embed-corpus")

@@ -22,6 +22,7 @@ __all__ = [
     "OutputIsInputError",
     "NonFiniteOutputError",
     "MissingDependencyError",
+    "TemplatesNotFoundError",
 ]
 
 
@@ -83,3 +84,7 @@ class NonFiniteOutputError(OmniSpectraError, ArithmeticError):
 
 class MissingDependencyError(OmniSpectraError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class TemplatesNotFoundError(OmniSpectraError, FileNotFoundError):
+    """The Redrock template files the redshift fit needs are not there (they are not shipped)."""

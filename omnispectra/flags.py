@@ -14,8 +14,7 @@ bit    name                    set when
                                stored wavelength support (e.g. infrared APOGEE for an
                                optical model)
 2      ``FEW_TOKENS``          too few valid tokens reached the encoder
-3      ``LOW_SN``              median per-pixel signal-to-noise below the predictor's
-                               threshold
+3      ``LOW_SN``              median per-pixel signal-to-noise below :data:`MIN_SNR`
 4      ``ANOMALY``             reconstruction chi-square above the 99th percentile of the
                                validation spectra
 5      ``DISAGREEMENT``        ensemble members (or network and template fit) disagree
@@ -25,22 +24,36 @@ bit    name                    set when
 8      ``NEGATIVE_MODEL``      the best-fit model spectrum is significantly negative
 9      ``NOT_STAR``            stellar parameters were asked for a spectrum that is not a star
 10     ``WRONG_CLASS``         a redshift for a class the classifier does not agree with
-11     ``IMPOSSIBLE_VALUE``    a physically impossible value (negative Teff, logg outside
-                               [-1, 10], z < -0.01 ...)
+11     ``IMPOSSIBLE_VALUE``    a physically impossible value (:data:`PHYSICAL_RANGES`:
+                               Teff outside [2000, 60000] K, logg outside [-1, 6], [Fe/H]
+                               outside [-5, 1.5]; z < :data:`Z_MIN` = -0.01)
 12     ``NONFINITE``           a returned value is NaN or infinite
 13     ``LITTLE_COVERAGE``     the template covers too little of the observed spectrum
 14     ``BAD_MINFIT``          the parabola fit to the chi-square minimum failed
 =====  ======================  =============================================================
 
 Use :func:`describe` to turn a value into names, :func:`flag_from_names` for the reverse.
+
+This module is also the one place that decides *when* a bit is set for the predictors of
+:mod:`omnispectra.api`: the thresholds below are public constants, and the ``*_flags``
+functions turn measured quantities into flag values (vectorized over rows). The api only
+calls them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import IntFlag
+from typing import Any
 
-__all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_names"]
+import numpy as np
+
+__all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_names",
+           "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
+           "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
+           "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
+           "not_star_flags", "redshift_class_flags", "anomaly_flags"]
 
 
 class Flag(IntFlag):
@@ -126,3 +139,186 @@ def flag_from_names(names: str | Iterable[str]) -> Flag:
         except KeyError:
             raise ValueError(f"unknown flag name {name!r}; known: {', '.join(FROZEN_FLAG_VALUES)}") from None
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# when each bit is set (the predictors of omnispectra.api)
+
+#: ``LOW_SN``: median per-pixel signal-to-noise ``|flux| * sqrt(ivar)`` over the valid
+#: pixels below this. Spectra without uncertainties have no S/N and never get the bit.
+MIN_SNR = 2.0
+
+#: ``FEW_TOKENS``: fewer valid tokens than this reached the encoder (a token is ``p = 20``
+#: pixels with stride 10, so 16 tokens are about 170 pixels).
+MIN_VALID_TOKENS = 16
+
+#: ``OUTSIDE_SUPPORT``: less than this fraction of the spectrum's valid pixels lies inside
+#: the model's stored wavelength support (the union of its training surveys' ranges).
+MIN_SUPPORT_FRACTION = 0.8
+
+#: ``IMPOSSIBLE_VALUE``: physically possible ``[low, high]`` of each predicted quantity.
+#: Teff in K, logg in dex(cm s^-2), [Fe/H] in dex.
+PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
+    "teff": (2000.0, 60000.0),
+    "logg": (-1.0, 6.0),
+    "fe_h": (-5.0, 1.5),
+}
+
+#: ``IMPOSSIBLE_VALUE``: a redshift below this (a blueshift beyond ~3000 km/s).
+Z_MIN = -0.01
+
+#: Name of the anomaly statistic of :func:`omnispectra.api.anomaly_statistic`; the encoder
+#: card's ``anomaly`` entry (``{"statistic", "p99", "n_validation"}``) is used for the
+#: ``ANOMALY`` threshold only when its ``statistic`` is this name.
+ANOMALY_STATISTIC = "masked_chi2_per_pixel"
+
+
+@dataclass(frozen=True)
+class SpectrumQuality:
+    """What the input checks need to know of one spectrum (see :func:`spectrum_quality`).
+
+    Attributes
+    ----------
+    n_valid_tokens : int
+        Tokens the encoder sees.
+    snr : float
+        Median ``|flux| * sqrt(ivar)`` over the valid pixels; NaN without uncertainties.
+    support_fraction : float
+        Fraction of the valid pixels inside the model's wavelength support (1 when the
+        model stores none).
+    """
+
+    n_valid_tokens: int
+    snr: float
+    support_fraction: float
+
+
+def support_fraction(wavelength: np.ndarray, support: Mapping[str, Any] | None) -> float:
+    """Fraction of ``wavelength`` (valid pixels, Angstrom) inside a model's support.
+
+    The support is the union of its surveys' ``[min, max]`` (``support["surveys"]``), else
+    ``support["overall"]``; without a support (or pixels) the fraction is 1.
+    """
+    wave = np.asarray(wavelength, dtype=np.float64)
+    if not support or wave.size == 0:
+        return 1.0
+    intervals = [(float(v["min"]), float(v["max"])) for v in (support.get("surveys") or {}).values()
+                 if isinstance(v, Mapping) and "min" in v and "max" in v]
+    if not intervals:
+        lo, hi = support["overall"]
+        intervals = [(float(lo), float(hi))]
+    inside = np.zeros(wave.size, dtype=bool)
+    for lo, hi in intervals:
+        inside |= (wave >= lo) & (wave <= hi)
+    return float(inside.mean())
+
+
+def spectrum_quality(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None, bad: np.ndarray,
+                     n_valid_tokens: int, support: Mapping[str, Any] | None) -> SpectrumQuality:
+    """Measure one spectrum for :func:`input_flags`.
+
+    Parameters
+    ----------
+    wavelength, flux : ndarray
+        Pixel wavelengths (Angstrom) and fluxes.
+    ivar : ndarray or None
+        Inverse variances; None (or all equal placeholders of a file without errors, see
+        ``has_ivar`` of :func:`omnispectra.spectrum.spectrum_data`) gives ``snr = NaN``.
+    bad : ndarray of bool
+        Pixels not to use.
+    n_valid_tokens : int
+    support : mapping or None
+        :func:`omnispectra.runtime.wavelength_support` of the model.
+    """
+    good = ~np.asarray(bad, dtype=bool)
+    snr = float("nan")
+    if ivar is not None and good.any():
+        with np.errstate(invalid="ignore"):
+            snr = float(np.median(np.abs(flux[good]) * np.sqrt(np.asarray(ivar, dtype=np.float64)[good])))
+    return SpectrumQuality(int(n_valid_tokens), snr, support_fraction(np.asarray(wavelength)[good], support))
+
+
+def input_flags(quality: Sequence[SpectrumQuality | None]) -> np.ndarray:
+    """``OUTSIDE_SUPPORT``, ``FEW_TOKENS`` and ``LOW_SN`` per spectrum (int64 array).
+
+    A ``None`` entry (nothing known of the input) gives 0.
+    """
+    out = np.zeros(len(quality), dtype=np.int64)
+    for i, q in enumerate(quality):
+        if q is None:
+            continue
+        if q.support_fraction < MIN_SUPPORT_FRACTION:
+            out[i] |= Flag.OUTSIDE_SUPPORT
+        if q.n_valid_tokens < MIN_VALID_TOKENS:
+            out[i] |= Flag.FEW_TOKENS
+        if np.isfinite(q.snr) and q.snr < MIN_SNR:
+            out[i] |= Flag.LOW_SN
+    return out
+
+
+def finite_flags(*columns: Any) -> np.ndarray:
+    """``NONFINITE`` for rows where any of the (N,) or (N, k) ``columns`` is NaN or inf."""
+    n = len(columns[0])
+    bad = np.zeros(n, dtype=bool)
+    for col in columns:
+        values = np.asarray(col, dtype=np.float64).reshape(n, -1)
+        bad |= ~np.all(np.isfinite(values), axis=1)
+    return np.where(bad, int(Flag.NONFINITE), 0).astype(np.int64)
+
+
+def range_flags(values: Mapping[str, Any]) -> np.ndarray:
+    """``IMPOSSIBLE_VALUE`` for rows with a quantity outside :data:`PHYSICAL_RANGES` (or, for
+    ``z``, below :data:`Z_MIN`). Unknown names are not checked; NaN is not impossible (it is
+    :func:`finite_flags`' business)."""
+    n = len(next(iter(values.values())))
+    bad = np.zeros(n, dtype=bool)
+    for name, col in values.items():
+        col = np.asarray(col, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            if name in PHYSICAL_RANGES:
+                lo, hi = PHYSICAL_RANGES[name]
+                bad |= (col < lo) | (col > hi)
+            elif name == "z":
+                bad |= col < Z_MIN
+    return np.where(bad, int(Flag.IMPOSSIBLE_VALUE), 0).astype(np.int64)
+
+
+def class_disagreement_flags(member_probabilities: np.ndarray | None) -> np.ndarray | None:
+    """``DISAGREEMENT`` where the members of an ensemble (``(M, N, K)``) pick different
+    classes; None when there is no ensemble (``M < 2``)."""
+    if member_probabilities is None or member_probabilities.shape[0] < 2:
+        return None
+    votes = np.argmax(member_probabilities, axis=2)                      # (M, N)
+    differ = np.any(votes != votes[:1], axis=0)
+    return np.where(differ, int(Flag.DISAGREEMENT), 0).astype(np.int64)
+
+
+def not_star_flags(classes: Sequence[str]) -> np.ndarray:
+    """``NOT_STAR`` for stellar parameters of spectra the class probe does not call STAR."""
+    return np.asarray([0 if c == "STAR" else int(Flag.NOT_STAR) for c in classes], dtype=np.int64)
+
+
+def redshift_class_flags(network_class: Sequence[str], fit_class: Sequence[str],
+                         reported_class: Sequence[str]) -> np.ndarray:
+    """Flags of a redshift row from its classes.
+
+    ``WRONG_CLASS`` when the reported solution is a STAR (its ``z`` is a radial velocity,
+    not a redshift); ``DISAGREEMENT`` when the template fit's best class differs from the
+    network's class (a fit that found nothing has class ``""`` and sets no bit here).
+    """
+    out = np.zeros(len(network_class), dtype=np.int64)
+    for i, (net, fit, rep) in enumerate(zip(network_class, fit_class, reported_class, strict=True)):
+        if rep == "STAR":
+            out[i] |= Flag.WRONG_CLASS
+        if fit and net and fit != net:
+            out[i] |= Flag.DISAGREEMENT
+    return out
+
+
+def anomaly_flags(statistic: Any, threshold: float | None) -> np.ndarray:
+    """``ANOMALY`` where the anomaly statistic exceeds ``threshold`` (none: never)."""
+    stat = np.atleast_1d(np.asarray(statistic, dtype=np.float64))
+    if threshold is None or not np.isfinite(threshold):
+        return np.zeros(stat.size, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        return np.where(stat > threshold, int(Flag.ANOMALY), 0).astype(np.int64)

@@ -208,6 +208,13 @@ class Probe(nn.Module):
         :func:`encoder_description` of the encoder the head was trained on.
     info : dict, optional
         Free-form JSON-serializable provenance (training recipe, held-out scores).
+    calibration : dict, optional
+        Post-hoc calibration fitted on a held-out fold (``scripts/train_predictors.py``),
+        stored in the header's ``calibration``: ``temperature`` (classification: the
+        probabilities are ``softmax(logits / temperature)``), ``sigma_scale`` (regression:
+        one factor per target multiplying the ensemble spread, in the transformed space),
+        ``coverage_1sigma``, ``fold``. Absent keys mean no calibration
+        (:attr:`temperature` 1, :attr:`sigma_scale` all 1).
     """
 
     def __init__(
@@ -226,6 +233,7 @@ class Probe(nn.Module):
         std: Sequence[float] | None = None,
         encoder: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
+        calibration: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -260,10 +268,52 @@ class Probe(nn.Module):
         self.std = np.ones(n) if std is None else np.asarray(std, dtype=np.float64).reshape(n)
         self.encoder = dict(encoder or {})
         self.info = dict(info or {})
+        self.calibration = dict(calibration or {})
 
     @property
     def n_out(self) -> int:
         return len(self.names)
+
+    # -- calibration --------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature of a classification probe (``calibration.temperature``; 1 if absent).
+
+        Raises
+        ------
+        CheckpointError
+            A stored temperature that is not a positive finite number.
+        """
+        value = self.calibration.get("temperature", 1.0)
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not (math.isfinite(t) and t > 0):
+            raise CheckpointError(f"the probe's calibration temperature must be a positive number, "
+                                  f"got {value!r}")
+        return t
+
+    @property
+    def sigma_scale(self) -> np.ndarray:
+        """Per-target factors on the ensemble spread (``calibration.sigma_scale``; ones if absent).
+
+        Raises
+        ------
+        CheckpointError
+            A stored ``sigma_scale`` that is not one positive finite number per target.
+        """
+        value = self.calibration.get("sigma_scale")
+        if value is None:
+            return np.ones(self.n_out)
+        try:
+            scale = np.asarray(value, dtype=np.float64).reshape(self.n_out)
+        except (TypeError, ValueError):
+            scale = np.full(self.n_out, np.nan)
+        if not np.all(np.isfinite(scale) & (scale > 0)):
+            raise CheckpointError(f"the probe's calibration sigma_scale must hold {self.n_out} positive "
+                                  f"numbers (one per target {self.names}), got {value!r}")
+        return scale
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Raw outputs: logits, or normalized (transformed) targets."""
@@ -316,13 +366,60 @@ class Probe(nn.Module):
         return torch.cat(outs).numpy() if outs else np.zeros((0, self.n_out), np.float32)
 
     def predict(self, embeddings: Any) -> np.ndarray:
-        """Class probabilities ``(N, n_classes)`` or physical targets ``(N, n_targets)``."""
+        """Class probabilities ``(N, n_classes)`` or physical targets ``(N, n_targets)``.
+
+        Probabilities are calibrated: ``softmax(logits / temperature)`` (:attr:`temperature`;
+        :meth:`raw_predict` gives the uncalibrated logits, averaged over an ensemble).
+        """
         out = self.raw_predict(embeddings).astype(np.float64)
         if self.kind == "classification":
-            out = out - out.max(axis=1, keepdims=True)
-            p = np.exp(out)
-            return p / p.sum(axis=1, keepdims=True)
+            return self.probabilities(out)
         return self.inverse_transform(self.denormalize(out))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of logits ``(..., n_classes)``: ``softmax(logits / temperature)``."""
+        out = np.asarray(logits, dtype=np.float64) / self.temperature
+        out = out - out.max(axis=-1, keepdims=True)
+        p = np.exp(out)
+        return p / p.sum(axis=-1, keepdims=True)
+
+    @torch.no_grad()
+    def member_outputs(self, embeddings: Any) -> np.ndarray:
+        """Raw outputs of every ensemble member, ``(members, N, n_out)`` (``(1, N, n_out)``
+        for a single head); their mean over axis 0 is :meth:`raw_predict`."""
+        if self.members == 1:
+            return self.raw_predict(embeddings)[None]
+        heads = self.head.members
+        x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
+        was = self.training
+        self.eval()
+        param = next(self.parameters())
+        try:
+            outs = [torch.stack([m(x[i:i + 4096].to(param.device, param.dtype)) for m in heads]).float().cpu()
+                    for i in range(0, x.shape[0], 4096)]
+        finally:
+            self.train(was)
+        return (torch.cat(outs, dim=1).numpy() if outs
+                else np.zeros((self.members, 0, self.n_out), np.float32))
+
+    def predict_with_spread(self, embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Regression targets and their 1-sigma uncertainties, both physical ``(N, n_targets)``.
+
+        The spread is the standard deviation (ddof 1) of the ensemble members' outputs in
+        the transformed space (e.g. log10 Teff), times :attr:`sigma_scale`, mapped to
+        physical units through the inverse transform (half the width of
+        ``inverse(y + s) - inverse(y - s)``; for log10 Teff this is ``Teff * ln10 * s`` to
+        first order). A single head has no spread: NaN uncertainties.
+        """
+        members = self.member_outputs(embeddings).astype(np.float64)          # (M, N, k)
+        centre = self.denormalize(members.mean(0))                              # transformed
+        values = self.inverse_transform(centre)
+        if members.shape[0] < 2:
+            return values, np.full_like(values, np.nan)
+        spread = members.std(axis=0, ddof=1) * (self.std + EPS) * self.sigma_scale
+        upper, lower = self.inverse_transform(centre + spread), self.inverse_transform(centre - spread)
+        errors = 0.5 * np.abs(upper - lower)
+        return values, errors
 
     def predict_transformed(self, embeddings: Any) -> np.ndarray:
         """Regression outputs in the transformed (fitted) space, e.g. log10 Teff."""
@@ -341,6 +438,7 @@ class Probe(nn.Module):
             "normalization": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
             "encoder": self.encoder,
             "info": self.info,
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     @classmethod
@@ -352,7 +450,8 @@ class Probe(nn.Module):
                    layer_norm=head.get("layer_norm", True), members=head.get("members", 1),
                    transforms=header.get("transforms"),
                    units=header.get("units"), mean=norm.get("mean"), std=norm.get("std"),
-                   encoder=header.get("encoder"), info=header.get("info"))
+                   encoder=header.get("encoder"), info=header.get("info"),
+                   calibration=header.get("calibration"))
 
     def check_encoder(self, model: Any) -> None:
         """Raise :class:`CheckpointError` unless ``model`` is the encoder this probe belongs to."""

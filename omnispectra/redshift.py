@@ -53,6 +53,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,8 +62,8 @@ from scipy import fft as sp_fft
 from .engine.igm import LYA_REST, LYMAN_LIMIT, tau_eff
 from .engine.resample import C_KMS, broaden_loglam, pixel_edges, rebin
 from .engine.templates import SURVEY_GRADE_SIGMA_KMS, TemplateBasis, TemplateLibrary, load_library
-from .exceptions import OmniSpectraError
-from .flags import Flag
+from .exceptions import OmniSpectraError, TemplatesNotFoundError
+from .flags import MIN_SNR, Flag
 from .tokenizer import spectrum_arrays
 
 __all__ = [
@@ -71,6 +72,9 @@ __all__ = [
     "RedshiftResult",
     "RedshiftFitter",
     "fit_redshift",
+    "fitter_for",
+    "resolve_templates",
+    "TEMPLATES_HELP",
     "results_table",
     "dz_over_1pz",
 ]
@@ -105,8 +109,8 @@ class ScanConfig:
     velocity_separation_kms: float = 1000.0
     #: ``deltachi2`` below this sets :attr:`Flag.SMALL_DELTACHI2` (Redrock: 9).
     min_deltachi2: float = 9.0
-    #: Median per-pixel S/N below this sets :attr:`Flag.LOW_SN`.
-    min_snr: float = 1.0
+    #: Median per-pixel S/N below this sets :attr:`Flag.LOW_SN` (:data:`omnispectra.flags.MIN_SNR`).
+    min_snr: float = MIN_SNR
     #: Half width (coarse pixels) and points of the refinement grid.
     refine_halfwidth: float = 2.0
     refine_points: int = 17
@@ -317,8 +321,13 @@ class RedshiftFitter:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, spectrum: Any = None, flux: Any = None, ivar: Any = None, mask: Any = None, *,
-            wavelength: Any = None, return_scans: bool = False):
+            wavelength: Any = None, return_scans: bool = False, spectype: str | None = None):
         """Fit one spectrum (a specutils spectrum or ``(wavelength, flux, ivar, mask)`` arrays).
+
+        ``spectype`` (``GALAXY``, ``QSO``, ``STAR``) reports the best solution of that class
+        when the scan found one (else the overall best); its ``deltachi2`` is still the
+        chi-square of the next distinct solution minus its own, so it is negative when
+        another class fits better. ``candidates[0]`` is always the overall best.
 
         Returns
         -------
@@ -341,7 +350,7 @@ class RedshiftFitter:
             result = RedshiftResult.no_fit(n_valid, Flag.BAD_INPUT)
             return (result, []) if return_scans else result
         scans, minima = self._coarse_scan(wave, flux_a, ivar_a)
-        result = self._refine(wave, flux_a, ivar_a, minima)
+        result = self._refine(wave, flux_a, ivar_a, minima, spectype)
         snr = float(np.median(np.abs(flux_a[valid]) * np.sqrt(ivar_a[valid])))
         if snr < self.config.min_snr:
             result.flag |= int(Flag.LOW_SN)
@@ -457,7 +466,7 @@ class RedshiftFitter:
         chi2 = float(resid @ resid) * n_valid / covered.sum()
         return chi2, coef, coef @ design, covered
 
-    def _refine(self, wave, flux, ivar, minima) -> RedshiftResult:
+    def _refine(self, wave, flux, ivar, minima, spectype: str | None = None) -> RedshiftResult:
         cfg = self.config
         n_valid = int((ivar > 0).sum())
         if not minima:
@@ -468,7 +477,10 @@ class RedshiftFitter:
         poly = _legendre(x, cfg.n_poly)
         dv = cfg.velocity_separation_kms / C_KMS
         chosen: list[tuple[float, _Prepared, float, bool]] = []
-        for cand in sorted(minima, key=lambda c: c[0]):
+        ordered = sorted(minima, key=lambda c: c[0])
+        if spectype is not None:  # the asked class's best minimum is always refined
+            ordered = [c for c in ordered if c[1].template.spectype == spectype][:1] + ordered
+        for cand in ordered:
             _, p, z, edge = cand
             if any(q.template.spectype == p.template.spectype
                    and abs(z - zq) / (1.0 + zq) < dv for _, q, zq, _ in chosen):
@@ -523,9 +535,10 @@ class RedshiftFitter:
         if not refined:
             return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
         refined.sort(key=lambda r: r[0])
-        chi2, p, z_best, z_err, coef, flag = refined[0]
-        others = [r for r in refined[1:] if r[1].template.spectype != p.template.spectype
-                  or abs(r[2] - z_best) / (1.0 + z_best) >= dv]
+        pick = next((k for k, r in enumerate(refined) if r[1].template.spectype == spectype), 0)
+        chi2, p, z_best, z_err, coef, flag = refined[pick]
+        others = [r for k, r in enumerate(refined) if k != pick and (
+            r[1].template.spectype != p.template.spectype or abs(r[2] - z_best) / (1.0 + z_best) >= dv)]
         deltachi2 = float(others[0][0] - chi2) if others else float("nan")
         if others and deltachi2 < cfg.min_deltachi2:
             flag |= Flag.SMALL_DELTACHI2
@@ -539,12 +552,51 @@ class RedshiftFitter:
 
 _DEFAULT_FITTERS: dict[tuple, RedshiftFitter] = {}
 
+#: How to get the templates, for the error of :func:`resolve_templates`.
+TEMPLATES_HELP = (
+    "omnispectra does not ship the Redrock templates: download the rrtemplate-*.fits files of "
+    "https://github.com/desihub/redrock-templates into a folder DIR/redrock/ and pass "
+    "templates=DIR (CLI: --templates DIR) or set OMNISPECTRA_TEMPLATES=DIR")
+
+
+def resolve_templates(templates: str | os.PathLike | None = None) -> Path:
+    """The template folder (holding ``redrock/``): ``templates``, else ``$OMNISPECTRA_TEMPLATES``.
+
+    A path to the ``redrock/`` folder itself is accepted too (its parent is returned).
+
+    Raises
+    ------
+    TemplatesNotFoundError
+        Neither is given, or the folder holds no ``redrock/rrtemplate-*.fits*`` files; the
+        message says how to get them (:data:`TEMPLATES_HELP`).
+    """
+    given = templates if templates is not None else os.environ.get("OMNISPECTRA_TEMPLATES")
+    if not given:
+        raise TemplatesNotFoundError(f"no template folder given. {TEMPLATES_HELP}")
+    root = Path(given).expanduser()
+    if root.name == "redrock" and not (root / "redrock").is_dir():
+        root = root.parent
+    if not any((root / "redrock").glob("rrtemplate-*.fits*")):
+        raise TemplatesNotFoundError(f"no Redrock templates (redrock/rrtemplate-*.fits) in {root}. "
+                                     f"{TEMPLATES_HELP}")
+    return root
+
+
+def fitter_for(templates: str | os.PathLike | RedshiftFitter | None = None,
+               config: ScanConfig | None = None) -> RedshiftFitter:
+    """A :class:`RedshiftFitter` of a template folder (:func:`resolve_templates`), loaded once
+    per folder and config and then reused; a fitter is returned as it is."""
+    if isinstance(templates, RedshiftFitter):
+        return templates
+    root = resolve_templates(templates)
+    key = (str(root.resolve()), config)
+    if key not in _DEFAULT_FITTERS:
+        _DEFAULT_FITTERS[key] = RedshiftFitter(directory=root, config=config)
+    return _DEFAULT_FITTERS[key]
+
 
 def fit_redshift(spectrum: Any = None, flux: Any = None, ivar: Any = None, mask: Any = None, *,
                  wavelength: Any = None, directory: str | os.PathLike | None = None,
                  config: ScanConfig | None = None) -> RedshiftResult:
-    """Fit one spectrum with a cached :class:`RedshiftFitter` of ``directory`` and ``config``."""
-    key = (str(directory), config)
-    if key not in _DEFAULT_FITTERS:
-        _DEFAULT_FITTERS[key] = RedshiftFitter(directory=directory, config=config)
-    return _DEFAULT_FITTERS[key].fit(spectrum, flux, ivar, mask, wavelength=wavelength)
+    """Fit one spectrum with the cached fitter of ``directory`` and ``config`` (:func:`fitter_for`)."""
+    return fitter_for(directory, config).fit(spectrum, flux, ivar, mask, wavelength=wavelength)

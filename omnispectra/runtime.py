@@ -31,6 +31,7 @@ __all__ = [
     "model_device",
     "inference",
     "wavelength_support",
+    "card_entry",
     "check_support",
     "check_wavelength_plausible",
     "check_finite",
@@ -195,17 +196,23 @@ class WavelengthSupport(dict):
         return float(lo), float(hi)
 
 
-def _card_support(info: dict[str, Any]) -> dict | None:
+def card_entry(model: Any, key: str) -> Any:
+    """An entry of a model's card (``wavelength_support``, ``anomaly``, ...), or None.
+
+    Looked up in the weights file's provenance (``model.info[key]``) and, for the bundled
+    model, in its card (``omnispectra/data/omnispectra-default.json``).
+    """
     from .pretrained import bundled_card, bundled_weights_path
 
-    support = info.get("wavelength_support")
-    if support:
-        return support
+    info = dict(getattr(model, "info", None) or {})
+    value = info.get(key)
+    if value:
+        return value
     path = info.get("path")
     if path and Path(path).resolve() == bundled_weights_path().resolve():
         try:
-            return bundled_card().get("wavelength_support")
-        except CheckpointError:  # a corrupt card: no support known
+            return bundled_card().get(key)
+        except CheckpointError:  # a corrupt card: nothing known
             return None
     return None
 
@@ -223,7 +230,7 @@ def wavelength_support(model: Any = "default") -> WavelengthSupport | None:
         As for :func:`resolve_model` (a name or path is loaded on the CPU).
     """
     net = resolve_model(model, "cpu" if isinstance(model, (str, os.PathLike)) else None)
-    support = _card_support(dict(getattr(net, "info", None) or {}))
+    support = card_entry(net, "wavelength_support")
     return None if not support else WavelengthSupport(support)
 
 

@@ -138,7 +138,8 @@ def test_anomaly_and_reconstruction_tables(model, tmp_path):
 
     paths = example_paths()
     table = api.anomaly_score(paths, model=model, n_masks=2, as_table=True)
-    assert table.colnames == ["id", "source_file", "survey", "anomaly_score"] and len(table) == len(paths)
+    assert table.colnames == ["id", "source_file", "survey", "anomaly_score", "anomaly", "flag"]
+    assert len(table) == len(paths)
     np.testing.assert_allclose(table["anomaly_score"], api.anomaly_score(paths, model=model, n_masks=2))
     assert table.meta["NMASKS"] == 2 and table.meta["KIND"] == "anomaly" and "ENCSHA" in table.meta
     rec = api.reconstruct(paths[0], model=model)

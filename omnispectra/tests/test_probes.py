@@ -198,7 +198,8 @@ def test_classify_and_stellar_parameters_contract(trained):
     from astropy import units as u
 
     table = omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["classify"])
-    assert table.colnames == ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR"]
+    assert table.colnames == ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR",
+                              "flag"]
     assert [Path(f).name for f in table["source_file"]] == [p.name for p in example_paths()]
     assert table.meta["n_inputs"] == 3 and table.meta["skipped"] == []
     assert len(table) == 3 and set(table["class"]) <= {"GALAXY", "QSO", "STAR"}
@@ -208,8 +209,9 @@ def test_classify_and_stellar_parameters_contract(trained):
     assert len(one) == 1 and one["id"][0] == table["id"][0]
 
     params = omnispectra.predict_stellar_parameters(example_paths(), model=str(trained["weights"]),
-                                                    probe=trained["stellar"])
-    assert params.colnames == ["id", "source_file", "survey", "teff", "logg", "fe_h"]
+                                                    probe=trained["stellar"], class_probe=trained["classify"])
+    assert params.colnames == ["id", "source_file", "survey", "teff", "teff_err", "logg", "logg_err", "fe_h",
+                               "fe_h_err", "flag"]
     assert params["teff"].unit == u.K
     assert np.all(params["teff"] > 0)
     with pytest.raises(CheckpointError, match="classification probe"):
@@ -222,7 +224,7 @@ def test_missing_bundled_probe_is_a_clear_error(trained, monkeypatch, tmp_path):
     monkeypatch.setattr(api, "bundled_probe_path", lambda task: tmp_path / f"{task}.safetensors")
     with pytest.raises(CheckpointError, match="bundled source class probe.*missing.*train_predictors"):
         omnispectra.classify(example_paths(), model=trained["encoder"])
-    with pytest.raises(CheckpointError, match="redshift probe.*missing"):
+    with pytest.raises(CheckpointError, match="source class probe.*missing"):
         omnispectra.predict_redshift(example_paths(), model=trained["encoder"])
 
 
@@ -232,7 +234,7 @@ def test_cli_predict_stellar(trained, tmp_path):
 
     out = tmp_path / "stars.h5"
     args = ["predict-stellar", "--examples", "--model", str(trained["weights"]),
-            "--probe", str(trained["stellar"])]
+            "--probe", str(trained["stellar"]), "--class-probe", str(trained["classify"])]
     result = CliRunner().invoke(main, args + ["-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "teff" in result.stdout  # the table is printed as well

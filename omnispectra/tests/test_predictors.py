@@ -1,0 +1,318 @@
+"""The predictors users call: flags on every row, calibrated probabilities, stellar errors,
+the template redshift with the network's class, and the full catalogue row."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from astropy import units as u
+from astropy.io import fits
+from astropy.table import Table
+from click.testing import CliRunner
+
+from omnispectra import api
+from omnispectra.cli import main
+from omnispectra.engine.resample import C_KMS
+from omnispectra.exceptions import CheckpointError, TemplatesNotFoundError
+from omnispectra.flags import (
+    ANOMALY_STATISTIC,
+    MIN_SNR,
+    MIN_VALID_TOKENS,
+    Flag,
+    class_disagreement_flags,
+    range_flags,
+)
+from omnispectra.model import OmniSpectra, OmniSpectraConfig
+from omnispectra.pretrained import save_weights
+from omnispectra.probes import Probe, encoder_description, load_probe, save_probe
+from omnispectra.redshift import RedshiftFitter, ScanConfig, resolve_templates
+from omnispectra.tokenizer import tokenize
+
+from .test_redshift import _observe, library  # noqa: F401  (library: the synthetic Redrock bases)
+
+SUPPORT = {"overall": [3500.0, 10000.0], "surveys": {"synth": {"min": 3500.0, "max": 10000.0, "spectra": 9}}}
+CLASSES = ["GALAXY", "QSO", "STAR"]
+LOGITS = {"GALAXY": [3.0, 0.0, 0.0], "QSO": [0.0, 3.0, 0.0], "STAR": [0.0, 0.0, 3.0]}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    net = OmniSpectra(OmniSpectraConfig.from_preset("tiny", dim=32, n_layers=1, n_heads=2)).eval()
+    net.info = {"name": "tiny-test", "wavelength_support": SUPPORT}
+    return net
+
+
+def _class_probe(net, *member_classes, **kw):
+    """A class probe whose members always answer the given classes (biases only)."""
+    probe = Probe(net.config.dim, "classification", CLASSES, members=len(member_classes),
+                  encoder=encoder_description(net), info={"name": "cls"}, **kw)
+    heads = probe.head.members if len(member_classes) > 1 else [probe.head]
+    with torch.no_grad():
+        for head, cls in zip(heads, member_classes, strict=True):
+            head[-1].weight.zero_()
+            head[-1].bias.copy_(torch.tensor(LOGITS[cls]))
+    return probe
+
+
+def _stellar_probe(net, members=3, teff=5800.0, seed=1, **kw):
+    torch.manual_seed(seed)
+    return Probe(net.config.dim, "regression", ["teff", "logg", "fe_h"], members=members,
+                 transforms={"teff": "log10"}, mean=[np.log10(teff), 4.4, -0.2], std=[0.02, 0.2, 0.1],
+                 encoder=encoder_description(net), info={"name": "stars"}, **kw)
+
+
+def _spectrum(snr=50.0, n=2000, start=4000.0, stop=8000.0, seed=0, quantity=False):
+    rng = np.random.default_rng(seed)
+    wave = np.geomspace(start, stop, n)
+    flux = 1.0 + 0.3 * np.sin(wave / 40.0)
+    sigma = np.full(n, 1.0 / snr)
+    wave_out = wave * u.AA if quantity else wave
+    return wave_out, flux + sigma * rng.standard_normal(n), 1.0 / sigma ** 2
+
+
+def _flags(table):
+    return [int(f) for f in table["flag"]]
+
+
+# --------------------------------------------------------------------------- the bits
+
+
+def test_clean_spectrum_is_flag_zero(encoder):
+    table = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "STAR", "STAR"))
+    assert _flags(table) == [0] and table["class"][0] == "STAR"
+    stars = api.predict_stellar_parameters([_spectrum()], model=encoder, probe=_stellar_probe(encoder),
+                                           class_probe=_class_probe(encoder, "STAR"))
+    assert _flags(stars) == [0]
+
+
+def test_input_bits(encoder):
+    spectra = [
+        _spectrum(),                                                    # clean
+        _spectrum(n=100),                                               # 9 tokens
+        _spectrum(snr=MIN_SNR / 4),                                     # noisy
+        _spectrum(start=8000.0, stop=14000.0, quantity=True),           # a third inside the support
+    ]
+    table = api.classify(spectra, model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    flags = _flags(table)
+    assert flags[0] == 0
+    assert flags[1] & Flag.FEW_TOKENS and 100 // 10 < MIN_VALID_TOKENS
+    assert flags[2] == Flag.LOW_SN
+    assert flags[3] == Flag.OUTSIDE_SUPPORT
+    # a spectrum without uncertainties has no S/N: never LOW_SN
+    wave, flux, _ = _spectrum(snr=0.5)
+    assert _flags(api.classify([(wave, flux)], model=encoder, probe=_class_probe(encoder, "GALAXY"))) == [0]
+
+
+def test_ensemble_disagreement(encoder):
+    agree = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "QSO"))
+    differ = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "GALAXY"))
+    assert _flags(agree) == [0] and _flags(differ) == [Flag.DISAGREEMENT]
+    members = np.array([[[0.9, 0.1]], [[0.2, 0.8]]])
+    assert class_disagreement_flags(members).tolist() == [Flag.DISAGREEMENT]
+    assert class_disagreement_flags(members[:1]) is None
+
+
+def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
+    clean = _spectrum(snr=20.0)
+    rng = np.random.default_rng(3)
+    wave = np.geomspace(4000.0, 8000.0, 2000)
+    weird = (wave, 1.0 + rng.choice([-3.0, 0.0, 5.0], size=2000), np.full(2000, 1e6))
+    stats, ids = api.anomaly_statistic([clean, weird], model=encoder, n_masks=2)
+    assert ids == ["0", "1"] and stats[1] > 3 * stats[0] > 0
+    # without uncertainties there is no chi-square
+    assert np.isnan(api.anomaly_statistic([clean[:2]], model=encoder, n_masks=1)[0][0])
+
+    threshold = float(np.sqrt(stats[0] * stats[1]))
+    monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
+                                                  "n_validation": 10})
+    monkeypatch.setattr(api, "ANOMALY_N_MASKS", 2)  # the masks the threshold was computed with
+    assert api.anomaly_threshold(encoder) == threshold
+    table = api.classify([clean, weird], model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    assert _flags(table) == [0, Flag.ANOMALY]
+    scores = api.anomaly_score([clean, weird], model=encoder, n_masks=2, as_table=True)
+    assert _flags(scores) == [0, Flag.ANOMALY] and scores.meta["ANOMP99"] == threshold
+    np.testing.assert_allclose(scores["anomaly"], stats)
+    # a threshold of another statistic is not used
+    monkeypatch.setitem(encoder.info, "anomaly", {"statistic": "mse", "p99": 0.0})
+    assert api.anomaly_threshold(encoder) is None
+
+
+def test_stellar_bits(encoder):
+    spectra = [_spectrum()]
+    hot = api.predict_stellar_parameters(spectra, model=encoder, probe=_stellar_probe(encoder, teff=1e6),
+                                         class_probe=_class_probe(encoder, "STAR"))
+    assert _flags(hot) == [Flag.IMPOSSIBLE_VALUE] and hot["teff"][0] > 60000
+    galaxy = api.predict_stellar_parameters(spectra, model=encoder, probe=_stellar_probe(encoder),
+                                            class_probe=_class_probe(encoder, "GALAXY"))
+    assert _flags(galaxy) == [Flag.NOT_STAR]
+    flags = range_flags({"teff": [5800, 1500, 5800, 5800, np.nan], "logg": [4, 4, 7, 4, 4],
+                         "fe_h": [0, 0, 0, 2, 0]})
+    assert flags.tolist() == [0, Flag.IMPOSSIBLE_VALUE, Flag.IMPOSSIBLE_VALUE, Flag.IMPOSSIBLE_VALUE, 0]
+    assert range_flags({"z": [0.0, -0.02]}).tolist() == [0, Flag.IMPOSSIBLE_VALUE]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_temperature_scales_the_logits(encoder, tmp_path):
+    plain = _class_probe(encoder, "GALAXY")
+    hot = _class_probe(encoder, "GALAXY", calibration={"temperature": 2.0, "fold": "test"})
+    path = save_probe(hot, tmp_path / "cls.safetensors")
+    assert load_probe(path).temperature == 2.0 and load_probe(path).calibration["fold"] == "test"
+    assert plain.temperature == 1.0
+    p1 = api.classify([_spectrum()], model=encoder, probe=plain)
+    p2 = api.classify([_spectrum()], model=encoder, probe=path)
+    for table, t in ((p1, 1.0), (p2, 2.0)):
+        expected = np.exp(np.array(LOGITS["GALAXY"]) / t)
+        got = [table[f"prob_{c}"][0] for c in CLASSES]
+        np.testing.assert_allclose(got, expected / expected.sum(), rtol=1e-5)
+    assert p2["prob_GALAXY"][0] < p1["prob_GALAXY"][0]
+    with pytest.raises(CheckpointError, match="temperature"):
+        _class_probe(encoder, "GALAXY", calibration={"temperature": -1}).temperature  # noqa: B018
+
+
+def test_stellar_errors_from_the_ensemble(encoder, caplog):
+    spectra = [_spectrum(seed=k) for k in range(3)]
+    star = _class_probe(encoder, "STAR")
+    base = _stellar_probe(encoder)
+    scaled = _stellar_probe(encoder, calibration={"sigma_scale": [2.0, 2.0, 3.0]})
+    scaled.load_state_dict(base.state_dict())
+    t1 = api.predict_stellar_parameters(spectra, model=encoder, probe=base, class_probe=star)
+    t2 = api.predict_stellar_parameters(spectra, model=encoder, probe=scaled, class_probe=star)
+    for name in ("teff", "logg", "fe_h"):
+        assert t1[name].dtype == np.float32 and t1[f"{name}_err"].dtype == np.float32
+        assert np.all(t1[f"{name}_err"] > 0)
+        np.testing.assert_allclose(t1[name], t2[name])
+    assert t1["teff_err"].unit == u.K and t1["teff"].unit == u.K and t1["fe_h_err"].unit == u.dex
+    np.testing.assert_allclose(t2["logg_err"], 2 * t1["logg_err"], rtol=1e-5)
+    np.testing.assert_allclose(t2["fe_h_err"], 3 * t1["fe_h_err"], rtol=1e-5)
+    np.testing.assert_allclose(t2["teff_err"], 2 * t1["teff_err"], rtol=1e-2)  # through 10**x
+    # the spread in log10 Teff maps to Teff * ln10 * sigma
+    spread = base.member_outputs(api.embed(spectra, model=encoder)).std(0, ddof=1)[:, 0] * base.std[0]
+    np.testing.assert_allclose(t1["teff_err"], t1["teff"] * np.log(10) * spread, rtol=1e-2)
+    with caplog.at_level(logging.WARNING, logger="omnispectra.api"):
+        single = api.predict_stellar_parameters(spectra, model=encoder, class_probe=star,
+                                                probe=_stellar_probe(encoder, members=1))
+    assert np.all(np.isnan(single["teff_err"])) and np.all(np.isfinite(single["teff"]))
+    assert "single head" in caplog.text
+
+
+# --------------------------------------------------------------------------- redshift
+
+
+@pytest.fixture(scope="module")
+def fitter(library):  # noqa: F811
+    return RedshiftFitter(library)
+
+
+def test_redshift_bits(encoder, library, fitter):  # noqa: F811
+    z = 0.305
+    galaxy = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], z, 7)
+    v = 80.0
+    star = _observe(library.get("redrock:STAR-G"), [1.0, 1.0], np.sqrt((1 + v / C_KMS) / (1 - v / C_KMS)) - 1,
+                    5, snr=50.0)
+    as_galaxy = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
+                                     templates=fitter)
+    assert as_galaxy.colnames == ["id", "source_file", "survey", "class", "spectype", "z", "z_err",
+                                  "deltachi2", "flag"]
+    assert _flags(as_galaxy) == [0] and abs(as_galaxy["z"][0] - z) < 1e-3
+    assert as_galaxy["deltachi2"][0] > 9 and 0 < as_galaxy["z_err"][0] < 1e-3
+
+    # the network's class chooses the solution: a worse one, flagged
+    as_qso = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "QSO"),
+                                  templates=fitter)
+    assert as_qso["spectype"][0] == "QSO" and as_qso["deltachi2"][0] < 0
+    both = Flag.DISAGREEMENT | Flag.SMALL_DELTACHI2
+    assert _flags(as_qso)[0] & both == both
+
+    stars = api.predict_redshift([star], model=encoder, probe=_class_probe(encoder, "STAR"), templates=fitter)
+    assert stars["spectype"][0] == "STAR" and _flags(stars) == [Flag.WRONG_CLASS]
+    assert abs(stars["z"][0] * C_KMS - v) < 15.0
+
+    narrow = RedshiftFitter(library, config=ScanConfig(galaxy_z=(0.0, 0.3)), classes=["GALAXY"])
+    edge = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
+                                templates=narrow)
+    assert _flags(edge)[0] & Flag.Z_EDGE
+
+    tokens = tokenize(*galaxy)  # no pixel grid left to fit
+    nothing = api.predict_redshift([tokens], model=encoder, probe=_class_probe(encoder, "GALAXY"),
+                                   templates=fitter)
+    assert _flags(nothing)[0] & (Flag.NONFINITE | Flag.BAD_INPUT) == Flag.NONFINITE | Flag.BAD_INPUT
+    assert np.isnan(nothing["z"][0])
+
+
+def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
+    monkeypatch.delenv("OMNISPECTRA_TEMPLATES", raising=False)
+    with pytest.raises(TemplatesNotFoundError, match="OMNISPECTRA_TEMPLATES.*|redrock-templates"):
+        api.predict_redshift([_spectrum()], model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    with pytest.raises(TemplatesNotFoundError, match="no Redrock templates"):
+        resolve_templates(tmp_path)
+    (tmp_path / "redrock").mkdir()
+    (tmp_path / "redrock" / "rrtemplate-GALAXY.fits").write_bytes(b"")
+    assert resolve_templates(tmp_path / "redrock") == tmp_path
+    monkeypatch.setenv("OMNISPECTRA_TEMPLATES", str(tmp_path))
+    assert resolve_templates() == tmp_path
+
+
+# --------------------------------------------------------------------------- the full answer
+
+FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype",
+                "z", "z_err", "deltachi2", "teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err",
+                "anomaly", "flag"]
+
+
+def test_full_row(encoder, library, fitter):  # noqa: F811
+    galaxy = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.2, 8)
+    star = _observe(library.get("redrock:STAR-G"), [1.0, 1.0], 0.0, 9, snr=50.0)
+    stellar = _stellar_probe(encoder)
+    gal = api.classify([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"), full=True,
+                       stellar_probe=stellar, templates=fitter)
+    assert gal.colnames == FULL_COLUMNS
+    assert gal["spectype"][0] == "GALAXY" and abs(gal["z"][0] - 0.2) < 1e-3
+    assert np.isnan(gal["teff"][0]) and np.isnan(gal["teff_err"][0]) and np.isfinite(gal["anomaly"][0])
+    assert _flags(gal) == [0]  # stellar parameters were not asked of a galaxy: no NOT_STAR
+    st = api.classify([star], model=encoder, probe=_class_probe(encoder, "STAR"), full=True,
+                      stellar_probe=stellar, templates=fitter)
+    assert st["spectype"][0] == "STAR" and np.isfinite(st["teff"][0]) and st["teff_err"][0] > 0
+    assert _flags(st) == [0]  # a star's z is its radial velocity here: no WRONG_CLASS
+    assert gal.meta["KIND"] == "predictions" and gal.meta["PROBE"] == "cls" and gal.meta["SPROBE"] == "stars"
+    assert len(gal.meta["SPROBSHA"]) == 64 and "GALAXY" in gal.meta["TEMPLATE"] and gal.meta["DTYPE"]
+
+
+def _write_templates(library, root):  # noqa: F811
+    """The synthetic bases as Redrock ``rrtemplate`` files (log-lambda grid)."""
+    (root / "redrock").mkdir(parents=True)
+    for t in library.templates:
+        header = fits.Header({"RRTYPE": t.spectype, "RRSUBTYP": t.subtype, "CRVAL1": t.loglam0,
+                              "CDELT1": t.dloglam, "LOGLAM": 1})
+        fits.PrimaryHDU(t.basis.astype(np.float32), header=header).writeto(
+            root / "redrock" / f"rrtemplate-{t.name.removeprefix('redrock:')}.fits")
+    return root
+
+
+def test_cli_full_writes_one_table(encoder, library, tmp_path):  # noqa: F811
+    weights = tmp_path / "enc.safetensors"
+    save_weights(encoder, weights, info={"wavelength_support": SUPPORT})
+    cls = save_probe(_class_probe(encoder, "GALAXY", "GALAXY"), tmp_path / "cls.safetensors")
+    stars = save_probe(_stellar_probe(encoder), tmp_path / "stars.safetensors")
+    templates = _write_templates(library, tmp_path / "templates")
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.1, 10)
+    spec = tmp_path / "spectra" / "gal.ecsv"
+    spec.parent.mkdir()
+    Table({"wavelength": wave * u.AA, "flux": flux, "ivar": ivar}).write(spec)
+    out = tmp_path / "out" / "full.ecsv"
+    out.parent.mkdir()
+    args = ["classify", str(spec), "--full", "--model", str(weights), "--probe", str(cls), "--stellar-probe",
+            str(stars), "--templates", str(templates), "-o", str(out), "--no-table"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = Table.read(out)
+    assert table.colnames == FULL_COLUMNS and len(table) == 1 and table["spectype"][0] == "GALAXY"
+    assert list(out.parent.iterdir()) == [out]  # written through a temporary file, nothing left over
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "already exists" in again.output
+    missing = CliRunner().invoke(main, args[:-4] + ["-o", str(tmp_path / "x.ecsv")],
+                                 env={"OMNISPECTRA_TEMPLATES": ""})
+    assert missing.exit_code == 1 and "Redrock templates" in missing.output
