@@ -15,7 +15,7 @@ are never validation spectra):
 Run::
 
     python benchmarks/pretrain_mix.py --real corpus/*.h5 --engine engine/*.h5 \\
-        --fractions 0 0.5 0.8 --preset small --minutes 7 -o runs/mix
+        --fractions 0 0.5 0.8 --presets small --steps 150 -o runs/mix
 
 Writes ``<output>/mix.json`` and prints a markdown table.
 """
@@ -70,9 +70,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--engine", nargs="*", default=[], help="engine corpus files")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.8])
     parser.add_argument("--presets", nargs="+", default=["small"])
-    parser.add_argument("--minutes", type=float, default=7.0, help="wall-time budget per run")
+    parser.add_argument("--steps", type=int, default=150,
+                        help="optimizer steps per run (one cosine cycle); equal steps, not equal wall time, "
+                             "so that a loaded machine does not favour one candidate")
+    parser.add_argument("--minutes", type=float, default=None, help="optional wall-time cap per run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--init", default=None, help="weights file every candidate starts from")
     parser.add_argument("--miles-weight", type=float, default=0.3)
     parser.add_argument("-o", "--output", type=Path, default=Path("runs/mix"))
     args = parser.parse_args(argv)
@@ -82,16 +86,25 @@ def main(argv=None) -> dict:
     from omnispectra.training.validation import reconstruction_mse_by_survey
 
     results = []
+    if args.init:  # the starting point, scored the same way
+        from omnispectra.pretrained import load_weights
+
+        start = load_weights(args.init)
+        data = SpectraDataModule(list(args.real), batch_size=32, num_workers=0, val_fraction=0.2, seed=0)
+        mse = reconstruction_mse_by_survey(start, data)
+        results.append({"name": "init", "preset": "", "engine_fraction": None, "steps": 0, "seconds": 0.0,
+                        "val_mse": mse, **downstream(start, list(args.real))})
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "val_mse"}), flush=True)
     for preset in args.presets:
         for fraction in args.fractions:
             name = f"{preset}-engine{fraction:g}"
             corpus = list(args.real) + (list(args.engine) if fraction > 0 else [])
             config = TrainConfig.from_preset(
                 preset, corpus=corpus, output=str(args.output / name), batch_size=args.batch_size,
-                lr=args.lr, seed=0, val_fraction=0.2, max_steps=100_000, max_time_minutes=args.minutes,
-                val_every=100_000, checkpoint_every=100_000, precision="bf16-mixed", progress=False,
+                lr=args.lr, seed=0, val_fraction=0.2, max_steps=args.steps, max_time_minutes=args.minutes,
+                val_every=100_000, checkpoint_every=args.steps, precision="bf16-mixed", progress=False,
                 survey_weights={"miles": args.miles_weight},
-                engine_fraction=fraction if fraction > 0 else None)
+                engine_fraction=fraction if fraction > 0 else None, init_weights=args.init)
             t0 = time.time()
             run = train(config, overwrite=True)
             model = load_checkpoint_model(args.output / name / "checkpoints" / "last.ckpt")

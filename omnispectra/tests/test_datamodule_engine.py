@@ -64,3 +64,23 @@ def test_engine_spectra_are_never_validation_spectra(tmp_path):
     draws = [index for batch in data.train_sampler() for _epoch, index in batch]
     drawn = np.asarray(data.train_dataset.surveys)[draws]
     assert 0.3 < np.mean(drawn == "engine_sdss") < 0.7
+
+
+def test_initialize_from_copies_weights_and_refuses_another_architecture(tmp_path):
+    import torch
+
+    from omnispectra.model import OmniSpectra, OmniSpectraConfig
+    from omnispectra.pretrained import save_weights
+    from omnispectra.training.train import initialize_from
+
+    torch.manual_seed(0)
+    source = OmniSpectra(OmniSpectraConfig.from_preset("tiny", n_layers=1))
+    save_weights(source, tmp_path / "w.safetensors")
+    target = OmniSpectra(OmniSpectraConfig.from_preset("tiny", n_layers=1))
+    assert not torch.equal(next(target.parameters()), next(source.parameters()))
+    initialize_from(target, tmp_path / "w.safetensors")
+    for a, b in zip(target.state_dict().values(), source.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other = OmniSpectra(OmniSpectraConfig.from_preset("tiny", n_layers=2))
+    with pytest.raises(ConfigError, match="n_layers"):
+        initialize_from(other, tmp_path / "w.safetensors")

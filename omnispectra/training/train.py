@@ -69,6 +69,7 @@ class TrainConfig:
     bucket_pool: int | None = None                     # spectra per length-sorting pool
     survey_weights: dict[str, float] | None = None     # per-survey sampling weights (1 = natural mix)
     engine_fraction: float | None = None               # share of draws from engine_* surveys (None: natural)
+    init_weights: str | None = None                    # start from this weights file (same architecture)
     progress: bool = True
 
     @classmethod
@@ -316,6 +317,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         model_config.to_dict(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
         t0_steps=min(config.t0_steps, config.max_steps), eta_min=config.eta_min,
     )
+    if config.init_weights and not resume:
+        initialize_from(module.model, config.init_weights)
     if config.compile:
         module.model.compile_encoder()
     periodic = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:08d}", auto_insert_metric_name=False,
@@ -362,6 +365,30 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     }
     write_text(out / "result.json", json.dumps(result, indent=2))
     return result
+
+
+def initialize_from(model: Any, weights: str | os.PathLike) -> None:
+    """Copy the tensors of a weights file into ``model`` (continued pretraining).
+
+    Raises
+    ------
+    ConfigError
+        The file's architecture differs from the run's (runtime-only settings such as
+        the attention backend may differ).
+    CheckpointError
+        See :func:`omnispectra.pretrained.load_weights`.
+    """
+    from ..pretrained import load_weights
+
+    source = load_weights(weights)
+    ignore = {"attention", "dropout"}
+    theirs = {k: v for k, v in source.config.to_dict().items() if k not in ignore}
+    ours = {k: v for k, v in model.config.to_dict().items() if k not in ignore}
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise ConfigError(f"init_weights {weights} has another architecture than the run (differs in {diff})")
+    model.load_state_dict(source.state_dict())
+    logger.info("initialized from %s (sha256 %s)", weights, source.info.get("sha256", "?")[:12])
 
 
 def load_checkpoint_model(path: str | os.PathLike):
