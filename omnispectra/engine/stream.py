@@ -141,6 +141,7 @@ def build_engine(templates: str | os.PathLike | None, donor_sources: Any, *, sid
     donors = select_side(donors, side, fraction, seed)
     engine = Engine(library, donors, config)
     engine.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
+    engine.fit_responses([d for d in donors if d.labels.get("class") == "GALAXY"])
     return engine
 
 
