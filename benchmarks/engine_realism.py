@@ -25,7 +25,9 @@ listed separately (z < 0.3).
 
 For uncalibrated surveys (6dFGS) each fold's engine estimates the instrument response
 from its own side's labelled galaxies (:meth:`omnispectra.engine.Engine.fit_responses`);
-the refinement multiplies the templates by that same response.
+the refinement multiplies the templates by that same response. Half of the engine
+galaxies on a survey's grids take redshifts of that survey's labelled galaxies of the
+donor side (:meth:`omnispectra.engine.Engine.fit_redshift_priors`).
 
 Run (about 15 minutes on one thread with ``--n-engine 20000 --epochs 8``)::
 
@@ -482,7 +484,9 @@ def main(argv=None):
         test = [i for i in labelled if not donor_side[i]]
         eng = Engine(library, donors, EngineConfig())
         fits_ = eng.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
-        responses = eng.fit_responses([d for d in donors if d.labels.get("class") == "GALAXY"])
+        galaxies = [d for d in donors if d.labels.get("class") == "GALAXY"]
+        responses = eng.fit_responses(galaxies)
+        z_priors = eng.fit_redshift_priors(galaxies)
         fitted_resp = {k: (v.n_donors, round(v.tilt_sigma, 3)) for k, v in eng.responses.items()}
         log.info("fold %d: %d donors, %d test spectra, QSO fits %s, responses %s", fold, len(donors),
                  len(test), fits_, fitted_resp)
@@ -524,7 +528,7 @@ def main(argv=None):
         results["folds"].append({"fold": fold, "donors": len(donors), "test": len(test), "qso_fits": fits_,
                                  "responses": {k: {"n_donors": v.n_donors, "tilt_sigma": v.tilt_sigma}
                                                for k, v in eng.responses.items()},
-                                 "response_fits": responses,
+                                 "response_fits": responses, "galaxy_z_prior_counts": z_priors,
                                  "engine_holdout_accuracy": engine_acc[-1]})
         log.info("fold %d done (%.0f s so far)", fold, time.time() - t0)
 

@@ -14,7 +14,9 @@ of its seed):
    a Gaussian fitted to the coefficients of real training-side quasars
    (:meth:`Engine.fit_quasars`), else a documented fallback; draws with negative flux
    (above the Lyman limit) are rejected;
-5. a redshift: galaxies in [0, 1.5] (60% below 0.4), quasars in [0, 4] (uniform), stars
+5. a redshift: galaxies in [0, 1.5] (60% below 0.4; on the grids of a survey with
+   labelled training-side galaxies, half from that survey's own redshifts,
+   :meth:`Engine.fit_redshift_priors`), quasars in [0, 4] (uniform), stars
    a radial velocity uniform in +-300 km/s, always inside the window where the
    template covers the donor grid (:func:`~omnispectra.engine.observe.redshift_window`);
 6. the Lyman-alpha forest for quasars (:mod:`omnispectra.engine.igm`);
@@ -73,6 +75,12 @@ class EngineConfig:
     galaxy_z: tuple[float, float] = (0.0, 1.5)
     galaxy_low_z_fraction: float = 0.6
     galaxy_low_z_max: float = 0.4
+    #: Fraction of the galaxies on a survey's grids whose redshift is drawn from that
+    #: survey's own redshift distribution (training-side labels,
+    #: :meth:`Engine.fit_redshift_priors`), jittered by ``survey_z_jitter`` in ln(1+z);
+    #: the rest keep the broad prior above, so every grid still sees every redshift.
+    survey_z_fraction: float = 0.5
+    survey_z_jitter: float = 0.02
     qso_z: tuple[float, float] = (0.0, 4.0)
     star_rv_kms: float = 300.0
     archetype_perturbation: float = 0.05
@@ -192,6 +200,8 @@ class Engine:
         self._windows: dict[tuple[str, int], tuple[float, float]] = {}
         #: survey -> fitted instrument response (uncalibrated surveys only)
         self.responses: dict[str, SurveyResponse] = {}
+        #: survey -> ln(1+z) of its training-side labelled galaxies
+        self.galaxy_redshifts: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------ coefficients
     def fit_quasars(self, quasars: list[Donor], min_fits: int = 3) -> dict[str, int]:
@@ -295,6 +305,25 @@ class Engine:
                         sigma, np.sqrt(var_real), np.sqrt(var_arch))
         return counts
 
+    def fit_redshift_priors(self, galaxies: list[Donor], min_donors: int = 5) -> dict[str, int]:
+        """Keep each survey's redshift distribution of labelled galaxies (training side!).
+
+        A survey's galaxies are not spread over z in [0, 1.5]: 6dFGS (K < 12.65) has
+        almost none above z = 0.1, BOSS CMASS sits near 0.5. Where a survey has at least
+        ``min_donors`` labelled galaxies, a fraction ``survey_z_fraction`` of the engine
+        galaxies on its grids take one of those redshifts, jittered (see
+        :class:`EngineConfig`). Returns the number of redshifts kept per survey."""
+        by_survey: dict[str, list[float]] = {}
+        for d in galaxies:
+            z = d.labels.get("z")
+            if d.labels.get("class") == "GALAXY" and z is not None and np.isfinite(float(z)):
+                by_survey.setdefault(d.survey, []).append(float(z))
+        self.galaxy_redshifts = {k: np.log1p(np.array(v)) for k, v in by_survey.items()
+                                 if len(v) >= min_donors}
+        counts = {k: len(v) for k, v in by_survey.items()}
+        logger.info("galaxy redshift priors (labelled galaxies per survey): %s", counts)
+        return counts
+
     def _positive(self, template: TemplateBasis, flux: np.ndarray) -> bool:
         rest = 10 ** template.loglam
         use = rest > LYMAN_LIMIT
@@ -361,7 +390,7 @@ class Engine:
     def _star_group(self, t: TemplateBasis) -> str:
         return _PYHAMMER if t.name.startswith(_PYHAMMER) else t.subtype
 
-    def _choose(self, spectype: str, cands, rng: np.random.Generator):
+    def _choose(self, spectype: str, cands, rng: np.random.Generator, survey: str = ""):
         cfg = self.config
         if spectype == "STAR":
             groups: dict[str, list] = {}
@@ -382,6 +411,13 @@ class Engine:
             holding = [c for c in cands if c[1] <= z <= c[2]]
             return holding[rng.integers(len(holding))][0], z
         t, lo, hi = cands[rng.integers(len(cands))]
+        survey_u = self.galaxy_redshifts.get(survey)
+        if survey_u is not None and rng.random() < cfg.survey_z_fraction:
+            u = survey_u[rng.integers(survey_u.size)] + cfg.survey_z_jitter * rng.standard_normal()
+            z = float(np.expm1(u))
+            z = 2.0 * lo - z if z < lo else z  # reflected at the window's low end (z >= 0)
+            if z <= hi:
+                return t, z
         cut = min(max(cfg.galaxy_low_z_max, lo), hi)
         if rng.random() < cfg.galaxy_low_z_fraction and cut > lo:
             return t, float(rng.uniform(lo, cut))
@@ -406,7 +442,7 @@ class Engine:
             cls = spectype or classes[rng.choice(len(classes), p=p / p.sum())]
             di = int(rng.integers(len(self.donors))) if donor_index is None else int(donor_index)
             cands = self.candidates(cls, di)
-            choice = self._choose(cls, cands, rng) if cands else None
+            choice = self._choose(cls, cands, rng, self.donors[di].survey) if cands else None
             if choice is None:
                 continue
             template, z = choice

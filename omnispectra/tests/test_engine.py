@@ -300,3 +300,19 @@ def test_uncalibrated_survey_response_is_fitted_from_donors_and_applied(library)
     assert np.median(shapes["6dfgs"]) < 0.7 * np.median(shapes["sdss"])
     few = generator.Engine(library, donors[:2])
     assert few.fit_responses(donors[:2]) == {"6dfgs": 2} and few.responses == {}  # too few: the fallback tilt
+
+
+def test_galaxy_redshifts_follow_the_surveys_own_labels_on_its_grids(library):
+    """Half of the galaxies on a survey with labelled galaxies take its redshifts
+    (jittered); a survey without labels keeps the broad prior."""
+    near = [dataclasses.replace(_donor(i, survey="6dfgs"), labels={"class": "GALAXY", "z": 0.05})
+            for i in range(6)]
+    other = _donor(9, survey="sdss")
+    eng = generator.Engine(library, near + [other], generator.EngineConfig(class_priors={"GALAXY": 1.0}))
+    assert eng.fit_redshift_priors(near + [other]) == {"6dfgs": 6}
+    rng = np.random.default_rng(11)
+    z_near = np.array([eng.sample(rng, donor_index=0).labels["z"] for _ in range(300)])
+    z_other = np.array([eng.sample(rng, donor_index=6).labels["z"] for _ in range(300)])
+    close = np.abs(np.log1p(z_near) - np.log1p(0.05)) < 0.03
+    assert 0.35 < close.mean() < 0.65 and np.all(z_near >= 0)
+    assert np.mean(np.abs(np.log1p(z_other) - np.log1p(0.05)) < 0.03) < 0.15
