@@ -392,6 +392,19 @@ def render_rst(results: dict, command: str) -> str:
         L += ["Without 6dFGS (SDSS/BOSS/eBOSS/SEGUE and LAMOST only): " + ", ".join(
             f"{c} {k}/{n} ({k / n:.3f}, Wilson [{lo:.3f}, {hi:.3f}])" for c, k, n, lo, hi in parts)
             + f"; macro recall {macro:.3f}.", ""]
+    for fold, side in ((0, "validation"), (1, "training")):
+        rows = [r for r in results.get("per_spectrum", []) if r["fold"] == fold]
+        if not rows:
+            continue
+        parts = []
+        for c in CLASSES:
+            n = sum(r["true"] == c for r in rows)
+            k = sum(r["true"] == c and r["pred"] == c for r in rows)
+            parts.append((c, k, n, *wilson_interval(k, n)))
+        macro = np.mean([k / n for _, k, n, _, _ in parts if n])
+        L += [f"Fold {fold} alone (scored on the {side} side of the split): " + ", ".join(
+            f"{c} {k}/{n} (Wilson [{lo:.3f}, {hi:.3f}])" for c, k, n, lo, hi in parts)
+            + f"; macro recall {macro:.3f}.", ""]
     L += ["Per survey and class (correct / N): " + ", ".join(
         f"{k} {v['correct']}/{v['n']}" for k, v in results["by_survey_class"].items()) + ".", ""]
     z = results["redshift"]
