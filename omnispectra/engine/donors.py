@@ -64,6 +64,15 @@ class Donor:
         return (~self.mask) & (self.ivar > 0) & np.isfinite(self.flux)
 
     @property
+    def valid_wave(self) -> np.ndarray:
+        """Wavelengths of the valid pixels (the whole grid when none is valid). Pixels
+        before the first and after the last valid one carry nothing: a template only has
+        to cover this span (an X-shooter UVB grid starts at 2,990 A, its first valid pixel
+        is near 3,300 A, where the atmosphere starts to transmit)."""
+        v = self.valid
+        return self.wave[v] if v.any() else self.wave
+
+    @property
     def median_sigma_kms(self) -> float:
         return float(np.median(self.sigma_kms))
 

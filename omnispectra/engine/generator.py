@@ -14,11 +14,15 @@ of its seed):
    a Gaussian fitted to the coefficients of real training-side quasars
    (:meth:`Engine.fit_quasars`), else a documented fallback; draws with negative flux
    (above the Lyman limit) are rejected;
-5. a redshift: galaxies in [0, 1.5] (60% below 0.4), quasars in [0, 4] (uniform), stars
+5. a redshift: galaxies in [0, 1.5] (60% below 0.4; on the grids of a survey with
+   labelled training-side galaxies, half from that survey's own redshifts,
+   :meth:`Engine.fit_redshift_priors`), quasars in [0, 4] (uniform), stars
    a radial velocity uniform in +-300 km/s, always inside the window where the
    template covers the donor grid (:func:`~omnispectra.engine.observe.redshift_window`);
 6. the Lyman-alpha forest for quasars (:mod:`omnispectra.engine.igm`);
-7. observation through the donor (:func:`~omnispectra.engine.observe.observe`).
+7. observation through the donor (:func:`~omnispectra.engine.observe.observe`), for
+   surveys without flux calibration (6dFGS) through the instrument response estimated
+   from training-side donors (:meth:`Engine.fit_responses`).
 
 Labels: ``class`` (GALAXY/QSO/STAR), ``subclass`` (stars: Redrock subtype A ... WD, CV,
 or the composite's spectral type such as ``M2``; empty for galaxies and quasars) and
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 from ..exceptions import OmniSpectraError
 from .donors import Donor
@@ -41,7 +46,7 @@ from .observe import ObserveConfig, observe, redshift_window
 from .resample import C_KMS, rebin
 from .templates import TemplateBasis, TemplateLibrary
 
-__all__ = ["EngineConfig", "EngineSample", "Engine", "fit_basis", "CLASSES"]
+__all__ = ["EngineConfig", "EngineSample", "Engine", "SurveyResponse", "fit_basis", "CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,12 @@ class EngineConfig:
     galaxy_z: tuple[float, float] = (0.0, 1.5)
     galaxy_low_z_fraction: float = 0.6
     galaxy_low_z_max: float = 0.4
+    #: Fraction of the galaxies on a survey's grids whose redshift is drawn from that
+    #: survey's own redshift distribution (training-side labels,
+    #: :meth:`Engine.fit_redshift_priors`), jittered by ``survey_z_jitter`` in ln(1+z);
+    #: the rest keep the broad prior above, so every grid still sees every redshift.
+    survey_z_fraction: float = 0.5
+    survey_z_jitter: float = 0.02
     qso_z: tuple[float, float] = (0.0, 4.0)
     star_rv_kms: float = 300.0
     archetype_perturbation: float = 0.05
@@ -78,7 +89,10 @@ class EngineConfig:
     max_tries: int = 50
     observe: ObserveConfig = field(default_factory=ObserveConfig)
     #: Surveys whose spectra are not flux-calibrated (6dFGS: counts with the instrument
-    #: response): their engine spectra get a stronger, higher-order tilt.
+    #: response). With a response fitted from training-side donors
+    #: (:meth:`Engine.fit_responses`) their engine spectra are multiplied by it and get a
+    #: tilt of order ``uncalibrated_tilt[0]`` with the measured residual scatter;
+    #: without one, the tilt ``uncalibrated_tilt`` (order, sigma) stands in for it.
     uncalibrated_surveys: tuple[str, ...] = ("6dfgs",)
     uncalibrated_tilt: tuple[int, float] = (3, 0.35)
 
@@ -116,6 +130,53 @@ def fit_basis(template: TemplateBasis, wave: np.ndarray, flux: np.ndarray, ivar:
     return coeff / norm
 
 
+@dataclass
+class SurveyResponse:
+    """The mean instrument response of an uncalibrated survey (see :meth:`Engine.fit_responses`).
+
+    Attributes
+    ----------
+    loglam : array
+        log10 wavelengths (A, observed) of the bin centres.
+    log_response : array
+        Natural log of the response there, median 0.
+    tilt_sigma : float
+        Residual scatter of the donors around it (Legendre coefficients of the log, per order).
+    n_donors : int
+    """
+
+    loglam: np.ndarray
+    log_response: np.ndarray
+    tilt_sigma: float
+    n_donors: int
+
+    def on(self, wave: np.ndarray) -> np.ndarray:
+        """The multiplicative response on ``wave`` (constant beyond the fitted range)."""
+        return np.exp(np.interp(np.log10(wave), self.loglam, self.log_response))
+
+
+def _binned_log_median(wave: np.ndarray, flux: np.ndarray, edges: np.ndarray,
+                       min_pixels: int = 5) -> np.ndarray:
+    """ln of the median of ``flux`` (..., n) in each log10-wavelength bin (NaN: too few
+    pixels or a non-positive median). Medians ignore emission lines and spikes."""
+    idx = np.searchsorted(edges, np.log10(wave)) - 1
+    out = np.full(flux.shape[:-1] + (edges.size - 1,), np.nan)
+    for b in range(edges.size - 1):
+        sel = idx == b
+        if sel.sum() >= min_pixels:
+            out[..., b] = np.median(flux[..., sel], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(out > 0, np.log(np.where(out > 0, out, 1.0)), np.nan)
+
+
+def _legendre_coefficients(x: np.ndarray, y: np.ndarray, order: int) -> np.ndarray | None:
+    """Legendre coefficients 1..order of ``y(x)`` over its finite points (None: too few)."""
+    ok = np.isfinite(y)
+    if ok.sum() < 3 * (order + 1):
+        return None
+    return np.polynomial.legendre.legfit(x[ok], y[ok], order)[1:]
+
+
 class Engine:
     """Draws :class:`EngineSample` objects from templates observed through donors.
 
@@ -137,6 +198,10 @@ class Engine:
         #: template name -> (mean, cov, rows) of fitted normalised coefficients
         self.coefficient_models: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._windows: dict[tuple[str, int], tuple[float, float]] = {}
+        #: survey -> fitted instrument response (uncalibrated surveys only)
+        self.responses: dict[str, SurveyResponse] = {}
+        #: survey -> ln(1+z) of its training-side labelled galaxies
+        self.galaxy_redshifts: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------ coefficients
     def fit_quasars(self, quasars: list[Donor], min_fits: int = 3) -> dict[str, int]:
@@ -164,6 +229,99 @@ class Engine:
                 cov = cov + 0.05 * np.diag(np.diag(cov)) + 1e-6 * np.eye(rows.shape[1])
                 self.coefficient_models[t.name] = (rows.mean(axis=0), cov, rows)
         logger.info("QSO basis fits: %s", counts)
+        return counts
+
+    def fit_responses(self, galaxies: list[Donor], bin_dex: float = 0.004, min_donors: int = 5,
+                      seed: int = 0) -> dict[str, int]:
+        """Estimate the instrument response of each uncalibrated survey from real galaxies
+        with a redshift label of the *training side*, and the scatter around it.
+
+        The response is the median over donors of ``real / model`` in bins of
+        ``bin_dex`` (log10; medians in each bin, so emission lines and spikes do not
+        count), with ``model`` the mean of the galaxy archetype rows at the donor's
+        redshift, normalised to median 1. It therefore also holds the difference between
+        the survey's mean galaxy and the engine's mean galaxy: engine spectra on that
+        survey's grids get the shape its real spectra have. The residual tilt sigma is the
+        scatter of the donors' Legendre coefficients (orders 1 .. ``uncalibrated_tilt[0]``)
+        around the response, less (in quadrature) the scatter the archetype rows already
+        make, and at least the calibrated surveys' ``observe.tilt_sigma``.
+
+        Returns the number of donors used per survey (surveys with fewer than
+        ``min_donors`` keep the fallback tilt).
+        """
+        cfg = self.config
+        order = cfg.uncalibrated_tilt[0]
+        galaxy = next((t for t in self.library.by_class("GALAXY") if t.archetypes is not None), None)
+        counts: dict[str, int] = {}
+        if galaxy is None:
+            return counts
+        rows = galaxy.archetypes @ galaxy.basis  # (n_rows, n_pix) rest frame
+        for survey in cfg.uncalibrated_surveys:
+            ds = [d for d in galaxies if d.survey == survey and d.labels.get("class") == "GALAXY"
+                  and d.labels.get("z") is not None]
+            ranges = np.array([np.log10(d.valid_wave[[0, -1]]) for d in ds]).reshape(-1, 2)
+            if len(ds) < min_donors:
+                counts[survey] = len(ds)
+                continue
+            edges = np.arange(ranges[:, 0].min(), ranges[:, 1].max() + bin_dex, bin_dex)
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            ratios, xs, arch_dev = [], [], []
+            for d in ds:
+                z = float(d.labels["z"])
+                v = d.valid
+                models = rebin(10 ** galaxy.loglam * (1.0 + z), rows, d.wave[v])
+                if not np.all(np.isfinite(models)):
+                    continue  # the galaxy basis does not cover this donor at its z
+                log_models = _binned_log_median(d.wave[v], models, edges)  # (n_rows, n_bins)
+                covered = np.isfinite(log_models)
+                with np.errstate(invalid="ignore", divide="ignore"):  # empty bins stay NaN
+                    log_mean = np.log(np.where(covered, np.exp(log_models), 0.0).sum(0) / covered.sum(0))
+                r = _binned_log_median(d.wave[v], d.flux[v], edges) - log_mean
+                ratios.append(r - np.nanmedian(r))
+                lw = np.log10(d.wave)
+                xs.append(2.0 * (centres - lw[0]) / (lw[-1] - lw[0]) - 1.0)
+                arch_dev.append(log_models - log_mean)
+            if len(ratios) < min_donors:
+                counts[survey] = len(ratios)
+                continue
+            ratios = np.array(ratios)
+            enough = np.sum(np.isfinite(ratios), axis=0) >= 0.5 * len(ratios)
+            log_resp = np.nanmedian(ratios[:, enough], axis=0)
+            log_resp = median_filter(log_resp, size=3, mode="nearest") if log_resp.size >= 3 else log_resp
+            log_resp = log_resp - np.median(log_resp)
+            resp_all = np.interp(centres, centres[enough], log_resp)
+            rng = np.random.default_rng(seed)
+            real_c = [_legendre_coefficients(x, r - resp_all, order) for x, r in zip(xs, ratios, strict=True)]
+            arch_c = [_legendre_coefficients(x, a[k], order)
+                      for x, a in zip(xs, arch_dev, strict=True)
+                      for k in rng.choice(len(a), size=min(len(a), 20), replace=False)]
+            var_real = np.var([c for c in real_c if c is not None], axis=0).mean()
+            var_arch = np.var([c for c in arch_c if c is not None], axis=0).mean()
+            sigma = float(max(np.sqrt(max(var_real - var_arch, 0.0)), cfg.observe.tilt_sigma))
+            self.responses[survey] = SurveyResponse(centres[enough], log_resp, sigma, len(ratios))
+            counts[survey] = len(ratios)
+            logger.info("%s response from %d galaxies: %.2f-%.2f (ln), residual tilt sigma %.3f "
+                        "(real %.3f, archetypes %.3f)", survey, len(ratios), log_resp.min(), log_resp.max(),
+                        sigma, np.sqrt(var_real), np.sqrt(var_arch))
+        return counts
+
+    def fit_redshift_priors(self, galaxies: list[Donor], min_donors: int = 5) -> dict[str, int]:
+        """Keep each survey's redshift distribution of labelled galaxies (training side!).
+
+        A survey's galaxies are not spread over z in [0, 1.5]: 6dFGS (K < 12.65) has
+        almost none above z = 0.1, BOSS CMASS sits near 0.5. Where a survey has at least
+        ``min_donors`` labelled galaxies, a fraction ``survey_z_fraction`` of the engine
+        galaxies on its grids take one of those redshifts, jittered (see
+        :class:`EngineConfig`). Returns the number of redshifts kept per survey."""
+        by_survey: dict[str, list[float]] = {}
+        for d in galaxies:
+            z = d.labels.get("z")
+            if d.labels.get("class") == "GALAXY" and z is not None and np.isfinite(float(z)):
+                by_survey.setdefault(d.survey, []).append(float(z))
+        self.galaxy_redshifts = {k: np.log1p(np.array(v)) for k, v in by_survey.items()
+                                 if len(v) >= min_donors}
+        counts = {k: len(v) for k, v in by_survey.items()}
+        logger.info("galaxy redshift priors (labelled galaxies per survey): %s", counts)
         return counts
 
     def _positive(self, template: TemplateBasis, flux: np.ndarray) -> bool:
@@ -202,7 +360,7 @@ class Engine:
     def _window(self, template: TemplateBasis, donor_index: int) -> tuple[float, float]:
         key = (template.name, donor_index)
         if key not in self._windows:
-            self._windows[key] = redshift_window(template, self.donors[donor_index].wave)
+            self._windows[key] = redshift_window(template, self.donors[donor_index].valid_wave)
         return self._windows[key]
 
     def _class_range(self, template: TemplateBasis) -> tuple[float, float]:
@@ -232,7 +390,7 @@ class Engine:
     def _star_group(self, t: TemplateBasis) -> str:
         return _PYHAMMER if t.name.startswith(_PYHAMMER) else t.subtype
 
-    def _choose(self, spectype: str, cands, rng: np.random.Generator):
+    def _choose(self, spectype: str, cands, rng: np.random.Generator, survey: str = ""):
         cfg = self.config
         if spectype == "STAR":
             groups: dict[str, list] = {}
@@ -253,6 +411,13 @@ class Engine:
             holding = [c for c in cands if c[1] <= z <= c[2]]
             return holding[rng.integers(len(holding))][0], z
         t, lo, hi = cands[rng.integers(len(cands))]
+        survey_u = self.galaxy_redshifts.get(survey)
+        if survey_u is not None and rng.random() < cfg.survey_z_fraction:
+            u = survey_u[rng.integers(survey_u.size)] + cfg.survey_z_jitter * rng.standard_normal()
+            z = float(np.expm1(u))
+            z = 2.0 * lo - z if z < lo else z  # reflected at the window's low end (z >= 0)
+            if z <= hi:
+                return t, z
         cut = min(max(cfg.galaxy_low_z_max, lo), hi)
         if rng.random() < cfg.galaxy_low_z_fraction and cut > lo:
             return t, float(rng.uniform(lo, cut))
@@ -277,7 +442,7 @@ class Engine:
             cls = spectype or classes[rng.choice(len(classes), p=p / p.sum())]
             di = int(rng.integers(len(self.donors))) if donor_index is None else int(donor_index)
             cands = self.candidates(cls, di)
-            choice = self._choose(cls, cands, rng) if cands else None
+            choice = self._choose(cls, cands, rng, self.donors[di].survey) if cands else None
             if choice is None:
                 continue
             template, z = choice
@@ -288,11 +453,15 @@ class Engine:
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
                 transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
                                                  sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
-            obs_cfg = cfg.observe
-            if donor.survey in cfg.uncalibrated_surveys:
+            obs_cfg, response = cfg.observe, None
+            if donor.survey in self.responses:
+                fitted = self.responses[donor.survey]
+                response = fitted.on(donor.wave)
+                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=fitted.tilt_sigma)
+            elif donor.survey in cfg.uncalibrated_surveys:
                 obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0],
                                   tilt_sigma=cfg.uncalibrated_tilt[1])
-            flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission)
+            flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission, response)
             sub = template.subtype if cls == "STAR" else ""
             labels = {"class": cls, "subclass": sub, "z": z}
             meta = {"survey": donor.survey, "template": template.name, "donor_id": donor.id,

@@ -10,9 +10,16 @@ sky-subtraction residual proportional to the donor's ``sky`` where it has one. T
 donor's mask and inverse variance are the engine spectrum's. Masked pixels (ivar = 0)
 hold the noiseless model: they carry no weight anywhere.
 
-A template is only observed where it covers the donor's whole grid
-(:func:`redshift_window`): no engine spectrum has a coverage-shaped mask, so masks
-never follow class or redshift.
+A template is only observed where it covers the donor's whole *valid span*, from its
+first to its last valid pixel (:func:`redshift_window` of
+:attr:`~omnispectra.engine.donors.Donor.valid_wave`): no engine spectrum has a
+coverage-shaped mask, so masks never follow class or redshift. Pixels outside that span
+are masked in the donor already; where the template does not reach them they hold 0.
+
+For surveys without flux calibration, ``response`` (the instrument's mean throughput
+estimated from training-side donors,
+:meth:`~omnispectra.engine.generator.Engine.fit_responses`) multiplies the model before
+the signal-to-noise is set, so the engine spectrum is in counts like the donor.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ def smooth_tilt(wave: np.ndarray, rng: np.random.Generator, sigma: float, order:
 
 
 def _template_slice(template: TemplateBasis, z: float, wave: np.ndarray) -> slice:
-    """Template pixels whose observed wavelength is within 1% of the donor grid."""
+    """Template pixels whose observed wavelength is within 1% of ``wave``'s span."""
     shift = np.log10(1.0 + z)
     lo = (np.log10(wave[0] / 1.01) - shift - template.loglam0) / template.dloglam
     hi = (np.log10(wave[-1] * 1.01) - shift - template.loglam0) / template.dloglam
@@ -79,7 +86,8 @@ def _template_slice(template: TemplateBasis, z: float, wave: np.ndarray) -> slic
 
 def observe(template: TemplateBasis, rest_flux: np.ndarray, z: float, donor: Donor,
             rng: np.random.Generator, config: ObserveConfig | None = None,
-            transmission=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            transmission=None, response: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Observe ``rest_flux`` (on ``template``'s grid) at redshift ``z`` through ``donor``.
 
     Parameters
@@ -87,6 +95,9 @@ def observe(template: TemplateBasis, rest_flux: np.ndarray, z: float, donor: Don
     transmission : callable, optional
         ``f(loglam_obs) -> array`` multiplied into the redshifted flux before the line
         spread (the Lyman-alpha forest of quasars).
+    response : array on ``donor.wave``, optional
+        Multiplicative instrument response (uncalibrated surveys), applied before the
+        signal-to-noise is set.
 
     Returns
     -------
@@ -99,7 +110,8 @@ def observe(template: TemplateBasis, rest_flux: np.ndarray, z: float, donor: Don
         The template does not cover the donor's grid at ``z``.
     """
     cfg = config or ObserveConfig()
-    sl = _template_slice(template, z, donor.wave)
+    valid = donor.valid
+    sl = _template_slice(template, z, donor.valid_wave)
     loglam_obs = template.loglam[sl] + np.log10(1.0 + z)
     flux = np.asarray(rest_flux, dtype=np.float64)[sl]
     if transmission is not None:
@@ -107,9 +119,12 @@ def observe(template: TemplateBasis, rest_flux: np.ndarray, z: float, donor: Don
     extra = np.sqrt(max(donor.median_sigma_kms ** 2 - template.sigma_kms ** 2, 0.0))
     flux = broaden_loglam(flux, template.dloglam, extra)
     model = rebin(10 ** loglam_obs, flux, donor.wave) if flux.size > 1 else np.full(donor.wave.size, np.nan)
-    if not np.all(np.isfinite(model)):
+    span = slice(*np.flatnonzero(valid)[[0, -1]] + [0, 1]) if valid.any() else slice(None)
+    if not np.all(np.isfinite(model[span])):
         raise CoverageError(f"{template.name} at z={z:.4f} does not cover the grid of donor {donor.id}")
-    valid = donor.valid
+    model = np.where(np.isfinite(model), model, 0.0)  # only outside the valid span
+    if response is not None:
+        model = model * response
     sig = np.sqrt(donor.ivar[valid])
     donor_snr = donor.snr
     if donor_snr < cfg.min_donor_snr:

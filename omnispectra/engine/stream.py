@@ -149,6 +149,9 @@ def build_engine(templates: str | os.PathLike | None, donor_sources: Any, *, sid
     donors = select_side(donors, side, fraction, seed)
     engine = Engine(library, donors, config)
     engine.fit_quasars([d for d in donors if d.labels.get("class") == "QSO"])
+    galaxies = [d for d in donors if d.labels.get("class") == "GALAXY"]
+    engine.fit_responses(galaxies)
+    engine.fit_redshift_priors(galaxies)
     return engine
 
 

@@ -43,6 +43,7 @@ from .resample import C_KMS, rebin
 __all__ = [
     "FINE_DLOGLAM",
     "SURVEY_GRADE_SIGMA_KMS",
+    "QSO_INTRINSIC_SIGMA_KMS",
     "TemplateBasis",
     "TemplateLibrary",
     "load_redrock",

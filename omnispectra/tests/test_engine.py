@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -232,7 +233,8 @@ def test_sharp_grid_takes_broad_lined_quasars_but_not_survey_grade_stars():
     qso = dataclasses.replace(qso, intrinsic_sigma_kms=QSO_INTRINSIC_SIGMA_KMS)
     star = _log_template("pyhammer:K5", "STAR", "K5", 3000, 11000, _continuum,
                          archetypes=np.ones((1, 1)), sigma=SURVEY_GRADE_SIGMA_KMS)
-    gal = _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum, archetypes=np.array([[1.0, 0.2]]))
+    gal = _log_template("redrock:GALAXY", "GALAXY", "", 1200, 10000, _continuum,
+                        archetypes=np.array([[1.0, 0.2]]))
     sharp = _donor(0)
     sharp.sigma_kms = np.full(sharp.wave.size, 20.0)
     eng = generator.Engine(TemplateLibrary([qso, star, gal]), [sharp])
@@ -241,4 +243,76 @@ def test_sharp_grid_takes_broad_lined_quasars_but_not_survey_grade_stars():
     assert len(eng.candidates("GALAXY", 0)) == 1
     assert qso.line_width_ratio(20.0) < generator.SIGMA_TOLERANCE < star.line_width_ratio(20.0)
     # without the intrinsic width the quasar basis would be refused like the star
-    assert dataclasses.replace(qso, intrinsic_sigma_kms=0.0).line_width_ratio(20.0) > generator.SIGMA_TOLERANCE
+    bare = dataclasses.replace(qso, intrinsic_sigma_kms=0.0)
+    assert bare.line_width_ratio(20.0) > generator.SIGMA_TOLERANCE
+
+
+def test_template_needs_only_cover_the_donors_valid_span(library):
+    """A grid that starts below the star bases (X-shooter UVB: 2,990 A) but whose first
+    valid pixel is redder still takes stars; the uncovered pixels stay masked and hold 0."""
+    d = _donor(0, lo=2950.0, hi=5500.0)
+    blue = d.wave < 3100.0
+    d.mask[blue], d.ivar[blue] = True, 0.0
+    eng = generator.Engine(library, [d], generator.EngineConfig(star_priors={"K": 1.0}))
+    s = eng.sample(np.random.default_rng(8), spectype="STAR")
+    assert np.isfinite(s.flux).all() and np.all(s.mask[blue]) and np.all(s.ivar[blue] == 0)
+    assert np.all(s.flux[d.wave < 2990.0] == 0.0) and np.all(s.flux[~blue] != 0.0)
+    d.mask[blue], d.ivar[blue] = False, 4.0  # the same grid, all valid: no star reaches 2,950 A
+    assert generator.Engine(library, [d]).candidates("STAR", 0) == []
+    with pytest.raises(observe.CoverageError):
+        star = library.get("redrock:STAR-K")
+        observe.observe(star, np.ones(star.n_pix), 0.0, d, np.random.default_rng(9))
+
+
+def test_uncalibrated_survey_response_is_fitted_from_donors_and_applied(library):
+    """Donors in counts: a galaxy seen through a falling response. The fitted response
+    follows it (up to the mean-galaxy normalisation) and engine spectra on those grids
+    carry it; a calibrated survey's spectra do not."""
+    gal = library.get("redrock:GALAXY")
+    true_log_response = lambda w: -1.2 * (np.log(w) - np.log(6000.0)) ** 2 * 20  # noqa: E731
+    donors = []
+    for i in range(8):
+        d = _donor(i, lo=3900.0, hi=7500.0, survey="6dfgs")
+        z = 0.01 * (i + 1)
+        model = resample.rebin(10 ** gal.loglam * (1 + z), gal.flux(gal.archetypes[0]), d.wave)
+        d.flux = model * np.exp(true_log_response(d.wave)) * (1 + 0.01 * d.flux)
+        d.mask[:], d.ivar[:] = False, 4.0
+        d.labels = {"class": "GALAXY", "z": z}
+        donors.append(d)
+    eng = generator.Engine(library, donors)
+    assert eng.fit_responses(donors) == {"6dfgs": 8}
+    fitted = eng.responses["6dfgs"]
+    w = 10 ** fitted.loglam
+    got = fitted.log_response - np.median(fitted.log_response)
+    want = true_log_response(w) - np.median(true_log_response(w))
+    assert np.max(np.abs(got - want)[5:-5]) < 0.05
+    assert fitted.tilt_sigma == pytest.approx(eng.config.observe.tilt_sigma)  # no scatter beyond the galaxy's
+    calibrated = [dataclasses.replace(d, survey="sdss") for d in donors]
+    shapes = {}
+    for name, ds in (("6dfgs", donors), ("sdss", calibrated)):
+        e = generator.Engine(library, ds, generator.EngineConfig(class_priors={"GALAXY": 1.0}))
+        e.responses = eng.responses
+        rng = np.random.default_rng(10)
+        flux = np.array([e.sample(rng, donor_index=0).flux for _ in range(20)])
+        wave = ds[0].wave
+        red, middle = wave > 7200, np.abs(wave - 6000) < 100
+        shapes[name] = np.median(flux[:, red], axis=1) / np.median(flux[:, middle], axis=1)
+    assert np.median(shapes["6dfgs"]) < 0.7 * np.median(shapes["sdss"])
+    few = generator.Engine(library, donors[:2])
+    assert few.fit_responses(donors[:2]) == {"6dfgs": 2} and few.responses == {}  # too few: the fallback tilt
+
+
+def test_galaxy_redshifts_follow_the_surveys_own_labels_on_its_grids(library):
+    """Half of the galaxies on a survey with labelled galaxies take its redshifts
+    (jittered); a survey without labels keeps the broad prior."""
+    near = [dataclasses.replace(_donor(i, survey="6dfgs"), labels={"class": "GALAXY", "z": 0.05})
+            for i in range(6)]
+    other = _donor(9, survey="sdss")
+    eng = generator.Engine(library, near + [other], generator.EngineConfig(class_priors={"GALAXY": 1.0}))
+    assert eng.fit_redshift_priors(near + [other]) == {"6dfgs": 6}
+    rng = np.random.default_rng(11)
+    z_near = np.array([eng.sample(rng, donor_index=0).labels["z"] for _ in range(300)])
+    z_other = np.array([eng.sample(rng, donor_index=6).labels["z"] for _ in range(300)])
+    close = np.abs(np.log1p(z_near) - np.log1p(0.05)) < 0.03
+    assert 0.35 < close.mean() < 0.65 and np.all(z_near >= 0)
+    assert np.mean(np.abs(np.log1p(z_other) - np.log1p(0.05)) < 0.03) < 0.15
