@@ -24,6 +24,7 @@ import yaml
 
 from ..exceptions import CheckpointError, ConfigError, CorpusError, OutputExistsError
 from ..fileio import check_output, write_text
+from ..masking import MASKING_SCHEMES
 from ..model import OmniSpectraConfig
 from ..pretrained import check_tensor_shapes, expected_tensor_shapes, save_weights, validate_config
 
@@ -53,7 +54,9 @@ class TrainConfig:
     checkpoint_every: int = 200                        # optimizer steps
     val_every: int = 200                               # optimizer steps
     val_fraction: float = 0.1                          # paper: 0.01 for its 5.5M spectra
+    split_seed: int | None = None                      # object-hash split seed (None: seed; project: 0)
     mask_ratio: float = 0.75
+    masking: str = "chunk"                             # training masks: "chunk" (paper) or "random" (ablation)
     lr: float = 1e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
@@ -156,6 +159,10 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"training setting {key}={value!r} must be a number >= 0")
         if key in ("num_workers", "seed") and type(value) is not int:
             raise ConfigError(f"training setting {key}={value!r} must be an integer")
+        if key == "split_seed" and value is not None and type(value) is not int:
+            raise ConfigError(f"training setting split_seed={value!r} must be an integer or null")
+        if key == "masking" and value not in MASKING_SCHEMES:
+            raise ConfigError(f"training setting masking={value!r} must be one of {MASKING_SCHEMES}")
         if key == "model" and not isinstance(value, dict):
             raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
         if key == "corpus":
@@ -293,6 +300,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
         mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
+        masking=config.masking, split_seed=config.split_seed,
     )
     try:
         data.setup("fit")
