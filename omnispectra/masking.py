@@ -25,7 +25,7 @@ positions; the loss mask is ``chunk & valid``.
 :mod:`omnispectra.collate` and ``scripts/measure_leak.py``).
 
 Ablation: ``scheme="random"`` in :func:`draw_mask` masks as many tokens as the chunk
-rule would, scattered uniformly over the spectrum (:func:`random_token_mask`); with
+rule would, scattered uniformly over the spectrum; with
 overlapping patches a lone masked token's neighbours show half of its pixels, which is
 the shortcut chunk masking removes.
 
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MASK_RATIO", "MASKING_SCHEMES", "chunk_width", "chunk_mask", "random_token_mask", "draw_mask",
-           "mask_rng", "masked_mean_from_visible"]
+__all__ = ["MASK_RATIO", "MASKING_SCHEMES", "chunk_width", "chunk_mask", "draw_mask", "mask_rng",
+           "masked_mean_from_visible"]
 
 MASK_RATIO = 0.75
 #: Pretraining mask schemes: the paper's contiguous chunks, and scattered tokens (ablation).
@@ -109,22 +109,6 @@ def chunk_mask(
     return mask
 
 
-def random_token_mask(
-    n_tokens: int,
-    rng: np.random.Generator,
-    patch_size: int = 20,
-    ratio: float = MASK_RATIO,
-) -> np.ndarray:
-    """Mask as many tokens as :func:`chunk_mask` would (``M w``), drawn uniformly without replacement.
-
-    Parameters and return value as in :func:`chunk_mask`.
-    """
-    w, _, n_mask = chunk_width(n_tokens, patch_size, ratio)
-    mask = np.zeros(n_tokens, dtype=bool)
-    mask[rng.choice(n_tokens, size=min(n_mask * w, n_tokens), replace=False)] = True
-    return mask
-
-
 def draw_mask(
     n_tokens: int,
     rng: np.random.Generator,
@@ -134,6 +118,10 @@ def draw_mask(
 ) -> np.ndarray:
     """The pretraining mask of one spectrum under ``scheme`` (one of :data:`MASKING_SCHEMES`).
 
+    ``chunk`` is :func:`chunk_mask`; ``random`` masks as many tokens as the chunk rule
+    would (``M w``, see :func:`chunk_width`), drawn uniformly without replacement.
+    Parameters and return value otherwise as in :func:`chunk_mask`.
+
     Raises
     ------
     ValueError
@@ -141,9 +129,12 @@ def draw_mask(
     """
     if scheme == "chunk":
         return chunk_mask(n_tokens, rng, patch_size, ratio)
-    if scheme == "random":
-        return random_token_mask(n_tokens, rng, patch_size, ratio)
-    raise ValueError(f"unknown masking scheme {scheme!r}; known: {', '.join(MASKING_SCHEMES)}")
+    if scheme != "random":
+        raise ValueError(f"unknown masking scheme {scheme!r}; known: {', '.join(MASKING_SCHEMES)}")
+    w, _, n_mask = chunk_width(n_tokens, patch_size, ratio)
+    scattered = np.zeros(n_tokens, dtype=bool)
+    scattered[rng.choice(n_tokens, size=min(n_mask * w, n_tokens), replace=False)] = True
+    return scattered
 
 
 def masked_mean_from_visible(

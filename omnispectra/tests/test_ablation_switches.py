@@ -11,7 +11,7 @@ import torch
 
 from omnispectra.collate import Collator
 from omnispectra.corpus import build_corpus
-from omnispectra.masking import MASKING_SCHEMES, chunk_mask, draw_mask, mask_rng, random_token_mask
+from omnispectra.masking import MASKING_SCHEMES, chunk_mask, draw_mask, mask_rng
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.tokenizer import tokenize
 
@@ -29,9 +29,9 @@ def _runs(mask):
 @pytest.mark.parametrize("n_tok", [3, 55, 384, 2000], ids=["tiny", "vipers", "sdss", "long"])
 def test_random_mask_hides_as_many_tokens_as_the_chunk_rule(n_tok):
     chunk = chunk_mask(n_tok, mask_rng(5, 0, 1))
-    scattered = random_token_mask(n_tok, mask_rng(5, 0, 1))
+    scattered = draw_mask(n_tok, mask_rng(5, 0, 1), scheme="random")
     assert scattered.shape == (n_tok,) and scattered.sum() == chunk.sum()
-    np.testing.assert_array_equal(scattered, random_token_mask(n_tok, mask_rng(5, 0, 1)))
+    np.testing.assert_array_equal(scattered, draw_mask(n_tok, mask_rng(5, 0, 1), scheme="random"))
     if n_tok >= 384:  # scattered: many more runs than the chunk rule's few chunks
         assert _runs(scattered) > 3 * _runs(chunk)
 
@@ -39,12 +39,10 @@ def test_random_mask_hides_as_many_tokens_as_the_chunk_rule(n_tok):
 def test_draw_mask_dispatches_and_rejects_unknown_schemes():
     assert MASKING_SCHEMES == ("chunk", "random")
     np.testing.assert_array_equal(draw_mask(400, mask_rng(1, 2, 3)), chunk_mask(400, mask_rng(1, 2, 3)))
-    np.testing.assert_array_equal(draw_mask(400, mask_rng(1, 2, 3), scheme="random"),
-                                  random_token_mask(400, mask_rng(1, 2, 3)))
     with pytest.raises(ValueError, match="unknown masking scheme 'blocks'"):
         draw_mask(400, mask_rng(0, 0, 0), scheme="blocks")
     with pytest.raises(ValueError, match="mask ratio"):
-        random_token_mask(400, mask_rng(0, 0, 0), ratio=2.0)
+        draw_mask(400, mask_rng(0, 0, 0), ratio=2.0, scheme="random")
 
 
 def test_collator_random_masking_keeps_the_target_count():
