@@ -20,7 +20,7 @@ of one width are interleaved within each repeat (warm-up first, then ``--repeat`
 rounds), and the best time of the rounds is kept, so slow-downs from other work on a
 shared machine hit both variants alike. Run::
 
-    OMP_NUM_THREADS=1 python benchmarks/head_size.py --json benchmarks/results/head_size-cpu.json
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/head_size.py --json benchmarks/results/head_size-cpu.json
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def corpus(tmp_path_factory):
     return sorted(str(p) for p in build_corpus(spectra, out, progress=False).outputs.values())
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.*", "ignore:.*LeafSpec.*:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.*",
+                            "ignore:.*LeafSpec.*:DeprecationWarning")
 def test_split_seed_fixes_the_split_whatever_the_run_seed(corpus):
     pytest.importorskip("lightning")
     from omnispectra.training import SpectraDataModule

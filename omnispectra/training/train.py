@@ -56,7 +56,7 @@ class TrainConfig:
     val_fraction: float = 0.1                          # paper: 0.01 for its 5.5M spectra
     split_seed: int | None = None                      # object-hash split seed (None: seed; project: 0)
     mask_ratio: float = 0.75
-    masking: str = "chunk"                             # training masks: "chunk" (paper) or "random" (ablation)
+    masking: str = "chunk"                             # training masks: "chunk" (paper), "random" (ablation)
     lr: float = 1e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
