@@ -53,7 +53,8 @@ def paired_differences(old_rows: list[dict], new_rows: list[dict]) -> list[dict]
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", nargs="+")
     parser.add_argument("--old", required=True)
     parser.add_argument("--new", required=True)

@@ -65,7 +65,8 @@ def downstream(model, corpus: list[str], batch_size: int = 32) -> dict[str, floa
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", nargs="+", required=True, help="real corpus files")
     parser.add_argument("--engine", nargs="*", default=[], help="engine corpus files")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.5, 0.8])
@@ -119,7 +120,8 @@ def main(argv=None) -> dict:
             results.append(row)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "mix.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("| run | steps | real val MSE | mean of surveys | class macro recall | Teff MAE | logg MAE | [Fe/H] MAE |")
+    print("| run | steps | real val MSE | mean of surveys | class macro recall | Teff MAE | logg MAE "
+          "| [Fe/H] MAE |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['name']} | {r['steps']} | {r['val_mse']['all']['mse']:.4f} | "

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from .masking import MASK_RATIO, chunk_mask, mask_rng
+from .masking import MASK_RATIO, draw_mask, mask_rng
 from .tokenizer import Normalization, Tokens
 
 __all__ = [
@@ -314,11 +314,15 @@ class Collator:
         Run seed.
     restandardize : bool
         See :func:`collate` (False only to reproduce the old, leaky normalization).
+    masking : str
+        Mask scheme (:data:`~omnispectra.masking.MASKING_SCHEMES`): ``chunk`` (the paper's)
+        or ``random`` (scattered tokens, an ablation).
     """
 
     def __init__(self, mask: bool = True, mask_ratio: float = MASK_RATIO, seed: int = 42,
-                 restandardize: bool = True) -> None:
+                 restandardize: bool = True, masking: str = "chunk") -> None:
         self.mask = mask
+        self.masking = masking
         self.restandardize = restandardize
         self.mask_ratio = mask_ratio
         self.seed = seed
@@ -335,7 +339,8 @@ class Collator:
             epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
             if self.mask:
                 rng = mask_rng(self.seed, epoch, index)
-                cm = chunk_mask(sample.tokens.n_tokens, rng, sample.tokens.patch_size, self.mask_ratio)
+                cm = draw_mask(sample.tokens.n_tokens, rng, sample.tokens.patch_size, self.mask_ratio,
+                               self.masking)
                 sample = Sample(sample.tokens, cm, sample.labels, sample.id)
             samples.append(sample)
         return collate(samples, restandardize=self.restandardize)

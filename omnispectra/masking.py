@@ -24,6 +24,11 @@ positions; the loss mask is ``chunk & valid``.
 :func:`masked_mean_from_visible` is the diagnostic of the normalization leak (see
 :mod:`omnispectra.collate` and ``scripts/measure_leak.py``).
 
+Ablation: ``scheme="random"`` in :func:`draw_mask` masks as many tokens as the chunk
+rule would, scattered uniformly over the spectrum; with
+overlapping patches a lone masked token's neighbours show half of its pixels, which is
+the shortcut chunk masking removes.
+
 Randomness comes from :func:`mask_rng`, a generator seeded by ``(seed, epoch, index)``,
 so masks do not depend on the number of data-loader workers and a resumed run repeats
 the same masks.
@@ -33,9 +38,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MASK_RATIO", "chunk_width", "chunk_mask", "mask_rng", "masked_mean_from_visible"]
+__all__ = ["MASK_RATIO", "MASKING_SCHEMES", "chunk_width", "chunk_mask", "draw_mask", "mask_rng",
+           "masked_mean_from_visible"]
 
 MASK_RATIO = 0.75
+#: Pretraining mask schemes: the paper's contiguous chunks, and scattered tokens (ablation).
+MASKING_SCHEMES = ("chunk", "random")
 
 
 def mask_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -48,7 +56,14 @@ def chunk_width(n_tokens: int, patch_size: int = 20, ratio: float = MASK_RATIO) 
 
     Follows the paper's rule and falls back to ``w = max(1, T // 4)`` when that masks
     nothing (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        ``ratio`` outside [0, 1].
     """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio}")
     w = int(2.5 * patch_size)
     n_int = n_tokens // (2 * w)
     n_mask = int(ratio * n_int)
@@ -83,8 +98,6 @@ def chunk_mask(
     ndarray of bool, shape (n_tokens,)
         True where a token is masked (to be zeroed in the input and reconstructed).
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask ratio must lie in [0, 1], got {ratio}")
     mask = np.zeros(n_tokens, dtype=bool)
     w, n_int, n_mask = chunk_width(n_tokens, patch_size, ratio)
     if n_mask == 0:
@@ -94,6 +107,34 @@ def chunk_mask(
     index = (starts[:, None] + np.arange(w)[None, :]).ravel()
     mask[index] = True
     return mask
+
+
+def draw_mask(
+    n_tokens: int,
+    rng: np.random.Generator,
+    patch_size: int = 20,
+    ratio: float = MASK_RATIO,
+    scheme: str = "chunk",
+) -> np.ndarray:
+    """The pretraining mask of one spectrum under ``scheme`` (one of :data:`MASKING_SCHEMES`).
+
+    ``chunk`` is :func:`chunk_mask`; ``random`` masks as many tokens as the chunk rule
+    would (``M w``, see :func:`chunk_width`), drawn uniformly without replacement.
+    Parameters and return value otherwise as in :func:`chunk_mask`.
+
+    Raises
+    ------
+    ValueError
+        Unknown scheme or a ratio outside [0, 1].
+    """
+    if scheme == "chunk":
+        return chunk_mask(n_tokens, rng, patch_size, ratio)
+    if scheme != "random":
+        raise ValueError(f"unknown masking scheme {scheme!r}; known: {', '.join(MASKING_SCHEMES)}")
+    w, _, n_mask = chunk_width(n_tokens, patch_size, ratio)
+    scattered = np.zeros(n_tokens, dtype=bool)
+    scattered[rng.choice(n_tokens, size=min(n_mask * w, n_tokens), replace=False)] = True
+    return scattered
 
 
 def masked_mean_from_visible(

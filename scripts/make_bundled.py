@@ -76,7 +76,8 @@ def training_data(data: SpectraDataModule) -> tuple[dict, dict]:
     counts = {s: int(np.sum(surveys == s)) for s in ranges}
     support = {
         "unit": "Angstrom (vacuum), valid pixels",
-        "overall": [round(min(r[0] for r in ranges.values()), 2), round(max(r[1] for r in ranges.values()), 2)],
+        "overall": [round(min(lo for lo, _ in ranges.values()), 2),
+                    round(max(hi for _, hi in ranges.values()), 2)],
         "surveys": {s: {"min": round(r[0], 2), "max": round(r[1], 2), "spectra": counts[s]}
                     for s, r in sorted(ranges.items())},
         "source": "scripts/make_bundled.py over the training side of the run's corpus",
@@ -136,9 +137,8 @@ def main(argv=None) -> dict:
     }
     args.output.mkdir(parents=True, exist_ok=True)
     weights = args.output / "omnispectra-default.safetensors"
-    card["sha256"] = export_checkpoint(checkpoint, weights, overwrite=True,
-                                       info={"card": "omnispectra-default.json", "wavelength_support": support,
-                                             "kinds": kinds})
+    provenance = {"card": "omnispectra-default.json", "wavelength_support": support, "kinds": kinds}
+    card["sha256"] = export_checkpoint(checkpoint, weights, overwrite=True, info=provenance)
     card["size_bytes"] = weights.stat().st_size
     (args.output / "omnispectra-default.json").write_text(json.dumps(card, indent=2) + "\n")
     print(json.dumps({k: card[k] for k in ("sha256", "size_bytes")} | {

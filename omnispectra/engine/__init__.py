@@ -13,12 +13,19 @@ from .augment import AugmentConfig, augment_real
 from .donors import Donor, donor_from_spectrum, select_side
 from .generator import Engine, EngineConfig, EngineSample
 from .observe import ObserveConfig
-from .stream import (ENGINE_SURVEY_PREFIX, EngineDataset, MixedDataset, build_engine, is_engine_survey,
-                     write_engine_corpus)
+from .stream import (
+                     ENGINE_SURVEY_PREFIX,
+                     EngineDataset,
+                     MixedDataset,
+                     build_engine,
+                     is_engine_survey,
+                     write_engine_corpus,
+)
 from .templates import TemplateBasis, TemplateLibrary, load_library
 
 __all__ = [
     "AugmentConfig", "augment_real", "Donor", "donor_from_spectrum", "select_side", "Engine",
     "EngineConfig", "EngineSample", "ObserveConfig", "EngineDataset", "MixedDataset", "build_engine",
-    "write_engine_corpus", "ENGINE_SURVEY_PREFIX", "is_engine_survey", "TemplateBasis", "TemplateLibrary", "load_library",
+    "write_engine_corpus", "ENGINE_SURVEY_PREFIX", "is_engine_survey", "TemplateBasis", "TemplateLibrary",
+    "load_library",
 ]

@@ -170,8 +170,9 @@ def engine_spectrum(sample: EngineSample):
             "rest_frame": False, **{k: v for k, v in sample.labels.items() if v not in (None, "")}}
     return Spectrum(spectral_axis=sample.wave * u.AA,
                     flux=sample.flux.astype(np.float32) * u.dimensionless_unscaled,
-                    uncertainty=InverseVariance(np.asarray(sample.ivar, dtype=np.float64)), mask=sample.mask.copy(),
-                    meta=meta)
+                    # float64: donors in erg units have ivar ~1e34, beyond float32
+                    uncertainty=InverseVariance(np.asarray(sample.ivar, dtype=np.float64)),
+                    mask=sample.mask.copy(), meta=meta)
 
 
 def write_engine_corpus(engine: Engine, n: int, output: str | os.PathLike, seed: int = 0, *,

@@ -40,8 +40,8 @@ def test_engine_fraction_is_checked_in_the_config():
 
 def test_engine_spectra_are_never_validation_spectra(tmp_path):
     from omnispectra.corpus import build_corpus
-    from omnispectra.engine.stream import engine_spectrum
     from omnispectra.engine.generator import EngineSample
+    from omnispectra.engine.stream import engine_spectrum
     from omnispectra.training import SpectraDataModule
 
     rng = np.random.default_rng(0)

@@ -127,9 +127,17 @@ class SpectraDataModule(L.LightningDataModule):
         Fraction of objects per survey held out by :func:`~omnispectra.dataset.split_by_object`
         (1% in the paper; raise it for small corpora).
     seed : int
-        Seeds the split, the bucketing shuffle and the chunk masks (42 in the paper).
+        Seeds the bucketing shuffle and the chunk masks (42 in the paper), and the split
+        unless ``split_seed`` is given.
     mask_ratio : float
         Chunk-mask ratio gamma (0.75).
+    masking : str
+        Training mask scheme (:data:`~omnispectra.masking.MASKING_SCHEMES`); validation
+        always uses the paper's chunk masks, so runs with either scheme are compared on
+        the same targets.
+    split_seed : int, optional
+        Seed of the object-hash split (:data:`omnispectra.splits.DEFAULT_SEED` = 0 is the
+        project's); None uses ``seed``. Several training seeds on one split need it.
     patch_size, stride : int
         Tokenizer settings; must match the model.
     pool_size : int, optional
@@ -169,6 +177,8 @@ class SpectraDataModule(L.LightningDataModule):
         labels: Sequence[str] | None = None,
         drop_last: bool = False,
         engine_fraction: float | None = None,
+        masking: str = "chunk",
+        split_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.corpus = corpus
@@ -179,6 +189,8 @@ class SpectraDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.seed = seed
         self.mask_ratio = mask_ratio
+        self.masking = masking
+        self.split_seed = seed if split_seed is None else split_seed
         self.patch_size = patch_size
         self.stride = stride
         self.pool_size = pool_size
@@ -206,7 +218,7 @@ class SpectraDataModule(L.LightningDataModule):
         synthetic = np.array([is_engine_survey(s) for s in surveys], dtype=bool)
         real = np.flatnonzero(~synthetic)
         train_idx, val_idx = split_by_object(np.asarray(self.dataset.object_ids, dtype=str)[real],
-                                             surveys[real], self.val_fraction, seed=self.seed)
+                                             surveys[real], self.val_fraction, seed=self.split_seed)
         train_idx = np.sort(np.concatenate([real[train_idx], np.flatnonzero(synthetic)]))
         val_idx = real[val_idx]
         self.train_dataset = self.dataset.subset(train_idx)
@@ -265,7 +277,7 @@ class SpectraDataModule(L.LightningDataModule):
         if self._resume:
             wrapped.resume(self._resume["epoch"], self._resume["batches"])
         self._resume = None
-        collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed)
+        collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed, masking=self.masking)
         return self._loader(self.train_dataset, wrapped, collator)
 
     def val_dataloader(self) -> DataLoader:

@@ -24,6 +24,7 @@ import yaml
 
 from ..exceptions import CheckpointError, ConfigError, CorpusError, OutputExistsError
 from ..fileio import check_output, write_text
+from ..masking import MASKING_SCHEMES
 from ..model import OmniSpectraConfig
 from ..pretrained import check_tensor_shapes, expected_tensor_shapes, save_weights, validate_config
 
@@ -53,7 +54,9 @@ class TrainConfig:
     checkpoint_every: int = 200                        # optimizer steps
     val_every: int = 200                               # optimizer steps
     val_fraction: float = 0.1                          # paper: 0.01 for its 5.5M spectra
+    split_seed: int | None = None                      # object-hash split seed (None: seed; project: 0)
     mask_ratio: float = 0.75
+    masking: str = "chunk"                             # training masks: "chunk" (paper), "random" (ablation)
     lr: float = 1e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.95)
@@ -161,6 +164,10 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
         if key == "engine_fraction" and value is not None and not (
                 type(value) in (int, float) and 0 <= value < 1):
             raise ConfigError(f"training setting engine_fraction={value!r} must be a number in [0, 1)")
+        if key == "split_seed" and value is not None and type(value) is not int:
+            raise ConfigError(f"training setting split_seed={value!r} must be an integer or null")
+        if key == "masking" and value not in MASKING_SCHEMES:
+            raise ConfigError(f"training setting masking={value!r} must be one of {MASKING_SCHEMES}")
         if key == "model" and not isinstance(value, dict):
             raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
         if key == "corpus":
@@ -299,6 +306,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
         engine_fraction=config.engine_fraction,
+        masking=config.masking, split_seed=config.split_seed,
     )
     try:
         data.setup("fit")
