@@ -208,6 +208,10 @@ class Probe(nn.Module):
         :func:`encoder_description` of the encoder the head was trained on.
     info : dict, optional
         Free-form JSON-serializable provenance (training recipe, held-out scores).
+    calibration : dict, optional
+        How to calibrate the outputs, fitted on data the head was not trained on
+        (``scripts/train_predictors.py``): ``temperature`` for classification,
+        ``sigma_scale`` for an ensemble's member spread; stored in the header.
     """
 
     def __init__(
@@ -226,6 +230,7 @@ class Probe(nn.Module):
         std: Sequence[float] | None = None,
         encoder: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -260,6 +265,7 @@ class Probe(nn.Module):
         self.std = np.ones(n) if std is None else np.asarray(std, dtype=np.float64).reshape(n)
         self.encoder = dict(encoder or {})
         self.info = dict(info or {})
+        self.calibration = dict(calibration or {})
 
     @property
     def n_out(self) -> int:
@@ -341,6 +347,7 @@ class Probe(nn.Module):
             "normalization": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
             "encoder": self.encoder,
             "info": self.info,
+            **({"calibration": self.calibration} if self.calibration else {}),
         }
 
     @classmethod
@@ -352,7 +359,8 @@ class Probe(nn.Module):
                    layer_norm=head.get("layer_norm", True), members=head.get("members", 1),
                    transforms=header.get("transforms"),
                    units=header.get("units"), mean=norm.get("mean"), std=norm.get("std"),
-                   encoder=header.get("encoder"), info=header.get("info"))
+                   encoder=header.get("encoder"), info=header.get("info"),
+                   calibration=header.get("calibration"))
 
     def check_encoder(self, model: Any) -> None:
         """Raise :class:`CheckpointError` unless ``model`` is the encoder this probe belongs to."""
