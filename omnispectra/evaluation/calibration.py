@@ -63,7 +63,8 @@ def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
     return float(np.mean(log_norm - z[np.arange(y.size), y]))
 
 
-def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0), tol: float = 1e-4) -> float:
+def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0),
+                    tol: float = 1e-4) -> float:
     """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(logits / T)``.
 
     A golden-section search over ``log T`` within ``bounds`` (the NLL is unimodal in
