@@ -319,8 +319,8 @@ def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
     }
     calibration = None
     if per_round[0]["evaluation"].shape[0] > 1:
-        scales = [cal.fit_sigma_scale(o["calibration"].mean(0) - yt[idx["calibration"]], o["calibration"].std(0))
-                  for o, idx in zip(per_round, rounds, strict=True)]
+        scales = [cal.fit_sigma_scale(o["calibration"].mean(0) - yt[rows], o["calibration"].std(0))
+                  for o, rows in zip(per_round, (idx["calibration"] for idx in rounds), strict=True)]
         sigma_ev = np.concatenate([s * o["evaluation"].std(0)
                                    for s, o in zip(scales, per_round, strict=True)])
         cover = cal.interval_coverage(ev_pred - yt[ev_rows], sigma_ev)
