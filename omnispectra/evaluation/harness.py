@@ -436,7 +436,8 @@ METHODS: dict[str, Method] = {
                       frozenset({"x"})),
 }
 
-#: ``name -> (model, how)`` table labels of :data:`METHODS`.
+#: ``name -> (model, how)`` table labels of :data:`METHODS` (a view made at import; the
+#: report reads :data:`METHODS` itself, so a method registered later is labelled too).
 METHOD_LABELS: dict[str, tuple[str, str]] = {name: (m.model, m.how) for name, m in METHODS.items()}
 
 
@@ -673,12 +674,17 @@ def _ordered(values, first=()):
     return [v for v in first if v in values] + sorted(v for v in values if v not in first)
 
 
+def _method_label(method: str) -> tuple[str, str]:
+    spec = METHODS.get(method)
+    return (spec.model, spec.how) if spec is not None else (method, "")
+
+
 def markdown_report(summary, tasks: Sequence[str]) -> str:
     """Markdown tables laid out like the paper's Tables 3 and 6 (plus redshift and MAE)."""
     lines = ["# OmniSpectra downstream evaluation", ""]
     if not len(summary):
         return "\n".join(lines + ["No task had enough labelled spectra.", ""])
-    method_order = list(METHOD_LABELS)
+    method_order = list(METHODS)
     for task_name in tasks:
         sub = summary[summary["task"] == task_name]
         if not len(sub):
@@ -697,7 +703,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                 n = sizes[g]
                 label = f"{g} (train {n['n_train'][0]:.0f} / test {n['n_test'][0]:.0f})"
                 for k, m in enumerate(methods):
-                    model, how = METHOD_LABELS.get(m, (m, ""))
+                    model, how = _method_label(m)
                     vals = [_cell(summary, task_name, g, m, f"f1_{c}") for c in task.classes]
                     vals.append(_cell(summary, task_name, g, m, "f1_macro"))
                     first = label if k == 0 else ""
@@ -711,7 +717,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                           for g in groups) + " |",
                       "|---|---|" + "---|" * len(groups)]
             for m in methods:
-                model, how = METHOD_LABELS.get(m, (m, ""))
+                model, how = _method_label(m)
                 lines.append(f"| {model} | {how} | " + " | ".join(_cell(summary, task_name, g, m, metric)
                                                                  for g in groups) + " |")
             targets = task.targets if task else []
@@ -724,7 +730,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                       "|---|---|" + "---|" * (2 * len(targets))]
             g = "all" if "all" in groups else groups[0]
             for m in methods:
-                model, how = METHOD_LABELS.get(m, (m, ""))
+                model, how = _method_label(m)
                 vals = [_cell(summary, task_name, g, m, f"mae_{t}", 1 if t == "teff" else 3) for t in targets]
                 vals += [_cell(summary, task_name, g, m, f"r2_{t}") for t in targets]
                 lines.append(f"| {model} | {how} | " + " | ".join(vals) + " |")

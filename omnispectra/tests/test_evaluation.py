@@ -177,3 +177,27 @@ def test_survey_names_with_slashes_make_safe_plot_names(tmp_path):
     assert names == ["confusion_source_class_sdss_boss_zero-shot.png",
                      "pred_vs_true_stellar_params__up_few-shot.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_methods_are_registered_in_one_table(monkeypatch):
+    from omnispectra.evaluation import harness
+
+    # every default method of every task is in the table; labels come from it
+    assert {m for t in TASKS.values() for m in t.methods} <= set(harness.METHODS)
+    assert harness.METHOD_LABELS["few-shot"] == ("OmniSpectra", "Few-shot")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        harness.run_method("nope", TASKS["source_class"], {"y": np.zeros(2)}, {"y": np.zeros(2)})
+    # registering a method is one table entry: run_method dispatches to it, the report labels it
+    def always_star(task, train, test, **kwargs):
+        return np.tile([0.0, 0.0, 1.0], (len(test["y"]), 1))
+
+    monkeypatch.setitem(harness.METHODS, "always-star",
+                        harness.Method("Constant", "Always STAR", always_star, extra=True))
+    prob = harness.run_method("always-star", TASKS["source_class"], {"y": np.zeros(3, int)},
+                              {"y": np.zeros(4, int)})
+    assert prob.shape == (4, 3) and (prob.argmax(1) == 2).all()
+    rows = [{"task": "source_class", "group": "all", "method": "always-star", "run": 0, "metric": m,
+             "value": 0.5, "n_train": 3, "n_test": 4} for m in ("f1_GALAXY", "f1_macro")]
+    assert "| Constant | Always STAR |" in harness.markdown_report(harness.summarize(rows), ["source_class"])
+    # the probe protocols are partial applications of one probe method
+    assert "emb" in harness.METHODS["zero-shot"].inputs and "x" in harness.METHODS["pca_ridge"].inputs
