@@ -29,7 +29,8 @@ Protocol (frozen encoder, embeddings computed once):
 2. **Recipe**: every candidate of a task is trained in every round; the recipe with the
    best pooled calibration-fold score is chosen (macro recall for classes, normalized
    MSE for regression). Evaluation folds never take part in a choice.
-3. **Class calibration**: one temperature per round on that round's calibration fold;
+3. **Class calibration**: one temperature per round on that round's calibration fold
+   (survey spectra only);
    ECE (15 bins), Brier score and the accuracy among rows with top probability >= 0.95
    on the evaluation folds of survey spectra (spectral libraries such as MILES left
    out: their stars are too easy and would make the calibration error trivially
@@ -225,8 +226,12 @@ def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures:
         choice[name] = recall_report(y[cal_rows], logits.argmax(1), task.classes)["macro_recall"]
     best = max(choice, key=choice.get)
     per_round = outs[best]
-    temps = [cal.fit_temperature(o["calibration"].mean(0), y[idx["calibration"]])
-             for o, idx in zip(per_round, rounds, strict=True)]
+    # temperatures are fitted on survey spectra only: the many easy library stars would
+    # pull T towards their own (over-)confidence
+    temps = []
+    for o, idx in zip(per_round, rounds, strict=True):
+        fit_rows = ~np.isin(surveys[idx["calibration"]], LIBRARIES)
+        temps.append(cal.fit_temperature(o["calibration"].mean(0)[fit_rows], y[idx["calibration"]][fit_rows]))
     logits_ev = np.concatenate([o["evaluation"].mean(0) for o in per_round])
     prob_raw = cal.softmax(logits_ev)
     prob = np.concatenate([cal.softmax(o["evaluation"].mean(0), t) for o, t in zip(per_round, temps,
@@ -253,7 +258,8 @@ def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures:
         },
     }
     cal_logits = np.concatenate([o["calibration"].mean(0) for o in per_round])
-    final_t = cal.fit_temperature(cal_logits, y[cal_rows])
+    fit_rows = ~np.isin(surveys[cal_rows], LIBRARIES)
+    final_t = cal.fit_temperature(cal_logits[fit_rows], y[cal_rows][fit_rows])
     if figures is not None:
         import matplotlib
 
@@ -277,8 +283,9 @@ def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures:
         report["reliability_diagram"] = str(path)
     return best, report, {"temperature": final_t,
                           "fold": (f"fitted on the pooled calibration-fold logits of the {len(rounds)} "
-                                   "grouped cross-validation probes (each trained on other folds)"),
-                          "n": int(cal_rows.size)}
+                                   "grouped cross-validation probes (each trained on other folds), "
+                                   f"survey spectra only (libraries {list(LIBRARIES)} left out)"),
+                          "n": int(fit_rows.sum())}
 
 
 def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
