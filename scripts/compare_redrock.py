@@ -13,7 +13,9 @@ The spectra are those of ``scripts/eval_redshift.py``: every GALAXY/QSO spectrum
 data folders with a pipeline ``z`` (6dFGS only with QUALITY >= 3, its rest-frame files
 shifted back). Redrock gets each spectrum as one camera with a Gaussian resolution
 matrix of ``--resolution-sigma`` pixels (the readers keep no resolution data);
-both fitters see the same wavelength, flux, inverse variance and bad-pixel mask.
+both fitters see the same wavelength, flux, inverse variance and bad-pixel mask, cut
+to the range every Redrock template covers at every trial redshift
+(:func:`common_range`).
 
 Usage::
 
