@@ -201,3 +201,42 @@ def test_methods_are_registered_in_one_table(monkeypatch):
     assert "| Constant | Always STAR |" in harness.markdown_report(harness.summarize(rows), ["source_class"])
     # the probe protocols are partial applications of one probe method
     assert "emb" in harness.METHODS["zero-shot"].inputs and "x" in harness.METHODS["pca_ridge"].inputs
+
+
+@pytest.mark.slow
+def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
+    """scripts/train_predictors.py on real spectra with a micro encoder: folds, calibration, card."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    from omnispectra.pretrained import save_weights
+    from omnispectra.probes import read_probe_header
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_predictors.py"
+    if not script.is_file():
+        pytest.skip("scripts/ not present (installed package)")
+    torch.manual_seed(0)
+    weights = tmp_path / "enc.safetensors"
+    save_weights(OmniSpectra(OmniSpectraConfig(dim=16, n_layers=1, n_heads=2)), weights)
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"name": "test"}))
+    out = tmp_path / "out"
+    main_fn = runpy.run_path(str(script))["main"]
+    assert main_fn([str(weights), *map(str, sorted(tiny_corpus.glob("*.h5"))), "-o", str(out),
+                    "--folds", "3", "--tasks", "source_class", "--steps-scale", "0.01",
+                    "--figures", str(tmp_path / "fig"), "--card", str(card)]) == 0
+    report = json.loads((out / "predictors.json").read_text())
+    entry = report["predictors"]["source_class"]
+    assert sum(entry["fold_sizes"]) == entry["n_labelled"] and len(entry["fold_sizes"]) == 3
+    cv = entry["cross_validated"]
+    recall = cv["all"]["recall"]
+    assert sum(v["n"] for v in recall.values()) == entry["n_labelled"]    # every row scored once
+    assert all(0 <= v["wilson95"][0] <= v["wilson95"][1] <= 1 for v in recall.values() if v["n"])
+    assert {"ece_15_bins", "brier", "accuracy_p_ge_0.95"} <= set(cv["calibration"]["temperature_scaled"])
+    assert (tmp_path / "fig" / "reliability-source-class.png").is_file()
+    header = read_probe_header(out / "probe-source-class.safetensors")
+    assert header["calibration"]["temperature"] > 0 and "fold" in header["calibration"]
+    written = json.loads(card.read_text())
+    assert written["anomaly"]["statistic"] == "anomaly_score" and written["anomaly"]["n_validation"] > 0
+    assert np.isfinite(written["anomaly"]["p99"])
