@@ -108,12 +108,17 @@ class MMUSource:
         return self.column(name)[i].item()
 
     def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        from .io.mmu import read_mmu
         from .spectrum import spectrum_data
 
-        (spec,) = read_mmu(self.path, rows=[int(self._rows[i])], skip_invalid=False)
-        data = spectrum_data(spec)
+        data = spectrum_data(self.spectrum(i))
         return data.wavelength, data.flux.astype(np.float32), data.ivar, data.mask
+
+    def spectrum(self, i: int):
+        """Row ``i`` as the MMU reader returns it (a :class:`specutils.Spectrum`)."""
+        from .io.mmu import read_mmu
+
+        (spec,) = read_mmu(self.path, rows=[int(self._rows[i])], skip_invalid=False)
+        return spec
 
     def close(self) -> None:
         pass
@@ -274,6 +279,11 @@ class SpectrumDataset(torch.utils.data.Dataset):
     def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(wavelength, flux, ivar, mask)`` of item ``i`` as stored."""
         return self.readers[self._src[i]].arrays(self._row[i])
+
+    def spectrum(self, i: int):
+        """Item ``i`` as a :class:`specutils.Spectrum` with its uncertainty and meta (for
+        functions that need the inverse variance, which tokens do not carry)."""
+        return self.readers[self._src[i]].spectrum(self._row[i])
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, Sample] | Sample:
         """Item ``key``: an index, or an ``(epoch, index)`` pair as yielded by

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_VALIDATION_FRACTION",
     "OBJECT_ALIASES",
     "canonical_object_id",
+    "fold_of",
     "object_hash",
     "is_validation",
     "side_of",
@@ -156,3 +157,35 @@ def split_by_object(object_ids: Sequence[Any], fraction: float = DEFAULT_VALIDAT
                 val_keys.discard(max(objs, key=lambda k: (score[k], k)))
     is_val = np.fromiter((k in val_keys for k in keys), dtype=bool, count=n)
     return np.flatnonzero(~is_val).astype(np.int64), np.flatnonzero(is_val).astype(np.int64)
+
+
+def fold_of(object_ids: Sequence[Any], k: int, seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Cross-validation fold of each row: ``floor(object_hash * k)``, in ``0 .. k-1``.
+
+    The grouped K-fold of the project, from the same hash as the train/validation
+    split: all rows of one object (after :func:`canonical_object_id`) share a fold, and
+    an object's fold depends only on its id, ``k`` and ``seed``. A missing (empty) id is
+    an object of its own, keyed by its row position (as :func:`is_validation`).
+
+    Parameters
+    ----------
+    object_ids : sequence
+        One object id per row.
+    k : int
+        Number of folds, at least 2.
+    seed : int
+        Seed of the hash.
+
+    Returns
+    -------
+    ndarray of int64, shape (N,)
+    """
+    if int(k) != k or k < 2:
+        raise ValueError(f"k must be an integer >= 2, got {k!r}")
+    k = int(k)
+    ids = [object_ids] if isinstance(object_ids, str) else list(object_ids)
+    folds = np.empty(len(ids), dtype=np.int64)
+    for i, oid in enumerate(ids):
+        key = oid if canonical_object_id(oid) else f"\x00row{i}"
+        folds[i] = min(int(object_hash(key, seed) * k), k - 1)
+    return folds

@@ -35,24 +35,6 @@ def frac(k: int, n: int) -> str:
     return f"{k}/{n} = {k / max(n, 1):.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def dopcor_redshift(path: Path) -> float:
-    """The IRAF ``DOPCOR01`` redshift a file was shifted to the rest frame by (0 if none).
-
-    The 6dFGS files here were ``dopcor``-ed by their repository's author: the header
-    wavelength axis (what the reader returns) is in the rest frame, row 4 holds the
-    observed wavelengths. Fitting them as they are would "find" z ~ 0.
-    """
-    from astropy.io import fits
-
-    try:
-        value = fits.getheader(path).get("DOPCOR01")
-    except Exception:  # noqa: BLE001 - not a FITS image: no shift
-        return 0.0
-    if value is None:
-        return 0.0
-    return float(str(value).split()[0])
-
-
 def index_labels(data: Path) -> dict[str, dict[str, str]]:
     """``file -> row`` of every ``index*.csv`` (labels for readers that do not put them in meta)."""
     import csv
@@ -66,25 +48,21 @@ def index_labels(data: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--templates", default=None, help="default: <data>/templates")
-    ap.add_argument("--out", default=None, help="write the per-spectrum table (ECSV)")
-    ap.add_argument("--max-stars", type=int, default=60, help="cap on LAMOST DR1 stars (time)")
-    ap.add_argument("--deltachi2", type=float, default=ScanConfig().min_deltachi2)
-    ap.add_argument("--n-poly", type=int, default=ScanConfig().n_poly)
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    data = Path(args.data)
-    fitter = RedshiftFitter(directory=args.templates or data / "templates",
-                            config=ScanConfig(n_poly=args.n_poly))
+def labelled_spectra(data: Path, max_stars: int = 60):
+    """Yield every labelled spectrum of the data folders as a dict (``id``, ``survey``, ``cls``,
+    ``z_ref``, ``wave``, ``flux``, ``ivar``, ``bad``); also used by ``compare_redrock.py``.
+
+    GALAXY/QSO need a pipeline z; 6dFGS rows need QUALITY >= 3; at most ``max_stars``
+    LAMOST DR1 stars (time); axes the reader left in the rest frame (``dopcor``) are
+    shifted back. The
+    count of unreadable files is the generator's return value.
+    """
     files = sorted(p for folder in FOLDERS for p in (data / folder).rglob("*")
                    if p.name.lower().endswith(SUFFIXES) and "templates" not in p.parts)
     labels = index_labels(data)
-    rows, n_stars, n_unread = [], 0, 0
+    n_stars, n_unread = 0, 0
     for path in files:
-        if "dr1" in path.parts and n_stars >= args.max_stars:
+        if "dr1" in path.parts and n_stars >= max_stars:
             continue
         try:
             spectra = omnispectra.read(path)
@@ -110,17 +88,44 @@ def main() -> None:
             if "dr1" in path.parts:
                 n_stars += 1
             wave, flux, ivar, bad = spectrum_arrays(spec)
-            dopcor = dopcor_redshift(path)
-            if dopcor:  # the file's wavelength axis was shifted to the rest frame: undo it
-                wave = wave * (1.0 + dopcor)
-            t0 = time.perf_counter()
-            res = fitter.fit(wave, flux, ivar, bad)
-            dt = time.perf_counter() - t0
-            rows.append(dict(id=str(meta.get("id", path.name)), survey=str(meta.get("survey", "")),
-                             cls=cls, z_ref=float(z_ref) if z_ref is not None else np.nan,
-                             spectype=res.spectype, z=res.z, z_err=res.z_err, deltachi2=res.deltachi2,
-                             flag=res.flag, seconds=dt))
-    print(f"files {len(files)}, unreadable {n_unread}, labelled spectra fitted {len(rows)}")
+            if meta.get("rest_frame") and meta.get("dopcor_z"):
+                # the reader kept an IRAF-dopcor'ed rest-frame axis: undo the shift (the 6dFGS
+                # reader already returns the observed wavelengths of row 4 when a file has them)
+                wave = wave * (1.0 + float(meta["dopcor_z"]))
+            yield {"id": str(meta.get("id", path.name)), "survey": str(meta.get("survey", "")), "cls": cls,
+                   "z_ref": float(z_ref) if z_ref is not None else np.nan, "wave": wave, "flux": flux,
+                   "ivar": ivar, "bad": bad}
+    return n_unread
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--templates", default=None, help="default: <data>/templates")
+    ap.add_argument("--out", default=None, help="write the per-spectrum table (ECSV)")
+    ap.add_argument("--max-stars", type=int, default=60, help="cap on LAMOST DR1 stars (time)")
+    ap.add_argument("--deltachi2", type=float, default=ScanConfig().min_deltachi2)
+    ap.add_argument("--n-poly", type=int, default=ScanConfig().n_poly)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    data = Path(args.data)
+    fitter = RedshiftFitter(directory=args.templates or data / "templates",
+                            config=ScanConfig(n_poly=args.n_poly))
+    rows = []
+    spectra = labelled_spectra(data, args.max_stars)
+    while True:
+        try:
+            item = next(spectra)
+        except StopIteration as stop:
+            n_unread = stop.value
+            break
+        t0 = time.perf_counter()
+        res = fitter.fit(item["wave"], item["flux"], item["ivar"], item["bad"])
+        dt = time.perf_counter() - t0
+        rows.append(dict(id=item["id"], survey=item["survey"], cls=item["cls"], z_ref=item["z_ref"],
+                         spectype=res.spectype, z=res.z, z_err=res.z_err, deltachi2=res.deltachi2,
+                         flag=res.flag, seconds=dt))
+    print(f"unreadable files {n_unread}, labelled spectra fitted {len(rows)}")
     cls = np.array([r["cls"] for r in rows])
     pred = np.array([r["spectype"] for r in rows])
     print("class agreement with the pipeline (all classes):", frac(int((cls == pred).sum()), len(rows)))

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import time
@@ -57,7 +58,8 @@ import numpy as np
 
 __all__ = ["Task", "TASKS", "CLASSES", "source_classes", "labeled_rows", "LabeledData", "load_labeled",
            "classification_metrics", "regression_metrics", "evaluate", "run_method",
-           "summarize", "markdown_report", "METHOD_LABELS", "task_targets", "transform_targets"]
+           "summarize", "markdown_report", "METHODS", "Method",
+           "METHOD_LABELS", "task_targets", "transform_targets"]
 
 CLASSES = ("GALAXY", "QSO", "STAR")
 STAR_SURVEYS = ("miles", "apogee", "xshooter")
@@ -90,19 +92,6 @@ TASKS: dict[str, Task] = {
     "redshift": Task("redshift", "regression", ["z"],
                      ["trivial", "zero-shot", "few-shot", "mlp", "galspecnet", "spender"],
                      title="Redshift (R^2)"),
-}
-
-METHOD_LABELS = {
-    "trivial": ("Trivial", "Majority / mean"),
-    "zero-shot": ("OmniSpectra", "Zero-shot"),
-    "few-shot": ("OmniSpectra", "Few-shot"),
-    "mlp": ("OmniSpectra", "MLP [64, 64]"),
-    "knn": ("OmniSpectra", "kNN"),
-    "mlp32": ("OmniSpectra", "MLP [32]"),
-    "galspecnet": ("GalSpecNet", "Supervised"),
-    "spender": ("Spender-style", "Supervised"),
-    "pca_ridge": ("PCA + ridge", "Supervised"),
-    "knn_pca": ("kNN (PCA)", "Supervised"),
 }
 
 # protocol settings (paper, Downstream Fine-Tuning / Redshift Prediction / Table 4)
@@ -313,77 +302,159 @@ def transform_targets(task: Task, y: np.ndarray) -> np.ndarray:
     return y
 
 
-def run_method(method: str, task: Task, train: dict[str, Any], test: dict[str, Any], seed: int = 0,
-               encoder: Any = None, baseline_width: float = 0.25, finetune: bool = False,
-               accelerator: str = "cpu") -> np.ndarray:
-    """Train ``method`` on ``train`` and predict ``test``.
-
-    ``train``/``test`` hold ``y`` (class indices or physical targets) and, as the method
-    needs them, ``emb`` (embeddings), ``x`` (resampled flux ``(N, 2, n)``) or ``tokens``.
-    Returns class probabilities or targets in the *transformed* space (log10 Teff).
-    """
-    import torch
-
-    from ..probes import KNNProbe, Probe
-    from ..training.probe_module import fit, fit_finetune, fit_probe_on_embeddings
+def _predict_trivial(task: Task, train: dict[str, Any], test: dict[str, Any], **_: Any) -> np.ndarray:
     from . import baselines
 
     n_test = len(test["y"])
+    if task.kind == "classification":
+        return baselines.trivial_predict(train["y"], n_test, task.kind, len(task.classes))
+    return baselines.trivial_predict(transform_targets(task, train["y"]), n_test, task.kind)
+
+
+def _predict_probe(task: Task, train: dict[str, Any], test: dict[str, Any], *, protocol: dict[str, Any],
+                   finetunable: bool, seed: int = 0, encoder: Any = None, finetune: bool = False,
+                   accelerator: str = "cpu", **_: Any) -> np.ndarray:
+    """A :class:`~omnispectra.probes.Probe` trained with ``protocol`` (frozen encoder unless ``finetune``)."""
+    import torch
+
+    from ..probes import Probe
+    from ..training.probe_module import fit_finetune, fit_probe_on_embeddings
+
+    proto = dict(protocol)
+    head = proto.pop("head")
+    hidden = proto.pop("hidden", ())
+    dropout = proto.pop("dropout", 0.0)
     names = task.classes if task.kind == "classification" else task.targets
-    if method == "trivial":
-        if task.kind == "classification":
-            return baselines.trivial_predict(train["y"], n_test, task.kind, len(names))
-        return baselines.trivial_predict(transform_targets(task, train["y"]), n_test, task.kind)
-    if method in PROBE_PROTOCOLS:
-        proto = dict(PROBE_PROTOCOLS[method])
-        head = proto.pop("head")
-        hidden = proto.pop("hidden", ())
-        dropout = proto.pop("dropout", 0.0)
-        dim = train["emb"].shape[1] if "emb" in train else encoder.config.dim
-        torch.manual_seed(seed)
-        probe = Probe(dim, task.kind, names, head=head, hidden=hidden, dropout=dropout,
-                      transforms=task.transforms, units=task.units)
-        if finetune and method in ("zero-shot", "few-shot"):
-            from ..api import embed
+    dim = train["emb"].shape[1] if "emb" in train else encoder.config.dim
+    torch.manual_seed(seed)
+    probe = Probe(dim, task.kind, names, head=head, hidden=hidden, dropout=dropout,
+                  transforms=task.transforms, units=task.units)
+    if finetune and finetunable:
+        from ..api import embed
 
-            enc = copy.deepcopy(encoder).train()
-            fit_finetune(probe, enc, train["tokens"], train["y"], seed=seed, accelerator=accelerator, **proto)
-            emb = embed(iter(test["tokens"]), model=enc, progress=False)
-        else:
-            fit_probe_on_embeddings(probe, train["emb"], train["y"], seed=seed, accelerator=accelerator,
-                                    **proto)
-            emb = test["emb"]
-        return probe.predict(emb) if task.kind == "classification" else probe.predict_transformed(emb)
-    if method == "knn":
-        return KNNProbe().fit(train["emb"], transform_targets(task, train["y"])).predict(test["emb"])
-    if method in ("pca_ridge", "knn_pca"):
-        fn = baselines.pca_ridge if method == "pca_ridge" else baselines.knn_pca
-        return fn(train["x"], transform_targets(task, train["y"]), test["x"])
-    if method in ("galspecnet", "spender"):
-        torch.manual_seed(seed)
-        net = baselines.make_baseline(method, len(names), width=baseline_width)
-        x = torch.as_tensor(train["x"], dtype=torch.float32)
-        if task.kind == "classification":
-            y = torch.as_tensor(train["y"], dtype=torch.long)
-            labels = train["y"]
-            mean = std = None
-        else:
-            from ..probes import fit_normalization
+        enc = copy.deepcopy(encoder).train()
+        fit_finetune(probe, enc, train["tokens"], train["y"], seed=seed, accelerator=accelerator, **proto)
+        emb = embed(iter(test["tokens"]), model=enc, progress=False)
+    else:
+        fit_probe_on_embeddings(probe, train["emb"], train["y"], seed=seed, accelerator=accelerator, **proto)
+        emb = test["emb"]
+    return probe.predict(emb) if task.kind == "classification" else probe.predict_transformed(emb)
 
-            yt = transform_targets(task, train["y"])
-            mean, std = fit_normalization(yt)
-            y = torch.as_tensor((yt - mean) / (std + 1e-8), dtype=torch.float32)
-            labels = None
-        fit(net, torch.utils.data.TensorDataset(x, y), task.kind, labels=labels, seed=seed,
-            accelerator=accelerator, **SUPERVISED)
-        with torch.no_grad():
-            xt = torch.as_tensor(test["x"], dtype=torch.float32)
-            out = torch.cat([net(xt[i:i + 256]) for i in range(0, len(xt), 256)]).numpy().astype(np.float64)
-        if task.kind == "classification":
-            out = np.exp(out - out.max(1, keepdims=True))
-            return out / out.sum(1, keepdims=True)
-        return out * (std + 1e-8) + mean
-    raise ValueError(f"unknown method {method!r}")
+
+def _predict_knn(task: Task, train: dict[str, Any], test: dict[str, Any], **_: Any) -> np.ndarray:
+    from ..probes import KNNProbe
+
+    return KNNProbe().fit(train["emb"], transform_targets(task, train["y"])).predict(test["emb"])
+
+
+def _predict_pca(task: Task, train: dict[str, Any], test: dict[str, Any], *, regressor: str,
+                 **_: Any) -> np.ndarray:
+    from . import baselines
+
+    return getattr(baselines, regressor)(train["x"], transform_targets(task, train["y"]), test["x"])
+
+
+def _predict_supervised(task: Task, train: dict[str, Any], test: dict[str, Any], *, architecture: str,
+                        seed: int = 0, baseline_width: float = 0.25, accelerator: str = "cpu",
+                        **_: Any) -> np.ndarray:
+    """A network of :mod:`omnispectra.evaluation.baselines` trained from scratch on resampled flux."""
+    import torch
+
+    from ..probes import fit_normalization
+    from ..training.probe_module import fit
+    from . import baselines
+
+    names = task.classes if task.kind == "classification" else task.targets
+    torch.manual_seed(seed)
+    net = baselines.make_baseline(architecture, len(names), width=baseline_width)
+    x = torch.as_tensor(train["x"], dtype=torch.float32)
+    if task.kind == "classification":
+        y = torch.as_tensor(train["y"], dtype=torch.long)
+        labels = train["y"]
+        mean = std = None
+    else:
+        yt = transform_targets(task, train["y"])
+        mean, std = fit_normalization(yt)
+        y = torch.as_tensor((yt - mean) / (std + 1e-8), dtype=torch.float32)
+        labels = None
+    fit(net, torch.utils.data.TensorDataset(x, y), task.kind, labels=labels, seed=seed,
+        accelerator=accelerator, **SUPERVISED)
+    with torch.no_grad():
+        xt = torch.as_tensor(test["x"], dtype=torch.float32)
+        out = torch.cat([net(xt[i:i + 256]) for i in range(0, len(xt), 256)]).numpy().astype(np.float64)
+    if task.kind == "classification":
+        out = np.exp(out - out.max(1, keepdims=True))
+        return out / out.sum(1, keepdims=True)
+    return out * (std + 1e-8) + mean
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the harness: how its rows are labelled, what it needs, how it predicts.
+
+    ``predict(task, train, test, seed=..., encoder=..., baseline_width=..., finetune=...,
+    accelerator=...)`` returns class probabilities or regression targets in the fitted
+    (transformed) space. ``inputs`` names the parts of ``train``/``test`` it reads
+    besides ``y``: ``emb`` (frozen-encoder embeddings), ``x`` (resampled flux) or
+    ``tokens`` (fine-tuning). ``extra`` methods run on any task when asked for by name,
+    without being in a task's default list. ``plots``: ``confusion`` and/or
+    ``pred_vs_true`` figures are drawn for it.
+    """
+
+    model: str
+    how: str
+    predict: Callable[..., np.ndarray]
+    inputs: frozenset[str] = frozenset()
+    extra: bool = False
+    plots: frozenset[str] = frozenset()
+
+
+def _probe_method(name: str, how: str, finetunable: bool = False, extra: bool = False,
+                  plots: frozenset[str] = frozenset()) -> Method:
+    return Method("OmniSpectra", how, functools.partial(_predict_probe, protocol=PROBE_PROTOCOLS[name],
+                                                         finetunable=finetunable),
+                  frozenset({"emb"}), extra, plots)
+
+
+#: Every method of the harness, in the order of the report's tables.
+METHODS: dict[str, Method] = {
+    "trivial": Method("Trivial", "Majority / mean", _predict_trivial),
+    "zero-shot": _probe_method("zero-shot", "Zero-shot", finetunable=True, plots=frozenset({"confusion"})),
+    "few-shot": _probe_method("few-shot", "Few-shot", finetunable=True,
+                              plots=frozenset({"confusion", "pred_vs_true"})),
+    "mlp": _probe_method("mlp", "MLP [64, 64]", plots=frozenset({"pred_vs_true"})),
+    "knn": Method("OmniSpectra", "kNN", _predict_knn, frozenset({"emb"}), extra=True),
+    "mlp32": _probe_method("mlp32", "MLP [32]", extra=True),
+    "galspecnet": Method("GalSpecNet", "Supervised",
+                         functools.partial(_predict_supervised, architecture="galspecnet"), frozenset({"x"}),
+                         plots=frozenset({"pred_vs_true"})),
+    "spender": Method("Spender-style", "Supervised",
+                      functools.partial(_predict_supervised, architecture="spender"), frozenset({"x"})),
+    "pca_ridge": Method("PCA + ridge", "Supervised", functools.partial(_predict_pca, regressor="pca_ridge"),
+                        frozenset({"x"}), plots=frozenset({"pred_vs_true"})),
+    "knn_pca": Method("kNN (PCA)", "Supervised", functools.partial(_predict_pca, regressor="knn_pca"),
+                      frozenset({"x"})),
+}
+
+#: ``name -> (model, how)`` table labels of :data:`METHODS` (a view made at import; the
+#: report reads :data:`METHODS` itself, so a method registered later is labelled too).
+METHOD_LABELS: dict[str, tuple[str, str]] = {name: (m.model, m.how) for name, m in METHODS.items()}
+
+
+def run_method(method: str, task: Task, train: dict[str, Any], test: dict[str, Any], seed: int = 0,
+               encoder: Any = None, baseline_width: float = 0.25, finetune: bool = False,
+               accelerator: str = "cpu") -> np.ndarray:
+    """Train ``method`` (a key of :data:`METHODS`) on ``train`` and predict ``test``.
+
+    ``train``/``test`` hold ``y`` (class indices or physical targets) and, as the method
+    needs them (:attr:`Method.inputs`), ``emb`` (embeddings), ``x`` (resampled flux
+    ``(N, 2, n)``) or ``tokens``. Returns class probabilities or targets in the
+    *transformed* space (log10 Teff).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
+    return METHODS[method].predict(task, train, test, seed=seed, encoder=encoder,
+                                   baseline_width=baseline_width, finetune=finetune, accelerator=accelerator)
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,15 +545,14 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
     chosen = [TASKS[t] if isinstance(t, str) else t for t in tasks]
-    all_methods = {m for t in TASKS.values() for m in t.methods} | {"knn", "mlp32"}
-    if methods is not None and set(methods) - all_methods:
-        raise ValueError(f"unknown method(s) {sorted(set(methods) - all_methods)}; "
-                         f"known: {sorted(all_methods)}")
+    if methods is not None and set(methods) - set(METHODS):
+        raise ValueError(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; "
+                         f"known: {sorted(METHODS)}")
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")
     encoder = resolve_model(model, device)
-    needs_emb = any(m in PROBE_PROTOCOLS or m == "knn" for t in chosen for m in (methods or t.methods))
+    needs_emb = any("emb" in METHODS[m].inputs for t in chosen for m in (methods or t.methods))
     if needs_emb and len(data):
         data.embeddings = compute_embeddings(data, encoder, batch_size=batch_size)
         say(f"embedded {len(data)} spectra in {time.perf_counter() - t0:.1f} s")
@@ -492,14 +562,14 @@ def evaluate(
     predictions: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
     flux_cache: dict[tuple[str, ...], np.ndarray] = {}
     for task in chosen:
-        task_methods = [m for m in (methods or task.methods) if m in task.methods or m in ("knn", "mlp32")]
+        task_methods = [m for m in (methods or task.methods) if m in task.methods or METHODS[m].extra]
         rows = np.flatnonzero(labeled_rows(task, data.meta, min_labeled)) if len(data) else np.zeros(0, int)
         groups = _groups(task, data, rows, min_group)
         if not groups:
             say(f"{task.name}: no group with at least {min_group} labelled spectra; skipped")
             continue
         for gname, grows in groups.items():
-            need_x = any(m in ("galspecnet", "spender", "pca_ridge", "knn_pca") for m in task_methods)
+            need_x = any("x" in METHODS[m].inputs for m in task_methods)
             x_all = None
             if need_x:
                 key = tuple(map(str, grows))
@@ -604,12 +674,17 @@ def _ordered(values, first=()):
     return [v for v in first if v in values] + sorted(v for v in values if v not in first)
 
 
+def _method_label(method: str) -> tuple[str, str]:
+    spec = METHODS.get(method)
+    return (spec.model, spec.how) if spec is not None else (method, "")
+
+
 def markdown_report(summary, tasks: Sequence[str]) -> str:
     """Markdown tables laid out like the paper's Tables 3 and 6 (plus redshift and MAE)."""
     lines = ["# OmniSpectra downstream evaluation", ""]
     if not len(summary):
         return "\n".join(lines + ["No task had enough labelled spectra.", ""])
-    method_order = list(METHOD_LABELS)
+    method_order = list(METHODS)
     for task_name in tasks:
         sub = summary[summary["task"] == task_name]
         if not len(sub):
@@ -628,7 +703,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                 n = sizes[g]
                 label = f"{g} (train {n['n_train'][0]:.0f} / test {n['n_test'][0]:.0f})"
                 for k, m in enumerate(methods):
-                    model, how = METHOD_LABELS.get(m, (m, ""))
+                    model, how = _method_label(m)
                     vals = [_cell(summary, task_name, g, m, f"f1_{c}") for c in task.classes]
                     vals.append(_cell(summary, task_name, g, m, "f1_macro"))
                     first = label if k == 0 else ""
@@ -642,7 +717,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                           for g in groups) + " |",
                       "|---|---|" + "---|" * len(groups)]
             for m in methods:
-                model, how = METHOD_LABELS.get(m, (m, ""))
+                model, how = _method_label(m)
                 lines.append(f"| {model} | {how} | " + " | ".join(_cell(summary, task_name, g, m, metric)
                                                                  for g in groups) + " |")
             targets = task.targets if task else []
@@ -655,7 +730,7 @@ def markdown_report(summary, tasks: Sequence[str]) -> str:
                       "|---|---|" + "---|" * (2 * len(targets))]
             g = "all" if "all" in groups else groups[0]
             for m in methods:
-                model, how = METHOD_LABELS.get(m, (m, ""))
+                model, how = _method_label(m)
                 vals = [_cell(summary, task_name, g, m, f"mae_{t}", 1 if t == "teff" else 3) for t in targets]
                 vals += [_cell(summary, task_name, g, m, f"r2_{t}") for t in targets]
                 lines.append(f"| {model} | {how} | " + " | ".join(vals) + " |")
@@ -713,6 +788,10 @@ def _save_png(fig: Any, path: Path) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
+def _plots_of(method: str) -> frozenset[str]:
+    return METHODS[method].plots if method in METHODS else frozenset()
+
+
 def _plots(result: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -720,7 +799,7 @@ def _plots(result: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     for (task, group, method), cm in result["confusion"].items():
-        if method not in ("zero-shot", "few-shot") or group != "all" and any(
+        if "confusion" not in _plots_of(method) or group != "all" and any(
                 k[1] == "all" for k in result["confusion"] if k[0] == task):
             continue
         classes = TASKS[task].classes if task in TASKS else [str(k) for k in range(len(cm))]
@@ -738,7 +817,7 @@ def _plots(result: dict[str, Any], out: Path) -> None:
         _save_png(fig, out / _plot_name("confusion", task, group, method))
         plt.close(fig)
     for (task, group, method), (yt, yp) in result["predictions"].items():
-        if method not in ("few-shot", "mlp", "pca_ridge", "galspecnet") or group != "all" and any(
+        if "pred_vs_true" not in _plots_of(method) or group != "all" and any(
                 k[1] == "all" for k in result["predictions"] if k[0] == task):
             continue
         names = TASKS[task].targets if task in TASKS else [str(k) for k in range(yt.shape[1])]

@@ -102,15 +102,19 @@ def _ablations_module():
 
 
 def test_real_validation_mse_drops_engine_spectra_and_repeats_exactly(corpus):
-    ablations = _ablations_module()
+    from omnispectra.training import SpectraDataModule
+    from omnispectra.training.validation import reconstruction_mse_by_survey
+
     torch.manual_seed(0)
     model = OmniSpectra(OmniSpectraConfig(dim=32, n_layers=1, n_heads=2))
-    first = ablations.real_validation_mse(model, corpus, val_fraction=0.3, batch_size=4)
-    again = ablations.real_validation_mse(model, corpus, val_fraction=0.3, batch_size=7)
-    assert set(first["per_survey"]) <= {"sdss", "miles"} and first["n"] > 0
-    assert first["mse"] == pytest.approx(again["mse"], rel=1e-6) and first["mse"] > 0
-    counts = sum(v["n"] for v in first["per_survey"].values())
-    assert counts == first["n"]
+    first = reconstruction_mse_by_survey(model, SpectraDataModule(corpus, batch_size=4, num_workers=0,
+                                                                 val_fraction=0.3, seed=0))
+    again = reconstruction_mse_by_survey(model, SpectraDataModule(corpus, batch_size=7, num_workers=0,
+                                                                 val_fraction=0.3, seed=0))
+    surveys = set(first) - {"all", "mean_of_surveys"}
+    assert surveys and surveys <= {"sdss", "miles"} and first["all"]["n_spectra"] > 0
+    assert first["all"]["mse"] == pytest.approx(again["all"]["mse"], rel=1e-6) and first["all"]["mse"] > 0
+    assert sum(first[s]["n_spectra"] for s in surveys) == first["all"]["n_spectra"]
 
 
 def test_paired_summary_statistics():

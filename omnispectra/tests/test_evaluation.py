@@ -17,6 +17,7 @@ from omnispectra.evaluation.harness import (  # noqa: E402
     regression_metrics,
     source_classes,
 )
+from omnispectra.flags import ANOMALY_STATISTIC  # noqa: E402
 from omnispectra.model import OmniSpectra, OmniSpectraConfig  # noqa: E402
 
 from .helpers import require_data_dir  # noqa: E402
@@ -177,3 +178,66 @@ def test_survey_names_with_slashes_make_safe_plot_names(tmp_path):
     assert names == ["confusion_source_class_sdss_boss_zero-shot.png",
                      "pred_vs_true_stellar_params__up_few-shot.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_methods_are_registered_in_one_table(monkeypatch):
+    from omnispectra.evaluation import harness
+
+    # every default method of every task is in the table; labels come from it
+    assert {m for t in TASKS.values() for m in t.methods} <= set(harness.METHODS)
+    assert harness.METHOD_LABELS["few-shot"] == ("OmniSpectra", "Few-shot")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        harness.run_method("nope", TASKS["source_class"], {"y": np.zeros(2)}, {"y": np.zeros(2)})
+    # registering a method is one table entry: run_method dispatches to it, the report labels it
+    def always_star(task, train, test, **kwargs):
+        return np.tile([0.0, 0.0, 1.0], (len(test["y"]), 1))
+
+    monkeypatch.setitem(harness.METHODS, "always-star",
+                        harness.Method("Constant", "Always STAR", always_star, extra=True))
+    prob = harness.run_method("always-star", TASKS["source_class"], {"y": np.zeros(3, int)},
+                              {"y": np.zeros(4, int)})
+    assert prob.shape == (4, 3) and (prob.argmax(1) == 2).all()
+    rows = [{"task": "source_class", "group": "all", "method": "always-star", "run": 0, "metric": m,
+             "value": 0.5, "n_train": 3, "n_test": 4} for m in ("f1_GALAXY", "f1_macro")]
+    assert "| Constant | Always STAR |" in harness.markdown_report(harness.summarize(rows), ["source_class"])
+    # the probe protocols are partial applications of one probe method
+    assert "emb" in harness.METHODS["zero-shot"].inputs and "x" in harness.METHODS["pca_ridge"].inputs
+
+
+@pytest.mark.slow
+def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
+    """scripts/train_predictors.py on real spectra with a micro encoder: folds, calibration, card."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    from omnispectra.pretrained import save_weights
+    from omnispectra.probes import read_probe_header
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "train_predictors.py"
+    if not script.is_file():
+        pytest.skip("scripts/ not present (installed package)")
+    torch.manual_seed(0)
+    weights = tmp_path / "enc.safetensors"
+    save_weights(OmniSpectra(OmniSpectraConfig(dim=16, n_layers=1, n_heads=2)), weights)
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"name": "test"}))
+    out = tmp_path / "out"
+    main_fn = runpy.run_path(str(script))["main"]
+    assert main_fn([str(weights), *map(str, sorted(tiny_corpus.glob("*.h5"))), "-o", str(out),
+                    "--folds", "3", "--tasks", "source_class", "--steps-scale", "0.01",
+                    "--figures", str(tmp_path / "fig"), "--card", str(card)]) == 0
+    report = json.loads((out / "predictors.json").read_text())
+    entry = report["predictors"]["source_class"]
+    assert sum(entry["fold_sizes"]) == entry["n_labelled"] and len(entry["fold_sizes"]) == 3
+    cv = entry["cross_validated"]
+    recall = cv["all"]["recall"]
+    assert sum(v["n"] for v in recall.values()) == entry["n_labelled"]    # every row scored once
+    assert all(0 <= v["wilson95"][0] <= v["wilson95"][1] <= 1 for v in recall.values() if v["n"])
+    assert {"ece_15_bins", "brier", "accuracy_p_ge_0.95"} <= set(cv["calibration"]["temperature_scaled"])
+    assert (tmp_path / "fig" / "reliability-source-class.png").is_file()
+    header = read_probe_header(out / "probe-source-class.safetensors")
+    assert header["calibration"]["temperature"] > 0 and "fold" in header["calibration"]
+    written = json.loads(card.read_text())
+    assert written["anomaly"]["statistic"] == ANOMALY_STATISTIC and written["anomaly"]["n_validation"] > 0
+    assert np.isfinite(written["anomaly"]["p99"])

@@ -131,7 +131,8 @@ def test_probe_save_load_round_trip_and_wrong_encoder(tmp_path):
     encoder = micro_encoder(0)
     x, y = blobs(n=64, dim=MICRO["dim"])
     probe = Probe(MICRO["dim"], "classification", ["GALAXY", "QSO", "STAR"],
-                  encoder=encoder_description(encoder), info={"note": "test"})
+                  encoder=encoder_description(encoder), info={"note": "test"},
+                  calibration={"temperature": 1.5, "fold": "test"})
     fit_probe_on_embeddings(probe, x, y, steps=20, lr=1e-3)
     path = save_probe(probe, tmp_path / "p.safetensors")
     assert path.read_bytes()[:8] and (tmp_path / "p.json").is_file()
@@ -141,6 +142,8 @@ def test_probe_save_load_round_trip_and_wrong_encoder(tmp_path):
     back = load_probe(path, model=encoder)
     np.testing.assert_allclose(back.predict(x), probe.predict(x), rtol=1e-6)
     assert back.info == {"note": "test"}
+    assert back.calibration == header["calibration"] == {"temperature": 1.5, "fold": "test"}
+    assert "calibration" not in Probe(4, "regression", ["z"]).header()
     assert json.loads((tmp_path / "p.json").read_text())["kind"] == "classification"
     # same architecture, other weights
     with pytest.raises(CheckpointError, match="sha256"):

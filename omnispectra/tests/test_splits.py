@@ -32,3 +32,22 @@ def test_keep_both_sides_and_errors():
     assert len(train) == 1 and len(val) == 1
     with pytest.raises(ValueError):
         splits.split_by_object(["a"], 1.0)
+
+
+def test_fold_of_groups_objects_and_follows_the_hash():
+    ids = [f"obj{i}" for i in range(400)] + ["BD+01 2916", "s0505", "", ""]
+    folds = splits.fold_of(ids, 5, seed=3)
+    assert folds.dtype == np.int64 and set(folds.tolist()) == {0, 1, 2, 3, 4}
+    # the fold is floor(hash * k): the same number the validation split thresholds
+    assert folds[7] == int(splits.object_hash("obj7", 3) * 5)
+    # one object (aliases resolved) is in one fold; missing ids are separate objects
+    assert folds[400] == folds[401]
+    assert folds[402] == int(splits.object_hash("\x00row402", 3) * 5)
+    # independent of the other rows and of their order
+    assert splits.fold_of(ids[::-1], 5, seed=3)[::-1][:400].tolist() == folds[:400].tolist()
+    assert splits.fold_of(["obj7"], 5, seed=3)[0] == folds[7]
+    # roughly balanced, and fold 0 of k=5 is exactly the validation side of fraction 0.2
+    assert np.bincount(folds[:400]).min() > 50
+    assert ((folds[:400] == 0) == splits.is_validation(ids[:400], 0.2, seed=3)).all()
+    with pytest.raises(ValueError, match="k must be"):
+        splits.fold_of(ids, 1)

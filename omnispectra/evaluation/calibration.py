@@ -1,0 +1,222 @@
+"""Calibration of predicted probabilities and uncertainties (numpy only; plots need matplotlib).
+
+Classification
+--------------
+- :func:`expected_calibration_error`: ECE over equal-width bins of the top-class
+  probability (Guo et al. 2017): ``sum_b (n_b / N) |accuracy_b - confidence_b|``;
+- :func:`brier_score`: mean over rows of ``sum_k (p_k - [y == k])**2`` (multi-class,
+  0 is perfect, 2 the worst);
+- :func:`reliability_curve` / :func:`plot_reliability`: the per-bin numbers behind the
+  ECE and the reliability diagram;
+- :func:`confident_accuracy`: how often the prediction is right among rows whose top
+  probability reaches a threshold (e.g. 0.95), with the count;
+- :func:`fit_temperature` / :func:`softmax`: temperature scaling, one scalar ``T``
+  dividing the logits, fitted by minimising the negative log-likelihood on a
+  calibration set that must differ from the set it is scored on.
+
+Regression
+----------
+- :func:`fit_sigma_scale`: the factor by which a raw spread (e.g. the standard deviation
+  of an ensemble's members) is multiplied so that ``|residual| <= scale * spread`` holds
+  for the wanted fraction (68.27%: +-1 sigma of a Gaussian) of a calibration set;
+- :func:`interval_coverage`: the fraction of rows with ``|residual| <= sigma``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ONE_SIGMA", "softmax", "fit_temperature", "expected_calibration_error", "brier_score",
+           "reliability_curve", "confident_accuracy", "plot_reliability", "fit_sigma_scale",
+           "interval_coverage"]
+
+#: Fraction of a Gaussian within +-1 standard deviation.
+ONE_SIGMA = 0.6826894921370859
+
+
+def _check_prob(prob: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(prob, dtype=np.float64)
+    t = np.asarray(y)
+    if p.ndim != 2 or t.ndim != 1 or p.shape[0] != t.shape[0]:
+        raise ValueError(f"expected probabilities (N, K) and labels (N,), got {p.shape} and {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= p.shape[1]):
+        raise ValueError(f"labels must be class indices in [0, {p.shape[1]})")
+    return p, t.astype(np.int64)
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities ``softmax(logits / temperature)`` row by row (float64)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(log_norm - z[np.arange(y.size), y]))
+
+
+def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0),
+                    tol: float = 1e-4) -> float:
+    """The temperature ``T`` minimising the mean negative log-likelihood of ``softmax(logits / T)``.
+
+    A golden-section search over ``log T`` within ``bounds`` (the NLL is unimodal in
+    ``T`` for fixed logits). ``T > 1`` softens overconfident probabilities; the class
+    ranking, hence accuracy and recall, never changes.
+
+    Parameters
+    ----------
+    logits : array (N, K)
+        Raw scores of a calibration set the model was *not* trained on.
+    y : array (N,)
+        True class indices.
+    bounds : (float, float)
+        Search range of ``T``.
+    tol : float
+        Tolerance on ``log T``.
+    """
+    z, t = _check_prob(logits, y)
+    if t.size == 0:
+        raise ValueError("cannot fit a temperature on zero rows")
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5.0) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = _nll(z, t, np.exp(a)), _nll(z, t, np.exp(b))
+    while hi - lo > tol:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = _nll(z, t, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = _nll(z, t, np.exp(b))
+    return float(np.exp((lo + hi) / 2))
+
+
+def reliability_curve(prob: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarray]:
+    """Per-bin confidence, accuracy and count of the top-class probability.
+
+    Bins are equal-width over [0, 1]; bin ``b`` holds ``b/n_bins < p <= (b+1)/n_bins``
+    (``p == 0`` falls in bin 0). Empty bins have NaN confidence and accuracy.
+
+    Returns
+    -------
+    dict with ``edges`` (n_bins + 1), ``confidence``, ``accuracy`` and ``count`` (n_bins).
+    """
+    p, t = _check_prob(prob, y)
+    conf = p.max(axis=1) if p.size else np.zeros(0)
+    right = (p.argmax(axis=1) == t) if p.size else np.zeros(0, bool)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(which, weights=right.astype(np.float64), minlength=n_bins) / count
+    return {"edges": edges, "confidence": confidence, "accuracy": accuracy, "count": count}
+
+
+def expected_calibration_error(prob: Any, y: Any, n_bins: int = 15) -> float:
+    """ECE of the top-class probability over ``n_bins`` equal-width bins (NaN for no rows)."""
+    curve = reliability_curve(prob, y, n_bins)
+    n = curve["count"].sum()
+    if n == 0:
+        return float("nan")
+    used = curve["count"] > 0
+    gap = np.abs(curve["accuracy"][used] - curve["confidence"][used])
+    return float((curve["count"][used] * gap).sum() / n)
+
+
+def brier_score(prob: Any, y: Any) -> float:
+    """Multi-class Brier score: mean over rows of ``sum_k (p_k - onehot_k)**2`` (NaN for no rows)."""
+    p, t = _check_prob(prob, y)
+    if t.size == 0:
+        return float("nan")
+    onehot = np.zeros_like(p)
+    onehot[np.arange(t.size), t] = 1.0
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+def confident_accuracy(prob: Any, y: Any, threshold: float = 0.95) -> tuple[int, int]:
+    """``(right, n)``: rows whose top probability is ``>= threshold``, and how many of them are right."""
+    p, t = _check_prob(prob, y)
+    sure = p.max(axis=1) >= threshold if t.size else np.zeros(0, bool)
+    return int((p[sure].argmax(axis=1) == t[sure]).sum()), int(sure.sum())
+
+
+def plot_reliability(curves: dict[str, dict[str, np.ndarray]], title: str = "", ax: Any = None) -> Any:
+    """Reliability diagram: accuracy against confidence per bin, one line per labelled curve.
+
+    ``curves`` maps a legend label (e.g. ``"T = 1"``, ``"T = 1.8"``) to a
+    :func:`reliability_curve`. Returns the matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    else:
+        fig = ax.figure
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
+    for label, curve in curves.items():
+        used = curve["count"] > 0
+        ax.plot(curve["confidence"][used], curve["accuracy"][used], "o-", ms=4, label=label)
+    ax.set_xlabel("top-class probability")
+    ax.set_ylabel("fraction right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fit_sigma_scale(residual: Any, spread: Any, coverage: float = ONE_SIGMA) -> np.ndarray:
+    """Per-output factor ``s`` so that ``|residual| <= s * spread`` for ``coverage`` of the rows.
+
+    The ``coverage`` quantile of ``|residual| / spread`` per column, over rows where
+    both are finite and the spread is positive.
+
+    Parameters
+    ----------
+    residual, spread : array (N,) or (N, T)
+        Prediction minus truth, and the raw uncertainty (e.g. ensemble standard
+        deviation), in the same units, on a calibration set.
+    coverage : float
+        Wanted fraction inside; default +-1 sigma of a Gaussian.
+
+    Returns
+    -------
+    ndarray (T,) (NaN for a column without usable rows)
+    """
+    r = np.abs(np.asarray(residual, dtype=np.float64))
+    s = np.asarray(spread, dtype=np.float64)
+    if r.shape != s.shape:
+        raise ValueError(f"residual and spread shapes differ: {r.shape} vs {s.shape}")
+    if not 0 < coverage < 1:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    r, s = r.reshape(r.shape[0], -1), s.reshape(s.shape[0], -1)
+    out = np.full(r.shape[1], np.nan)
+    for k in range(r.shape[1]):
+        ok = np.isfinite(r[:, k]) & np.isfinite(s[:, k]) & (s[:, k] > 0)
+        if ok.any():
+            out[k] = float(np.quantile(r[ok, k] / s[ok, k], coverage))
+    return out
+
+
+def interval_coverage(residual: Any, sigma: Any) -> np.ndarray:
+    """Per-output fraction of rows with ``|residual| <= sigma`` (finite rows only; NaN if none)."""
+    r = np.abs(np.asarray(residual, dtype=np.float64))
+    s = np.asarray(sigma, dtype=np.float64)
+    r, s = r.reshape(r.shape[0], -1), s.reshape(s.shape[0], -1)
+    ok = np.isfinite(r) & np.isfinite(s)
+    n = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, ((r <= s) & ok).sum(axis=0) / n, np.nan)
