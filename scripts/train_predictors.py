@@ -165,8 +165,18 @@ def cv_rounds(folds: np.ndarray, k: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def run_cv(task, emb, y, rounds, candidates, seed, steps_scale):
+def with_engine(recipe, emb, y, engine):
+    """Training arrays of ``recipe``: the real rows, plus the engine rows when the recipe asks."""
+    if not recipe.get("engine") or engine is None:
+        return emb, y
+    return np.concatenate([emb, engine[0]]), np.concatenate([y, engine[1]])
+
+
+def run_cv(task, emb, y, rounds, candidates, seed, steps_scale, engine=None):
     """Outputs of every candidate on every round's calibration and evaluation folds.
+
+    ``engine`` (embeddings, targets) of engine spectra join the training folds of recipes
+    with ``"engine": True``; they are never calibration or evaluation rows.
 
     Returns ``{name: [{"calibration": (M, n, T), "evaluation": (M, n, T)} per round]}``
     (``M`` members; logits for classes, fitted-space predictions for regression).
@@ -176,8 +186,8 @@ def run_cv(task, emb, y, rounds, candidates, seed, steps_scale):
         per_round = []
         for r, idx in enumerate(rounds):
             t0 = time.perf_counter()
-            probe = train_probe(task, emb[idx["train"]], y[idx["train"]], recipe, seed=seed + 100 * r,
-                                steps_scale=steps_scale)
+            x_train, y_train = with_engine(recipe, emb[idx["train"]], y[idx["train"]], engine)
+            probe = train_probe(task, x_train, y_train, recipe, seed=seed + 100 * r, steps_scale=steps_scale)
             per_round.append({side: member_outputs(probe, emb[idx[side]])
                               for side in ("calibration", "evaluation")})
             log(f"{task.name}: round {r} {recipe['name']} ({time.perf_counter() - t0:.0f} s)")
@@ -212,10 +222,18 @@ def calibration_report(prob, y) -> dict[str, Any]:
             "brier": cal.brier_score(prob, y), f"accuracy_p_ge_{CONFIDENT}": interval(right, n_sure)}
 
 
-def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures: Path | None):
+def class_candidates(engine) -> list[dict[str, Any]]:
+    """The class recipes; with engine spectra each is also tried with them in its training folds."""
+    if engine is None:
+        return CANDIDATES["source_class"]
+    return CANDIDATES["source_class"] + [r | {"name": r["name"] + " + engine spectra", "engine": True}
+                                         for r in CANDIDATES["source_class"]]
+
+
+def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures: Path | None, engine=None):
     from omnispectra.evaluation import calibration as cal
 
-    outs = run_cv(task, emb, y, rounds, CANDIDATES[task.name], seed, steps_scale)
+    outs = run_cv(task, emb, y, rounds, class_candidates(engine), seed, steps_scale, engine)
     cal_rows, ev_rows = pooled(rounds, "calibration"), pooled(rounds, "evaluation")
     choice = {}
     for name, per_round in outs.items():
@@ -398,6 +416,31 @@ def anomaly_threshold(corpus, encoder, exclude, cache: Path | None, key: str) ->
             "per_survey": per}
 
 
+def engine_embeddings(files, n: int, encoder, classes, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and class indices of ``n`` engine spectra drawn (seeded) from corpus ``files``."""
+    from omnispectra.api import embed
+    from omnispectra.dataset import SpectrumDataset
+
+    ds = SpectrumDataset(list(files), return_index=False)
+    labels = np.asarray(ds.column("class"), dtype=str)
+    usable = np.flatnonzero(np.isin(labels, classes))
+    rows = np.sort(np.random.default_rng(seed).choice(usable, min(n, usable.size), replace=False))
+    emb = embed((ds[int(i)].tokens for i in rows), model=encoder, batch_size=32, progress=False)
+    lookup = {c: k for k, c in enumerate(classes)}
+    targets = np.array([lookup[c] for c in labels[rows]])
+    return np.asarray(emb, dtype=np.float32).reshape(rows.size, -1), targets
+
+
+def engine_holdout_report(probe, engine_holdout, classes) -> dict[str, Any]:
+    """Recall and calibration of the shipped class probe on held-out engine spectra."""
+    from omnispectra.evaluation import calibration as cal
+
+    x, y = engine_holdout
+    prob = cal.softmax(member_outputs(probe, x).mean(0), probe.temperature)
+    return {"rows": "engine spectra not used in training (a different draw of the engine corpus)",
+            **recall_report(y, prob.argmax(1), classes), "calibration": calibration_report(prob, y)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("weights", help="encoder weights file (safetensors) or model name")
@@ -416,6 +459,12 @@ def main(argv=None) -> int:
                         help="encoder card to update (default <output>/omnispectra-default.json if present)")
     parser.add_argument("--no-anomaly", action="store_true", help="skip the anomaly threshold")
     parser.add_argument("--cache", default=None, help="directory caching embeddings and anomaly scores")
+    parser.add_argument("--engine", nargs="*", default=[],
+                        help="engine corpus files (omnispectra simulate): class recipes are also tried with "
+                             "engine spectra in their training folds, and the shipped class probe is "
+                             "checked on an engine hold-out")
+    parser.add_argument("--engine-train", type=int, default=10000, help="engine spectra for training")
+    parser.add_argument("--engine-holdout", type=int, default=5000, help="engine spectra held out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -478,10 +527,17 @@ def main(argv=None) -> int:
             "fold_sizes": np.bincount(folds, minlength=args.folds).tolist(),
         }
         calibration = None
+        engine = holdout = None
+        if task.kind == "classification" and args.engine:
+            x_eng, y_eng = engine_embeddings(args.engine, args.engine_train + args.engine_holdout, encoder,
+                                             task.classes, args.seed)
+            engine, holdout = (x_eng[:args.engine_train], y_eng[:args.engine_train]), \
+                (x_eng[args.engine_train:], y_eng[args.engine_train:])
+            log(f"{task.name}: {len(x_eng)} engine spectra embedded ({time.perf_counter() - t0:.0f} s)")
         if task.kind == "classification":
             entry["class_counts"] = {c: int((y == k).sum()) for k, c in enumerate(task.classes)}
             best, cv, calibration = classification_cv(task, emb[rows], y, surv, rounds, args.seed,
-                                                      args.steps_scale, figures)
+                                                      args.steps_scale, figures, engine)
             log(f"{task.name}: macro recall (SDSS/BOSS/eBOSS, LAMOST, DESI, MILES) "
                 f"{cv['macro_surveys']['macro_recall']:.3f}; ECE survey spectra "
                 f"{cv['calibration']['uncalibrated'][f'ece_{ECE_BINS}_bins']:.3f} -> "
@@ -498,7 +554,8 @@ def main(argv=None) -> int:
             if "uncertainty" in cv:
                 log(f"{task.name}: +-1 sigma coverage " + ", ".join(
                     f"{t}={v['value']:.3f}" for t, v in cv["uncertainty"]["coverage_1sigma"].items()))
-        recipe = next(r for r in CANDIDATES[task.name] if r["name"] == best)
+        candidates = class_candidates(engine) if task.kind == "classification" else CANDIDATES[task.name]
+        recipe = next(r for r in candidates if r["name"] == best)
         entry.update({"recipe": recipe, "cross_validated": cv, "calibration": calibration})
         ship = True
         if task.name == "redshift":
@@ -506,10 +563,16 @@ def main(argv=None) -> int:
             entry["shipped"] = bool(ship)
         target = out / FILES[task.name]
         if ship:
-            final = train_probe(task, emb[rows], y, recipe, seed=args.seed, encoder_desc=desc,
+            x_final, y_final = with_engine(recipe, emb[rows], y, engine)
+            final = train_probe(task, x_final, y_final, recipe, seed=args.seed, encoder_desc=desc,
                                 steps_scale=args.steps_scale)
             final.calibration = calibration or {}
-            final.info = {"name": task.name, "recipe": recipe, "n_train": int(rows.size),
+            if holdout is not None and len(holdout[0]):
+                entry["engine_holdout"] = engine_holdout_report(final, holdout, task.classes)
+                log(f"{task.name}: engine hold-out ({len(holdout[0])}) accuracy "
+                    f"{entry['engine_holdout']['accuracy']['value']:.3f}, ECE "
+                    f"{entry['engine_holdout']['calibration'][f'ece_{ECE_BINS}_bins']:.3f}")
+            final.info = {"name": task.name, "recipe": recipe, "n_train": int(len(y_final)),
                           "cross_validation": f"grouped {args.folds}-fold; details in predictors.json",
                           "created": report["created"]}
             save_probe(final, target)

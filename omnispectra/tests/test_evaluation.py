@@ -205,6 +205,22 @@ def test_methods_are_registered_in_one_table(monkeypatch):
 
 
 @pytest.mark.slow
+def _tiny_engine_corpus(directory, n_per_class: int) -> list[str]:
+    """A corpus of labelled engine-like spectra (``engine_sdss``) on an SDSS-like grid."""
+    from omnispectra.corpus import build_corpus
+    from omnispectra.engine.generator import EngineSample
+    from omnispectra.engine.stream import engine_spectrum
+
+    rng = np.random.default_rng(1)
+    wave = 10 ** np.arange(np.log10(3800), np.log10(9000), 1e-4)
+    samples = [EngineSample(wave, rng.normal(5 + k, 1, wave.size), np.full(wave.size, 4.0),
+                            np.zeros(wave.size, bool), {"class": cls, "z": 0.1},
+                            {"id": f"engine:{cls}{i}", "object_id": f"engine:{cls}{i}", "survey": "sdss"})
+               for k, cls in enumerate(("GALAXY", "QSO", "STAR")) for i in range(n_per_class)]
+    report = build_corpus([engine_spectrum(s) for s in samples], directory, progress=False)
+    return sorted(str(p) for p in report.outputs.values())
+
+
 def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     """scripts/train_predictors.py on real spectra with a micro encoder: folds, calibration, card."""
     import json
@@ -223,10 +239,12 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     card = tmp_path / "card.json"
     card.write_text(json.dumps({"name": "test"}))
     out = tmp_path / "out"
+    engine_files = _tiny_engine_corpus(tmp_path / "engine", n_per_class=30)
     main_fn = runpy.run_path(str(script))["main"]
     assert main_fn([str(weights), *map(str, sorted(tiny_corpus.glob("*.h5"))), "-o", str(out),
                     "--folds", "3", "--tasks", "source_class", "--steps-scale", "0.01",
-                    "--figures", str(tmp_path / "fig"), "--card", str(card)]) == 0
+                    "--figures", str(tmp_path / "fig"), "--card", str(card),
+                    "--engine", *engine_files, "--engine-train", "50", "--engine-holdout", "40"]) == 0
     report = json.loads((out / "predictors.json").read_text())
     entry = report["predictors"]["source_class"]
     assert sum(entry["fold_sizes"]) == entry["n_labelled"] and len(entry["fold_sizes"]) == 3
@@ -241,3 +259,7 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     written = json.loads(card.read_text())
     assert written["anomaly"]["statistic"] == ANOMALY_STATISTIC and written["anomaly"]["n_validation"] > 0
     assert np.isfinite(written["anomaly"]["p99"])
+    # engine spectra: every class recipe also tried with them, the shipped probe checked on a hold-out
+    scores = cv["selection"]["scores"]
+    assert sum(name.endswith("+ engine spectra") for name in scores) == len(scores) // 2
+    assert entry["engine_holdout"]["calibration"]["n"] == 40
