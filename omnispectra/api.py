@@ -74,7 +74,7 @@ __all__ = ["embed", "reconstruct", "anomaly_score", "anomaly_statistic", "anomal
            "ANOMALY_MODEL_FLOOR", "Reconstruction", "token_summary",
            "classify", "predict_stellar_parameters", "predict_redshift", "bundled_probe_path",
            "resolve_probe", "default_dtype", "PROBE_FILES", "fitter_name", "FLAG_DESCRIPTION",
-           "ANOMALY_DESCRIPTION"]
+           "ANOMALY_DESCRIPTION", "measure_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +122,16 @@ def _tokens_for(item: InputItem, patch_size: int, stride: int,
         raise _with_context(err, context) from err
     tok.meta = {**tok.meta, "id": item.id}
     if measure:
-        tok.meta["quality"], tok.meta["pixel_ivar"] = _measure(obj, tok, support)
+        tok.meta["quality"], tok.meta["pixel_ivar"] = measure_input(obj, tok, support)
     return tok
 
 
-def _measure(obj: Any, tok: Tokens, support: WavelengthSupport | None):
-    """``(SpectrumQuality, pixel ivar (T, p) in normalized units or None)`` of one input."""
+def measure_input(obj: Any, tok: Tokens, support: WavelengthSupport | None):
+    """``(SpectrumQuality, pixel ivar (T, p) in normalized units or None)`` of one input.
+
+    ``obj`` is the spectrum (or ``(wavelength, flux, ...)`` tuple, or Tokens) that
+    ``tok`` was cut from; the quality feeds :func:`omnispectra.flags.input_flags`.
+    """
     from .flags import SpectrumQuality, spectrum_quality, support_fraction
 
     n_valid_tokens = int(tok.valid.sum())

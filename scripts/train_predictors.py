@@ -230,7 +230,8 @@ def class_candidates(engine) -> list[dict[str, Any]]:
                                          for r in CANDIDATES["source_class"]]
 
 
-def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures: Path | None, engine=None):
+def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures: Path | None, engine=None,
+                      flags=None):
     from omnispectra.evaluation import calibration as cal
 
     outs = run_cv(task, emb, y, rounds, class_candidates(engine), seed, steps_scale, engine)
@@ -272,6 +273,14 @@ def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures:
             "with_libraries": calibration_report(prob, yy),
         },
     }
+    if flags is not None:  # what a user keeps: confident rows without an input warning
+        clean = survey_mask & (flags[ev_rows] == 0)
+        right, n_sure = cal.confident_accuracy(prob[clean], yy[clean], CONFIDENT)
+        report["calibration"]["flag0"] = {
+            "rows": "survey spectra of the evaluation folds whose input flags (OUTSIDE_SUPPORT, FEW_TOKENS, "
+                    "LOW_SN) are 0; the ANOMALY bit is not evaluated here",
+            "n": int(clean.sum()), "share_of_survey_rows": float(clean.sum() / max(survey_mask.sum(), 1)),
+            f"accuracy_p_ge_{CONFIDENT}": interval(right, n_sure)}
     cal_logits = np.concatenate([o["calibration"].mean(0) for o in per_round])
     fit_rows = ~np.isin(surveys[cal_rows], LIBRARIES)
     final_t = cal.fit_temperature(cal_logits[fit_rows], y[cal_rows][fit_rows])
@@ -431,6 +440,21 @@ def engine_embeddings(files, n: int, encoder, classes, seed: int) -> tuple[np.nd
     return np.asarray(emb, dtype=np.float32).reshape(rows.size, -1), targets
 
 
+def input_flag_values(data, rows, encoder) -> np.ndarray:
+    """The input bits (OUTSIDE_SUPPORT, FEW_TOKENS, LOW_SN) the runtime would set on each row."""
+    from omnispectra.api import measure_input
+    from omnispectra.flags import input_flags
+    from omnispectra.runtime import wavelength_support
+
+    support = wavelength_support(encoder)
+    quality = []
+    for r in rows:
+        position = int(data.positions[int(r)])
+        spectrum, tokens = data.dataset.spectrum(position), data.dataset[position].tokens
+        quality.append(measure_input(spectrum, tokens, support)[0])
+    return input_flags(quality)
+
+
 def engine_holdout_report(probe, engine_holdout, classes) -> dict[str, Any]:
     """Recall and calibration of the shipped class probe on held-out engine spectra."""
     from omnispectra.evaluation import calibration as cal
@@ -537,7 +561,8 @@ def main(argv=None) -> int:
         if task.kind == "classification":
             entry["class_counts"] = {c: int((y == k).sum()) for k, c in enumerate(task.classes)}
             best, cv, calibration = classification_cv(task, emb[rows], y, surv, rounds, args.seed,
-                                                      args.steps_scale, figures, engine)
+                                                      args.steps_scale, figures, engine,
+                                                      input_flag_values(data, rows, encoder))
             log(f"{task.name}: macro recall (SDSS/BOSS/eBOSS, LAMOST, DESI, MILES) "
                 f"{cv['macro_surveys']['macro_recall']:.3f}; ECE survey spectra "
                 f"{cv['calibration']['uncalibrated'][f'ece_{ECE_BINS}_bins']:.3f} -> "

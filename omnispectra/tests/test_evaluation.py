@@ -263,3 +263,5 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     scores = cv["selection"]["scores"]
     assert sum(name.endswith("+ engine spectra") for name in scores) == len(scores) // 2
     assert entry["engine_holdout"]["calibration"]["n"] == 40
+    flag0 = cv["calibration"]["flag0"]
+    assert 0 < flag0["n"] <= cv["calibration"]["temperature_scaled"]["n"]
