@@ -100,6 +100,9 @@ PROBE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "few-shot": {"head": "linear", "steps": 500, "lr": 1e-4},
     "mlp": {"head": "mlp", "hidden": (64, 64), "dropout": 0.1, "epochs": 10, "lr": 1e-3},
     "mlp32": {"head": "mlp", "hidden": (32,), "dropout": 0.0, "steps": 500, "lr": 1e-3},
+    # the recipes scripts/train_predictors.py chose for the shipped class and stellar probes
+    "linear-3000": {"head": "linear", "steps": 3000, "lr": 1e-3},
+    "mlp512x5": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "members": 5, "steps": 4000, "lr": 1e-3},
 }
 SUPERVISED = {"epochs": 10, "lr": 1e-3}
 
@@ -324,10 +327,11 @@ def _predict_probe(task: Task, train: dict[str, Any], test: dict[str, Any], *, p
     head = proto.pop("head")
     hidden = proto.pop("hidden", ())
     dropout = proto.pop("dropout", 0.0)
+    members = proto.pop("members", 1)
     names = task.classes if task.kind == "classification" else task.targets
     dim = train["emb"].shape[1] if "emb" in train else encoder.config.dim
     torch.manual_seed(seed)
-    probe = Probe(dim, task.kind, names, head=head, hidden=hidden, dropout=dropout,
+    probe = Probe(dim, task.kind, names, head=head, hidden=hidden, dropout=dropout, members=members,
                   transforms=task.transforms, units=task.units)
     if finetune and finetunable:
         from ..api import embed
@@ -425,6 +429,8 @@ METHODS: dict[str, Method] = {
     "mlp": _probe_method("mlp", "MLP [64, 64]", plots=frozenset({"pred_vs_true"})),
     "knn": Method("OmniSpectra", "kNN", _predict_knn, frozenset({"emb"}), extra=True),
     "mlp32": _probe_method("mlp32", "MLP [32]", extra=True),
+    "linear-3000": _probe_method("linear-3000", "Linear, 3000 steps (shipped class recipe)", extra=True),
+    "mlp512x5": _probe_method("mlp512x5", "5 x MLP [512] (shipped stellar recipe)", extra=True),
     "galspecnet": Method("GalSpecNet", "Supervised",
                          functools.partial(_predict_supervised, architecture="galspecnet"), frozenset({"x"}),
                          plots=frozenset({"pred_vs_true"})),
