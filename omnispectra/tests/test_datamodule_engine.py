@@ -84,3 +84,24 @@ def test_initialize_from_copies_weights_and_refuses_another_architecture(tmp_pat
     other = OmniSpectra(OmniSpectraConfig.from_preset("tiny", n_layers=2))
     with pytest.raises(ConfigError, match="n_layers"):
         initialize_from(other, tmp_path / "w.safetensors")
+
+
+def test_engine_fraction_without_engine_spectra_fails_at_setup(tmp_path):
+    from omnispectra.corpus import build_corpus
+    from omnispectra.engine.generator import EngineSample
+    from omnispectra.engine.stream import engine_spectrum
+    from omnispectra.training import SpectraDataModule
+
+    rng = np.random.default_rng(0)
+    wave = np.linspace(4000, 8000, 400)
+    real = []
+    for i in range(10):
+        spec = engine_spectrum(EngineSample(wave, rng.normal(5, 1, wave.size), np.full(wave.size, 4.0),
+                                            np.zeros(wave.size, bool), {"class": "STAR"}, {"survey": "sdss"}))
+        spec.meta.update(survey="sdss", id=f"real{i}", object_id=f"real{i}")
+        real.append(spec)
+    build_corpus(real, tmp_path / "real")
+    data = SpectraDataModule(sorted(str(p) for p in tmp_path.glob("*/*.h5")), batch_size=4, num_workers=0,
+                             val_fraction=0.3, seed=0, engine_fraction=0.5)
+    with pytest.raises(ValueError, match="needs engine and real"):
+        data.setup("fit")

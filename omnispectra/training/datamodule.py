@@ -223,6 +223,8 @@ class SpectraDataModule(L.LightningDataModule):
         val_idx = real[val_idx]
         self.train_dataset = self.dataset.subset(train_idx)
         self.val_dataset = self.dataset.subset(val_idx)
+        if self.engine_fraction is not None:  # fail at setup (a config error), not mid-run
+            mixture_weights(self.train_dataset.surveys, self.survey_weights or {}, self.engine_fraction)
 
     def _trainer_or_none(self):
         try:
