@@ -1102,9 +1102,12 @@ def _add_class_columns(table: Any, names: list[str], classes: list[str], prob: n
         table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
 
 
-def _stellar_columns(head: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values (N, k), 1-sigma errors (N, k), NONFINITE|IMPOSSIBLE_VALUE flags)`` in float32."""
-    from .flags import finite_flags, range_flags
+def _stellar_columns(head: Any, run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values (N, k), 1-sigma errors (N, k), NONFINITE|IMPOSSIBLE_VALUE flags, and
+    OUTSIDE_SUPPORT outside the probe's own training range)`` in float32."""
+    from .flags import finite_flags, probe_support_flags, range_flags
+
+    vectors = run.done.vectors
 
     if head.members < 2:
         logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
@@ -1113,6 +1116,9 @@ def _stellar_columns(head: Any, vectors: np.ndarray) -> tuple[np.ndarray, np.nda
     else:
         values = errors = np.zeros((0, len(head.names)))
     flags = finite_flags(values) | range_flags({name: values[:, k] for k, name in enumerate(head.names)})
+    tokens = [item.prepared for item in run.items]
+    flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
+                                 (head.info or {}).get("wavelength_support"))
     return values.astype(np.float32), errors.astype(np.float32), flags
 
 
@@ -1275,7 +1281,7 @@ def classify(
         table.meta["TEMPLATE"] = fitter_name(fitter)
         fit = _fit_redshifts(fitter, run.items, classes)
         _add_redshift_columns(table, fit)
-        values, errors, stellar_flag = _stellar_columns(stellar, run.done.vectors)
+        values, errors, stellar_flag = _stellar_columns(stellar, run)
         star = not_star_flags(classes) == 0
         values[~star], errors[~star] = np.nan, np.nan
         _add_stellar_columns(table, stellar.names, values, errors)
@@ -1332,7 +1338,7 @@ def predict_stellar_parameters(
     classifier = _checked_probe(class_probe, "source_class", net)
     run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
     classes, _, _ = _class_columns(classifier, run)
-    values, errors, flag = _stellar_columns(head, run.done.vectors)
+    values, errors, flag = _stellar_columns(head, run)
     table = run.table(head)
     table.meta.update(_probe_meta(classifier, "C"))
     _add_stellar_columns(table, head.names, values, errors)

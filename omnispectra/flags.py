@@ -53,7 +53,7 @@ __all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_na
            "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
            "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
-           "not_star_flags", "redshift_class_flags", "anomaly_flags"]
+           "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags"]
 
 
 class Flag(IntFlag):
@@ -322,3 +322,21 @@ def anomaly_flags(statistic: Any, threshold: float | None) -> np.ndarray:
         return np.zeros(stat.size, dtype=np.int64)
     with np.errstate(invalid="ignore"):
         return np.where(stat > threshold, int(Flag.ANOMALY), 0).astype(np.int64)
+
+
+def probe_support_flags(token_wavelengths: Sequence[np.ndarray],
+                        support: Mapping[str, Any] | None) -> np.ndarray:
+    """``OUTSIDE_SUPPORT`` where less than :data:`MIN_SUPPORT_FRACTION` of a spectrum's
+    valid tokens (their wavelengths, Angstrom) lies inside the wavelength support of the
+    spectra a *probe* was trained on (``info["wavelength_support"]`` of its header, in
+    the format of :func:`support_fraction`): the encoder may know a range that the probe
+    never saw labels in (an infrared APOGEE star for the MILES stellar probe). No support
+    stored: all 0.
+    """
+    out = np.zeros(len(token_wavelengths), dtype=np.int64)
+    if not support:
+        return out
+    for i, wave in enumerate(token_wavelengths):
+        if support_fraction(wave, support) < MIN_SUPPORT_FRACTION:
+            out[i] |= Flag.OUTSIDE_SUPPORT
+    return out

@@ -455,6 +455,23 @@ def input_flag_values(data, rows, encoder) -> np.ndarray:
     return input_flags(quality)
 
 
+def training_support(data, rows) -> dict[str, Any]:
+    """Wavelength support of a probe's labelled spectra (valid pixels, per survey and
+    overall), in the format :func:`omnispectra.flags.probe_support_flags` reads."""
+    ranges: dict[str, list[float]] = {}
+    for r in rows:
+        wave, _flux, ivar, mask = data.dataset.arrays(int(data.positions[int(r)]))
+        good = wave[(ivar > 0) & ~np.asarray(mask, dtype=bool)]
+        if good.size:
+            survey = str(data.meta["survey"][int(r)])
+            lo, hi = ranges.get(survey, [np.inf, -np.inf])
+            ranges[survey] = [min(lo, float(good.min())), max(hi, float(good.max()))]
+    return {"unit": "Angstrom (vacuum), valid pixels",
+            "overall": [round(min(lo for lo, _ in ranges.values()), 2),
+                        round(max(hi for _, hi in ranges.values()), 2)],
+            "surveys": {k: {"min": round(v[0], 2), "max": round(v[1], 2)} for k, v in sorted(ranges.items())}}
+
+
 def engine_holdout_report(probe, engine_holdout, classes) -> dict[str, Any]:
     """Recall and calibration of the shipped class probe on held-out engine spectra."""
     from omnispectra.evaluation import calibration as cal
@@ -599,7 +616,7 @@ def main(argv=None) -> int:
                     f"{entry['engine_holdout']['calibration'][f'ece_{ECE_BINS}_bins']:.3f}")
             final.info = {"name": task.name, "recipe": recipe, "n_train": int(len(y_final)),
                           "cross_validation": f"grouped {args.folds}-fold; details in predictors.json",
-                          "created": report["created"]}
+                          "created": report["created"], "wavelength_support": training_support(data, rows)}
             save_probe(final, target)
             log(f"{task.name}: wrote {target}")
         else:

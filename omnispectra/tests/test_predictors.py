@@ -153,6 +153,22 @@ def test_stellar_bits(encoder):
     assert range_flags({"z": [0.0, -0.02]}).tolist() == [0, Flag.IMPOSSIBLE_VALUE]
 
 
+def test_stellar_probe_flags_spectra_outside_its_own_training_range(encoder):
+    """The encoder knows 4000-8000 A, the probe learned its labels on 4000-6000 A only:
+    a spectrum mostly redder than that is OUTSIDE_SUPPORT for the probe (the MILES probe
+    and an APOGEE star), one inside is not, and a probe without a stored range flags nothing."""
+    support = {"surveys": {"lab": {"min": 3990.0, "max": 6010.0}}, "overall": [3990.0, 6010.0]}
+    probe = _stellar_probe(encoder)
+    probe.info = {**probe.info, "wavelength_support": support}
+    star = _class_probe(encoder, "STAR")
+    inside, redder = _spectrum(start=4000.0, stop=6000.0), _spectrum(start=5000.0, stop=8000.0)
+    table = api.predict_stellar_parameters([inside, redder], model=encoder, probe=probe, class_probe=star)
+    assert _flags(table) == [0, Flag.OUTSIDE_SUPPORT]
+    plain = api.predict_stellar_parameters([redder], model=encoder, probe=_stellar_probe(encoder),
+                                           class_probe=star)
+    assert _flags(plain) == [0]
+
+
 # --------------------------------------------------------------------------- calibration
 
 
