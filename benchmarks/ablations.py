@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from omnispectra.engine.stream import is_engine_survey
 from omnispectra.evaluation.stats import paired_difference
 from omnispectra.splits import DEFAULT_SEED, DEFAULT_VALIDATION_FRACTION
 from omnispectra.training import SpectraDataModule
@@ -121,7 +122,7 @@ def main(argv=None) -> dict:
 
     started = time.perf_counter()
     weights = {"miles": args.miles_weight} if args.miles_weight != 1 else None
-    has_engine = any(Path(c).name.startswith("engine_") for c in args.corpus)
+    has_engine = any(is_engine_survey(Path(c).stem) for c in args.corpus)  # corpus files are named by survey
     # the real validation spectra and their fixed masks, identical for every variant and seed
     scoring = SpectraDataModule(list(args.corpus), batch_size=32, num_workers=0,
                                 val_fraction=args.val_fraction, seed=args.mask_seed,

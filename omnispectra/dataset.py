@@ -285,6 +285,31 @@ class SpectrumDataset(torch.utils.data.Dataset):
         functions that need the inverse variance, which tokens do not carry)."""
         return self.readers[self._src[i]].spectrum(self._row[i])
 
+    def wavelength_ranges(self, positions: Sequence[int] | None = None) -> dict[str, Any]:
+        """Range of the valid-pixel wavelengths of items ``positions`` (default all), per
+        survey and overall: the ``wavelength_support`` format that models and probes
+        store (:func:`omnispectra.runtime.wavelength_support`,
+        :func:`omnispectra.flags.support_fraction`)."""
+        rows = range(len(self)) if positions is None else [int(i) for i in positions]
+        surveys = self.surveys
+        ranges: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for i in rows:
+            wave, _flux, ivar, mask = self.arrays(i)
+            good = wave[(ivar > 0) & ~np.asarray(mask, dtype=bool)]
+            survey = str(surveys[i])
+            counts[survey] = counts.get(survey, 0) + 1
+            if good.size:
+                lo, hi = ranges.get(survey, [np.inf, -np.inf])
+                ranges[survey] = [min(lo, float(good.min())), max(hi, float(good.max()))]
+        if not ranges:
+            raise ValueError("no valid pixels in the selected spectra: their wavelength range is undefined")
+        return {"unit": "Angstrom (vacuum), valid pixels",
+                "overall": [round(min(lo for lo, _ in ranges.values()), 2),
+                            round(max(hi for _, hi in ranges.values()), 2)],
+                "surveys": {name: {"min": round(lo, 2), "max": round(hi, 2), "spectra": counts[name]}
+                            for name, (lo, hi) in sorted(ranges.items())}}
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, Sample] | Sample:
         """Item ``key``: an index, or an ``(epoch, index)`` pair as yielded by
         ``LengthBucketSampler(with_epoch=True)``; the key is returned with the sample so

@@ -222,7 +222,7 @@ def wavelength_support(model: Any = "default") -> WavelengthSupport | None:
 
     Looked up in the weights file's provenance (``model.info['wavelength_support']``) and,
     for the bundled model, in its card (``omnispectra/data/omnispectra-default.json``,
-    computed from the training corpus by ``scripts/wavelength_support.py``).
+    computed from the training corpus by ``scripts/make_bundled.py``).
 
     Parameters
     ----------

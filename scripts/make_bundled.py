@@ -53,35 +53,21 @@ def training_data(data: SpectraDataModule) -> tuple[dict, dict]:
     surveys = train.surveys
     classes = train.column("class").astype(str)
     sources = train.column("source_file").astype(str)
-    ranges: dict[str, list[float]] = {}
     real: dict[str, dict[str, int]] = {}
     engine_by_class: dict[str, int] = {}
     engine_by_source: dict[str, int] = {}
-    for i in range(len(train)):
-        wave, _flux, ivar, mask = train.arrays(i)
-        good = wave[(ivar > 0) & ~mask.astype(bool)]
-        survey = str(surveys[i])
-        if good.size:
-            lo, hi = ranges.get(survey, [np.inf, -np.inf])
-            ranges[survey] = [min(lo, float(good.min())), max(hi, float(good.max()))]
+    for survey, cls, source in zip(surveys.tolist(), classes.tolist(), sources.tolist(), strict=True):
         if is_engine_survey(survey):
-            engine_by_class[classes[i]] = engine_by_class.get(classes[i], 0) + 1
+            engine_by_class[cls] = engine_by_class.get(cls, 0) + 1
             # "engine:redrock:STAR-K|donor:..." -> "redrock:STAR-K"; PyHammer composites as one source
-            family = sources[i].split("|")[0].removeprefix("engine:")
+            family = source.split("|")[0].removeprefix("engine:")
             family = "pyhammer" if family.startswith("pyhammer:") else family
             engine_by_source[family] = engine_by_source.get(family, 0) + 1
         else:
             real.setdefault(survey, {})
-            real[survey][classes[i]] = real[survey].get(classes[i], 0) + 1
-    counts = {s: int(np.sum(surveys == s)) for s in ranges}
-    support = {
-        "unit": "Angstrom (vacuum), valid pixels",
-        "overall": [round(min(lo for lo, _ in ranges.values()), 2),
-                    round(max(hi for _, hi in ranges.values()), 2)],
-        "surveys": {s: {"min": round(r[0], 2), "max": round(r[1], 2), "spectra": counts[s]}
-                    for s, r in sorted(ranges.items())},
-        "source": "scripts/make_bundled.py over the training side of the run's corpus",
-    }
+            real[survey][cls] = real[survey].get(cls, 0) + 1
+    support = train.wavelength_ranges() | {
+        "source": "scripts/make_bundled.py over the training side of the run's corpus"}
     kinds = {"real": real, "engine": {"by_class": engine_by_class, "by_source": engine_by_source}}
     return support, kinds
 

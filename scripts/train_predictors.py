@@ -458,18 +458,7 @@ def input_flag_values(data, rows, encoder) -> np.ndarray:
 def training_support(data, rows) -> dict[str, Any]:
     """Wavelength support of a probe's labelled spectra (valid pixels, per survey and
     overall), in the format :func:`omnispectra.flags.probe_support_flags` reads."""
-    ranges: dict[str, list[float]] = {}
-    for r in rows:
-        wave, _flux, ivar, mask = data.dataset.arrays(int(data.positions[int(r)]))
-        good = wave[(ivar > 0) & ~np.asarray(mask, dtype=bool)]
-        if good.size:
-            survey = str(data.meta["survey"][int(r)])
-            lo, hi = ranges.get(survey, [np.inf, -np.inf])
-            ranges[survey] = [min(lo, float(good.min())), max(hi, float(good.max()))]
-    return {"unit": "Angstrom (vacuum), valid pixels",
-            "overall": [round(min(lo for lo, _ in ranges.values()), 2),
-                        round(max(hi for _, hi in ranges.values()), 2)],
-            "surveys": {k: {"min": round(v[0], 2), "max": round(v[1], 2)} for k, v in sorted(ranges.items())}}
+    return data.dataset.wavelength_ranges(data.positions[np.asarray(rows, dtype=np.int64)])
 
 
 def engine_holdout_report(probe, engine_holdout, classes) -> dict[str, Any]:

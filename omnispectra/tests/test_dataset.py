@@ -246,3 +246,35 @@ def test_datamodule_epochs_reach_the_masks_under_a_trainer(corpus_dir):
     trainer.fit(Probe(), datamodule=dm)
     assert set(seen) == {0, 1} and len(seen[0]) == len(seen[1]) == 60
     assert sum(seen[0][sid] != seen[1][sid] for sid in seen[0]) > 30  # new masks in epoch 1
+
+
+def test_wavelength_ranges_use_valid_pixels_per_survey(tmp_path):
+    """The support stored with models and probes: masked and ivar-0 pixels do not count."""
+    from astropy import units as u
+    from astropy.nddata import InverseVariance
+    from specutils import Spectrum
+
+    from omnispectra.corpus import build_corpus
+    from omnispectra.dataset import SpectrumDataset
+
+    def spectrum(i, survey, lo, hi):
+        wave = np.linspace(lo, hi, 300)
+        ivar = np.ones(300)
+        ivar[:10] = 0.0                       # invalid blue end
+        mask = np.zeros(300, bool)
+        mask[-20:] = True                     # masked red end
+        return Spectrum(spectral_axis=wave * u.AA, flux=np.ones(300) * u.dimensionless_unscaled,
+                        uncertainty=InverseVariance(ivar), mask=mask,
+                        meta={"id": f"{survey}{i}", "object_id": f"{survey}{i}", "survey": survey})
+
+    spectra = [spectrum(0, "a", 4000, 5000), spectrum(1, "a", 4500, 6000), spectrum(2, "b", 7000, 8000)]
+    build_corpus(spectra, tmp_path)
+    ds = SpectrumDataset(sorted(str(p) for p in tmp_path.glob("*.h5")))
+    out = ds.wavelength_ranges()
+    step_a0, step_a1 = 1000 / 299, 1500 / 299
+    assert out["surveys"]["a"]["min"] == pytest.approx(4000 + 10 * step_a0, abs=0.01)
+    assert out["surveys"]["a"]["max"] == pytest.approx(6000 - 20 * step_a1, abs=0.01)
+    assert out["surveys"]["a"]["spectra"] == 2 and out["surveys"]["b"]["spectra"] == 1
+    assert out["overall"][1] == out["surveys"]["b"]["max"]
+    only_b = ds.wavelength_ranges([int(np.flatnonzero(ds.surveys == "b")[0])])
+    assert list(only_b["surveys"]) == ["b"]

@@ -201,6 +201,7 @@ class SpectraDataModule(L.LightningDataModule):
         if engine_fraction is not None and not 0.0 <= engine_fraction < 1.0:
             raise ValueError(f"engine_fraction must be in [0, 1), got {engine_fraction}")
         self.engine_fraction = engine_fraction
+        self.sampling_weights: dict[str, float] | None = None  # set by setup()
         self.dataset: SpectrumDataset | None = None
         self.train_dataset: SpectrumDataset | None = None
         self.val_dataset: SpectrumDataset | None = None
@@ -223,8 +224,11 @@ class SpectraDataModule(L.LightningDataModule):
         val_idx = real[val_idx]
         self.train_dataset = self.dataset.subset(train_idx)
         self.val_dataset = self.dataset.subset(val_idx)
-        if self.engine_fraction is not None:  # fail at setup (a config error), not mid-run
-            mixture_weights(self.train_dataset.surveys, self.survey_weights or {}, self.engine_fraction)
+        # the training draws' weights, fixed with the split (and a bad mixture fails here, not mid-run)
+        self.sampling_weights = self.survey_weights
+        if self.engine_fraction is not None:
+            self.sampling_weights = mixture_weights(self.train_dataset.surveys, self.survey_weights or {},
+                                                    self.engine_fraction)
 
     def _trainer_or_none(self):
         try:
@@ -262,11 +266,8 @@ class SpectraDataModule(L.LightningDataModule):
         ds = self.train_dataset
         common = dict(batch_size=self.batch_size, pool_size=self.pool_size, drop_last=self.drop_last,
                       seed=self.seed, num_replicas=num_replicas, rank=rank, with_epoch=True)
-        weights = self.survey_weights
-        if self.engine_fraction is not None:
-            weights = mixture_weights(ds.surveys, self.survey_weights or {}, self.engine_fraction)
-        if weights:
-            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, weights,
+        if self.sampling_weights:
+            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, self.sampling_weights,
                                                num_samples=self.samples_per_epoch, **common)
         return LengthBucketSampler(ds.token_lengths, shuffle=True, **common)
 
