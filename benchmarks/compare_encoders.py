@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omnispectra.evaluation.stats import paired_difference
+
 #: Metrics where smaller is better; every other metric is better when larger.
 LOWER_IS_BETTER = ("mse", "mae", "brier", "ece")
 
@@ -43,11 +45,10 @@ def paired_differences(old_rows: list[dict], new_rows: list[dict]) -> list[dict]
     out = []
     for (task, group, method, metric), values in sorted(pairs.items()):
         a = np.array(values)
-        diff = a[:, 1] - a[:, 0]
-        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
-        gain = -diff.mean() if lower_is_better(metric) else diff.mean()
-        out.append({"task": task, "group": group, "method": method, "metric": metric, "runs": int(diff.size),
-                    "old": float(a[:, 0].mean()), "new": float(a[:, 1].mean()), "diff": float(diff.mean()),
+        paired = paired_difference(a[:, 0], a[:, 1])
+        gain, se = (-paired["diff"] if lower_is_better(metric) else paired["diff"]), paired["se"]
+        out.append({"task": task, "group": group, "method": method, "metric": metric, "runs": paired["n"],
+                    "old": float(a[:, 0].mean()), "new": float(a[:, 1].mean()), "diff": paired["diff"],
                     "se": se, "better_by_2se": bool(np.isfinite(se) and gain > 2 * se)})
     return out
 
