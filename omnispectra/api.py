@@ -1137,24 +1137,47 @@ def _add_stellar_columns(table: Any, names: list[str], values: np.ndarray, error
             table[name].unit = table[f"{name}_err"].unit = unit
 
 
-def _fit_redshifts(fitter: Any, items: list[InputItem], classes: list[str]) -> dict[str, Any]:
-    """Template fits of every row, reporting the network class's best solution.
-
-    Columns ``spectype``, ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's bits,
-    ``NONFINITE``, ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and
-    the network's class, ``WRONG_CLASS`` for a star's radial velocity).
-    """
-    from .flags import Flag, finite_flags, range_flags, redshift_class_flags
+def _template_fits(fitter: Any, items: list[InputItem]) -> list[Any]:
+    """One full template fit per row (:meth:`omnispectra.redshift.RedshiftFitter.fit`); its
+    ``per_class`` serves whichever class is chosen afterwards."""
+    from .flags import Flag
     from .redshift import RedshiftResult
 
     results = []
-    for item, cls in zip(items, classes, strict=True):
+    for item in items:
         obj = item.spectrum
         if isinstance(obj, Tokens):  # tokens keep no pixel grid to fit
             results.append(RedshiftResult.no_fit(0, Flag.BAD_INPUT))
         else:
-            results.append(fitter.fit(*obj, spectype=cls) if isinstance(obj, tuple)
-                           else fitter.fit(obj, spectype=cls))
+            results.append(fitter.fit(*obj) if isinstance(obj, tuple) else fitter.fit(obj))
+    return results
+
+
+def _classes_with_templates(head: Any, prob: np.ndarray,
+                            fits: list[Any]) -> tuple[list[str], np.ndarray, str]:
+    """``(classes, probabilities, method)``: the probe's probabilities joined with the template
+    evidence when the probe stores a combination (:mod:`omnispectra.class_evidence`)."""
+    from .class_evidence import combination_of, combine, template_evidence
+
+    params = combination_of(head.calibration, head.names)
+    if params is None or not len(prob):
+        method = "network" if params is None else "network+templates"
+    else:
+        prob = combine(prob, template_evidence([r.class_chi2 for r in fits], head.names), params)
+        method = "network+templates"
+    return [head.names[k] for k in np.argmax(prob, axis=1)], prob, method
+
+
+def _redshift_columns(fits: list[Any], classes: list[str]) -> dict[str, Any]:
+    """Each row's best solution of its chosen class, as columns.
+
+    Columns ``spectype``, ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's bits,
+    ``NONFINITE``, ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and
+    the chosen class, ``WRONG_CLASS`` for a star's radial velocity).
+    """
+    from .flags import Flag, finite_flags, range_flags, redshift_class_flags
+
+    results = [fit.per_class.get(cls, fit) for fit, cls in zip(fits, classes, strict=True)]
     z = np.asarray([r.z for r in results], dtype=np.float64)
     reported = [r.spectype for r in results]
     best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
@@ -1232,8 +1255,12 @@ def classify(
     stellar_probe : path or Probe, optional
         With ``full``: the stellar-parameter probe (default: the bundled one).
     templates : path or RedshiftFitter, optional
-        With ``full``: the Redrock template folder (:func:`omnispectra.redshift.resolve_templates`:
-        this, else ``$OMNISPECTRA_TEMPLATES``; the package does not ship them).
+        The Redrock template folder (:func:`omnispectra.redshift.resolve_templates`: this,
+        else, with ``full``, ``$OMNISPECTRA_TEMPLATES``; the package does not ship them).
+        When templates are used (given, or ``full``) and the probe stores a template
+        combination, the class joins the probe's probabilities with the chi-square
+        differences of the classes' template fits (:mod:`omnispectra.class_evidence`;
+        ``meta['CLASSBY']`` says ``network+templates``, else ``network``).
 
     Returns
     -------
@@ -1259,27 +1286,32 @@ def classify(
     NonFiniteOutputError
         An embedding or probability is not finite (never turned into a class).
     """
+    from .redshift import fitter_for
+
     net = resolve_model(model, device)
     head = _checked_probe(probe, "source_class", net)
+    fitter = fitter_for(templates) if (full or templates is not None) else None
     if full:
-        from .redshift import fitter_for
-
         stellar = _checked_probe(stellar_probe, "stellar_params", net)
-        fitter = fitter_for(templates)
         if isinstance(dtype, str) and dtype.lower() == "auto":  # stellar parameters need float32
             dtype = "float32"
     run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers,
                             anomaly=full)
     classes, prob, flag = _class_columns(head, run)
     table = run.table(head)
+    method = "network"
+    if fitter is not None:
+        fits = _template_fits(fitter, run.items)
+        classes, prob, method = _classes_with_templates(head, prob, fits)
+        table.meta["TEMPLATE"] = fitter_name(fitter)
+    table.meta["CLASSBY"] = method
     _add_class_columns(table, head.names, classes, prob)
     flag = flag | run.flags()
     if full:
         from .flags import Flag, not_star_flags
 
         table.meta.update(_probe_meta(stellar, "S"))
-        table.meta["TEMPLATE"] = fitter_name(fitter)
-        fit = _fit_redshifts(fitter, run.items, classes)
+        fit = _redshift_columns(fits, classes)
         _add_redshift_columns(table, fit)
         values, errors, stellar_flag = _stellar_columns(stellar, run)
         star = not_star_flags(classes) == 0
@@ -1363,10 +1395,11 @@ def predict_redshift(
 
     Every spectrum is fitted with :class:`omnispectra.redshift.RedshiftFitter` (a
     chi-square scan of the Redrock bases over the full redshift range of each class,
-    refined around the best minima). The class probe's class (see :func:`classify`)
+    refined around the best minima). The class (see :func:`classify`: the probe's
+    probabilities joined with the template evidence when the probe stores a combination)
     chooses which class's best solution is reported; ``deltachi2`` is the chi-square of
     the next distinct solution minus the reported one's (negative when the templates
-    prefer another solution). A spectrum the network calls a STAR gets its radial
+    prefer another solution). A spectrum classified STAR gets its radial
     velocity as ``z`` (relativistic Doppler, ``z ~ v / c``) and ``WRONG_CLASS``.
 
     Parameters
@@ -1382,13 +1415,15 @@ def predict_redshift(
     Returns
     -------
     astropy.table.Table
-        ``id``, ``source_file``, ``survey``, ``class`` (the network's), ``spectype`` (the
+        ``id``, ``source_file``, ``survey``, ``class`` (the probe's, joined with the
+        template evidence as in :func:`classify`; ``meta['CLASSBY']``), ``spectype`` (the
         reported solution's), ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's
         ``Z_EDGE``, ``SMALL_DELTACHI2``, ``NEGATIVE_MODEL``, ``LITTLE_COVERAGE``,
         ``BAD_MINFIT``, ``BAD_INPUT``; ``WRONG_CLASS``; ``DISAGREEMENT`` when the fit's best
-        class differs from the network's or the class ensemble disagrees;
+        class differs from the chosen class or the class ensemble disagrees;
         ``IMPOSSIBLE_VALUE`` for ``z <`` :data:`omnispectra.flags.Z_MIN`; ``NONFINITE`` when
-        nothing could be fitted; the input checks and ``ANOMALY``). Input order; ``meta``
+        nothing could be fitted; the input checks ``OUTSIDE_SUPPORT`` and ``FEW_TOKENS``, not
+        :data:`omnispectra.flags.REDSHIFT_EXEMPT`). Input order; ``meta``
         as for :func:`classify` plus ``TEMPLATE``.
 
     Raises
@@ -1396,18 +1431,22 @@ def predict_redshift(
     TemplatesNotFoundError
         No Redrock templates (checked before any input is read).
     """
+    from .flags import REDSHIFT_EXEMPT
     from .redshift import fitter_for
 
     net = resolve_model(model, device)
     head = _checked_probe(probe, "source_class", net)
     fitter = fitter_for(templates)
     run = _embed_for_probes(spectra, net, batch_size, dtype, progress, format, on_error, workers)
-    classes, _, class_flag = _class_columns(head, run)
-    fit = _fit_redshifts(fitter, run.items, classes)
+    _, prob, class_flag = _class_columns(head, run)
+    fits = _template_fits(fitter, run.items)
+    classes, _, method = _classes_with_templates(head, prob, fits)
+    fit = _redshift_columns(fits, classes)
     table = run.table(head)
     table.meta["TEMPLATE"] = fitter_name(fitter)
+    table.meta["CLASSBY"] = method
     table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
-    table["class"].description = "source class of the class probe (chooses the reported solution)"
+    table["class"].description = "source class (probe and templates; chooses the reported solution)"
     _add_redshift_columns(table, fit)
-    _add_flag_column(table, fit["flag"] | class_flag | run.flags())
+    _add_flag_column(table, (fit["flag"] | class_flag | run.flags()) & ~int(REDSHIFT_EXEMPT))
     return table

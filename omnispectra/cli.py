@@ -538,7 +538,10 @@ _EXTRA_OPTIONS: dict[str, list[Any]] = {
                           "stellar parameters with errors (stars), anomaly and flag (needs --templates)."),
         click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
                      help="With --full: stellar-parameter probe file (default: the bundled probe)."),
-        _templates_option],
+        click.option("--templates", default=None, type=click.Path(file_okay=False),
+                     help="Redrock template folder (with the rrtemplate FITS files in redrock/): the class "
+                          "then joins the probe with the template fit; with --full the default is "
+                          "$OMNISPECTRA_TEMPLATES.")],
     "predict_stellar_parameters": [_class_probe_option],
     "predict_redshift": [_templates_option],
 }

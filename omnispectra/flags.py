@@ -51,7 +51,7 @@ import numpy as np
 
 __all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_names",
            "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
-           "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
+           "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
            "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags"]
 
@@ -166,6 +166,14 @@ PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
 
 #: ``IMPOSSIBLE_VALUE``: a redshift below this (a blueshift beyond ~3000 km/s).
 Z_MIN = -0.01
+
+#: Bits that say nothing about a template redshift and are left out of
+#: :func:`omnispectra.predict_redshift`'s ``flag``: ``LOW_SN`` (a faint continuum with
+#: strong lines gives a sure redshift; the fit's ``deltachi2`` measures how well the data
+#: constrain ``z``, as in Redrock, whose ZWARN has no S/N bit) and ``ANOMALY`` (a statistic
+#: of the encoder's reconstruction; where it misleads the class, the template fit's best
+#: class differs and ``DISAGREEMENT`` is set). ``classify`` keeps both.
+REDSHIFT_EXEMPT = Flag.LOW_SN | Flag.ANOMALY
 
 #: Name of the anomaly statistic of :func:`omnispectra.api.anomaly_statistic`; the encoder
 #: card's ``anomaly`` entry (``{"statistic", "p99", "n_validation"}``) is used for the
@@ -298,19 +306,20 @@ def not_star_flags(classes: Sequence[str]) -> np.ndarray:
     return np.asarray([0 if c == "STAR" else int(Flag.NOT_STAR) for c in classes], dtype=np.int64)
 
 
-def redshift_class_flags(network_class: Sequence[str], fit_class: Sequence[str],
+def redshift_class_flags(chosen_class: Sequence[str], fit_class: Sequence[str],
                          reported_class: Sequence[str]) -> np.ndarray:
     """Flags of a redshift row from its classes.
 
     ``WRONG_CLASS`` when the reported solution is a STAR (its ``z`` is a radial velocity,
     not a redshift); ``DISAGREEMENT`` when the template fit's best class differs from the
-    network's class (a fit that found nothing has class ``""`` and sets no bit here).
+    chosen class (the class probe's, joined with the template evidence when the probe
+    stores a combination; a fit that found nothing has class ``""`` and sets no bit here).
     """
-    out = np.zeros(len(network_class), dtype=np.int64)
-    for i, (net, fit, rep) in enumerate(zip(network_class, fit_class, reported_class, strict=True)):
+    out = np.zeros(len(chosen_class), dtype=np.int64)
+    for i, (chosen, fit, rep) in enumerate(zip(chosen_class, fit_class, reported_class, strict=True)):
         if rep == "STAR":
             out[i] |= Flag.WRONG_CLASS
-        if fit and net and fit != net:
+        if fit and chosen and fit != chosen:
             out[i] |= Flag.DISAGREEMENT
     return out
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 import omnispectra
+from omnispectra.engine.resample import C_KMS
 from omnispectra.evaluation.stats import wilson_interval
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz
+from omnispectra.splits import fold_of
 from omnispectra.tokenizer import spectrum_arrays
 
 FOLDERS = ("sdss", "6dfgs", "lamost", "vimos", "lijiang")
@@ -93,9 +95,35 @@ def labelled_spectra(data: Path, max_stars: int = 60):
                 # reader already returns the observed wavelengths of row 4 when a file has them)
                 wave = wave * (1.0 + float(meta["dopcor_z"]))
             yield {"id": str(meta.get("id", path.name)), "survey": str(meta.get("survey", "")), "cls": cls,
-                   "z_ref": float(z_ref) if z_ref is not None else np.nan, "wave": wave, "flux": flux,
-                   "ivar": ivar, "bad": bad}
+                   "z_ref": float(z_ref) if z_ref is not None else np.nan,
+                   "z_ref_err": float(meta.get("z_err") or np.nan),
+                   "object_id": str(meta.get("object_id", meta.get("id", path.name))), "wave": wave,
+                   "flux": flux, "ivar": ivar, "bad": bad}
     return n_unread
+
+
+def result_row(item: dict, spectype: str, z: float, z_err: float, deltachi2: float, flag: int,
+               seconds: float) -> dict:
+    """One scored spectrum: its labels and the fitter's answer."""
+    return dict(id=item["id"], survey=item["survey"], cls=item["cls"], z_ref=item["z_ref"],
+                z_ref_err=item["z_ref_err"], object_id=item["object_id"], spectype=spectype, z=z, z_err=z_err,
+                deltachi2=deltachi2, flag=int(flag), seconds=seconds)
+
+
+def systematic_for_pulls(dz: np.ndarray, var: np.ndarray, one_plus_z: np.ndarray,
+                         target: float = 0.6745) -> float:
+    """The ``s`` (in units of ``1 + z``) for which ``median |dz| / sqrt(var + (s (1+z))**2)`` is
+    ``target`` (the median absolute value of a unit Gaussian); 0 when already below it."""
+    def median_pull(s: float) -> float:
+        return float(np.median(np.abs(dz) / np.sqrt(var + (s * one_plus_z) ** 2)))
+
+    lo, hi = 0.0, 0.05
+    if median_pull(lo) <= target:
+        return 0.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if median_pull(mid) > target else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def main() -> None:
@@ -130,17 +158,14 @@ def main() -> None:
         table = omnispectra.predict_redshift(arrays, templates=fitter, progress=False)
         dt = (time.perf_counter() - t0) / max(len(items), 1)
         for item, row in zip(items, table, strict=True):
-            spectype = str(row["class"])  # the network's class, as a user gets it
-            rows.append(dict(id=item["id"], survey=item["survey"], cls=item["cls"], z_ref=item["z_ref"],
-                             spectype=spectype, z=float(row["z"]), z_err=float(row["z_err"]),
-                             deltachi2=float(row["deltachi2"]), flag=int(row["flag"]), seconds=dt))
+            spectype = str(row["class"])  # the class a user gets (probe, joined with the templates)
+            rows.append(result_row(item, spectype, float(row["z"]), float(row["z_err"]),
+                                   float(row["deltachi2"]), int(row["flag"]), dt))
     for item in items if not args.network else ():
         t0 = time.perf_counter()
         res = fitter.fit(item["wave"], item["flux"], item["ivar"], item["bad"])
         dt = time.perf_counter() - t0
-        rows.append(dict(id=item["id"], survey=item["survey"], cls=item["cls"], z_ref=item["z_ref"],
-                         spectype=res.spectype, z=res.z, z_err=res.z_err, deltachi2=res.deltachi2,
-                         flag=res.flag, seconds=dt))
+        rows.append(result_row(item, res.spectype, res.z, res.z_err, res.deltachi2, res.flag, dt))
     print(f"unreadable files {n_unread}, labelled spectra fitted {len(rows)}")
     cls = np.array([r["cls"] for r in rows])
     pred = np.array([r["spectype"] for r in rows])
@@ -149,6 +174,7 @@ def main() -> None:
         m = cls == c
         print(f"  {c:6s} recall {frac(int((pred[m] == c).sum()), int(m.sum()))}")
     zs = np.array([r["cls"] in ("GALAXY", "QSO") for r in rows])
+    ids_all = np.array([r["object_id"] for r in rows])
     z_ref = np.array([r["z_ref"] for r in rows])[zs]
     z = np.array([r["z"] for r in rows])[zs]
     z_err = np.array([r["z_err"] for r in rows])[zs]
@@ -170,14 +196,36 @@ def main() -> None:
     ok = flag == 0
     print(f"  flag == 0: {frac(int(ok.sum()), n)} of rows; catastrophic among them "
           f"{frac(int((err[ok] >= 0.0033).sum()), int(ok.sum()))}")
-    good = (err < 0.0033) & np.isfinite(z_err) & (z_err > 0)
-    pull = (z[good] - z_ref[good]) / z_err[good]
-    for name in sorted(set(surveys[good])):
-        sel = surveys[good] == name
-        p = pull[sel]
-        print(f"  z_err pulls [{name}] (rows within 0.0033; pipeline z error ignored): N {p.size}, "
+    # pulls: the pipeline's own z error in quadrature where the file gives one (SDSS/BOSS/eBOSS)
+    z_ref_err = np.array([r["z_ref_err"] for r in rows])[zs]
+    classes = cls[zs]
+    good = (err < 0.0033) & np.isfinite(z_err) & (z_err > 0) & np.isfinite(z_ref_err)
+    pull = (z - z_ref) / np.sqrt(z_err ** 2 + np.nan_to_num(z_ref_err) ** 2)
+    for name, c in sorted({(s, c) for s, c in zip(surveys[good], classes[good], strict=True)}):
+        p = pull[good & (surveys == name) & (classes == c)]
+        print(f"  z_err pulls [{name} {c}] (rows within 0.0033, pipeline z error in quadrature): N {p.size}, "
               f"median |pull| {np.median(np.abs(p)):.2f} (Gaussian 0.67), "
               f"68th pct {np.percentile(np.abs(p), 68):.2f} (Gaussian 1.0)")
+    qso = good & (classes == "QSO")
+    if qso.sum() >= 10:
+        # the quasar systematic that makes the median |pull| 0.674, fitted on the other folds
+        sys_cfg = fitter.config.qso_systematic_kms / C_KMS * (1 + z)
+        raw2 = np.clip(z_err ** 2 - sys_cfg ** 2, 0, None) + np.nan_to_num(z_ref_err) ** 2
+        folds = fold_of(ids_all[zs], 5, 0)
+        cv_pull = np.full(n, np.nan)
+        for r in range(5):
+            train, test = qso & (folds != r), qso & (folds == r)
+            s_r = systematic_for_pulls((z - z_ref)[train], raw2[train], (1 + z)[train])
+            cv_pull[test] = (z - z_ref)[test] / np.sqrt(raw2[test] + (s_r * (1 + z[test])) ** 2)
+        s_all = systematic_for_pulls((z - z_ref)[qso], raw2[qso], (1 + z)[qso])
+        p = cv_pull[qso]
+        print(f"  quasar systematic (SDSS/BOSS/eBOSS, N {int(qso.sum())}): {s_all * C_KMS:.0f} km/s "
+              f"fitted on all (configured {fitter.config.qso_systematic_kms:.0f}); "
+              "with the other folds' value: "
+              f"median |pull| {np.median(np.abs(p)):.2f}, 68th pct {np.percentile(np.abs(p), 68):.2f}")
+    no_ref = sorted(set(surveys[(err < 0.0033) & ~np.isfinite(z_ref_err)]))
+    if no_ref:
+        print(f"  no pipeline z error in the files of {no_ref}: their pulls are not computed")
     names = {}
     for f in flag:
         for b in Flag:

@@ -5,9 +5,11 @@ Usage (the PyHammer templates in ``unknown.h5`` are templates, not observations:
 them out; rows of the ``--exclude-surveys`` surveys are dropped anyway)::
 
     OMP_NUM_THREADS=1 python scripts/train_predictors.py omnispectra/data/omnispectra-default.safetensors \\
-        $(ls corpus/*.h5 | grep -v unknown.h5) -o omnispectra/data/ --figures benchmarks/results/
+        $(ls corpus/*.h5 | grep -v unknown.h5) --engine engine/*.h5 --templates ../shared/data/templates \
+        -o omnispectra/data/ --figures benchmarks/results/
 
-Writes into ``-o``: ``probe-source-class.safetensors`` (with its temperature),
+Writes into ``-o``: ``probe-source-class.safetensors`` (with its temperature and, with
+``--templates``, its template combination),
 ``probe-stellar-params.safetensors`` (an ensemble with its ``sigma_scale``) and, only
 when it beats the training mean in cross-validation, ``probe-redshift.safetensors``
 (each with a ``.json`` card), plus ``predictors.json`` with everything measured; into
@@ -36,6 +38,12 @@ Protocol (frozen encoder, embeddings computed once):
    out: their stars are too easy and would make the calibration error trivially
    small), before and after scaling; per-class and per-survey recall with Wilson
    intervals; macro recall over SDSS/BOSS/eBOSS, LAMOST, DESI and MILES.
+   With ``--templates DIR`` (the Redrock bases), every labelled spectrum is also fitted
+   once by :class:`omnispectra.redshift.RedshiftFitter`, and the four numbers of the
+   network + template class (:mod:`omnispectra.class_evidence`) are fitted on the
+   out-of-fold calibrated probabilities of the other folds' rows (survey spectra only) and
+   scored on each fold in turn; the shipped ones, fitted on all rows, go into the class
+   probe's ``calibration``.
 4. **Stellar parameters**: ensembles of >= 5 heads; the uncertainty is
    ``sigma_scale * spread``, the spread being the standard deviation (ddof 0) of the
    members' predictions in the fitted space (log10 Teff, logg, [Fe/H]);
@@ -96,6 +104,8 @@ MACRO_GROUPS = {"SDSS/BOSS/eBOSS": ("sdss", "boss", "eboss"), "LAMOST": ("lamost
 LIBRARIES = ("miles", "xshooter")
 ECE_BINS = 15
 CONFIDENT = 0.95
+#: Template classes of the redshift scan, in the order of the cached chi-square columns.
+TEMPLATE_CLASSES = ("GALAXY", "QSO", "STAR")
 #: The anomaly statistic the runtime flags against its p99 (omnispectra.api.anomaly_statistic).
 from omnispectra.flags import ANOMALY_STATISTIC  # noqa: E402
 
@@ -230,6 +240,41 @@ def class_candidates(engine) -> list[dict[str, Any]]:
                                          for r in CANDIDATES["source_class"]]
 
 
+def class_scores(task, prob, yy, ss, flags=None, prob_raw=None) -> dict[str, Any]:
+    """Recall (all rows, the macro groups, each group and survey) and calibration of class
+    probabilities ``prob`` of rows with labels ``yy`` and surveys ``ss``; with ``flags``
+    also the accuracy of confident flag-0 rows; with ``prob_raw`` the uncalibrated scores."""
+    from omnispectra.evaluation import calibration as cal
+
+    pred = prob.argmax(1)
+    macro_mask = np.isin(ss, [s for g in MACRO_GROUPS.values() for s in g])
+    survey_mask = ~np.isin(ss, LIBRARIES)
+    report = {
+        "all": recall_report(yy, pred, task.classes),
+        "macro_surveys": {"surveys": MACRO_GROUPS, **recall_report(yy[macro_mask], pred[macro_mask],
+                                                                   task.classes)},
+        "groups": {g: recall_report(yy[np.isin(ss, s)], pred[np.isin(ss, s)], task.classes)
+                   for g, s in MACRO_GROUPS.items()},
+        "surveys": {s: recall_report(yy[ss == s], pred[ss == s], task.classes) for s in sorted(set(ss))},
+        "calibration": {
+            "rows": f"evaluation folds of survey spectra (libraries {list(LIBRARIES)} left out)",
+            "temperature_scaled": calibration_report(prob[survey_mask], yy[survey_mask]),
+            **({"uncalibrated": calibration_report(prob_raw[survey_mask], yy[survey_mask])}
+               if prob_raw is not None else {}),
+            "with_libraries": calibration_report(prob, yy),
+        },
+    }
+    if flags is not None:  # what a user keeps: confident rows without an input warning
+        clean = survey_mask & (flags == 0)
+        right, n_sure = cal.confident_accuracy(prob[clean], yy[clean], CONFIDENT)
+        report["calibration"]["flag0"] = {
+            "rows": "survey spectra of the evaluation folds whose input flags (OUTSIDE_SUPPORT, FEW_TOKENS, "
+                    "LOW_SN) are 0; the ANOMALY bit is not evaluated here",
+            "n": int(clean.sum()), "share_of_survey_rows": float(clean.sum() / max(survey_mask.sum(), 1)),
+            f"accuracy_p_ge_{CONFIDENT}": interval(right, n_sure)}
+    return report
+
+
 def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures: Path | None, engine=None,
                       flags=None):
     from omnispectra.evaluation import calibration as cal
@@ -252,64 +297,110 @@ def classification_cv(task, emb, y, surveys, rounds, seed, steps_scale, figures:
     prob_raw = cal.softmax(logits_ev)
     prob = np.concatenate([cal.softmax(o["evaluation"].mean(0), t) for o, t in zip(per_round, temps,
                                                                                      strict=True)])
-    yy, ss = y[ev_rows], surveys[ev_rows]
-    pred = prob.argmax(1)
-    macro_mask = np.isin(ss, [s for g in MACRO_GROUPS.values() for s in g])
-    survey_mask = ~np.isin(ss, LIBRARIES)
     report = {
         "selection": {"metric": "macro recall on the pooled calibration folds", "scores": choice,
                       "chosen": best},
         "temperature_per_round": temps,
-        "all": recall_report(yy, pred, task.classes),
-        "macro_surveys": {"surveys": MACRO_GROUPS, **recall_report(yy[macro_mask], pred[macro_mask],
-                                                                   task.classes)},
-        "groups": {g: recall_report(yy[np.isin(ss, s)], pred[np.isin(ss, s)], task.classes)
-                   for g, s in MACRO_GROUPS.items()},
-        "surveys": {s: recall_report(yy[ss == s], pred[ss == s], task.classes) for s in sorted(set(ss))},
-        "calibration": {
-            "rows": f"evaluation folds of survey spectra (libraries {list(LIBRARIES)} left out)",
-            "temperature_scaled": calibration_report(prob[survey_mask], yy[survey_mask]),
-            "uncalibrated": calibration_report(prob_raw[survey_mask], yy[survey_mask]),
-            "with_libraries": calibration_report(prob, yy),
-        },
+        **class_scores(task, prob, y[ev_rows], surveys[ev_rows], None if flags is None else flags[ev_rows],
+                       prob_raw),
     }
-    if flags is not None:  # what a user keeps: confident rows without an input warning
-        clean = survey_mask & (flags[ev_rows] == 0)
-        right, n_sure = cal.confident_accuracy(prob[clean], yy[clean], CONFIDENT)
-        report["calibration"]["flag0"] = {
-            "rows": "survey spectra of the evaluation folds whose input flags (OUTSIDE_SUPPORT, FEW_TOKENS, "
-                    "LOW_SN) are 0; the ANOMALY bit is not evaluated here",
-            "n": int(clean.sum()), "share_of_survey_rows": float(clean.sum() / max(survey_mask.sum(), 1)),
-            f"accuracy_p_ge_{CONFIDENT}": interval(right, n_sure)}
     cal_logits = np.concatenate([o["calibration"].mean(0) for o in per_round])
     fit_rows = ~np.isin(surveys[cal_rows], LIBRARIES)
     final_t = cal.fit_temperature(cal_logits[fit_rows], y[cal_rows][fit_rows])
     if figures is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        from omnispectra.fileio import atomic_write
-
+        yy, survey_mask = y[ev_rows], ~np.isin(surveys[ev_rows], LIBRARIES)
         ece = {k: report["calibration"][k][f"ece_{ECE_BINS}_bins"]
                for k in ("uncalibrated", "temperature_scaled")}
-        curves = {f"T = 1 (ECE {ece['uncalibrated']:.3f})":
-                  cal.reliability_curve(prob_raw[survey_mask], yy[survey_mask], ECE_BINS),
-                  f"T per round (ECE {ece['temperature_scaled']:.3f})":
-                  cal.reliability_curve(prob[survey_mask], yy[survey_mask], ECE_BINS)}
-        fig = cal.plot_reliability(curves, title=f"source class, survey spectra, N = {survey_mask.sum()}")
-        figures.mkdir(parents=True, exist_ok=True)
-        path = figures / "reliability-source-class.png"
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-        report["reliability_diagram"] = str(path)
+        report["reliability_diagram"] = reliability_figure(
+            {f"T = 1 (ECE {ece['uncalibrated']:.3f})": (prob_raw[survey_mask], yy[survey_mask]),
+             f"T per round (ECE {ece['temperature_scaled']:.3f})": (prob[survey_mask], yy[survey_mask])},
+            f"source class, survey spectra, N = {survey_mask.sum()}",
+            figures / "reliability-source-class.png")
     return best, report, {"temperature": final_t,
                           "fold": (f"fitted on the pooled calibration-fold logits of the {len(rounds)} "
                                    "grouped cross-validation probes (each trained on other folds), "
                                    f"survey spectra only (libraries {list(LIBRARIES)} left out)"),
-                          "n": int(fit_rows.sum())}
+                          "n": int(fit_rows.sum())}, (ev_rows, prob)
+
+
+def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path) -> str:
+    """Write the reliability diagram of ``{label: (probabilities, labels)}`` to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from omnispectra.evaluation import calibration as cal
+    from omnispectra.fileio import atomic_write
+
+    fig = cal.plot_reliability({k: cal.reliability_curve(p, y, ECE_BINS) for k, (p, y) in curves.items()},
+                               title=title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def template_class_chi2(data, rows, templates: str, cache: Path | None, key: str) -> np.ndarray:
+    """``(N, 3)`` chi-square of the best GALAXY, QSO and STAR template solution of each row
+    (NaN where a class was not fitted), from one :class:`omnispectra.redshift.RedshiftFitter` fit."""
+    from omnispectra.redshift import RedshiftFitter
+
+    path = None if cache is None else cache / f"template-chi2-{key}.npy"
+    if path is not None and path.is_file():
+        log(f"template fits from {path}")
+        return np.load(path)
+    fitter = RedshiftFitter(directory=templates)
+    out = np.full((len(rows), len(TEMPLATE_CLASSES)), np.nan)
+    t0 = time.perf_counter()
+    for i, r in enumerate(rows):
+        chi2 = fitter.fit(data.dataset.spectrum(int(data.positions[int(r)]))).class_chi2
+        out[i] = [chi2.get(c, np.nan) for c in TEMPLATE_CLASSES]
+        if i % 200 == 199:
+            log(f"template fits: {i + 1}/{len(rows)} ({time.perf_counter() - t0:.0f} s)")
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
+    return out
+
+
+def template_combination_cv(task, prob, class_chi2, y, surveys, folds, flags, figures: Path | None):
+    """Cross-validate the network + template class (:mod:`omnispectra.class_evidence`).
+
+    ``prob`` are out-of-fold calibrated probe probabilities (each row's from the probe of
+    the round that evaluated it). Round ``r`` fits the combination on the rows of the
+    other folds (survey spectra only, as the temperature) and scores fold ``r``; the
+    shipped combination is fitted on all survey rows.
+    """
+    from omnispectra.class_evidence import combine, template_evidence
+    from omnispectra.evaluation.calibration import expected_calibration_error, fit_template_combination
+
+    chi2 = [dict(zip(TEMPLATE_CLASSES, row, strict=True)) for row in class_chi2]
+    evidence = template_evidence(chi2, task.classes)
+    survey = ~np.isin(surveys, LIBRARIES)
+    combined = np.empty_like(prob)
+    per_round = []
+    for r in np.unique(folds):
+        fit_rows = (folds != r) & survey
+        params = fit_template_combination(prob[fit_rows], evidence[fit_rows], y[fit_rows], task.classes)
+        per_round.append(params)
+        combined[folds == r] = combine(prob[folds == r], evidence[folds == r], params)
+    report = {"per_round": per_round, "rows_without_template_fit": int((~np.isfinite(evidence).all(1)).sum()),
+              **class_scores(task, combined, y, surveys, flags)}
+    if figures is not None:
+        ece = {name: expected_calibration_error(p[survey], y[survey], ECE_BINS)
+               for name, p in (("network", prob), ("combined", combined))}
+        report["reliability_diagram"] = reliability_figure(
+            {f"network (ECE {ece['network']:.3f})": (prob[survey], y[survey]),
+             f"network + templates (ECE {ece['combined']:.3f})": (combined[survey], y[survey])},
+            f"source class, survey spectra, N = {survey.sum()}",
+            figures / "reliability-source-class-templates.png")
+    final = fit_template_combination(prob[survey], evidence[survey], y[survey], task.classes)
+    final["fold"] = ("fitted on the out-of-fold calibrated probabilities of the grouped cross-validation "
+                     f"probes and one template fit per row, survey spectra only (libraries {list(LIBRARIES)} "
+                     "left out)")
+    return report, final
 
 
 def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
@@ -493,12 +584,16 @@ def main(argv=None) -> int:
                         help="engine corpus files (omnispectra simulate): class recipes are also tried with "
                              "engine spectra in their training folds, and the shipped class probe is "
                              "checked on an engine hold-out")
+    parser.add_argument("--templates", default=None,
+                        help="template folder (holding redrock/): also fit and ship the network + template "
+                             "class combination (omnispectra.class_evidence)")
     parser.add_argument("--engine-train", type=int, default=10000, help="engine spectra for training")
     parser.add_argument("--engine-holdout", type=int, default=5000, help="engine spectra held out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", module="lightning")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
+    from omnispectra.class_evidence import COMBINATION_KEY
     from omnispectra.evaluation import baselines
     from omnispectra.evaluation.harness import (
         TASKS,
@@ -566,9 +661,18 @@ def main(argv=None) -> int:
             log(f"{task.name}: {len(x_eng)} engine spectra embedded ({time.perf_counter() - t0:.0f} s)")
         if task.kind == "classification":
             entry["class_counts"] = {c: int((y == k).sum()) for k, c in enumerate(task.classes)}
-            best, cv, calibration = classification_cv(task, emb[rows], y, surv, rounds, args.seed,
-                                                      args.steps_scale, figures, engine,
-                                                      input_flag_values(data, rows, encoder))
+            flags = input_flag_values(data, rows, encoder)
+            best, cv, calibration, (ev_rows, prob_ev) = classification_cv(
+                task, emb[rows], y, surv, rounds, args.seed, args.steps_scale, figures, engine, flags)
+            if args.templates:
+                prob_oof = np.empty_like(prob_ev)
+                prob_oof[ev_rows] = prob_ev
+                chi2 = template_class_chi2(data, rows, args.templates, cache, key)
+                cv["with_templates"], calibration[COMBINATION_KEY] = template_combination_cv(
+                    task, prob_oof, chi2, y, surv, folds, flags, figures)
+                log(f"{task.name}: network + templates macro recall "
+                    f"{cv['with_templates']['macro_surveys']['macro_recall']:.3f}; ECE survey spectra "
+                    f"{cv['with_templates']['calibration']['temperature_scaled'][f'ece_{ECE_BINS}_bins']:.3f}")
             log(f"{task.name}: macro recall (SDSS/BOSS/eBOSS, LAMOST, DESI, MILES) "
                 f"{cv['macro_surveys']['macro_recall']:.3f}; ECE survey spectra "
                 f"{cv['calibration']['uncalibrated'][f'ece_{ECE_BINS}_bins']:.3f} -> "
@@ -648,6 +752,11 @@ def update_card(card_path: Path, report: dict) -> None:
             item["macro_recall"] = cv["macro_surveys"]["macro_recall"]
             item["recall"] = cv["all"]["recall"]
             item["calibration_scores"] = cv["calibration"]["temperature_scaled"]
+            if "with_templates" in cv:
+                joined = cv["with_templates"]
+                item["with_templates"] = {"macro_recall": joined["macro_surveys"]["macro_recall"],
+                                          "recall": joined["all"]["recall"],
+                                          "calibration_scores": joined["calibration"]["temperature_scaled"]}
         else:
             item["scores"] = {m: {k: v for k, v in s.items() if k.startswith(("mae_", "mse_norm"))}
                               for m, s in cv["scores"].items()}

@@ -12,7 +12,10 @@ Classification
   probability reaches a threshold (e.g. 0.95), with the count;
 - :func:`fit_temperature` / :func:`softmax`: temperature scaling, one scalar ``T``
   dividing the logits, fitted by minimising the negative log-likelihood on a
-  calibration set that must differ from the set it is scored on.
+  calibration set that must differ from the set it is scored on;
+- :func:`fit_template_combination`: the four-number logistic model of
+  :mod:`omnispectra.class_evidence` joining a probe's probabilities with the template
+  fit's chi-square differences, fitted the same way.
 
 Regression
 ----------
@@ -28,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ONE_SIGMA", "softmax", "fit_temperature", "expected_calibration_error", "brier_score",
+__all__ = ["ONE_SIGMA", "softmax", "fit_temperature", "fit_template_combination",
+           "expected_calibration_error", "brier_score",
            "reliability_curve", "confident_accuracy", "plot_reliability", "fit_sigma_scale",
            "interval_coverage"]
 
@@ -99,6 +103,67 @@ def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20
             b = lo + ratio * (hi - lo)
             fb = _nll(z, t, np.exp(b))
     return float(np.exp((lo + hi) / 2))
+
+
+def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
+                             weights: Any = None, l2: float = 1e-3) -> dict[str, Any]:
+    """Fit ``a``, ``b`` and the biases of :func:`omnispectra.class_evidence.combined_logits`.
+
+    Minimises the weighted mean negative log-likelihood of the combined probabilities
+    (plus ``l2`` times the squared parameters, which keeps the fit finite when a set is
+    separable) by L-BFGS; the last class's bias is fixed at 0.
+
+    Parameters
+    ----------
+    prob : array (N, K)
+        Calibrated probe probabilities of rows the probe was *not* trained on.
+    evidence : array (N, K)
+        :func:`omnispectra.class_evidence.template_evidence` of the same rows (rows with
+        NaN are left out).
+    y : array (N,)
+        True class indices.
+    classes : sequence of str
+        Class names, stored with the fit.
+    weights : array (N,), optional
+        Row weights (default 1).
+    l2 : float
+        Ridge penalty.
+
+    Returns
+    -------
+    dict
+        ``network_weight``, ``template_weight``, ``bias`` (K), ``classes`` and ``n`` (rows
+        used): what a class probe stores under
+        :data:`omnispectra.class_evidence.COMBINATION_KEY`.
+    """
+    from scipy.optimize import minimize
+
+    from ..class_evidence import combined_logits
+
+    p, t = _check_prob(prob, y)
+    ev = np.asarray(evidence, dtype=np.float64)
+    w = np.ones(t.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    use = np.isfinite(ev).all(axis=1)
+    p, ev, t, w = p[use], ev[use], t[use], w[use]
+    if t.size == 0:
+        raise ValueError("cannot fit a template combination on zero rows with template evidence")
+    k = p.shape[1]
+
+    def params(theta: np.ndarray) -> dict[str, Any]:
+        return {"network_weight": theta[0], "template_weight": theta[1], "bias": np.r_[theta[2:], 0.0]}
+
+    def loss(theta: np.ndarray) -> float:
+        z = combined_logits(p, ev, params(theta))
+        z = z - z.max(axis=1, keepdims=True)
+        nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(t.size), t]
+        return float(np.sum(w * nll) / np.sum(w) + l2 * np.sum(theta ** 2))
+
+    start = np.r_[1.0, 0.1, np.zeros(k - 1)]
+    theta = minimize(loss, start, method="L-BFGS-B").x
+    fitted = params(theta)
+    return {"network_weight": float(fitted["network_weight"]),
+            "template_weight": float(fitted["template_weight"]), "bias": [float(v) for v in fitted["bias"]],
+            "classes": [str(c) for c in classes], "n": int(t.size)}
 
 
 def reliability_curve(prob: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -100,8 +100,10 @@ PROBE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "few-shot": {"head": "linear", "steps": 500, "lr": 1e-4},
     "mlp": {"head": "mlp", "hidden": (64, 64), "dropout": 0.1, "epochs": 10, "lr": 1e-3},
     "mlp32": {"head": "mlp", "hidden": (32,), "dropout": 0.0, "steps": 500, "lr": 1e-3},
-    # the recipes scripts/train_predictors.py chose for the shipped class and stellar probes
+    # candidate recipes of scripts/train_predictors.py (its choice is in predictors.json)
     "linear-3000": {"head": "linear", "steps": 3000, "lr": 1e-3},
+    "mlp512": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "steps": 4000, "lr": 1e-3},
+    "mlp128x5": {"head": "mlp", "hidden": (128,), "dropout": 0.1, "members": 5, "steps": 2000, "lr": 1e-3},
     "mlp512x5": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "members": 5, "steps": 4000, "lr": 1e-3},
 }
 SUPERVISED = {"epochs": 10, "lr": 1e-3}
@@ -429,8 +431,11 @@ METHODS: dict[str, Method] = {
     "mlp": _probe_method("mlp", "MLP [64, 64]", plots=frozenset({"pred_vs_true"})),
     "knn": Method("OmniSpectra", "kNN", _predict_knn, frozenset({"emb"}), extra=True),
     "mlp32": _probe_method("mlp32", "MLP [32]", extra=True),
-    "linear-3000": _probe_method("linear-3000", "Linear, 3000 steps (shipped class recipe)", extra=True),
-    "mlp512x5": _probe_method("mlp512x5", "5 x MLP [512] (shipped stellar recipe)", extra=True),
+    "linear-3000": _probe_method("linear-3000", "Linear, 3000 steps", extra=True),
+    "mlp512": _probe_method("mlp512", "MLP [512] (shipped class recipe, without its engine spectra)",
+                            extra=True),
+    "mlp128x5": _probe_method("mlp128x5", "5 x MLP [128] (shipped stellar recipe)", extra=True),
+    "mlp512x5": _probe_method("mlp512x5", "5 x MLP [512]", extra=True),
     "galspecnet": Method("GalSpecNet", "Supervised",
                          functools.partial(_predict_supervised, architecture="galspecnet"), frozenset({"x"}),
                          plots=frozenset({"pred_vs_true"})),

@@ -12,6 +12,7 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 from omnispectra import api
+from omnispectra.class_evidence import COMBINATION_KEY
 from omnispectra.cli import main
 from omnispectra.engine.resample import C_KMS
 from omnispectra.exceptions import CheckpointError, TemplatesNotFoundError
@@ -247,6 +248,13 @@ def test_redshift_bits(encoder, library, fitter):  # noqa: F811
     assert stars["spectype"][0] == "STAR" and _flags(stars) == [Flag.WRONG_CLASS]
     assert abs(stars["z"][0] * C_KMS - v) < 15.0
 
+    # a faint continuum with strong lines: LOW_SN for the class, a sure redshift
+    faint = _observe(library.get("redrock:GALAXY"), [0.2, 1.0, 0.0], z, 14, snr=1.0)
+    cls = api.classify([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    zz = api.predict_redshift([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"), templates=fitter)
+    assert _flags(cls)[0] & Flag.LOW_SN and abs(zz["z"][0] - z) < 1e-3 and zz["deltachi2"][0] > 100
+    assert _flags(zz) == [0]
+
     narrow = RedshiftFitter(library, config=ScanConfig(galaxy_z=(0.0, 0.3)), classes=["GALAXY"])
     edge = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
                                 templates=narrow)
@@ -257,6 +265,28 @@ def test_redshift_bits(encoder, library, fitter):  # noqa: F811
                                    templates=fitter)
     assert _flags(nothing)[0] & (Flag.NONFINITE | Flag.BAD_INPUT) == Flag.NONFINITE | Flag.BAD_INPUT
     assert np.isnan(nothing["z"][0])
+
+
+COMBINED = {"network_weight": 1.0, "template_weight": 2.0, "bias": [0.0, 0.0, 0.0], "classes": CLASSES}
+
+
+def test_templates_join_the_class(encoder, library, fitter):  # noqa: F811
+    """A probe storing a template combination: the template evidence overrules a wrong network class."""
+    galaxy = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.305, 7)
+    wrong = _class_probe(encoder, "QSO")
+    joined = _class_probe(encoder, "QSO", calibration={COMBINATION_KEY: COMBINED})
+    alone = api.classify([galaxy], model=encoder, probe=joined)  # no templates: the network's class
+    assert alone["class"][0] == "QSO" and alone.meta["CLASSBY"] == "network"
+    plain = api.classify([galaxy], model=encoder, probe=wrong, templates=fitter)
+    assert plain["class"][0] == "QSO" and plain.meta["CLASSBY"] == "network"
+    both = api.classify([galaxy], model=encoder, probe=joined, templates=fitter)
+    assert both["class"][0] == "GALAXY" and both.meta["CLASSBY"] == "network+templates"
+    assert both["prob_GALAXY"][0] > 0.99 and both["prob_GALAXY"][0] > plain["prob_GALAXY"][0]
+    z = api.predict_redshift([galaxy], model=encoder, probe=joined, templates=fitter)
+    assert z["class"][0] == "GALAXY" and abs(z["z"][0] - 0.305) < 1e-3 and _flags(z) == [0]
+    broken = _class_probe(encoder, "QSO", calibration={COMBINATION_KEY: {**COMBINED, "bias": [0.0]}})
+    with pytest.raises(CheckpointError, match="does not match"):
+        api.classify([galaxy], model=encoder, probe=broken, templates=fitter)
 
 
 def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):

@@ -143,3 +143,54 @@ def test_real_sdss_spectra():
         res = fitter.fit(spec)
         assert res.spectype == spec.meta["class"]
         assert dz_over_1pz(res.z, spec.meta["z"]) < 0.0033
+
+
+def test_negative_trash_is_left_out(library):
+    """Pixels far below zero (a 6dFGS arm end) are not fitted by a template line with a negative
+    coefficient at a wrong redshift."""
+    z = 0.05
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], z, 11, snr=60.0)
+    flux[-8:] = -20 * np.median(flux)
+    clipped = RedshiftFitter(library, classes=["GALAXY"]).fit(wave, flux, ivar)
+    assert dz_over_1pz(clipped.z, z) < 2e-4 and clipped.n_pixels == wave.size - 8
+    kept = RedshiftFitter(library, config=ScanConfig(negative_clip_sigma=0), classes=["GALAXY"])
+    assert kept.fit(wave, flux, ivar).n_pixels == wave.size
+
+
+def test_every_class_has_its_best_solution(library, fitter):
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.2, 12)
+    res = fitter.fit(wave, flux, ivar)
+    assert set(res.per_class) == {"GALAXY", "QSO", "STAR"} and res.per_class["GALAXY"] is res
+    chi2 = res.class_chi2
+    assert chi2["GALAXY"] == res.chi2 < min(chi2["QSO"], chi2["STAR"])
+    as_star = fitter.fit(wave, flux, ivar, spectype="STAR")
+    assert as_star.spectype == "STAR" and as_star.chi2 == pytest.approx(chi2["STAR"])
+    assert as_star.deltachi2 < 0  # the galaxy solution fits better
+
+
+@pytest.mark.skipif(not (DATA / "6dfgs").is_dir() or not (DATA / "templates" / "redrock").is_dir(),
+                    reason="shared data absent")
+def test_real_6dfgs_wavelengths_are_vacuum():
+    """6dFGS files store air wavelengths (the reader converts them): vacuum templates then agree
+    with the survey's redshifts; on the air axis they sit -2.6e-4 (n_air - 1) low."""
+    import omnispectra
+
+    fitter = RedshiftFitter(directory=DATA / "templates", classes=["GALAXY"])
+    offsets = []
+    for path in sorted((DATA / "6dfgs").glob("*.fits"))[:40]:
+        spec = omnispectra.read(path)[0]
+        if spec.meta.get("quality") != 4 or len(offsets) >= 8:
+            continue
+        res = fitter.fit(spec)
+        offsets.append((res.z - spec.meta["z"]) / (1 + spec.meta["z"]))
+    assert len(offsets) == 8
+    assert abs(np.median(offsets)) < 1e-4
+
+
+def test_no_uncertainties_estimates_the_noise(library, fitter):
+    """Without uncertainties chi-square differences are still in units of the noise."""
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.2, 13)
+    with_errors = fitter.fit(wave, flux, ivar)
+    without = fitter.fit(None, flux, wavelength=wave)
+    assert dz_over_1pz(without.z, 0.2) < 2e-4
+    assert 0.5 < without.deltachi2 / with_errors.deltachi2 < 2.0

@@ -349,7 +349,9 @@ def _sixdf(path, quality=4, rows=4):
 def test_6dfgs_rows_observed_frame_and_labels(tmp_path, quality, cls, has_z):
     s = _read1(_sixdf(tmp_path / "g0001363-380156.ir.fits", quality))
     assert s.meta["format"] == "6dfgs" and s.meta["survey"] == "6dfgs" and s.meta["rest_frame"] is False
-    assert s.spectral_axis.value[0] == pytest.approx(3844.7395 * 1.049958, rel=1e-6)  # observed, row 4
+    # observed (row 4), air -> vacuum
+    assert s.spectral_axis.value[0] == pytest.approx(oio.air_to_vacuum(3844.7395 * 1.049958), rel=1e-6)
+    assert s.meta["medium"] == "air->vacuum" and s.spectral_axis.value[0] > 3844.7395 * 1.049958 + 1.0
     np.testing.assert_allclose(s.flux.value, 2500.0)
     np.testing.assert_allclose(s.uncertainty.array, 0.01)  # 1 / variance
     assert s.meta["class"] == cls and ("z" in s.meta) == has_z and s.meta["quality"] == quality
@@ -358,7 +360,8 @@ def test_6dfgs_rows_observed_frame_and_labels(tmp_path, quality, cls, has_z):
 
 def test_6dfgs_three_rows_dopcor_is_rest_frame(tmp_path):
     s = _read1(_sixdf(tmp_path / "g3.fits", rows=3))
-    assert s.meta["rest_frame"] is True and s.spectral_axis.value[0] == pytest.approx(3844.7395, rel=1e-6)
+    assert s.meta["rest_frame"] is True
+    assert s.spectral_axis.value[0] == pytest.approx(oio.air_to_vacuum(3844.7395), rel=1e-6)
 
 
 def _spspec(path, data, **cards):
@@ -479,11 +482,12 @@ def test_spspec_same_as_specutils_loader(tmp_path):
 
 def test_real_6dfgs_matches_specutils_split_loader(data_dir):
     """specutils' '6dFGS-split' loader gives the same spectrum and variance, but on the WCS, which these
-    dopcor-processed copies shifted to the rest frame; ours is the observed 4th row = WCS x (1 + z)."""
+    dopcor-processed copies shifted to the rest frame; ours is the observed 4th row = WCS x (1 + z),
+    converted from air to vacuum."""
     path = data_dir / "6dfgs" / "g0001363-380156.ir.fits"
     ours, theirs = _read1(path), _specutils_read(path, "6dFGS-split")
     np.testing.assert_array_equal(ours.flux.value, theirs.flux.value)
     good = theirs.uncertainty.array > 0
     np.testing.assert_allclose(ours.uncertainty.array[good], 1 / theirs.uncertainty.array[good], rtol=1e-6)
-    np.testing.assert_allclose(ours.spectral_axis.value, theirs.spectral_axis.to_value(u.AA) * (1 + 0.049958),
-                               atol=0.05)
+    observed_air = theirs.spectral_axis.to_value(u.AA) * (1 + 0.049958)
+    np.testing.assert_allclose(ours.spectral_axis.value, oio.air_to_vacuum(observed_air), atol=0.05)
