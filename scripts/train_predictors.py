@@ -15,7 +15,9 @@ when it beats the training mean in cross-validation, ``probe-redshift.safetensor
 (each with a ``.json`` card), plus ``predictors.json`` with everything measured; into
 the encoder card (``--card``, default ``<output>/omnispectra-default.json`` when it
 exists) the anomaly threshold and a summary of the scores; into ``--figures`` the
-reliability diagram of the class probabilities.
+reliability diagram of the class probabilities. Run with a subset of ``--tasks`` (or
+``--no-anomaly``), it keeps the other entries of an existing ``predictors.json`` of the same
+encoder, each marked ``kept_from`` (the command and date that made it).
 
 Labels (:mod:`omnispectra.evaluation.harness`): source class GALAXY/QSO/STAR across
 surveys; stellar parameters Teff (fitted as log10 Teff), logg, [Fe/H] of the MILES
@@ -86,6 +88,11 @@ STELLAR_CANDIDATES = [
      "dropout": 0.1, "steps": 2000, "lr": 1e-3, "members": 5},
     {"name": "5 x mlp [512], dropout 0.2, 4000 steps, lr 1e-3", "head": "mlp", "hidden": [512],
      "dropout": 0.2, "steps": 4000, "lr": 1e-3, "members": 5},
+    # absolute-error loss: the conditional median, less pulled by a few outlying labels
+    {"name": "5 x mlp [128], dropout 0.1, 2000 steps, lr 1e-3, L1 loss", "head": "mlp", "hidden": [128],
+     "dropout": 0.1, "steps": 2000, "lr": 1e-3, "members": 5, "loss": "l1"},
+    {"name": "5 x mlp [512], dropout 0.2, 4000 steps, lr 1e-3, L1 loss", "head": "mlp", "hidden": [512],
+     "dropout": 0.2, "steps": 4000, "lr": 1e-3, "members": 5, "loss": "l1"},
 ]
 REDSHIFT_CANDIDATES = [
     {"name": "linear, 3000 steps, lr 1e-3", "head": "linear", "steps": 3000, "lr": 1e-3},
@@ -144,7 +151,8 @@ def train_probe(task, emb, y, recipe, seed=0, encoder_desc=None, steps_scale=1.0
     torch.manual_seed(seed)
     probe = make_probe(task, emb.shape[1], recipe, encoder_desc)
     steps = max(1, int(round(recipe["steps"] * steps_scale)))
-    return fit_probe_on_embeddings(probe, emb, y, seed=seed, batch_size=64, steps=steps, lr=recipe["lr"])
+    return fit_probe_on_embeddings(probe, emb, y, seed=seed, batch_size=64, steps=steps, lr=recipe["lr"],
+                                   loss=recipe.get("loss", "mse"))
 
 
 def member_outputs(probe, emb) -> np.ndarray:
@@ -722,6 +730,7 @@ def main(argv=None) -> int:
         report["anomaly"] = anomaly_threshold(args.corpus, encoder, exclude, cache, key)
         log(f"anomaly: p99 {report['anomaly']['p99']:.4g} over {report['anomaly']['n_validation']} spectra")
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    keep_previous(report, out / "predictors.json")
     (out / "predictors.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
     log(f"wrote {out / 'predictors.json'} in {report['seconds']} s")
     card = Path(args.card) if args.card else out / "omnispectra-default.json"
@@ -729,6 +738,23 @@ def main(argv=None) -> int:
         update_card(card, report)
         log(f"updated {card}")
     return 0
+
+
+def keep_previous(report: dict, path: Path) -> None:
+    """Keep the entries of ``path`` (an earlier ``predictors.json`` of the *same* encoder)
+    that this run did not redo (other ``--tasks``, the anomaly threshold with
+    ``--no-anomaly``), each marked with the command and date that made it."""
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    if previous.get("encoder", {}).get("sha256") != report["encoder"]["sha256"]:
+        return
+    origin = {"command": previous.get("command"), "created": previous.get("created")}
+    for name, entry in previous.get("predictors", {}).items():
+        if name not in report["predictors"]:
+            report["predictors"][name] = {**entry, "kept_from": entry.get("kept_from", origin)}
+    if "anomaly" not in report and "anomaly" in previous:
+        report["anomaly"] = {**previous["anomaly"], "kept_from": previous["anomaly"].get("kept_from", origin)}
 
 
 def _json_default(value: Any) -> Any:

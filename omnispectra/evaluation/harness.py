@@ -105,6 +105,8 @@ PROBE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "mlp512": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "steps": 4000, "lr": 1e-3},
     "mlp128x5": {"head": "mlp", "hidden": (128,), "dropout": 0.1, "members": 5, "steps": 2000, "lr": 1e-3},
     "mlp512x5": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "members": 5, "steps": 4000, "lr": 1e-3},
+    "mlp512x5l1": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "members": 5, "steps": 4000, "lr": 1e-3,
+                   "loss": "l1"},
 }
 SUPERVISED = {"epochs": 10, "lr": 1e-3}
 
@@ -434,8 +436,9 @@ METHODS: dict[str, Method] = {
     "linear-3000": _probe_method("linear-3000", "Linear, 3000 steps", extra=True),
     "mlp512": _probe_method("mlp512", "MLP [512] (shipped class recipe, without its engine spectra)",
                             extra=True),
-    "mlp128x5": _probe_method("mlp128x5", "5 x MLP [128] (shipped stellar recipe)", extra=True),
+    "mlp128x5": _probe_method("mlp128x5", "5 x MLP [128]", extra=True),
     "mlp512x5": _probe_method("mlp512x5", "5 x MLP [512]", extra=True),
+    "mlp512x5l1": _probe_method("mlp512x5l1", "5 x MLP [512], L1 loss (shipped stellar recipe)", extra=True),
     "galspecnet": Method("GalSpecNet", "Supervised",
                          functools.partial(_predict_supervised, architecture="galspecnet"), frozenset({"x"}),
                          plots=frozenset({"pred_vs_true"})),

@@ -265,3 +265,10 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     assert entry["engine_holdout"]["calibration"]["n"] == 40
     flag0 = cv["calibration"]["flag0"]
     assert 0 < flag0["n"] <= cv["calibration"]["temperature_scaled"]["n"]
+    # a run of other tasks keeps the entries it did not redo, marked with where they came from
+    assert main_fn([str(weights), *map(str, sorted(tiny_corpus.glob("*.h5"))), "-o", str(out),
+                    "--folds", "3", "--tasks", "redshift", "--steps-scale", "0.01", "--no-anomaly",
+                    "--figures", str(tmp_path / "fig"), "--card", str(card)]) == 0
+    again = json.loads((out / "predictors.json").read_text())
+    assert again["predictors"]["source_class"]["kept_from"]["command"] == report["command"]
+    assert again["anomaly"]["p99"] == report["anomaly"]["p99"] and "kept_from" in again["anomaly"]

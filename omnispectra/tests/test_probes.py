@@ -93,6 +93,21 @@ def test_regression_probe_normalizes_and_denormalizes():
     assert np.corrcoef(pred[ok, 1], y[200:, 1][ok])[0, 1] > 0.95
 
 
+def test_l1_loss_fits_the_median():
+    """With a few wild labels the absolute-error loss lands near the median, the squared one does not."""
+    x = np.zeros((200, 4), np.float32)
+    y = np.zeros((200, 1))
+    y[:20, 0] = 50.0  # 10% outliers: mean 5, median 0
+    fits = {}
+    for loss in ("mse", "l1"):
+        probe = Probe(4, "regression", ["v"])
+        fit_probe_on_embeddings(probe, x, y, steps=600, lr=3e-2, loss=loss, seed=0)
+        fits[loss] = float(probe.predict(x[:1])[0, 0])
+    assert abs(fits["l1"]) < 1.0 and abs(fits["mse"] - 5.0) < 1.5
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit_probe_on_embeddings(Probe(4, "regression", ["v"]), x, y, steps=1, loss="huber")
+
+
 def test_knn_and_small_mlp_for_galaxy_properties():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 16))

@@ -35,7 +35,13 @@ from ..collate import Batch, collate
 from ..probes import class_balanced_sampler, class_weights
 
 __all__ = ["ProbeModule", "EncoderWithHead", "fit", "fit_probe_on_embeddings", "fit_finetune",
-           "TokenTargetDataset"]
+           "TokenTargetDataset", "REGRESSION_LOSSES"]
+
+#: Element-wise regression losses of the residual, by name (see :class:`ProbeModule`).
+REGRESSION_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mse": torch.square,
+    "l1": torch.abs,
+}
 
 
 class EncoderWithHead(nn.Module):
@@ -62,13 +68,19 @@ class ProbeModule(L.LightningModule):
         AdamW settings (probes: 1e-4; supervised baselines: 1e-3).
     weights : sequence of float, optional
         Class weights of the cross-entropy.
+    loss : {"mse", "l1"}
+        Regression loss on the normalized targets: squared error, or absolute error (its
+        minimum is the conditional median: what a mean absolute error rewards, and less
+        pulled by a few outlying labels).
     """
 
     def __init__(self, net: nn.Module, kind: str, lr: float = 1e-4, weight_decay: float = 0.0,
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, loss: str = "mse") -> None:
         super().__init__()
         if kind not in ("classification", "regression"):
             raise ValueError(f"kind must be 'classification' or 'regression', got {kind!r}")
+        if loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {sorted(REGRESSION_LOSSES)}, got {loss!r}")
         self.save_hyperparameters(ignore=["net", "weights"])
         self.net = net
         self.kind = kind
@@ -85,7 +97,7 @@ class ProbeModule(L.LightningModule):
         ok = torch.isfinite(y)
         if not ok.any():
             return (out * 0.0).sum()
-        err = (out.float() - torch.where(ok, y, torch.zeros_like(y))) ** 2
+        err = REGRESSION_LOSSES[self.hparams.loss](out.float() - torch.where(ok, y, torch.zeros_like(y)))
         return (err * ok).sum() / ok.sum()
 
     def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -166,6 +178,7 @@ def fit(
     accelerator: str = "cpu",
     precision: str = "32-true",
     num_threads: int | None = -1,
+    loss: str = "mse",
 ) -> nn.Module:
     """Train ``net`` on ``dataset`` (items ``(inputs, target)``) with one Lightning Trainer.
 
@@ -173,7 +186,8 @@ def fit(
     ``epochs`` must be given. For classification ``labels`` (the integer class of every
     item) gives the class weights and, with ``balance=True``, the weighted sampler.
     ``num_threads``: CPU threads while training (-1: one thread for networks under
-    one million trainable parameters, else unchanged; None: unchanged).
+    one million trainable parameters, else unchanged; None: unchanged). ``loss``: the
+    regression loss (:class:`ProbeModule`).
     Returns ``net`` trained, in eval mode, on the CPU.
     """
     if (steps is None) == (epochs is None):
@@ -195,7 +209,7 @@ def fit(
         sampler = torch.utils.data.RandomSampler(dataset, num_samples=n_draw, generator=generator)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                          collate_fn=collate_fn, drop_last=False, num_workers=0)
-    module = ProbeModule(net, kind, lr=lr, weight_decay=weight_decay, weights=weights)
+    module = ProbeModule(net, kind, lr=lr, weight_decay=weight_decay, weights=weights, loss=loss)
     if num_threads == -1:
         n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
         num_threads = 1 if n_params < 1_000_000 else None
