@@ -1226,13 +1226,13 @@ def classify(
 ):
     """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and a flag.
 
-    A small MLP probe (one hidden layer of 128) on the mean-pooled embedding (paper,
-    *Source Classification*; its recipe is in the probe file and the model card), trained
-    across SDSS/BOSS/eBOSS, DESI, LAMOST, MaNGA, MILES, APOGEE and X-shooter
-    spectra by ``scripts/train_predictors.py``; its held-out scores are in
-    ``omnispectra/data/predictors.json``. The probabilities are ``softmax(logits / T)``
-    with the temperature ``T`` stored in the probe (``calibration.temperature``; 1 when
-    absent, :attr:`omnispectra.probes.Probe.temperature`).
+    A probe on the mean-pooled embedding (paper, *Source Classification*; the bundled one
+    is an MLP with one hidden layer of 512, its recipe in the probe file and the model
+    card), trained across SDSS/BOSS/eBOSS, 6dFGS, DESI, LAMOST, MaNGA, MILES, APOGEE and
+    X-shooter spectra plus engine spectra by ``scripts/train_predictors.py``; its held-out
+    scores are in ``omnispectra/data/predictors.json``. The probabilities are
+    ``softmax(logits / T)`` with the temperature ``T`` stored in the probe
+    (``calibration.temperature``; 1 when absent, :attr:`omnispectra.probes.Probe.temperature`).
 
     With ``full=True`` the answer is one Redrock-like catalogue row per spectrum: class and
     probabilities, the template redshift (:func:`predict_redshift`), the stellar parameters
