@@ -50,6 +50,7 @@ __all__ = [
     "class_weights",
     "class_balanced_sampler",
     "fit_normalization",
+    "ensemble_spread",
     "TRANSFORMS",
     "encoder_fingerprint",
     "encoder_description",
@@ -131,6 +132,14 @@ def fit_normalization(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             s = col.std()
             std[k] = s if s > 0 and math.isfinite(s) else 1.0
     return mean, std
+
+
+def ensemble_spread(members: np.ndarray) -> np.ndarray:
+    """The raw uncertainty of an ensemble: the standard deviation (ddof 1) of the members'
+    outputs over axis 0, ``(M, ...) -> (...)``. The one definition both the calibration of
+    ``sigma_scale`` (``scripts/train_predictors.py``) and :meth:`Probe.predict_with_spread`
+    use, so that the shipped errors are the calibrated ones."""
+    return np.asarray(members, dtype=np.float64).std(axis=0, ddof=1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -405,7 +414,7 @@ class Probe(nn.Module):
     def predict_with_spread(self, embeddings: Any) -> tuple[np.ndarray, np.ndarray]:
         """Regression targets and their 1-sigma uncertainties, both physical ``(N, n_targets)``.
 
-        The spread is the standard deviation (ddof 1) of the ensemble members' outputs in
+        The spread (:func:`ensemble_spread`: standard deviation, ddof 1) of the ensemble members' outputs in
         the transformed space (e.g. log10 Teff), times :attr:`sigma_scale`, mapped to
         physical units through the inverse transform (half the width of
         ``inverse(y + s) - inverse(y - s)``; for log10 Teff this is ``Teff * ln10 * s`` to
@@ -416,7 +425,7 @@ class Probe(nn.Module):
         values = self.inverse_transform(centre)
         if members.shape[0] < 2:
             return values, np.full_like(values, np.nan)
-        spread = members.std(axis=0, ddof=1) * (self.std + EPS) * self.sigma_scale
+        spread = ensemble_spread(members) * (self.std + EPS) * self.sigma_scale
         upper, lower = self.inverse_transform(centre + spread), self.inverse_transform(centre - spread)
         errors = 0.5 * np.abs(upper - lower)
         return values, errors

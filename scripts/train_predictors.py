@@ -47,7 +47,7 @@ Protocol (frozen encoder, embeddings computed once):
    scored on each fold in turn; the shipped ones, fitted on all rows, go into the class
    probe's ``calibration``.
 4. **Stellar parameters**: ensembles of >= 5 heads; the uncertainty is
-   ``sigma_scale * spread``, the spread being the standard deviation (ddof 0) of the
+   ``sigma_scale * spread``, the spread being the standard deviation (ddof 1) of the
    members' predictions in the fitted space (log10 Teff, logg, [Fe/H]);
    ``sigma_scale`` per output makes +-1 sigma hold 68.3% of a round's calibration
    fold; MAE and the +-1 sigma coverage on the evaluation folds, next to PCA + ridge
@@ -415,7 +415,7 @@ def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
     from omnispectra.evaluation import baselines
     from omnispectra.evaluation import calibration as cal
     from omnispectra.evaluation.harness import regression_metrics, transform_targets
-    from omnispectra.probes import fit_normalization
+    from omnispectra.probes import ensemble_spread, fit_normalization
 
     outs = run_cv(task, emb, y, rounds, CANDIDATES[task.name], seed, steps_scale)
     yt = transform_targets(task, y)
@@ -449,14 +449,14 @@ def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
     }
     calibration = None
     if per_round[0]["evaluation"].shape[0] > 1:
-        scales = [cal.fit_sigma_scale(o["calibration"].mean(0) - yt[rows], o["calibration"].std(0))
+        scales = [cal.fit_sigma_scale(o["calibration"].mean(0) - yt[rows], ensemble_spread(o["calibration"]))
                   for o, rows in zip(per_round, (idx["calibration"] for idx in rounds), strict=True)]
-        sigma_ev = np.concatenate([s * o["evaluation"].std(0)
+        sigma_ev = np.concatenate([s * ensemble_spread(o["evaluation"])
                                    for s, o in zip(scales, per_round, strict=True)])
         cover = cal.interval_coverage(ev_pred - yt[ev_rows], sigma_ev)
         ok = np.isfinite(ev_pred - yt[ev_rows])
         report["uncertainty"] = {
-            "definition": ("sigma = sigma_scale * std over members (ddof 0) of the members' predictions "
+            "definition": ("sigma = sigma_scale * std over members (ddof 1) of the members' predictions "
                            "in the fitted space (" + ", ".join(
                                f"{'log10 ' if task.transforms.get(t) == 'log10' else ''}{t}"
                                for t in task.targets) + ")"),
@@ -466,7 +466,7 @@ def regression_cv(task, emb, y, rounds, seed, steps_scale, baseline_x=None):
             "median_sigma": {t: float(np.median(sigma_ev[ok[:, k], k])) for k, t in enumerate(task.targets)},
         }
         cal_pred = np.concatenate([o["calibration"] for o in per_round], axis=1)
-        final_scale = cal.fit_sigma_scale(cal_pred.mean(0) - yt[cal_rows], cal_pred.std(0))
+        final_scale = cal.fit_sigma_scale(cal_pred.mean(0) - yt[cal_rows], ensemble_spread(cal_pred))
         calibration = {"sigma_scale": [float(v) for v in final_scale],
                        "coverage_1sigma": [float(v) for v in cover],
                        "spread": report["uncertainty"]["definition"],
