@@ -269,7 +269,7 @@ ANOMALY_N_MASKS = 8
 class _Masks:
     """The chunk masks of the anomaly measures: ``n`` masks drawn from ``mask_rng(seed, k, 0)``."""
 
-    n: int = 8
+    n: int = ANOMALY_N_MASKS
     seed: int = 0
 
 
@@ -1160,11 +1160,9 @@ def _classes_with_templates(head: Any, prob: np.ndarray,
     from .class_evidence import combination_of, combine, template_evidence
 
     params = combination_of(head.calibration, head.names)
-    if params is None or not len(prob):
-        method = "network" if params is None else "network+templates"
-    else:
+    if params is not None and len(prob):
         prob = combine(prob, template_evidence([r.class_chi2 for r in fits], head.names), params)
-        method = "network+templates"
+    method = "network" if params is None else "network+templates"
     return [head.names[k] for k in np.argmax(prob, axis=1)], prob, method
 
 

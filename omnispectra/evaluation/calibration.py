@@ -106,10 +106,10 @@ def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20
 
 
 def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
-                             weights: Any = None, l2: float = 1e-3) -> dict[str, Any]:
+                             l2: float = 1e-3) -> dict[str, Any]:
     """Fit ``a``, ``b`` and the biases of :func:`omnispectra.class_evidence.combined_logits`.
 
-    Minimises the weighted mean negative log-likelihood of the combined probabilities
+    Minimises the mean negative log-likelihood of the combined probabilities
     (plus ``l2`` times the squared parameters, which keeps the fit finite when a set is
     separable) by L-BFGS; the last class's bias is fixed at 0.
 
@@ -124,8 +124,6 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
         True class indices.
     classes : sequence of str
         Class names, stored with the fit.
-    weights : array (N,), optional
-        Row weights (default 1).
     l2 : float
         Ridge penalty.
 
@@ -142,9 +140,8 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
 
     p, t = _check_prob(prob, y)
     ev = np.asarray(evidence, dtype=np.float64)
-    w = np.ones(t.size) if weights is None else np.asarray(weights, dtype=np.float64)
     use = np.isfinite(ev).all(axis=1)
-    p, ev, t, w = p[use], ev[use], t[use], w[use]
+    p, ev, t = p[use], ev[use], t[use]
     if t.size == 0:
         raise ValueError("cannot fit a template combination on zero rows with template evidence")
     k = p.shape[1]
@@ -153,10 +150,7 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
         return {"network_weight": theta[0], "template_weight": theta[1], "bias": np.r_[theta[2:], 0.0]}
 
     def loss(theta: np.ndarray) -> float:
-        z = combined_logits(p, ev, params(theta))
-        z = z - z.max(axis=1, keepdims=True)
-        nll = np.log(np.exp(z).sum(axis=1)) - z[np.arange(t.size), t]
-        return float(np.sum(w * nll) / np.sum(w) + l2 * np.sum(theta ** 2))
+        return _nll(combined_logits(p, ev, params(theta)), t, 1.0) + l2 * float(np.sum(theta ** 2))
 
     start = np.r_[1.0, 0.1, np.zeros(k - 1)]
     theta = minimize(loss, start, method="L-BFGS-B").x
