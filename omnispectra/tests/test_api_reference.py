@@ -1,0 +1,52 @@
+"""Behaviour is kept: today's outputs of the reference spectra equal the stored ones.
+
+The tables in ``tests/data/reference`` were written by ``make_reference.py`` there; id,
+class and flag columns must be identical and floats equal within 1e-6 relative. A
+deliberate change of behaviour regenerates the affected table in a commit of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from .helpers import require_data_dir
+
+REFERENCE = Path(__file__).parent / "data" / "reference"
+
+
+def _maker():
+    spec = importlib.util.spec_from_file_location("make_reference", REFERENCE / "make_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_same(name: str, got: Table, expected: Table) -> None:
+    assert got.colnames == expected.colnames, name
+    for col in expected.colnames:
+        want, have = np.asarray(expected[col]), np.asarray(got[col])
+        if col == "source_file":
+            have = np.array([Path(p).name for p in have])
+        if want.dtype.kind in "fc":
+            np.testing.assert_allclose(have, want, rtol=1e-6, atol=0, equal_nan=True,
+                                       err_msg=f"{name}: column {col}")
+        else:
+            assert have.tolist() == want.tolist(), f"{name}: column {col}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("set_name", ["examples", "shared"])
+def test_outputs_equal_the_stored_reference(set_name):
+    maker = _maker()
+    shared = require_data_dir()  # the template tables need the Redrock templates there
+    templates = shared / "templates" / "redrock"
+    if not templates.is_dir():
+        pytest.skip("no Redrock templates in the shared data folder")
+    paths = maker.reference_inputs(shared)[set_name]
+    for name, table in maker.reference_tables(paths, str(templates)).items():
+        _assert_same(f"{set_name}_{name}", table, Table.read(REFERENCE / f"{set_name}_{name}.ecsv"))
