@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from omnispectra.engine.generator import CLASSES, SIGMA_TOLERANCE, Engine
-from omnispectra.engine.templates import load_library
+from omnispectra.templates.library import load_library
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_realism import load_real  # noqa: E402

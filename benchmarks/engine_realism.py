@@ -55,9 +55,9 @@ from omnispectra import splits
 from omnispectra.engine import EngineDataset
 from omnispectra.engine.donors import donor_from_spectrum
 from omnispectra.engine.generator import Engine, EngineConfig
-from omnispectra.engine.resample import rebin
-from omnispectra.engine.templates import load_library
 from omnispectra.evaluation.stats import wilson_interval
+from omnispectra.templates.library import load_library
+from omnispectra.templates.resample import rebin
 
 log = logging.getLogger("engine_realism")
 

@@ -1,7 +1,7 @@
 """Template chi-square redshift scan over the Redrock bases (the classical anchor).
 
 For one observed spectrum and every template basis (Redrock GALAXY, QSO LOZ/HIZ and the
-STAR subtypes, loaded by :func:`omnispectra.engine.templates.load_library`), the scan
+STAR subtypes, loaded by :func:`omnispectra.templates.library.load_library`), the scan
 finds ``chi2(z)`` over the *full* redshift range of the template's class, solving the
 linear basis coefficients (plus an optional Legendre polynomial for a calibration tilt)
 by inverse-variance weighted least squares at every trial redshift. The method follows
@@ -19,7 +19,7 @@ Every entry of the normal equations at every shift ``s`` is then a cross-correla
 an observed-frame vector (``ivar``, ``ivar * flux``, ``ivar * polynomial``, ...) with a
 rest-frame vector (products of basis rows), so all shifts come from a few dozen FFTs and
 one batched ``solve``. Quasar bases get the mean Lyman-alpha forest transmission of
-:mod:`omnispectra.engine.igm` (Kamble et al. 2020, as Redrock and the engine apply it):
+:mod:`omnispectra.templates.igm` (Kamble et al. 2020, as Redrock and the engine apply it):
 it depends on the *observed* wavelength, so each basis row is split into its part blue
 of Lyman-alpha (multiplied by the transmission ``g`` on the observed side) and the rest;
 the two parts never overlap, so the products stay correlations. Flux below the Lyman
@@ -59,12 +59,12 @@ from typing import Any
 import numpy as np
 from scipy import fft as sp_fft
 
-from .engine.igm import LYA_REST, LYMAN_LIMIT, tau_eff
-from .engine.resample import C_KMS, broaden_loglam, pixel_edges, rebin
-from .engine.templates import SURVEY_GRADE_SIGMA_KMS, TemplateBasis, TemplateLibrary, load_library
 from .exceptions import OmniSpectraError, TemplatesNotFoundError
 from .flags import MIN_SNR, Flag
 from .spectrum import spectrum_data
+from .templates.igm import LYA_REST, LYMAN_LIMIT, tau_eff
+from .templates.library import SURVEY_GRADE_SIGMA_KMS, TemplateBasis, TemplateLibrary, load_library
+from .templates.resample import C_KMS, broaden_loglam, pixel_edges, rebin
 
 __all__ = [
     "ScanConfig",

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 import omnispectra
-from omnispectra.engine.resample import C_KMS
 from omnispectra.evaluation.stats import wilson_interval
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz
 from omnispectra.splits import fold_of
+from omnispectra.templates.resample import C_KMS
 from omnispectra.tokenizer import spectrum_arrays
 
 FOLDERS = ("sdss", "6dfgs", "lamost", "vimos", "lijiang")

@@ -1,10 +1,9 @@
 """The data engine: labelled, survey-realistic training spectra from templates and real data.
 
-Modules: :mod:`~omnispectra.engine.templates` (Redrock bases, PyHammer composites),
-:mod:`~omnispectra.engine.donors` (real spectra that lend grid, line spread, noise and
-mask; training side of :mod:`omnispectra.splits` only), :mod:`~omnispectra.engine.igm`
-(Lyman-alpha forest), :mod:`~omnispectra.engine.resample` (flux-conserving rebinning,
-broadening), :mod:`~omnispectra.engine.observe`, :mod:`~omnispectra.engine.generator`
+It observes the template bases of :mod:`omnispectra.templates` (shared with the redshift
+fitter) through :mod:`~omnispectra.engine.donors` (real spectra that lend grid, line
+spread, noise and mask; training side of :mod:`omnispectra.splits` only):
+:mod:`~omnispectra.engine.observe`, :mod:`~omnispectra.engine.generator`
 (the :class:`Engine`), :mod:`~omnispectra.engine.augment` (real spectra, augmented) and
 :mod:`~omnispectra.engine.stream` (torch datasets, corpus writing). See ``docs/engine.rst``.
 """
@@ -21,11 +20,9 @@ from .stream import (
                      is_engine_survey,
                      write_engine_corpus,
 )
-from .templates import TemplateBasis, TemplateLibrary, load_library
 
 __all__ = [
     "AugmentConfig", "augment_real", "Donor", "donor_from_spectrum", "select_side", "Engine",
     "EngineConfig", "EngineSample", "ObserveConfig", "EngineDataset", "MixedDataset", "build_engine",
-    "write_engine_corpus", "ENGINE_SURVEY_PREFIX", "is_engine_survey", "TemplateBasis", "TemplateLibrary",
-    "load_library",
+    "write_engine_corpus", "ENGINE_SURVEY_PREFIX", "is_engine_survey",
 ]

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..templates.resample import C_KMS, broaden_loglam, rebin
 from .donors import SURVEY_RESOLUTION, Donor
 from .generator import EngineSample
-from .resample import C_KMS, broaden_loglam, rebin
 
 __all__ = ["AugmentConfig", "augment_real", "regrid"]
 

@@ -23,8 +23,8 @@ import numpy as np
 from astropy.io import fits
 
 from .. import splits
+from ..templates.resample import C_KMS
 from ..tokenizer import spectrum_arrays
-from .resample import C_KMS
 
 __all__ = ["SURVEY_RESOLUTION", "Donor", "donor_from_spectrum", "select_side", "sdss_wdisp_sky"]
 

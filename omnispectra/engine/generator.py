@@ -19,7 +19,7 @@ of its seed):
    :meth:`Engine.fit_redshift_priors`), quasars in [0, 4] (uniform), stars
    a radial velocity uniform in +-300 km/s, always inside the window where the
    template covers the donor grid (:func:`~omnispectra.engine.observe.redshift_window`);
-6. the Lyman-alpha forest for quasars (:mod:`omnispectra.engine.igm`);
+6. the Lyman-alpha forest for quasars (:mod:`omnispectra.templates.igm`);
 7. observation through the donor (:func:`~omnispectra.engine.observe.observe`), for
    surveys without flux calibration (6dFGS) through the instrument response estimated
    from training-side donors (:meth:`Engine.fit_responses`).
@@ -40,11 +40,11 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from ..exceptions import OmniSpectraError
+from ..templates.igm import LYMAN_LIMIT, forest_transmission
+from ..templates.library import TemplateBasis, TemplateLibrary
+from ..templates.resample import C_KMS, rebin
 from .donors import Donor
-from .igm import LYMAN_LIMIT, forest_transmission
 from .observe import ObserveConfig, observe, redshift_window
-from .resample import C_KMS, rebin
-from .templates import TemplateBasis, TemplateLibrary
 
 __all__ = ["EngineConfig", "EngineSample", "Engine", "SurveyResponse", "fit_basis", "CLASSES"]
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..exceptions import OmniSpectraError
+from ..templates.library import TemplateBasis
+from ..templates.resample import broaden_loglam, rebin
 from .donors import Donor
-from .resample import broaden_loglam, rebin
-from .templates import TemplateBasis
 
 __all__ = ["ObserveConfig", "CoverageError", "redshift_window", "observe", "smooth_tilt"]
 

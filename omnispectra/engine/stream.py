@@ -26,10 +26,10 @@ import torch
 
 from .. import splits
 from ..exceptions import OmniSpectraError
+from ..templates.library import load_library
 from .augment import AugmentConfig, augment_real
 from .donors import donor_from_spectrum, select_side
 from .generator import Engine, EngineConfig, EngineSample
-from .templates import load_library
 
 __all__ = ["ENGINE_SURVEY_PREFIX", "EngineDataset", "MixedDataset", "RealPool", "build_engine",
            "engine_spectrum", "is_engine_survey", "write_engine_corpus"]

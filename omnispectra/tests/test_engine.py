@@ -10,9 +10,11 @@ import torch
 from astropy import units as u
 from astropy.io import fits
 
-from omnispectra.engine import augment, generator, igm, observe, resample, stream, templates
+from omnispectra.engine import augment, generator, observe, stream
 from omnispectra.engine.donors import Donor, select_side
-from omnispectra.engine.templates import TemplateBasis, TemplateLibrary
+from omnispectra.templates import igm, resample
+from omnispectra.templates import library as templates
+from omnispectra.templates.library import TemplateBasis, TemplateLibrary
 
 LOG_STEP = 1e-4
 
@@ -227,7 +229,7 @@ def test_sharp_grid_takes_broad_lined_quasars_but_not_survey_grade_stars():
     """Broaden only downward, except where the source's own lines are much wider than
     the template's line spread (quasars): the R ~ 2000 QSO basis may go onto a grid of
     sigma 20 km/s, an R ~ 2000 stellar composite may not, unresolved bases always may."""
-    from omnispectra.engine.templates import QSO_INTRINSIC_SIGMA_KMS, SURVEY_GRADE_SIGMA_KMS
+    from omnispectra.templates.library import QSO_INTRINSIC_SIGMA_KMS, SURVEY_GRADE_SIGMA_KMS
 
     qso = _log_template("redrock:QSO-LOZ", "QSO", "LOZ", 1330, 9600, _continuum, sigma=SURVEY_GRADE_SIGMA_KMS)
     qso = dataclasses.replace(qso, intrinsic_sigma_kms=QSO_INTRINSIC_SIGMA_KMS)

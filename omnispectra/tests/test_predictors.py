@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from omnispectra import api
 from omnispectra.class_evidence import COMBINATION_KEY
 from omnispectra.cli import main
-from omnispectra.engine.resample import C_KMS
 from omnispectra.exceptions import CheckpointError, TemplatesNotFoundError
 from omnispectra.flags import (
     ANOMALY_STATISTIC,
@@ -28,6 +27,7 @@ from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import save_weights
 from omnispectra.probes import Probe, encoder_description, load_probe, save_probe
 from omnispectra.redshift import RedshiftFitter, ScanConfig, resolve_templates
+from omnispectra.templates.resample import C_KMS
 from omnispectra.tokenizer import tokenize
 
 from .test_redshift import _observe, library  # noqa: F401  (library: the synthetic Redrock bases)

@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnispectra.engine.igm import LYA_REST, mean_transmission
-from omnispectra.engine.resample import C_KMS, rebin
-from omnispectra.engine.templates import TemplateBasis, TemplateLibrary
 from omnispectra.exceptions import SpectrumTypeError
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz, results_table
+from omnispectra.templates.igm import LYA_REST, mean_transmission
+from omnispectra.templates.library import TemplateBasis, TemplateLibrary
+from omnispectra.templates.resample import C_KMS, rebin
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 DLOG = 2e-5

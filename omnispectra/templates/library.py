@@ -11,7 +11,7 @@ Files (see ``../shared/data/SOURCES.md``, folder ``templates/``):
 
 Every template is put on a **uniform log10-wavelength rest-frame grid** at load time.
 The Redrock star and galaxy bases are sampled every 0.1 A on a linear axis; they are
-*bin-averaged* (flux-conserving, :func:`~omnispectra.engine.resample.rebin`) onto a
+*bin-averaged* (flux-conserving, :func:`~omnispectra.templates.resample.rebin`) onto a
 ``dloglam = 2e-5`` grid (14 km/s pixels, five per SDSS pixel) rather than sampled at
 pixel centres, which would alias their sharp lines. Log-sampled files keep their step.
 
