@@ -31,7 +31,7 @@ from . import __version__
 logger = logging.getLogger(__name__)
 
 #: Inputs of the commands that read spectra: never checked by click (a missing or
-#: unreadable path is reported by omnispectra.inputs and skipped like any bad input).
+#: unreadable path is reported by omnispectra.io.sources and skipped like any bad input).
 _INPUT_PATHS = click.Path(exists=False, readable=False)
 
 #: Result-table suffixes (:data:`omnispectra.results.TABLE_FORMATS`), for help texts.
@@ -363,7 +363,7 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
     from . import io
     from .api import reconstruct
     from .fileio import atomic_write
-    from .inputs import check_readable_file
+    from .io.sources import check_readable_file
 
     try:
         from matplotlib.figure import Figure
@@ -485,14 +485,7 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
     options.update(_parse_overrides(overrides))
     if _is_quiet(quiet):
         options["progress"] = False
-    saved = Path(output) / "config.yaml" if output else None
-    if config_file:
-        config = TrainConfig.from_yaml(config_file, base=TrainConfig.from_preset(preset) if preset else None)
-    elif resume and saved is not None and saved.is_file():
-        config = TrainConfig.from_yaml(saved)
-    else:
-        config = TrainConfig.from_preset(preset or "tiny")
-    config = config.replace(**options)
+    config = TrainConfig.resolve(preset, config_file, resume=resume, options=options)
     result = run_training(config, resume=resume, overwrite=overwrite)
     click.echo(f"steps {result['steps']}  val_loss {result['val_loss']}  wall {result['wall_time_s']:.0f} s")
     click.echo(f"last checkpoint {result['last_checkpoint']}")
@@ -526,87 +519,68 @@ _probe_path = click.Path(exists=True, dir_okay=False)
 _templates_option = click.option(
     "--templates", default=None, type=click.Path(file_okay=False),
     help="Redrock template folder (with the rrtemplate FITS files in redrock/); default "
-         "$OMNISPECTRA_TEMPLATES.")
-_class_probe_option = click.option("--class-probe", "class_probe", default=None, type=_probe_path,
-                                   help="Class probe file (default: the bundled probe).")
-
-#: Extra options of each predictor command, and the api keyword each one fills.
-_EXTRA_OPTIONS: dict[str, list[Any]] = {
-    "classify": [
-        click.option("--full", is_flag=True,
-                     help="One catalogue row per spectrum: class, probabilities, z, z_err, deltachi2, "
-                          "stellar parameters with errors (stars), anomaly and flag (needs --templates)."),
-        click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
-                     help="With --full: stellar-parameter probe file (default: the bundled probe)."),
-        click.option("--templates", default=None, type=click.Path(file_okay=False),
-                     help="Redrock template folder (with the rrtemplate FITS files in redrock/): the class "
-                          "then joins the probe with the template fit; with --full the default is "
-                          "$OMNISPECTRA_TEMPLATES.")],
-    "predict_stellar_parameters": [_class_probe_option],
-    "predict_redshift": [_templates_option],
-}
+         "$OMNISPECTRA_TEMPLATES (for classify only with --full). With classify, the class then "
+         "joins the probe with the template fit.")
 
 
-def _predict_command(name: str, verb: str, what: str, probe_task: str | None, doc: str):
-    """A command that runs one api predictor on FILE_OR_DIR... and prints/writes its table."""
+def _predictor_options(what: str, probe: bool = True):
+    """The options every predictor command shares (inputs, output, model, batching, ...)."""
+    options = [
+        click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR..."),
+        click.option("--examples", is_flag=True,
+                     help="Also use the example spectra shipped with the package."),
+        _table_output_option(False, what),
+        _model_option,
+        click.option("--probe", "probe_path", default=None, type=_probe_path,
+                     help="Probe file (default: the bundled probe).", hidden=not probe),
+        _batch_option,
+        _device_option,
+        _format_option,
+        click.option("--no-table", is_flag=True, help="Do not print the table (with -o)."),
+        _overwrite_option,
+        _quiet_option,
+    ]
 
-    @_with_options(_EXTRA_OPTIONS.get(verb, []))
-    @main.command(name, help=doc)
-    @click.argument("inputs", nargs=-1, type=_INPUT_PATHS, metavar="FILE_OR_DIR...")
-    @click.option("--examples", is_flag=True, help="Also use the example spectra shipped with the package.")
-    @_table_output_option(False, what)
-    @_model_option
-    @click.option("--probe", "probe_path", default=None, type=_probe_path,
-                  help="Probe file (default: the bundled probe).", hidden=probe_task is None)
-    @_batch_option
-    @_device_option
-    @_format_option
-    @click.option("--no-table", is_flag=True, help="Do not print the table (with -o).")
-    @_overwrite_option
-    @_quiet_option
-    def command(inputs, examples, output, model_name, probe_path, batch_size, device, fmt, no_table,
-                overwrite, quiet, **extra) -> None:
-        from . import api
-
-        sources = _sources(inputs, examples)
-        out = _check_output(output, sources, overwrite, table=True) if output else None
-        model = _load(model_name, device)
-        kwargs: dict[str, Any] = {key: value for key, value in extra.items() if value is not None}
-        if probe_task is not None:
-            # api checks that the probe belongs to the encoder before reading any input
-            kwargs["probe"] = api.resolve_probe(probe_path, probe_task)
-        else:
-            kwargs["as_table"] = True
-        table = getattr(api, verb)(sources, model=model, batch_size=batch_size, progress=_progress(quiet),
-                                   format=fmt, on_error="skip", **kwargs)
-        n_skipped = _report_skipped(table)
-        if not len(table):
-            raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
-        for col in table.colnames:
-            if col.startswith("prob_"):
-                table[col].info.format = ".3f"
-        if out is None or not no_table:
-            _print_table(table)
-        if out is not None:
-            _write_result(table, out, sources, overwrite)
-            _say(f"{len(table)} spectra -> {out}" + (f"; {n_skipped} skipped" if n_skipped else ""))
-
-    return command
-
-
-def _with_options(options: list[Any]):
-    """Add click options to a command made by ``main.command`` (after it was made)."""
-
-    def apply(command: click.Command) -> click.Command:
-        for option in options:
-            option(command)  # click.option on a Command appends to its params
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
         return command
 
     return apply
 
 
-classify_command = _predict_command(
-    "classify", "classify", "classified", "source_class",
+def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, probe_path, batch_size,
+                   device, fmt, no_table, overwrite, quiet, **kwargs: Any) -> None:
+    """Run one api predictor on the inputs; print and/or write its table."""
+    sources = _sources(inputs, examples)
+    out = _check_output(output, sources, overwrite, table=True) if output else None
+    model = _load(model_name, device)
+    if probe_path is not None:
+        kwargs["probe"] = probe_path  # the api checks it belongs to the encoder before reading inputs
+    table = verb(sources, model=model, batch_size=batch_size, progress=_progress(quiet), format=fmt,
+                 on_error="skip", **kwargs)
+    n_skipped = _report_skipped(table)
+    if not len(table):
+        raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
+    for col in table.colnames:
+        if col.startswith("prob_"):
+            table[col].info.format = ".3f"
+    if out is None or not no_table:
+        _print_table(table)
+    if out is not None:
+        _write_result(table, out, sources, overwrite)
+        _say(f"{len(table)} spectra -> {out}" + (f"; {n_skipped} skipped" if n_skipped else ""))
+
+
+@main.command("classify")
+@_predictor_options("classified")
+@click.option("--full", is_flag=True,
+              help="One catalogue row per spectrum: class, probabilities, z, z_err, deltachi2, "
+                   "stellar parameters with errors (stars), anomaly and flag (needs --templates).")
+@click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
+              help="With --full: stellar-parameter probe file (default: the bundled probe).")
+@_templates_option
+def classify_command(full, stellar_probe, templates, **common) -> None:
     """Classify every spectrum in FILE_OR_DIR... as GALAXY, QSO or STAR.
 
     Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR, flag; flag 0 means use
@@ -614,32 +588,59 @@ classify_command = _predict_command(
     With --full: one catalogue row per spectrum with the template redshift, the stellar
     parameters of stars and the anomaly statistic too. Unreadable files and untokenizable
     spectra are reported with the reason and skipped; the command fails only when nothing
-    was classified.""")
+    was classified.
+    """
+    from .api import classify
 
-predict_stellar_command = _predict_command(
-    "predict-stellar", "predict_stellar_parameters", "predicted stellar parameters", "stellar_params",
+    _run_predictor(classify, "classified", full=full, stellar_probe=stellar_probe, templates=templates,
+                   **common)
+
+
+@main.command("predict-stellar")
+@_predictor_options("predicted stellar parameters")
+@click.option("--class-probe", "class_probe", default=None, type=_probe_path,
+              help="Class probe file (default: the bundled probe).")
+def predict_stellar_command(class_probe, **common) -> None:
     """Stellar parameters (teff in K, logg, fe_h, with 1-sigma errors) of every spectrum in FILE_OR_DIR...
 
     A probe on the embedding trained on stars: meaningful for stellar spectra only (flag
     NOT_STAR otherwise). Prints a table and/or writes it with -o; bad inputs are reported
-    and skipped.""")
+    and skipped.
+    """
+    from .api import predict_stellar_parameters
 
-predict_redshift_command = _predict_command(
-    "predict-redshift", "predict_redshift", "predicted redshifts", "source_class",
+    _run_predictor(predict_stellar_parameters, "predicted stellar parameters", class_probe=class_probe,
+                   **common)
+
+
+@main.command("predict-redshift")
+@_predictor_options("predicted redshifts")
+@_templates_option
+def predict_redshift_command(templates, **common) -> None:
     """Redshift of every galaxy or quasar spectrum in FILE_OR_DIR...
 
     A full-range chi-square fit of the Redrock templates (--templates or
     $OMNISPECTRA_TEMPLATES); the class probe (--probe) chooses the class. Prints a table
     (id, class, spectype, z, z_err, deltachi2, flag) and/or writes it with -o; bad inputs
-    are reported and skipped.""")
+    are reported and skipped.
+    """
+    from .api import predict_redshift
 
-anomaly_command = _predict_command(
-    "anomaly", "anomaly_score", "scored anomaly", None,
+    _run_predictor(predict_redshift, "predicted redshifts", templates=templates, **common)
+
+
+@main.command("anomaly")
+@_predictor_options("scored anomaly", probe=False)
+def anomaly_command(**common) -> None:
     """Anomaly score of every spectrum in FILE_OR_DIR...: the mean masked-reconstruction error.
 
     High scores mark spectra unlike the model's training data (see
     omnispectra.anomaly_score); the table also holds the ivar-weighted statistic
-    (anomaly) and flag. Prints a table and/or writes it with -o.""")
+    (anomaly) and flag. Prints a table and/or writes it with -o.
+    """
+    from .api import anomaly_score
+
+    _run_predictor(anomaly_score, "scored anomaly", as_table=True, **common)
 
 
 @main.command("embed-corpus")

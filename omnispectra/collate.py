@@ -4,8 +4,8 @@ The collator pads a list of token sets to the batch's maximum ``T`` (padding is 
 and invalid), so spectra of different surveys and lengths share a batch (paper,
 section *Tokenization*). Padding costs compute, so the :class:`LengthBucketSampler`
 groups spectra of similar length: it sorts inside large shuffled pools, which keeps
-surveys mixed across batches while cutting padding (measured ~1.6x faster than
-padding a mixed-survey batch to its maximum on a 2-core CPU).
+surveys mixed across batches while cutting padding (the gain over padding a
+mixed-survey batch to its maximum is measured by ``benchmarks/run.py``).
 
 **Re-standardization of masked spectra.** The tokenizer standardizes each spectrum over
 *all* its valid pixels, so the normalized fluxes sum to zero: with chunks masked, the

@@ -42,7 +42,7 @@ version 1 stored float32 ivar; such corpora are still read). Flux beyond the flo
 range is refused at build time. A wavelength axis given in another spectral unit is
 converted to Angstrom once, at build time (:func:`omnispectra.spectrum.spectrum_data`).
 Ids are the readers' ids made unique across the build
-(:class:`omnispectra.inputs.IdAllocator`): ``A/spec.fits`` and ``B/spec.fits`` give
+(:class:`omnispectra.io.sources.IdAllocator`): ``A/spec.fits`` and ``B/spec.fits`` give
 ``spec`` and ``B/spec``, never a dropped duplicate.
 
 One file per survey
@@ -81,7 +81,7 @@ from astropy import units as u
 from . import __version__
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
 from .fileio import check_output, commit, safe_filename
-from .inputs import IdAllocator, PathProblem, check_readable_file, expand_paths
+from .io.sources import IdAllocator, PathProblem, check_readable_file, default_id, expand_paths, read_file
 from .spectrum import bad_pixels, is_spectrum, spectrum_data
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,8 @@ class BuildReport:
 
 
 def _expand_inputs(inputs: Any) -> list[Any]:
-    """Paths (via :func:`omnispectra.inputs.expand_paths`: the same files every command
-    reads, with unreadable paths as :class:`~omnispectra.inputs.PathProblem`) and spectra,
+    """Paths (via :func:`omnispectra.io.sources.expand_paths`: the same files every command
+    reads, with unreadable paths as :class:`~omnispectra.io.sources.PathProblem`) and spectra,
     in order."""
     if isinstance(inputs, (str, os.PathLike)) or is_spectrum(inputs):
         inputs = [inputs]
@@ -221,17 +221,10 @@ def _expand_inputs(inputs: Any) -> list[Any]:
 
 
 def _default_reader(format: str | None) -> Callable[[Path], Iterable[Any]]:
-    try:
-        from . import io as spectrum_io
-        read = spectrum_io.read
-    except (ImportError, AttributeError) as err:  # pragma: no cover - io is part of the package
-        raise ImportError(
-            "omnispectra.io.read is not available, so files cannot be read; pass spectra or a "
-            "reader= callable to build_corpus"
-        ) from err
+    """Read a file with :func:`~omnispectra.io.sources.read_file` (under the reader lock)."""
 
     def reader(path: Path) -> Iterable[Any]:
-        return read(path, format=format)
+        return read_file(path, format)
 
     return reader
 
@@ -486,101 +479,120 @@ def build_corpus(
     previous = _previous_outputs(output, as_dir)
     for old in previous:  # checked before the build, not after it
         check_output(old, input_files, overwrite=overwrite)
-    read = reader  # omnispectra.io is imported only when a file has to be read
-    keep = None if only_surveys is None else {s.lower() for s in only_surveys}
-
-    report = BuildReport()
-    writers: dict[str, _SurveyWriter] = {}
-    ids = IdAllocator()
-    from tqdm.auto import tqdm
-
-    def spectra_of(item: Any) -> Iterator[tuple[Any, str]]:
-        nonlocal read
-        if is_spectrum(item):
-            yield item, ""
-            return
-        if isinstance(item, PathProblem):
-            raise item.error()
-        check_readable_file(item)
-        if read is None:
-            read = _default_reader(format)
-        for spec in read(item):
-            yield spec, str(item)
-
+    build = _Build(directory, survey, None if only_surveys is None else {s.lower() for s in only_surveys},
+                   (compression, compression_opts, chunk_size))
+    # omnispectra.io is imported only when a file has to be read
+    spectra = _spectra_of(items, reader or _default_reader(format), build.report)
     try:
-        bar = tqdm(items, desc="corpus", unit="file", disable=not progress, dynamic_ncols=True)
-        for item in bar:
-            if isinstance(item, (Path, PathProblem)):
-                report.n_files += 1
-            try:
-                spectra = list(spectra_of(item))
-            except ImportError:
-                raise
-            except Exception as err:  # a bad input never aborts the build
-                where = str(item.path if isinstance(item, PathProblem) else item)
-                report.failed_files.append(FileFailure(where, type(err).__name__, str(err)))
-                continue
-            for k, (spec, source) in enumerate(spectra):
-                meta = dict(getattr(spec, "meta", None) or {})
-                source_file = _as_str(meta.get("source_file")) or source
-                sid = _as_str(meta.get("id")) or f"{Path(source_file).name or 'spectrum'}#{k}"
-                name = _as_str(survey) or _as_str(meta.get("survey")) or "unknown"
-                if keep is not None and name.lower() not in keep:
-                    report.skipped_spectra.append((sid, f"survey {name!r} not selected"))
-                    continue
-                if ids.seen(sid, source_file):  # the same spectrum of the same file again
-                    report.skipped_spectra.append((sid, "duplicate id"))
-                    continue
-                try:
-                    wave, flux, ivar, mask, has_ivar, unit = _stored_arrays(spec)
-                except _SPECTRUM_ERRORS as err:
-                    report.skipped_spectra.append((sid, f"{type(err).__name__}: {err}"))
-                    continue
-                sid = ids.assign(sid, source_file)
-                row = {
-                    "id": sid,
-                    "object_id": _as_str(meta.get("object_id")) or sid,
-                    "survey": name,
-                    "source_file": source_file,
-                    "format": _as_str(meta.get("format")),
-                    "rest_frame": _as_flag(meta.get("rest_frame", False)),
-                    "class": _as_str(meta.get("class")),
-                    "subclass": _as_str(meta.get("subclass")),
-                    **{c: _as_float(meta.get(c)) for c in ("z", "z_err", "teff", "logg", "fe_h")},
-                    "flux_unit": unit,
-                    "has_ivar": int(has_ivar),
-                    "n_valid": int((~bad_pixels(flux, ivar, mask)).sum()),
-                    "wave_min": float(wave[0]),
-                    "wave_max": float(wave[-1]),
-                }
-                if name not in writers:
-                    writers[name] = _SurveyWriter(name, directory, compression, compression_opts, chunk_size)
-                writers[name].add(wave, flux, ivar, mask, row)
-                report.n_pixels += wave.size
-                report.counts[name] = report.counts.get(name, 0) + 1
-            bar.set_postfix(spectra=report.n_spectra, failed=report.n_failed, refresh=False)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(spectra, desc="corpus", unit="spectrum", disable=not progress, dynamic_ncols=True)
+        for spec, source, k in bar:
+            build.add(spec, source, k)
         bar.close()
-        if not writers:
-            raise ValueError("no spectrum could be stored:\n" + report.summary())
-        targets = _targets(output, sorted(writers), as_dir)
+        if not build.writers:
+            raise ValueError("no spectrum could be stored:\n" + build.report.summary())
+        targets = _targets(output, sorted(build.writers), as_dir)
         for target in targets.values():
             check_output(target, input_files, overwrite=overwrite)
-        for writer in writers.values():
+        for writer in build.writers.values():
             writer.finalize()
     except BaseException:
-        for writer in writers.values():
+        for writer in build.writers.values():
             writer.abort()
         raise
-    # all files are complete: move them into place (each move is atomic)
+    _commit_outputs(build, targets, previous)
+    build.report.seconds = time.perf_counter() - start
+    return build.report
+
+
+def _spectra_of(items: list[Any], read: Callable[[Path], Iterable[Any]],
+                report: BuildReport) -> Iterator[tuple[Any, str, int]]:
+    """``(spectrum, source file or "", index in its file or among the inputs)``, in order.
+
+    A file that cannot be read is recorded in ``report.failed_files`` and skipped: a bad
+    input never aborts the build.
+    """
+    for position, item in enumerate(items):
+        if is_spectrum(item):
+            yield item, "", position
+            continue
+        report.n_files += 1
+        try:
+            if isinstance(item, PathProblem):
+                raise item.error()
+            spectra = list(read(check_readable_file(item)))
+        except ImportError:
+            raise
+        except Exception as err:
+            where = str(item.path if isinstance(item, PathProblem) else item)
+            report.failed_files.append(FileFailure(where, type(err).__name__, str(err)))
+            continue
+        for k, spec in enumerate(spectra):
+            yield spec, str(item), k
+
+
+class _Build:
+    """The per-survey writers of one build and its report."""
+
+    def __init__(self, directory: Path, survey: str | None, keep: set[str] | None,
+                 storage: tuple[str | None, int | None, int]) -> None:
+        self.directory, self.survey, self.keep, self.storage = directory, survey, keep, storage
+        self.report = BuildReport()
+        self.writers: dict[str, _SurveyWriter] = {}
+        self.ids = IdAllocator()
+
+    def add(self, spec: Any, source: str, k: int) -> None:
+        """Store one spectrum (or record in the report why it was not)."""
+        report = self.report
+        meta = dict(getattr(spec, "meta", None) or {})
+        source_file = _as_str(meta.get("source_file")) or source
+        sid = _as_str(meta.get("id")) or default_id(source_file or None, k)
+        name = _as_str(self.survey) or _as_str(meta.get("survey")) or "unknown"
+        if self.keep is not None and name.lower() not in self.keep:
+            report.skipped_spectra.append((sid, f"survey {name!r} not selected"))
+            return
+        if self.ids.seen(sid, source_file):  # the same spectrum of the same file again
+            report.skipped_spectra.append((sid, "duplicate id"))
+            return
+        try:
+            wave, flux, ivar, mask, has_ivar, unit = _stored_arrays(spec)
+        except _SPECTRUM_ERRORS as err:
+            report.skipped_spectra.append((sid, f"{type(err).__name__}: {err}"))
+            return
+        sid = self.ids.assign(sid, source_file)
+        row = {
+            "id": sid,
+            "object_id": _as_str(meta.get("object_id")) or sid,
+            "survey": name,
+            "source_file": source_file,
+            "format": _as_str(meta.get("format")),
+            "rest_frame": _as_flag(meta.get("rest_frame", False)),
+            "class": _as_str(meta.get("class")),
+            "subclass": _as_str(meta.get("subclass")),
+            **{c: _as_float(meta.get(c)) for c in ("z", "z_err", "teff", "logg", "fe_h")},
+            "flux_unit": unit,
+            "has_ivar": int(has_ivar),
+            "n_valid": int((~bad_pixels(flux, ivar, mask)).sum()),
+            "wave_min": float(wave[0]),
+            "wave_max": float(wave[-1]),
+        }
+        if name not in self.writers:
+            self.writers[name] = _SurveyWriter(name, self.directory, *self.storage)
+        self.writers[name].add(wave, flux, ivar, mask, row)
+        report.n_pixels += wave.size
+        report.counts[name] = report.counts.get(name, 0) + 1
+
+
+def _commit_outputs(build: _Build, targets: dict[str, Path], previous: list[Path]) -> None:
+    """Move the complete files into place (each move is atomic), then drop stale ones."""
     for name, target in targets.items():
-        commit(writers[name].tmp, target)
-        report.outputs[name] = str(target)
+        commit(build.writers[name].tmp, target)
+        build.report.outputs[name] = str(target)
     stale = [old for old in previous if not any(old.resolve() == t.resolve() for t in targets.values())]
     for old in stale:  # per-survey files of the replaced build would be read again with the new ones
         logger.info("overwrite: removing %s of the previous build", old)
         old.unlink()
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 # --------------------------------------------------------------------------- reading

@@ -49,11 +49,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names", "flag_names",
+__all__ = ["CLASSES", "FLAG_DESCRIPTION", "Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names",
+           "flag_names",
            "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
            "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
            "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags"]
+
+
+#: The source classes every predictor, probe, template fit and label uses, in this order.
+CLASSES = ("GALAXY", "QSO", "STAR")
+
+#: Description of the ``flag`` column of result tables.
+FLAG_DESCRIPTION = "warning bitmask (omnispectra.flags.Flag); 0 means use it"
 
 
 class Flag(IntFlag):

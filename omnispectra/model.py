@@ -401,9 +401,9 @@ class OmniSpectra(nn.Module):
     def compile_encoder(self, **kwargs: Any) -> OmniSpectra:
         """``torch.compile`` :meth:`encode` in place (dynamic shapes: batches vary in length).
 
-        Fuses the element-wise work around the matmuls; on an H200 it made a pretraining
-        step of the paper preset 1.27x faster on the packed varlen path
-        (``benchmarks/results/bench-h200-*``). The first batches pay the compilation.
+        Fuses the element-wise work around the matmuls (its speed-up is measured by
+        ``benchmarks/run.py``; see ``docs/performance.rst``). The first batches pay the
+        compilation.
         """
         kwargs.setdefault("dynamic", True)
         self.encode = torch.compile(self.encode, **kwargs)

@@ -41,6 +41,7 @@ from torch import nn
 
 from .exceptions import CheckpointError
 from .fileio import atomic_write
+from .pretrained import bundled_weights_path
 
 __all__ = [
     "Probe",
@@ -58,6 +59,11 @@ __all__ = [
     "load_probe",
     "read_probe_header",
     "PROBE_FORMAT",
+    "PROBE_FILES",
+    "bundled_probe_path",
+    "resolve_probe",
+    "checked_probe",
+    "probe_meta",
 ]
 
 PROBE_FORMAT = "omnispectra-probe"
@@ -638,3 +644,57 @@ def load_probe(path: str | os.PathLike, model: Any = None) -> Probe:
     if model is not None:
         probe.check_encoder(model)
     return probe
+
+
+# ---------------------------------------------------------------------------------------
+# the probes shipped with the package: files, resolution, validation
+
+#: File names of the probes shipped in ``omnispectra/data``.
+PROBE_FILES = {
+    "source_class": "probe-source-class.safetensors",
+    "stellar_params": "probe-stellar-params.safetensors",
+    "redshift": "probe-redshift.safetensors",
+}
+
+
+def bundled_probe_path(task: str) -> Path:
+    """Where the bundled probe of ``task`` (a key of :data:`PROBE_FILES`) lives (may be absent)."""
+    if task not in PROBE_FILES:
+        raise ValueError(f"unknown probe task {task!r}; known: {sorted(PROBE_FILES)}")
+    return bundled_weights_path().parent / PROBE_FILES[task]
+
+
+def resolve_probe(probe: Any, task: str) -> Probe:
+    """A :class:`~omnispectra.probes.Probe` from ``None`` (the bundled probe of ``task``), a path
+    or an instance."""
+    if isinstance(probe, Probe):
+        return probe
+    if probe is None:
+        path = bundled_probe_path(task)
+        if not path.is_file():
+            raise CheckpointError(
+                f"the bundled {task.replace('_', ' ')} probe ({path.name}) is missing from this "
+                f"installation ({path.parent}); train one with `omnispectra train-predictors` or pass "
+                "probe=PATH")
+        probe = path
+    if isinstance(probe, (str, os.PathLike)):
+        loaded = load_probe(probe)
+        loaded.info.setdefault("name", Path(probe).name)  # the provenance's PROBE (a name, no folder)
+        return loaded
+    raise CheckpointError(f"probe must be a path or an omnispectra.probes.Probe, got {type(probe).__name__}")
+
+
+def checked_probe(probe: Any, task: str, net: Any) -> Probe:
+    """:func:`resolve_probe` of ``task``, checked to be of the task's kind and to belong to ``net``."""
+    head = resolve_probe(probe, task)
+    expected_kind = "classification" if task == "source_class" else "regression"
+    if head.kind != expected_kind:
+        raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
+    head.check_encoder(net)
+    return head
+
+
+def probe_meta(head: Any, prefix: str) -> dict[str, str]:
+    """Name and tensor sha256 of a second probe in a table's meta (``<prefix>PROBE``, ``<prefix>PROBSHA``)."""
+    return {f"{prefix}PROBE": Path(str(head.info.get("name", ""))).name,
+            f"{prefix}PROBSHA": encoder_fingerprint(head) if hasattr(head, "state_dict") else ""}

@@ -61,7 +61,7 @@ from scipy import fft as sp_fft
 
 from .exceptions import OmniSpectraError, TemplatesNotFoundError
 from .flags import MIN_SNR, Flag
-from .spectrum import spectrum_data
+from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST, LYMAN_LIMIT, tau_eff
 from .templates.library import SURVEY_GRADE_SIGMA_KMS, TemplateBasis, TemplateLibrary, load_library
 from .templates.resample import C_KMS, broaden_loglam, pixel_edges, rebin
@@ -380,6 +380,11 @@ class RedshiftFitter:
             :func:`~omnispectra.spectrum.spectrum_data`).
         """
         data = spectrum_data(spectrum, flux, ivar, mask, wavelength=wavelength)
+        return self.fit_data(data, return_scans=return_scans, spectype=spectype)
+
+    def fit_data(self, data: SpectrumData, *, return_scans: bool = False, spectype: str | None = None):
+        """:meth:`fit` of arrays already made by :func:`~omnispectra.spectrum.spectrum_data`
+        (the API's inputs make them once per spectrum)."""
         wave, flux_a, bad = data.wavelength, np.array(data.flux, dtype=np.float64), data.bad
         ivar_a = np.array(data.ivar, dtype=np.float64)
         if not data.has_ivar or not np.any(ivar_a):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import InvalidSpectrumError
-from .spectrum import is_spectrum, spectrum_arrays, spectrum_data
+from .spectrum import SpectrumData, is_spectrum, spectrum_arrays, spectrum_data
 
 __all__ = [
     "PATCH_SIZE",
@@ -42,6 +42,7 @@ __all__ = [
     "Normalization",
     "Tokens",
     "tokenize",
+    "tokenize_data",
     "spectrum_arrays",
     "n_patches",
     "patch_index",
@@ -244,6 +245,21 @@ def tokenize(
     if patch_size < 1 or not 1 <= stride <= patch_size:
         raise ValueError(f"need patch_size >= 1 and 1 <= stride <= patch_size, got {patch_size}, {stride}")
     data = spectrum_data(spectrum, flux, ivar, mask, wavelength=wavelength, max_pixels=max_pixels)
+    if meta is None:
+        meta = dict(getattr(spectrum, "meta", None) or {}) if is_spectrum(spectrum) else {}
+    return tokenize_data(data, patch_size=patch_size, stride=stride, min_valid_fraction=min_valid_fraction,
+                         meta=meta)
+
+
+def tokenize_data(data: SpectrumData, *, patch_size: int = PATCH_SIZE, stride: int = STRIDE,
+                  min_valid_fraction: float = 0.5, meta: dict[str, Any] | None = None) -> Tokens:
+    """:func:`tokenize` of arrays already made by :func:`~omnispectra.spectrum.spectrum_data`.
+
+    The API's inputs make a spectrum's arrays once and use them for the tokens, the flags
+    and the template fit; this is the tokenizer's part.
+    """
+    if patch_size < 1 or not 1 <= stride <= patch_size:
+        raise ValueError(f"need patch_size >= 1 and 1 <= stride <= patch_size, got {patch_size}, {stride}")
     wave, flux_arr, bad = data.wavelength, data.flux, data.bad
     n_pix = wave.size
     n_good = int((~bad).sum())
@@ -276,8 +292,6 @@ def tokenize(
         raise InvalidSpectrumError("the tokens are not finite after normalization (extreme flux values)")
     tokens[~token_valid] = 0.0  # an invalid token looks exactly like padding
     wave_patch = np.where(real, wave[safe], 0.0).sum(axis=1) / real.sum(axis=1)
-    if meta is None:
-        meta = dict(getattr(spectrum, "meta", None) or {}) if is_spectrum(spectrum) else {}
     return Tokens(
         tokens=tokens,
         wavelength=wave_patch,
@@ -287,5 +301,5 @@ def tokenize(
         n_pixels=n_pix,
         patch_size=patch_size,
         stride=stride,
-        meta=meta,
+        meta={} if meta is None else meta,
     )

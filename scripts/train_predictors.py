@@ -541,8 +541,8 @@ def engine_embeddings(files, n: int, encoder, classes, seed: int) -> tuple[np.nd
 
 def input_flag_values(data, rows, encoder) -> np.ndarray:
     """The input bits (OUTSIDE_SUPPORT, FEW_TOKENS, LOW_SN) the runtime would set on each row."""
-    from omnispectra.api import measure_input
     from omnispectra.flags import input_flags
+    from omnispectra.inference.inputs import measure_input
     from omnispectra.runtime import wavelength_support
 
     support = wavelength_support(encoder)

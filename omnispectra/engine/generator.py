@@ -40,6 +40,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from ..exceptions import OmniSpectraError
+from ..flags import CLASSES
 from ..templates.igm import LYMAN_LIMIT, forest_transmission
 from ..templates.library import TemplateBasis, TemplateLibrary
 from ..templates.resample import C_KMS, rebin
@@ -50,7 +51,6 @@ __all__ = ["EngineConfig", "EngineSample", "Engine", "SurveyResponse", "fit_basi
 
 logger = logging.getLogger(__name__)
 
-CLASSES = ("GALAXY", "QSO", "STAR")
 #: Native redshift ranges of the QSO bases (their REDSHIFTS HDUs: LOZ 0.05-1.6, HIZ 1.4-7).
 QSO_BASIS_Z = {"LOZ": (0.0, 1.6), "HIZ": (1.4, 7.0)}
 _PYHAMMER = "pyhammer"

@@ -56,12 +56,13 @@ from typing import Any
 
 import numpy as np
 
+from ..flags import CLASSES
+
 __all__ = ["Task", "TASKS", "CLASSES", "source_classes", "labeled_rows", "LabeledData", "load_labeled",
            "classification_metrics", "regression_metrics", "evaluate", "run_method",
            "summarize", "markdown_report", "METHODS", "Method",
            "METHOD_LABELS", "task_targets", "transform_targets"]
 
-CLASSES = ("GALAXY", "QSO", "STAR")
 STAR_SURVEYS = ("miles", "apogee", "xshooter")
 GALAXY_SURVEYS = ("manga",)
 
@@ -503,6 +504,48 @@ def _split_side(idx: np.ndarray, y_all: np.ndarray, embeddings: np.ndarray | Non
     return d
 
 
+def _chosen_tasks(tasks: Sequence[str | Task], methods: Sequence[str] | None) -> list[Task]:
+    """The tasks to run; ValueError naming unknown tasks or methods."""
+    unknown = [t for t in tasks if isinstance(t, str) and t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+    if methods is not None and set(methods) - set(METHODS):
+        raise ValueError(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; "
+                         f"known: {sorted(METHODS)}")
+    return [TASKS[t] if isinstance(t, str) else t for t in tasks]
+
+
+@dataclass
+class _Scores:
+    """Metric rows, summed confusion matrices and pooled regression predictions of a run."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    confusion: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)
+    predictions: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def add(self, task: Task, group: str, method: str, run: int, train: dict, test: dict,
+            pred: np.ndarray) -> dict[str, float]:
+        """Score one method's predictions on one split; return its metrics."""
+        key = (task.name, group, method)
+        if task.kind == "classification":
+            m = classification_metrics(test["y"], pred, task.classes)
+            self.confusion[key] = self.confusion.get(key, 0) + m.pop("confusion")
+        else:
+            from ..probes import fit_normalization
+
+            mean, std = fit_normalization(transform_targets(task, train["y"]))
+            yt = transform_targets(task, test["y"])
+            m = regression_metrics(yt, pred, task.targets, mean, std, task.transforms)
+            prev = self.predictions.get(key)
+            self.predictions[key] = (yt, pred) if prev is None else (
+                np.concatenate([prev[0], yt]), np.concatenate([prev[1], pred]))
+        for metric, value in m.items():
+            self.rows.append({"task": task.name, "group": group, "method": method, "run": run,
+                              "metric": metric, "value": float(value), "n_train": len(train["y"]),
+                              "n_test": len(test["y"])})
+        return m
+
+
 def evaluate(
     corpus: Any,
     model: Any = "default",
@@ -555,13 +598,7 @@ def evaluate(
     from . import baselines
 
     say = progress or (lambda msg: None)
-    unknown = [t for t in tasks if isinstance(t, str) and t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
-    chosen = [TASKS[t] if isinstance(t, str) else t for t in tasks]
-    if methods is not None and set(methods) - set(METHODS):
-        raise ValueError(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; "
-                         f"known: {sorted(METHODS)}")
+    chosen = _chosen_tasks(tasks, methods)
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")
@@ -571,9 +608,7 @@ def evaluate(
         data.embeddings = compute_embeddings(data, encoder, batch_size=batch_size)
         say(f"embedded {len(data)} spectra in {time.perf_counter() - t0:.1f} s")
 
-    rows_out: list[dict[str, Any]] = []
-    confusion: dict[tuple[str, str, str], np.ndarray] = {}
-    predictions: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray]] = {}
+    scores = _Scores()
     flux_cache: dict[tuple[str, ...], np.ndarray] = {}
     for task in chosen:
         task_methods = [m for m in (methods or task.methods) if m in task.methods or METHODS[m].extra]
@@ -606,29 +641,12 @@ def evaluate(
                     t1 = time.perf_counter()
                     pred = run_method(method, task, train, test, seed=run, encoder=encoder,
                                       baseline_width=baseline_width, finetune=finetune)
-                    if task.kind == "classification":
-                        m = classification_metrics(test["y"], pred, task.classes)
-                        key3 = (task.name, gname, method)
-                        confusion[key3] = confusion.get(key3, 0) + m.pop("confusion")
-                    else:
-                        yt_train = transform_targets(task, train["y"])
-                        from ..probes import fit_normalization
-
-                        mean, std = fit_normalization(yt_train)
-                        yt = transform_targets(task, test["y"])
-                        m = regression_metrics(yt, pred, task.targets, mean, std, task.transforms)
-                        key3 = (task.name, gname, method)
-                        prev = predictions.get(key3)
-                        predictions[key3] = (yt, pred) if prev is None else (
-                            np.concatenate([prev[0], yt]), np.concatenate([prev[1], pred]))
-                    for metric, value in m.items():
-                        rows_out.append({"task": task.name, "group": gname, "method": method, "run": run,
-                                         "metric": metric, "value": float(value), "n_train": int(tr.size),
-                                         "n_test": int(te.size)})
+                    m = scores.add(task, gname, method, run, train, test, pred)
                     say(f"{task.name:>14} {gname:>10} run {run} {method:>10}: "
                         + ", ".join(f"{k}={v:.3f}" for k, v in m.items()
                                     if k in ("f1_macro", "mse_norm") or k.startswith("r2_"))
                         + f"  ({time.perf_counter() - t1:.1f} s)")
+    rows_out, confusion, predictions = scores.rows, scores.confusion, scores.predictions
     summary = summarize(rows_out)
     report = markdown_report(summary, [t.name for t in chosen])
     result = {"runs": rows_out, "summary": summary, "confusion": confusion, "predictions": predictions,

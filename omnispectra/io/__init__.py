@@ -90,7 +90,8 @@ auto-identification.
 
 Iterating over many files
 -------------------------
-:func:`iter_spectra` takes files, directories (walked recursively for ``.fits``,
+:func:`iter_spectra` (:mod:`omnispectra.io.sources`, the one owner of path expansion,
+suffixes and the id rule) takes files, directories (walked for ``.fits``,
 ``.fits.gz``, ``.hdf5`` ...) and glob patterns, in sorted order, and returns a
 :class:`SpectrumIterator` whose ``failures`` list of :class:`ReadFailure` ``(path, error)``
 tells a corpus builder what failed and why (``on_error='raise'|'warn'|'skip'``).
@@ -100,18 +101,15 @@ from ._common import Spectrum, SpectrumList, air_to_vacuum, build_spectrum, err_
 from .registry import (
     FileProbe,
     ReaderInfo,
-    ReadFailure,
-    SpectrumIterator,
-    SpectrumReadWarning,
     get_reader,
     identify_format,
     identify_formats,
-    iter_spectra,
     list_formats,
     probe_file,
     read,
     register_reader,
 )
+from .sources import SPECTRUM_FILE_SUFFIXES, ReadFailure, SpectrumIterator, SpectrumReadWarning, iter_spectra
 
 # Importing the reader modules registers them, in this order (isort would alphabetise it, so it is
 # switched off for the block: generic image layouts must come after the specific formats and the
@@ -149,6 +147,7 @@ __all__ = [
     "ReadFailure",
     "SpectrumIterator",
     "SpectrumReadWarning",
+    "SPECTRUM_FILE_SUFFIXES",
     "Spectrum",
     "SpectrumList",
 ]

@@ -1,4 +1,4 @@
-"""The reader registry: registration, identification, :func:`read` and :func:`iter_spectra`.
+"""The reader registry: registration, identification and :func:`read`.
 
 Modelled on specutils' io registry (``@data_loader(label, identifier=..., priority=...)``)
 but self-contained, so identification can work on headers read once per file and
@@ -22,19 +22,13 @@ from ._common import SpectrumList, check_truncation
 __all__ = [
     "FileProbe",
     "ReaderInfo",
-    "ReadFailure",
-    "SpectrumReadWarning",
-    "SpectrumIterator",
     "register_reader",
     "get_reader",
     "list_formats",
     "identify_format",
     "identify_formats",
     "read",
-    "iter_spectra",
     "probe_file",
-    "SPECTRUM_FILE_SUFFIXES",
-    "expand_sources",
 ]
 
 _FITS_MAGIC = b"SIMPLE  ="
@@ -387,15 +381,3 @@ def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> S
     #: Messages of rows/arms of this file that were skipped as invalid (see the contract).
     out.skipped = skipped
     return out
-
-
-# Iterating over many files moved to omnispectra.inputs (one expansion and skip rule for
-# every entry point); the names stay importable from here.
-from ..inputs import (  # noqa: E402
-    SPECTRUM_FILE_SUFFIXES,
-    ReadFailure,
-    SpectrumIterator,
-    SpectrumReadWarning,
-    expand_sources,
-    iter_spectra,
-)

@@ -89,7 +89,7 @@ def test_input_order_kept_when_lengths_differ(model, monkeypatch):
     for i, spec in enumerate(spectra):
         np.testing.assert_allclose(embed(spec, model=model), batched[i], atol=1e-5)
     # a pool smaller than the input still keeps order
-    monkeypatch.setattr("omnispectra.api._POOL_FACTOR", 1)
+    monkeypatch.setattr("omnispectra.inference.pipeline.POOL_FACTOR", 1)
     np.testing.assert_allclose(embed(spectra, model=model, batch_size=2), batched, atol=1e-5)
 
 

@@ -211,7 +211,7 @@ def test_info_lists_readers_and_versions():
 
 
 def test_verbosity_and_lightning_tips(caplog):
-    library = logging.getLogger("omnispectra.inputs")
+    library = logging.getLogger("omnispectra.inference.inputs")
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         with logging_for(0):

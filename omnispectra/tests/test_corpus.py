@@ -161,7 +161,7 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     assert report.n_files == 6 and report.n_failed == 2
     failed = {Path(f.path).name: f for f in report.failed_files}
     assert set(failed) == {"notes.npz", "missing.npz"}
-    # one rule for bad paths (omnispectra.inputs): a missing file is a SpectrumFormatError
+    # one rule for bad paths (omnispectra.io.sources): a missing file is a SpectrumFormatError
     assert failed["missing.npz"].error == "SpectrumFormatError"
     assert "file not found" in failed["missing.npz"].message
     skipped = [(name, why.split(":")[0]) for name, why in report.skipped_spectra]

@@ -128,7 +128,8 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
     threshold = float(np.sqrt(stats[0] * stats[1]))
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
                                                   "n_validation": 10})
-    monkeypatch.setattr(api, "ANOMALY_N_MASKS", 2)  # the masks the threshold was computed with
+    # the masks the threshold was computed with
+    monkeypatch.setattr("omnispectra.inference.predictors.ANOMALY_N_MASKS", 2)
     assert api.anomaly_threshold(encoder) == threshold
     table = api.classify([clean, weird], model=encoder, probe=_class_probe(encoder, "GALAXY"))
     assert _flags(table) == [0, Flag.ANOMALY]

@@ -237,10 +237,8 @@ def test_classify_and_stellar_parameters_contract(trained):
 
 
 def test_missing_bundled_probe_is_a_clear_error(trained, monkeypatch, tmp_path):
-    import omnispectra.api as api
-
-    monkeypatch.setattr(api, "bundled_probe_path", lambda task: tmp_path / f"{task}.safetensors")
-    with pytest.raises(CheckpointError, match="bundled source class probe.*missing.*train_predictors"):
+    monkeypatch.setattr("omnispectra.probes.bundled_probe_path", lambda task: tmp_path / f"{task}.st")
+    with pytest.raises(CheckpointError, match="bundled source class probe.*missing.*train-predictors"):
         omnispectra.classify(example_paths(), model=trained["encoder"])
     with pytest.raises(CheckpointError, match="source class probe.*missing"):
         omnispectra.predict_redshift(example_paths(), model=trained["encoder"])

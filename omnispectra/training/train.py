@@ -116,6 +116,31 @@ class TrainConfig:
             base = cls.from_preset(values.get("preset", "tiny"))
         return base.replace(**values)
 
+    @classmethod
+    def resolve(cls, preset: str | None = None, config_file: str | os.PathLike | None = None,
+                resume: bool = False, options: dict[str, Any] | None = None) -> TrainConfig:
+        """The settings of a run, from every place they can come from, in one order of precedence.
+
+        preset (default ``tiny``) < the ``config_file`` (over ``preset`` when both are
+        given), or with ``resume`` and no file the run's saved ``<output>/config.yaml`` <
+        ``options`` (explicit settings, e.g. the command line's options and ``--set``;
+        ``options["output"]`` names the run folder).
+
+        Raises
+        ------
+        ConfigError
+            Unknown preset or setting names, an unreadable or invalid file.
+        """
+        options = dict(options or {})
+        saved = Path(options["output"]) / "config.yaml" if options.get("output") else None
+        if config_file:
+            config = cls.from_yaml(config_file, base=cls.from_preset(preset) if preset else None)
+        elif resume and saved is not None and saved.is_file():
+            config = cls.from_yaml(saved)
+        else:
+            config = cls.from_preset(preset or "tiny")
+        return config.replace(**options)
+
     def replace(self, **values: Any) -> TrainConfig:
         """A copy with some fields changed; unknown names and wrong types are a :class:`ConfigError`."""
         return dataclasses.replace(self, **_checked(values))
@@ -253,6 +278,46 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     return last
 
 
+def _data_module(config: TrainConfig, model_config: Any):
+    """The data module of a run, set up for fitting (its settings and corpus checked)."""
+    from .datamodule import SpectraDataModule
+
+    data = SpectraDataModule(
+        config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
+        prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
+        mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
+        pool_size=config.bucket_pool, survey_weights=config.survey_weights,
+        engine_fraction=config.engine_fraction,
+        masking=config.masking, split_seed=config.split_seed,
+    )
+    try:
+        data.setup("fit")
+    except ValueError as err:  # e.g. survey weights naming surveys the corpus lacks
+        raise ConfigError(str(err)) from err
+    if len(data.train_dataset) == 0:
+        raise CorpusError(
+            f"the corpus holds no spectra to train on ({len(data.dataset)} usable spectra, "
+            f"{data.dataset.n_dropped} with fewer than {model_config.patch_size} valid pixels, "
+            f"{len(data.val_dataset)} held out for validation)")
+    return data
+
+
+def _loggers(out: Path) -> list:
+    """CSV (and TensorBoard when installed) loggers; one version per (re)start, so
+    logs/version_N/metrics.csv keeps every segment of a run."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(out, name="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(out, name="tensorboard"))
+    except ImportError:
+        pass
+    return loggers
+
+
 def train(config: TrainConfig, resume: bool = False, callbacks: list | None = None,
           overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) masked-reconstruction pretraining.
@@ -288,9 +353,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from .datamodule import SpectraDataModule
     from .module import AtomicCheckpointIO, OmniSpectraModule
 
     if not config.corpus:
@@ -300,23 +363,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     out = Path(config.output)
     ckpt_dir = out / "checkpoints"
     last = check_run_folder(out, resume=resume, overwrite=overwrite)
-    data = SpectraDataModule(
-        config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
-        prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
-        mask_ratio=config.mask_ratio, patch_size=model_config.patch_size, stride=model_config.stride,
-        pool_size=config.bucket_pool, survey_weights=config.survey_weights,
-        engine_fraction=config.engine_fraction,
-        masking=config.masking, split_seed=config.split_seed,
-    )
-    try:
-        data.setup("fit")
-    except ValueError as err:  # e.g. survey weights naming surveys the corpus lacks
-        raise ConfigError(str(err)) from err
-    if len(data.train_dataset) == 0:
-        raise CorpusError(
-            f"the corpus holds no spectra to train on ({len(data.dataset)} usable spectra, "
-            f"{data.dataset.n_dropped} with fewer than {model_config.patch_size} valid pixels, "
-            f"{len(data.val_dataset)} held out for validation)")
+    data = _data_module(config, model_config)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -333,15 +380,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
                                every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min", save_top_k=1,
                            auto_insert_metric_name=False)
-    # one log version per (re)start: logs/version_N/metrics.csv keeps every segment of a run
-    loggers = [CSVLogger(out, name="logs")]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(out, name="tensorboard"))
-    except ImportError:
-        pass
+    loggers = _loggers(out)
     trainer = L.Trainer(
         max_steps=config.max_steps,
         max_time={"minutes": config.max_time_minutes} if config.max_time_minutes else None,

@@ -1,5 +1,7 @@
-"""One front door for spectra (issue 12, core): inputs -> spectra -> arrays, the forgiving API,
-and the sanity checks at the boundary. Each check has a few-line reproducer."""
+"""The inputs of every verb (omnispectra.inference.inputs, omnispectra.io.sources).
+
+Inputs -> spectra -> arrays, the forgiving API, and the sanity checks at the boundary.
+Each check has a few-line reproducer."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from omnispectra.exceptions import (
     SpectrumFormatError,
     UnitsError,
 )
-from omnispectra.inputs import Inputs, SpectrumReadWarning, expand_paths, iter_spectra
+from omnispectra.inference.inputs import Inputs
+from omnispectra.io.sources import SpectrumReadWarning, expand_paths, iter_spectra
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.runtime import WavelengthSupport, wavelength_support
 from omnispectra.spectrum import DEFAULT_MAX_PIXELS, spectrum_data
@@ -237,9 +240,7 @@ def test_classify_never_picks_a_class_from_nan(monkeypatch, tmp_path):
         def predict(self, vectors):
             return np.full((len(vectors), 3), np.nan)
 
-    import omnispectra.api as api
-
-    monkeypatch.setattr(api, "resolve_probe", lambda probe, task: NanProbe())
+    monkeypatch.setattr("omnispectra.probes.resolve_probe", lambda probe, task: NanProbe())
     wave, flux = _wave_flux()
     with pytest.raises(NonFiniteOutputError):
         classify((wave, flux), model=net)

@@ -1,4 +1,4 @@
-"""The normalization leak (issue 14): visible tokens must not give away the masked chunks.
+"""The normalization leak (omnispectra.collate): visible tokens must not give away the masked chunks.
 
 The tokenizer standardizes a spectrum over all its valid pixels, so with the old
 normalization the masked pixels' mean follows from the visible tokens. The collator now

@@ -1,3 +1,5 @@
+"""Weights files (omnispectra.pretrained): safetensors round trips, strict loading, the bundled default."""
+
 import json
 import os
 
