@@ -232,6 +232,7 @@ def info() -> None:
                                           for name, ok in attention_backends().items()))
     click.echo("readers     " + ", ".join(io.list_formats()))
     _echo_flash_attn_and_models()
+    _echo_templates()
 
 
 def _echo_flash_attn_and_models() -> None:
@@ -262,6 +263,40 @@ def _echo_flash_attn_and_models() -> None:
     override = os.environ.get("OMNISPECTRA_DEFAULT_MODEL")
     if override:
         click.echo(f"  'default' currently means {override} (OMNISPECTRA_DEFAULT_MODEL)")
+
+
+def _echo_templates() -> None:
+    """The templates a redshift would use now (``omnispectra info``): source, release, size, hash."""
+    from .exceptions import OmniSpectraError
+    from .pretrained import templates_info
+
+    try:
+        t = templates_info()
+    except OmniSpectraError as err:
+        click.echo(f"templates   unusable: {_one_line(err)}")
+        return
+    where = {"bundled": "bundled (compact float32)", "env": "$OMNISPECTRA_TEMPLATES", "path": "given"}
+    click.echo(f"templates   {where[t['source']]}: {t['path']}")
+    click.echo(f"  release {t['release']}; {t['n_templates']} templates, {t['n_bases']} basis vectors; "
+               f"sha256 {t['sha256']}")
+
+
+@main.command("download")
+@click.argument("what", metavar="templates|MODEL")
+def download_command(what: str) -> None:
+    """Download the full Redrock template files ("templates") or a registry model into the cache.
+
+    Files are checked against the sha256 in the package registry and never downloaded twice.
+    The templates' folder is printed: pass it as --templates DIR or set OMNISPECTRA_TEMPLATES=DIR
+    to fit with the full files instead of the bundled compact ones.
+    """
+    from .pretrained import fetch_model, fetch_templates
+
+    if what == "templates":
+        root = fetch_templates(progressbar=_progress())
+        click.echo(f"templates in {root} (use: --templates {root}, or OMNISPECTRA_TEMPLATES={root})")
+    else:
+        click.echo(f"model {what} in {fetch_model(what, progressbar=_progress())}")
 
 
 @main.command("tokenize")
@@ -517,10 +552,11 @@ def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
 
 _probe_path = click.Path(exists=True, dir_okay=False)
 _templates_option = click.option(
-    "--templates", default=None, type=click.Path(file_okay=False),
-    help="Redrock template folder (with the rrtemplate FITS files in redrock/); default "
-         "$OMNISPECTRA_TEMPLATES (for classify only with --full). With classify, the class then "
-         "joins the probe with the template fit.")
+    "--templates", default=None, type=click.Path(),
+    help="Redrock template folder (with the rrtemplate FITS files in redrock/) or compact .npz file; "
+         "default $OMNISPECTRA_TEMPLATES, else the compact templates bundled with omnispectra (for "
+         "classify only with --full). With classify, the class then joins the probe with the "
+         "template fit.")
 
 
 def _predictor_options(what: str, probe: bool = True):
@@ -576,7 +612,7 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
 @_predictor_options("classified")
 @click.option("--full", is_flag=True,
               help="One catalogue row per spectrum: class, probabilities, z, z_err, deltachi2, "
-                   "stellar parameters with errors (stars), anomaly and flag (needs --templates).")
+                   "stellar parameters with errors (stars), anomaly and flag.")
 @click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
               help="With --full: stellar-parameter probe file (default: the bundled probe).")
 @_templates_option
@@ -619,8 +655,9 @@ def predict_stellar_command(class_probe, **common) -> None:
 def predict_redshift_command(templates, **common) -> None:
     """Redshift of every galaxy or quasar spectrum in FILE_OR_DIR...
 
-    A full-range chi-square fit of the Redrock templates (--templates or
-    $OMNISPECTRA_TEMPLATES); the class probe (--probe) chooses the class. Prints a table
+    A full-range chi-square fit of the Redrock templates (--templates, else
+    $OMNISPECTRA_TEMPLATES, else the compact ones bundled with omnispectra); the class probe
+    (--probe) chooses the class. Prints a table
     (id, class, spectype, z, z_err, deltachi2, flag) and/or writes it with -o; bad inputs
     are reported and skipped.
     """

@@ -23,6 +23,7 @@ __all__ = [
     "NonFiniteOutputError",
     "MissingDependencyError",
     "TemplatesNotFoundError",
+    "InvalidTemplatesError",
 ]
 
 
@@ -87,4 +88,9 @@ class MissingDependencyError(OmniSpectraError, ImportError):
 
 
 class TemplatesNotFoundError(OmniSpectraError, FileNotFoundError):
-    """The Redrock template files the redshift fit needs are not there (they are not shipped)."""
+    """The template files asked for (a folder, ``$OMNISPECTRA_TEMPLATES``, the bundled set) are not there."""
+
+
+class InvalidTemplatesError(OmniSpectraError, ValueError):
+    """A template file is unreadable or degenerate (missing header keys, non-finite values,
+    a basis of rank below its size, a wavelength axis that does not increase)."""

@@ -1,10 +1,17 @@
-"""Model weights on disk: safetensors files that carry their own configuration.
+"""Pretrained things: model weights (safetensors files that carry their own configuration)
+and the Redrock template bases the redshift fit uses.
 
 A weights file is a `safetensors <https://huggingface.co/docs/safetensors>`_ file: the
 encoder's tensors plus a JSON header with the :class:`~omnispectra.model.OmniSpectraConfig`
 and free-form provenance (training corpus, validation MSE, ...). Loading never unpickles
 anything, so a weights file from the internet cannot run code, and every tensor's name
 and shape is checked against the configuration before the model is built.
+
+Templates: the package ships the Redrock bases in a compact form (float32 on the fitter's
+log grid, :func:`omnispectra.templates.library.write_compact`, BSD-3 licence alongside);
+:func:`resolve_templates` picks an explicit folder, else ``$OMNISPECTRA_TEMPLATES``, else
+those. The registry also pins the full upstream files by sha256, which
+:func:`fetch_templates` (``omnispectra download templates``) puts into the cache.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .exceptions import CheckpointError, ConfigError
+from .exceptions import CheckpointError, ConfigError, InvalidTemplatesError, TemplatesNotFoundError
 from .fileio import atomic_write
 from .model import ATTENTION_IMPLS, OmniSpectra, OmniSpectraConfig
 
@@ -27,7 +34,10 @@ __all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_weights", "load_wei
            "read_weights_metadata", "read_safetensors_header", "validate_config",
            "expected_tensor_shapes", "sha256sum", "file_sha256",
            "DEFAULT_MODEL", "ModelDownloadError", "load_model", "fetch_model", "list_models",
-           "read_registry", "bundled_weights_path", "bundled_card", "cache_dir"]
+           "read_registry", "bundled_weights_path", "bundled_card", "cache_dir",
+           "TEMPLATES_RELEASE", "TEMPLATES_HELP", "bundled_templates_path", "templates_license_path",
+           "locate_templates", "resolve_templates", "templates_meta", "templates_info", "fetch_templates",
+           "templates_cache_dir", "TEMPLATES_ENV", "TEMPLATES_GROUP"]
 
 WEIGHTS_FORMAT = "omnispectra-weights"
 WEIGHTS_FORMAT_VERSION = 1
@@ -322,6 +332,8 @@ DEFAULT_MODEL = "default"
 _BUNDLED_WEIGHTS = "omnispectra-default.safetensors"
 _BUNDLED_CARD = "omnispectra-default.json"
 _REGISTRY_FILE = "registry.txt"
+#: Registry group of the full Redrock template files (names ``templates/FILE``).
+TEMPLATES_GROUP = "templates"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -369,11 +381,23 @@ def cache_dir() -> Path:
     return path
 
 
-def read_registry(path: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
+def read_registry(path: str | os.PathLike | None = None, group: str = "models") -> dict[str, dict[str, str]]:
     """Parse a registry file (default: the one shipped in the package).
 
-    Each non-comment line is ``NAME URL SHA256``. Returns ``{name: {"url", "sha256"}}``
-    in file order.
+    Each non-comment line is ``NAME URL SHA256``. A model's NAME is a plain name; a template
+    file's is ``templates/FILE`` (e.g. ``templates/rrtemplate-galaxy.fits``).
+
+    Parameters
+    ----------
+    path : path-like, optional
+        The registry file.
+    group : {"models", "templates"}
+        Which entries: the models (keys: their names) or the template files (keys: FILE).
+
+    Returns
+    -------
+    dict
+        ``{name: {"url", "sha256"}}`` in file order.
 
     Raises
     ------
@@ -381,10 +405,12 @@ def read_registry(path: str | os.PathLike | None = None) -> dict[str, dict[str, 
         A malformed line, a duplicate or reserved name, or a digest that is not 64 hex
         characters.
     """
+    if group not in ("models", TEMPLATES_GROUP):
+        raise ValueError(f"group must be 'models' or {TEMPLATES_GROUP!r}, not {group!r}")
     path = Path(path) if path is not None else _data_dir() / _REGISTRY_FILE
     if not path.is_file():
         return {}
-    models: dict[str, dict[str, str]] = {}
+    entries: dict[str, dict[str, str]] = {}
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -395,28 +421,34 @@ def read_registry(path: str | os.PathLike | None = None) -> dict[str, dict[str, 
             raise CheckpointError(f"{where}: expected 'NAME URL SHA256', got {raw.strip()!r}")
         name, url, digest = parts
         digest = digest.lower().removeprefix("sha256:")
-        if not set(name) <= _NAME_CHARS or name == DEFAULT_MODEL:
+        kind, _, file = name.rpartition("/")
+        if (kind not in ("", TEMPLATES_GROUP) or not file or not set(file) <= _NAME_CHARS
+                or name == DEFAULT_MODEL):
             raise CheckpointError(f"{where}: invalid or reserved model name {name!r}")
-        if name in models:
+        if name in entries:
             raise CheckpointError(f"{where}: model {name!r} is listed twice")
         if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
             raise CheckpointError(f"{where}: {digest!r} is not a hex sha256 digest")
-        models[name] = {"url": url, "sha256": digest}
-    return models
+        entries[name] = {"url": url, "sha256": digest}
+    prefix = f"{TEMPLATES_GROUP}/"
+    if group == TEMPLATES_GROUP:
+        return {n.removeprefix(prefix): e for n, e in entries.items() if n.startswith(prefix)}
+    return {n: e for n, e in entries.items() if "/" not in n}
 
 
 def _cache_name(name: str) -> str:
     return f"omnispectra-{name}.safetensors"
 
 
-def _pooch(registry: dict[str, dict[str, str]]):
+def _pooch(path: Path, files: dict[str, dict[str, str]]):
+    """A pooch store in ``path`` that knows ``files`` (file name -> ``{"url", "sha256"}``)."""
     import pooch
 
     return pooch.create(
-        path=cache_dir(),
+        path=path,
         base_url="",
-        registry={_cache_name(n): f"sha256:{m['sha256']}" for n, m in registry.items()},
-        urls={_cache_name(n): m["url"] for n, m in registry.items()},
+        registry={f: f"sha256:{e['sha256']}" for f, e in files.items()},
+        urls={f: e["url"] for f, e in files.items()},
         retry_if_failed=0,
     )
 
@@ -499,30 +531,37 @@ def fetch_model(name: str | os.PathLike = DEFAULT_MODEL, progressbar: bool | Non
 
 
 def _download(name: str, registry: dict[str, dict[str, str]], progressbar: bool | None) -> Path:
+    store = _pooch(cache_dir(), {_cache_name(n): m for n, m in registry.items()})
+    return _fetch_file(store, _cache_name(name), registry[name]["url"], f"model {name!r}", progressbar,
+                       ModelDownloadError, CheckpointError,
+                       "(or copy the file there by hand, or pass a local weights file path)")
+
+
+def _fetch_file(store: Any, file: str, url: str, what: str, progressbar: bool | None,
+                offline_error: type[Exception], corrupt_error: type[Exception], hint: str) -> Path:
+    """``store.fetch(file)``: a download failure raises ``offline_error``; a file that does not
+    match its registry sha256 is deleted and raises ``corrupt_error``."""
     import sys
 
     import requests
 
-    store = _pooch(registry)
-    target = Path(store.abspath) / _cache_name(name)
+    target = Path(store.abspath) / file
     if progressbar is None:
         progressbar = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    url = registry[name]["url"]
     try:
-        return Path(store.fetch(_cache_name(name), progressbar=progressbar))
+        return Path(store.fetch(file, progressbar=progressbar))
     except requests.exceptions.RequestException as err:
-        raise ModelDownloadError(
-            f"could not download model {name!r} from {url} and there is no cached copy in "
-            f"{store.abspath}: {err}. Check your network connection (or copy the file there "
-            "by hand, or pass a local weights file path)"
+        raise offline_error(
+            f"could not download {what} from {url} and there is no cached copy in "
+            f"{store.abspath}: {err}. Check your network connection {hint}"
         ) from err
     except ValueError as err:
         if "hash" not in str(err).lower():
             raise
         if target.is_file():  # never keep a file that does not match its registry digest
             target.unlink()
-        raise CheckpointError(
-            f"the file downloaded for model {name!r} from {url} does not match the sha256 in "
+        raise corrupt_error(
+            f"the file downloaded for {what} from {url} does not match the sha256 in "
             f"the registry; the download was deleted. The file on the server has changed "
             f"or is corrupt: {err}"
         ) from err
@@ -603,3 +642,190 @@ def list_models() -> list[dict[str, Any]]:
                        "path": str(path) if cached else None, "url": entry["url"],
                        "sha256": entry["sha256"]})
     return models
+
+
+# ---------------------------------------------------------------------------------------
+# templates: the bundled compact Redrock bases, the folder users choose, the full files
+
+#: The upstream files the bundled compact templates were made from and the registry pins:
+#: desihub/redrock-templates at commit 110d448e (2026-08-12), except ``rrtemplate-galaxy.fits``
+#: from commit a85ec737 (2016-02-20).
+TEMPLATES_RELEASE = "redrock-templates 110d448e (galaxy a85ec737)"
+#: Environment variable naming a template folder (or compact file) to use instead of the bundled one.
+TEMPLATES_ENV = "OMNISPECTRA_TEMPLATES"
+_BUNDLED_TEMPLATES = "redrock-templates-compact.npz"
+_TEMPLATES_LICENSE = "redrock-templates-LICENSE.md"
+
+#: How to choose other templates, for the errors of :func:`resolve_templates`.
+TEMPLATES_HELP = (
+    "Give a folder DIR holding DIR/redrock/rrtemplate-*.fits[.gz] (the full Redrock files: "
+    "`omnispectra download templates` puts them in the cache and prints the folder) or a compact "
+    f".npz file, as templates=DIR (CLI: --templates DIR) or {TEMPLATES_ENV}=DIR; with neither, the "
+    "compact Redrock templates bundled with omnispectra are used")
+
+
+def bundled_templates_path() -> Path:
+    """Where the bundled compact Redrock templates live in this installation (may be absent)."""
+    return _data_dir() / _BUNDLED_TEMPLATES
+
+
+def templates_license_path() -> Path:
+    """The Redrock templates' licence (BSD-3, DESI Collaboration) shipped with them."""
+    return _data_dir() / _TEMPLATES_LICENSE
+
+
+def templates_cache_dir() -> Path:
+    """The template folder :func:`fetch_templates` fills (``<cache>/templates``, files in ``redrock/``)."""
+    return cache_dir() / TEMPLATES_GROUP
+
+
+def _template_root(given: str | os.PathLike, what: str) -> Path:
+    root = Path(given).expanduser()
+    if root.is_file() and root.suffix == ".npz":
+        return root
+    if root.name == "redrock" and not (root / "redrock").is_dir():
+        root = root.parent
+    if not any((root / "redrock").glob("rrtemplate-*.fits*")):
+        raise TemplatesNotFoundError(f"no Redrock templates (redrock/rrtemplate-*.fits) in {root} "
+                                     f"({what}). {TEMPLATES_HELP}")
+    return root
+
+
+def locate_templates(templates: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The templates to use and where the choice came from.
+
+    Precedence: ``templates`` > ``$OMNISPECTRA_TEMPLATES`` > the bundled compact templates,
+    so redshifts work offline on a fresh install with no setting. A folder must hold
+    ``redrock/rrtemplate-*.fits[.gz]`` (a path to the ``redrock/`` folder itself is taken
+    as its parent); a compact ``.npz`` file is accepted as it is. Nothing is loaded here
+    (see :func:`omnispectra.templates.library.load_library`, which validates).
+
+    Returns
+    -------
+    path : Path
+        The template folder or compact file.
+    source : str
+        ``"path"`` (the argument), ``"env"`` (``$OMNISPECTRA_TEMPLATES``) or ``"bundled"``.
+
+    Raises
+    ------
+    TemplatesNotFoundError
+        The folder given holds no Redrock templates, or (with nothing given) the bundled file
+        is missing from the installation; the message says what to do (:data:`TEMPLATES_HELP`).
+    """
+    if templates is not None and str(templates):
+        return _template_root(templates, "the templates given"), "path"
+    env = os.environ.get(TEMPLATES_ENV)
+    if env:
+        return _template_root(env, f"{TEMPLATES_ENV}"), "env"
+    path = bundled_templates_path()
+    if not path.is_file():
+        raise TemplatesNotFoundError(f"the bundled templates ({_BUNDLED_TEMPLATES}) are missing from this "
+                                     f"installation (looked in {path.parent}): reinstall omnispectra. "
+                                     f"{TEMPLATES_HELP}")
+    return path, "bundled"
+
+
+def resolve_templates(templates: str | os.PathLike | None = None) -> Path:
+    """The template folder or compact file to use: :func:`locate_templates` without the source."""
+    return locate_templates(templates)[0]
+
+
+def _library_of(templates: Any) -> Any:
+    """A TemplateLibrary from a library, a fitter (its ``library``) or a path (loaded, validated)."""
+    from .templates.library import TemplateLibrary, load_library
+
+    if isinstance(templates, TemplateLibrary):
+        return templates
+    if isinstance(getattr(templates, "library", None), TemplateLibrary):
+        return templates.library
+    return load_library(resolve_templates(templates), pyhammer=False)
+
+
+def templates_meta(templates: Any = None) -> dict[str, str]:
+    """What a result's ``meta`` says of the templates a redshift came from.
+
+    Parameters
+    ----------
+    templates : TemplateLibrary, RedshiftFitter, path or None
+        A loaded library, a fitter (its ``library``), or what :func:`resolve_templates`
+        takes (then loaded and validated).
+
+    Returns
+    -------
+    dict
+        ``TMPLREL``: the release (the compact file's, :data:`TEMPLATES_RELEASE` for a folder
+        whose Redrock files all match the registry's sha256, else ``"local"``);
+        ``TMPLSHA``: the sha256 of the one file the templates came from (the compact file),
+        else the sha256 of the lines ``"FILE SHA256"`` of the files, sorted. Never a path.
+    """
+    library = _library_of(templates)
+    sources = sorted({Path(t.source) for t in library.templates if t.source})
+    digests = {p.name: file_sha256(p) for p in sources if p.is_file()}
+    if len(digests) == 1:
+        digest = next(iter(digests.values()))
+    else:
+        digest = _sha256_text("".join(f"{name} {d}\n" for name, d in sorted(digests.items())))
+    release = str(library.info.get("release", ""))
+    if not release:
+        known = set(e["sha256"] for e in read_registry(group=TEMPLATES_GROUP).values())
+        release = TEMPLATES_RELEASE if digests and set(digests.values()) <= known else "local"
+    return {"TMPLREL": release, "TMPLSHA": digest}
+
+
+def _sha256_text(text: str) -> str:
+    """Hex sha256 of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def templates_info(templates: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What ``omnispectra info`` says of the templates a redshift would use now.
+
+    Returns
+    -------
+    dict
+        ``source`` (``"bundled"``, ``"env"`` or ``"path"``), ``path``, ``release`` and
+        ``sha256`` (:func:`templates_meta`), ``n_templates``, ``n_bases`` (basis vectors in
+        all), ``names``.
+
+    Raises
+    ------
+    TemplatesNotFoundError, InvalidTemplatesError
+        As :func:`locate_templates` and :func:`omnispectra.templates.library.load_library`.
+    """
+    path, source = locate_templates(templates)
+    library = _library_of(path)
+    meta = templates_meta(library)
+    return {"source": source, "path": str(path), "release": meta["TMPLREL"], "sha256": meta["TMPLSHA"],
+            "n_templates": len(library), "n_bases": int(sum(t.basis.shape[0] for t in library.templates)),
+            "names": [t.name.removeprefix("redrock:") for t in library.templates]}
+
+
+def fetch_templates(progressbar: bool | None = None) -> Path:
+    """Download the full Redrock template files the registry lists into the cache (once).
+
+    Each file is checked against its registry sha256 (a file that does not match is
+    deleted); files already cached and matching are not downloaded again.
+
+    Returns
+    -------
+    Path
+        The template folder (:func:`templates_cache_dir`; files in its ``redrock/``), ready
+        for ``templates=`` / ``--templates`` / ``$OMNISPECTRA_TEMPLATES``.
+
+    Raises
+    ------
+    TemplatesNotFoundError
+        The registry lists no template files, or a download failed with no cached copy.
+    InvalidTemplatesError
+        A downloaded file does not match its sha256.
+    """
+    files = read_registry(group=TEMPLATES_GROUP)
+    if not files:
+        raise TemplatesNotFoundError("this installation's registry lists no template files to download")
+    root = templates_cache_dir()
+    store = _pooch(root / "redrock", files)
+    for file, entry in files.items():
+        _fetch_file(store, file, entry["url"], f"template file {file}", progressbar, TemplatesNotFoundError,
+                    InvalidTemplatesError, "(or copy the file there by hand)")
+    return root

@@ -53,13 +53,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import fft as sp_fft
 
-from .exceptions import OmniSpectraError, TemplatesNotFoundError
+from .exceptions import OmniSpectraError
 from .flags import MIN_SNR, Flag
 from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST, LYMAN_LIMIT, tau_eff
@@ -73,8 +72,6 @@ __all__ = [
     "RedshiftFitter",
     "fit_redshift",
     "fitter_for",
-    "resolve_templates",
-    "TEMPLATES_HELP",
     "results_table",
     "dz_over_1pz",
 ]
@@ -300,7 +297,9 @@ class RedshiftFitter:
         Templates to fit; default the Redrock bases of ``directory`` (PyHammer composites
         and the old ``QSO-None`` basis are not used).
     directory : path, optional
-        Template folder (else ``$OMNISPECTRA_TEMPLATES``) when ``library`` is not given.
+        Template folder or compact ``.npz`` file (else ``$OMNISPECTRA_TEMPLATES``) when
+        ``library`` is not given (loaded and validated by
+        :func:`~omnispectra.templates.library.load_library`).
     config : ScanConfig, optional
     classes : sequence of str, optional
         Restrict to these classes (``GALAXY``, ``QSO``, ``STAR``).
@@ -311,6 +310,8 @@ class RedshiftFitter:
         self.config = config or ScanConfig()
         if library is None:
             library = load_library(directory, pyhammer=False)
+        #: The templates this fitter was made from (``omnispectra.pretrained.templates_meta``).
+        self.library = library
         templates = [t for t in library.templates if t.name.startswith("redrock:")
                      and (classes is None or t.spectype in classes)]
         if not templates:
@@ -616,40 +617,20 @@ class RedshiftFitter:
 
 _DEFAULT_FITTERS: dict[tuple, RedshiftFitter] = {}
 
-#: How to get the templates, for the error of :func:`resolve_templates`.
-TEMPLATES_HELP = (
-    "omnispectra does not ship the Redrock templates: download the rrtemplate-*.fits files of "
-    "https://github.com/desihub/redrock-templates into a folder DIR/redrock/ and pass "
-    "templates=DIR (CLI: --templates DIR) or set OMNISPECTRA_TEMPLATES=DIR")
-
-
-def resolve_templates(templates: str | os.PathLike | None = None) -> Path:
-    """The template folder (holding ``redrock/``): ``templates``, else ``$OMNISPECTRA_TEMPLATES``.
-
-    A path to the ``redrock/`` folder itself is accepted too (its parent is returned).
+def fitter_for(templates: str | os.PathLike | RedshiftFitter | None = None,
+               config: ScanConfig | None = None) -> RedshiftFitter:
+    """A :class:`RedshiftFitter` of the templates :func:`omnispectra.pretrained.resolve_templates`
+    picks (``templates`` > ``$OMNISPECTRA_TEMPLATES`` > the bundled compact ones), loaded once
+    per path and config and then reused; a fitter is returned as it is.
 
     Raises
     ------
-    TemplatesNotFoundError
-        Neither is given, or the folder holds no ``redrock/rrtemplate-*.fits*`` files; the
-        message says how to get them (:data:`TEMPLATES_HELP`).
+    TemplatesNotFoundError, InvalidTemplatesError
+        No templates where asked, or a template file that is unreadable or degenerate.
     """
-    given = templates if templates is not None else os.environ.get("OMNISPECTRA_TEMPLATES")
-    if not given:
-        raise TemplatesNotFoundError(f"no template folder given. {TEMPLATES_HELP}")
-    root = Path(given).expanduser()
-    if root.name == "redrock" and not (root / "redrock").is_dir():
-        root = root.parent
-    if not any((root / "redrock").glob("rrtemplate-*.fits*")):
-        raise TemplatesNotFoundError(f"no Redrock templates (redrock/rrtemplate-*.fits) in {root}. "
-                                     f"{TEMPLATES_HELP}")
-    return root
+    # imported here: pretrained loads torch, which the fit itself never needs
+    from .pretrained import resolve_templates
 
-
-def fitter_for(templates: str | os.PathLike | RedshiftFitter | None = None,
-               config: ScanConfig | None = None) -> RedshiftFitter:
-    """A :class:`RedshiftFitter` of a template folder (:func:`resolve_templates`), loaded once
-    per folder and config and then reused; a fitter is returned as it is."""
     if isinstance(templates, RedshiftFitter):
         return templates
     root = resolve_templates(templates)

@@ -261,8 +261,9 @@ def classify(
     stellar_probe : path or Probe, optional
         With ``full``: the stellar-parameter probe (default: the bundled one).
     templates : path or RedshiftFitter, optional
-        The Redrock template folder (:func:`omnispectra.redshift.resolve_templates`: this,
-        else, with ``full``, ``$OMNISPECTRA_TEMPLATES``; the package does not ship them).
+        The Redrock templates (:func:`omnispectra.pretrained.resolve_templates`: this, else,
+        with ``full``, ``$OMNISPECTRA_TEMPLATES``, else the compact templates bundled with
+        the package).
         When templates are used (given, or ``full``) and the probe stores a template
         combination, the class joins the probe's probabilities with the chi-square
         differences of the classes' template fits (:mod:`omnispectra.class_evidence`;
@@ -309,7 +310,7 @@ def classify(
     if fitter is not None:
         fits = _template_fits(fitter, run.items)
         classes, prob, method = _classes_with_templates(head, prob, fits)
-        table.meta["TEMPLATE"] = fitter_name(fitter)
+        table.meta.update(_fitter_meta(fitter))
     table.meta["CLASSBY"] = method
     _add_class_columns(table, head.names, classes, prob)
     flag = flag | run.flags()
@@ -328,6 +329,13 @@ def classify(
         flag = flag | (fit["flag"] & ~int(Flag.WRONG_CLASS)) | np.where(star, stellar_flag, 0)
     _add_flag_column(table, flag)
     return table
+
+
+def _fitter_meta(fitter: Any) -> dict[str, str]:
+    """``TEMPLATE`` (the template names), ``TMPLREL`` and ``TMPLSHA`` (release and sha256) of a fit."""
+    from ..pretrained import templates_meta
+
+    return {"TEMPLATE": fitter_name(fitter), **templates_meta(fitter)}
 
 
 def fitter_name(fitter: Any) -> str:
@@ -414,7 +422,7 @@ def predict_redshift(
         The class probe (default: the bundled one).
     templates : path or RedshiftFitter, optional
         The Redrock template folder: this, else ``$OMNISPECTRA_TEMPLATES``
-        (:func:`omnispectra.redshift.resolve_templates`; the package does not ship them).
+        (:func:`omnispectra.pretrained.resolve_templates`), else the bundled compact templates.
     spectra, model, batch_size, device, dtype, progress, format, on_error, workers
         As for :func:`classify`.
 
@@ -449,7 +457,7 @@ def predict_redshift(
     classes, _, method = _classes_with_templates(head, prob, fits)
     fit = _redshift_columns(fits, classes)
     table = run.table(head)
-    table.meta["TEMPLATE"] = fitter_name(fitter)
+    table.meta.update(_fitter_meta(fitter))
     table.meta["CLASSBY"] = method
     table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
     table["class"].description = "source class (probe and templates; chooses the reported solution)"

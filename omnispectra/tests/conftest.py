@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from omnispectra import pretrained
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import save_weights
 
-from .helpers import TINY_DIM
+from .helpers import TINY_DIM, LoopbackServer
 
 
 @pytest.fixture(autouse=True)
@@ -33,3 +34,30 @@ def weights(model, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
     save_weights(model, path, info={"note": "random tiny test model"})
     return str(path)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A fake package data folder, a private cache and no proxy for loopback (registry tests)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(pretrained, "_data_dir", lambda: data)
+    monkeypatch.setenv("OMNISPECTRA_CACHE", str(cache))
+    monkeypatch.delenv("OMNISPECTRA_DEFAULT_MODEL", raising=False)
+    monkeypatch.delenv("OMNISPECTRA_TEMPLATES", raising=False)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(pretrained, "_digests", {})
+    return data, cache
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A :class:`~.helpers.LoopbackServer` over ``tmp_path/www``, stopped after the test."""
+    root = tmp_path / "www"
+    root.mkdir()
+    srv = LoopbackServer(root)
+    yield srv
+    srv.stop()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +48,46 @@ def real_sdss_files(limit: int = 8) -> list[Path]:
     if not files:
         pytest.skip("no SDSS spectra in the shared data folder")
     return files
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 over a folder that records the requested paths (no internet)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server API)
+                server.requests.append(self.path)
+                super().do_GET()
+
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join(5)
+        self.httpd.server_close()
+
+
+def write_rrtemplate(path: Path, basis: np.ndarray | None = None, **header) -> Path:
+    """A Redrock ``rrtemplate`` FITS file: ``basis`` (default a constant, a slope and a sine over
+    2000 pixels) with ``RRTYPE=GALAXY``, ``CRVAL1=3000``, ``CDELT1=2`` (linear Angstrom) unless
+    ``header`` changes them (a value of None drops the key)."""
+    if basis is None:
+        x = np.linspace(0.0, 1.0, 2000)
+        basis = np.array([np.ones_like(x), x, np.sin(7.0 * x)])
+    values = {"RRTYPE": "GALAXY", "RRSUBTYP": "", "CRVAL1": 3000.0, "CDELT1": 2.0, **header}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cards = fits.Header({k: v for k, v in values.items() if v is not None})
+    fits.PrimaryHDU(basis, header=cards).writeto(path, overwrite=True)
+    return path

@@ -24,9 +24,9 @@ from omnispectra.flags import (
     range_flags,
 )
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
-from omnispectra.pretrained import save_weights
+from omnispectra.pretrained import resolve_templates, save_weights
 from omnispectra.probes import Probe, encoder_description, load_probe, save_probe
-from omnispectra.redshift import RedshiftFitter, ScanConfig, resolve_templates
+from omnispectra.redshift import RedshiftFitter, ScanConfig
 from omnispectra.templates.resample import C_KMS
 from omnispectra.tokenizer import tokenize
 
@@ -292,7 +292,8 @@ def test_templates_join_the_class(encoder, library, fitter):  # noqa: F811
 
 def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
     monkeypatch.delenv("OMNISPECTRA_TEMPLATES", raising=False)
-    with pytest.raises(TemplatesNotFoundError, match="OMNISPECTRA_TEMPLATES.*|redrock-templates"):
+    monkeypatch.setattr("omnispectra.pretrained._data_dir", lambda: tmp_path / "no-package-data")
+    with pytest.raises(TemplatesNotFoundError, match="bundled templates.*missing.*OMNISPECTRA_TEMPLATES"):
         api.predict_redshift([_spectrum()], model=encoder, probe=_class_probe(encoder, "GALAXY"))
     with pytest.raises(TemplatesNotFoundError, match="no Redrock templates"):
         resolve_templates(tmp_path)

@@ -1,16 +1,13 @@
 """Named models: the bundled default, the pooch registry (against a loopback HTTP server) and paths.
 
 Nothing here touches the internet or the user's cache: downloads come from an
-``http.server`` on 127.0.0.1 serving a temporary folder, and ``OMNISPECTRA_CACHE`` points
-at a temporary folder.
+``http.server`` on 127.0.0.1 serving a temporary folder (the ``server`` fixture of
+conftest.py), and ``OMNISPECTRA_CACHE`` points at a temporary folder (``env``).
 """
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,8 @@ from omnispectra.pretrained import (
     sha256sum,
 )
 
+from .helpers import LoopbackServer
+
 
 def _tiny(seed: int = 0) -> OmniSpectra:
     torch.manual_seed(seed)
@@ -41,61 +40,7 @@ def _same_weights(a: OmniSpectra, b: OmniSpectra) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-class _Server:
-    """A loopback HTTP server over a folder that counts the requests per path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.thread.join(5)
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A fake package data folder, a private cache and no proxy for loopback."""
-    data = tmp_path / "data"
-    data.mkdir()
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(pretrained, "_data_dir", lambda: data)
-    monkeypatch.setenv("OMNISPECTRA_CACHE", str(cache))
-    monkeypatch.delenv("OMNISPECTRA_DEFAULT_MODEL", raising=False)
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(pretrained, "_digests", {})
-    return data, cache
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = _Server(root)
-    yield srv
-    srv.stop()
-
-
-def _publish(server: _Server, data: Path, name: str = "tiny-v1", digest: str | None = None,
+def _publish(server: LoopbackServer, data: Path, name: str = "tiny-v1", digest: str | None = None,
              seed: int = 0) -> tuple[OmniSpectra, str]:
     """Put a weights file on the server and a registry line for it in the package data."""
     model = _tiny(seed)

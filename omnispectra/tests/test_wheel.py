@@ -49,6 +49,8 @@ CHECK = textwrap.dedent(
     assert (package / "data" / "registry.txt").is_file()
     pretrained.read_registry()
     assert [m["name"] for m in pretrained.list_models()][0] == "default"
+    templates = pretrained.templates_info()  # redshifts work with no setting
+    assert templates["source"] == "bundled" and templates["n_templates"] == 11, templates
 
     torch.manual_seed(0)
     model = OmniSpectra(OmniSpectraConfig.from_preset("tiny", dim=32, n_layers=1, n_heads=2))
@@ -99,6 +101,7 @@ def test_wheel_installs_and_works(tmp_path):
     env = {**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION": "0.0.0+wheeltest",
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
+    env.pop("OMNISPECTRA_TEMPLATES", None)  # the installed package must find its own templates
     wheels = tmp_path / "wheels"
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(src)]
     if importlib.util.find_spec("setuptools_scm") is not None:
@@ -109,6 +112,8 @@ def test_wheel_installs_and_works(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     assert "omnispectra/data/registry.txt" in names
+    # the compact Redrock templates ship with their licence
+    assert {f"omnispectra/data/redrock-templates-{n}" for n in ("compact.npz", "LICENSE.md")} <= names
     assert "omnispectra/plotting.py" in names and "omnispectra/api.py" in names
     assert {f"omnispectra/data/examples/{n}" for n in (
         "spec-0266-51602-0001.fits", "spec-58397-EG014118N254444M01_sp03-031.fits",
