@@ -142,7 +142,7 @@ class ScanConfig:
 
 
 @dataclass
-class _Prepared:
+class PreparedTemplate:
     """A template made ready for one coarse grid step (rest frame)."""
 
     template: TemplateBasis
@@ -247,7 +247,7 @@ def results_table(results: Sequence[RedshiftResult], ids: Sequence[str] | None =
     return table
 
 
-def _difference_ivar(flux: np.ndarray, bad: np.ndarray) -> float:
+def difference_ivar(flux: np.ndarray, bad: np.ndarray) -> float:
     """One inverse variance for a spectrum without uncertainties, from the robust scatter of
     its pixel-to-pixel differences (``sigma = 1.4826 MAD(diff) / sqrt(2)``), so that chi-square
     differences keep their meaning; 1 when that scatter is zero or undefined."""
@@ -259,12 +259,12 @@ def _difference_ivar(flux: np.ndarray, bad: np.ndarray) -> float:
     return 1.0 / sigma ** 2 if np.isfinite(sigma) and sigma > 0 else 1.0
 
 
-def _legendre(x: np.ndarray, n: int) -> np.ndarray:
+def legendre_rows(x: np.ndarray, n: int) -> np.ndarray:
     """Legendre polynomials P_0..P_{n-1} at ``x`` in [-1, 1], shape (n, len(x))."""
     return np.polynomial.legendre.legvander(x, max(n - 1, 0)).T[:n]
 
 
-def _igm_transmission(wave_obs: np.ndarray) -> np.ndarray:
+def igm_transmission(wave_obs: np.ndarray) -> np.ndarray:
     """Mean Lyman-alpha transmission at observed wavelengths (applied only to rest < Lya)."""
     z_abs = np.clip(wave_obs / LYA_REST - 1.0, 0.0, None)
     return np.exp(-tau_eff(z_abs))
@@ -319,7 +319,7 @@ class RedshiftFitter:
         self.prepared = [self._prepare(t) for t in templates]
 
     # ------------------------------------------------------------------ templates
-    def _prepare(self, t: TemplateBasis) -> _Prepared:
+    def _prepare(self, t: TemplateBasis) -> PreparedTemplate:
         cfg = self.config
         basis = t.basis
         target = cfg.resolution_kms ** 2 + (cfg.galaxy_dispersion_kms ** 2 if t.spectype == "GALAXY" else 0.0)
@@ -342,12 +342,12 @@ class RedshiftFitter:
         edges = pixel_edges(fine_wave)
         cum = np.zeros((basis.shape[0], edges.size))
         np.cumsum(basis * np.diff(edges), axis=1, out=cum[:, 1:])
-        return _Prepared(template=t, igm=igm, i0=i_lo + int(first),
+        return PreparedTemplate(template=t, igm=igm, i0=i_lo + int(first),
                          coarse_red=np.where(blue, 0.0, coarse), coarse_blue=np.where(blue, coarse, 0.0),
                          coverage=np.ones(coarse.shape[1]), fine_edges=edges, fine_cum=cum,
                          z_range=cfg.z_range(t.spectype, t.subtype))
 
-    def _fine_model(self, p: _Prepared, edges_obs: np.ndarray, z: float) -> np.ndarray:
+    def _fine_model(self, p: PreparedTemplate, edges_obs: np.ndarray, z: float) -> np.ndarray:
         """Fine basis bin-averaged over observed pixels at redshift ``z``; NaN outside."""
         rest = edges_obs / (1.0 + z)
         at = np.stack([np.interp(rest, p.fine_edges, row) for row in p.fine_cum])
@@ -386,101 +386,44 @@ class RedshiftFitter:
     def fit_data(self, data: SpectrumData, *, return_scans: bool = False, spectype: str | None = None):
         """:meth:`fit` of arrays already made by :func:`~omnispectra.spectrum.spectrum_data`
         (the API's inputs make them once per spectrum)."""
-        wave, flux_a, bad = data.wavelength, np.array(data.flux, dtype=np.float64), data.bad
-        ivar_a = np.array(data.ivar, dtype=np.float64)
-        if not data.has_ivar or not np.any(ivar_a):
-            ivar_a = np.full_like(flux_a, _difference_ivar(flux_a, bad))
-        ivar_a = np.where(bad | ~np.isfinite(flux_a) | ~np.isfinite(ivar_a) | (ivar_a < 0), 0.0, ivar_a)
-        flux_a = np.where(ivar_a > 0, flux_a, 0.0)
-        if self.config.negative_clip_sigma > 0:
-            ivar_a = np.where(flux_a * np.sqrt(ivar_a) < -self.config.negative_clip_sigma, 0.0, ivar_a)
-            flux_a = np.where(ivar_a > 0, flux_a, 0.0)
-        valid = ivar_a > 0
-        n_valid = int(valid.sum())
-        if n_valid < 10 or np.any(wave <= 0):
-            result = RedshiftResult.no_fit(n_valid, Flag.BAD_INPUT)
-            return (result, []) if return_scans else result
+        wave, flux_a, ivar_a = fit_arrays(data, self.config)
+        early = unfittable(wave, ivar_a)
+        if early is not None:
+            return (early, []) if return_scans else early
         scans, minima = self._coarse_scan(wave, flux_a, ivar_a)
         result = self._refine(wave, flux_a, ivar_a, minima, spectype)
-        snr = float(np.median(np.abs(flux_a[valid]) * np.sqrt(ivar_a[valid])))
-        if snr < self.config.min_snr:
-            result.flag |= int(Flag.LOW_SN)
+        flag_low_snr(result, flux_a, ivar_a, self.config)
         return (result, scans) if return_scans else result
 
     def _coarse_scan(self, wave, flux, ivar):
-        cfg = self.config
-        d = cfg.dloglam
-        valid = ivar > 0
-        m = np.rint(np.log10(wave[valid]) / d).astype(np.int64)
-        j0 = int(m.min())
-        n_obs = int(m.max()) - j0 + 1
-        w = np.bincount(m - j0, weights=ivar[valid], minlength=n_obs)
-        wf = np.bincount(m - j0, weights=(ivar * flux)[valid], minlength=n_obs)
-        wff = np.bincount(m - j0, weights=(ivar * flux ** 2)[valid], minlength=n_obs)
-        counts = np.bincount(m - j0, minlength=n_obs).astype(np.float64)
-        wave_c = 10 ** ((j0 + np.arange(n_obs)) * d)
-        g = _igm_transmission(wave_c)
-        x = np.linspace(-1.0, 1.0, n_obs)
-        poly = _legendre(x, cfg.n_poly)
+        frame = coarse_frame(wave, ivar, self.config.dloglam)
+        w, wf, wff, counts = (np.bincount(frame.index, weights=v, minlength=frame.n_obs)
+                              for v in (ivar[frame.valid], (ivar * flux)[frame.valid],
+                                        (ivar * flux ** 2)[frame.valid], None))
+        counts = counts.astype(np.float64)
+        g = igm_transmission(frame.wave)
+        poly = legendre_rows(np.linspace(-1.0, 1.0, frame.n_obs), self.config.n_poly)
         scans, minima = [], []
         for p in self.prepared:
-            lo, hi = p.z_range
-            s_lo = int(np.ceil(np.log10(1.0 + lo) / d))
-            s_hi = int(np.floor(np.log10(1.0 + hi) / d))
-            if s_hi < s_lo:
-                s_lo = s_hi = int(np.rint(np.log10(1.0 + 0.5 * (lo + hi)) / d))
-            shifts = np.arange(s_lo, s_hi + 1)
-            lags = shifts + p.i0 - j0
-            chi2, cover = self._shift_chi2(p, w, wf, wff, counts, g, poly, lags)
-            z = 10 ** (shifts * d) - 1.0
+            shifts = scan_shifts(p, self.config.dloglam)
+            chi2, cover = self._shift_chi2(p, w, wf, wff, counts, g, poly, shifts + p.i0 - frame.j0)
+            z = 10 ** (shifts * self.config.dloglam) - 1.0
             scans.append(TemplateScan(p.name, p.template.spectype, p.template.subtype, z, chi2, cover))
-            ok = np.isfinite(chi2)
-            if not ok.any():
-                continue
-            # local minima (plateaus and range ends included), best first
-            c = np.where(ok, chi2, np.inf)
-            left = np.r_[np.inf, c[:-1]]
-            right = np.r_[c[1:], np.inf]
-            idx = np.flatnonzero((c <= left) & (c <= right) & ok)
-            for i in idx[np.argsort(c[idx])][:3 * cfg.n_refine]:
-                minima.append((float(c[i]), p, float(z[i]), i == 0 or i == len(z) - 1))
+            minima += local_minima(p, z, chi2, 3 * self.config.n_refine)
         return scans, minima
 
     def _shift_chi2(self, p, w, wf, wff, counts, g, poly, lags):
         """Coarse ``chi2`` (rescaled to all valid pixels) and coverage at every lag."""
-        n_b = p.coarse_red.shape[0]
-        n_poly = poly.shape[0]
-        n = n_b + n_poly
-        # pieces: (component, observed-side factor, rest-side vector)
-        pieces = [(b, None, p.coarse_red[b]) for b in range(n_b)]
-        if p.igm:
-            pieces += [(b, g, p.coarse_blue[b]) for b in range(n_b)]
-        pieces += [(n_b + k, poly[k], p.coverage) for k in range(n_poly)]
-        obs_rows, tmpl_rows, targets = [], [], []
-        for a, (ca, ha, ta) in enumerate(pieces):
-            obs_rows.append(wf if ha is None else wf * ha)
-            tmpl_rows.append(ta)
-            targets.append(("y", ca, ca))
-            for cb, hb, tb in pieces[a:]:
-                t = ta * tb
-                if not t.any():
-                    continue
-                h = w
-                if ha is not None:
-                    h = h * ha
-                if hb is not None:
-                    h = h * hb
-                obs_rows.append(h)
-                tmpl_rows.append(t)
-                targets.append(("M", ca, cb))
-        obs_rows += [wff, counts]
-        tmpl_rows += [p.coverage, p.coverage]
+        n = p.coarse_red.shape[0] + poly.shape[0]
+        terms = normal_terms(p, poly.shape[0])
+        bases = {"w": w, "wf": wf}
+        obs_rows = [observed_row(bases, key, g, poly) for _, _, _, key, _ in terms] + [wff, counts]
+        tmpl_rows = [t for *_, t in terms] + [p.coverage, p.coverage]
         corr = _correlate(np.array(obs_rows), np.array(tmpl_rows), lags)
-        n_lag = lags.size
-        big_m = np.zeros((n_lag, n, n))
-        y = np.zeros((n_lag, n))
+        big_m = np.zeros((lags.size, n, n))
+        y = np.zeros((lags.size, n))
         # corr's last two rows (wff, counts) have no target; they are read below
-        for row, (kind, ca, cb) in zip(corr, targets, strict=False):
+        for row, (kind, ca, cb, _, _) in zip(corr, terms, strict=False):
             if kind == "y":
                 y[:, ca] += row
             else:
@@ -488,8 +431,7 @@ class RedshiftFitter:
                 if ca != cb:
                     big_m[:, cb, ca] += row
         ff, n_cov = corr[-2], corr[-1]
-        n_tot = counts.sum()
-        cover = np.clip(n_cov / n_tot, 0.0, 1.0)
+        cover = np.clip(n_cov / counts.sum(), 0.0, 1.0)
         diag = np.einsum("kii->ki", big_m)
         scale = np.sqrt(np.where(diag > 0, diag, 1.0))
         ms = big_m / scale[:, :, None] / scale[:, None, :] + 1e-9 * np.eye(n)
@@ -499,7 +441,7 @@ class RedshiftFitter:
         chi2 = np.where(cover >= self.config.min_coverage, chi2 / np.maximum(cover, 1e-12), np.nan)
         return chi2, cover
 
-    def _fit_at(self, p: _Prepared, z: float, wave, edges, flux, ivar, poly):
+    def _fit_at(self, p: PreparedTemplate, z: float, wave, edges, flux, ivar, poly):
         """Exact weighted least squares at one ``z``: (chi2 rescaled, coefficients, model, covered)."""
         model = self._fine_model(p, edges, z)
         covered = np.all(np.isfinite(model), axis=0) & (ivar > 0)
@@ -508,7 +450,7 @@ class RedshiftFitter:
             return np.inf, None, None, covered
         if p.igm:
             blue = wave / (1.0 + z) < LYA_REST
-            model = np.where(blue, model * _igm_transmission(wave), model)
+            model = np.where(blue, model * igm_transmission(wave), model)
         design = np.vstack([np.nan_to_num(model), poly])  # (n, N)
         sw = np.sqrt(ivar * covered)
         a = (design * sw).T
@@ -520,99 +462,249 @@ class RedshiftFitter:
     def _refine(self, wave, flux, ivar, minima, spectype: str | None = None) -> RedshiftResult:
         cfg = self.config
         n_valid = int((ivar > 0).sum())
-        if not minima:
-            return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
         edges = pixel_edges(wave)
-        lw = np.log10(wave)
-        x = 2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0
-        poly = _legendre(x, cfg.n_poly)
-        dv = cfg.velocity_separation_kms / C_KMS
-        chosen: list[tuple[float, _Prepared, float, bool]] = []
-        ordered = sorted(minima, key=lambda c: c[0])
-        # every class's best minimum is always refined: per_class compares the classes
-        firsts = {}
-        for c in ordered:
-            firsts.setdefault(c[1].template.spectype, c)
-        ordered = list(firsts.values()) + ordered
-        for cand in ordered:
-            _, p, z, edge = cand
-            if any(q.template.spectype == p.template.spectype
-                   and abs(z - zq) / (1.0 + zq) < dv for _, q, zq, _ in chosen):
-                continue
-            chosen.append(cand)
-            if len(chosen) >= cfg.n_refine:
-                break
+        poly = observed_legendre(wave, cfg.n_poly)
         refined = []
-        step = cfg.dloglam * cfg.refine_halfwidth
-        for _, p, z0, edge in chosen:
-            lz = np.log10(1.0 + z0) + np.linspace(-step, step, cfg.refine_points)
-            zz = 10 ** lz - 1.0
-            lo, hi = p.z_range
-            zz = zz[(zz >= lo - 1e-12) & (zz <= hi + 1e-12)]
-            if zz.size < 3:
-                zz = np.array([z0])
+        for _, p, z0, edge in choose_minima(minima, cfg):
+            zz = refine_grid(p, z0, cfg)
             chi = np.array([self._fit_at(p, zi, wave, edges, flux, ivar, poly)[0] for zi in zz])
-            flag = Flag(0)
-            if edge:
-                flag |= Flag.Z_EDGE
-            i_min = int(np.argmin(chi))
-            z_best, z_err = float(zz[i_min]), float("nan")
-            if np.isfinite(chi[i_min]) and zz.size >= 3:
-                use = np.isfinite(chi)
-                sel = use & (chi < chi[i_min] + 50.0)  # the well of the minimum (Redrock: 50)
-                if sel.sum() < 3:
-                    sel = use
-                a2, a1, a0 = np.polyfit(zz[sel] - zz[i_min], chi[sel], 2)
-                if a2 > 0:
-                    z_par = -a1 / (2 * a2)
-                    if abs(z_par) <= (zz[-1] - zz[0]) / 2:
-                        z_best = float(zz[i_min] + z_par)
-                        z_err = float(1.0 / np.sqrt(a2))
-                    else:
-                        flag |= Flag.BAD_MINFIT
-                else:
-                    flag |= Flag.BAD_MINFIT
-                if i_min in (0, zz.size - 1) and not (zz[0] <= lo + 1e-9 or zz[-1] >= hi - 1e-9):
-                    flag |= Flag.BAD_MINFIT
+            z_best, z_err, flag = parabola_minimum(zz, chi, p.z_range, edge)
             chi2, coef, model, covered = self._fit_at(p, z_best, wave, edges, flux, ivar, poly)
-            if coef is None:
-                continue
-            z_err *= float(np.sqrt(max(chi2 / max(n_valid - coef.size, 1), 1.0)))
-            z_err = float(np.hypot(z_err, cfg.systematic_kms(p.template.spectype) / C_KMS * (1.0 + z_best)))
-            if z_best <= lo + 1e-9 or z_best >= hi - 1e-9:
-                flag |= Flag.Z_EDGE
-            if model is not None:
-                sig = np.sqrt(ivar[covered])
-                neg = (model[covered] * sig) < -3.0
-                if neg.mean() > 0.01:
-                    flag |= Flag.NEGATIVE_MODEL
-            refined.append((chi2, p, z_best, z_err, coef, flag))
-        if not refined:
-            return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
-        refined.sort(key=lambda r: r[0])
-        cands = [(r[1].template.spectype, r[1].template.subtype, float(r[2]), float(r[0])) for r in refined]
+            if coef is not None:
+                refined.append(refined_solution(p, z_best, z_err, flag, chi2, coef, model, covered, ivar,
+                                                cfg))
+        return assemble_result(refined, n_valid, spectype, cfg)
 
-        def result(pick: int) -> RedshiftResult:
-            chi2, p, z_best, z_err, coef, flag = refined[pick]
-            others = [r for k, r in enumerate(refined) if k != pick and (
-                r[1].template.spectype != p.template.spectype or abs(r[2] - z_best) / (1.0 + z_best) >= dv)]
-            deltachi2 = float(others[0][0] - chi2) if others else float("nan")
-            if others and deltachi2 < cfg.min_deltachi2:
-                flag |= Flag.SMALL_DELTACHI2
-            if not np.isfinite(z_best) or not np.isfinite(chi2):
-                flag |= Flag.NONFINITE
-            return RedshiftResult(p.template.spectype, p.template.subtype, float(z_best), z_err, float(chi2),
-                                  deltachi2, n_valid, np.asarray(coef, dtype=np.float64), int(flag), p.name,
-                                  candidates=cands)
 
-        per_class: dict[str, RedshiftResult] = {}
-        for k, r in enumerate(refined):
-            if r[1].template.spectype not in per_class:
-                per_class[r[1].template.spectype] = result(k)
-        best = per_class.get(spectype) or per_class[refined[0][1].template.spectype]
-        for r in per_class.values():
-            r.per_class = per_class
-        return best
+# ---------------------------------------------------------------------- steps shared with redshift_batch
+def fit_arrays(data: Any, config: ScanConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(wavelength, flux, ivar)`` as fitted: bad, non-finite and far-negative pixels get
+    ``ivar = 0`` and ``flux = 0``; a spectrum without uncertainties gets :func:`difference_ivar`.
+
+    ``data`` is a :class:`~omnispectra.spectrum.SpectrumData`.
+    """
+    wave, flux_a, bad = data.wavelength, np.array(data.flux, dtype=np.float64), data.bad
+    ivar_a = np.array(data.ivar, dtype=np.float64)
+    if not data.has_ivar or not np.any(ivar_a):
+        ivar_a = np.full_like(flux_a, difference_ivar(flux_a, bad))
+    ivar_a = np.where(bad | ~np.isfinite(flux_a) | ~np.isfinite(ivar_a) | (ivar_a < 0), 0.0, ivar_a)
+    flux_a = np.where(ivar_a > 0, flux_a, 0.0)
+    if config.negative_clip_sigma > 0:
+        ivar_a = np.where(flux_a * np.sqrt(ivar_a) < -config.negative_clip_sigma, 0.0, ivar_a)
+        flux_a = np.where(ivar_a > 0, flux_a, 0.0)
+    return np.asarray(wave, dtype=np.float64), flux_a, ivar_a
+
+
+def unfittable(wave: np.ndarray, ivar: np.ndarray) -> RedshiftResult | None:
+    """The :attr:`Flag.BAD_INPUT` row of a spectrum too poor to fit (None when it can be fitted)."""
+    n_valid = int((ivar > 0).sum())
+    if n_valid < 10 or np.any(wave <= 0):
+        return RedshiftResult.no_fit(n_valid, Flag.BAD_INPUT)
+    return None
+
+
+def flag_low_snr(result: RedshiftResult, flux: np.ndarray, ivar: np.ndarray, config: ScanConfig) -> None:
+    """Set :attr:`Flag.LOW_SN` on ``result`` when the median per-pixel S/N is below ``min_snr``."""
+    valid = ivar > 0
+    if float(np.median(np.abs(flux[valid]) * np.sqrt(ivar[valid]))) < config.min_snr:
+        result.flag |= int(Flag.LOW_SN)
+
+
+@dataclass(frozen=True)
+class CoarseFrame:
+    """A spectrum's valid pixels on the global coarse grid (pixel ``j`` at ``10**(j * dloglam)``)."""
+
+    valid: np.ndarray      # (N,) pixels with ivar > 0
+    index: np.ndarray      # coarse pixel of each valid pixel, minus j0
+    j0: int
+    n_obs: int
+    dloglam: float
+
+    @property
+    def wave(self) -> np.ndarray:
+        return 10 ** ((self.j0 + np.arange(self.n_obs)) * self.dloglam)
+
+
+def coarse_frame(wave: np.ndarray, ivar: np.ndarray, dloglam: float) -> CoarseFrame:
+    """Where the valid pixels of a spectrum fall on the coarse scan grid."""
+    valid = ivar > 0
+    m = np.rint(np.log10(wave[valid]) / dloglam).astype(np.int64)
+    j0 = int(m.min())
+    return CoarseFrame(valid, m - j0, j0, int(m.max()) - j0 + 1, dloglam)
+
+
+def scan_shifts(p: PreparedTemplate, dloglam: float) -> np.ndarray:
+    """The coarse pixel shifts (``log10(1 + z) / dloglam``) scanned for template ``p``."""
+    lo, hi = p.z_range
+    s_lo = int(np.ceil(np.log10(1.0 + lo) / dloglam))
+    s_hi = int(np.floor(np.log10(1.0 + hi) / dloglam))
+    if s_hi < s_lo:
+        s_lo = s_hi = int(np.rint(np.log10(1.0 + 0.5 * (lo + hi)) / dloglam))
+    return np.arange(s_lo, s_hi + 1)
+
+
+def local_minima(p: PreparedTemplate, z: np.ndarray, chi2: np.ndarray, n_keep: int) -> list[tuple]:
+    """The best ``n_keep`` local minima of a coarse scan (plateaus and range ends included),
+    as ``(chi2, template, z, at_range_end)``, best first."""
+    ok = np.isfinite(chi2)
+    if not ok.any():
+        return []
+    c = np.where(ok, chi2, np.inf)
+    left = np.r_[np.inf, c[:-1]]
+    right = np.r_[c[1:], np.inf]
+    idx = np.flatnonzero((c <= left) & (c <= right) & ok)
+    return [(float(c[i]), p, float(z[i]), i == 0 or i == len(z) - 1)
+            for i in idx[np.argsort(c[idx])][:n_keep]]
+
+
+def normal_terms(p: PreparedTemplate, n_poly: int) -> list[tuple[str, int, int, tuple, np.ndarray]]:
+    """The cross-correlations that make the normal equations of template ``p`` at every lag.
+
+    Each is ``(kind, a, b, observed_key, rest_vector)``: ``kind`` ``"y"`` adds to the
+    right-hand side ``y[a]``, ``"M"`` to ``M[a, b]`` (and ``M[b, a]``); ``observed_key`` names the
+    observed-frame vector (:func:`observed_row`): ``"w"`` (ivar) or ``"wf"`` (ivar * flux) times
+    the IGM transmission ``"g"`` and Legendre rows ``k`` it lists.
+    """
+    n_b = p.coarse_red.shape[0]
+    # pieces: (component, observed-side factors, rest-side vector)
+    pieces = [(b, (), p.coarse_red[b]) for b in range(n_b)]
+    if p.igm:
+        pieces += [(b, ("g",), p.coarse_blue[b]) for b in range(n_b)]
+    pieces += [(n_b + k, (k,), p.coverage) for k in range(n_poly)]
+    terms = []
+    for a, (ca, ha, ta) in enumerate(pieces):
+        terms.append(("y", ca, ca, ("wf", *ha), ta))
+        for cb, hb, tb in pieces[a:]:
+            t = ta * tb
+            if t.any():
+                terms.append(("M", ca, cb, ("w", *ha, *hb), t))
+    return terms
+
+
+def observed_row(bases: dict[str, Any], key: tuple, g: Any, poly: Any) -> Any:
+    """The observed-frame vector ``key`` names (:func:`normal_terms`), factors multiplied left to
+    right; works on numpy arrays and torch tensors (``poly[k]`` indexes the first axis)."""
+    row = bases[key[0]]
+    for factor in key[1:]:
+        row = row * (g if factor == "g" else poly[factor])
+    return row
+
+
+def observed_legendre(wave: np.ndarray, n_poly: int) -> np.ndarray:
+    """Legendre rows over a spectrum's own pixels (``log10`` wavelength mapped onto [-1, 1])."""
+    lw = np.log10(wave)
+    x = 2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0
+    return legendre_rows(x, n_poly)
+
+
+def choose_minima(minima: list[tuple], config: ScanConfig) -> list[tuple]:
+    """The coarse minima to refine: every class's best first (``per_class`` compares the
+    classes), then the rest by chi-square, one per class within ``velocity_separation_kms``,
+    at most ``n_refine``."""
+    dv = config.velocity_separation_kms / C_KMS
+    ordered = sorted(minima, key=lambda c: c[0])
+    firsts: dict[str, tuple] = {}
+    for c in ordered:
+        firsts.setdefault(c[1].template.spectype, c)
+    chosen: list[tuple] = []
+    for cand in list(firsts.values()) + ordered:
+        _, p, z, _ = cand
+        if any(q.template.spectype == p.template.spectype
+               and abs(z - zq) / (1.0 + zq) < dv for _, q, zq, _ in chosen):
+            continue
+        chosen.append(cand)
+        if len(chosen) >= config.n_refine:
+            break
+    return chosen
+
+
+def refine_grid(p: PreparedTemplate, z0: float, config: ScanConfig) -> np.ndarray:
+    """The trial redshifts of the refinement around a coarse minimum ``z0`` (inside ``p``'s range)."""
+    step = config.dloglam * config.refine_halfwidth
+    zz = 10 ** (np.log10(1.0 + z0) + np.linspace(-step, step, config.refine_points)) - 1.0
+    lo, hi = p.z_range
+    zz = zz[(zz >= lo - 1e-12) & (zz <= hi + 1e-12)]
+    return zz if zz.size >= 3 else np.array([z0])
+
+
+def parabola_minimum(zz: np.ndarray, chi: np.ndarray, z_range: tuple[float, float],
+                     edge: bool) -> tuple[float, float, Flag]:
+    """``(z_best, z_err, flag)`` from a parabola through the well of ``chi(zz)``.
+
+    ``z_err`` is NaN (and :attr:`Flag.BAD_MINFIT` set) when the parabola opens downward or its
+    vertex leaves the grid; a minimum at a grid end inside the scanned range is also BAD_MINFIT.
+    """
+    lo, hi = z_range
+    flag = Flag.Z_EDGE if edge else Flag(0)
+    i_min = int(np.argmin(chi))
+    z_best, z_err = float(zz[i_min]), float("nan")
+    if not (np.isfinite(chi[i_min]) and zz.size >= 3):
+        return z_best, z_err, flag
+    use = np.isfinite(chi)
+    sel = use & (chi < chi[i_min] + 50.0)  # the well of the minimum (Redrock: 50)
+    if sel.sum() < 3:
+        sel = use
+    a2, a1, _ = np.polyfit(zz[sel] - zz[i_min], chi[sel], 2)
+    if a2 > 0 and abs(-a1 / (2 * a2)) <= (zz[-1] - zz[0]) / 2:
+        z_best = float(zz[i_min] - a1 / (2 * a2))
+        z_err = float(1.0 / np.sqrt(a2))
+    else:
+        flag |= Flag.BAD_MINFIT
+    if i_min in (0, zz.size - 1) and not (zz[0] <= lo + 1e-9 or zz[-1] >= hi - 1e-9):
+        flag |= Flag.BAD_MINFIT
+    return z_best, z_err, flag
+
+
+def refined_solution(p: PreparedTemplate, z_best: float, z_err: float, flag: Flag, chi2: float,
+                     coef: np.ndarray, model: np.ndarray | None, covered: np.ndarray, ivar: np.ndarray,
+                     config: ScanConfig) -> tuple:
+    """One refined solution ``(chi2, template, z, z_err, coefficients, flag)``: ``z_err`` inflated by
+    ``sqrt(chi2 / dof)`` and the class systematic, Z_EDGE and NEGATIVE_MODEL set."""
+    n_valid = int((ivar > 0).sum())
+    lo, hi = p.z_range
+    z_err *= float(np.sqrt(max(chi2 / max(n_valid - coef.size, 1), 1.0)))
+    z_err = float(np.hypot(z_err, config.systematic_kms(p.template.spectype) / C_KMS * (1.0 + z_best)))
+    if z_best <= lo + 1e-9 or z_best >= hi - 1e-9:
+        flag |= Flag.Z_EDGE
+    if model is not None:
+        sig = np.sqrt(ivar[covered])
+        neg = (model[covered] * sig) < -3.0
+        if neg.mean() > 0.01:
+            flag |= Flag.NEGATIVE_MODEL
+    return chi2, p, z_best, z_err, coef, flag
+
+
+def assemble_result(refined: list[tuple], n_valid: int, spectype: str | None,
+                    config: ScanConfig) -> RedshiftResult:
+    """The :class:`RedshiftResult` of a spectrum's refined solutions (:func:`refined_solution`):
+    the best of class ``spectype`` (else the overall best), with ``per_class`` and ``candidates``."""
+    if not refined:
+        return RedshiftResult.no_fit(n_valid, Flag.LITTLE_COVERAGE)
+    dv = config.velocity_separation_kms / C_KMS
+    refined = sorted(refined, key=lambda r: r[0])
+    cands = [(r[1].template.spectype, r[1].template.subtype, float(r[2]), float(r[0])) for r in refined]
+
+    def result(pick: int) -> RedshiftResult:
+        chi2, p, z_best, z_err, coef, flag = refined[pick]
+        others = [r for k, r in enumerate(refined) if k != pick and (
+            r[1].template.spectype != p.template.spectype or abs(r[2] - z_best) / (1.0 + z_best) >= dv)]
+        deltachi2 = float(others[0][0] - chi2) if others else float("nan")
+        if others and deltachi2 < config.min_deltachi2:
+            flag |= Flag.SMALL_DELTACHI2
+        if not np.isfinite(z_best) or not np.isfinite(chi2):
+            flag |= Flag.NONFINITE
+        return RedshiftResult(p.template.spectype, p.template.subtype, float(z_best), z_err, float(chi2),
+                              deltachi2, n_valid, np.asarray(coef, dtype=np.float64), int(flag), p.name,
+                              candidates=cands)
+
+    per_class: dict[str, RedshiftResult] = {}
+    for k, r in enumerate(refined):
+        if r[1].template.spectype not in per_class:
+            per_class[r[1].template.spectype] = result(k)
+    best = per_class.get(spectype) or per_class[refined[0][1].template.spectype]
+    for r in per_class.values():
+        r.per_class = per_class
+    return best
 
 
 _DEFAULT_FITTERS: dict[tuple, RedshiftFitter] = {}

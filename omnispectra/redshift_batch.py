@@ -1,0 +1,451 @@
+"""The template fit of :mod:`omnispectra.redshift` for many spectra at once, in torch.
+
+:meth:`RedshiftFitter.fit_many <omnispectra.redshift.RedshiftFitter.fit_many>` calls
+:func:`fit_many`; it returns the :class:`~omnispectra.redshift.RedshiftResult` that
+:meth:`~omnispectra.redshift.RedshiftFitter.fit` gives each spectrum, computed the same way
+(the same coarse normal equations, minima, refinement grid, parabola and flags; the steps
+that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), but:
+
+* **Coarse scan.** Spectra are sorted by where their valid pixels fall on the global coarse
+  grid (``10**(j * dloglam)``) and taken ``batch_size`` at a time; a batch shares one
+  observed frame (the union of its spectra's coarse ranges; SDSS/BOSS/eBOSS, LAMOST, 6dFGS
+  and DESI spectra of one survey differ there by an integer pixel offset), so every spectrum
+  of the batch scans a template at the same lags. The rest-frame side (products of template
+  rows, cut to the window that can meet the frame at a scanned lag) is Fourier transformed
+  once per template and FFT length and cached; each distinct observed-frame vector (``ivar``,
+  ``ivar * flux``, times IGM transmission and Legendre rows) is transformed once per batch
+  and shared by every normal-equation entry and template that uses it. One ``irfft`` per
+  template gives all entries of all spectra at all lags, and one batched ``solve`` the
+  chi-square. The FFT length is the shortest free of wrap-around at the scanned lags
+  (about half of the per-spectrum fitter's).
+* **Refinement.** Every trial redshift of every chosen minimum of every spectrum of the batch
+  is one row of a batched weighted least-squares fit per template (fine basis bin-averaged
+  over each spectrum's pixels by a batched interpolation of its cumulative integral,
+  Legendre rows, IGM), solved by the scaled normal equations; the chi-square is summed
+  from the residuals.
+
+Kernel launches per batch depend on the number of templates and basis rows, not on the
+batch size. Everything runs in float64 on ``device`` (CPU or CUDA). Python loops over
+spectra remain only where the inputs are read and cleaned and where each spectrum's few
+candidates are chosen and flagged (:func:`omnispectra.redshift.choose_minima`,
+:func:`~omnispectra.redshift.parabola_minimum`, :func:`~omnispectra.redshift.assemble_result`).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import fft as sp_fft
+
+from .exceptions import ConfigError, SpectrumTypeError
+from .redshift import (
+    PreparedTemplate,
+    RedshiftFitter,
+    RedshiftResult,
+    assemble_result,
+    choose_minima,
+    coarse_frame,
+    fit_arrays,
+    flag_low_snr,
+    igm_transmission,
+    local_minima,
+    normal_terms,
+    observed_legendre,
+    observed_row,
+    parabola_minimum,
+    refine_grid,
+    refined_solution,
+    scan_shifts,
+    unfittable,
+)
+from .spectrum import SpectrumData, spectrum_data
+from .templates.igm import LYA_REST
+from .templates.resample import pixel_edges
+
+__all__ = ["fit_many", "BatchTemplates"]
+
+logger = logging.getLogger(__name__)
+
+_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class _Spectrum:
+    """One cleaned spectrum waiting in the queue (``index``: its place in the input)."""
+
+    index: int
+    wave: np.ndarray
+    flux: np.ndarray
+    ivar: np.ndarray
+    frame: Any
+
+
+class BatchTemplates:
+    """Rest-frame tensors of a fitter's templates on one device, made once and reused.
+
+    ``terms(k)`` are the normal-equation terms of template ``k`` with their scatter indices;
+    ``spectrum(k, a, b, n)`` the FFT (length ``n``) of its rest-frame rows cut to ``[a, b)``.
+    """
+
+    def __init__(self, fitter: RedshiftFitter, device: torch.device) -> None:
+        self.fitter, self.device = fitter, device
+        self.n_poly = fitter.config.n_poly
+        self._terms: dict[int, dict[str, Any]] = {}
+        self._fft: dict[tuple, torch.Tensor] = {}
+        self.fine = [(torch.as_tensor(p.fine_edges, device=device),
+                      torch.as_tensor(p.fine_cum, device=device)) for p in fitter.prepared]
+
+    def terms(self, k: int) -> dict[str, Any]:
+        if k not in self._terms:
+            p = self.fitter.prepared[k]
+            terms = normal_terms(p, self.n_poly)
+            terms += [("ff", 0, 0, ("wff",), p.coverage), ("cov", 0, 0, ("counts",), p.coverage)]
+            keys = sorted({t[3] for t in terms}, key=str)
+            n = p.coarse_red.shape[0] + self.n_poly
+            m_cols = [i for i, t in enumerate(terms) if t[0] == "M"]
+            m_cols_t = [i for i in m_cols if terms[i][1] != terms[i][2]]
+            self._terms[k] = {
+                "rows": np.array([t[4] for t in terms]), "keys": keys, "n": n,
+                "key_of": torch.tensor([keys.index(t[3]) for t in terms], device=self.device),
+                "m_cols": torch.tensor(m_cols + m_cols_t, device=self.device),
+                "m_flat": torch.tensor([terms[i][1] * n + terms[i][2] for i in m_cols]
+                                       + [terms[i][2] * n + terms[i][1] for i in m_cols_t],
+                                       device=self.device),
+                "y_cols": torch.tensor([i for i, t in enumerate(terms) if t[0] == "y"], device=self.device),
+                "y_at": torch.tensor([t[1] for t in terms if t[0] == "y"], device=self.device),
+                "ff": len(terms) - 2, "cov": len(terms) - 1}
+        return self._terms[k]
+
+    def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
+        key = (k, a, b, n)
+        if key not in self._fft:
+            if len(self._fft) > 256:   # frames vary little within a survey; bound the cache anyway
+                self._fft.clear()
+            rows = torch.as_tensor(self.terms(k)["rows"][:, a:b], device=self.device)
+            self._fft[key] = torch.conj(torch.fft.rfft(rows, n))
+        return self._fft[key]
+
+
+def batch_templates(fitter: RedshiftFitter, device: torch.device) -> BatchTemplates:
+    """The cached :class:`BatchTemplates` of ``fitter`` on ``device``."""
+    per_device = _CACHES.setdefault(fitter, {})
+    if device not in per_device:
+        per_device[device] = BatchTemplates(fitter, device)
+    return per_device[device]
+
+
+def _data(item: Any) -> SpectrumData:
+    """The arrays of one input item (spectrum, SpectrumData or a tuple of arrays)."""
+    if isinstance(item, SpectrumData):
+        return item
+    if isinstance(item, tuple | list):
+        if not 2 <= len(item) <= 4:
+            raise SpectrumTypeError(
+                f"a spectrum tuple is (wavelength, flux[, ivar[, mask]]), got {len(item)} items")
+        return spectrum_data(*item)
+    return spectrum_data(item)
+
+
+def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | None = None,
+             device: Any = None, batch_size: int = 32) -> list[RedshiftResult]:
+    """Fit many spectra with ``fitter``'s templates and settings, in batches (module docstring).
+
+    Parameters
+    ----------
+    fitter : RedshiftFitter
+    spectra : sequence
+        Each a specutils spectrum, a :class:`~omnispectra.spectrum.SpectrumData` or a tuple
+        ``(wavelength, flux[, ivar[, mask]])`` (Angstrom, mask True = bad).
+    spectype : str, optional
+        As in :meth:`RedshiftFitter.fit <omnispectra.redshift.RedshiftFitter.fit>`.
+    device : str or torch.device, optional
+        Where the arithmetic runs (default CPU).
+    batch_size : int
+        Spectra fitted together; memory grows with it (about 15 MB per spectrum).
+
+    Returns
+    -------
+    list of RedshiftResult
+        In the order of ``spectra``.
+
+    Raises
+    ------
+    ConfigError
+        ``batch_size`` below 1.
+    InvalidSpectrumError, SpectrumTypeError
+        An item that is not a spectrum (from :func:`~omnispectra.spectrum.spectrum_data`).
+    """
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    cfg = fitter.config
+    device = torch.device(device if device is not None else "cpu")
+    cache = batch_templates(fitter, device)
+    results: list[RedshiftResult | None] = [None] * len(spectra)
+    queue = []
+    for i, item in enumerate(spectra):
+        wave, flux, ivar = fit_arrays(_data(item), cfg)
+        results[i] = unfittable(wave, ivar)
+        if results[i] is None:
+            queue.append(_Spectrum(i, wave, flux, ivar, coarse_frame(wave, ivar, cfg.dloglam)))
+    queue.sort(key=lambda s: (s.frame.j0, s.frame.n_obs))
+    for start in range(0, len(queue), int(batch_size)):
+        batch = queue[start:start + int(batch_size)]
+        minima = coarse_minima(cache, batch)
+        refined = refine(cache, batch, minima)
+        for s, solutions in zip(batch, refined, strict=True):
+            result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
+            flag_low_snr(result, s.flux, s.ivar, cfg)
+            results[s.index] = result
+    logger.debug("fitted %d spectra in batches of %d on %s", len(spectra), batch_size, device)
+    return results
+
+
+# ---------------------------------------------------------------------- coarse scan
+def _legendre_t(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Legendre rows P_0..P_{n-1} at ``x`` (the recurrence numpy's ``legvander`` uses), (n, *x.shape)."""
+    rows = [torch.ones_like(x), x][:n]
+    for k in range(1, n - 1):
+        rows.append((rows[k] * x * (2 * k + 1) - rows[k - 1] * k) / (k + 1))
+    return torch.stack(rows)
+
+
+def observed_frame(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dict[str, Any]:
+    """The batch's observed-frame vectors on one shared coarse frame: ``w``, ``wf``, ``wff``,
+    ``counts`` (B, N), Legendre rows over each spectrum's own range (n_poly, B, N) and the IGM
+    transmission ``g`` (N,)."""
+    d = batch[0].frame.dloglam
+    j_lo = min(s.frame.j0 for s in batch)
+    n_frame = max(s.frame.j0 + s.frame.n_obs for s in batch) - j_lo
+    flat = np.concatenate([k * n_frame + s.frame.j0 - j_lo + s.frame.index for k, s in enumerate(batch)])
+    values = {"w": [s.ivar[s.frame.valid] for s in batch],
+              "wf": [(s.ivar * s.flux)[s.frame.valid] for s in batch],
+              "wff": [(s.ivar * s.flux ** 2)[s.frame.valid] for s in batch],
+              "counts": [np.ones(s.frame.index.size) for s in batch]}
+    out = {name: torch.as_tensor(np.bincount(flat, weights=np.concatenate(v), minlength=len(batch) * n_frame),
+                                 device=device).reshape(len(batch), n_frame) for name, v in values.items()}
+    j = torch.arange(n_frame, dtype=torch.float64, device=device)
+    j0 = torch.tensor([s.frame.j0 - j_lo for s in batch], dtype=torch.float64, device=device)
+    span = torch.tensor([max(s.frame.n_obs - 1, 1) for s in batch], dtype=torch.float64, device=device)
+    x = -1.0 + 2.0 * (j[None, :] - j0[:, None]) / span[:, None]
+    out["poly"] = _legendre_t(x, n_poly)
+    out["g"] = torch.as_tensor(igm_transmission(10 ** ((j_lo + np.arange(n_frame)) * d)), device=device)
+    out["j_lo"], out["n_frame"] = j_lo, n_frame
+    return out
+
+
+def _correlations(cache: BatchTemplates, k: int, obs: dict[str, Any], lags: np.ndarray,
+                  obs_fft: dict[tuple, torch.Tensor]) -> torch.Tensor:
+    """``c[b, t, l] = sum_i obs_t[b, i + lags[l]] * rest_t[i]`` for every term ``t`` of template
+    ``k`` and spectrum ``b``, by FFT of the shortest length free of wrap-around at these lags."""
+    info = cache.terms(k)
+    n_rest, n_frame = info["rows"].shape[1], obs["n_frame"]
+    k_lo, k_hi = int(lags[0]), int(lags[-1])
+    # rest pixels that meet the frame at some scanned lag
+    a = min(max(0, -k_hi), n_rest - 1)
+    b = max(min(n_rest, n_frame - k_lo), a + 1)
+    lo, hi = k_lo + a, k_hi + a
+    n = sp_fft.next_fast_len(max(b - a + max(hi, 0), n_frame - min(lo, 0)) + 1, real=True)
+    rest = cache.spectrum(k, a, b, n)                                            # (T, F)
+    spectra = []
+    for key in info["keys"]:
+        if (key, n) not in obs_fft:
+            obs_fft[(key, n)] = torch.fft.rfft(observed_row(obs, key, obs["g"], obs["poly"]), n)
+        spectra.append(obs_fft[(key, n)])
+    obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T, B, F)
+    corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T, B, n)
+    index = torch.as_tensor(np.arange(lo, hi + 1) % n, device=corr.device)
+    return corr.index_select(2, index).permute(1, 2, 0)                          # (B, L, T)
+
+
+def _chi2_from_normal(cache: BatchTemplates, k: int, corr: torch.Tensor, n_tot: torch.Tensor) -> tuple:
+    """Coarse ``chi2`` (rescaled to all valid pixels; NaN below ``min_coverage``) and coverage,
+    both (B, L), from the correlations of :func:`_correlations`."""
+    info, n_b = cache.terms(k), corr.shape[0]
+    n, n_lag = info["n"], corr.shape[1]
+    big_m = corr.new_zeros(n_b, n_lag, n * n)
+    big_m.index_add_(2, info["m_flat"], corr.index_select(2, info["m_cols"]))
+    big_m = big_m.reshape(n_b, n_lag, n, n)
+    y = corr.new_zeros(n_b, n_lag, n).index_add_(2, info["y_at"], corr.index_select(2, info["y_cols"]))
+    cover = torch.clamp(corr[..., info["cov"]] / n_tot[:, None], 0.0, 1.0)
+    diag = torch.diagonal(big_m, dim1=-2, dim2=-1)
+    scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
+    eye = torch.eye(n, dtype=corr.dtype, device=corr.device)
+    ms = big_m / scale[..., :, None] / scale[..., None, :] + 1e-9 * eye
+    ys = y / scale
+    coef = torch.linalg.solve(ms, ys[..., None])[..., 0]
+    chi2 = corr[..., info["ff"]] - (ys * coef).sum(-1)
+    ok = cover >= cache.fitter.config.min_coverage
+    chi2 = torch.where(ok, chi2 / torch.clamp(cover, min=1e-12), torch.full_like(chi2, float("nan")))
+    return chi2, cover
+
+
+def coarse_minima(cache: BatchTemplates, batch: list[_Spectrum]) -> list[list[tuple]]:
+    """Every spectrum's coarse minima over all templates (:func:`omnispectra.redshift.local_minima`)."""
+    cfg = cache.fitter.config
+    obs = observed_frame(batch, cfg.n_poly, cache.device)
+    n_tot = obs["counts"].sum(1)
+    obs_fft: dict[tuple, torch.Tensor] = {}
+    minima: list[list[tuple]] = [[] for _ in batch]
+    for k, p in enumerate(cache.fitter.prepared):
+        shifts = scan_shifts(p, cfg.dloglam)
+        corr = _correlations(cache, k, obs, shifts + p.i0 - obs["j_lo"], obs_fft)
+        chi2, _ = _chi2_from_normal(cache, k, corr, n_tot)
+        z = 10 ** (shifts * cfg.dloglam) - 1.0
+        for found, row in zip(minima, chi2.cpu().numpy(), strict=True):
+            found += local_minima(p, z, row, 3 * cfg.n_refine)
+    return minima
+
+
+# ---------------------------------------------------------------------- refinement
+def pixel_data(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's own pixels, padded to the longest (padding has ``ivar = 0``): ``wave``,
+    ``edges``, ``flux``, ``ivar``, IGM transmission ``g`` (B, M), Legendre rows (B, n_poly, M)."""
+    m = max(s.wave.size for s in batch)
+
+    def pad(values: list[np.ndarray], extra: int = 0, fill: str = "zero") -> torch.Tensor:
+        out = np.zeros((len(values), m + extra))
+        for i, v in enumerate(values):
+            out[i, :v.size] = v
+            if fill == "ramp" and v.size < m + extra:  # strictly increasing past the end
+                out[i, v.size:] = v[-1] + np.arange(1, m + extra - v.size + 1)
+        return torch.as_tensor(out, device=device)
+
+    poly = np.zeros((len(batch), n_poly, m))
+    for i, s in enumerate(batch):
+        poly[i, :, :s.wave.size] = observed_legendre(s.wave, n_poly)
+    return {"wave": pad([s.wave for s in batch], fill="ramp"),
+            "edges": pad([pixel_edges(s.wave) for s in batch], 1, fill="ramp"),
+            "flux": pad([s.flux for s in batch]), "ivar": pad([s.ivar for s in batch]),
+            "g": pad([igm_transmission(s.wave) for s in batch]), "poly": torch.as_tensor(poly, device=device),
+            "n_valid": torch.tensor([int((s.ivar > 0).sum()) for s in batch], device=device)}
+
+
+def _fine_models(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: torch.Tensor,
+                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Template ``k``'s fine basis bin-averaged over spectrum ``rows[i]``'s pixels at ``z[i]``
+    (K, n_b, M), zero where not covered, and the covered pixels (K, M)."""
+    f_edges, f_cum = cache.fine[k]
+    p = cache.fitter.prepared[k]
+    rest = pix["edges"][rows] / (1.0 + z)[:, None]                               # (K, M + 1)
+    x = torch.clamp(rest, f_edges[0], f_edges[-1])
+    # np.interp on the cumulative integral (clamped at the ends, linear inside); the fine
+    # pixels are uniform in log10, so the bracketing edge is found from the logarithm and
+    # corrected by one where rounding put it on the wrong side (no searchsorted pass)
+    last = f_edges.numel() - 2
+    guess = torch.floor((torch.log10(x) - p.template.loglam0) / p.template.dloglam + 0.5).long()
+    pos = torch.clamp(guess, 0, last)
+    pos = torch.clamp(pos - (x < f_edges[pos]).long() + (x >= f_edges[pos + 1]).long(), 0, last)
+    e_lo = f_edges[pos]
+    frac = (x - e_lo) / (f_edges[pos + 1] - e_lo)
+    c_lo = f_cum[:, pos]
+    at = torch.addcmul(c_lo, frac, f_cum[:, pos + 1] - c_lo)                      # (n_b, K, M + 1)
+    model = (torch.diff(at, dim=-1) / torch.diff(rest, dim=-1)).transpose(0, 1)
+    inside = (rest[:, :-1] >= f_edges[0]) & (rest[:, 1:] <= f_edges[-1])
+    covered = inside & (pix["ivar"][rows] > 0)
+    if p.igm:
+        blue = pix["wave"][rows] / (1.0 + z)[:, None] < LYA_REST
+        model = model * torch.where(blue, pix["g"][rows], torch.ones_like(z)[:, None])[:, None, :]
+    return model * covered[:, None, :], covered
+
+
+def _solve(model: torch.Tensor, poly: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Coefficients (K, n) minimizing ``sum weight * (flux - [model; poly]' coef)**2``.
+
+    On CPU by LAPACK ``gelsd`` (SVD), as :func:`numpy.linalg.lstsq` in the per-spectrum fitter:
+    a smooth basis row and the Legendre rows can be so nearly degenerate that the normal
+    equations lose the digits that decide the chi-square. CUDA has no batched SVD least squares
+    in torch; there the column-scaled normal equations are solved (exact zero columns kept out).
+    """
+    sw = torch.sqrt(weight)
+    design = torch.cat([model, poly], 1) * sw[:, None, :]                       # (K, n, M)
+    target = (flux * sw)[..., None]
+    if design.device.type == "cpu":
+        return torch.linalg.lstsq(design.mT, target, driver="gelsd").solution[..., 0]
+    gram = design @ design.mT
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
+    scaled = gram / scale[:, :, None] / scale[:, None, :] + torch.diag_embed((diag <= 0).to(gram.dtype))
+    return torch.linalg.solve(scaled, (design @ target)[..., 0] / scale) / scale
+
+
+def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
+               z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
+    """Weighted least squares of template ``k`` on spectrum ``rows[i]`` at ``z[i]`` for all ``i``
+    at once: ``chi2`` (rescaled to all valid pixels; inf with too little coverage), ``coef``,
+    ``covered`` and with ``with_model`` the fitted ``model`` (as :meth:`RedshiftFitter._fit_at`)."""
+    cfg = cache.fitter.config
+    rows_t = torch.as_tensor(rows, device=cache.device)
+    z_t = torch.as_tensor(z, dtype=torch.float64, device=cache.device)
+    model, covered = _fine_models(cache, k, pix, rows_t, z_t)                    # (K, n_b, M)
+    weight = pix["ivar"][rows_t] * covered                                      # (K, M)
+    poly = pix["poly"][rows_t]                                                  # (K, n_poly, M)
+    coef = _solve(model, poly, pix["flux"][rows_t], weight)
+    n_b = model.shape[1]
+    # chi2 from the residuals, not f'Wf - rhs'coef: with near-degenerate bases (a smooth
+    # continuum and the Legendre rows) the normal equations lose digits that the residuals keep
+    fitted = (coef[:, :n_b, None] * model).sum(1) + (coef[:, n_b:, None] * poly).sum(1)
+    n_cov = covered.sum(1)
+    n_valid = pix["n_valid"][rows_t]
+    chi2 = ((pix["flux"][rows_t] - fitted) ** 2 * weight).sum(1) * n_valid / n_cov.clamp(min=1)
+    enough = n_cov >= torch.clamp(cfg.min_coverage * n_valid, min=10.0)
+    out = {"chi2": torch.where(enough, chi2, torch.full_like(chi2, float("inf"))), "coef": coef,
+           "covered": covered}
+    if with_model:
+        out["model"] = fitted
+    return out
+
+
+def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
+             points: list[tuple[int, PreparedTemplate, float]], with_model: bool = False) -> list[tuple]:
+    """:func:`fit_points` over ``(spectrum row, template, z)`` points of any templates, one call
+    per template; per point ``(chi2, coef, model, covered)`` as numpy (None without a fit)."""
+    index = {id(p): k for k, p in enumerate(cache.fitter.prepared)}
+    out: list[tuple] = [None] * len(points)
+    by_template: dict[int, list[int]] = {}
+    for i, (_, p, _) in enumerate(points):
+        by_template.setdefault(index[id(p)], []).append(i)
+    for k, members in by_template.items():
+        fit = fit_points(cache, k, pix, np.array([points[i][0] for i in members]),
+                         np.array([points[i][2] for i in members]), with_model)
+        chi2 = fit["chi2"].cpu().numpy()
+        if not with_model:
+            out_chi2 = [(float(c), None, None, None) for c in chi2]
+            for j, i in enumerate(members):
+                out[i] = out_chi2[j]
+            continue
+        coef, model, covered = (fit[name].cpu().numpy() for name in ("coef", "model", "covered"))
+        for j, i in enumerate(members):
+            size, ok = pix["sizes"][points[i][0]], np.isfinite(chi2[j])
+            out[i] = (float(chi2[j]), coef[j] if ok else None, model[j, :size] if ok else None,
+                      covered[j, :size])
+    return out
+
+
+def refine(cache: BatchTemplates, batch: list[_Spectrum], minima: list[list[tuple]]) -> list[list[tuple]]:
+    """Every spectrum's refined solutions (:func:`omnispectra.redshift.refined_solution`): the
+    refinement grids of all chosen minima in one batched fit per template, then the fits at the
+    parabola minima in another."""
+    cfg = cache.fitter.config
+    pix = pixel_data(batch, cfg.n_poly, cache.device)
+    pix["sizes"] = [s.wave.size for s in batch]
+    chosen = [(row, p, z0, edge, refine_grid(p, z0, cfg))
+              for row, found in enumerate(minima) for _, p, z0, edge in choose_minima(found, cfg)]
+    points = [(row, p, float(z)) for row, p, _, _, zz in chosen for z in zz]
+    fits = iter(_grouped(cache, pix, points))
+    best = []
+    for row, p, _, edge, zz in chosen:
+        chi = np.array([next(fits)[0] for _ in zz])
+        best.append((row, p, *parabola_minimum(zz, chi, p.z_range, edge)))
+    finals = _grouped(cache, pix, [(row, p, z_best) for row, p, z_best, _, _ in best], with_model=True)
+    refined: list[list[tuple]] = [[] for _ in batch]
+    for (row, p, z_best, z_err, flag), (chi2, coef, model, covered) in zip(best, finals, strict=True):
+        if coef is not None:
+            refined[row].append(refined_solution(p, z_best, z_err, flag, chi2, coef, model, covered,
+                                                 batch[row].ivar, cfg))
+    return refined

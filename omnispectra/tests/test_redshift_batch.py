@@ -1,0 +1,90 @@
+"""Batched template fit: the same answers as the per-spectrum fitter (synthetic and real spectra)."""
+
+import numpy as np
+import pytest
+
+from omnispectra.exceptions import ConfigError, SpectrumTypeError
+from omnispectra.flags import Flag
+from omnispectra.redshift import RedshiftFitter
+from omnispectra.redshift_batch import fit_many
+from omnispectra.templates.library import TemplateBasis, TemplateLibrary
+from omnispectra.templates.resample import rebin
+
+from .helpers import require_data_dir, sdss_arrays
+
+STEP = 2e-5
+START = np.log10(1500.0)
+WAVE_REST = 10 ** (START + STEP * np.arange(int((np.log10(11000.0) - START) / STEP)))
+
+
+def _gauss(centres, width, heights):
+    pairs = zip(centres, heights, strict=True)
+    return sum(h * np.exp(-0.5 * ((WAVE_REST - c) / width) ** 2) for c, h in pairs)
+
+
+@pytest.fixture(scope="module")
+def fitter():
+    slope = (WAVE_REST / 5000.0) ** -1.0
+    galaxy = np.array([slope, _gauss([3727.1, 4862.7, 5008.2, 6564.6], 4.0, [4, 2, 5, 6]),
+                       -_gauss([3934.8, 3969.6, 5176.7], 6.0, [0.4, 0.3, 0.2]) * slope])
+    balmer = _gauss([4102.9, 4341.7, 4862.7, 6564.6], 3.0, [.3, .3, .3, .4])
+    star = np.array([np.ones_like(WAVE_REST), -balmer])
+    templates = [TemplateBasis(f"redrock:{c}", c, s, START, STEP, b)
+                 for c, s, b in (("GALAXY", "", galaxy), ("STAR", "A", star))]
+    return RedshiftFitter(TemplateLibrary(templates))
+
+
+def _spectrum(fitter, z, seed, wave):
+    rng = np.random.default_rng(seed)
+    coeff = [1.0, 0.5 + rng.random(), 1.0] if z > 0.01 else [1.0, 1.0]
+    basis = fitter.prepared[0 if z > 0.01 else 1].template.basis
+    flux = rebin(WAVE_REST * (1 + z), np.asarray(coeff) @ basis, wave)
+    sigma = np.full_like(wave, 0.05 * np.nanmedian(np.abs(flux)))
+    return wave, flux + sigma * rng.standard_normal(wave.size), 1 / sigma ** 2
+
+
+def test_same_results_as_single_fits(fitter):
+    """Grids with integer offsets and a linear grid, a star, a bad spectrum: each row as fit() gives."""
+    sdss = 10 ** (np.log10(3800.0) + 1e-4 * np.arange(3000))
+    spectra = [_spectrum(fitter, 0.12, 1, sdss), _spectrum(fitter, 0.43, 2, sdss[37:]),
+               _spectrum(fitter, 0.0003, 3, sdss), _spectrum(fitter, 0.25, 4, np.linspace(3900, 7400, 2500)),
+               (sdss, np.ones(sdss.size), np.zeros(sdss.size))]
+    many = fit_many(fitter, spectra, batch_size=2)
+    assert many[-1].flag & Flag.BAD_INPUT and np.isnan(many[-1].z)
+    assert [r.spectype for r in many[:4]] == ["GALAXY", "GALAXY", "STAR", "GALAXY"]
+    for spec, got in zip(spectra, many, strict=True):
+        want = fitter.fit(*spec)
+        assert (got.spectype, got.subtype, got.flag, got.template) == (want.spectype, want.subtype, want.flag,
+                                                                      want.template)
+        np.testing.assert_allclose([got.z, got.z_err, got.chi2, got.deltachi2],
+                                   [want.z, want.z_err, want.chi2, want.deltachi2], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(got.coefficients, want.coefficients, rtol=1e-5, atol=1e-8)
+        assert got.per_class.keys() == want.per_class.keys()
+        for name, r in want.per_class.items():
+            assert got.per_class[name].z == pytest.approx(r.z, rel=1e-9, abs=1e-9)
+
+
+def test_bad_arguments(fitter):
+    wave = np.linspace(4000, 8000, 100)
+    with pytest.raises(ConfigError, match="batch_size"):
+        fit_many(fitter, [(wave, np.ones(100))], batch_size=0)
+    with pytest.raises(SpectrumTypeError, match="tuple"):
+        fit_many(fitter, [(wave,)])
+    assert fit_many(fitter, []) == []
+
+
+def test_real_sdss_spectra_match_single_fits():
+    """Real SDSS/BOSS/eBOSS spectra (several grids): class where deltachi2 > 9 in both, z within 1e-5,
+    deltachi2 within 1%."""
+    root = require_data_dir()
+    paths = sorted((root / "sdss").rglob("spec-*.fits"))[::25][:6]
+    spectra = [sdss_arrays(p) for p in paths] + [sdss_arrays()]
+    fitter = RedshiftFitter(directory=root / "templates")
+    many = fit_many(fitter, spectra, batch_size=4)
+    for spec, got in zip(spectra, many, strict=True):
+        want = fitter.fit(*spec)
+        if want.deltachi2 > 9 and got.deltachi2 > 9:
+            assert got.spectype == want.spectype
+        assert abs(got.z - want.z) < 1e-5
+        assert got.deltachi2 == pytest.approx(want.deltachi2, rel=0.01)
+        assert got.flag == want.flag
