@@ -58,9 +58,17 @@ __all__ = [
     "load_probe",
     "read_probe_header",
     "PROBE_FORMAT",
+    "PROBE_FILES",
 ]
 
 PROBE_FORMAT = "omnispectra-probe"
+#: File names of the probes shipped in ``omnispectra/data``, by task (made by
+#: ``omnispectra train-predictors``, :func:`omnispectra.training.predictors.train_predictors`).
+PROBE_FILES = {
+    "source_class": "probe-source-class.safetensors",
+    "stellar_params": "probe-stellar-params.safetensors",
+    "redshift": "probe-redshift.safetensors",
+}
 PROBE_FORMAT_VERSION = 1
 EPS = 1e-8
 KINDS = ("classification", "regression")
