@@ -21,11 +21,11 @@ from .crossval import (
     run_cv,
     train_recipe,
 )
-from .recipes import Recipe, load_recipes, read_recipes, recipe_from_mapping
+from .recipes import Recipe, candidate_set, load_recipes, read_recipes, recipe_from_mapping
 from .shipping import PredictorOptions, measure_anomaly_threshold, train_predictors
 from .userprobe import ProbeCV, cross_validate_probe, probe_task, train_probe, train_probe_from_files
 
-__all__ = ["Recipe", "load_recipes", "read_recipes", "recipe_from_mapping", "grouped_folds", "cv_rounds",
-           "run_cv", "train_recipe", "choose_recipe", "calibrate_classes", "calibrate_spread", "probe_task",
-           "ProbeCV", "cross_validate_probe", "train_probe", "train_probe_from_files", "PredictorOptions",
-           "train_predictors", "measure_anomaly_threshold"]
+__all__ = ["Recipe", "candidate_set", "load_recipes", "read_recipes", "recipe_from_mapping", "grouped_folds",
+           "cv_rounds", "run_cv", "train_recipe", "choose_recipe", "calibrate_classes", "calibrate_spread",
+           "probe_task", "ProbeCV", "cross_validate_probe", "train_probe", "train_probe_from_files",
+           "PredictorOptions", "train_predictors", "measure_anomaly_threshold"]

@@ -19,7 +19,8 @@ from typing import Any
 
 from ...exceptions import ConfigError
 
-__all__ = ["Recipe", "HEADS", "LOSSES", "recipe_from_mapping", "read_recipes", "load_recipes"]
+__all__ = ["Recipe", "HEADS", "LOSSES", "recipe_from_mapping", "read_recipes", "load_recipes",
+           "candidate_set"]
 
 #: Head architectures of :func:`omnispectra.probes.make_head`.
 HEADS = ("linear", "mlp")
@@ -224,3 +225,18 @@ def load_recipes(path: str | os.PathLike, tasks: Sequence[str] = ()) -> dict[str
     if missing:
         raise ConfigError(f"{path} has no recipes for task(s) {missing}; it has {sorted(recipes)}")
     return recipes
+
+
+def candidate_set(path: str | os.PathLike, name: str | None = None) -> list[Recipe]:
+    """The candidates of one task (``name``) of a recipe file; without ``name`` the file must
+    hold exactly one list.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`load_recipes`, or ``name`` missing / not given for a file of several lists.
+    """
+    recipes = load_recipes(path, [name] if name else [])
+    if name is None and len(recipes) != 1:
+        raise ConfigError(f"{path} holds the recipe lists {sorted(recipes)}; say which one to use")
+    return recipes[name] if name else next(iter(recipes.values()))

@@ -309,6 +309,9 @@ def train_probe_from_files(labels: str | os.PathLike, output: str | os.PathLike,
     from ...probes import encoder_description, save_probe
     from ...runtime import resolve_model
 
+    if Path(output).suffix != ".safetensors":
+        raise ConfigError(f"the probe file must end with .safetensors (its card is written beside it as "
+                          f".json), got {output}")
     out = check_output(output, [labels, *([embeddings] if embeddings else []), *spectra], overwrite)
     encoder = resolve_model(model, "cpu" if isinstance(model, (str, os.PathLike)) else None)
     label_ids, values, groups = read_labels(labels, id_column, label_columns, group_column)
