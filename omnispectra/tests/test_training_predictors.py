@@ -205,7 +205,8 @@ def test_recipe_files_reject_bad_documents(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_recipes(tmp_path / "missing.yaml")
     two = tmp_path / "two.yaml"
-    two.write_text("a: [{name: x, head: linear, steps: 5, lr: 0.1}]\nb: [{name: y, head: linear, steps: 5, lr: 0.1}]\n")
+    two.write_text("a: [{name: x, head: linear, steps: 5, lr: 0.1}]\n"
+                   "b: [{name: y, head: linear, steps: 5, lr: 0.1}]\n")
     with pytest.raises(ConfigError, match="no recipes for task"):
         load_recipes(two, ["c"])
     with pytest.raises(ConfigError, match="say which one"):
