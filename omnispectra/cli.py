@@ -830,8 +830,12 @@ def train_probe_command(labels, spectra, output, embeddings, id_column, label_co
               help="Folder caching embeddings, template fits and anomaly statistics.")
 @click.option("--engine", "engine", multiple=True, help="Engine corpus file (repeatable).")
 @click.option("--templates", default=None, help="Template folder: also ship the network + template class.")
+@click.option("--engine-train", default=10000, show_default=True, help="Engine spectra for training.")
+@click.option("--engine-holdout", default=5000, show_default=True, help="Engine spectra held out.")
+@click.option("--baseline-pixels", default=2048, show_default=True, help="Pixels of the stellar baselines.")
 def train_predictors_command(weights, corpus, recipes, output, folds, seed, tasks, exclude_surveys,
-                             steps_scale, figures, card, no_anomaly, cache, engine, templates) -> None:
+                             steps_scale, figures, card, no_anomaly, cache, engine, templates, engine_train,
+                             engine_holdout, baseline_pixels) -> None:
     """Train, cross-validate and calibrate the predictors shipped with the package (WEIGHTS: the encoder)."""
     from .training import require_lightning
 
@@ -843,7 +847,8 @@ def train_predictors_command(weights, corpus, recipes, output, folds, seed, task
         tasks=[t for t in tasks.split(",") if t],
         exclude_surveys=[s for s in exclude_surveys.split(",") if s],
         steps_scale=steps_scale, figures=figures or None, card=card, anomaly=not no_anomaly, cache=cache,
-        engine=list(engine), templates=templates, command="omnispectra " + " ".join(sys.argv[1:])))
+        engine=list(engine), templates=templates, engine_train=engine_train, engine_holdout=engine_holdout,
+        baseline_pixels=baseline_pixels, command="omnispectra " + " ".join(sys.argv[1:])))
     _say(f"wrote {output}/predictors.json ({', '.join(report['predictors']) or 'no predictor'})")
 
 
