@@ -11,7 +11,7 @@ logistic model with four numbers::
 
 ``p_c`` is the probe's calibrated probability, ``dchi2_c >= 0`` the chi-square of class
 ``c``'s best solution minus the best of all classes. ``a``, ``b`` and the biases are
-fitted on cross-validated outputs (``scripts/train_predictors.py --templates``; the fit is
+fitted on cross-validated outputs (``omnispectra train-predictors --templates``; the fit is
 :func:`omnispectra.evaluation.calibration.fit_template_combination`) and stored in the
 class probe's ``calibration`` under :data:`COMBINATION_KEY`. Rows the templates could not
 fit keep the probe's probabilities.

@@ -793,5 +793,102 @@ def simulate_command(output, n_samples, templates, donors, seed, split_fraction,
         raise click.ClickException(str(err)) from err
     click.echo(report.summary())
 
+# ---------------------------------------------------------------------------------------
+# probe training (omnispectra.training.predictors)
+
+
+@main.command("train-probe")
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spectra", nargs=-1, type=_INPUT_PATHS)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The probe file (.safetensors; its card is written beside it as .json).")
+@click.option("--embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An `omnispectra embed` table to use instead of SPECTRA.")
+@click.option("--id-column", default="id", show_default=True, help="Label-table column of the spectrum ids.")
+@click.option("--label-column", "label_columns", multiple=True, required=True,
+              help="Label column (repeat for several regression targets).")
+@click.option("--group-column", default="object_id", show_default=True,
+              help="Rows of one group share a cross-validation fold (e.g. the object id).")
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default=None,
+              help="Default: classification for one non-numeric label column, else regression.")
+@click.option("--recipes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Candidate recipes (YAML, as configs/predictor_recipes.yaml); default one linear probe.")
+@click.option("--recipe-set", default=None, help="The list of the recipe file to use (if it has several).")
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1),
+              help="Steps of the default linear probe.")
+@click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of the default linear probe.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=3),
+              help="K of the grouped K-fold.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the fold hash and of the training.")
+@_model_option
+@_overwrite_option
+def train_probe_command(labels, spectra, output, embeddings, id_column, label_columns, group_column, kind,
+                        recipes, recipe_set, steps, lr, folds, seed, model_name, overwrite) -> None:
+    """Train a calibrated probe on your own LABELS (a table) for SPECTRA or --embeddings.
+
+    Every candidate recipe is cross-validated over grouped folds, the best is calibrated
+    (temperature, or sigma_scale for an ensemble) and refit on all rows; the probe file holds
+    the calibration and the cross-validated scores (see docs/probes.rst).
+    """
+    from .training import require_lightning
+
+    require_lightning()
+    from .training.predictors import candidate_set, recipe_from_mapping, train_probe_from_files
+
+    candidates = (candidate_set(recipes, recipe_set) if recipes else
+                  [recipe_from_mapping({"name": f"linear, {steps} steps, lr {lr:g}", "head": "linear",
+                                        "steps": steps, "lr": lr})])
+    probe = train_probe_from_files(labels, output, candidates, label_columns, id_column, group_column,
+                                   embeddings=embeddings, spectra=list(spectra),
+                                   model=_load(model_name, "cpu"), kind=kind, folds=folds, seed=seed,
+                                   overwrite=overwrite)
+    cv = probe.info["cross_validation"]
+    _say(f"wrote {output}: {probe.kind}, recipe {cv['selection']['chosen']!r}, {probe.info['n_train']} rows, "
+         f"{cv['k']}-fold over {cv['n_groups']} groups")
+
+
+@main.command("train-predictors")
+@click.argument("weights")
+@click.argument("corpus", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--recipes", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Candidate recipes (YAML): configs/predictor_recipes.yaml of the repository.")
+@click.option("-o", "--output", default="omnispectra/data", show_default=True, help="Output folder.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=3))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--tasks", default="source_class,stellar_params,redshift", show_default=True)
+@click.option("--exclude-surveys", default="unknown", show_default=True,
+              help="Comma-separated surveys never used.")
+@click.option("--steps-scale", default=1.0, show_default=True, help="Factor on every recipe's steps.")
+@click.option("--figures", default="benchmarks/results", show_default=True, help="Folder of the PNG figures.")
+@click.option("--card", default=None,
+              help="Encoder card to update (default <output>/omnispectra-default.json).")
+@click.option("--no-anomaly", is_flag=True, help="Skip the anomaly threshold.")
+@click.option("--cache", default=None,
+              help="Folder caching embeddings, template fits and anomaly statistics.")
+@click.option("--engine", "engine", multiple=True, help="Engine corpus file (repeatable).")
+@click.option("--templates", default=None, help="Template folder: also ship the network + template class.")
+@click.option("--engine-train", default=10000, show_default=True, help="Engine spectra for training.")
+@click.option("--engine-holdout", default=5000, show_default=True, help="Engine spectra held out.")
+@click.option("--baseline-pixels", default=2048, show_default=True, help="Pixels of the stellar baselines.")
+def train_predictors_command(weights, corpus, recipes, output, folds, seed, tasks, exclude_surveys,
+                             steps_scale, figures, card, no_anomaly, cache, engine, templates, engine_train,
+                             engine_holdout, baseline_pixels) -> None:
+    """Train, cross-validate and calibrate the predictors shipped with the package (WEIGHTS: the encoder)."""
+    from .training import require_lightning
+
+    require_lightning()
+    from .training.predictors import PredictorOptions, train_predictors
+
+    report = train_predictors(PredictorOptions(
+        weights=weights, corpus=list(corpus), recipes=recipes, output=output, folds=folds, seed=seed,
+        tasks=[t for t in tasks.split(",") if t],
+        exclude_surveys=[s for s in exclude_surveys.split(",") if s],
+        steps_scale=steps_scale, figures=figures or None, card=card, anomaly=not no_anomaly, cache=cache,
+        engine=list(engine), templates=templates, engine_train=engine_train, engine_holdout=engine_holdout,
+        baseline_pixels=baseline_pixels, command="omnispectra " + " ".join(sys.argv[1:])))
+    _say(f"wrote {output}/predictors.json ({', '.join(report['predictors']) or 'no predictor'})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -67,6 +67,13 @@ __all__ = [
 ]
 
 PROBE_FORMAT = "omnispectra-probe"
+#: File names of the probes shipped in ``omnispectra/data``, by task (made by
+#: ``omnispectra train-predictors``, :func:`omnispectra.training.predictors.train_predictors`).
+PROBE_FILES = {
+    "source_class": "probe-source-class.safetensors",
+    "stellar_params": "probe-stellar-params.safetensors",
+    "redshift": "probe-redshift.safetensors",
+}
 PROBE_FORMAT_VERSION = 1
 EPS = 1e-8
 KINDS = ("classification", "regression")
@@ -143,7 +150,7 @@ def fit_normalization(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def ensemble_spread(members: np.ndarray) -> np.ndarray:
     """The raw uncertainty of an ensemble: the standard deviation (ddof 1) of the members'
     outputs over axis 0, ``(M, ...) -> (...)``. The one definition both the calibration of
-    ``sigma_scale`` (``scripts/train_predictors.py``) and :meth:`Probe.predict_with_spread`
+    ``sigma_scale`` (:mod:`omnispectra.training.predictors`) and :meth:`Probe.predict_with_spread`
     use, so that the shipped errors are the calibrated ones."""
     return np.asarray(members, dtype=np.float64).std(axis=0, ddof=1)
 
@@ -224,7 +231,7 @@ class Probe(nn.Module):
     info : dict, optional
         Free-form JSON-serializable provenance (training recipe, held-out scores).
     calibration : dict, optional
-        Post-hoc calibration fitted on a held-out fold (``scripts/train_predictors.py``),
+        Post-hoc calibration fitted on a held-out fold (:mod:`omnispectra.training.predictors`),
         stored in the header's ``calibration``: ``temperature`` (classification: the
         probabilities are ``softmax(logits / temperature)``), ``sigma_scale`` (regression:
         one factor per target multiplying the ensemble spread, in the transformed space),
@@ -566,7 +573,7 @@ def check_encoder(expected: Mapping[str, Any], model: Any, what: str = "probe") 
         raise CheckpointError(
             f"the {what} was trained on {name} with weights sha256 {expected['sha256'][:12]}..., "
             f"but the given model's weights have sha256 {digest[:12]}...; load the matching "
-            "encoder or retrain the probe (scripts/train_predictors.py)")
+            "encoder or retrain the probe (omnispectra train-probe / train-predictors)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -648,13 +655,6 @@ def load_probe(path: str | os.PathLike, model: Any = None) -> Probe:
 
 # ---------------------------------------------------------------------------------------
 # the probes shipped with the package: files, resolution, validation
-
-#: File names of the probes shipped in ``omnispectra/data``.
-PROBE_FILES = {
-    "source_class": "probe-source-class.safetensors",
-    "stellar_params": "probe-stellar-params.safetensors",
-    "redshift": "probe-redshift.safetensors",
-}
 
 
 def bundled_probe_path(task: str) -> Path:

@@ -101,7 +101,7 @@ PROBE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "few-shot": {"head": "linear", "steps": 500, "lr": 1e-4},
     "mlp": {"head": "mlp", "hidden": (64, 64), "dropout": 0.1, "epochs": 10, "lr": 1e-3},
     "mlp32": {"head": "mlp", "hidden": (32,), "dropout": 0.0, "steps": 500, "lr": 1e-3},
-    # candidate recipes of scripts/train_predictors.py (its choice is in predictors.json)
+    # candidates of the shipped predictors (configs/predictor_recipes.yaml; the choice is in predictors.json)
     "linear-3000": {"head": "linear", "steps": 3000, "lr": 1e-3},
     "mlp512": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "steps": 4000, "lr": 1e-3},
     "mlp128x5": {"head": "mlp", "hidden": (128,), "dropout": 0.1, "members": 5, "steps": 2000, "lr": 1e-3},

@@ -140,7 +140,7 @@ def anomaly_statistic(
     deviation). Unlike the MSE of :func:`anomaly_score`, which grows with the noise, a noisy
     but ordinary spectrum has a statistic near 1. Its name is
     :data:`omnispectra.flags.ANOMALY_STATISTIC`; the encoder card's ``anomaly.p99`` (the
-    99th percentile over validation spectra, written by ``scripts/train_predictors.py``
+    99th percentile over validation spectra, written by ``omnispectra train-predictors``
     with this function and its defaults) is the flag's threshold
     (:func:`anomaly_threshold`).
 
