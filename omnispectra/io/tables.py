@@ -46,6 +46,7 @@ import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import (
+    PLAUSIBLE_ANGSTROM,
     air_to_vacuum,
     base_meta,
     build_spectrum,
@@ -75,8 +76,6 @@ ERROR_COLUMNS = ("err", "error", "errors", "sigma", "flux_err", "err_flux", "flu
 IVAR_COLUMNS = ("ivar", "invvar", "inverse_variance", "flux_ivar", "ivar_flux", "weight")
 VARIANCE_COLUMNS = ("var", "variance", "flux_var", "var_flux", "flux_variance")
 QUALITY_COLUMNS = ("qual", "quality", "mask", "dq", "flag", "flags", "bad")
-#: Range (Angstrom) a unit-less wavelength column must lie in to be taken as Angstrom.
-PLAUSIBLE_ANGSTROM = (900.0, 60000.0)
 ASCII_SUFFIXES = (".csv", ".ecsv", ".txt", ".dat", ".tsv", ".tab", ".ascii", ".spec")
 
 _UNIT_IN_NAME = re.compile(r"^(?P<base>.*?)[\s_]*[\[(](?P<unit>[^\])]+)[\])]\s*$")
