@@ -181,14 +181,25 @@ def _separate_wcs_images(images: list) -> list:
             and "CRVAL1" in h.header]
 
 
-def _errors_and_mask(images: list, flux: np.ndarray, flux_hdu) -> tuple[np.ndarray, np.ndarray | None, bool]:
+def _aux_index(images: list) -> dict[str, list]:
+    """``{name: [(EXTVER, hdu), ...]}`` of the error and mask images, built once per file (a file of
+    1,000 spectrum HDUs is then paired in linear time)."""
+    index: dict[str, list] = {}
+    for h in images:
+        name = h.name.upper()
+        if name in _ERR_KINDS or name in _MASK_NAMES:
+            index.setdefault(name, []).append((h.header.get("EXTVER", 1), h))
+    return index
+
+
+def _errors_and_mask(aux: dict, flux: np.ndarray, flux_hdu) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """``(ivar, mask, placeholder)`` from the ERR/VAR/IVAR and MASK/DQ images of ``flux_hdu`` (same
     ``EXTVER`` when several)."""
     ver = flux_hdu.header.get("EXTVER", 1)
 
     def pick(names):
-        cands = [h for h in images if h.name.upper() in names and h.data.size == flux.size]
-        return next((h for h in cands if h.header.get("EXTVER", 1) == ver), cands[0] if cands else None)
+        cands = [(v, h) for n in names for v, h in aux.get(n, ()) if h.data.size == flux.size]
+        return next((h for v, h in cands if v == ver), cands[0][1] if cands else None)
 
     err_hdu, mask_hdu = pick(_ERR_KINDS), pick(_MASK_NAMES)
     ivar = (uncertainty_to_ivar(np.array(err_hdu.data).reshape(flux.shape), _ERR_KINDS[err_hdu.name.upper()])
@@ -257,7 +268,7 @@ def _single_part(path: Path, ff, images: list) -> dict:
     if flux_hdu is None:
         raise SpectrumFormatError(f"{path}: no flux image HDU found (HDUs {ff.names()})")
     flux = np.squeeze(np.array(flux_hdu.data, dtype=np.float64))
-    ivar, mask, placeholder = _errors_and_mask(images, flux, flux_hdu)
+    ivar, mask, placeholder = _errors_and_mask(_aux_index(images), flux, flux_hdu)
     fibres = None
     if wave_hdu is not None:
         axis = _wave_hdu_axis(path, wave_hdu, prim)
@@ -279,10 +290,10 @@ def _single_part(path: Path, ff, images: list) -> dict:
 
 
 def _wcs_image_parts(path: Path, images: list, separate: list) -> list[dict]:
-    parts = []
+    parts, aux = [], _aux_index(images)
     for h in separate:
         flux = np.squeeze(np.array(h.data, dtype=np.float64))
-        ivar, mask, placeholder = _errors_and_mask(images, flux, h)
+        ivar, mask, placeholder = _errors_and_mask(aux, flux, h)
         axis = spectral_axis_from_header(h.header, flux.size, where=f"{path} [HDU {h.name},{h.ver}]")
         parts.append(dict(hdu=h, header=h.header, axis=axis, wave=axis.wave, flux=flux, ivar=ivar, mask=mask,
                           placeholder=placeholder, fibres=None))
