@@ -61,7 +61,7 @@ from .registry import FileProbe, register_reader
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
            "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
            "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
-           "ivar_from_columns", "unused_error_like", "finish_table_columns"]
+           "ivar_from_columns", "unused_error_like", "finish_table_columns", "ivar_unit_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,15 +186,53 @@ def flambda_factor(unit: u.UnitBase | None,
     return factor, flam
 
 
+_ERROR_KINDS = {"error": "sigma", "sigma": "sigma", "ivar": "ivar", "variance": "var", "var": "var"}
+
+
+def ivar_unit_factor(kind: str, err_unit: u.UnitBase | None, flux_unit: u.UnitBase | None,
+                     where: str) -> float:
+    """Factor that puts an inverse variance computed from an uncertainty column in ``err_unit`` into
+    ``flux_unit**-2`` (issue 25 #6: flux in Jy with errors in mJy).
+
+    ``kind`` is ``'error'``/``'sigma'``, ``'ivar'`` or ``'variance'``/``'var'``.  An error column
+    without a unit is taken in the flux's unit (factor 1).
+
+    Raises
+    ------
+    SpectrumFormatError
+        The error column has a unit and the flux has none, or the units do not convert.
+    """
+    if err_unit is None or err_unit == u.dimensionless_unscaled:
+        return 1.0
+    kind = _ERROR_KINDS[kind]
+    if flux_unit is None or flux_unit == u.dimensionless_unscaled:
+        raise SpectrumFormatError(
+            f"{where}: the uncertainty column is in {err_unit} but the flux column has no unit; refusing "
+            "to combine them (give both units or neither)")
+    target = {"sigma": flux_unit, "var": flux_unit ** 2, "ivar": flux_unit ** -2}[kind]
+    try:
+        scale = float(u.Unit(err_unit).to(target))
+    except u.UnitConversionError as exc:
+        raise SpectrumFormatError(
+            f"{where}: the uncertainty column's unit {err_unit} does not convert to the flux column's "
+            f"{flux_unit} ({kind}); refused") from exc
+    return {"sigma": scale ** -2, "var": 1.0 / scale, "ivar": scale}[kind]
+
+
 def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None,
                          flux_unit: u.UnitBase | None, *, assumed: str | None = None, unused=(),
-                         header_warnings=()) -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
-    """The last steps every table reader shares: f_lambda conversion, placeholder ivar, notes.
+                         header_warnings=(), err_unit: u.UnitBase | None = None, err_kind: str | None = None,
+                         where: str = "") -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
+    """The last steps every table reader shares: error units, f_lambda conversion, placeholder ivar, notes.
 
-    Returns ``(flux, ivar, unit)``; records ``wave_unit_assumed``,
-    ``unused_error_like_columns``, ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
+    ``err_unit``/``err_kind`` (the uncertainty column's unit and ``'error'``/``'ivar'``/``'variance'``)
+    put the inverse variance into the flux's unit first (:func:`ivar_unit_factor`).  Returns
+    ``(flux, ivar, unit)``; records ``wave_unit_assumed``, ``unused_error_like_columns``,
+    ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
     """
     flux = np.asarray(flux, dtype=np.float64)
+    if ivar is not None and err_kind is not None:
+        ivar = ivar * ivar_unit_factor(err_kind, err_unit, flux_unit, where or str(meta.get("source_file")))
     factor, unit = flambda_factor(flux_unit, wave_aa)
     if factor is not None:
         flux = flux * factor
@@ -318,6 +356,9 @@ def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None,
     if unused:
         logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused,
                        roles.get(kind or "err"))
-    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused)
+    err_col = None if kind is None else roles[{"error": "err", "ivar": "ivar", "variance": "var"}[kind]]
+    err_unit = None if err_col is None else column_unit(err_col, table[err_col].unit)
+    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused,
+                                             err_unit=err_unit, err_kind=kind, where=where)
     bad = None if roles["qual"] is None else np.asarray(table[roles["qual"]]) != 0
     return [build_spectrum(wave, flux, ivar, mask=bad, flux_unit=funit, meta=meta, path=path)]

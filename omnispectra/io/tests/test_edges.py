@@ -227,3 +227,87 @@ def test_wat_parse_keeps_iraf_keys_and_runs_once_per_header():
     assert iraf_wat(h, 0) == {"system": "multispec"}
     assert iraf_wat(h, 1) == {"wtype": "multispec", "label": "Wavelength", "units": "angstroms"}
     assert iraf_wat(h, 1) is not iraf_wat(h, 1)  # callers get copies of the cached parse
+
+
+# ------------------------------------------------------------------ 6, 9: x1d/table error units, NaN waves
+
+
+def _jwst_x1d(path, err_unit="Jy", nan_wave=(), flag_nan=True, n=200):
+    wave = np.linspace(1.0, 2.0, n)
+    dq = np.zeros(n, np.uint32)
+    for i in nan_wave:
+        wave[i] = np.nan
+        if flag_nan:
+            dq[i] = 1
+    cols = [fits.Column("WAVELENGTH", "D", array=wave, unit="um"),
+            fits.Column("FLUX", "D", array=np.full(n, 1.0), unit="Jy"),
+            fits.Column("FLUX_ERROR", "D", array=np.full(n, 0.1), unit=err_unit),
+            fits.Column("DQ", "J", array=dq)]
+    prim = fits.PrimaryHDU()
+    prim.header.update(TELESCOP="JWST", INSTRUME="NIRSPEC")
+    fits.HDUList([prim, fits.BinTableHDU.from_columns(cols, name="EXTRACT1D")]).writeto(path)
+    return path
+
+
+def _snr(s):
+    return float(np.median(s.flux.value * np.sqrt(s.uncertainty.array)))
+
+
+def test_x1d_error_column_unit_is_converted_to_the_flux_unit(tmp_path):
+    same = _one(_jwst_x1d(tmp_path / "jy_x1d.fits", "Jy"))
+    milli = _one(_jwst_x1d(tmp_path / "mjy_x1d.fits", "mJy"))
+    assert _snr(same) == pytest.approx(10.0, rel=1e-9)
+    assert _snr(milli) == pytest.approx(10000.0, rel=1e-9)  # 1 Jy / 0.1 mJy
+
+
+def test_x1d_error_column_in_a_non_flux_unit_is_refused(tmp_path):
+    with pytest.raises(SpectrumFormatError, match="does not convert to the flux column"):
+        oio.read(_jwst_x1d(tmp_path / "bad_x1d.fits", "km/s"))
+
+
+def test_ascii_error_column_unit_is_converted_or_refused(tmp_path):
+    from astropy.table import Table
+
+    t = Table({"wavelength": np.linspace(4000.0, 5000.0, 50) * u.AA, "flux": np.full(50, 1.0) * u.Jy,
+               "error": np.full(50, 0.1) * u.mJy})
+    t.write(tmp_path / "s.ecsv")
+    assert _snr(_one(tmp_path / "s.ecsv")) == pytest.approx(10000.0, rel=1e-9)
+    t["flux"] = np.full(50, 1.0)  # no flux unit, errors in mJy: mixed, refused
+    t.write(tmp_path / "mixed.ecsv")
+    with pytest.raises(SpectrumFormatError, match="flux column has no unit"):
+        oio.read(tmp_path / "mixed.ecsv")
+
+
+def test_jwst_nan_wavelengths_flagged_do_not_use_are_dropped(tmp_path):
+    s = _one(_jwst_x1d(tmp_path / "nan_x1d.fits", nan_wave=(0, 1, 199)))
+    assert len(s.spectral_axis) == 197 and s.meta["dropped_pixels_nan_wavelength"] == 3
+    assert np.all(np.isfinite(s.spectral_axis.value))
+
+
+def test_jwst_nan_wavelengths_not_flagged_still_refused(tmp_path):
+    from omnispectra.exceptions import InvalidSpectrumError
+
+    with pytest.raises(InvalidSpectrumError, match="NaN"):
+        oio.read(_jwst_x1d(tmp_path / "nanu_x1d.fits", nan_wave=(5,), flag_nan=False))
+
+
+def test_hst_cos_x1dsum_two_segments_in_one_table_read(tmp_path):
+    """COS x1dsum layout (COS DHB 2.4): one SCI row per segment, SDQFLAGS; detector edges flagged."""
+    n = 4096
+    wa, wb = np.linspace(1600.0, 1760.0, n), np.linspace(1400.0, 1560.0, n)
+    dq = np.zeros((2, n), np.int16)
+    dq[:, :100] = 128  # 'outside the active area', one of SDQFLAGS
+    cols = [fits.Column("SEGMENT", "4A", array=["FUVA", "FUVB"]),
+            fits.Column("WAVELENGTH", f"{n}D", array=np.vstack([wa, wb]), unit="angstrom"),
+            fits.Column("FLUX", f"{n}E", array=np.full((2, n), 1e-14), unit="erg /s /cm**2 /angstrom"),
+            fits.Column("ERROR", f"{n}E", array=np.full((2, n), 1e-15), unit="erg /s /cm**2 /angstrom"),
+            fits.Column("DQ", f"{n}I", array=dq)]
+    prim = fits.PrimaryHDU()
+    prim.header.update(TELESCOP="HST", INSTRUME="COS", TARGNAME="WD1234")
+    table = fits.BinTableHDU.from_columns(cols, name="SCI")
+    table.header["SDQFLAGS"] = 8346
+    fits.HDUList([prim, table]).writeto(tmp_path / "lb_x1dsum.fits")
+    out = oio.read(tmp_path / "lb_x1dsum.fits")
+    assert [s.meta["order"] for s in out] == ["FUVA", "FUVB"]
+    assert all(s.mask[:100].all() and not s.mask[100:].any() for s in out)
+    assert _snr(out[0]) == pytest.approx(10.0, rel=1e-5)
