@@ -64,6 +64,7 @@ from .spectral_wcs import (
     decide_medium,
     header_medium,
     iraf_wat,
+    multispec_specs,
     parse_axis_unit,
     spectral_axis_from_header,
     to_vacuum,
@@ -474,6 +475,8 @@ def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray,
         raise SpectrumFormatError(
             f"{path}: multispec image with a logical-to-physical pixel map (LTV1={ltv}, "
             f"LTM1_1={ltm}) is not supported")
+    # Validated first: a WAT2 claiming a 10**8-order Legendre function made specutils allocate GBs.
+    specs = multispec_specs(header, flux2d.shape[0], flux2d.shape[1], where=str(path))
     hdr = header.copy()
     for key in list(hdr.keys()):
         if re.fullmatch(r"(NAXIS3|CTYPE3|CD3_3|CDELT3|CRVAL3|CRPIX3|LTM3_3|WAT3_\d+)", key):
@@ -484,12 +487,7 @@ def _multispec_axes(path: Path, header, flux2d: np.ndarray) -> tuple[np.ndarray,
         warnings.simplefilter("ignore")
         coll = SpectrumCollection.read(fits.HDUList([prim]), format="iraf")
     axes = np.atleast_2d(coll.spectral_axis.value)
-    wat2_keys = sorted(k for k in header.keys() if re.fullmatch(r"WAT2_\d+", k))
-    text = "".join(f"{str(header[k]):68s}" for k in wat2_keys)
-    zs = []
-    for m in re.finditer(r'spec\d+\s*=\s*"([^"]*)"', text):
-        fields = m.group(1).split()
-        zs.append(float(fields[6]) if len(fields) > 6 else 0.0)
+    zs = [float(fields[6]) for fields in specs]
     return axes, coll.spectral_axis.unit, zs
 
 

@@ -34,11 +34,12 @@ from typing import Any
 import astropy.units as u
 import numpy as np
 
-from ..exceptions import UnitsError
+from ..exceptions import SpectrumFormatError, UnitsError
 from ._common import PLAUSIBLE_ANGSTROM, WAVELENGTH_LIMITS_AA, air_to_vacuum
 
 __all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom",
-           "header_medium", "iraf_wat", "wat_text", "parse_axis_unit", "decide_medium"]
+           "header_medium", "iraf_wat", "wat_text", "parse_axis_unit", "decide_medium",
+           "multispec_specs"]
 
 _VELOCITY_CTYPES = ("VELO", "VRAD", "VOPT", "ZOPT", "BETA", "FELO", "VELOCITY")
 _NON_WAVELENGTH_CTYPES = ("FREQ", "ENER", "WAVN", "VRAD", "VOPT", "ZOPT", "VELO", "BETA", "FELO")
@@ -113,6 +114,77 @@ def iraf_wat(header, axis: int) -> dict[str, str]:
     if key not in cached:
         cached[key] = _parse_wat(wat_text(header, axis))
     return dict(cached[key])
+
+
+#: IRAF multispec dispersion function types (``onedspec``): name and coefficients needed for ``order``.
+_IRAF_FUNCTIONS = {1: ("Chebyshev", lambda n: n), 2: ("Legendre", lambda n: n),
+                   3: ("cubic spline", lambda n: n + 3), 4: ("linear spline", lambda n: n + 1),
+                   5: ("pixel array", lambda n: n), 6: ("sampled array", lambda n: 2 * n)}
+
+
+def _number(text: str, what: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SpectrumFormatError(f"{where}: WAT2 {what} is {text!r}, not a number; refused") from None
+
+
+def _check_functions(fields: list[str], name: str, n_pixels: int, where: str) -> None:
+    """Walk the ``wt zpt type order xmin xmax c1..cn`` descriptors of a ``dtype = 2`` spec: every
+    function's order must be a positive integer no larger than the image and its coefficients must
+    all be in the text - checked before specutils allocates anything for them (issue 25 #15)."""
+    i = 9
+    if i >= len(fields):
+        raise SpectrumFormatError(f"{where}: WAT2 {name} says dtype=2 (non-linear) but holds no function")
+    while i < len(fields):
+        if len(fields) - i < 6:
+            raise SpectrumFormatError(f"{where}: WAT2 {name}: truncated function descriptor {fields[i:]}")
+        ftype = _number(fields[i + 2], f"{name} function type", where)
+        order = _number(fields[i + 3], f"{name} function order", where)
+        if ftype not in _IRAF_FUNCTIONS:
+            raise SpectrumFormatError(f"{where}: WAT2 {name}: unknown dispersion function type {fields[i + 2]}")
+        label, needed = _IRAF_FUNCTIONS[int(ftype)]
+        if order != int(order) or not 1 <= order <= max(n_pixels, 1):
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name} claims a {label} function of order {fields[i + 3]} for {n_pixels} "
+                f"pixels; refused")
+        n_coeff = needed(int(order))
+        have = len(fields) - (i + 6)
+        if n_coeff > have:
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name} claims a {label} function of order {int(order)} ({n_coeff} "
+                f"coefficients) but the text holds {have}; refused")
+        i += 6 + n_coeff
+
+
+def multispec_specs(header, n_apertures: int, n_pixels: int, *, where: str) -> list[list[str]]:
+    """The fields of every ``specN`` entry of IRAF's ``WAT2`` text, validated against the text and
+    the image shape before any evaluation: one entry per aperture, ``ap beam dtype w1 dw nw z aplow
+    aphigh`` numbers, and for ``dtype = 2`` function orders and coefficient counts.
+
+    Raises
+    ------
+    SpectrumFormatError
+        Missing/extra entries, non-numbers, or a function that claims more coefficients than written.
+    """
+    tokens = _WAT_TOKEN.findall(wat_text(header, 2))
+    specs = [tokens[i + 1].strip('"').split() for i in range(1, len(tokens) - 1)
+             if tokens[i] == "=" and re.fullmatch(r"spec\d+", tokens[i - 1]) and tokens[i + 1].startswith('"')]
+    if len(specs) != n_apertures:
+        raise SpectrumFormatError(f"{where}: WAT2 describes {len(specs)} spectra (specN) for {n_apertures} "
+                                  f"apertures in the image; refused")
+    for k, fields in enumerate(specs):
+        name = f"spec{k + 1}"
+        if len(fields) < 9:
+            raise SpectrumFormatError(f"{where}: WAT2 {name} has {len(fields)} fields, at least 9 expected")
+        for j, what in enumerate(("aperture", "beam", "dtype", "w1", "dw", "nw", "z", "aplow", "aphigh")):
+            _number(fields[j], f"{name} {what}", where)
+        if not 0 < float(fields[5]) <= n_pixels:
+            raise SpectrumFormatError(f"{where}: WAT2 {name} claims {fields[5]} pixels, the image has "
+                                      f"{n_pixels}; refused")
+        if float(fields[2]) == 2:
+            _check_functions(fields, name, n_pixels, where)
+    return specs
 
 
 def parse_axis_unit(text: Any) -> u.UnitBase | None:
