@@ -69,6 +69,8 @@ def file_stem(path: str | Path) -> str:
     for suf in _FITS_SUFFIXES + (".hdf5", ".h5"):
         if low.endswith(suf):
             return name[: -len(suf)]
+    if low.endswith(".gz"):  # spec.txt.gz -> spec
+        name = name[:-3]
     return Path(name).stem
 
 

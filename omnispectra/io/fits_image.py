@@ -328,19 +328,22 @@ def read_fits_image(path, **kwargs) -> list:
     with open_fits(path) as ff:
         prim = ff.header(0).copy()
         images = _image_list(ff)
-        separate = _separate_wcs_images(images) if not any(h.name.upper() in _WAVE_NAMES for h in images) else []
+        has_wave = any(h.name.upper() in _WAVE_NAMES for h in images)
+        separate = [] if has_wave else _separate_wcs_images(images)
         parts = (_wcs_image_parts(path, images, separate) if len(separate) > 1
                  else [_single_part(path, ff, images)])
         for part in parts:
             part["header"] = part["header"].copy()
             part["fibres"] = None if part["fibres"] is None else np.array(part["fibres"])
-            part["unit"], part["raw_unit"] = flux_unit_from_header(part["header"].get("BUNIT", prim.get("BUNIT")))
+            bunit = part["header"].get("BUNIT", prim.get("BUNIT"))
+            part["unit"], part["raw_unit"] = flux_unit_from_header(bunit)
         warn = list(ff.warnings)
     stem = file_stem(path)
     out, errors = [], []
     for k, part in enumerate(parts):
         merged = fits.Header(prim)
-        merged.update({key: v for key, v in part["header"].items() if key in ("TELESCOP", "INSTRUME", "OBJECT")})
+        merged.update({key: v for key, v in part["header"].items()
+                       if key in ("TELESCOP", "INSTRUME", "OBJECT")})
         rows = _part_rows(part, stem, None if len(parts) == 1 else str(k + 1))
         for sid, w, f, iv, m, fib, reason in rows:
             if reason is not None:

@@ -79,6 +79,7 @@ _WAT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: One token of a WAT text: a quoted string, '=', or a run of other non-blank characters.  Tokens
 #: are consumed left to right, so the scan is linear in the text (no backtracking; issue 25 #14).
 _WAT_TOKEN = re.compile(r'"[^"]*"|=|[^\s="]+')
+_WORD = re.compile(r"\w+")
 
 
 def wat_text(header, axis: int) -> str:
@@ -91,12 +92,15 @@ def wat_text(header, axis: int) -> str:
 
 
 def _parse_wat(text: str) -> dict[str, str]:
-    tokens = _WAT_TOKEN.findall(text)
     out: dict[str, str] = {}
-    for i in range(1, len(tokens) - 1):
-        key = tokens[i - 1]
-        if tokens[i] == "=" and tokens[i + 1] != "=" and re.fullmatch(r"\w+", key):
-            out[key.lower()] = tokens[i + 1]
+    # Match objects, not strings: a long run of word characters is never copied out of the text.
+    prev2 = prev = None
+    for m in _WAT_TOKEN.finditer(text):
+        if prev is not None and prev2 is not None and text[prev.start()] == "=" and text[m.start()] != "=":
+            key = prev2.group()
+            if _WORD.fullmatch(key):
+                out[key.lower()] = m.group()
+        prev2, prev = prev, m
     return out
 
 
@@ -142,7 +146,8 @@ def _check_functions(fields: list[str], name: str, n_pixels: int, where: str) ->
         ftype = _number(fields[i + 2], f"{name} function type", where)
         order = _number(fields[i + 3], f"{name} function order", where)
         if ftype not in _IRAF_FUNCTIONS:
-            raise SpectrumFormatError(f"{where}: WAT2 {name}: unknown dispersion function type {fields[i + 2]}")
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name}: unknown dispersion function type {fields[i + 2]}")
         label, needed = _IRAF_FUNCTIONS[int(ftype)]
         if order != int(order) or not 1 <= order <= max(n_pixels, 1):
             raise SpectrumFormatError(
@@ -169,7 +174,8 @@ def multispec_specs(header, n_apertures: int, n_pixels: int, *, where: str) -> l
     """
     tokens = _WAT_TOKEN.findall(wat_text(header, 2))
     specs = [tokens[i + 1].strip('"').split() for i in range(1, len(tokens) - 1)
-             if tokens[i] == "=" and re.fullmatch(r"spec\d+", tokens[i - 1]) and tokens[i + 1].startswith('"')]
+             if tokens[i] == "=" and re.fullmatch(r"spec\d+", tokens[i - 1])
+             and tokens[i + 1].startswith('"')]
     if len(specs) != n_apertures:
         raise SpectrumFormatError(f"{where}: WAT2 describes {len(specs)} spectra (specN) for {n_apertures} "
                                   f"apertures in the image; refused")
@@ -290,7 +296,8 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
     ``unit=None`` (nothing in the file says): Angstrom when the values lie in
     :data:`~omnispectra.io._common.PLAUSIBLE_ANGSTROM` (900-60000, as for tables), micron when they
     lie in 0.08-30 but not in 2-6 (where log10 Angstrom is as likely), recorded in
-    ``notes['wavelength_unit_assumed']``; else :class:`UnitsError`.  Velocity units are always refused; frequency/energy/wavenumber
+    ``notes['wavelength_unit_assumed']``; else :class:`UnitsError`.  Velocity units are always
+    refused; frequency/energy/wavenumber
     units are converted with :func:`astropy.units.spectral` and then range-checked.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -348,7 +355,16 @@ def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 
         raise UnitsError(f"{where}: the spectral axis is a velocity (CTYPE{axis}={ctype!r}, "
                          f"CUNIT{axis}={header.get(f'CUNIT{axis}', '')!r}), not a UV/optical/IR "
                          f"wavelength axis (e.g. a radio line spectrum); refused")
-    if (base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES
+    raw_ctype = str(header.get(f"CTYPE{axis}", "")).strip()
+    ctype_unit = (parse_axis_unit(raw_ctype) or parse_axis_unit(raw_ctype.lower())
+                  if base not in _WAVELENGTH_CTYPES else None)
+    if ctype_unit is not None and ctype_unit.physical_type == "length":
+        # The unit written where the axis type belongs (CTYPE1 = 'ANGSTROM'): a wavelength axis in it.
+        notes["ctype_is_unit"] = ctype
+        if not header.get(f"CUNIT{axis}") and not wat.get("units"):
+            wat = dict(wat, units=raw_ctype)
+        base = "WAVE" if base != "AWAV" else base
+    elif (base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES
             and not base.startswith("MULTISPE")):
         raise UnitsError(f"{where}: axis {axis} is CTYPE{axis}={ctype!r}, not a spectral axis; refused")
     crval = header.get(f"CRVAL{axis}")

@@ -31,7 +31,9 @@ keyword decides; otherwise ``medium = 'unknown'`` and the wavelengths are left u
 ``survey``: from the ``TELESCOP``/``INSTRUME`` keywords of the table meta
 (:func:`omnispectra.io._common.survey_from_header`), else ``'unknown'``.
 
-Only files named explicitly are read (a folder walk takes FITS/HDF5 files only).
+A column header may be the first line or a comment line just above the data (``# wavelength flux
+error``); ``.gz``-compressed tables (``spec.txt.gz``) are read too.  Only files named explicitly are
+read (a folder walk takes FITS/HDF5 files only).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ from .registry import FileProbe, register_reader
 
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
            "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
-           "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
+           "ASCII_SUFFIXES", "ASCII_GZ_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom",
+           "flambda_factor",
            "ivar_from_columns", "unused_error_like", "finish_table_columns", "ivar_unit_factor"]
 
 logger = logging.getLogger(__name__)
@@ -273,29 +276,75 @@ def _medium(wave_name: str, meta: dict) -> str:
     return "unknown"
 
 
+#: Compressed ASCII tables read too (``spec.txt.gz``).
+ASCII_GZ_SUFFIXES = tuple(f"{suf}.gz" for suf in ASCII_SUFFIXES)
+
+
+def _text_lines(path: Path, limit: int | None = None) -> list[str] | None:
+    """The file's text lines (gzip-decompressed for ``.gz``), the first ``limit`` bytes only when
+    given; None when it is binary or not UTF-8."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read(-1 if limit is None else limit)
+    except (OSError, EOFError) as exc:
+        raise SpectrumFormatError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    if b"\x00" in raw:
+        return None
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return None
+
+
+def _split_cells(line: str) -> list[str]:
+    return [c for c in re.split(r"[,\s;|]+", line.strip().lstrip("#").strip()) if c]
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _names_line(lines: list[str]) -> tuple[int, list[str]] | None:
+    """``(index, column names)`` of the header line: the first non-comment line when it names the
+    columns, else the last comment line before the first data line (``# wavelength flux error``)."""
+    body = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+    first = next(((i, ln) for i, ln in body if not ln.lstrip().startswith("#")), None)
+    if first is None:
+        return None
+    cells = _split_cells(first[1])
+    if cells and not all(_is_number(c) for c in cells):
+        return first[0], cells
+    comments = [(i, ln) for i, ln in body if i < first[0] and ln.lstrip().startswith("#")]
+    if comments and len(_split_cells(comments[-1][1])) == len(cells):
+        return comments[-1][0], _split_cells(comments[-1][1])
+    return None
+
+
+def _has_spectrum_columns(cells: list[str]) -> bool:
+    return pick_column(cells, WAVE_COLUMNS + LOGWAVE_COLUMNS) is not None and \
+        pick_column(cells, FLUX_COLUMNS) is not None
+
+
 def identify_ascii_table(probe: FileProbe) -> bool:
     if probe.kind != "other":
         return False
     name = probe.path.name.lower()
-    if not name.endswith(ASCII_SUFFIXES):
+    if not name.endswith(ASCII_SUFFIXES + ASCII_GZ_SUFFIXES):
         return False
-    with open(probe.path, "rb") as fh:
-        head = fh.read(8192)
-    if b"\x00" in head:
-        return False
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    lines = _text_lines(probe.path, 8192)
+    if not lines or not any(ln.strip() for ln in lines):
         return False
     if lines[0].startswith("# %ECSV"):
         return True
-    first = next((ln for ln in lines if not ln.lstrip().startswith("#")), "")
-    cells = [c for c in re.split(r"[,\s;|]+", first.strip().lstrip("#")) if c]
-    return pick_column(cells, WAVE_COLUMNS + LOGWAVE_COLUMNS) is not None and \
-        pick_column(cells, FLUX_COLUMNS) is not None
+    found = _names_line(lines)
+    return found is not None and _has_spectrum_columns(found[1])
 
 
 def _read_table(path: Path):
@@ -305,15 +354,35 @@ def _read_table(path: Path):
     try:
         if low.endswith(".ecsv"):
             return Table.read(path, format="ascii.ecsv")
-        if low.endswith(".csv"):
-            return Table.read(path, format="ascii.csv", comment="#")
-        return Table.read(path, format="ascii", guess=True)
+        lines = _text_lines(path)
+        if lines is None:
+            raise SpectrumFormatError(f"{path}: not a text file")
+        found = _names_line(lines)
+        if found is not None and lines[found[0]].lstrip().startswith("#"):
+            # a commented column header: the names from it, the data from the lines after it
+            data = [ln for ln in lines[found[0] + 1:] if ln.strip() and not ln.lstrip().startswith("#")]
+            delimiter = _delimiter(data[0])
+            extra = {} if delimiter is None else {"delimiter": delimiter}
+            return Table.read(data, format="ascii.no_header", names=found[1], **extra)
+        if low.endswith((".csv", ".csv.gz")):
+            return Table.read(lines, format="ascii.csv", comment="#")
+        return Table.read(lines, format="ascii", guess=True)
+    except SpectrumFormatError:
+        raise
     except Exception as exc:
         raise SpectrumFormatError(
             f"{path}: cannot be parsed as a table ({type(exc).__name__}: {exc})") from exc
 
 
-@register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES, priority=20)
+def _delimiter(line: str) -> str | None:
+    for d in (",", ";", "|", "\t"):
+        if d in line:
+            return d
+    return None
+
+
+@register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES + ASCII_GZ_SUFFIXES,
+                 priority=20)
 def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None,
                      flux_unit: str | u.UnitBase | None = None, **kwargs) -> list:
     """ASCII/CSV/ECSV tables with wavelength, flux and (optionally) error/ivar/variance columns."""

@@ -138,7 +138,8 @@ def read_x1d(path, **kwargs) -> list:
                 telescope, wave, flux, err, iv, var, dq)
             w, assumed = wavelength_in_angstrom(wave, units.get("wave"), where)
             ivar, kind = ivar_from_columns(err, iv, var)
-            err_unit = None if kind is None else units.get({"error": "err", "ivar": "ivar", "variance": "var"}[kind])
+            role = None if kind is None else {"error": "err", "ivar": "ivar", "variance": "var"}[kind]
+            err_unit = None if role is None else units.get(role)
             meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
                              medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
             put_text(meta, "instrument", prim.get("INSTRUME"))

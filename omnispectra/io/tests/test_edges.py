@@ -71,7 +71,8 @@ def test_unitless_nm_wcs_is_refused_not_read_as_angstrom(tmp_path):
     with pytest.raises(UnitsError, match=r"neither plausible Angstrom .*look like nm"):
         oio.read(path)
     # the same axis with its unit reads
-    s = _one(_image(tmp_path / "nm_unit.fits", CTYPE1="WAVE", CRVAL1=400.0, CDELT1=0.2, CRPIX1=1, CUNIT1="nm"))
+    s = _one(_image(tmp_path / "nm_unit.fits", CTYPE1="WAVE", CRVAL1=400.0, CDELT1=0.2, CRPIX1=1,
+                    CUNIT1="nm"))
     assert s.spectral_axis.to_value(u.AA)[0] == pytest.approx(4000.0)
 
 
@@ -201,22 +202,40 @@ def _wat_file(path, n_cards):
     return path
 
 
-def _best_time(fn, repeat=3):
+def _best_time(fn, repeat=3, clock=time.perf_counter):
+    """Best time of ``repeat`` runs with the garbage collector off (as timeit does), so a
+    collection of the test session's heap is not charged to the larger input."""
+    import gc
+
     best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            t0 = clock()
+            fn()
+            best = min(best, clock() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return best
 
 
 def test_hostile_wat_cards_parse_in_linear_time(tmp_path):
-    # plain dicts of the cards: not cached, so every call parses
-    headers = {n: dict(fits.getheader(_wat_file(tmp_path / f"wat{n}.fits", n)).items()) for n in (3000, 6000)}
-    t = {n: _best_time(lambda h=h: [iraf_wat(h, a) for a in range(10)], repeat=7) for n, h in headers.items()}
+    """The reproducer's 1,500 and 3,000 cards of word characters (~100 s and 301 s with the backtracking
+    regular expression): 3,000 parse in < 1 s, doubling the cards at most doubles the time (x2.2)."""
+    # plain dicts of one axis's cards: not cached, so every call parses
+    headers = {n: {f"WAT1_{k + 1:03d}": "w" * 68 for k in range(n)} for n in (1500, 3000)}
+    t = {n: np.inf for n in headers}
+    for _ in range(25):  # interleaved minima, so a burst of load on the shared machine hits both sizes alike
+        for n, h in headers.items():
+            # CPU time of this process: the other users of the shared machine do not count
+            t[n] = min(t[n], _best_time(lambda h=h: [iraf_wat(h, 1) for _ in range(10)], 1,
+                                        clock=time.process_time) / 10)
     assert t[3000] < 1.0
-    assert t[6000] <= 2.2 * t[3000] + 0.005  # 5 ms of slack for timer noise on tiny times
-    # the whole read of the 3,000-card file is bounded too
+    assert t[3000] <= 2.2 * t[1500]
+    # a whole file of 3,000 WAT cards (three axes) reads in under a second
+    _wat_file(tmp_path / "wat3000.fits", 3000)
     assert _best_time(lambda: oio.read(tmp_path / "wat3000.fits"), repeat=1) < 1.0
 
 
@@ -354,3 +373,133 @@ def test_multispec_function_claims_checked_against_the_text_first(tmp_path, orde
     finally:
         tracemalloc.stop()
     assert time.perf_counter() - t0 < 5.0 and peak < 200e6
+
+
+# ------------------------------------------------------------------ formats users still hit
+
+
+def _pypeit_table(name, n=200, start=5000.0, flam=True, order=None, objid=None, wave_zero=0):
+    wave = start + np.arange(n, dtype=np.float64)
+    mask = np.ones(n, bool)
+    wave[:wave_zero] = 0.0
+    mask[:wave_zero] = False
+    cols = [fits.Column("OPT_WAVE", "D", array=wave), fits.Column("OPT_COUNTS", "D", array=np.full(n, 50.0)),
+            fits.Column("OPT_COUNTS_IVAR", "D", array=np.full(n, 4.0)),
+            fits.Column("OPT_COUNTS_SIG", "D", array=np.full(n, 0.5)),
+            fits.Column("OPT_MASK", "L", array=mask),
+            fits.Column("BOX_WAVE", "D", array=wave), fits.Column("BOX_COUNTS", "D", array=np.full(n, 40.0)),
+            fits.Column("BOX_COUNTS_IVAR", "D", array=np.full(n, 1.0)),
+            fits.Column("BOX_MASK", "L", array=mask)]
+    if flam:
+        cols += [fits.Column("OPT_FLAM", "D", array=np.full(n, 3.0)),
+                 fits.Column("OPT_FLAM_IVAR", "D", array=np.full(n, 9.0))]
+    h = fits.BinTableHDU.from_columns(cols, name=name)
+    h.header["NAME"] = name
+    if order is not None:
+        h.header["HIERARCH ECH_ORDER"] = order  # PypeIt's 9-character keys are HIERARCH cards
+        h.header["HIERARCH ECH_OBJID"] = objid
+    return h
+
+
+def test_pypeit_spec1d_one_spectrum_per_object(tmp_path):
+    prim = fits.PrimaryHDU()
+    prim.header.update(PYPELINE="MultiSlit", PYP_SPEC="keck_lris_blue", TELESCOP="KECK", INSTRUME="LRISBLUE")
+    fits.HDUList([prim, _pypeit_table("SPAT0123-SLIT0456-DET01", wave_zero=3),
+                  _pypeit_table("SPAT0300-SLIT0456-DET01", flam=False)]).writeto(tmp_path / "spec1d_a.fits")
+    assert oio.identify_format(tmp_path / "spec1d_a.fits") == "pypeit_spec1d"
+    fluxed, counts = oio.read(tmp_path / "spec1d_a.fits")
+    assert fluxed.meta["id"] == "spec1d_a:SPAT0123-SLIT0456-DET01" and fluxed.meta["extraction"] == "optimal"
+    assert fluxed.flux.unit == u.Unit("1e-17 erg / (s cm2 Angstrom)") and fluxed.meta["medium"] == "vacuum"
+    assert fluxed.meta["dropped_pixels_no_wavelength"] == 3 and len(fluxed.spectral_axis) == 197
+    np.testing.assert_allclose(fluxed.uncertainty.array, 9.0)
+    assert counts.meta["flux_kind"] == "counts" and counts.flux.unit == u.dimensionless_unscaled
+    np.testing.assert_allclose(counts.flux.value, 50.0)
+
+
+def test_pypeit_echelle_orders_share_the_object(tmp_path):
+    prim = fits.PrimaryHDU()
+    prim.header.update(PYPELINE="Echelle", PYP_SPEC="vlt_xshooter_vis")
+    fits.HDUList([prim, _pypeit_table("OBJ0001-ORDER0020-DET01", start=5500.0, order=20, objid=1),
+                  _pypeit_table("OBJ0001-ORDER0021-DET01", start=5650.0, order=21, objid=1)]).writeto(
+        tmp_path / "spec1d_e.fits")
+    out = oio.read(tmp_path / "spec1d_e.fits")
+    assert [s.meta["order"] for s in out] == [20, 21]
+    assert {s.meta["object_id"] for s in out} == {"spec1d_e:OBJ1"}
+
+
+def test_ctype_holding_the_unit_reads_as_a_wavelength_axis(tmp_path):
+    s = _one(_image(tmp_path / "ang.fits", CTYPE1="ANGSTROM", CRVAL1=4000.0, CDELT1=2.0, CRPIX1=1))
+    np.testing.assert_allclose(s.spectral_axis.value, 4000.0 + 2.0 * np.arange(N))
+    assert s.meta["ctype_is_unit"] == "ANGSTROM"
+    s = _one(_image(tmp_path / "nm.fits", CTYPE1="nm", CRVAL1=400.0, CDELT1=0.2, CRPIX1=1))
+    assert s.spectral_axis.value[0] == pytest.approx(4000.0)
+
+
+_ASCII = "# object: HD 1234\n# wavelength flux error\n" + "".join(
+    f"{4000.0 + i:.1f} {1.0 + 0.001 * i:.4f} 0.1\n" for i in range(100))
+
+
+@pytest.mark.parametrize("name", ["star.txt", "star.txt.gz", "star.dat.gz"], ids=["txt", "txt-gz", "dat-gz"])
+def test_ascii_with_commented_header_and_gzip_is_detected_and_read(tmp_path, name):
+    import gzip
+
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt") as fh:
+            fh.write(_ASCII)
+    else:
+        path.write_text(_ASCII)
+    assert oio.identify_format(path) == "ascii_table"
+    s = _one(path)
+    assert s.meta["id"] == "star" and s.meta["columns_used"]["err"] == "error"
+    np.testing.assert_allclose(s.spectral_axis.value, 4000.0 + np.arange(100))
+    np.testing.assert_allclose(s.uncertainty.array, 100.0)
+
+
+def test_aaomega_fibre_image_with_separate_wavelength_hdu(tmp_path):
+    """2dF/AAOmega-style: flux (fibres x pixels) in the primary, VARIANCE, a 1-D log-spaced vacuum
+    WAVELENGTH HDU and a FIBRES table (TYPE P = target, S = sky)."""
+    nfib, npix = 4, 500
+    flux = np.full((nfib, npix), 100.0)
+    flux[2] = np.nan  # a dead fibre
+    wave = 10 ** (3.57 + 1e-4 * np.arange(npix))
+    whdu = fits.ImageHDU(wave, name="WAVELENGTH")
+    whdu.header.update(BUNIT="Angstrom", AIRORVAC="vac")
+    fib = fits.BinTableHDU.from_columns([fits.Column("NAME", "10A", array=["G1", "SKY1", "G3", "G4"]),
+                                         fits.Column("TYPE", "1A", array=["P", "S", "P", "P"])],
+                                        name="FIBRES")
+    prim = fits.PrimaryHDU(flux)
+    prim.header.update(TELESCOP="AAT", INSTRUME="AAOMEGA-2dF")
+    fits.HDUList([prim, fits.ImageHDU(np.full((nfib, npix), 4.0), name="VARIANCE"), whdu, fib]).writeto(
+        tmp_path / "aao.fits")
+    out = oio.read(tmp_path / "aao.fits")
+    assert [s.meta["id"] for s in out] == ["aao:0", "aao:3"]
+    assert [s.meta["object_id"] for s in out] == ["G1", "G4"]
+    np.testing.assert_allclose(out[0].spectral_axis.value, wave, rtol=1e-12)
+    assert out[0].meta["medium"] == "vacuum" and out[0].meta["n_spectra_in_file"] == 4
+    np.testing.assert_allclose(out[0].uncertainty.array, 0.25)
+    skipped = {r["id"]: r["reason"] for r in out[0].meta["skipped_in_file"]}
+    assert set(skipped) == {"aao:1", "aao:2"} and "sky fibre" in skipped["aao:1"]
+
+
+def test_jwst_2d_slit_image_is_refused_as_2d(tmp_path):
+    """JWST s2d layout: SCI, ERR, DQ and a WAVELENGTH image of the same 2-D shape (spatial x dispersion)."""
+    ny, nx = 30, 400
+    wave2d = np.tile(np.linspace(1.0, 5.0, nx), (ny, 1)) + 1e-4 * np.arange(ny)[:, None]
+    prim = fits.PrimaryHDU()
+    prim.header.update(TELESCOP="JWST", INSTRUME="NIRSPEC", EXP_TYPE="NRS_FIXEDSLIT")
+    hdus = [prim, fits.ImageHDU(np.ones((ny, nx)), name="SCI"), fits.ImageHDU(np.ones((ny, nx)), name="ERR"),
+            fits.ImageHDU(np.zeros((ny, nx), np.uint32), name="DQ"), fits.ImageHDU(wave2d, name="WAVELENGTH")]
+    hdus[-1].header["BUNIT"] = "um"
+    fits.HDUList(hdus).writeto(tmp_path / "jw_s2d.fits")
+    with pytest.raises(SpectrumFormatError, match="2-D image .* only 1-D spectra are read"):
+        oio.read(tmp_path / "jw_s2d.fits")
+
+
+def test_echelle_orders_in_2d_wavelength_image_still_read(tmp_path):
+    npix = 200
+    wave = np.vstack([np.linspace(5000.0, 5200.0, npix), np.linspace(5180.0, 5400.0, npix)])
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((2, npix)), name="FLUX"),
+                  fits.ImageHDU(wave, name="WAVELENGTH")]).writeto(tmp_path / "ech.fits")
+    out = oio.read(tmp_path / "ech.fits")
+    assert [s.meta["id"] for s in out] == ["ech:0", "ech:1"]
