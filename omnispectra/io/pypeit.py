@@ -24,16 +24,10 @@ import numpy as np
 from astropy.io import fits
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
-from ._common import (
-    FLUX_1E17,
-    base_meta,
-    build_spectrum,
-    file_stem,
-    finish_rows,
-    open_fits,
-    put_text,
-    survey_from_header,
-)
+from ._common import FLUX_1E17, base_meta, build_spectrum, file_stem, finish_rows
+
+# isort: split
+from ._common import open_fits, put_text, survey_from_header
 from .registry import FileProbe, register_reader
 from .spectral_wcs import decide_medium, to_vacuum
 
