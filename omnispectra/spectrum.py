@@ -24,6 +24,7 @@ Spectra longer than :func:`max_pixels` (default :data:`DEFAULT_MAX_PIXELS`, set
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 from astropy import units as u
 
-from .exceptions import InvalidSpectrumError, SpectrumTypeError, UnitsError
+from .exceptions import ConfigError, InvalidSpectrumError, SpectrumTypeError, UnitsError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -54,16 +55,32 @@ DEFAULT_MAX_PIXELS = 1_000_000
 
 
 def max_pixels() -> int:
-    """The pixel limit in force: ``OMNISPECTRA_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    """The pixel limit in force: ``OMNISPECTRA_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`.
+
+    The variable may be written as an integer (``2000000``, ``2_000_000``) or an integral float
+    (``1e6``).
+
+    Raises
+    ------
+    ConfigError
+        The variable is not a positive whole number (``abc``, ``0``, ``1.5``, ``inf``); a
+        :class:`ValueError` too, so the command line shows its one-line message.
+    """
     raw = os.environ.get("OMNISPECTRA_MAX_PIXELS")
-    if not raw:
+    if raw is None or not raw.strip():
         return DEFAULT_MAX_PIXELS
+    text = raw.strip()
     try:
-        value = int(raw)
+        value = int(text)
     except ValueError:
-        raise ValueError(f"OMNISPECTRA_MAX_PIXELS must be a positive integer, got {raw!r}") from None
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        value = int(number) if math.isfinite(number) and number == int(number) else 0
     if value < 1:
-        raise ValueError(f"OMNISPECTRA_MAX_PIXELS must be a positive integer, got {raw!r}")
+        raise ConfigError(f"OMNISPECTRA_MAX_PIXELS must be a positive whole number of pixels (e.g. 1000000 "
+                          f"or 1e6), got {raw!r}")
     return value
 
 

@@ -75,7 +75,8 @@ Formats
 WAVE/FLUX/ERR tables, PyHammer templates), ``mmu`` (Multimodal Universe HDF5, incl.
 VIPERS), ``deimos`` (Keck/DEIMOS spec1d), ``uves_popler``, ``x1d`` (JWST/HST extracted
 spectra, one per order), ``ascii_table`` (CSV/ECSV/text tables named explicitly),
-``specutils`` (anything specutils reads; tried last).  See :func:`list_formats`.
+``pypeit_spec1d`` (PypeIt spec1d, one object per BinTable), ``specutils`` (anything specutils reads;
+tried last).  See :func:`list_formats`.
 FITS images: ``6dfgs``, ``sdss_spspec`` (SDSS-I/II spSpec), and the generic
 ``iraf_multispec``, ``fits_image`` and ``fits_image_rows`` (:mod:`omnispectra.io.fits_image`), whose
 axes come from :mod:`omnispectra.io.spectral_wcs`; they say ``medium = 'unknown'`` (wavelengths
@@ -116,7 +117,7 @@ from .sources import SPECTRUM_FILE_SUFFIXES, ReadFailure, SpectrumIterator, Spec
 # specutils fallback last).
 # isort: off
 from . import sdss, desi, apogee, lamost, miles, xshooter, manga, eso, mmu, nonspectra  # noqa: F401
-from . import tables, x1d, deimos, uves_popler  # noqa: F401
+from . import tables, x1d, deimos, uves_popler, pypeit  # noqa: F401
 from . import sixdfgs, sdss_spspec  # noqa: F401
 from . import fits_image  # noqa: F401  (generic image layouts, before the specutils fallback)
 from . import specutils_fallback  # noqa: F401

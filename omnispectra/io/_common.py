@@ -45,9 +45,12 @@ __all__ = [
     "put_class",
     "FLUX_1E17",
     "WAVELENGTH_LIMITS_AA",
+    "PLAUSIBLE_ANGSTROM",
     "check_wavelength_axis",
     "flux_unit_from_header",
     "survey_from_header",
+    "finish_rows",
+    "skipped_record",
 ]
 
 #: The SDSS/BOSS/DESI/APOGEE flux density unit.
@@ -66,6 +69,8 @@ def file_stem(path: str | Path) -> str:
     for suf in _FITS_SUFFIXES + (".hdf5", ".h5"):
         if low.endswith(suf):
             return name[: -len(suf)]
+    if low.endswith(".gz"):  # spec.txt.gz -> spec
+        name = name[:-3]
     return Path(name).stem
 
 
@@ -414,18 +419,33 @@ def build_spectrum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, *, meta
     )
 
 
-def finish_rows(spectra: list, errors: list) -> list:
-    """Close a many-row read: fail when no row was usable, else note the skipped rows.
+_ERROR_ID = re.compile(r" \[([^\]]+)\]: ")
 
-    ``errors`` holds the :class:`InvalidSpectrumError` of every row that was skipped; with
-    no usable row the first of them is raised, otherwise each spectrum records them in
-    ``meta['skipped_rows_in_file']``.
+
+def skipped_record(error: Exception) -> dict:
+    """``{"id", "reason"}`` for a spectrum of a file that was not returned; the id is the one
+    :func:`build_spectrum` writes into its messages (``<path> [<id>]: ...``), else None."""
+    m = _ERROR_ID.search(str(error))
+    return {"id": m.group(1) if m else None, "reason": str(error)}
+
+
+def finish_rows(spectra: list, errors: list) -> list:
+    """Close a many-spectra read: fail when no spectrum was usable, else name the skipped ones.
+
+    ``errors`` holds the :class:`InvalidSpectrumError` of every spectrum of the file that was not
+    returned; with no usable spectrum the first of them is raised.  Otherwise every returned spectrum
+    records ``meta['n_spectra_in_file']`` (returned + skipped: what the file holds) and, when some
+    were skipped, ``meta['skipped_in_file']`` (a list of ``{"id", "reason"}``, issue 25 #7) and the
+    messages in ``meta['skipped_rows_in_file']``.
     """
     if not spectra and errors:
         raise errors[0]
-    if errors:
-        for spectrum in spectra:
+    records = [skipped_record(e) for e in errors]
+    for spectrum in spectra:
+        spectrum.meta["n_spectra_in_file"] = len(spectra) + len(errors)
+        if errors:
             spectrum.meta["skipped_rows_in_file"] = [str(e) for e in errors]
+            spectrum.meta["skipped_in_file"] = [dict(r) for r in records]
     return spectra
 
 
@@ -436,6 +456,9 @@ def finish_rows(spectra: list, errors: list) -> list:
 #: Vacuum-Angstrom range a UV/optical/IR spectrum must lie in (far-UV 100 A to far-IR 100 um).
 #: Radio frequencies, X-ray energies and pixel indices of short spectra fall outside.
 WAVELENGTH_LIMITS_AA = (100.0, 1.0e6)
+#: Range (Angstrom) unit-less wavelengths must lie in to be taken as Angstrom (table and image
+#: readers alike); outside it a file must say its unit.
+PLAUSIBLE_ANGSTROM = (900.0, 60000.0)
 
 
 def check_wavelength_axis(wave: np.ndarray, where: str) -> None:

@@ -144,6 +144,8 @@ def read_eso_phase3(path, **kwargs) -> list:
         qual = np.array(data[colmap[qc].name]) if qc else None
         wunit = parse_unit(colmap[wc].unit)
         funit = parse_unit(colmap[fc].unit)
+        ucol = ec or ic or vc
+        eunit = parse_unit(colmap[ucol].unit) if ucol else None
         unused = unused_error_like([c.name for c in hdu.columns],
                                    {"w": colmap[wc].name, "f": colmap[fc].name,
                                     "q": colmap[qc].name if qc else None,
@@ -184,9 +186,10 @@ def read_eso_phase3(path, **kwargs) -> list:
                 put_label(meta, "z", prim.get(kw, th.get(kw)))
                 break
         e = None if e is None else np.asarray(e, dtype=np.float64).ravel()
-        ivar, _ = ivar_from_columns(e if ec else None, e if ic else None, e if vc else None)
+        ivar, kind = ivar_from_columns(e if ec else None, e if ic else None, e if vc else None)
         f, ivar, unit = finish_table_columns(meta, w, np.asarray(f, dtype=np.float64).ravel(), ivar, funit,
-                                             assumed=assumed, unused=unused, header_warnings=warn)
+                                             assumed=assumed, unused=unused, header_warnings=warn,
+                                             err_unit=eunit, err_kind=kind, where=str(path))
         bad = None if q is None else (np.asarray(q).ravel() != 0)
         try:
             out.append(build_spectrum(w, f, ivar, mask=bad, flux_unit=unit, meta=meta, path=path))

@@ -113,7 +113,8 @@ def _loglinear_axis(path, h, npix: int) -> np.ndarray:
     if "COEFF0" in h and "COEFF1" in h:
         return 10.0 ** (float(h["COEFF0"]) + float(h["COEFF1"]) * np.arange(npix))
     if "CRVAL1" in h:
-        return spectral_axis_from_header(h, npix, where=str(path)).wave
+        # As written: the reader's VACUUM decision converts once (issue 25 #5).
+        return spectral_axis_from_header(h, npix, where=str(path), convert=False).wave
     raise SpectrumFormatError(f"{path}: LRS image without a wavelength row (EXTEN0 = {h.get('EXTEN0')!r}) "
                               f"and without COEFF0/COEFF1 or CRVAL1")
 

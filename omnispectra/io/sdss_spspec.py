@@ -82,7 +82,7 @@ def read_sdss_spspec(path, **kwargs) -> list:
     rest_frame, source = False, "COEFF0/COEFF1 (log10)"
     wave = loglin
     if int(h.get("DC-FLAG", 1) or 0) == 0 and "CRVAL1" in h and float(h["CRVAL1"]) > 100:
-        linear = spectral_axis_from_header(h, npix, where=str(path)).wave
+        linear = spectral_axis_from_header(h, npix, where=str(path), convert=False).wave
         step = abs(linear[1] - linear[0])
         if abs(linear[0] - loglin[0]) < 2 * step:
             wave, source = linear, "linear WCS (observed frame)"

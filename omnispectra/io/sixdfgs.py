@@ -18,7 +18,9 @@ Air wavelengths: the files do not say, but the 6dF reductions (as 2dF's) calibra
 air. Measured: fitting vacuum templates (:mod:`omnispectra.redshift`) to the axis as stored put
 94 QUALITY >= 3 galaxies at a median ``dz / (1 + z) = -2.58e-4`` (MAD 7e-5) from ``Z_HELIO``,
 which is ``n_air - 1`` over 3900-7500 A. The axis is therefore converted from air to vacuum
-(``medium = 'air->vacuum'``), as every other air-wavelength reader here does.
+(``medium = 'air->vacuum'``), as every other air-wavelength reader here does - unless the header
+itself says (``CTYPE1 = 'AWAV'`` air, ``'WAVE'``/``AIRORVAC = 'vac'``/``VACUUM = T`` vacuum): the
+medium is decided once (:func:`omnispectra.io.spectral_wcs.decide_medium`) and converted once.
 
 Labels: ``class`` GALAXY (6dFGS targets are 2MASS galaxies) for QUALITY 1-5 and STAR for 6;
 ``z`` = ``Z_HELIO`` only when QUALITY is 3-5 (``z_measured`` = ``Z``); ``quality`` always.
@@ -33,7 +35,6 @@ import numpy as np
 
 from ..exceptions import SpectrumFormatError
 from ._common import (
-    air_to_vacuum,
     base_meta,
     build_spectrum,
     file_stem,
@@ -43,7 +44,7 @@ from ._common import (
 )
 from .fits_image import primary_image
 from .registry import FileProbe, register_reader
-from .spectral_wcs import spectral_axis_from_header
+from .spectral_wcs import spectral_axis_from_header, to_vacuum
 
 __all__ = ["read_6dfgs", "identify_6dfgs"]
 
@@ -65,7 +66,9 @@ def read_6dfgs(path, **kwargs) -> list:
     if data.ndim != 2 or data.shape[0] not in (3, 4):
         raise SpectrumFormatError(f"{path}: expected a 3 x N or 4 x N 6dFGS image, found {data.shape}")
     npix = data.shape[1]
-    axis = spectral_axis_from_header(h, npix, where=str(path))
+    # One decision on the medium (issue 25 #5): the header's CTYPE1/AIRORVAC/VACUUM if it says, else
+    # the survey's air calibration; the axis stays as written until the single conversion below.
+    axis = spectral_axis_from_header(h, npix, where=str(path), default_medium="air", convert=False)
     expected = axis.wave * (1.0 + axis.dopcor_z)
     rest_frame = abs(axis.dopcor_z) > 1e-3
     source = f"WCS ({axis.description})"
@@ -81,10 +84,11 @@ def read_6dfgs(path, **kwargs) -> list:
                 "layout not understood")
     else:
         wave = axis.wave
+    wave, medium = to_vacuum(wave, axis.medium)
     stem = file_stem(path)
     target = str(h.get("TARGET", h.get("NAME_V", "")) or "").strip()
     meta = base_meta(path, "6dfgs", "6dfgs", id=stem, object_id=f"6dfgs:{target}" if target else stem,
-                     rest_frame=rest_frame, medium="air->vacuum")
+                     rest_frame=rest_frame, medium=medium)
     meta["wavelength_source"] = source
     if axis.dopcor_z:
         meta["dopcor_z"] = axis.dopcor_z
@@ -104,4 +108,4 @@ def read_6dfgs(path, **kwargs) -> list:
     if warn:
         meta["header_warnings"] = warn
     ivar = uncertainty_to_ivar(data[1], "var")
-    return [build_spectrum(air_to_vacuum(wave), data[0], ivar, flux_unit=None, meta=meta, path=path)]
+    return [build_spectrum(wave, data[0], ivar, flux_unit=None, meta=meta, path=path)]

@@ -27,17 +27,19 @@ Conventions handled (FITS WCS Paper III, Greisen et al. 2006, and IRAF ``onedspe
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import astropy.units as u
 import numpy as np
 
-from ..exceptions import UnitsError
-from ._common import WAVELENGTH_LIMITS_AA, air_to_vacuum
+from ..exceptions import SpectrumFormatError, UnitsError
+from ._common import PLAUSIBLE_ANGSTROM, WAVELENGTH_LIMITS_AA, air_to_vacuum
 
 __all__ = ["SpectralAxis", "spectral_axis_from_header", "to_vacuum", "wavelengths_to_angstrom",
-           "header_medium", "iraf_wat", "parse_axis_unit"]
+           "header_medium", "iraf_wat", "wat_text", "parse_axis_unit", "decide_medium",
+           "multispec_specs"]
 
 _VELOCITY_CTYPES = ("VELO", "VRAD", "VOPT", "ZOPT", "BETA", "FELO", "VELOCITY")
 _NON_WAVELENGTH_CTYPES = ("FREQ", "ENER", "WAVN", "VRAD", "VOPT", "ZOPT", "VELO", "BETA", "FELO")
@@ -72,11 +74,123 @@ class SpectralAxis:
     notes: dict = field(default_factory=dict)
 
 
+#: Parsed WAT cards per header object (identify and read see the same header several times).
+_WAT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: One token of a WAT text: a quoted string, '=', or a run of other non-blank characters.  Tokens
+#: are consumed left to right, so the scan is linear in the text (no backtracking; issue 25 #14).
+_WAT_TOKEN = re.compile(r'"[^"]*"|=|[^\s="]+')
+_WORD = re.compile(r"\w+")
+
+
+def wat_text(header, axis: int) -> str:
+    """The concatenated ``WAT<axis>_nnn`` card values (each padded to 68 characters), in card-number
+    order (``WAT2_1000`` after ``WAT2_999``)."""
+    prefix = f"WAT{axis}_"
+    keys = [k for k in header.keys() if k.startswith(prefix) and k[len(prefix):].isdigit()]
+    keys.sort(key=lambda k: int(k[len(prefix):]))
+    return "".join(f"{str(header[k]):68s}" for k in keys)
+
+
+def _parse_wat(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    # Match objects, not strings: a long run of word characters is never copied out of the text.
+    prev2 = prev = None
+    for m in _WAT_TOKEN.finditer(text):
+        if prev is not None and prev2 is not None and text[prev.start()] == "=" and text[m.start()] != "=":
+            key = prev2.group()
+            if _WORD.fullmatch(key):
+                out[key.lower()] = m.group()
+        prev2, prev = prev, m
+    return out
+
+
 def iraf_wat(header, axis: int) -> dict[str, str]:
-    """``key=value`` pairs of IRAF's ``WAT<axis>_nnn`` cards (``spec`` entries not parsed)."""
-    text = "".join(f"{str(header[k]):68s}" for k in sorted(k for k in header.keys()
-                                                             if re.fullmatch(f"WAT{axis}_\\d+", k)))
-    return {m.group(1).lower(): m.group(2) for m in re.finditer(r"(\w+)=(\"[^\"]*\"|\S+)", text)}
+    """``key=value`` pairs of IRAF's ``WAT<axis>_nnn`` cards (``spec`` entries not parsed).
+
+    Parsed in linear time and once per header object (cached while the header lives and its card
+    count is unchanged), since every image identifier asks for them.
+    """
+    try:
+        cached = _WAT_CACHE.setdefault(header, {})
+    except TypeError:  # a plain dict header: not weak-referenceable, parse each time
+        cached = {}
+    key = (axis, len(header))
+    if key not in cached:
+        cached[key] = _parse_wat(wat_text(header, axis))
+    return dict(cached[key])
+
+
+#: IRAF multispec dispersion function types (``onedspec``): name and coefficients needed for ``order``.
+_IRAF_FUNCTIONS = {1: ("Chebyshev", lambda n: n), 2: ("Legendre", lambda n: n),
+                   3: ("cubic spline", lambda n: n + 3), 4: ("linear spline", lambda n: n + 1),
+                   5: ("pixel array", lambda n: n), 6: ("sampled array", lambda n: 2 * n)}
+
+
+def _number(text: str, what: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SpectrumFormatError(f"{where}: WAT2 {what} is {text!r}, not a number; refused") from None
+
+
+def _check_functions(fields: list[str], name: str, n_pixels: int, where: str) -> None:
+    """Walk the ``wt zpt type order xmin xmax c1..cn`` descriptors of a ``dtype = 2`` spec: every
+    function's order must be a positive integer no larger than the image and its coefficients must
+    all be in the text - checked before specutils allocates anything for them (issue 25 #15)."""
+    i = 9
+    if i >= len(fields):
+        raise SpectrumFormatError(f"{where}: WAT2 {name} says dtype=2 (non-linear) but holds no function")
+    while i < len(fields):
+        if len(fields) - i < 6:
+            raise SpectrumFormatError(f"{where}: WAT2 {name}: truncated function descriptor {fields[i:]}")
+        ftype = _number(fields[i + 2], f"{name} function type", where)
+        order = _number(fields[i + 3], f"{name} function order", where)
+        if ftype not in _IRAF_FUNCTIONS:
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name}: unknown dispersion function type {fields[i + 2]}")
+        label, needed = _IRAF_FUNCTIONS[int(ftype)]
+        if order != int(order) or not 1 <= order <= max(n_pixels, 1):
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name} claims a {label} function of order {fields[i + 3]} for {n_pixels} "
+                f"pixels; refused")
+        n_coeff = needed(int(order))
+        have = len(fields) - (i + 6)
+        if n_coeff > have:
+            raise SpectrumFormatError(
+                f"{where}: WAT2 {name} claims a {label} function of order {int(order)} ({n_coeff} "
+                f"coefficients) but the text holds {have}; refused")
+        i += 6 + n_coeff
+
+
+def multispec_specs(header, n_apertures: int, n_pixels: int, *, where: str) -> list[list[str]]:
+    """The fields of every ``specN`` entry of IRAF's ``WAT2`` text, validated against the text and
+    the image shape before any evaluation: one entry per aperture, ``ap beam dtype w1 dw nw z aplow
+    aphigh`` numbers, and for ``dtype = 2`` function orders and coefficient counts.
+
+    Raises
+    ------
+    SpectrumFormatError
+        Missing/extra entries, non-numbers, or a function that claims more coefficients than written.
+    """
+    tokens = _WAT_TOKEN.findall(wat_text(header, 2))
+    specs = [tokens[i + 1].strip('"').split() for i in range(1, len(tokens) - 1)
+             if tokens[i] == "=" and re.fullmatch(r"spec\d+", tokens[i - 1])
+             and tokens[i + 1].startswith('"')]
+    if len(specs) != n_apertures:
+        raise SpectrumFormatError(f"{where}: WAT2 describes {len(specs)} spectra (specN) for {n_apertures} "
+                                  f"apertures in the image; refused")
+    for k, fields in enumerate(specs):
+        name = f"spec{k + 1}"
+        if len(fields) < 9:
+            raise SpectrumFormatError(f"{where}: WAT2 {name} has {len(fields)} fields, at least 9 expected")
+        for j, what in enumerate(("aperture", "beam", "dtype", "w1", "dw", "nw", "z", "aplow", "aphigh")):
+            _number(fields[j], f"{name} {what}", where)
+        if not 0 < float(fields[5]) <= n_pixels:
+            raise SpectrumFormatError(f"{where}: WAT2 {name} claims {fields[5]} pixels, the image has "
+                                      f"{n_pixels}; refused")
+        if float(fields[2]) == 2:
+            _check_functions(fields, name, n_pixels, where)
+    return specs
 
 
 def parse_axis_unit(text: Any) -> u.UnitBase | None:
@@ -119,6 +233,17 @@ def header_medium(header, ctype: str = "") -> str:
     return "unknown"
 
 
+def decide_medium(header, ctype: str = "", default: str = "unknown") -> str:
+    """The one decision on a header's medium: what the header states (:func:`header_medium`:
+    ``CTYPE = 'AWAV'``, ``AIRORVAC``, ``VACUUM``), else the reader's survey convention ``default``.
+
+    Readers call it once and convert once with :func:`to_vacuum` (issue 25 #5: a header saying air
+    was converted twice, a header saying vacuum was converted by a survey default).
+    """
+    stated = header_medium(header, ctype)
+    return default if stated == "unknown" else stated
+
+
 def to_vacuum(wave: np.ndarray, medium: str) -> tuple[np.ndarray, str]:
     """``(wave, medium)`` with air wavelengths converted: ``'air'`` -> ``'air->vacuum'``."""
     if medium == "air":
@@ -137,13 +262,42 @@ def _dopcor_z(header) -> float:
     return factor - 1.0
 
 
+#: Unit-less values in this range are as likely log10 Angstrom (3.58 = 3800 A) as micron (a 2-6 um
+#: infrared spectrum): refused rather than guessed (issue 25 #3).
+_LOG10_OR_MICRON = (2.0, 6.0)
+_MICRON_RANGE = (0.08, 30.0)
+
+
+def _unitless_unit(vmin: float, vmax: float, *, what: str, where: str) -> tuple[u.UnitBase, str]:
+    """The unit taken for values without one: Angstrom within :data:`PLAUSIBLE_ANGSTROM` (the rule
+    the table readers use, so 400-800 written in nm is refused, issue 25 #2), micron within 0.08-30
+    unless the values could be log10 Angstrom; else :class:`UnitsError`."""
+    lo, hi = PLAUSIBLE_ANGSTROM
+    if lo <= vmin and vmax <= hi:
+        return u.AA, "Angstrom"
+    if _LOG10_OR_MICRON[0] < vmin and vmax < _LOG10_OR_MICRON[1]:
+        raise UnitsError(
+            f"{where}: {what} has no unit and its values {vmin:.6g}-{vmax:.6g} are either log10 Angstrom "
+            f"({10 ** vmin:.6g}-{10 ** vmax:.6g} A) without DC-FLAG = 1 or micron; refusing to guess (give "
+            f"DC-FLAG = 1 or CUNIT1)")
+    if _MICRON_RANGE[0] <= vmin and vmax <= _MICRON_RANGE[1]:
+        return u.micron, "micron"
+    guess = " (they look like nm)" if 90.0 <= vmin and vmax < lo else ""
+    raise UnitsError(
+        f"{where}: {what} has no unit and its values {vmin:.6g}-{vmax:.6g} are neither plausible Angstrom "
+        f"({lo:g}-{hi:g}) nor micron ({_MICRON_RANGE[0]:g}-{_MICRON_RANGE[1]:g}){guess}; refusing to "
+        f"guess (give CUNIT1)")
+
+
 def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what: str, where: str,
                             notes: dict | None = None) -> np.ndarray:
     """Spectral coordinates -> Angstrom, refusing anything that is not a UV/optical/IR wavelength.
 
-    ``unit=None`` (nothing in the file says): Angstrom when the values lie in the UV/optical/IR
-    range, micron when they lie in 0.08-30 (recorded in ``notes['wavelength_unit_assumed']``),
-    else :class:`UnitsError`.  Velocity units are always refused; frequency/energy/wavenumber
+    ``unit=None`` (nothing in the file says): Angstrom when the values lie in
+    :data:`~omnispectra.io._common.PLAUSIBLE_ANGSTROM` (900-60000, as for tables), micron when they
+    lie in 0.08-30 but not in 2-6 (where log10 Angstrom is as likely), recorded in
+    ``notes['wavelength_unit_assumed']``; else :class:`UnitsError`.  Velocity units are always
+    refused; frequency/energy/wavenumber
     units are converted with :func:`astropy.units.spectral` and then range-checked.
     """
     values = np.asarray(values, dtype=np.float64)
@@ -151,14 +305,7 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan)
     if unit is None:
-        if lo <= vmin and vmax <= hi:
-            unit, assumed = u.AA, "Angstrom"
-        elif 0.08 <= vmin and vmax <= 30.0:
-            unit, assumed = u.micron, "micron"
-        else:
-            raise UnitsError(
-                f"{where}: {what} has no unit and its values {vmin:.6g}-{vmax:.6g} are neither "
-                f"Angstrom ({lo:g}-{hi:g}) nor micron (0.08-30); refusing to guess")
+        unit, assumed = _unitless_unit(vmin, vmax, what=what, where=where)
         if notes is not None:
             notes["wavelength_unit_assumed"] = assumed
     unit = u.Unit(unit)
@@ -186,8 +333,13 @@ def wavelengths_to_angstrom(values: np.ndarray, unit: u.UnitBase | None, *, what
     return wave
 
 
-def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 1) -> SpectralAxis:
+def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 1,
+                              default_medium: str = "unknown", convert: bool = True) -> SpectralAxis:
     """The spectral axis along image axis ``axis`` of ``header``, in Angstrom (vacuum when known).
+
+    The medium is decided once by :func:`decide_medium` (header first, then ``default_medium``, the
+    reader's survey convention).  With ``convert=False`` the wavelengths stay as written and
+    ``medium`` is ``'air'``/``'vacuum'``/``'unknown'``: the caller converts once with :func:`to_vacuum`.
 
     Raises
     ------
@@ -203,7 +355,16 @@ def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 
         raise UnitsError(f"{where}: the spectral axis is a velocity (CTYPE{axis}={ctype!r}, "
                          f"CUNIT{axis}={header.get(f'CUNIT{axis}', '')!r}), not a UV/optical/IR "
                          f"wavelength axis (e.g. a radio line spectrum); refused")
-    if (base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES
+    raw_ctype = str(header.get(f"CTYPE{axis}", "")).strip()
+    ctype_unit = (parse_axis_unit(raw_ctype) or parse_axis_unit(raw_ctype.lower())
+                  if base not in _WAVELENGTH_CTYPES else None)
+    if ctype_unit is not None and ctype_unit.physical_type == "length":
+        # The unit written where the axis type belongs (CTYPE1 = 'ANGSTROM'): a wavelength axis in it.
+        notes["ctype_is_unit"] = ctype
+        if not header.get(f"CUNIT{axis}") and not wat.get("units"):
+            wat = dict(wat, units=raw_ctype)
+        base = "WAVE" if base != "AWAV" else base
+    elif (base not in _WAVELENGTH_CTYPES and base not in _NON_WAVELENGTH_CTYPES
             and not base.startswith("MULTISPE")):
         raise UnitsError(f"{where}: axis {axis} is CTYPE{axis}={ctype!r}, not a spectral axis; refused")
     crval = header.get(f"CRVAL{axis}")
@@ -244,5 +405,7 @@ def spectral_axis_from_header(header, n_pixels: int, *, where: str, axis: int = 
         unit = 1 / u.m
     desc += f", unit {unit_text!r}" if unit_text else ", no unit"
     wave = wavelengths_to_angstrom(values, unit, what=f"the spectral axis ({desc})", where=where, notes=notes)
-    wave, medium = to_vacuum(wave, header_medium(header, ctype))
+    medium = decide_medium(header, ctype, default_medium)
+    if convert:
+        wave, medium = to_vacuum(wave, medium)
     return SpectralAxis(wave=wave, medium=medium, description=desc, dopcor_z=_dopcor_z(header), notes=notes)

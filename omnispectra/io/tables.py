@@ -31,7 +31,9 @@ keyword decides; otherwise ``medium = 'unknown'`` and the wavelengths are left u
 ``survey``: from the ``TELESCOP``/``INSTRUME`` keywords of the table meta
 (:func:`omnispectra.io._common.survey_from_header`), else ``'unknown'``.
 
-Only files named explicitly are read (a folder walk takes FITS/HDF5 files only).
+A column header may be the first line or a comment line just above the data (``# wavelength flux
+error``); ``.gz``-compressed tables (``spec.txt.gz``) are read too.  Only files named explicitly are
+read (a folder walk takes FITS/HDF5 files only).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import numpy as np
 
 from ..exceptions import InvalidSpectrumError, SpectrumFormatError
 from ._common import (
+    PLAUSIBLE_ANGSTROM,
     air_to_vacuum,
     base_meta,
     build_spectrum,
@@ -59,8 +62,9 @@ from .registry import FileProbe, register_reader
 
 __all__ = ["read_ascii_table", "identify_ascii_table", "WAVE_COLUMNS", "LOGWAVE_COLUMNS", "FLUX_COLUMNS",
            "ERROR_COLUMNS", "IVAR_COLUMNS", "VARIANCE_COLUMNS", "QUALITY_COLUMNS", "PLAUSIBLE_ANGSTROM",
-           "ASCII_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom", "flambda_factor",
-           "ivar_from_columns", "unused_error_like", "finish_table_columns"]
+           "ASCII_SUFFIXES", "ASCII_GZ_SUFFIXES", "pick_column", "find_columns", "wavelength_in_angstrom",
+           "flambda_factor",
+           "ivar_from_columns", "unused_error_like", "finish_table_columns", "ivar_unit_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +79,6 @@ ERROR_COLUMNS = ("err", "error", "errors", "sigma", "flux_err", "err_flux", "flu
 IVAR_COLUMNS = ("ivar", "invvar", "inverse_variance", "flux_ivar", "ivar_flux", "weight")
 VARIANCE_COLUMNS = ("var", "variance", "flux_var", "var_flux", "flux_variance")
 QUALITY_COLUMNS = ("qual", "quality", "mask", "dq", "flag", "flags", "bad")
-#: Range (Angstrom) a unit-less wavelength column must lie in to be taken as Angstrom.
-PLAUSIBLE_ANGSTROM = (900.0, 60000.0)
 ASCII_SUFFIXES = (".csv", ".ecsv", ".txt", ".dat", ".tsv", ".tab", ".ascii", ".spec")
 
 _UNIT_IN_NAME = re.compile(r"^(?P<base>.*?)[\s_]*[\[(](?P<unit>[^\])]+)[\])]\s*$")
@@ -187,15 +189,53 @@ def flambda_factor(unit: u.UnitBase | None,
     return factor, flam
 
 
+_ERROR_KINDS = {"error": "sigma", "sigma": "sigma", "ivar": "ivar", "variance": "var", "var": "var"}
+
+
+def ivar_unit_factor(kind: str, err_unit: u.UnitBase | None, flux_unit: u.UnitBase | None,
+                     where: str) -> float:
+    """Factor that puts an inverse variance computed from an uncertainty column in ``err_unit`` into
+    ``flux_unit**-2`` (issue 25 #6: flux in Jy with errors in mJy).
+
+    ``kind`` is ``'error'``/``'sigma'``, ``'ivar'`` or ``'variance'``/``'var'``.  An error column
+    without a unit is taken in the flux's unit (factor 1).
+
+    Raises
+    ------
+    SpectrumFormatError
+        The error column has a unit and the flux has none, or the units do not convert.
+    """
+    if err_unit is None or err_unit == u.dimensionless_unscaled:
+        return 1.0
+    kind = _ERROR_KINDS[kind]
+    if flux_unit is None or flux_unit == u.dimensionless_unscaled:
+        raise SpectrumFormatError(
+            f"{where}: the uncertainty column is in {err_unit} but the flux column has no unit; refusing "
+            "to combine them (give both units or neither)")
+    target = {"sigma": flux_unit, "var": flux_unit ** 2, "ivar": flux_unit ** -2}[kind]
+    try:
+        scale = float(u.Unit(err_unit).to(target))
+    except u.UnitConversionError as exc:
+        raise SpectrumFormatError(
+            f"{where}: the uncertainty column's unit {err_unit} does not convert to the flux column's "
+            f"{flux_unit} ({kind}); refused") from exc
+    return {"sigma": scale ** -2, "var": 1.0 / scale, "ivar": scale}[kind]
+
+
 def finish_table_columns(meta: dict, wave_aa: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None,
                          flux_unit: u.UnitBase | None, *, assumed: str | None = None, unused=(),
-                         header_warnings=()) -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
-    """The last steps every table reader shares: f_lambda conversion, placeholder ivar, notes.
+                         header_warnings=(), err_unit: u.UnitBase | None = None, err_kind: str | None = None,
+                         where: str = "") -> tuple[np.ndarray, np.ndarray, u.UnitBase | None]:
+    """The last steps every table reader shares: error units, f_lambda conversion, placeholder ivar, notes.
 
-    Returns ``(flux, ivar, unit)``; records ``wave_unit_assumed``,
-    ``unused_error_like_columns``, ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
+    ``err_unit``/``err_kind`` (the uncertainty column's unit and ``'error'``/``'ivar'``/``'variance'``)
+    put the inverse variance into the flux's unit first (:func:`ivar_unit_factor`).  Returns
+    ``(flux, ivar, unit)``; records ``wave_unit_assumed``, ``unused_error_like_columns``,
+    ``header_warnings`` and ``ivar_is_placeholder`` in ``meta``.
     """
     flux = np.asarray(flux, dtype=np.float64)
+    if ivar is not None and err_kind is not None:
+        ivar = ivar * ivar_unit_factor(err_kind, err_unit, flux_unit, where or str(meta.get("source_file")))
     factor, unit = flambda_factor(flux_unit, wave_aa)
     if factor is not None:
         flux = flux * factor
@@ -236,29 +276,75 @@ def _medium(wave_name: str, meta: dict) -> str:
     return "unknown"
 
 
+#: Compressed ASCII tables read too (``spec.txt.gz``).
+ASCII_GZ_SUFFIXES = tuple(f"{suf}.gz" for suf in ASCII_SUFFIXES)
+
+
+def _text_lines(path: Path, limit: int | None = None) -> list[str] | None:
+    """The file's text lines (gzip-decompressed for ``.gz``), the first ``limit`` bytes only when
+    given; None when it is binary or not UTF-8."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read(-1 if limit is None else limit)
+    except (OSError, EOFError) as exc:
+        raise SpectrumFormatError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    if b"\x00" in raw:
+        return None
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        return None
+
+
+def _split_cells(line: str) -> list[str]:
+    return [c for c in re.split(r"[,\s;|]+", line.strip().lstrip("#").strip()) if c]
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _names_line(lines: list[str]) -> tuple[int, list[str]] | None:
+    """``(index, column names)`` of the header line: the first non-comment line when it names the
+    columns, else the last comment line before the first data line (``# wavelength flux error``)."""
+    body = [(i, ln) for i, ln in enumerate(lines) if ln.strip()]
+    first = next(((i, ln) for i, ln in body if not ln.lstrip().startswith("#")), None)
+    if first is None:
+        return None
+    cells = _split_cells(first[1])
+    if cells and not all(_is_number(c) for c in cells):
+        return first[0], cells
+    comments = [(i, ln) for i, ln in body if i < first[0] and ln.lstrip().startswith("#")]
+    if comments and len(_split_cells(comments[-1][1])) == len(cells):
+        return comments[-1][0], _split_cells(comments[-1][1])
+    return None
+
+
+def _has_spectrum_columns(cells: list[str]) -> bool:
+    return pick_column(cells, WAVE_COLUMNS + LOGWAVE_COLUMNS) is not None and \
+        pick_column(cells, FLUX_COLUMNS) is not None
+
+
 def identify_ascii_table(probe: FileProbe) -> bool:
     if probe.kind != "other":
         return False
     name = probe.path.name.lower()
-    if not name.endswith(ASCII_SUFFIXES):
+    if not name.endswith(ASCII_SUFFIXES + ASCII_GZ_SUFFIXES):
         return False
-    with open(probe.path, "rb") as fh:
-        head = fh.read(8192)
-    if b"\x00" in head:
-        return False
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if not lines:
+    lines = _text_lines(probe.path, 8192)
+    if not lines or not any(ln.strip() for ln in lines):
         return False
     if lines[0].startswith("# %ECSV"):
         return True
-    first = next((ln for ln in lines if not ln.lstrip().startswith("#")), "")
-    cells = [c for c in re.split(r"[,\s;|]+", first.strip().lstrip("#")) if c]
-    return pick_column(cells, WAVE_COLUMNS + LOGWAVE_COLUMNS) is not None and \
-        pick_column(cells, FLUX_COLUMNS) is not None
+    found = _names_line(lines)
+    return found is not None and _has_spectrum_columns(found[1])
 
 
 def _read_table(path: Path):
@@ -268,15 +354,35 @@ def _read_table(path: Path):
     try:
         if low.endswith(".ecsv"):
             return Table.read(path, format="ascii.ecsv")
-        if low.endswith(".csv"):
-            return Table.read(path, format="ascii.csv", comment="#")
-        return Table.read(path, format="ascii", guess=True)
+        lines = _text_lines(path)
+        if lines is None:
+            raise SpectrumFormatError(f"{path}: not a text file")
+        found = _names_line(lines)
+        if found is not None and lines[found[0]].lstrip().startswith("#"):
+            # a commented column header: the names from it, the data from the lines after it
+            data = [ln for ln in lines[found[0] + 1:] if ln.strip() and not ln.lstrip().startswith("#")]
+            delimiter = _delimiter(data[0])
+            extra = {} if delimiter is None else {"delimiter": delimiter}
+            return Table.read(data, format="ascii.no_header", names=found[1], **extra)
+        if low.endswith((".csv", ".csv.gz")):
+            return Table.read(lines, format="ascii.csv", comment="#")
+        return Table.read(lines, format="ascii", guess=True)
+    except SpectrumFormatError:
+        raise
     except Exception as exc:
         raise SpectrumFormatError(
             f"{path}: cannot be parsed as a table ({type(exc).__name__}: {exc})") from exc
 
 
-@register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES, priority=20)
+def _delimiter(line: str) -> str | None:
+    for d in (",", ";", "|", "\t"):
+        if d in line:
+            return d
+    return None
+
+
+@register_reader("ascii_table", identify=identify_ascii_table, extensions=ASCII_SUFFIXES + ASCII_GZ_SUFFIXES,
+                 priority=20)
 def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None,
                      flux_unit: str | u.UnitBase | None = None, **kwargs) -> list:
     """ASCII/CSV/ECSV tables with wavelength, flux and (optionally) error/ivar/variance columns."""
@@ -319,6 +425,9 @@ def read_ascii_table(path, wave_unit: str | u.UnitBase | None = None,
     if unused:
         logger.warning("%s: error-like column(s) %s not used (used: %s)", path, unused,
                        roles.get(kind or "err"))
-    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused)
+    err_col = None if kind is None else roles[{"error": "err", "ivar": "ivar", "variance": "var"}[kind]]
+    err_unit = None if err_col is None else column_unit(err_col, table[err_col].unit)
+    flux, ivar, funit = finish_table_columns(meta, wave, flux, ivar, funit, assumed=assumed, unused=unused,
+                                             err_unit=err_unit, err_kind=kind, where=where)
     bad = None if roles["qual"] is None else np.asarray(table[roles["qual"]]) != 0
     return [build_spectrum(wave, flux, ivar, mask=bad, flux_unit=funit, meta=meta, path=path)]

@@ -6,7 +6,8 @@ HST COS/STIS ``x1d`` (https://hst-docs.stsci.edu/cosdhb/chapter-2-cos-data-files
 * JWST: one ``EXTRACT1D`` BinTable per order/slit/source (``SPORDER``/``SLTNAME``), one
   pixel per row: ``WAVELENGTH`` (micron), ``FLUX`` (Jy), ``FLUX_ERROR`` (Jy), ``DQ``.  Flux
   and error are converted to f_lambda (erg/s/cm2/Angstrom), the wavelength to Angstrom.
-  Bad pixels: ``DQ`` bit 0 (DO_NOT_USE).
+  Bad pixels: ``DQ`` bit 0 (DO_NOT_USE); pixels whose wavelength is NaN *and* flagged DO_NOT_USE
+  (the pipeline writes these at the detector edges) are dropped (``meta['dropped_pixels_nan_wavelength']``).
 * HST: HDU ``SCI``, one row per segment/order with array columns ``WAVELENGTH`` (Angstrom),
   ``FLUX`` (erg/s/cm2/Angstrom), ``ERROR``, ``DQ``; bad pixels: ``DQ & SDQFLAGS`` (the
   header's "serious" flags; all non-zero DQ without it).
@@ -82,6 +83,21 @@ def _rows(data, roles):
                pick(get("qual"), r), r)
 
 
+def _drop_flagged_nan_wavelengths(telescope: str, wave, flux, err, iv, var, dq):
+    """Drop the pixels the JWST pipeline writes with a NaN wavelength and ``DQ`` DO_NOT_USE (issue 25
+    #9): they have no wavelength, so they cannot be kept as masked pixels.  A NaN wavelength that is
+    not flagged stays (and the spectrum is refused as invalid)."""
+    wave = np.asarray(wave, dtype=np.float64)
+    if dq is None or not telescope.startswith("JWST"):
+        return wave, flux, err, iv, var, dq, 0
+    drop = ~np.isfinite(wave) & ((np.asarray(dq).astype(np.int64) & _JWST_DO_NOT_USE) != 0)
+    if not drop.any():
+        return wave, flux, err, iv, var, dq, 0
+    keep = ~drop
+    cut = [None if a is None else np.asarray(a)[keep] for a in (flux, err, iv, var, dq)]
+    return (wave[keep], *cut, int(drop.sum()))
+
+
 @register_reader("x1d", identify=identify_x1d, extensions=(".fits", ".fits.gz"), priority=40)
 def read_x1d(path, **kwargs) -> list:
     # The docstring's first line is this format's description in list_formats(), so it stays one line.
@@ -118,8 +134,12 @@ def read_x1d(path, **kwargs) -> list:
         sid = stem if len(pieces) == 1 else f"{stem}:{k}"
         where = f"{path} [HDU {i}]"
         try:
+            wave, flux, err, iv, var, dq, n_dropped = _drop_flagged_nan_wavelengths(
+                telescope, wave, flux, err, iv, var, dq)
             w, assumed = wavelength_in_angstrom(wave, units.get("wave"), where)
-            ivar, _ = ivar_from_columns(err, iv, var)
+            ivar, kind = ivar_from_columns(err, iv, var)
+            role = None if kind is None else {"error": "err", "ivar": "ivar", "variance": "var"}[kind]
+            err_unit = None if role is None else units.get(role)
             meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
                              medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
             put_text(meta, "instrument", prim.get("INSTRUME"))
@@ -129,7 +149,8 @@ def read_x1d(path, **kwargs) -> list:
             put_label(meta, "ra", prim.get("TARG_RA", prim.get("RA_TARG")))
             put_label(meta, "dec", prim.get("TARG_DEC", prim.get("DEC_TARG")))
             f, ivar, funit = finish_table_columns(meta, w, flux, ivar, units.get("flux"), assumed=assumed,
-                                                  unused=unused, header_warnings=warn)
+                                                  unused=unused, header_warnings=warn, err_unit=err_unit,
+                                                  err_kind=kind, where=where)
             bad = None
             if dq is not None:
                 dq = np.asarray(dq).astype(np.int64)
@@ -139,6 +160,8 @@ def read_x1d(path, **kwargs) -> list:
                     bad = (dq & int(th.get("SDQFLAGS", prim.get("SDQFLAGS")))) != 0
                 else:
                     bad = dq != 0
+            if n_dropped:
+                meta["dropped_pixels_nan_wavelength"] = n_dropped
             out.append(build_spectrum(w, f, ivar, mask=bad, flux_unit=funit, meta=meta, path=path))
         except InvalidSpectrumError as exc:
             errors.append(exc)

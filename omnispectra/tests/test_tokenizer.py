@@ -225,3 +225,29 @@ def test_standardization_uses_valid_pixels_only():
     flat = tokenize(wave, np.full(500, 3.0))
     assert flat.normalization == type(flat.normalization)(shift=3.0, scale=1.0)
     assert np.all(flat.tokens == 0)
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "1.5", "inf", "nan"])
+def test_max_pixels_variable_refused_with_one_line_error(monkeypatch, raw):
+    """Issue 25 #13: a bad OMNISPECTRA_MAX_PIXELS is a ConfigError naming the variable, not a traceback."""
+    from omnispectra.exceptions import ConfigError
+
+    wave = np.linspace(4000.0, 6000.0, 200)
+    monkeypatch.setenv("OMNISPECTRA_MAX_PIXELS", raw)
+    with pytest.raises(ConfigError, match=f"OMNISPECTRA_MAX_PIXELS must be a positive whole number.*{raw!r}"):
+        tokenize(wave, np.ones(200))
+
+
+@pytest.mark.parametrize("raw,limit", [("1e6", 1_000_000), ("150", 150), (" 2_000 ", 2000)],
+                         ids=["float-form", "int", "underscores"])
+def test_max_pixels_variable_accepts_whole_numbers(monkeypatch, raw, limit):
+    from omnispectra.spectrum import max_pixels
+
+    monkeypatch.setenv("OMNISPECTRA_MAX_PIXELS", raw)
+    assert max_pixels() == limit
+    wave = np.linspace(4000.0, 6000.0, 200)
+    if limit < 200:
+        with pytest.raises(InvalidSpectrumError, match="more than the limit of 150"):
+            tokenize(wave, np.ones(200))
+    else:
+        tokenize(wave, np.ones(200))
