@@ -52,6 +52,9 @@ class Skipped:
     reason: str
     id: str | None = None  # the spectrum's id when it was read but could not be used
     error: BaseException | None = field(default=None, repr=False, compare=False)
+    # a spectrum its file's reader left out while the file's other spectra were read:
+    # recorded (so every spectrum a file holds is named), never raised
+    in_file: bool = False
 
     def as_dict(self) -> dict[str, str]:
         """``{source, reason[, id]}`` (what result tables store in ``meta['skipped']``)."""
@@ -135,10 +138,13 @@ class _Unit:
                 return [Skipped(self.source, _reason(err, self.source), error=err)]
             items = [InputItem(_meta_id(s) or default_id(self.path, k), s, self.source, _survey(s))
                      for k, s in enumerate(spectra)]
+            out_of_file = [Skipped(self.source, r["reason"], id=r.get("id"), in_file=True)
+                           for r in getattr(spectra, "skipped_in_file", ())]
         else:
             sid = self.row_id or _meta_id(self.obj) or str(self.position)
             items = [InputItem(sid, self.obj, self.source, _survey(self.obj))]
-        out: list = []
+            out_of_file = []
+        out: list = list(out_of_file)
         for item in items:
             if prepare is not None:
                 try:
@@ -310,7 +316,8 @@ class Inputs:
         for unit, results in self._results():
             for result in results:
                 if isinstance(result, Skipped):
-                    ignorable = (isinstance(result.error, NotASpectrumError) and not unit.explicit)
+                    ignorable = result.in_file or (unit.problem is not None and unit.problem.passed_over) or (
+                        isinstance(result.error, NotASpectrumError) and not unit.explicit)
                     self.record(result, raise_ok=not ignorable)
                     continue
                 result.id = self._ids.assign(result.id, result.source)

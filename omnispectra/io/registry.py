@@ -374,10 +374,16 @@ def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> S
         ) from exc
     out = SpectrumList(list(result))
     skipped: list[str] = []
+    records: list[dict] = []
     for spec in out:
         for msg in (spec.meta or {}).get("skipped_rows_in_file", ()):
             if msg not in skipped:
                 skipped.append(msg)
+        for record in (spec.meta or {}).get("skipped_in_file", ()):
+            if record not in records:
+                records.append(record)
     #: Messages of rows/arms of this file that were skipped as invalid (see the contract).
     out.skipped = skipped
+    #: ``{"id", "reason"}`` of every spectrum of this file that was not returned.
+    out.skipped_in_file = records
     return out

@@ -94,10 +94,18 @@ class PathProblem:
 
     path: Path
     reason: str
+    #: a file a folder walk passed over on purpose (reported, never raised)
+    passed_over: bool = False
 
     def error(self) -> SpectrumFormatError:
         """The error this problem raises under ``on_error='raise'``."""
         return SpectrumFormatError(f"{self.path}: {self.reason}")
+
+
+def _ascii_suffixes() -> tuple[str, ...]:
+    from .tables import ASCII_GZ_SUFFIXES, ASCII_SUFFIXES
+
+    return ASCII_SUFFIXES + ASCII_GZ_SUFFIXES
 
 
 def _has_spectral_suffix(name: str) -> bool:
@@ -177,6 +185,9 @@ def _walk(root: Path) -> Iterator[Path | PathProblem]:
                 path = here / name
                 problem = _file_problem(path)
                 yield path if problem is None else PathProblem(path, problem)
+            elif name.lower().endswith(_ascii_suffixes()):
+                yield PathProblem(here / name, "an ASCII table found in a folder is not read (folders "
+                                  "often hold catalogues and index files): name it to read it", True)
         stack.extend(here / name for name in reversed(dirs))
 
 
@@ -300,6 +311,9 @@ class SpectrumIterator:
 
     def __iter__(self) -> Iterator:
         for entry in self._entries:
+            if isinstance(entry, PathProblem) and entry.passed_over:
+                self.not_spectra.append(ReadFailure(entry.path, entry.error()))
+                continue
             if isinstance(entry, PathProblem):
                 self._fail(entry.path, entry.error())
                 continue

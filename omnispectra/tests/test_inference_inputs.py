@@ -11,6 +11,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,11 +131,17 @@ def test_same_file_name_in_two_folders_gives_two_ids(model, tmp_path):
 def test_one_suffix_list_for_every_command(tmp_path):
     for name in ("a.fits", "b.fits.bz2", "c.fit", "d.h5", "notes.txt", "index.csv", ".hidden.fits"):
         (tmp_path / name).write_bytes(b"x")
-    walked = [p.name for p in expand_paths(tmp_path)]
+    found = expand_paths(tmp_path)
+    walked = [p.name for p in found if isinstance(p, Path)]
     assert walked == ["a.fits", "b.fits.bz2", "c.fit", "d.h5"]
-    assert [p.name for p in iter_spectra(tmp_path, on_error="skip").files] == walked
+    # ASCII tables in a folder are passed over, but named (never silently)
+    passed = [p for p in found if not isinstance(p, Path)]
+    assert sorted(p.path.name for p in passed) == ["index.csv", "notes.txt"]
+    assert all(p.passed_over and "name it to read it" in p.reason for p in passed)
+    files = iter_spectra(tmp_path, on_error="skip").files
+    assert [p.name for p in files if p.name in walked] == walked
     report_files = build_corpus.__globals__["_expand_inputs"](tmp_path)  # what corpus build reads
-    assert [p.name for p in report_files] == walked
+    assert [p.name for p in report_files if isinstance(p, Path)] == walked
 
 
 def test_bad_paths_are_reported_never_hang(model, tmp_path):
@@ -365,3 +372,18 @@ def test_inputs_class_counts(tmp_path):
         items = list(inputs)
     assert [i.id for i in items] == ["0"] and inputs.n_inputs == 2 and inputs.n_read == 1
     assert inputs.skipped_meta() == [{"source": str(tmp_path / "nope.fits"), "reason": "file not found"}]
+
+
+def test_every_spectrum_a_file_holds_is_named(model, tmp_path):
+    # a file of three spectra whose second is all NaN: the reader leaves it out, and the
+    # result says so (it was dropped without a word)
+    from omnispectra.io.tests.test_edges import _multi_hdu
+
+    path = _multi_hdu(tmp_path / "nan.fits", 3, nan_hdu=1)
+    for on_error in ("raise", "skip"):
+        table = embed(path, model=model, as_table=True, on_error=on_error)
+        assert list(table["id"]) == ["nan:1", "nan:3"]
+        assert table.meta["n_inputs"] == 3 == table.meta["n_read"] + table.meta["n_skipped"]
+        (skipped,) = table.meta["skipped"]
+        assert skipped["id"] == "nan:2" and skipped["source"] == str(path)
+        assert "NaN/inf at every pixel" in skipped["reason"]

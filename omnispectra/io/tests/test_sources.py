@@ -32,7 +32,8 @@ def test_walk_order_and_links(tmp_path):
     os.symlink(tmp_path / "missing.fits", tmp_path / "broken.fits")
     found = expand_paths(tmp_path)
     names = [str((p.path if isinstance(p, PathProblem) else p).relative_to(tmp_path)) for p in found]
-    assert names == ["broken.fits", "x.fits", "a/y.fits", "b/a.fits", "b/z.fits"]
+    assert names == ["broken.fits", "n.txt", "x.fits", "a/y.fits", "b/a.fits", "b/z.fits"]
+    assert found[1].passed_over  # an ASCII table in a folder: named, not read
     assert isinstance(found[0], PathProblem) and "broken symbolic link" in found[0].reason
 
 
