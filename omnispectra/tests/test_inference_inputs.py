@@ -11,7 +11,6 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from pathlib import Path
 
 import numpy as np
 import pytest
