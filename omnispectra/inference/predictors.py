@@ -254,8 +254,10 @@ def classify(
     probe : path or Probe, optional
         The class probe. Default: the probe bundled with the package.
     batch_size, device, dtype, progress, format, on_error, workers
-        As for :func:`embed` (with ``full=True``, ``dtype="auto"`` means float32, as for
-        :func:`predict_stellar_parameters`).
+        As for :func:`embed`: ``dtype="auto"`` means the device's default for every verb
+        and every row (float32 on CPUs, bfloat16 autocast on CUDA GPUs); ``meta['DTYPE']``
+        says which was used. On a GPU, pass ``dtype="float32"`` for the full row's stellar
+        parameters at the precision :func:`predict_stellar_parameters` uses by default.
     full : bool
         Return the full catalogue row (see Returns).
     stellar_probe : path or Probe, optional
@@ -300,8 +302,6 @@ def classify(
     fitter = fitter_for(templates) if (full or templates is not None) else None
     if full:
         stellar = checked_probe(stellar_probe, "stellar_params", net)
-        if isinstance(dtype, str) and dtype.lower() == "auto":  # stellar parameters need float32
-            dtype = "float32"
     run = _embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
                             anomaly=full)
     classes, prob, flag = _class_columns(head, run)

@@ -11,9 +11,11 @@ from astropy.io import fits
 from astropy.table import Table
 from click.testing import CliRunner
 
+import omnispectra
 from omnispectra import api
 from omnispectra.class_evidence import COMBINATION_KEY
 from omnispectra.cli import main
+from omnispectra.examples import example_paths
 from omnispectra.exceptions import CheckpointError, TemplatesNotFoundError
 from omnispectra.flags import (
     ANOMALY_STATISTIC,
@@ -23,6 +25,7 @@ from omnispectra.flags import (
     class_disagreement_flags,
     range_flags,
 )
+from omnispectra.inference import pipeline
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import resolve_templates, save_weights
 from omnispectra.probes import Probe, encoder_description, load_probe, save_probe
@@ -364,3 +367,17 @@ def test_cli_full_writes_one_table(encoder, library, tmp_path):  # noqa: F811
     missing = CliRunner().invoke(main, args[:-4] + ["-o", str(tmp_path / "x.ecsv")],
                                  env={"OMNISPECTRA_TEMPLATES": ""})
     assert missing.exit_code == 1 and "Redrock templates" in missing.output
+
+
+def test_full_row_keeps_the_dtype_asked_for(monkeypatch):
+    # dtype="auto" used to become float32 under full=True, whatever the device (silently)
+    seen = []
+    real = pipeline.resolve_dtype
+
+    def spy(dtype, device):
+        seen.append(dtype)
+        return real(dtype, device)
+
+    monkeypatch.setattr(pipeline, "resolve_dtype", spy)
+    table = omnispectra.classify(example_paths()[:1], full=True)
+    assert seen == ["auto"] and table.meta["DTYPE"] == "float32"  # the CPU's default
