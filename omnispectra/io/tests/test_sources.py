@@ -20,8 +20,14 @@ def test_a_tree_of_any_depth_is_walked(tmp_path):
         os.mkdir(here)
     here = Path(here)
     shutil.copy(example_path("miles"), here / "bottom.fits")
-    found = expand_paths(tmp_path)
-    assert [p.name for p in found] == ["top.fits", "bottom.fits"]
+    try:
+        found = expand_paths(tmp_path)
+        assert [p.name for p in found] == ["top.fits", "bottom.fits"]
+    finally:  # pytest's clean-up of old temporary folders (shutil.rmtree) would recurse too
+        (here / "bottom.fits").unlink()
+        while here != tmp_path:
+            os.rmdir(here)
+            here = here.parent
 
 
 def test_walk_order_and_links(tmp_path):
