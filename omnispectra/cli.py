@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,10 +100,15 @@ class UsageFailure(click.ClickException):
     exit_code = 2
 
 
+#: The library's keywords (``overwrite=True``, ``resume=True``) in messages, as a CLI user types them.
+_KEYWORD_FLAG = re.compile(r"\b(overwrite|resume)=True(?: \(--\1\))?")
+
+
 def _one_line(err: BaseException) -> str:
+    """The error as one line in CLI terms (``--overwrite``, never ``overwrite=True``)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"
-    return str(err) or type(err).__name__
+    return _KEYWORD_FLAG.sub(r"--\1", str(err)) or type(err).__name__
 
 
 class _Main(click.Group):
@@ -516,8 +522,11 @@ def export(checkpoint: str, output: str, overwrite: bool) -> None:
 
 
 def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
-    """The table on stdout (long paths are in -o only)."""
-    shown = table[[c for c in table.colnames if c not in drop and table[c].ndim == 1]]
+    """The table on stdout (long paths are in -o only), numbers to their precision
+    (:func:`omnispectra.results.apply_formats`; the stored values are not rounded)."""
+    from .results import apply_formats
+
+    shown = apply_formats(table[[c for c in table.colnames if c not in drop and table[c].ndim == 1]])
     for line in shown.pformat(max_lines=-1, max_width=-1):
         click.echo(line)
 
@@ -582,9 +591,6 @@ def _predict_command(name: str, verb: str, what: str, probe_task: str | None, do
         n_skipped = _report_skipped(table)
         if not len(table):
             raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
-        for col in table.colnames:
-            if col.startswith("prob_"):
-                table[col].info.format = ".3f"
         if out is None or not no_table:
             _print_table(table)
         if out is not None:
