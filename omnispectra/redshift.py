@@ -456,8 +456,9 @@ class RedshiftFitter:
         poly = _legendre(2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0, self.config.n_poly)
         if coefficients is not None:
             if len(chosen) > 1:
+                names = ", ".join(p.name for p in chosen)
                 raise OmniSpectraError(f"coefficients need one template; {spectype} at z = {z} has "
-                                       f"{len(chosen)} ({', '.join(p.name for p in chosen)}): give the subtype")
+                                       f"{len(chosen)} ({names}): give the subtype")
             return self._model_with(chosen[0], z, wave, edges, poly, coefficients)
         best = None
         for p in chosen:
