@@ -392,6 +392,34 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
     _say(f"{result.id}: masked MSE {result.mse:.4g} -> {out}")
 
 
+@main.command("inspect")
+@click.argument("catalogue", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Report folder (index.html and page-NNN.html are written into it).")
+@click.option("--templates", default=None, type=click.Path(file_okay=False),
+              help="Redrock template folder (with redrock/rrtemplate-*.fits) for the template models; "
+                   "default $OMNISPECTRA_TEMPLATES.")
+@click.option("--per-page", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Spectra per page.")
+@click.option("--max-points", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Most points drawn per spectrum (longer spectra are binned).")
+@_overwrite_option
+def inspect_command(catalogue, output, templates, per_page, max_points, overwrite) -> None:
+    """Write a static HTML report to look at a catalogue made by `classify --full`.
+
+    One panel per spectrum (data with its noise band, the best-fit template at the fitted
+    z, lines at that z, class probabilities, decoded flag, stellar parameters), pages of
+    --per-page spectra, and a summary page (index.html) that sorts and filters the rows by
+    class, flag and confidence. The pages work offline (open index.html). Needs the
+    ``report`` extra (Bokeh).
+    """
+    from .report import inspect_catalogue  # MissingDependencyError names the extra; main() prints it
+
+    index = inspect_catalogue(catalogue, output, templates=templates, per_page=per_page,
+                              max_points=max_points, overwrite=overwrite)
+    _say(f"report of {catalogue} -> {index}")
+
+
 @main.group()
 def corpus() -> None:
     """Build and inspect HDF5 training corpora (one file per survey)."""

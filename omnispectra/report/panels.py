@@ -161,7 +161,8 @@ def thin(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None, mode
 
     Bins are ``factor = ceil(n / max_points)`` consecutive pixels; the flux is the
     ivar-weighted mean of the valid pixels (``ivar > 0``, finite flux), the model the same
-    weighted mean where it is finite; a bin without a valid pixel is NaN (a gap). With
+    weighted mean where it is finite (a plain mean in bins without valid data); a bin
+    without a valid pixel is NaN in the flux (a gap). With
     ``ivar=None`` (no uncertainties) pixels weigh equally and ``sigma`` is NaN.
     """
     if max_points < 2:
@@ -185,8 +186,12 @@ def thin(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray | None, mode
         model_b = None
         if model is not None:
             m = np.asarray(model, dtype=np.float64)
-            wm = np.where(np.isfinite(m), w, 0.0)
-            model_b = binned(np.where(wm > 0, wm * m, 0.0)).sum(axis=1) / binned(wm).sum(axis=1)
+            finite = np.isfinite(m)
+            wm = np.where(finite, w, 0.0)
+            weighted = binned(np.where(wm > 0, wm * m, 0.0)).sum(axis=1) / binned(wm).sum(axis=1)
+            # where the data are masked the model is still drawn (plain mean)
+            plain = binned(np.where(finite, m, 0.0)).sum(axis=1) / binned(finite.astype(float)).sum(axis=1)
+            model_b = np.where(binned(wm).sum(axis=1) > 0, weighted, plain)
     counts = binned(np.ones_like(wave)).sum(axis=1)
     wave_b = binned(wave).sum(axis=1) / counts
     flux_b[wsum <= 0] = np.nan
