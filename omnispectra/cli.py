@@ -366,10 +366,13 @@ def embed_command(inputs, examples, output, model_name, batch_size, device, dtyp
 @_overwrite_option
 def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, overwrite) -> None:
     """Mask chunks of the spectrum in PATH, reconstruct them and plot the result."""
+    import numpy as np
+
     from . import io
     from .api import reconstruct
     from .fileio import atomic_write
     from .inputs import check_readable_file
+    from .spectrum import spectrum_data
 
     try:
         from matplotlib.figure import Figure
@@ -385,8 +388,11 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
         raise CommandError(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
     model = _load(model_name, device)
     result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
+    data = spectrum_data(spectra[index])  # the noise band: the file's errors, when it has any
+    placeholder = bool((spectra[index].meta or {}).get("ivar_is_placeholder"))
+    ivar = None if placeholder or not data.has_ivar else np.where(data.bad, 0.0, data.ivar)
     fig = Figure(figsize=(10, 3.6), layout="constrained")
-    plot_reconstruction(result, ax=fig.add_subplot())
+    plot_reconstruction(result, ax=fig.add_subplot(), ivar=ivar)
     with atomic_write(out) as tmp:
         fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or None)
     _say(f"{result.id}: masked MSE {result.mse:.4g} -> {out}")

@@ -86,7 +86,7 @@ def panel_figure(panel: Panel) -> Any:
     unit = panel.flux_unit or "no unit in the file"
     fig = figure(height=PLOT_HEIGHT, sizing_mode="stretch_width", tools="xpan,xwheel_zoom,box_zoom,reset",
                  active_scroll=None, y_range=Range1d(y0, y1),
-                 x_axis_label="observed wavelength [Å] (vacuum)", y_axis_label=f"flux [{unit}]")
+                 x_axis_label="observed wavelength [Å]", y_axis_label=f"flux [{unit}]")
     sigma = np.where(np.isfinite(t.sigma), t.sigma, 0.0)
     source = ColumnDataSource({"x": t.wavelength, "y": t.flux, "lo": t.flux - sigma, "hi": t.flux + sigma})
     if np.isfinite(t.sigma).any():
