@@ -322,8 +322,9 @@ def _summary_row(row: dict[str, Any], index: int, page: int, columns: Sequence[t
     for name, _, _ in columns:
         value = row.get(name)
         number = float(value) if value is not None and np.ndim(value) == 0 else float("nan")
-        err = row.get("z_err") if name == "z" else None
-        cells.append(f'<td data-v="{number}">{html.escape(format_value(name, value, err))}</td>')
+        err = row.get("z_err") if name == "z" else None  # z's digits follow its error (own column)
+        text = format_value(name, value, err).split(" ± ")[0]
+        cells.append(f'<td data-v="{number}">{html.escape(text)}</td>')
     return (f'<tr data-cls="{html.escape(str(row["class"]))}" data-flag="{flag}" data-conf="{conf}">'
             + "".join(cells) + "</tr>")
 
