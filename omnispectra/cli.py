@@ -403,8 +403,8 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Report folder (index.html and page-NNN.html are written into it).")
 @click.option("--templates", default=None, type=click.Path(file_okay=False),
-              help="Redrock template folder (with redrock/rrtemplate-*.fits) for the template models; "
-                   "default $OMNISPECTRA_TEMPLATES.")
+              help="Redrock template folder (with the rrtemplate FITS files in redrock/) for the "
+                   "template models; default $OMNISPECTRA_TEMPLATES.")
 @click.option("--per-page", default=50, show_default=True, type=click.IntRange(min=1),
               help="Spectra per page.")
 @click.option("--max-points", default=1000, show_default=True, type=click.IntRange(min=2),
