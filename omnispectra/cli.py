@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,10 +100,15 @@ class UsageFailure(click.ClickException):
     exit_code = 2
 
 
+#: The library's keywords (``overwrite=True``, ``resume=True``) in messages, as a CLI user types them.
+_KEYWORD_FLAG = re.compile(r"\b(overwrite|resume)=True(?: \(--\1\))?")
+
+
 def _one_line(err: BaseException) -> str:
+    """The error as one line in CLI terms (``--overwrite``, never ``overwrite=True``)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         return f"{err.filename}: {err.strerror}"
-    return str(err) or type(err).__name__
+    return _KEYWORD_FLAG.sub(r"--\1", str(err)) or type(err).__name__
 
 
 class _Main(click.Group):
@@ -395,10 +401,13 @@ def embed_command(inputs, examples, output, model_name, batch_size, device, dtyp
 @_overwrite_option
 def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, overwrite) -> None:
     """Mask chunks of the spectrum in PATH, reconstruct them and plot the result."""
+    import numpy as np
+
     from . import io
     from .api import reconstruct
     from .fileio import atomic_write
     from .io.sources import check_readable_file
+    from .spectrum import spectrum_data
 
     try:
         from matplotlib.figure import Figure
@@ -414,11 +423,42 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
         raise CommandError(f"{path} holds {len(spectra)} spectra; --index {index} is out of range")
     model = _load(model_name, device)
     result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
+    data = spectrum_data(spectra[index])  # the noise band: the file's errors, when it has any
+    placeholder = bool((spectra[index].meta or {}).get("ivar_is_placeholder"))
+    ivar = None if placeholder or not data.has_ivar else np.where(data.bad, 0.0, data.ivar)
     fig = Figure(figsize=(10, 3.6), layout="constrained")
-    plot_reconstruction(result, ax=fig.add_subplot())
+    plot_reconstruction(result, ax=fig.add_subplot(), ivar=ivar)
     with atomic_write(out) as tmp:
         fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".").lower() or None)
     _say(f"{result.id}: masked MSE {result.mse:.4g} -> {out}")
+
+
+@main.command("inspect")
+@click.argument("catalogue", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Report folder (index.html and page-NNN.html are written into it).")
+@click.option("--templates", default=None, type=click.Path(file_okay=False),
+              help="Redrock template folder (with the rrtemplate FITS files in redrock/) for the "
+                   "template models; default $OMNISPECTRA_TEMPLATES.")
+@click.option("--per-page", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Spectra per page.")
+@click.option("--max-points", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Most points drawn per spectrum (longer spectra are binned).")
+@_overwrite_option
+def inspect_command(catalogue, output, templates, per_page, max_points, overwrite) -> None:
+    """Write a static HTML report to look at a catalogue made by `classify --full`.
+
+    One panel per spectrum (data with its noise band, the best-fit template at the fitted
+    z, lines at that z, class probabilities, decoded flag, stellar parameters), pages of
+    --per-page spectra, and a summary page (index.html) that sorts and filters the rows by
+    class, flag and confidence. The pages work offline (open index.html). Needs the
+    ``report`` extra (Bokeh).
+    """
+    from .report import inspect_catalogue  # MissingDependencyError names the extra; main() prints it
+
+    index = inspect_catalogue(catalogue, output, templates=templates, per_page=per_page,
+                              max_points=max_points, overwrite=overwrite)
+    _say(f"report of {catalogue} -> {index}")
 
 
 @main.group()
@@ -544,8 +584,11 @@ def export(checkpoint: str, output: str, overwrite: bool) -> None:
 
 
 def _print_table(table, drop: tuple[str, ...] = ("source_file",)) -> None:
-    """The table on stdout (long paths are in -o only)."""
-    shown = table[[c for c in table.colnames if c not in drop and table[c].ndim == 1]]
+    """The table on stdout (long paths are in -o only), numbers to their precision
+    (:func:`omnispectra.results.apply_formats`; the stored values are not rounded)."""
+    from .results import apply_formats
+
+    shown = apply_formats(table[[c for c in table.colnames if c not in drop and table[c].ndim == 1]])
     for line in shown.pformat(max_lines=-1, max_width=-1):
         click.echo(line)
 
@@ -598,9 +641,6 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
     n_skipped = _report_skipped(table)
     if not len(table):
         raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
-    for col in table.colnames:
-        if col.startswith("prob_"):
-            table[col].info.format = ".3f"
     if out is None or not no_table:
         _print_table(table)
     if out is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "MissingDependencyError",
     "TemplatesNotFoundError",
     "InvalidTemplatesError",
+    "CatalogueError",
 ]
 
 
@@ -85,6 +86,10 @@ class NonFiniteOutputError(OmniSpectraError, ArithmeticError):
 
 class MissingDependencyError(OmniSpectraError, ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
+
+
+class CatalogueError(OmniSpectraError, ValueError):
+    """A catalogue cannot be inspected (missing columns, rows whose spectra cannot be found)."""
 
 
 class TemplatesNotFoundError(OmniSpectraError, FileNotFoundError):

@@ -185,7 +185,7 @@ def check_output(
         raise OutputExistsError(f"the output {out} is a folder; give a file name")
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputExistsError(
-            f"the output {out} already exists; pass overwrite=True (--overwrite) to replace it")
+            f"the output {out} already exists; pass overwrite=True to replace it")
     return out
 
 

@@ -26,8 +26,35 @@ def _pyplot():
     return plt
 
 
-def plot_reconstruction(result: Any, ax: Any = None, show_mask: bool = True, title: bool = True):
-    """Draw a spectrum, its masked chunks (shaded) and the model's reconstruction.
+def _masked_only(result: Any) -> np.ndarray:
+    """The reconstruction on the masked pixels, NaN elsewhere (so lines break between chunks)."""
+    masked = np.asarray(result.pixel_masked, dtype=bool)
+    if not masked.any():  # mask=False: the whole spectrum was reconstructed from itself
+        return np.asarray(result.reconstruction, dtype=np.float64)
+    return np.where(masked, result.reconstruction, np.nan)
+
+
+def _noise(result: Any, ivar: Any) -> np.ndarray | None:
+    """1-sigma flux errors from ``ivar`` (or ``result.ivar``); None when there are none."""
+    if ivar is None:
+        ivar = getattr(result, "ivar", None)
+    if ivar is None:
+        return None
+    ivar = np.asarray(ivar, dtype=np.float64)
+    if ivar.shape != np.shape(result.flux):
+        raise ValueError(f"ivar has shape {ivar.shape}, the spectrum {np.shape(result.flux)}")
+    with np.errstate(divide="ignore"):
+        return np.where(np.isfinite(ivar) & (ivar > 0), 1.0 / np.sqrt(ivar), np.nan)
+
+
+def plot_reconstruction(result: Any, ax: Any = None, show_mask: bool = True, title: bool = True,
+                        ivar: Any = None):
+    """Draw a spectrum with its noise band, the masked chunks (shaded) and the model's
+    reconstruction of them.
+
+    The reconstruction is drawn only on the masked chunks: that is what the model predicted
+    without seeing it (on visible pixels it only echoes its input). With ``mask=False``
+    (nothing masked) it is drawn everywhere.
 
     Parameters
     ----------
@@ -39,6 +66,9 @@ def plot_reconstruction(result: Any, ax: Any = None, show_mask: bool = True, tit
         Shade the wavelength ranges that were hidden from the model.
     title : bool
         Put the spectrum id and the masked MSE in the title.
+    ivar : array-like, optional
+        Inverse variance of ``result.flux`` (same pixels), drawn as a 1-sigma band; default
+        ``result.ivar`` when the result has one, else no band.
 
     Returns
     -------
@@ -47,8 +77,12 @@ def plot_reconstruction(result: Any, ax: Any = None, show_mask: bool = True, tit
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 3.6), layout="constrained")
+    sigma = _noise(result, ivar)
+    if sigma is not None:
+        ax.fill_between(result.wavelength, result.flux - sigma, result.flux + sigma, color="0.6",
+                        alpha=0.35, lw=0, label=r"1$\sigma$ noise")
     ax.plot(result.wavelength, result.flux, color="0.25", lw=0.6, label="observed")
-    ax.plot(result.wavelength, result.reconstruction, color="C3", lw=0.8, alpha=0.9,
+    ax.plot(result.wavelength, _masked_only(result), color="C3", lw=0.8, alpha=0.9,
             label="reconstruction")
     if show_mask:
         for k, (lo, hi) in enumerate(result.masked_intervals()):
@@ -59,7 +93,8 @@ def plot_reconstruction(result: Any, ax: Any = None, show_mask: bool = True, tit
         pad = 0.15 * (hi - lo if hi > lo else abs(hi) + 1.0)
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(r"wavelength [$\mathrm{\AA}$]")
-    ax.set_ylabel(f"flux [{result.flux_unit}]" if result.flux_unit else "flux")
+    unit = result.flux_unit if result.flux_unit not in (None, "") else "no unit in the file"
+    ax.set_ylabel(f"flux [{unit}]")
     if title:
         ax.set_title(f"{result.id}  (masked MSE {result.mse:.3g})", fontsize="medium")
     ax.legend(loc="best", fontsize="small", frameon=False)

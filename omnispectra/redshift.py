@@ -70,6 +70,7 @@ __all__ = [
     "TemplateScan",
     "RedshiftResult",
     "RedshiftFitter",
+    "TemplateModel",
     "fit_redshift",
     "fitter_for",
     "results_table",
@@ -215,6 +216,22 @@ class RedshiftResult:
                 "chi2": self.chi2, "deltachi2": self.deltachi2, "n_pixels": self.n_pixels,
                 "flag": int(self.flag), "template": self.template,
                 "coefficients": [float(c) for c in self.coefficients]}
+
+
+@dataclass
+class TemplateModel:
+    """A template model of one spectrum at a fixed redshift (:meth:`RedshiftFitter.model_at`)."""
+
+    spectype: str
+    subtype: str
+    template: str
+    z: float
+    #: Basis coefficients, then the Legendre polynomial's.
+    coefficients: np.ndarray
+    #: Model flux on the spectrum's pixels (its flux unit); NaN where the template does not reach.
+    flux: np.ndarray
+    #: Chi-square of the fit (NaN when the coefficients were given, not fitted).
+    chi2: float
 
 
 def dz_over_1pz(z: Any, z_ref: Any) -> np.ndarray:
@@ -394,6 +411,68 @@ class RedshiftFitter:
         result = self._refine(wave, flux_a, ivar_a, minima, spectype)
         flag_low_snr(result, flux_a, ivar_a, self.config)
         return (result, scans) if return_scans else result
+
+    def model_at(self, spectrum: Any = None, flux: Any = None, ivar: Any = None, mask: Any = None, *,
+                 z: float, spectype: str, subtype: str | None = None,
+                 coefficients: Any = None) -> TemplateModel:
+        """The best-fit template model of one spectrum at a given redshift and class.
+
+        The spectrum is given as to :meth:`fit` (a specutils spectrum or arrays).
+        For drawing a catalogue row's solution: the templates of ``spectype`` (and
+        ``subtype`` when given; a QSO's subtype is chosen by the range holding ``z``) are
+        fitted at ``z`` exactly as :meth:`fit` refines a solution (basis plus Legendre
+        polynomial, the same pixel weights), and the one of least chi-square is returned.
+        With ``coefficients`` (a catalogue's stored fit, basis then polynomial; NaN padding
+        is dropped) the model is evaluated with them instead of being refitted; the class
+        and subtype must then name one template.
+
+        Raises
+        ------
+        OmniSpectraError
+            No template of that class (and subtype), coefficients of the wrong length, or no
+            template covering enough of the spectrum at ``z``.
+        """
+        wave, flux_a, ivar_a = fit_arrays(spectrum_data(spectrum, flux, ivar, mask), self.config)
+        chosen = [p for p in self.prepared if p.template.spectype == spectype
+                  and (subtype in (None, "") or p.template.subtype == subtype)]
+        in_range = [p for p in chosen if p.z_range[0] - 1e-9 <= z <= p.z_range[1] + 1e-9]
+        chosen = in_range or chosen
+        if not chosen:
+            raise OmniSpectraError(f"no template of class {spectype!r}"
+                                   + (f" and subtype {subtype!r}" if subtype else "") + " to draw")
+        edges = pixel_edges(wave)
+        lw = np.log10(wave)
+        poly = legendre_rows(2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0, self.config.n_poly)
+        if coefficients is not None:
+            if len(chosen) > 1:
+                names = ", ".join(p.name for p in chosen)
+                raise OmniSpectraError(f"coefficients need one template; {spectype} at z = {z} has "
+                                       f"{len(chosen)} ({names}): give the subtype")
+            return self._model_with(chosen[0], z, wave, edges, poly, coefficients)
+        best = None
+        for p in chosen:
+            chi2, coef, model, covered = self._fit_at(p, float(z), wave, edges, flux_a, ivar_a, poly)
+            if coef is not None and (best is None or chi2 < best.chi2):
+                best = TemplateModel(p.template.spectype, p.template.subtype, p.name, float(z),
+                                     np.asarray(coef), np.where(covered, model, np.nan), float(chi2))
+        if best is None:
+            raise OmniSpectraError(f"no {spectype} template covers enough of the spectrum at z = {z:.5f}")
+        return best
+
+    def _model_with(self, p: PreparedTemplate, z: float, wave, edges, poly, coefficients) -> TemplateModel:
+        """The model of template ``p`` at ``z`` with given coefficients (basis, then polynomial)."""
+        coef = np.asarray(coefficients, dtype=np.float64).ravel()
+        coef = coef[np.isfinite(coef)]
+        basis = self._fine_model(p, edges, float(z))
+        if coef.size != basis.shape[0] + poly.shape[0]:
+            raise OmniSpectraError(f"{coef.size} coefficients for template {p.name} at z = {z}, which "
+                                   f"has {basis.shape[0]} basis rows and {poly.shape[0]} polynomial terms")
+        if p.igm:
+            blue = wave / (1.0 + z) < LYA_REST
+            basis = np.where(blue, basis * igm_transmission(wave), basis)
+        model = coef @ np.vstack([basis, poly])  # NaN where the template does not reach
+        return TemplateModel(p.template.spectype, p.template.subtype, p.name, float(z), coef, model,
+                             float("nan"))
 
     def _coarse_scan(self, wave, flux, ivar):
         frame = coarse_frame(wave, ivar, self.config.dloglam)

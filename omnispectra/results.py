@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["META_KEYS", "QUANTITY_UNITS", "TABLE_FORMATS", "provenance_meta", "embeddings_table",
            "anomaly_table", "predictions_table", "reconstruction_table", "quantity_unit", "table_format",
-           "write_table"]
+           "write_table", "COLUMN_FORMATS", "column_format", "z_format", "apply_formats"]
 
 #: Provenance keys of :func:`provenance_meta`, with their meaning.
 META_KEYS = {
@@ -313,6 +313,67 @@ def reconstruction_table(reconstruction: Any, meta: Mapping[str, Any] | None = N
     return table
 
 
+#: Display formats of known float columns (how many digits mean something): probabilities to
+#: 3 decimals, Teff to 1 K, logg and [Fe/H] to 0.01 dex, errors to 2 significant digits.
+#: ``z`` has its own rule (:func:`z_format`). Only ``info.format`` is set (printed tables, the
+#: ECSV ``format`` attribute); stored values are never rounded.
+COLUMN_FORMATS = {
+    "teff": ".0f", "teff_err": ".0f",
+    "logg": ".2f", "logg_err": ".2f", "fe_h": ".2f", "fe_h_err": ".2f",
+    "z_err": ".2g", "deltachi2": ".1f", "chi2": ".1f",
+    "anomaly": ".3f", "anomaly_score": ".4g", "mse": ".4g",
+}
+
+#: Fewest decimals of a redshift (1e-5), and most (beyond float64's meaning for z ~ 1).
+Z_MIN_DECIMALS, Z_MAX_DECIMALS = 5, 10
+
+
+def z_format(z_err: Any = None) -> str:
+    """The format of a redshift column: 5 decimals, more when ``z_err`` is smaller.
+
+    One decimal place per decade of the smallest finite positive ``z_err`` (so the first
+    significant digit of every error is shown: ``z_err = 8.8e-06`` gives ``.6f``), never
+    fewer than :data:`Z_MIN_DECIMALS` nor more than :data:`Z_MAX_DECIMALS`.
+    """
+    decimals = Z_MIN_DECIMALS
+    if z_err is not None:
+        err = np.asarray(getattr(z_err, "value", z_err), dtype=np.float64).ravel()
+        err = err[np.isfinite(err) & (err > 0)]
+        if err.size:
+            decimals = int(np.clip(-np.floor(np.log10(err.min())), Z_MIN_DECIMALS, Z_MAX_DECIMALS))
+    return f".{decimals}f"
+
+
+def column_format(name: str, table: Table | None = None) -> str | None:
+    """The display format of column ``name`` (None: no rule for it).
+
+    ``prob_*`` columns get ``.3f``; ``z`` follows :func:`z_format` with the table's
+    ``z_err`` column when ``table`` has one; others come from :data:`COLUMN_FORMATS`.
+    """
+    if name.startswith("prob_"):
+        return ".3f"
+    if name == "z":
+        has_err = table is not None and "z_err" in table.colnames
+        return z_format(table["z_err"] if has_err else None)
+    return COLUMN_FORMATS.get(name)
+
+
+def apply_formats(table: Table, replace: bool = False) -> Table:
+    """Set ``info.format`` of the known float columns of ``table`` (in place; returns it).
+
+    Values are untouched: the formats only change how the table prints and the ECSV
+    ``format`` attribute. A column that already has a format keeps it unless ``replace``.
+    """
+    for name in table.colnames:
+        col = table[name]
+        if col.dtype.kind != "f" or (col.info.format is not None and not replace):
+            continue
+        fmt = column_format(name, table)
+        if fmt is not None:
+            col.info.format = fmt
+    return table
+
+
 def table_format(path: str | os.PathLike) -> str:
     """The astropy format :func:`write_table` uses for ``path`` (from its suffix).
 
@@ -363,7 +424,8 @@ def write_table(table: Table, path: str | os.PathLike, overwrite: bool = False,
                 inputs: Sequence[Any] = ()) -> Path:
     """Write a result Table so that ``Table.read(path)`` gives it back, atomically.
 
-    The format follows the suffix (:func:`table_format`); HDF5 is written to the dataset
+    The format follows the suffix (:func:`table_format`); known float columns get their display
+    format (:func:`apply_formats`, on a copy: stored values are never rounded); HDF5 is written to the dataset
     ``data`` with ``serialize_meta=True`` (units and meta kept); FITS gets the conversions
     listed in the module docstring. The output is checked with
     :func:`omnispectra.fileio.check_output` first (call that yourself before long work).
@@ -378,6 +440,7 @@ def write_table(table: Table, path: str | os.PathLike, overwrite: bool = False,
     out = check_output(path, inputs, overwrite=overwrite)
     fmt = table_format(out)
     options: dict[str, Any] = {}
+    table = apply_formats(table.copy(copy_data=False))
     if fmt == "fits":
         table = _for_fits(table)
     elif fmt == "hdf5":

@@ -56,7 +56,9 @@ def test_existing_output_needs_overwrite(weights, spectrum_file, tmp_path):
     out.write_text("precious")
     args = ["embed", str(spectrum_file), "-o", str(out), "--model", weights]
     result = CliRunner().invoke(main, args)
-    assert "already exists" in _one_error_line(result, 1) and out.read_text() == "precious"
+    line = _one_error_line(result, 1)
+    assert "already exists" in line and out.read_text() == "precious"
+    assert "--overwrite" in line and "overwrite=True" not in line  # CLI words for CLI users
     result = CliRunner().invoke(main, args + ["--overwrite"])
     assert result.exit_code == 0, result.output
     assert len(Table.read(out)) == 1
@@ -91,7 +93,8 @@ def test_train_into_a_used_run_folder_needs_resume_or_overwrite(tmp_path):
     corpus = tmp_path / "c.h5"
     corpus.write_bytes(b"not a corpus")
     result = CliRunner().invoke(main, ["train", str(corpus), "-o", str(run)])
-    assert "--resume" in _one_error_line(result, 1)
+    line = _one_error_line(result, 1)
+    assert "--resume" in line and "--overwrite" in line and "=True" not in line
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"old run"
 
 
@@ -156,6 +159,19 @@ def test_anomaly_command(weights, tmp_path):
     assert "anomaly_score" not in result.stdout
     table = Table.read(out)
     assert len(table) == len(example_paths()) and np.all(np.isfinite(table["anomaly_score"]))
+
+
+def test_printed_table_by_precision_written_table_in_full(weights, tmp_path):
+    out = tmp_path / "a.ecsv"
+    result = CliRunner().invoke(main, ["anomaly", "--examples", "--model", weights, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = Table.read(out)
+    lines = result.stdout.splitlines()
+    column = lines[0].split().index("anomaly_score")
+    printed = [line.split()[column] for line in lines[2:2 + len(table)]]
+    assert printed == [format(v, ".4g") for v in table["anomaly_score"]]  # 4 digits, not 17
+    assert table["anomaly_score"].info.format == ".4g"
+    assert any(len(repr(float(v))) > 10 for v in table["anomaly_score"])  # the file keeps every digit
 
 
 # --------------------------------------------------------------------------- errors and messages

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -24,23 +26,59 @@ def _close_figures():
 
 
 @pytest.fixture(scope="module")
-def result():
+def arrays():
+    wave, flux, ivar, bad = sdss_arrays()
+    return wave, flux, np.where(bad, 0.0, ivar)
+
+
+@pytest.fixture(scope="module")
+def result(arrays):
     torch.manual_seed(0)
     model = OmniSpectra(OmniSpectraConfig.from_preset("tiny", dim=32, n_layers=1, n_heads=2))
-    wave, flux, ivar, bad = sdss_arrays()
-    return reconstruct((wave, flux, np.where(bad, 0.0, ivar)), model=model, seed=0)
+    return reconstruct(arrays, model=model, seed=0)
 
 
-def test_plot_reconstruction(result, tmp_path):
-    ax = plot_reconstruction(result)
+def test_plot_reconstruction(result, arrays, tmp_path):
+    ivar = arrays[2]
+    ax = plot_reconstruction(result, ivar=ivar)
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["observed", "reconstruction"]
-    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), result.reconstruction)
+    # the reconstruction only where the model had to predict: the masked chunks
+    drawn = np.asarray(ax.get_lines()[1].get_ydata(), dtype=float)
+    masked = result.pixel_masked
+    assert 0 < masked.sum() < masked.size
+    np.testing.assert_array_equal(drawn[masked], result.reconstruction[masked])
+    assert np.isnan(drawn[~masked]).all()
+    # the noise band: flux -/+ 1 sigma of the data
+    (band,) = ax.collections
+    assert band.get_label() == r"1$\sigma$ noise"
+    vertices = band.get_paths()[0].vertices
+    k = int(np.flatnonzero(ivar > 0)[100])
+    sigma = 1.0 / np.sqrt(ivar[k])
+    at = vertices[np.isclose(vertices[:, 0], result.wavelength[k]), 1]
+    np.testing.assert_allclose([min(at), max(at)], result.flux[k] + np.array([-sigma, sigma]), rtol=1e-6)
     assert len(ax.patches) == len(result.masked_intervals()) > 0  # one shaded span per chunk
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["observed", "reconstruction", "masked"]
-    assert "wavelength" in ax.get_xlabel() and result.id in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        r"1$\sigma$ noise", "observed", "reconstruction", "masked"]
+    # units on both axes
+    assert ax.get_xlabel() == r"wavelength [$\mathrm{\AA}$]"
+    assert ax.get_ylabel() == f"flux [{result.flux_unit or 'no unit in the file'}]"
+    assert result.id in ax.get_title()
     ax.figure.savefig(tmp_path / "recon.png")
     assert (tmp_path / "recon.png").stat().st_size > 10_000
+
+
+def test_plot_reconstruction_without_noise_or_mask(result, arrays):
+    ax = plot_reconstruction(result)  # no ivar given and none on the result: no band
+    assert not ax.collections
+    assert ax.get_ylabel().startswith("flux [") and ax.get_ylabel().endswith("]")
+    with pytest.raises(ValueError, match="ivar has shape"):
+        plot_reconstruction(result, ivar=arrays[2][:10])
+    whole = replace(result, pixel_masked=np.zeros_like(result.pixel_masked))  # mask=False: all drawn
+    ax = plot_reconstruction(whole, show_mask=False)
+    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), result.reconstruction)
+    unitless = replace(result, flux_unit=None)
+    assert plot_reconstruction(unitless).get_ylabel() == "flux [no unit in the file]"
 
 
 def test_plot_reconstruction_on_given_axes(result):

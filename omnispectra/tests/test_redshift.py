@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnispectra.exceptions import SpectrumTypeError
+from omnispectra.exceptions import OmniSpectraError, SpectrumTypeError
 from omnispectra.flags import Flag
 from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz, results_table
 from omnispectra.templates.igm import LYA_REST, mean_transmission
@@ -194,3 +194,29 @@ def test_no_uncertainties_estimates_the_noise(library, fitter):
     without = fitter.fit(None, flux, wavelength=wave)
     assert dz_over_1pz(without.z, 0.2) < 2e-4
     assert 0.5 < without.deltachi2 / with_errors.deltachi2 < 2.0
+
+
+def test_model_at_a_catalogue_solution(library, fitter):
+    z = 0.0537
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], z, 1)
+    res = fitter.fit(wave, flux, ivar)
+    drawn = fitter.model_at(wave, flux, ivar, z=res.z, spectype=res.spectype)
+    assert drawn.template == res.template and drawn.subtype == res.subtype
+    np.testing.assert_allclose(drawn.chi2, res.chi2, rtol=1e-9)  # the fit's own solution
+    np.testing.assert_allclose(drawn.coefficients, res.coefficients, rtol=1e-6)
+    covered = np.isfinite(drawn.flux)
+    assert covered.mean() > 0.9
+    resid = (flux - drawn.flux)[covered] * np.sqrt(ivar[covered])
+    assert 0.8 < np.mean(resid ** 2) < 1.4  # through the data to the noise (the fitter broadens the basis)
+    # a stored solution (subtype + coefficients) gives the same model without refitting
+    stored = fitter.model_at(wave, flux, ivar, z=res.z, spectype="GALAXY", subtype="",
+                             coefficients=np.r_[res.coefficients, np.nan, np.nan])
+    np.testing.assert_allclose(stored.flux[covered], drawn.flux[covered], rtol=1e-6)
+    assert np.isnan(stored.chi2)
+    # the wrong class at this z fits worse; a class the library lacks is refused
+    star = fitter.model_at(wave, flux, ivar, z=0.0, spectype="STAR")
+    assert star.spectype == "STAR" and star.chi2 > res.chi2 + 100
+    with pytest.raises(OmniSpectraError, match="no template of class 'WD'"):
+        fitter.model_at(wave, flux, ivar, z=0.0, spectype="WD")
+    with pytest.raises(OmniSpectraError, match="3 coefficients"):
+        fitter.model_at(wave, flux, ivar, z=res.z, spectype="QSO", subtype="HIZ", coefficients=[1, 2, 3])

@@ -12,11 +12,13 @@ from omnispectra.pretrained import load_model, save_weights
 from omnispectra.results import (
     META_KEYS,
     anomaly_table,
+    apply_formats,
     embeddings_table,
     predictions_table,
     provenance_meta,
     reconstruction_table,
     write_table,
+    z_format,
 )
 
 IDS = ["plain", "with\nnewline", 'comma, "quote"', "tab\there"]
@@ -151,3 +153,45 @@ def test_write_table_refuses_to_destroy_files(model, tmp_path):
     assert list(Table.read(spectrum)["id"]) == ["a"]
     with pytest.raises(OutputError, match="format"):
         write_table(table, tmp_path / "t.npy")
+
+
+def test_z_format_follows_the_smallest_error():
+    assert z_format() == ".5f" and z_format([np.nan, 0.0]) == ".5f"  # no usable error: 1e-5
+    assert z_format([2.4e-3, 8.8e-6]) == ".6f"  # the first digit of 8.8e-6 is shown
+    assert z_format([1e-4]) == ".5f"  # never fewer than 5 decimals
+    assert z_format([1e-14]) == ".10f"  # nor more than float64 means at z ~ 1
+    assert z_format(np.array([3e-7]) * u.dimensionless_unscaled) == ".7f"
+
+
+def _catalogue():
+    z = np.array([0.13698041651625753, 2.2252716484389710])
+    return Table({"id": ["a", "b"], "prob_QSO": np.array([0.123456, 0.98765], dtype=np.float32),
+                  "z": z, "z_err": np.array([8.7733512e-06, 0.0019450567]),
+                  "teff": np.array([5027.78125, np.nan], dtype=np.float32) * u.K,
+                  "logg": np.array([3.6150012, np.nan]), "flag": np.array([0, 8])})
+
+
+def test_formats_print_by_precision_and_keep_the_values():
+    table = apply_formats(_catalogue())
+    lines = table.pformat(max_width=-1)
+    assert lines[-2].split() == ["a", "0.123", "0.136980", "8.8e-06", "5028", "3.62", "0"]
+    assert lines[-1].split() == ["b", "0.988", "2.225272", "0.0019", "nan", "nan", "8"]
+    assert table["z"][0] == 0.13698041651625753  # stored values are never rounded
+    table["z"].info.format = ".2f"
+    assert apply_formats(table)["z"].info.format == ".2f"  # a format that was set stays
+    assert apply_formats(table, replace=True)["z"].info.format == ".6f"
+    assert table["id"].info.format is None and table["flag"].info.format is None
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_written_tables_carry_formats_and_full_values(tmp_path, suffix):
+    table = _catalogue()
+    back = _round_trip(table, tmp_path / f"cat{suffix}")
+    assert table["z"].info.format is None  # the caller's table is not changed
+    np.testing.assert_array_equal(back["z"], table["z"])  # full precision in every format
+    if suffix == ".ecsv":
+        text = (tmp_path / "cat.ecsv").read_text()
+        assert "{name: z, datatype: float64, format: .6f}" in text
+        assert "{name: teff, unit: K, datatype: float32, format: .0f}" in text
+        assert "0.13698041651625753" in text  # the data lines keep every digit
+        assert back["prob_QSO"].info.format == ".3f"

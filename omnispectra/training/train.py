@@ -266,8 +266,8 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     used = [name for name in RUN_FILES if (out / name).exists()]
     if used and not overwrite:
         raise OutputExistsError(
-            f"{out} already holds a training run ({', '.join(used)}); resume it (resume=True, "
-            "--resume), choose another output folder, or start clean with overwrite=True (--overwrite)")
+            f"{out} already holds a training run ({', '.join(used)}); resume it (resume=True), "
+            "choose another output folder, or start clean with overwrite=True")
     for name in used:
         target = out / name
         logger.info("overwrite: deleting %s", target)
