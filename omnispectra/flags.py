@@ -30,6 +30,12 @@ bit    name                    set when
 12     ``NONFINITE``           a returned value is NaN or infinite
 13     ``LITTLE_COVERAGE``     the template covers too little of the observed spectrum
 14     ``BAD_MINFIT``          the parabola fit to the chi-square minimum failed
+15     ``OUT_OF_DOMAIN``       the input lies outside what the predictor learned (a
+                               resolution, wavelength span, coverage or shape its training
+                               spectra never had; a value outside the training labels)
+16     ``POOR_FIT``            the best template lowers chi-square too little against a
+                               smooth (Legendre-only) model: the data do not look like any
+                               template
 =====  ======================  =============================================================
 
 Use :func:`describe` to turn a value into names, :func:`flag_from_names` for the reverse.
@@ -82,6 +88,8 @@ class Flag(IntFlag):
     NONFINITE = 1 << 12
     LITTLE_COVERAGE = 1 << 13
     BAD_MINFIT = 1 << 14
+    OUT_OF_DOMAIN = 1 << 15
+    POOR_FIT = 1 << 16
 
 
 #: The published name -> value table; tests check :class:`Flag` against it so a change
@@ -102,6 +110,8 @@ FROZEN_FLAG_VALUES: dict[str, int] = {
     "NONFINITE": 4096,
     "LITTLE_COVERAGE": 8192,
     "BAD_MINFIT": 16384,
+    "OUT_OF_DOMAIN": 32768,
+    "POOR_FIT": 65536,
 }
 
 
