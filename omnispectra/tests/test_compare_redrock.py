@@ -1,22 +1,16 @@
 """Pure helpers of ``scripts/compare_redrock.py`` (the script is loaded with importlib)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_redrock.py"
+from .helpers import REPO, load_script
+
+SCRIPT = REPO / "scripts" / "compare_redrock.py"
 
 
 @pytest.fixture(scope="module")
 def cr():
-    if not SCRIPT.is_file():
-        pytest.skip("scripts/compare_redrock.py is not in this checkout")
-    spec = importlib.util.spec_from_file_location("compare_redrock", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "compare_redrock_under_test")
 
 
 def dense_rrboss(wd):
