@@ -52,7 +52,8 @@ def index_labels(data: Path) -> dict[str, dict[str, str]]:
 
 def labelled_spectra(data: Path, max_stars: int = 60):
     """Yield every labelled spectrum of the data folders as a dict (``id``, ``survey``, ``cls``,
-    ``z_ref``, ``wave``, ``flux``, ``ivar``, ``bad``); also used by ``compare_redrock.py``.
+    ``z_ref``, ``wave``, ``flux``, ``ivar``, ``bad``, the file ``path`` and the spectrum's ``row`` in it);
+    also used by ``compare_redrock.py``.
 
     GALAXY/QSO need a pipeline z; 6dFGS rows need QUALITY >= 3; at most ``max_stars``
     LAMOST DR1 stars (time); axes the reader left in the rest frame (``dopcor``) are
@@ -71,7 +72,7 @@ def labelled_spectra(data: Path, max_stars: int = 60):
         except Exception:  # noqa: BLE001 - the harness counts unreadable files
             n_unread += 1
             continue
-        for spec in spectra:
+        for row_index, spec in enumerate(spectra):
             meta = dict(spec.meta)
             row = labels.get(str(path.resolve()), {})
             if not meta.get("class") and row.get("CLASS") and len(spectra) == 1:
@@ -98,7 +99,7 @@ def labelled_spectra(data: Path, max_stars: int = 60):
                    "z_ref": float(z_ref) if z_ref is not None else np.nan,
                    "z_ref_err": float(meta.get("z_err") or np.nan),
                    "object_id": str(meta.get("object_id", meta.get("id", path.name))), "wave": wave,
-                   "flux": flux, "ivar": ivar, "bad": bad}
+                   "flux": flux, "ivar": ivar, "bad": bad, "path": path, "row": row_index}
     return n_unread
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import os
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -31,6 +33,16 @@ def require_data_dir() -> Path:
     if path is None:
         pytest.skip("real spectra folder ../shared/data is absent (set OMNISPECTRA_DATA_DIR)")
     return path
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script or benchmark file (not part of the package) by path; skips when absent."""
+    if not path.is_file():
+        pytest.skip(f"{path.relative_to(REPO)} is not part of this checkout or installed package")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sdss_arrays(path: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -3,8 +3,6 @@ the run seed, and the real-only validation score of ``benchmarks/ablations.py``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from omnispectra.masking import MASKING_SCHEMES, chunk_mask, draw_mask, mask_rng
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.tokenizer import tokenize
 
-from .helpers import REPO
+from .helpers import REPO, load_script
 from .test_corpus import make_spectrum
 
 ABLATIONS = REPO / "benchmarks" / "ablations.py"
@@ -93,12 +91,7 @@ def test_train_config_checks_the_new_switches():
 
 
 def _ablations_module():
-    if not ABLATIONS.is_file():
-        pytest.skip("benchmarks/ is not part of an installed package")
-    spec = importlib.util.spec_from_file_location("ablations_under_test", ABLATIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ABLATIONS, "ablations_under_test")
 
 
 def test_real_validation_mse_drops_engine_spectra_and_repeats_exactly(corpus):
