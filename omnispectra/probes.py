@@ -297,6 +297,7 @@ class Probe(nn.Module):
 
     @property
     def n_out(self) -> int:
+        """Number of outputs: classes (classification) or targets (regression)."""
         return len(self.names)
 
     # -- calibration --------------------------------------------------------------------
