@@ -57,16 +57,23 @@ directory of them) and mixes surveys in one training run.
 
 Every file is written to a hidden temporary file in the target directory and moved
 into place with :func:`os.replace` once complete, so an interrupted build never leaves
-a file that looks like a finished corpus and never damages an existing one.
+a file that looks like a finished corpus and never damages an existing one. The
+temporary name, ``.<survey>.build-<output>-<host>-<pid>-<start>.<random>.h5.tmp``,
+names the build's output and its writer process: a build killed with SIGKILL cannot
+clean up, and the next build to the same output removes the temporary files of earlier
+builds whose process has provably ended (:func:`omnispectra.fileio.writer_is_dead`),
+never those of a build still running.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import glob
+import hashlib
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -80,7 +87,7 @@ from astropy import units as u
 
 from . import __version__
 from .exceptions import CorpusError, InvalidSpectrumError, SpectrumTypeError, UnitsError
-from .fileio import check_output, commit, safe_filename
+from .fileio import check_output, commit, safe_filename, writer_is_dead, writer_tag
 from .io.sources import IdAllocator, PathProblem, check_readable_file, default_id, expand_paths, read_file
 from .spectrum import bad_pixels, is_spectrum, spectrum_data
 
@@ -157,6 +164,8 @@ class BuildReport:
         Pixels written in all files.
     seconds : float
         Wall time of the build.
+    removed_temporaries : list of str
+        Temporary files of earlier, dead builds to the same output that this build removed.
     """
 
     outputs: dict[str, str] = field(default_factory=dict)
@@ -166,6 +175,7 @@ class BuildReport:
     skipped_spectra: list[tuple[str, str]] = field(default_factory=list)
     n_pixels: int = 0
     seconds: float = 0.0
+    removed_temporaries: list[str] = field(default_factory=list)
 
     @property
     def n_spectra(self) -> int:
@@ -191,6 +201,8 @@ class BuildReport:
             lines += [f"  {name}: {why}" for name, why in self.skipped_spectra[:50]]
             if len(self.skipped_spectra) > 50:
                 lines.append(f"  ... and {len(self.skipped_spectra) - 50} more")
+        if self.removed_temporaries:
+            lines.append(f"removed {len(self.removed_temporaries)} temporary file(s) left by killed builds")
         return "\n".join(lines)
 
     __str__ = summary
@@ -286,9 +298,10 @@ class _SurveyWriter:
     """Appends spectra of one survey to a temporary HDF5 file."""
 
     def __init__(self, survey: str, directory: Path, compression: str | None,
-                 compression_opts: int | None, chunk: int) -> None:
+                 compression_opts: int | None, chunk: int, build_tag: str = "") -> None:
         self.survey = survey
-        fd, tmp = tempfile.mkstemp(prefix=f".{_safe_name(survey)}.", suffix=".h5.tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_safe_name(survey)}.{build_tag}.", suffix=".h5.tmp",
+                                   dir=directory)
         os.close(fd)
         self.tmp = Path(tmp)
         self.file = h5py.File(self.tmp, "w")
@@ -379,6 +392,40 @@ def _targets(output: Path, surveys: Sequence[str], as_dir: bool) -> dict[str, Pa
     suffix = output.suffix or ".h5"
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return {s: output.with_name(f"{stem}-{_safe_name(s)}{suffix}") for s in surveys}
+
+
+#: ``.<survey>.build-<output hash>-<writer tag>.<random>.h5.tmp`` (see the module docstring)
+_TEMPORARY = re.compile(r"^\.(?:.+)\.build-(?P<output>[0-9a-f]{8})-(?P<writer>[0-9a-f]{8}-[0-9]+-[0-9]+)"
+                        r"\.[^.]*\.h5\.tmp$")
+
+
+def _output_tag(output: Path) -> str:
+    """8 hex digits naming a build's output (its resolved path) in its temporary files' names."""
+    return hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:8]
+
+
+def _remove_dead_temporaries(directory: Path, output: Path) -> list[str]:
+    """Remove the temporary files that killed builds to ``output`` left in ``directory``.
+
+    Only files whose name says they belong to a build to this output and whose writer
+    process has provably ended (:func:`omnispectra.fileio.writer_is_dead`) are removed; a
+    running build's file, another output's, or one of unknown origin is kept (the last
+    two are logged).
+    """
+    removed, unknown = [], []
+    for path in sorted(directory.glob(".*.h5.tmp")):
+        match = _TEMPORARY.match(path.name)
+        if match is None:
+            unknown.append(path.name)
+        elif match["output"] == _output_tag(output) and writer_is_dead(match["writer"]):
+            size = path.stat().st_size if path.exists() else 0
+            path.unlink(missing_ok=True)
+            logger.info("removed %s (%d bytes), left by a corpus build that was killed", path, size)
+            removed.append(str(path))
+    if unknown:
+        logger.warning("%d temporary file(s) of unknown origin in %s (e.g. %s) are kept: remove them by "
+                       "hand if no corpus build is running there", len(unknown), directory, unknown[0])
+    return removed
 
 
 def _previous_outputs(output: Path, as_dir: bool) -> list[Path]:
@@ -479,8 +526,10 @@ def build_corpus(
     previous = _previous_outputs(output, as_dir)
     for old in previous:  # checked before the build, not after it
         check_output(old, input_files, overwrite=overwrite)
+    removed = _remove_dead_temporaries(directory, output)
     build = _Build(directory, survey, None if only_surveys is None else {s.lower() for s in only_surveys},
-                   (compression, compression_opts, chunk_size))
+                   (compression, compression_opts, chunk_size, f"build-{_output_tag(output)}-{writer_tag()}"))
+    build.report.removed_temporaries = removed
     # omnispectra.io is imported only when a file has to be read
     spectra = _spectra_of(items, reader or _default_reader(format), build.report)
     try:
@@ -536,7 +585,7 @@ class _Build:
     """The per-survey writers of one build and its report."""
 
     def __init__(self, directory: Path, survey: str | None, keep: set[str] | None,
-                 storage: tuple[str | None, int | None, int]) -> None:
+                 storage: tuple[str | None, int | None, int, str]) -> None:
         self.directory, self.survey, self.keep, self.storage = directory, survey, keep, storage
         self.report = BuildReport()
         self.writers: dict[str, _SurveyWriter] = {}

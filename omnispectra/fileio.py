@@ -24,8 +24,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ from pathlib import Path
 from .exceptions import OutputExistsError, OutputIsInputError
 
 __all__ = ["default_file_mode", "atomic_write", "commit", "write_bytes", "write_text", "check_output",
-           "same_file", "safe_filename"]
+           "same_file", "safe_filename", "writer_tag", "writer_is_dead"]
 
 
 def default_file_mode() -> int:
@@ -209,3 +211,62 @@ def safe_filename(part: str, max_length: int = 100) -> str:
     """
     cleaned = _UNSAFE.sub("_", str(part)).lstrip(".")[:max_length]
     return cleaned or "_"
+
+
+# ---------------------------------------------------------------------------------------
+# who wrote a temporary file: a long writer (the corpus builder) names its temporary files
+# with this tag, so that a later run can prove the writer dead before removing them
+
+_TAG = re.compile(r"^(?P<host>[0-9a-f]{8})-(?P<pid>[1-9][0-9]*)-(?P<start>[0-9]+)$")
+
+
+def _host_tag() -> str:
+    """8 hex digits naming this machine (process ids mean nothing on another host)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """``(state letter, start time in clock ticks after boot)`` of a process from Linux's
+    ``/proc/<pid>/stat``; None where it cannot be read (no such process, no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def writer_tag() -> str:
+    """``<host>-<pid>-<start>`` of the running process, for the names of its temporary files.
+
+    ``start`` is the process's start time (Linux ``/proc``; 0 where unknown), so that a
+    later process that reuses the id is not mistaken for the writer (:func:`writer_is_dead`).
+    """
+    state = _process_state(os.getpid())
+    return f"{_host_tag()}-{os.getpid()}-{state[1] if state else 0}"
+
+
+def writer_is_dead(tag: str) -> bool:
+    """Whether the process a :func:`writer_tag` names has provably ended.
+
+    True only when the tag is from this host and no process has its id, or the process
+    with its id started at another time (the id was reused) or is a zombie. Anything that
+    cannot be proved (another host, a malformed tag, no ``/proc`` to compare start times)
+    gives False: a live writer's file must never be removed.
+    """
+    match = _TAG.match(tag)
+    if match is None or match["host"] != _host_tag():
+        return False
+    pid, start = int(match["pid"]), int(match["start"])
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists (another user's)
+        pass
+    except OSError:
+        return False
+    state = _process_state(pid)
+    if state is None or start == 0:
+        return False
+    return state[0] == "Z" or state[1] != start

@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ __all__ = [
     "save_probe",
     "load_probe",
     "read_probe_header",
+    "validate_probe_header",
     "PROBE_FORMAT",
     "PROBE_FILES",
     "bundled_probe_path",
@@ -294,6 +297,7 @@ class Probe(nn.Module):
 
     @property
     def n_out(self) -> int:
+        """Number of outputs: classes (classification) or targets (regression)."""
         return len(self.names)
 
     # -- calibration --------------------------------------------------------------------
@@ -625,6 +629,168 @@ def read_probe_header(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} has a corrupt probe header: {err}") from err
 
 
+# ---------------------------------------------------------------------------------------
+# header validation: every field a predictor reads is checked when the file is loaded, so
+# that a bad probe fails before any spectrum is read (not after a whole embedding run)
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 60, 60, 6, 4
+
+
+def _bad_field(source: str, field: str, expected: str, value: Any) -> CheckpointError:
+    return CheckpointError(f"{source}: invalid probe header field {field!r}: expected {expected}, "
+                           f"got {_SHORT.repr(value)}")
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (JSON int or float; not a bool, a string or null)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def _is_list(value: Any) -> bool:
+    """A JSON list (or, for an in-memory probe, a tuple or 1-D array)."""
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+
+
+def _is_count(value: Any, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= minimum
+
+
+def _check_numbers(source: str, field: str, value: Any, n: int, positive: bool = False) -> None:
+    """``value`` is a list of ``n`` finite (positive) numbers."""
+    what = f"a list of {n} finite {'positive ' if positive else ''}numbers"
+    if not _is_list(value) or len(value) != n or not all(_is_number(v) for v in value):
+        raise _bad_field(source, field, what, value)
+    if positive and not all(float(v) > 0 for v in value):
+        raise _bad_field(source, field, what, value)
+
+
+def _check_head(source: str, head: Any) -> None:
+    if not isinstance(head, Mapping):
+        raise _bad_field(source, "head", "an object", head)
+    if head.get("type") not in ("linear", "mlp"):
+        raise _bad_field(source, "head.type", "'linear' or 'mlp'", head.get("type"))
+    if not _is_count(head.get("in_dim"), 1):
+        raise _bad_field(source, "head.in_dim", "a positive integer", head.get("in_dim"))
+    hidden = head.get("hidden", [])
+    if not _is_list(hidden) or not all(_is_count(h, 1) for h in hidden):
+        raise _bad_field(source, "head.hidden", "a list of positive integers", hidden)
+    dropout = head.get("dropout", 0.0)
+    if not (_is_number(dropout) and 0.0 <= float(dropout) < 1.0):
+        raise _bad_field(source, "head.dropout", "a number in [0, 1)", dropout)
+    if not isinstance(head.get("layer_norm", True), bool):
+        raise _bad_field(source, "head.layer_norm", "true or false", head.get("layer_norm"))
+    if not _is_count(head.get("members", 1), 1):
+        raise _bad_field(source, "head.members", "a positive integer", head.get("members"))
+
+
+def _check_targets(source: str, header: Mapping[str, Any]) -> list[str]:
+    """``kind``, ``names``, ``transforms``, ``units``, ``normalization``; returns the names."""
+    kind, names = header.get("kind"), header.get("names")
+    if kind not in KINDS:
+        raise _bad_field(source, "kind", f"one of {list(KINDS)}", kind)
+    minimum = 2 if kind == "classification" else 1
+    if (not _is_list(names) or len(names) < minimum or len(set(map(str, names))) != len(names)
+            or not all(isinstance(n, str) and n for n in names)):
+        raise _bad_field(source, "names", f"a list of at least {minimum} distinct non-empty strings", names)
+    transforms = header.get("transforms") or {}
+    if not isinstance(transforms, Mapping) or not all(
+            k in names and v in TRANSFORMS for k, v in transforms.items()):
+        raise _bad_field(source, "transforms", f"an object mapping target names to one of "
+                         f"{sorted(TRANSFORMS)}", transforms)
+    units = header.get("units") or {}
+    if not isinstance(units, Mapping) or not all(isinstance(v, str) for v in units.values()):
+        raise _bad_field(source, "units", "an object mapping names to unit strings", units)
+    norm = header.get("normalization") or {}
+    if not isinstance(norm, Mapping):
+        raise _bad_field(source, "normalization", "an object with 'mean' and 'std'", norm)
+    for key in ("mean", "std"):
+        if norm.get(key) is not None:
+            _check_numbers(source, f"normalization.{key}", norm[key], len(names), positive=key == "std")
+    return [str(n) for n in names]
+
+
+def _check_support(source: str, support: Any) -> None:
+    """``info.wavelength_support``: ``overall`` ``[min, max]`` and optional ``surveys``
+    ``{name: {min, max[, spectra]}}`` in Angstrom (the format of
+    :func:`omnispectra.flags.support_fraction`)."""
+    field = "info.wavelength_support"
+    if support is None:
+        return
+    if not isinstance(support, Mapping):
+        raise _bad_field(source, field, "an object with 'overall' [min, max]", support)
+    overall = support.get("overall")
+    interval = "[min, max] with 0 < min < max (Angstrom)"
+    if not (_is_list(overall) and len(overall) == 2 and all(_is_number(v) for v in overall)
+            and 0 < float(overall[0]) < float(overall[1])):
+        raise _bad_field(source, f"{field}.overall", interval, overall)
+    surveys = support.get("surveys", {})
+    if not isinstance(surveys, Mapping):
+        raise _bad_field(source, f"{field}.surveys", "an object of {min, max} per survey", surveys)
+    for name, entry in surveys.items():
+        ok = (isinstance(entry, Mapping) and _is_number(entry.get("min")) and _is_number(entry.get("max"))
+              and 0 < float(entry["min"]) <= float(entry["max"])
+              and ("spectra" not in entry or _is_count(entry["spectra"], 0)))
+        if not ok:
+            raise _bad_field(source, f"{field}.surveys.{name}", "{min, max[, spectra]} with "
+                             "0 < min <= max (Angstrom) and a count of spectra", entry)
+
+
+def _check_calibration(source: str, calibration: Any, names: list[str]) -> None:
+    from .class_evidence import COMBINATION_KEY, combination_of
+
+    if not isinstance(calibration, Mapping):
+        raise _bad_field(source, "calibration", "an object", calibration)
+    if "temperature" in calibration and not (_is_number(calibration["temperature"])
+                                             and float(calibration["temperature"]) > 0):
+        raise _bad_field(source, "calibration.temperature", "a positive finite number",
+                         calibration["temperature"])
+    if calibration.get("sigma_scale") is not None:
+        _check_numbers(source, "calibration.sigma_scale", calibration["sigma_scale"], len(names),
+                       positive=True)
+    try:
+        combination_of(calibration, names)
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: invalid probe header field "
+                              f"'calibration.{COMBINATION_KEY}': {err}") from err
+
+
+def validate_probe_header(header: Any, source: str | os.PathLike = "probe") -> None:
+    """Check every field of a probe header that building or using the probe reads.
+
+    Called by :func:`load_probe` (and :func:`checked_probe` on an in-memory probe), so that
+    a malformed probe fails when it is loaded, before any spectrum is read.
+
+    Parameters
+    ----------
+    header : dict
+        As returned by :func:`read_probe_header`.
+    source : str or path-like
+        The file (or a description), named in the error.
+
+    Raises
+    ------
+    CheckpointError
+        Naming ``source`` and the first invalid field (``kind``, ``names``, ``head.*``,
+        ``transforms``, ``units``, ``normalization.*``, ``encoder``, ``info``,
+        ``info.wavelength_support*``, ``calibration.*``), with the value found.
+    """
+    source = str(source)
+    if not isinstance(header, Mapping):
+        raise _bad_field(source, "(header)", "a JSON object", header)
+    names = _check_targets(source, header)
+    _check_head(source, header.get("head"))
+    for key in ("encoder", "info"):
+        if not isinstance(header.get(key) or {}, Mapping):
+            raise _bad_field(source, key, "an object", header.get(key))
+    info = header.get("info") or {}
+    if "name" in info and not isinstance(info["name"], str):
+        raise _bad_field(source, "info.name", "a string", info["name"])
+    _check_support(source, info.get("wavelength_support"))
+    _check_calibration(source, header.get("calibration") or {}, names)
+
+
 def load_probe(path: str | os.PathLike, model: Any = None) -> Probe:
     """Load a probe written by :func:`save_probe`.
 
@@ -634,10 +800,18 @@ def load_probe(path: str | os.PathLike, model: Any = None) -> Probe:
     model : OmniSpectra, optional
         When given, the probe's recorded encoder is checked against it
         (:class:`CheckpointError` on mismatch).
+
+    Raises
+    ------
+    CheckpointError
+        Not a probe file, a header field that is not what the probe needs
+        (:func:`validate_probe_header`: the file and the field are named), tensors that do
+        not match the header, or (with ``model``) another encoder.
     """
     from safetensors.torch import load_file
 
     header = read_probe_header(path)
+    validate_probe_header(header, path)
     try:
         probe = Probe.from_header(header)
     except (KeyError, TypeError, ValueError) as err:
@@ -687,6 +861,8 @@ def resolve_probe(probe: Any, task: str) -> Probe:
 def checked_probe(probe: Any, task: str, net: Any) -> Probe:
     """:func:`resolve_probe` of ``task``, checked to be of the task's kind and to belong to ``net``."""
     head = resolve_probe(probe, task)
+    if isinstance(probe, Probe):  # a file was validated when loaded
+        validate_probe_header(head.header(), f"the {task.replace('_', ' ')} probe")
     expected_kind = "classification" if task == "source_class" else "regression"
     if head.kind != expected_kind:
         raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")

@@ -10,10 +10,12 @@ https://www.lamost.org/dr7/v2.0/doc/mr-data-production-description
 * LRS, table layout (DR9+): HDU ``COADD``, one row of array columns FLUX, IVAR,
   WAVELENGTH, ANDMASK, ORMASK (, NORMALIZATION).
 * MRS (``med-*.fits``): ``COADD_B`` and ``COADD_R`` tables (FLUX, IVAR, LOGLAM, ANDMASK,
-  ORMASK), plus one table per single exposure (not read).  **Each file gives two
-  spectra**, the blue (~4950-5350 A) and red (~6300-6800 A) arms, with ids
-  ``<stem>:B`` / ``<stem>:R`` and ``meta['arm']``; they are not merged (1,000 A apart).
-  An arm whose pixels are all bad is skipped (noted in ``meta['skipped_rows_in_file']``).
+  ORMASK), plus one table per single exposure (not read).  The blue (~4950-5350 A) and
+  red (~6300-6800 A) arms (ids ``<stem>:B`` / ``<stem>:R``, ``meta['arm']``) are declared
+  arms of one star (:func:`omnispectra.io.stitch.mark_piece`), so :func:`omnispectra.io.read`
+  gives **one spectrum** ``<stem>`` on the arms' native pixels, with no pixel in the
+  1,000 A between them (``stitch=False``: the two arms).  An arm whose pixels are all bad
+  is skipped (noted in ``meta['skipped_rows_in_file']``).
 
 Wavelengths are vacuum when the primary header says ``VACUUM = T`` (all LAMOST
 products do); an explicit ``VACUUM = F`` triggers air -> vacuum conversion.  Flux is
@@ -45,6 +47,7 @@ from ._common import (
 )
 from .registry import FileProbe, register_reader
 from .spectral_wcs import spectral_axis_from_header
+from .stitch import mark_piece
 
 __all__ = ["read_lamost_lrs", "read_lamost_mrs", "identify_lamost_lrs", "identify_lamost_mrs"]
 
@@ -191,6 +194,7 @@ def read_lamost_mrs(path, **kwargs) -> list:
         meta = base_meta(path, "lamost_mrs", "lamost_mrs", id=f"{stem}:{arm}",
                          object_id=_object_id(h, stem), medium=medium)
         meta["arm"] = arm
+        mark_piece(meta, stem, "arm")
         _common_meta(meta, h)
         if warn:
             meta["header_warnings"] = warn

@@ -12,8 +12,11 @@ finite wavelengths, else the boxcar (``meta['extraction']``); fluxed ``FLAM`` wh
 counts (dimensionless, ``meta['flux_kind'] = 'counts'``).  Pixels PypeIt left without a wavelength
 (``*_WAVE <= 0`` or NaN, masked) are dropped and counted in ``meta['dropped_pixels_no_wavelength']``.
 Echelle orders of one object share ``object_id`` ``<stem>:OBJ<ECH_OBJID>`` (``meta['order']`` =
-``ECH_ORDER``).  ``medium = 'vacuum'`` (PypeIt's wavelength solutions are in vacuum unless the
-header's ``AIRORVAC``/``VACUUM`` says otherwise); ``survey`` from ``TELESCOP``/``INSTRUME``.
+``ECH_ORDER``) and are declared pieces of it (:func:`omnispectra.io.stitch.mark_piece`):
+:func:`omnispectra.io.read` stitches them into one spectrum with that id (``stitch=False`` keeps
+the orders apart); the objects of a multi-slit file are never stitched.  ``medium = 'vacuum'``
+(PypeIt's wavelength solutions are in vacuum unless the header's ``AIRORVAC``/``VACUUM`` says
+otherwise); ``survey`` from ``TELESCOP``/``INSTRUME``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ._common import FLUX_1E17, base_meta, build_spectrum, file_stem, finish_row
 from ._common import open_fits, put_text, survey_from_header
 from .registry import FileProbe, register_reader
 from .spectral_wcs import decide_medium, to_vacuum
+from .stitch import mark_piece
 
 __all__ = ["read_pypeit_spec1d", "identify_pypeit_spec1d"]
 
@@ -110,6 +114,8 @@ def _one_object(path: Path, prim, th, data, sid: str, stem: str, survey: str, wa
     put_text(meta, "pypeit_spectrograph", prim.get("PYP_SPEC"))
     if order is not None:
         meta["order"] = int(order)
+        if oid != sid:  # an echelle order of object ECH_OBJID
+            mark_piece(meta, oid, "order")
     if (~keep).any():
         meta["dropped_pixels_no_wavelength"] = int((~keep).sum())
     if warn:

@@ -18,6 +18,7 @@ from astropy.io import fits
 
 from ..exceptions import OmniSpectraError, SpectrumFormatError, UnknownFormatError
 from ._common import SpectrumList, check_truncation
+from .stitch import stitch_spectra
 
 __all__ = [
     "FileProbe",
@@ -331,13 +332,18 @@ def identify_format(path: str | os.PathLike) -> str:
     return _first_format(probe_file(path))
 
 
-def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> SpectrumList:
+def read(path: str | os.PathLike, format: str | None = None, stitch: bool = True,
+         **kwargs: Any) -> SpectrumList:
     """Read every spectrum in ``path`` as a :class:`specutils.SpectrumList` (always a list).
 
     ``format`` forces a reader (see :func:`list_formats`); otherwise the identifiers
-    pick one.  Extra keyword arguments go to the reader.  All failures are omnispectra
-    errors naming the file: SpectrumFormatError (missing/corrupt/lacking HDUs),
-    UnknownFormatError, NotASpectrumError, InvalidSpectrumError.
+    pick one.  With ``stitch=True`` (default) the echelle orders, arms or detector segments
+    of one target that the reader declares (:mod:`omnispectra.io.stitch`) come back as one
+    spectrum on their native pixels; ``stitch=False`` keeps them apart.  Fibres of a
+    multi-object file are never stitched.  Extra keyword arguments go to the reader.  All
+    failures are omnispectra errors naming the file: SpectrumFormatError
+    (missing/corrupt/lacking HDUs), UnknownFormatError, NotASpectrumError,
+    InvalidSpectrumError.
     """
     path = Path(path)
     if format is not None:
@@ -350,7 +356,7 @@ def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> S
             # The fallback's identifiers are loose (e.g. any BinTable); when it was only
             # chosen because nothing else matched, its failure means "unknown format".
             try:
-                return read(path, format="specutils", **kwargs)
+                return read(path, format="specutils", stitch=stitch, **kwargs)
             except SpectrumFormatError as exc:
                 raise UnknownFormatError(
                     f"{path}: no omnispectra reader recognises this file and specutils' loaders "
@@ -372,7 +378,7 @@ def read(path: str | os.PathLike, format: str | None = None, **kwargs: Any) -> S
         raise SpectrumFormatError(
             f"{path}: cannot be read as format {info.name!r} ({type(exc).__name__}: {exc})"
         ) from exc
-    out = SpectrumList(list(result))
+    out = SpectrumList(stitch_spectra(list(result)) if stitch else list(result))
     skipped: list[str] = []
     records: list[dict] = []
     for spec in out:

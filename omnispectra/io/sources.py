@@ -281,16 +281,21 @@ class ReadFailure:
 class SpectrumIterator:
     """Iterable of spectra from many files, with a record of what failed.
 
-    Attributes (filled while iterating)
+    Attributes
     ----------
-    files : list of Path -- every file considered, in order (problem paths included).
-    failures : list of ReadFailure -- files that raised (``on_error`` 'warn'/'skip').
-    not_spectra : list of ReadFailure -- files that are known non-spectra
-        (:class:`NotASpectrumError`: redrock files, catalogues, ...) when
-        ``skip_non_spectra`` is True.
-    skipped_rows : list of (Path, str) -- invalid rows/arms skipped inside files
-        that were otherwise read (e.g. all-zero-ivar sky fibres of a DESI coadd).
+    files : list of Path
+        Every file considered, in order (problem paths included); filled while iterating,
+        as are the others.
+    failures : list of ReadFailure
+        Files that raised (``on_error`` 'warn'/'skip').
+    not_spectra : list of ReadFailure
+        Files that are known non-spectra (:class:`NotASpectrumError`: redrock files,
+        catalogues, ...) when ``skip_non_spectra`` is True.
+    skipped_rows : list of (Path, str)
+        Invalid rows/arms skipped inside files that were otherwise read (e.g. all-zero-ivar
+        sky fibres of a DESI coadd).
     n_files_read, n_spectra : int
+        Files read and spectra returned so far.
     """
 
     def __init__(self, sources, format=None, on_error="raise", skip_non_spectra=True,

@@ -11,9 +11,14 @@ HST COS/STIS ``x1d`` (https://hst-docs.stsci.edu/cosdhb/chapter-2-cos-data-files
 * HST: HDU ``SCI``, one row per segment/order with array columns ``WAVELENGTH`` (Angstrom),
   ``FLUX`` (erg/s/cm2/Angstrom), ``ERROR``, ``DQ``; bad pixels: ``DQ & SDQFLAGS`` (the
   header's "serious" flags; all non-zero DQ without it).
-* Several rows (orders/segments) or several ``EXTRACT1D`` HDUs give **one spectrum per
-  order**, ids ``<stem>:<k>`` and ``meta['order']`` (``SPORDER`` or the row's ``SPORDER``/
-  ``SEGMENT`` value).
+* Several rows (orders/segments) or several ``EXTRACT1D`` HDUs give one spectrum per
+  order, ids ``<stem>:<k>`` and ``meta['order']`` (``SPORDER`` or the row's ``SPORDER``/
+  ``SEGMENT`` value). The rows of one table (HST: one target; COS ``x1dsum`` segments
+  FUVA/FUVB, STIS echelle orders) and the ``EXTRACT1D`` orders of one slit and source
+  (JWST ``SLTNAME``/``SOURCEID``: NIRISS SOSS orders) are pieces of one target
+  (:func:`omnispectra.io.stitch.mark_piece`), so :func:`omnispectra.io.read` stitches them into
+  one spectrum with id ``<stem>`` (``<stem>:<slit>`` when the file holds several slits or
+  sources; ``stitch=False`` keeps them apart). Different slits or sources are never stitched.
 
 Wavelengths of both observatories' pipelines are vacuum.  ``survey``: from ``TELESCOP`` and
 ``INSTRUME`` (:func:`omnispectra.io._common.survey_from_header`: ``jwst:niriss``, ``hst:cos``),
@@ -39,6 +44,7 @@ from ._common import (
     survey_from_header,
 )
 from .registry import FileProbe, register_reader
+from .stitch import mark_piece
 from .tables import (
     column_unit,
     find_columns,
@@ -98,6 +104,28 @@ def _drop_flagged_nan_wavelengths(telescope: str, wave, flux, err, iv, var, dq):
     return (wave[keep], *cut, int(drop.sum()))
 
 
+def _target_of(i: int, th, r: int | None, row_order: str | None, has_order: bool) -> tuple | None:
+    """``(piece kind, target key)`` of one order, or None when it is no declared piece: the rows of
+    one table are one target's segments or orders; JWST ``EXTRACT1D`` HDUs with ``SPORDER`` are the
+    orders of the target of their slit and source."""
+    if r is not None:
+        return None if row_order is None else (
+            "segment" if row_order.upper() == "SEGMENT" else "order", ("table", i))
+    if not has_order:
+        return None
+    return "order", ("slit", str(th.get("SLTNAME", "")), str(th.get("SOURCEID", th.get("SOURCE_ID", ""))))
+
+
+def _piece_ids(stem: str, targets: list) -> list[str | None]:
+    """The stitched spectrum's id for each order (None: not a piece of a several-piece target)."""
+    keys = [None if t is None else t[1] for t in targets]
+    counts = {key: keys.count(key) for key in keys if key is not None}
+    several = len(counts) > 1
+    return [None if key is None or counts[key] < 2 else
+            (stem if not several else f"{stem}:{'-'.join(x for x in key[1:] if x) or key[1]}")
+            for key in keys]
+
+
 @register_reader("x1d", identify=identify_x1d, extensions=(".fits", ".fits.gz"), priority=40)
 def read_x1d(path, **kwargs) -> list:
     # The docstring's first line is this format's description in list_formats(), so it stays one line.
@@ -120,8 +148,9 @@ def read_x1d(path, **kwargs) -> list:
             for wave, flux, err, iv, var, dq, r in _rows(hdu.data, roles):
                 order = th.get("SPORDER", th.get("SLTNAME")) if r is None else (
                     orders[r] if orders is not None else r)
+                target = _target_of(i, th, r, row_order, "SPORDER" in th)
                 pieces.append((i, th, units, unused_error_like(names, roles), wave, flux, err, iv, var, dq,
-                               order))
+                               order, target))
         warn = list(ff.warnings)
     if not pieces:
         raise SpectrumFormatError(f"{path}: no EXTRACT1D/SCI table with WAVELENGTH and FLUX columns")
@@ -130,7 +159,8 @@ def read_x1d(path, **kwargs) -> list:
     stem = file_stem(path)
     out, errors = [], []
     obj = str(prim.get("TARGNAME", prim.get("OBJECT", "")) or "").strip()
-    for k, (i, th, units, unused, wave, flux, err, iv, var, dq, order) in enumerate(pieces):
+    piece_of = _piece_ids(stem, [p[-1] for p in pieces])
+    for k, (i, th, units, unused, wave, flux, err, iv, var, dq, order, target) in enumerate(pieces):
         sid = stem if len(pieces) == 1 else f"{stem}:{k}"
         where = f"{path} [HDU {i}]"
         try:
@@ -140,12 +170,14 @@ def read_x1d(path, **kwargs) -> list:
             ivar, kind = ivar_from_columns(err, iv, var)
             role = None if kind is None else {"error": "err", "ivar": "ivar", "variance": "var"}[kind]
             err_unit = None if role is None else units.get(role)
-            meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or sid,
+            meta = base_meta(path, "x1d", survey, id=sid, object_id=obj or piece_of[k] or sid,
                              medium="vacuum" if telescope.startswith(_OBSERVATORIES) else "unknown")
             put_text(meta, "instrument", prim.get("INSTRUME"))
             put_text(meta, "telescope", prim.get("TELESCOP"))
             if order is not None:
                 meta["order"] = order.item() if hasattr(order, "item") else order
+            if piece_of[k] is not None:
+                mark_piece(meta, piece_of[k], target[0])
             put_label(meta, "ra", prim.get("TARG_RA", prim.get("RA_TARG")))
             put_label(meta, "dec", prim.get("TARG_DEC", prim.get("DEC_TARG")))
             f, ivar, funit = finish_table_columns(meta, w, flux, ivar, units.get("flux"), assumed=assumed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -407,3 +408,90 @@ def test_folder_output_checked_before_the_build_and_stale_files_removed(tmp_path
     one = build_corpus(spectra[:2], tmp_path / "x.h5", overwrite=True, progress=False)
     assert one.outputs == {"sdss": str(tmp_path / "x.h5")}
     assert not list(tmp_path.glob("x-*.h5"))
+
+
+_HANGING_BUILD = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from astropy import units as u
+from specutils import Spectrum
+from omnispectra.corpus import build_corpus
+
+ready = Path(sys.argv[2])
+
+def reader(path):
+    if path.name == "hang.npz":  # the first file is in the temporary corpus: say so, then hang
+        ready.write_text("ready")
+        time.sleep(600)
+    wave = np.linspace(4000.0, 5000.0, 2000)
+    return [Spectrum(spectral_axis=wave * u.AA, flux=np.full(2000, 1.0 + k, np.float32) * u.Jy,
+                     meta={"id": f"{path.stem}-{k}", "survey": "sdss"}) for k in range(20)]
+
+build_corpus([sys.argv[3], sys.argv[4]], sys.argv[1], reader=reader, progress=False, chunk_size=64)
+"""
+
+
+def _start_hanging_build(tmp_path: Path, out: Path, name: str):
+    """A real `build_corpus` in another process, stopped while its temporary file is half written."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import omnispectra
+
+    script, ready = tmp_path / "hang.py", tmp_path / f"{name}.ready"
+    script.write_text(_HANGING_BUILD)
+    for stem in ("first", "hang"):
+        (tmp_path / f"{stem}.npz").write_bytes(b"input")
+    env = {**os.environ, "PYTHONPATH": str(Path(omnispectra.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(ready), str(tmp_path / "first.npz"),
+                             str(tmp_path / "hang.npz")], env=env)
+    return proc, ready, time
+
+
+def _wait_ready(proc, ready, time):
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None, "the build to be killed ended early"
+        assert time.monotonic() < deadline, "the build to be killed never got going"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to tell processes apart")
+def test_temporary_files_of_a_killed_build_are_removed_by_the_next_build(tmp_path):
+    import signal
+
+    out = tmp_path / "out" / "c.h5"
+    killed, ready_k, time = _start_hanging_build(tmp_path, out, "killed")
+    alive, ready_a, _ = _start_hanging_build(tmp_path, out, "alive")
+    try:
+        _wait_ready(killed, ready_k, time)
+        _wait_ready(alive, ready_a, time)
+        temporaries = sorted((tmp_path / "out").glob(".sdss.*.h5.tmp"))
+        assert len(temporaries) == 2  # one per running build
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        dead = next(p for p in temporaries if f"-{killed.pid}-" in p.name)
+        live = next(p for p in temporaries if f"-{alive.pid}-" in p.name)
+        assert dead.stat().st_size > 40_000  # the partial corpus: 20 spectra of 2000 pixels flushed
+        # a dead build's file for another output, and a file of unknown origin: both kept
+        other = dead.with_name(re.sub(r"\.build-[0-9a-f]{8}-", ".build-00000000-", dead.name))
+        assert other != dead
+        other.write_bytes(b"x")
+        unknown = dead.with_name(".sdss.abc123.h5.tmp")
+        unknown.write_bytes(b"x")
+        _write_npz(tmp_path / "good.npz")
+        report = build_corpus([tmp_path / "good.npz"], out, reader=_npz_reader, progress=False)
+        assert report.removed_temporaries == [str(dead)] and not dead.exists()
+        assert live.exists() and other.exists() and unknown.exists()  # the live build's file is kept
+        assert "removed 1 temporary file(s) left by killed builds" in report.summary()
+        assert len(open_corpus(out)) == 1
+    finally:
+        for proc in (killed, alive):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+    report = build_corpus([tmp_path / "good.npz"], out, reader=_npz_reader, progress=False, overwrite=True)
+    assert report.removed_temporaries == [str(live)] and not live.exists()

@@ -1,6 +1,7 @@
 """The one atomic-write helper and the one output-path check."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,17 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
                                             ("a b\nc", "a_b_c"), ("", "_"), ("../x", "_x")])
 def test_safe_filename(name, expected):
     assert safe_filename(name) == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to tell processes apart")
+def test_writer_is_dead_only_when_proved():
+    from omnispectra.fileio import writer_is_dead, writer_tag
+
+    host, pid, start = writer_tag().split("-")
+    assert int(pid) == os.getpid() and int(start) > 0
+    assert not writer_is_dead(writer_tag())  # this very process
+    assert writer_is_dead(f"{host}-{pid}-{int(start) + 1}")  # same id, another start: the id was reused
+    assert writer_is_dead(f"{host}-{2**22 + 17}-5")  # above Linux's largest pid: no such process
+    assert not writer_is_dead(f"{'0' * 8 if host != '0' * 8 else '1' * 8}-{2**22 + 17}-5")  # another host
+    assert not writer_is_dead(f"{host}-{pid}-0")  # start time unknown: cannot prove
+    assert not writer_is_dead("garbage")

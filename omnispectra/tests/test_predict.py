@@ -122,3 +122,74 @@ def test_cli_embed_corpus_and_resume(corpus, model, tmp_path):
     assert again.exit_code == 1 and "Traceback" not in again.output
     resumed = CliRunner().invoke(main, args + ["--resume"])
     assert resumed.exit_code == 0 and "kept from the previous run" in resumed.output, resumed.output
+
+
+def _edit_manifest(folder, edit):
+    import json
+
+    path = folder / predict.MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_resume_checks_every_shard_it_keeps(corpus, model, tmp_path, caplog):
+    import json
+    import shutil
+
+    from omnispectra.pretrained import sha256sum
+
+    folder = tmp_path / "run"
+    _run(corpus, model, folder)
+    straight = predict.read_embedding_shards(folder)
+    shards = json.loads((folder / predict.MANIFEST).read_text())["shards"]
+    assert sorted(shards) == list("01234") and [shards[k]["n"] for k in "01234"] == [5, 5, 5, 5, 3]
+    assert shards["1"]["sha256"] == sha256sum(folder / "shard-00001.h5")
+
+    # a shard damaged on disk: reading refuses it, resuming embeds it again
+    damaged = folder / "shard-00001.h5"
+    data = bytearray(damaged.read_bytes())
+    data[-64] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"shard-00001\.h5 cannot be trusted: its sha256"):
+        predict.read_embedding_shards(folder)
+    with caplog.at_level("WARNING", logger="omnispectra.training.predict"):
+        again = _run(corpus, model, folder, resume=True)
+    assert again["written"] == 1 and again["skipped"] == 4
+    assert "shard-00001.h5 is embedded again: its sha256" in caplog.text
+
+    # a checksum changed in the manifest: that shard is redone
+    _edit_manifest(folder, lambda m: m["shards"]["2"].update(sha256="0" * 64))
+    assert _run(corpus, model, folder, resume=True)["written"] == 1
+
+    # another shard's rows under a consistent checksum: the rows and ids give it away
+    shutil.copy(folder / "shard-00000.h5", folder / "shard-00003.h5")
+    _edit_manifest(folder, lambda m: m["shards"]["3"].update(sha256=sha256sum(folder / "shard-00003.h5")))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="omnispectra.training.predict"):
+        assert _run(corpus, model, folder, resume=True)["written"] == 1
+    assert "shard-00003.h5 is embedded again: its row column" in caplog.text
+
+    # the right rows under other ids (a consistent checksum again)
+    from astropy.table import Table
+
+    renamed = Table.read(folder / "shard-00003.h5")
+    renamed["id"] = [f"x{i}" for i in range(len(renamed))]
+    renamed.write(folder / "shard-00003.h5", overwrite=True, serialize_meta=True, path="data")
+    _edit_manifest(folder, lambda m: m["shards"]["3"].update(sha256=sha256sum(folder / "shard-00003.h5")))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="omnispectra.training.predict"):
+        assert _run(corpus, model, folder, resume=True)["written"] == 1
+    assert "shard-00003.h5 is embedded again: its ids are not those" in caplog.text
+
+    # a shard numbered beyond the run: refused by resume and by read, never stacked in
+    shutil.copy(folder / "shard-00000.h5", folder / "shard-00005.h5")
+    with pytest.raises(ConfigError, match=r"shard-00005\.h5 lie beyond its 5 shards"):
+        _run(corpus, model, folder, resume=True)
+    with pytest.raises(ConfigError, match=r"shard-00005\.h5 beyond its 5 shards"):
+        predict.read_embedding_shards(folder)
+    (folder / "shard-00005.h5").unlink()
+
+    final = predict.read_embedding_shards(folder)
+    assert list(final["id"]) == list(straight["id"]) and list(final["row"]) == list(straight["row"])
+    np.testing.assert_array_equal(final["embedding"], straight["embedding"])

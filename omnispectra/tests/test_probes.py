@@ -284,3 +284,80 @@ def test_cli_classify(trained, tmp_path):
     assert result.exit_code == 1 and "no spectrum could be classified" in result.output
     result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])
     assert result.exit_code == 2 and ".ecsv" in result.output
+
+
+def _rewrite_header(path, out, edit):
+    """Copy a probe file with its JSON header changed by ``edit(header)`` (the tensors kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    header = json.loads(meta["probe"])
+    edit(header)
+    meta["probe"] = json.dumps(header)
+    save_file(load_file(str(path)), str(out), metadata=meta)
+    return out
+
+
+def _set(field, value):
+    def edit(header):
+        *parents, last = field.split(".")
+        node = header
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return edit
+
+
+BAD_PROBE_FIELDS = [
+    ("info.wavelength_support.overall", ["3500", 9000.0]),
+    ("info.wavelength_support.overall", [9000.0, 3500.0]),
+    ("info.wavelength_support", {"overall": [3500, 9000], "surveys": {"sdss": {"min": "a", "max": 9000}}},
+     "info.wavelength_support.surveys.sdss"),
+    ("info.wavelength_support", "everywhere"),
+    ("names", ["GALAXY", 7, "STAR"]),
+    ("names", ["GALAXY", "GALAXY", "STAR"]),
+    ("kind", "ranking"),
+    ("calibration.temperature", "hot"),
+    ("calibration.temperature", -1.0),
+    ("calibration.sigma_scale", [1.0, None]),
+    ("calibration.with_templates", {"network_weight": "x"}),
+    ("head.members", "5"),
+    ("head.in_dim", 0),
+    ("head.hidden", [512.5]),
+    ("normalization.std", [1.0, "nan", 1.0]),
+    ("transforms", {"GALAXY": "sqrt"}),
+    ("info", [1, 2]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_PROBE_FIELDS, ids=[f"{c[0]}={c[1]!r}"[:48] for c in BAD_PROBE_FIELDS])
+def test_probe_with_a_bad_header_field_is_refused_when_loaded(trained, tmp_path, case):
+    field, value, named = (*case, case[0])[:3]
+    bad = _rewrite_header(trained["classify"], tmp_path / "bad.safetensors", _set(field, value))
+    with pytest.raises(CheckpointError, match=rf"bad\.safetensors: invalid probe header field '{named}'"):
+        load_probe(bad)
+
+
+def test_bad_probe_fails_before_any_spectrum_is_read(trained, tmp_path, monkeypatch):
+    good = load_probe(trained["classify"])
+    assert good.kind == "classification"  # the unedited file loads
+    bad = _rewrite_header(trained["classify"], tmp_path / "bad.safetensors",
+                          _set("info.wavelength_support", {"overall": ["a", "b"]}))
+    read = []
+    import omnispectra.inference.predictors as predictors
+
+    real = predictors._embed_for_probes
+    monkeypatch.setattr(predictors, "_embed_for_probes", lambda *a, **k: read.append(1) or real(*a, **k))
+    with pytest.raises(CheckpointError, match="wavelength_support.overall"):
+        omnispectra.classify(example_paths(), model=trained["encoder"], probe=bad)
+    assert read == []  # refused before the embedding run
+    result = CliRunner().invoke(main, ["classify", "--examples", "--model", str(trained["weights"]),
+                                       "--probe", str(bad)])
+    assert result.exit_code == 1 and "bad.safetensors" in result.output
+    assert "info.wavelength_support.overall" in result.output and "Traceback" not in result.output
+    # an in-memory probe is checked as well
+    good.calibration["temperature"] = float("nan")
+    with pytest.raises(CheckpointError, match="calibration.temperature"):
+        omnispectra.classify(example_paths(), model=trained["encoder"], probe=good)

@@ -12,8 +12,9 @@ corpus (HDF5 files of :mod:`omnispectra.corpus`, read by
 
 Layout of the output folder:
 
-- ``manifest.json``: the corpus files, spectra count, shard size, model and settings.
-  A resumed run must match it.
+- ``manifest.json``: the corpus files, spectra count, shard size, model and settings
+  (a resumed run must match them), and under ``shards`` each written shard's row count
+  and sha256 (recorded right after the shard is written).
 - ``shard-00000.h5``, ...: shard ``k`` holds the usable spectra ``k * shard_size`` to
   ``(k + 1) * shard_size - 1`` (corpus order), as an embeddings Table
   (:func:`omnispectra.results.embeddings_table`: ``id``, ``source_file``, ``survey``,
@@ -22,18 +23,23 @@ Layout of the output folder:
   so a shard file is always complete.
 
 With several devices each rank embeds whole shards (shard ``k`` goes to rank
-``k mod world_size``). A killed run restarted with ``resume=True`` skips the shards
-that exist. Within a shard, batches hold spectra of similar length, so the result does
-not depend on how many devices ran or where a run was interrupted.
+``k mod world_size``). A killed run restarted with ``resume=True`` keeps the shards that
+exist only once each is checked: its sha256 must be the one the manifest recorded, its
+rows the expected count and its ``id`` and ``row`` columns those of the corpus spectra
+it covers; a shard that fails is embedded again, and a shard file numbered beyond the
+run's shards is refused (it is no part of this run). Within a shard, batches hold
+spectra of similar length, so the result does not depend on how many devices ran or
+where a run was interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from ..collate import Collator
 from ..dataset import SpectrumDataset
 from ..exceptions import ConfigError, OutputExistsError
 from ..fileio import write_text
+from ..pretrained import sha256sum
 from ..results import embeddings_table, provenance_meta, write_table
 
 __all__ = ["EmbeddingModule", "ShardBatchSampler", "ShardWriter", "embed_corpus", "read_embedding_shards",
@@ -169,6 +176,7 @@ class ShardWriter(BasePredictionWriter):
         table["row"] = cols["row"][positions]
         table["row"].description = "row of the spectrum in the concatenated corpus files"
         write_table(table, self.output / shard_name(k))
+        _record_shard(self.output, k, positions.size)
         logger.info("wrote %s (%d spectra)", shard_name(k), positions.size)
 
 
@@ -211,8 +219,95 @@ def _completed_shards(output: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in output.iterdir() if (m := _SHARD.match(p.name)))
 
 
-def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool) -> list[int]:
-    """Check or reset the output folder; return the shards still to run."""
+@contextlib.contextmanager
+def _folder_lock(output: Path) -> Iterator[None]:
+    """Exclusive lock on the output folder itself (ranks record their shards one at a time;
+    no lock file is left behind). Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(output, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _record_shard(output: Path, k: int, n_rows: int) -> None:
+    """Add shard ``k``'s row count and sha256 to the manifest (read, update, atomic write)."""
+    record = {"n": int(n_rows), "sha256": sha256sum(output / shard_name(k))}
+    with _folder_lock(output):
+        manifest = json.loads((output / MANIFEST).read_text())
+        manifest.setdefault("shards", {})[str(k)] = record
+        write_text(output / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+
+def _shard_positions(manifest: dict[str, Any], k: int) -> np.ndarray:
+    size = int(manifest["shard_size"])
+    return np.arange(k * size, min((k + 1) * size, int(manifest["n_spectra"])))
+
+
+def _shard_problem(output: Path, k: int, manifest: dict[str, Any],
+                   corpus: dict[str, np.ndarray] | None) -> str | None:
+    """Why shard ``k`` cannot be trusted, or None. ``corpus``: the ``id`` and ``row`` of every
+    spectrum of the run (None: checksum and row count only)."""
+    from astropy.table import Table
+
+    path = output / shard_name(k)
+    record = (manifest.get("shards") or {}).get(str(k))
+    if not isinstance(record, dict) or "sha256" not in record:
+        return "the manifest records no checksum for it (its run was killed before recording it)"
+    digest = sha256sum(path)
+    if digest != record["sha256"]:
+        return f"its sha256 {digest[:12]}... is not the {str(record['sha256'])[:12]}... the manifest recorded"
+    positions = _shard_positions(manifest, k)
+    if int(record.get("n", -1)) != positions.size:
+        return f"the manifest records {record.get('n')} rows for it, the run expects {positions.size}"
+    if corpus is None:
+        return None
+    try:
+        table = Table.read(path)
+    except Exception as err:  # any unreadable file is embedded again
+        return f"it cannot be read ({type(err).__name__}: {err})"
+    if len(table) != positions.size:
+        return f"it holds {len(table)} rows, the run expects {positions.size}"
+    if "row" not in table.colnames or not np.array_equal(np.asarray(table["row"]), corpus["row"][positions]):
+        return "its row column is not the corpus rows it covers"
+    if [str(v) for v in table["id"]] != [str(v) for v in corpus["id"][positions]]:
+        return "its ids are not those of the corpus spectra it covers"
+    return None
+
+
+def _extra_shards(output: Path, n_shards: int) -> list[str]:
+    return [shard_name(k) for k in _completed_shards(output) if k >= n_shards]
+
+
+def _trusted_shards(output: Path, old: dict[str, Any], n_shards: int,
+                    corpus: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The records of the previous run's shards that pass :func:`_shard_problem`; the others
+    are deleted (and so embedded again). A shard numbered beyond the run is refused."""
+    extra = _extra_shards(output, n_shards)
+    if extra:
+        raise ConfigError(f"cannot resume the run in {output}: {', '.join(extra[:5])} lie beyond its "
+                          f"{n_shards} shards (files of another run?); move them away and resume again")
+    trusted = {}
+    for k in _completed_shards(output):
+        problem = _shard_problem(output, k, old, corpus)
+        if problem is None:
+            trusted[str(k)] = old["shards"][str(k)]
+        else:
+            logger.warning("%s is embedded again: %s", shard_name(k), problem)
+            (output / shard_name(k)).unlink()
+    return trusted
+
+
+def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool,
+                    corpus: dict[str, np.ndarray]) -> list[int]:
+    """Check or reset the output folder; return the shards still to run. ``corpus``: the
+    ``id`` and ``row`` of every spectrum, to check the shards a resumed run keeps."""
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
     if output.exists() and not output.is_dir():
@@ -226,6 +321,7 @@ def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwr
         for k in _completed_shards(output):
             (output / shard_name(k)).unlink()
         found.unlink()
+    manifest = {**manifest, "shards": {}}
     if resume and found.exists():
         try:
             old = json.loads(found.read_text())
@@ -236,6 +332,7 @@ def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwr
         if changed:
             raise ConfigError(f"cannot resume the run in {output}: {', '.join(changed)} differ from that "
                               "run's (use the same corpus, model and settings, or a new folder)")
+        manifest["shards"] = _trusted_shards(output, old, manifest["n_shards"], corpus)
     output.mkdir(parents=True, exist_ok=True)
     for stale in output.glob(".shard-*.tmp*"):  # a write cut short by a kill
         stale.unlink()
@@ -282,8 +379,9 @@ def embed_corpus(
     num_workers : int
         DataLoader workers per device.
     resume : bool
-        Continue a run in ``output``: shards that exist are skipped (the corpus, model and
-        settings must match its manifest).
+        Continue a run in ``output`` (the corpus, model and settings must match its
+        manifest): a shard that exists is kept when its sha256, row count, ids and rows
+        are those the run expects, else embedded again (logged).
     overwrite : bool
         Delete a previous run's shards in ``output`` and start again.
     progress : bool
@@ -302,7 +400,8 @@ def embed_corpus(
     OutputExistsError
         ``output`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
     ConfigError
-        Bad settings, or a resumed run that does not match its manifest.
+        Bad settings, a resumed run that does not match its manifest, or a shard file
+        numbered beyond the run's shards.
     CorpusError, CheckpointError
         Unreadable corpus or model.
     """
@@ -318,7 +417,8 @@ def embed_corpus(
     net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
     dataset = SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
     manifest = _manifest(dataset, net, shard_size, precision)
-    pending = _prepare_folder(output, manifest, resume, overwrite)
+    pending = _prepare_folder(output, manifest, resume, overwrite,
+                              {"id": dataset.column("id"), "row": dataset.rows})
     skipped = manifest["n_shards"] - len(pending)
     result = {"output": str(output), "n_spectra": len(dataset), "n_shards": manifest["n_shards"],
               "skipped": skipped, "written": 0}
@@ -341,7 +441,9 @@ def read_embedding_shards(output: str | os.PathLike, allow_incomplete: bool = Fa
     Raises
     ------
     ConfigError
-        No manifest, or missing shards (unless ``allow_incomplete``).
+        No manifest, missing shards (unless ``allow_incomplete``), a shard file numbered
+        beyond the run's shards, or a shard whose sha256 or row count is not the one the
+        manifest recorded.
     """
     from astropy.table import Table, vstack
 
@@ -351,6 +453,15 @@ def read_embedding_shards(output: str | os.PathLike, allow_incomplete: bool = Fa
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{output} holds no readable {MANIFEST}: {err}") from err
     done = _completed_shards(output)
+    extra = _extra_shards(output, manifest["n_shards"])
+    if extra:
+        raise ConfigError(f"{output} holds {', '.join(extra[:5])} beyond its {manifest['n_shards']} shards "
+                          "(files of another run?); move them away")
+    for k in done:
+        problem = _shard_problem(output, k, manifest, None)
+        if problem is not None:
+            raise ConfigError(f"{output / shard_name(k)} cannot be trusted: {problem}; resume the run "
+                              "(resume=True) to embed it again")
     missing = sorted(set(range(manifest["n_shards"])) - set(done))
     if missing and not allow_incomplete:
         raise ConfigError(f"{output} is incomplete: shards {missing[:10]} are missing; resume the run")

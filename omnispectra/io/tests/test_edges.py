@@ -326,10 +326,18 @@ def test_hst_cos_x1dsum_two_segments_in_one_table_read(tmp_path):
     table = fits.BinTableHDU.from_columns(cols, name="SCI")
     table.header["SDQFLAGS"] = 8346
     fits.HDUList([prim, table]).writeto(tmp_path / "lb_x1dsum.fits")
-    out = oio.read(tmp_path / "lb_x1dsum.fits")
+    out = oio.read(tmp_path / "lb_x1dsum.fits", stitch=False)
     assert [s.meta["order"] for s in out] == ["FUVA", "FUVB"]
     assert all(s.mask[:100].all() and not s.mask[100:].any() for s in out)
     assert _snr(out[0]) == pytest.approx(10.0, rel=1e-5)
+    # one target: by default its two segments are one spectrum, the gap between them holds no pixel
+    (one,) = oio.read(tmp_path / "lb_x1dsum.fits")
+    wave = one.spectral_axis.to_value("Angstrom")
+    np.testing.assert_array_equal(wave, np.concatenate([wb, wa]))  # native pixels, nothing invented
+    assert one.meta["id"] == "lb_x1dsum" and one.meta["object_id"] == "WD1234"
+    assert [p["name"] for p in one.meta["stitched"]["pieces"]] == ["FUVB", "FUVA"]
+    assert one.meta["stitched"]["kind"] == "segment" and one.meta["n_spectra_in_file"] == 1
+    np.testing.assert_array_equal(one.mask, np.concatenate([dq[1], dq[0]]) != 0)  # the edges stay masked
 
 
 # ------------------------------------------------------------------ 15: multispec function orders, memory
@@ -422,9 +430,13 @@ def test_pypeit_echelle_orders_share_the_object(tmp_path):
     fits.HDUList([prim, _pypeit_table("OBJ0001-ORDER0020-DET01", start=5500.0, order=20, objid=1),
                   _pypeit_table("OBJ0001-ORDER0021-DET01", start=5650.0, order=21, objid=1)]).writeto(
         tmp_path / "spec1d_e.fits")
-    out = oio.read(tmp_path / "spec1d_e.fits")
+    out = oio.read(tmp_path / "spec1d_e.fits", stitch=False)
     assert [s.meta["order"] for s in out] == [20, 21]
     assert {s.meta["object_id"] for s in out} == {"spec1d_e:OBJ1"}
+    (one,) = oio.read(tmp_path / "spec1d_e.fits")  # one object: its orders stitched
+    assert one.meta["id"] == one.meta["object_id"] == "spec1d_e:OBJ1"
+    assert [p["name"] for p in one.meta["stitched"]["pieces"]] == [20, 21]
+    assert np.all(np.diff(one.spectral_axis.value) > 0)
 
 
 def test_ctype_holding_the_unit_reads_as_a_wavelength_axis(tmp_path):

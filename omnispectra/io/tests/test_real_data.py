@@ -183,8 +183,15 @@ def test_lamost_labels_and_shared_object(data_dir):
                 if row.get("CLASS"):
                     assert s.meta["class"] == row["CLASS"] and s.meta["subclass"] == row["SUBCLASS"]
                     assert s.meta["z"] == pytest.approx(float(row["Z"]))
-            if "kind" in row and row["kind"] == "MRS":
-                assert [s.meta["id"].rsplit(":", 1)[1] for s in specs] == ["B", "R"]
+            if "kind" in row and row["kind"] == "MRS":  # two arms of one star: one spectrum
+                arms = oio.read(data_dir / row["file"], stitch=False)
+                assert [s.meta["id"].rsplit(":", 1)[1] for s in arms] == ["B", "R"]
+                (one,) = specs
+                assert [p["name"] for p in one.meta["stitched"]["pieces"]] == ["B", "R"]
+                assert one.meta["id"] == arms[0].meta["id"][:-2]
+                assert one.meta["object_id"] == arms[0].meta["object_id"]
+                np.testing.assert_array_equal(one.spectral_axis.value,
+                                              np.concatenate([a.spectral_axis.value for a in arms]))
     # KIC 8098300: 7 MRS epochs + 1 LRS file, DESIGs differ by 0.3", one object_id
     kic = {s.meta["object_id"] for p in (data_dir / "lamost").glob("*KP*")
            for s in oio.read(p)} | {s.meta["object_id"] for p in (data_dir / "lamost").glob("*TD19*")

@@ -86,6 +86,8 @@ def test_real_lamost_and_xshooter_by_family_name():
     xsl = sorted((root / "xshooter").glob("*.fits*"))
     if not mrs or not xsl:
         pytest.skip("no LAMOST MRS / X-shooter files")
-    arms = SpectrumList.read(str(mrs[0]), format="omnispectra-lamost")
+    arms = SpectrumList.read(str(mrs[0]), format="omnispectra-lamost", stitch=False)
     assert [s.meta["arm"] for s in arms] == ["B", "R"]
+    star = Spectrum.read(str(mrs[0]), format="omnispectra-lamost")  # the two arms of one star, stitched
+    assert [p["name"] for p in star.meta["stitched"]["pieces"]] == ["B", "R"]
     assert Spectrum.read(str(xsl[0]), format="omnispectra-xshooter").meta["survey"] == "xshooter"

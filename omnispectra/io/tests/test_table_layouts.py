@@ -165,8 +165,12 @@ def test_jwst_x1d_orders_jy_to_flambda(tmp_path):
     path = tmp_path / "jw01366_x1d.fits"
     fits.HDUList(hdus).writeto(path)
     assert oio.identify_format(path) == "x1d"
-    specs = oio.read(path)
+    specs = oio.read(path, stitch=False)
     assert [s.meta["order"] for s in specs] == [1, 2]
+    (one,) = oio.read(path)  # the SOSS orders of one slit and source: one spectrum
+    w = one.spectral_axis.to_value(u.AA)
+    assert np.all(np.diff(w) > 0) and w[0] == pytest.approx(6000.0) and w[-1] == pytest.approx(28000.0)
+    assert one.meta["id"] == "jw01366_x1d" and [p["name"] for p in one.meta["stitched"]["pieces"]] == [2, 1]
     s = specs[0]
     assert s.meta["survey"] == "jwst:niriss" and s.meta["instrument"] == "NIRISS"
     assert s.meta["medium"] == "vacuum"
@@ -194,10 +198,12 @@ def test_hst_x1d_rows_are_orders(tmp_path):
     sci.header["SDQFLAGS"] = 8346
     path = tmp_path / "lb4m01010_x1d.fits"
     fits.HDUList([prim, sci]).writeto(path)
-    specs = oio.read(path)
+    specs = oio.read(path, stitch=False)
     assert [s.meta["order"] for s in specs] == ["FUVA", "FUVB"]
     assert all(s.meta["survey"] == "hst:cos" for s in specs)
     assert np.allclose(specs[0].uncertainty.array, 1e30, rtol=1e-5)
+    (one,) = oio.read(path)  # the two segments of one target, stitched
+    assert one.meta["survey"] == "hst:cos" and one.spectral_axis.size == 2 * n
 
 
 def test_fuse_like_table_is_not_labelled_eso(tmp_path):
