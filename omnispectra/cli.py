@@ -424,8 +424,7 @@ def plot_command(path, output, model_name, index, seed, no_mask, device, fmt, ov
     model = _load(model_name, device)
     result = reconstruct(spectra[index], model=model, mask=False if no_mask else None, seed=seed)
     data = spectrum_data(spectra[index])  # the noise band: the file's errors, when it has any
-    placeholder = bool((spectra[index].meta or {}).get("ivar_is_placeholder"))
-    ivar = None if placeholder or not data.has_ivar else np.where(data.bad, 0.0, data.ivar)
+    ivar = np.where(data.bad, 0.0, data.ivar) if data.has_ivar else None
     fig = Figure(figsize=(10, 3.6), layout="constrained")
     plot_reconstruction(result, ax=fig.add_subplot(), ivar=ivar)
     with atomic_write(out) as tmp:
@@ -602,6 +601,12 @@ _templates_option = click.option(
          "template fit.")
 
 
+_zbest_option = click.option(
+    "--zbest", is_flag=True,
+    help="Name the redshift columns as Redrock's zbest (SPECTYPE, SUBTYPE, Z, ZERR, ZWARN = z_flag, CHI2, "
+         "DELTACHI2, COEFF; TARGETID = id).")
+
+
 def _predictor_options(what: str, probe: bool = True):
     """The options every predictor command shares (inputs, output, model, batching, ...)."""
     options = [
@@ -629,8 +634,8 @@ def _predictor_options(what: str, probe: bool = True):
 
 
 def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, probe_path, batch_size,
-                   device, fmt, no_table, overwrite, quiet, **kwargs: Any) -> None:
-    """Run one api predictor on the inputs; print and/or write its table."""
+                   device, fmt, no_table, overwrite, quiet, zbest: bool = False, **kwargs: Any) -> None:
+    """Run one api predictor on the inputs; print and/or write its table (Redrock's names with ``zbest``)."""
     sources = _sources(inputs, examples)
     out = _check_output(output, sources, overwrite, table=True) if output else None
     model = _load(model_name, device)
@@ -641,6 +646,10 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
     n_skipped = _report_skipped(table)
     if not len(table):
         raise CommandError(f"no spectrum could be {what.split()[0]}; nothing written")
+    if zbest:
+        from .results import zbest_table
+
+        table = zbest_table(table)
     if out is None or not no_table:
         _print_table(table)
     if out is not None:
@@ -650,26 +659,38 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
 
 @main.command("classify")
 @_predictor_options("classified")
-@click.option("--full", is_flag=True,
-              help="One catalogue row per spectrum: class, probabilities, z, z_err, deltachi2, "
-                   "stellar parameters with errors (stars), anomaly and flag.")
+@click.option("--full/--class-only", default=True, show_default=True,
+              help="One catalogue row per spectrum (the default): class, probabilities, z, z_err, chi2, "
+                   "deltachi2, template coefficients, stellar parameters with errors (stars), anomaly, "
+                   "class_flag, z_flag, params_flag and flag; --class-only: the class columns.")
 @click.option("--stellar-probe", "stellar_probe", default=None, type=_probe_path,
               help="With --full: stellar-parameter probe file (default: the bundled probe).")
 @_templates_option
-def classify_command(full, stellar_probe, templates, **common) -> None:
+@click.option("--fast", is_flag=True,
+              help="The class probe alone, without the template fit (class columns only; about ten times "
+                   "faster, less sure).")
+@_zbest_option
+def classify_command(full, stellar_probe, templates, fast, zbest, **common) -> None:
     """Classify every spectrum in FILE_OR_DIR... as GALAXY, QSO or STAR.
 
-    Prints a table (id, class, prob_GALAXY, prob_QSO, prob_STAR, flag; flag 0 means use
-    it, see the docs for its bits) and/or writes it with -o (with provenance in its meta).
-    With --full: one catalogue row per spectrum with the template redshift, the stellar
-    parameters of stars and the anomaly statistic too. Unreadable files and untokenizable
-    spectra are reported with the reason and skipped; the command fails only when nothing
-    was classified.
+    One catalogue row per spectrum: the class (the probe joined with the evidence of a
+    template fit; the Redrock templates ship with the package), the template redshift, the
+    stellar parameters of stars, the anomaly statistic and a flag per quantity (class_flag,
+    z_flag, params_flag; flag is their OR, 0 means use the row; see the docs for the bits).
+    --class-only: the class columns and class_flag; --fast: the probe alone (class only).
+    Prints the table and/or writes it with -o (with provenance in its meta). Unreadable
+    files and untokenizable spectra are reported with the reason and skipped; the command
+    fails only when nothing was classified.
     """
     from .api import classify
 
+    full = full and not fast
+    if fast and templates:
+        raise click.UsageError("--fast is the probe alone: not with --templates")
+    if zbest and not full:
+        raise click.UsageError("--zbest needs the full row (a redshift catalogue), not --class-only/--fast")
     _run_predictor(classify, "classified", full=full, stellar_probe=stellar_probe, templates=templates,
-                   **common)
+                   fast=fast, zbest=zbest, **common)
 
 
 @main.command("predict-stellar")
@@ -692,18 +713,19 @@ def predict_stellar_command(class_probe, **common) -> None:
 @main.command("predict-redshift")
 @_predictor_options("predicted redshifts")
 @_templates_option
-def predict_redshift_command(templates, **common) -> None:
+@_zbest_option
+def predict_redshift_command(templates, zbest, **common) -> None:
     """Redshift of every galaxy or quasar spectrum in FILE_OR_DIR...
 
     A full-range chi-square fit of the Redrock templates (--templates, else
     $OMNISPECTRA_TEMPLATES, else the compact ones bundled with omnispectra); the class probe
-    (--probe) chooses the class. Prints a table
-    (id, class, spectype, z, z_err, deltachi2, flag) and/or writes it with -o; bad inputs
-    are reported and skipped.
+    (--probe) chooses the class. Prints a table (id, class, spectype, subtype, z, z_err,
+    chi2, deltachi2, class_flag, z_flag, flag = z_flag) and/or writes it with -o (--zbest:
+    with Redrock's column names); bad inputs are reported and skipped.
     """
     from .api import predict_redshift
 
-    _run_predictor(predict_redshift, "predicted redshifts", templates=templates, **common)
+    _run_predictor(predict_redshift, "predicted redshifts", templates=templates, zbest=zbest, **common)
 
 
 @main.command("anomaly")

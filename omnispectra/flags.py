@@ -60,7 +60,8 @@ __all__ = ["CLASSES", "FLAG_DESCRIPTION", "Flag", "FROZEN_FLAG_VALUES", "describ
            "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
            "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
-           "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags"]
+           "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags",
+           "impossible_values", "ANOMALY_FAR_FACTOR", "CLASS_BITS", "Z_BITS", "PARAMS_BITS"]
 
 
 #: The source classes every predictor, probe, template fit and label uses, in this order.
@@ -192,6 +193,21 @@ Z_MIN = -0.01
 #: of the encoder's reconstruction; where it misleads the class, the template fit's best
 #: class differs and ``DISAGREEMENT`` is set). ``classify`` keeps both.
 REDSHIFT_EXEMPT = Flag.LOW_SN | Flag.ANOMALY
+
+#: An anomaly statistic this many times above its threshold is never exempt: the input is
+#: so unlike the training spectra that no answer about it can be trusted.
+ANOMALY_FAR_FACTOR = 3.0
+
+#: Bits of each quantity of a catalogue row (``class_flag``, ``z_flag``, ``params_flag``);
+#: ``flag`` is their OR. A bit outside a quantity's set never reaches its column.
+CLASS_BITS = (Flag.OUTSIDE_SUPPORT | Flag.FEW_TOKENS | Flag.LOW_SN | Flag.ANOMALY | Flag.DISAGREEMENT
+              | Flag.OUT_OF_DOMAIN | Flag.POOR_FIT | Flag.BAD_INPUT)
+Z_BITS = (Flag.BAD_INPUT | Flag.OUTSIDE_SUPPORT | Flag.FEW_TOKENS | Flag.ANOMALY | Flag.DISAGREEMENT
+          | Flag.Z_EDGE | Flag.SMALL_DELTACHI2 | Flag.NEGATIVE_MODEL | Flag.WRONG_CLASS
+          | Flag.IMPOSSIBLE_VALUE | Flag.NONFINITE | Flag.LITTLE_COVERAGE | Flag.BAD_MINFIT
+          | Flag.OUT_OF_DOMAIN | Flag.POOR_FIT)
+PARAMS_BITS = (Flag.OUTSIDE_SUPPORT | Flag.FEW_TOKENS | Flag.LOW_SN | Flag.ANOMALY | Flag.NOT_STAR
+               | Flag.IMPOSSIBLE_VALUE | Flag.NONFINITE | Flag.OUT_OF_DOMAIN)
 
 #: Name of the anomaly statistic of :func:`omnispectra.api.anomaly_statistic`; the encoder
 #: card's ``anomaly`` entry (``{"statistic", "p99", "n_validation"}``) is used for the
@@ -342,13 +358,29 @@ def redshift_class_flags(chosen_class: Sequence[str], fit_class: Sequence[str],
     return out
 
 
-def anomaly_flags(statistic: Any, threshold: float | None) -> np.ndarray:
-    """``ANOMALY`` where the anomaly statistic exceeds ``threshold`` (none: never)."""
+def anomaly_flags(statistic: Any, threshold: float | None, factor: float = 1.0) -> np.ndarray:
+    """``ANOMALY`` where the anomaly statistic exceeds ``factor * threshold`` (none: never).
+
+    With ``factor=``:data:`ANOMALY_FAR_FACTOR` the bit marks an anomaly far above its
+    threshold, which no quantity is exempt from.
+    """
     stat = np.atleast_1d(np.asarray(statistic, dtype=np.float64))
     if threshold is None or not np.isfinite(threshold):
         return np.zeros(stat.size, dtype=np.int64)
     with np.errstate(invalid="ignore"):
-        return np.where(stat > threshold, int(Flag.ANOMALY), 0).astype(np.int64)
+        return np.where(stat > factor * threshold, int(Flag.ANOMALY), 0).astype(np.int64)
+
+
+def impossible_values(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per quantity, the rows whose value is physically impossible (:data:`PHYSICAL_RANGES`);
+    a predictor returns NaN there, with ``IMPOSSIBLE_VALUE`` (:func:`range_flags`)."""
+    out = {}
+    for name, col in values.items():
+        col = np.asarray(col, dtype=np.float64)
+        lo, hi = PHYSICAL_RANGES.get(name, (-np.inf, np.inf))
+        with np.errstate(invalid="ignore"):
+            out[name] = (col < lo) | (col > hi)
+    return out
 
 
 def probe_support_flags(token_wavelengths: Sequence[np.ndarray],

@@ -556,6 +556,12 @@ class RedshiftFitter:
 
 
 # ---------------------------------------------------------------------- steps shared with redshift_batch
+#: Signal-to-noise per pixel no instrument reaches: the fit caps the inverse variance there
+#: (a numerical guard; real spectra stay far below it, and the training domain flags
+#: inputs whose errors are beyond its spectra's).
+MAX_PIXEL_SNR = 1e6
+
+
 def fit_arrays(data: Any, config: ScanConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(wavelength, flux, ivar)`` as fitted: bad, non-finite and far-negative pixels get
     ``ivar = 0`` and ``flux = 0``; a spectrum without uncertainties gets :func:`difference_ivar`.
@@ -571,6 +577,9 @@ def fit_arrays(data: Any, config: ScanConfig) -> tuple[np.ndarray, np.ndarray, n
     if config.negative_clip_sigma > 0:
         ivar_a = np.where(flux_a * np.sqrt(ivar_a) < -config.negative_clip_sigma, 0.0, ivar_a)
         flux_a = np.where(ivar_a > 0, flux_a, 0.0)
+    scale = float(np.median(np.abs(flux_a[ivar_a > 0]))) if np.any(ivar_a > 0) else 0.0
+    if scale > 0:  # absurd errors (ivar 1e300) would only overflow the chi-square sums
+        ivar_a = np.minimum(ivar_a, (MAX_PIXEL_SNR / scale) ** 2)
     return np.asarray(wave, dtype=np.float64), flux_a, ivar_a
 
 

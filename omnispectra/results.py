@@ -66,7 +66,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["META_KEYS", "QUANTITY_UNITS", "TABLE_FORMATS", "provenance_meta", "embeddings_table",
            "anomaly_table", "predictions_table", "reconstruction_table", "quantity_unit", "table_format",
-           "write_table", "COLUMN_FORMATS", "column_format", "z_format", "apply_formats"]
+           "write_table", "COLUMN_FORMATS", "column_format", "z_format", "apply_formats", "ZBEST_COLUMNS",
+           "zbest_table"]
+
+#: Redrock's zbest column of each catalogue column (ZWARN is the redshift's own flag).
+ZBEST_COLUMNS = {"id": "TARGETID", "spectype": "SPECTYPE", "subtype": "SUBTYPE", "z": "Z", "z_err": "ZERR",
+                 "z_flag": "ZWARN", "chi2": "CHI2", "deltachi2": "DELTACHI2", "coeff": "COEFF"}
 
 #: Provenance keys of :func:`provenance_meta`, with their meaning.
 META_KEYS = {
@@ -403,8 +408,12 @@ def _fits_can_hold(unit: Any) -> bool:
 
 
 def _for_fits(table: Table) -> Table:
-    """A copy FITS can hold: units FITS lacks (dex) moved into descriptions, ASCII text checked."""
+    """A copy FITS can hold: units FITS lacks (dex) moved into descriptions, ASCII text checked,
+    non-finite numbers in ``meta`` (a header holds none) written as the text ``"nan"``/``"inf"``."""
     out = table.copy(copy_data=False)
+    for key, value in list(out.meta.items()):
+        if isinstance(value, float) and not np.isfinite(value):
+            out.meta[key] = str(value)
     for name in out.colnames:
         col = out[name]
         if col.unit is not None and not _fits_can_hold(col.unit):
@@ -447,4 +456,25 @@ def write_table(table: Table, path: str | os.PathLike, overwrite: bool = False,
         options = {"path": HDF5_PATH, "serialize_meta": True}
     with atomic_write(out) as tmp:
         table.write(tmp, format=fmt, **options)
+    return out
+
+
+def zbest_table(table: Table) -> Table:
+    """A catalogue (``predict_redshift``, ``classify(full=True)``) with Redrock's zbest names.
+
+    The columns of :data:`ZBEST_COLUMNS` renamed (``SPECTYPE``, ``SUBTYPE``, ``Z``, ``ZERR``,
+    ``ZWARN`` = ``z_flag``, ``CHI2``, ``DELTACHI2``, ``COEFF``; ``TARGETID`` holds the id
+    string), the other columns kept as they are, ``meta`` kept.
+
+    Raises
+    ------
+    OutputError
+        The table lacks the redshift columns.
+    """
+    missing = [name for name in ZBEST_COLUMNS if name not in table.colnames]
+    if missing:
+        raise OutputError(f"not a redshift catalogue: it lacks {', '.join(missing)} "
+                          "(use predict_redshift or classify(full=True))")
+    out = table.copy(copy_data=False)
+    out.rename_columns(list(ZBEST_COLUMNS), list(ZBEST_COLUMNS.values()))
     return out

@@ -11,7 +11,8 @@ so one spectrum gives the same arrays everywhere:
   :func:`omnispectra.runtime.check_wavelength_plausible`). A strictly decreasing axis is
   reversed together with the data.
 * ``flux``: float64, in the input's unit (``flux_unit``, ``""`` for none).
-* ``ivar``: float64 inverse variance (1 where the input has no uncertainty:
+* ``ivar``: float64 inverse variance (1 where the input has no uncertainty, or only the
+  placeholder of a file without errors, ``meta["ivar_is_placeholder"]``: then
   ``has_ivar`` is False). float64 keeps any physical unit: a flux of 1e-19 with an
   error of 1e-20 has ivar 1e40, beyond float32.
 * ``mask``: the input's own bad-pixel mask (True = bad, the specutils convention).
@@ -241,7 +242,9 @@ def spectrum_data(spectrum: Any = None, flux: Any = None, ivar: Any = None, mask
         wave = wavelength_angstrom(spectrum.spectral_axis, require_units=True)
         flux_arr = np.asarray(flux_q.value if isinstance(flux_q, u.Quantity) else flux_q, dtype=np.float64)
         unit = flux_q.unit.to_string() if isinstance(flux_q, u.Quantity) else ""
-        has_ivar = ivar is not None or spectrum.uncertainty is not None
+        # readers of files without errors put a placeholder ivar of 1 and say so in meta
+        placeholder = bool((getattr(spectrum, "meta", None) or {}).get("ivar_is_placeholder"))
+        has_ivar = ivar is not None or (spectrum.uncertainty is not None and not placeholder)
         if ivar is None and spectrum.uncertainty is not None:
             ivar = ivar_from_uncertainty(spectrum.uncertainty)
         if mask is None and spectrum.mask is not None:

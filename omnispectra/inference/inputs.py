@@ -408,9 +408,7 @@ def measure_input(obj: Any, tok: Tokens, support: WavelengthSupport | None,
                                support_fraction(tok.wavelength[tok.valid], support)), None
     if data is None:
         data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
-    # readers of files without errors put a placeholder ivar of 1 (and say so in meta)
-    placeholder = bool((getattr(obj, "meta", None) or {}).get("ivar_is_placeholder"))
-    ivar = data.ivar if data.has_ivar and not placeholder else None
+    ivar = data.ivar if data.has_ivar else None  # spectrum_data knows placeholder errors
     quality = spectrum_quality(data.wavelength, data.flux, ivar, data.bad, n_valid_tokens, support)
     if ivar is None:
         return quality, None

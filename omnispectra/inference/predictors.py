@@ -2,9 +2,9 @@
 
 One pass embeds the inputs (and computes the anomaly statistic when the model card has a
 threshold), the probes of :mod:`omnispectra.probes` turn embeddings into columns, the
-template fit of :mod:`omnispectra.redshift` adds its evidence, and the rules of
-:mod:`omnispectra.flags` set every row's ``flag`` (this module only measures and calls
-them).
+template fit of :mod:`omnispectra.redshift` adds its evidence, and
+:mod:`omnispectra.inference.rows` gathers the bits of :mod:`omnispectra.flags` and
+:mod:`omnispectra.domain` into one flag per quantity (this module only calls them).
 """
 
 from __future__ import annotations
@@ -16,140 +16,34 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..exceptions import NonFiniteOutputError
-from ..flags import FLAG_DESCRIPTION
+from ..flags import Flag, not_star_flags
 from ..probes import checked_probe, probe_meta
 from ..runtime import resolve_model
-from .anomaly import ANOMALY_DESCRIPTION, anomaly_threshold, quality_flags
 from .inputs import InputItem
-from .pipeline import Pass, RunOptions, forward, item_table, result_meta
-from .scoring import ANOMALY_N_MASKS, Masks
+from .pipeline import RunOptions
+from .rows import (
+    ProbeRun,
+    add_anomaly_column,
+    add_class_columns,
+    add_flag_columns,
+    add_redshift_columns,
+    add_stellar_columns,
+    class_columns,
+    classes_with_templates,
+    embed_for_probes,
+    poor_fit_flags,
+    redshift_columns,
+    stellar_columns,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from ..model import OmniSpectra
 
-__all__ = ["classify", "predict_stellar_parameters", "predict_redshift", "fitter_name"]
+__all__ = ["classify", "predict_stellar_parameters", "predict_redshift", "fitter_name", "coefficient_width"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _ProbeRun:
-    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns."""
-
-    net: Any
-    done: Pass
-    threshold: float | None
-    anomaly: np.ndarray | None   # (N,) statistic, None when not computed
-
-    @property
-    def items(self) -> list[InputItem]:
-        return self.done.items
-
-    def keep(self, ok: np.ndarray, what: str) -> None:
-        """Reject the rows where ``ok`` is False (their ``what`` is not finite)."""
-        inputs = self.done.inputs
-        for item in (item for item, good in zip(self.items, ok, strict=True) if not good):
-            inputs.reject(item, NonFiniteOutputError(f"spectrum {item.id!r}: the {what} is not finite"))
-        if inputs.single and (not ok.all() or not self.items):
-            raise inputs.skipped[-1].error
-        d = self.done
-        items = [item for item, good in zip(d.items, ok, strict=True) if good]
-        self.done = Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], items, d.inputs, d.torch_dtype)
-        if self.anomaly is not None:
-            self.anomaly = self.anomaly[ok]
-
-    def flags(self) -> np.ndarray:
-        """The input checks and ``ANOMALY`` of every row."""
-        from ..flags import anomaly_flags
-
-        out = quality_flags(self.items)
-        if self.anomaly is not None:
-            out |= anomaly_flags(self.anomaly, self.threshold)
-        return out
-
-    def table(self, head: Any):
-        """``id``, ``source_file``, ``survey`` and the provenance (``head``'s probe) in ``meta``."""
-        table = item_table(self.items)
-        table.meta.update(result_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head,
-                                      kind="predictions"))
-        table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
-        return table
-
-
-def _embed_for_probes(spectra: Any, net: OmniSpectra, options: RunOptions,
-                      anomaly: bool = False) -> _ProbeRun:
-    """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
-    threshold = anomaly_threshold(net)
-    masks = Masks(ANOMALY_N_MASKS) if (anomaly or threshold is not None) else None
-    done = forward(spectra, net, options, masks=masks, measure=True)
-    run = _ProbeRun(net, done, threshold, done.chi2 if masks is not None else None)
-    if done.inputs.single and not done.items:
-        raise done.inputs.skipped[-1].error
-    return run
-
-
-def _class_columns(head: Any, run: _ProbeRun) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(classes, calibrated probabilities (N, K), DISAGREEMENT flags)``; rows with a
-    non-finite probability are rejected first (never a class from NaN)."""
-    from ..flags import class_disagreement_flags
-
-    vectors = run.done.vectors
-    prob = np.asarray(head.predict(vectors)) if len(vectors) else np.zeros((0, len(head.names)))
-    ok = np.all(np.isfinite(prob), axis=1)
-    if not ok.all():
-        run.keep(ok, "source class probe's output")
-        prob, vectors = prob[ok], vectors[ok]
-    classes = [head.names[k] for k in np.argmax(prob, axis=1)] if len(prob) else []
-    disagree = None
-    if getattr(head, "members", 1) > 1 and len(vectors):
-        disagree = class_disagreement_flags(head.probabilities(head.member_outputs(vectors)))
-    return classes, prob, (np.zeros(len(prob), np.int64) if disagree is None else disagree)
-
-
-def _add_class_columns(table: Any, names: list[str], classes: list[str], prob: np.ndarray) -> None:
-    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
-    table["class"].description = "source class (largest calibrated probability)"
-    for k, name in enumerate(names):
-        table[f"prob_{name}"] = prob[:, k].astype(np.float32)
-        table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
-
-
-def _stellar_columns(head: Any, run: _ProbeRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values (N, k), 1-sigma errors (N, k), NONFINITE|IMPOSSIBLE_VALUE flags, and
-    OUTSIDE_SUPPORT outside the probe's own training range)`` in float32."""
-    from ..flags import finite_flags, probe_support_flags, range_flags
-
-    vectors = run.done.vectors
-
-    if head.members < 2:
-        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
-    if len(vectors):
-        values, errors = head.predict_with_spread(vectors)
-    else:
-        values = errors = np.zeros((0, len(head.names)))
-    flags = finite_flags(values) | range_flags({name: values[:, k] for k, name in enumerate(head.names)})
-    tokens = [item.prepared for item in run.items]
-    flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
-                                 (head.info or {}).get("wavelength_support"))
-    return values.astype(np.float32), errors.astype(np.float32), flags
-
-
-def _add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray) -> None:
-    from ..results import quantity_unit
-
-    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
-                    "fe_h": "iron abundance [Fe/H] (dex)"}
-    for k, name in enumerate(names):
-        unit = quantity_unit(name)
-        table[name] = values[:, k]
-        table[name].description = descriptions.get(name, name)
-        table[f"{name}_err"] = errors[:, k]
-        table[f"{name}_err"].description = f"1-sigma uncertainty of {name} (calibrated ensemble spread)"
-        if unit is not None:
-            table[name].unit = table[f"{name}_err"].unit = unit
 
 
 def _template_fits(fitter: Any, items: list[InputItem]) -> list[Any]:
@@ -163,58 +57,46 @@ def _template_fits(fitter: Any, items: list[InputItem]) -> list[Any]:
             for item in items]
 
 
-def _classes_with_templates(head: Any, prob: np.ndarray,
-                            fits: list[Any]) -> tuple[list[str], np.ndarray, str]:
-    """``(classes, probabilities, method)``: the probe's probabilities joined with the template
-    evidence when the probe stores a combination (:mod:`omnispectra.class_evidence`)."""
-    from ..class_evidence import combination_of, combine, template_evidence
+@dataclass
+class _TemplateEvidence:
+    """The template fits of a run's rows and what they add: the class joined with the
+    probe, ``POOR_FIT`` and the provenance."""
 
-    params = combination_of(head.calibration, head.names)
-    if params is not None and len(prob):
-        prob = combine(prob, template_evidence([r.class_chi2 for r in fits], head.names), params)
-    method = "network" if params is None else "network+templates"
-    return [head.names[k] for k in np.argmax(prob, axis=1)], prob, method
+    fits: list[Any]
+    classes: list[str]
+    prob: np.ndarray
+    method: str
+    poor: np.ndarray
+    width: int
 
-
-def _redshift_columns(fits: list[Any], classes: list[str]) -> dict[str, Any]:
-    """Each row's best solution of its chosen class, as columns.
-
-    Columns ``spectype``, ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's bits,
-    ``NONFINITE``, ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and
-    the chosen class, ``WRONG_CLASS`` for a star's radial velocity).
-    """
-    from ..flags import Flag, finite_flags, range_flags, redshift_class_flags
-
-    results = [fit.per_class.get(cls, fit) for fit, cls in zip(fits, classes, strict=True)]
-    z = np.asarray([r.z for r in results], dtype=np.float64)
-    reported = [r.spectype for r in results]
-    best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
-    # LOW_SN is the input check's (which knows placeholder uncertainties), not the fit's
-    fit_flags = np.asarray([int(r.flag) & ~int(Flag.LOW_SN) for r in results], dtype=np.int64)
-    flags = (fit_flags | finite_flags(z)
-             | range_flags({"z": z}) | redshift_class_flags(classes, best, reported))
-    return {"spectype": reported, "z": z, "z_err": np.asarray([r.z_err for r in results], dtype=np.float64),
-            "deltachi2": np.asarray([r.deltachi2 for r in results], dtype=np.float64), "flag": flags}
+    @property
+    def class_flags(self) -> np.ndarray:
+        """``POOR_FIT``, and ``DISAGREEMENT`` where the fit's best class is not the chosen one."""
+        best = [fit.candidates[0][0] if fit.candidates else "" for fit in self.fits]
+        differ = np.asarray([bool(b) and b != c for b, c in zip(best, self.classes, strict=True)], dtype=bool)
+        return self.poor | np.where(differ, int(Flag.DISAGREEMENT), 0).astype(np.int64)
 
 
-def _add_redshift_columns(table: Any, fit: dict[str, Any]) -> None:
-    table["spectype"] = np.asarray(fit["spectype"], dtype=str) if len(fit["z"]) else np.zeros(0, dtype="U6")
-    table["spectype"].description = "class of the reported template solution (STAR: z is a radial velocity)"
-    for name, description in (("z", "redshift of the template fit (STAR: radial velocity, 1 + z Doppler)"),
-                              ("z_err", "1-sigma redshift uncertainty (chi-square curvature)"),
-                              ("deltachi2", "chi-square of the next distinct solution minus this one's")):
-        table[name] = fit[name]
-        table[name].description = description
+def _template_evidence(fitter: Any, head: Any, prob: np.ndarray, run: ProbeRun) -> _TemplateEvidence:
+    fits = _template_fits(fitter, run.items)
+    classes, prob, method = classes_with_templates(head, prob, fits)
+    return _TemplateEvidence(fits, classes, prob, method, poor_fit_flags(fits, run.items, fitter.config),
+                             coefficient_width(fitter))
 
 
-def _add_flag_column(table: Any, flag: np.ndarray) -> None:
-    table["flag"] = np.asarray(flag, dtype=np.int64)
-    table["flag"].description = FLAG_DESCRIPTION
+def coefficient_width(fitter: Any) -> int:
+    """Length of a catalogue's ``coeff`` column: the largest template basis plus the
+    Legendre terms (the same for every row and call with one set of templates)."""
+    return max(p.coarse_red.shape[0] for p in fitter.prepared) + fitter.config.n_poly
 
 
-def _add_anomaly_column(table: Any, run: _ProbeRun) -> None:
-    table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
-    table["anomaly"].description = ANOMALY_DESCRIPTION
+def _z_flags(fit: dict[str, Any], run: ProbeRun, evidence: _TemplateEvidence, domain: np.ndarray,
+             ensemble: np.ndarray) -> np.ndarray:
+    """``z_flag``: the fit's bits, ``POOR_FIT``, ``OUT_OF_DOMAIN``, the class ensemble's
+    ``DISAGREEMENT``, and of the input checks those that concern a redshift (not ``LOW_SN``:
+    ``deltachi2`` measures how well the data constrain z; ``ANOMALY`` only far above its
+    threshold)."""
+    return fit["flag"] | evidence.poor | domain | ensemble | run.input_flags(far_anomaly_only=True)
 
 
 def classify(
@@ -231,8 +113,9 @@ def classify(
     full: bool = False,
     stellar_probe: Any = None,
     templates: Any = None,
+    fast: bool = False,
 ):
-    """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and a flag.
+    """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and flags.
 
     A probe on the mean-pooled embedding (paper, *Source Classification*; the bundled
     probe's recipe is recorded in its file, ``Probe.info``, and in the model card; its
@@ -240,10 +123,16 @@ def classify(
     ``softmax(logits / T)`` with the temperature ``T`` stored in the probe
     (``calibration.temperature``; 1 when absent, :attr:`omnispectra.probes.Probe.temperature`).
 
+    By default the class is the probe's probabilities joined with the evidence of a
+    full-range template fit (the chi-square differences between the classes' best Redrock
+    solutions, :mod:`omnispectra.class_evidence`; the templates ship with the package), the
+    best path measured (see the model card); ``fast=True`` is the probe alone (about
+    ten times faster; ``meta['CLASSBY']`` says which).
+
     With ``full=True`` the answer is one Redrock-like catalogue row per spectrum: class and
     probabilities, the template redshift (:func:`predict_redshift`), the stellar parameters
     with uncertainties (:func:`predict_stellar_parameters`) for rows classified STAR, the
-    anomaly statistic (:func:`anomaly_statistic`) and one ``flag``.
+    anomaly statistic (:func:`anomaly_statistic`) and a flag per quantity.
 
     Parameters
     ----------
@@ -263,26 +152,32 @@ def classify(
     stellar_probe : path or Probe, optional
         With ``full``: the stellar-parameter probe (default: the bundled one).
     templates : path or RedshiftFitter, optional
-        The Redrock templates (:func:`omnispectra.pretrained.resolve_templates`: this, else,
-        with ``full``, ``$OMNISPECTRA_TEMPLATES``, else the compact templates bundled with
-        the package).
-        When templates are used (given, or ``full``) and the probe stores a template
-        combination, the class joins the probe's probabilities with the chi-square
-        differences of the classes' template fits (:mod:`omnispectra.class_evidence`;
-        ``meta['CLASSBY']`` says ``network+templates``, else ``network``).
+        The Redrock templates (:func:`omnispectra.pretrained.resolve_templates`: this, else
+        ``$OMNISPECTRA_TEMPLATES``, else the compact templates bundled with the package).
+        When the probe stores a template combination, the class joins the probe's
+        probabilities with the chi-square differences of the classes' template fits
+        (``meta['CLASSBY']`` says ``network+templates``, else ``network``).
+    fast : bool
+        The probe alone, no template fit (``meta['CLASSBY'] = 'network'``); not with
+        ``full`` or ``templates``.
 
     Returns
     -------
     astropy.table.Table
         One row per spectrum that was classified, in input order: ``id``,
         ``source_file``, ``survey``, ``class``, ``prob_<CLASS>`` for every class of the
-        probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``) and ``flag`` (bits of
-        :class:`omnispectra.flags.Flag`: ``OUTSIDE_SUPPORT``, ``FEW_TOKENS``, ``LOW_SN``,
-        ``DISAGREEMENT`` between ensemble members, ``ANOMALY``; ``flag == 0`` means use it).
-        With ``full=True`` also ``spectype``, ``z``, ``z_err``, ``deltachi2``,
-        ``teff``/``teff_err`` (K), ``logg``/``logg_err``, ``fe_h``/``fe_h_err`` (NaN
-        unless ``class`` is STAR), ``anomaly``, before ``flag`` (see :doc:`/flags` for the
-        bits a full row can carry). ``meta`` holds the provenance
+        probe (``prob_GALAXY``, ``prob_QSO``, ``prob_STAR``), ``class_flag`` (bits of
+        :class:`omnispectra.flags.Flag` in :data:`~omnispectra.flags.CLASS_BITS`: the input
+        checks ``OUTSIDE_SUPPORT``, ``FEW_TOKENS``, ``LOW_SN``; ``DISAGREEMENT`` between
+        ensemble members; ``ANOMALY``; ``OUT_OF_DOMAIN`` outside the stored training
+        domain, :mod:`omnispectra.domain`; ``POOR_FIT`` when no template describes the data)
+        and ``flag`` (the OR of the flag columns; ``0`` means use the row).
+        With ``full=True`` also ``spectype``, ``subtype``, ``z``, ``z_err``, ``chi2``,
+        ``deltachi2``, ``coeff``, ``teff``/``teff_err`` (K), ``logg``/``logg_err``,
+        ``fe_h``/``fe_h_err`` (NaN unless ``class`` is STAR), ``anomaly``, ``z_flag`` (the
+        redshift's bits, :data:`~omnispectra.flags.Z_BITS`) and ``params_flag`` (the
+        stellar parameters' bits, 0 unless STAR; :data:`~omnispectra.flags.PARAMS_BITS`),
+        before ``flag`` (see :doc:`/flags`). ``meta`` holds the provenance
         (:func:`omnispectra.results.provenance_meta`), the counts (``n_inputs == n_read +
         n_skipped``) and ``skipped`` (``[{source, reason[, id]}, ...]``).
 
@@ -290,44 +185,50 @@ def classify(
     ------
     CheckpointError
         A bundled probe is missing, or a probe belongs to another encoder.
-    TemplatesNotFoundError
-        ``full=True`` without Redrock templates (checked before any input is read).
+    TemplatesNotFoundError, InvalidTemplatesError
+        Templates asked for but missing, or degenerate (checked before any input is read).
     NonFiniteOutputError
         An embedding or probability is not finite (never turned into a class).
+    ValueError
+        ``fast=True`` with ``full`` or ``templates``.
     """
     from ..redshift import fitter_for
 
+    if fast and (full or templates is not None):
+        raise ValueError("fast=True is the probe alone: it takes no templates and gives no full row")
     net = resolve_model(model, device)
     head = checked_probe(probe, "source_class", net)
-    fitter = fitter_for(templates) if (full or templates is not None) else None
-    if full:
-        stellar = checked_probe(stellar_probe, "stellar_params", net)
-    run = _embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
-                            anomaly=full)
-    classes, prob, flag = _class_columns(head, run)
+    fitter = None if fast else fitter_for(templates)
+    stellar = checked_probe(stellar_probe, "stellar_params", net) if full else None
+    run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
+                           anomaly=full)
+    classes, prob, ensemble = class_columns(head, run)
+    domain = run.domain_flags()
+    class_flag = run.input_flags() | ensemble | domain
     table = run.table(head)
-    method = "network"
+    evidence = None
     if fitter is not None:
-        fits = _template_fits(fitter, run.items)
-        classes, prob, method = _classes_with_templates(head, prob, fits)
+        evidence = _template_evidence(fitter, head, prob, run)
+        classes, prob = evidence.classes, evidence.prob
+        class_flag |= evidence.class_flags
         table.meta.update(_fitter_meta(fitter))
-    table.meta["CLASSBY"] = method
-    _add_class_columns(table, head.names, classes, prob)
-    flag = flag | run.flags()
-    if full:
-        from ..flags import Flag, not_star_flags
-
-        table.meta.update(probe_meta(stellar, "S"))
-        fit = _redshift_columns(fits, classes)
-        _add_redshift_columns(table, fit)
-        values, errors, stellar_flag = _stellar_columns(stellar, run)
-        star = not_star_flags(classes) == 0
-        values[~star], errors[~star] = np.nan, np.nan
-        _add_stellar_columns(table, stellar.names, values, errors)
-        _add_anomaly_column(table, run)
-        # a star's z is its radial velocity by design here: WRONG_CLASS is for predict_redshift
-        flag = flag | (fit["flag"] & ~int(Flag.WRONG_CLASS)) | np.where(star, stellar_flag, 0)
-    _add_flag_column(table, flag)
+    table.meta["CLASSBY"] = "network" if evidence is None else evidence.method
+    add_class_columns(table, head.names, classes, prob)
+    if not full:
+        add_flag_columns(table, class_flag=class_flag)
+        return table
+    table.meta.update(probe_meta(stellar, "S"))
+    fit = redshift_columns(evidence.fits, classes, evidence.width)
+    add_redshift_columns(table, fit)
+    values, errors, params_flag = stellar_columns(stellar, run)
+    star = not_star_flags(classes) == 0
+    values[~star], errors[~star] = np.nan, np.nan
+    add_stellar_columns(table, stellar.names, values, errors)
+    add_anomaly_column(table, run)
+    # a star's z is its radial velocity by design here: WRONG_CLASS is for predict_redshift
+    z_flag = _z_flags(fit, run, evidence, domain, ensemble) & ~int(Flag.WRONG_CLASS)
+    params_flag = np.where(star, params_flag | run.input_flags() | domain, 0)
+    add_flag_columns(table, class_flag=class_flag, z_flag=z_flag, params_flag=params_flag)
     return table
 
 
@@ -372,23 +273,26 @@ def predict_stellar_parameters(
     astropy.table.Table
         ``id``, ``source_file``, ``survey``, ``teff``/``teff_err`` (K),
         ``logg``/``logg_err`` (dex(cm / s2)), ``fe_h``/``fe_h_err`` (dex), all float32,
-        and ``flag`` (``NOT_STAR`` where the class probe does not say STAR,
-        ``IMPOSSIBLE_VALUE`` outside :data:`omnispectra.flags.PHYSICAL_RANGES`,
-        ``NONFINITE``, and the input checks and ``ANOMALY`` of :func:`classify`), input
-        order; ``meta`` as for :func:`classify` plus ``CPROBE``/``CPROBSHA``.
+        ``params_flag`` (``NOT_STAR`` where the class probe does not say STAR,
+        ``IMPOSSIBLE_VALUE`` outside :data:`omnispectra.flags.PHYSICAL_RANGES`, where the
+        value is returned as NaN, ``NONFINITE``, ``OUTSIDE_SUPPORT`` outside the probe's
+        own training range, ``OUT_OF_DOMAIN``, and the input checks and ``ANOMALY`` of
+        :func:`classify`) and ``flag`` (= ``params_flag``), input order; ``meta`` as for
+        :func:`classify` plus ``CPROBE``/``CPROBSHA``.
     """
     from ..flags import not_star_flags
 
     net = resolve_model(model, device)
     head = checked_probe(probe, "stellar_params", net)
     classifier = checked_probe(class_probe, "source_class", net)
-    run = _embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
-    classes, _, _ = _class_columns(classifier, run)
-    values, errors, flag = _stellar_columns(head, run)
+    run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
+    classes, _, _ = class_columns(classifier, run)
+    values, errors, flag = stellar_columns(head, run)
     table = run.table(head)
     table.meta.update(probe_meta(classifier, "C"))
-    _add_stellar_columns(table, head.names, values, errors)
-    _add_flag_column(table, flag | not_star_flags(classes) | run.flags())
+    add_stellar_columns(table, head.names, values, errors)
+    params_flag = flag | not_star_flags(classes) | run.input_flags() | run.domain_flags()
+    add_flag_columns(table, params_flag=params_flag)
     return table
 
 
@@ -431,36 +335,43 @@ def predict_redshift(
     astropy.table.Table
         ``id``, ``source_file``, ``survey``, ``class`` (the probe's, joined with the
         template evidence as in :func:`classify`; ``meta['CLASSBY']``), ``spectype`` (the
-        reported solution's), ``z``, ``z_err``, ``deltachi2`` and ``flag`` (the fit's
-        ``Z_EDGE``, ``SMALL_DELTACHI2``, ``NEGATIVE_MODEL``, ``LITTLE_COVERAGE``,
-        ``BAD_MINFIT``, ``BAD_INPUT``; ``WRONG_CLASS``; ``DISAGREEMENT`` when the fit's best
-        class differs from the chosen class or the class ensemble disagrees;
-        ``IMPOSSIBLE_VALUE`` for ``z <`` :data:`omnispectra.flags.Z_MIN`; ``NONFINITE`` when
-        nothing could be fitted; the input checks ``OUTSIDE_SUPPORT`` and ``FEW_TOKENS``, not
-        :data:`omnispectra.flags.REDSHIFT_EXEMPT`). Input order; ``meta``
-        as for :func:`classify` plus ``TEMPLATE``.
+        reported solution's), ``subtype``, ``z``, ``z_err``, ``chi2``, ``deltachi2``,
+        ``coeff`` (template coefficients, then the Legendre terms), ``class_flag`` (as
+        :func:`classify`'s) and ``z_flag`` (the fit's ``Z_EDGE``, ``SMALL_DELTACHI2``,
+        ``NEGATIVE_MODEL``, ``LITTLE_COVERAGE``, ``BAD_MINFIT``, ``BAD_INPUT``;
+        ``WRONG_CLASS``; ``DISAGREEMENT`` when the fit's best class differs from the chosen
+        class or the class ensemble disagrees; ``IMPOSSIBLE_VALUE`` for ``z <``
+        :data:`omnispectra.flags.Z_MIN`; ``NONFINITE`` when nothing could be fitted;
+        ``POOR_FIT`` when the best template barely beats a smooth model; ``OUT_OF_DOMAIN``;
+        the input checks ``OUTSIDE_SUPPORT`` and ``FEW_TOKENS``; ``ANOMALY`` only
+        :data:`~omnispectra.flags.ANOMALY_FAR_FACTOR` times above its threshold; not
+        ``LOW_SN``: ``deltachi2`` measures how well the data constrain z, as Redrock's
+        ZWARN) and ``flag`` (= ``z_flag``: the table answers the redshift). Input order;
+        ``meta`` as for :func:`classify` plus ``TEMPLATE``, ``TMPLREL``, ``TMPLSHA``.
+        :func:`omnispectra.results.zbest_table` renames the columns as Redrock's zbest.
 
     Raises
     ------
-    TemplatesNotFoundError
-        No Redrock templates (checked before any input is read).
+    TemplatesNotFoundError, InvalidTemplatesError
+        Templates missing where asked, or degenerate (checked before any input is read).
     """
-    from ..flags import REDSHIFT_EXEMPT
     from ..redshift import fitter_for
 
     net = resolve_model(model, device)
     head = checked_probe(probe, "source_class", net)
     fitter = fitter_for(templates)
-    run = _embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
-    _, prob, class_flag = _class_columns(head, run)
-    fits = _template_fits(fitter, run.items)
-    classes, _, method = _classes_with_templates(head, prob, fits)
-    fit = _redshift_columns(fits, classes)
+    run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
+    _, prob, ensemble = class_columns(head, run)
+    domain = run.domain_flags()
+    evidence = _template_evidence(fitter, head, prob, run)
+    fit = redshift_columns(evidence.fits, evidence.classes, evidence.width)
     table = run.table(head)
     table.meta.update(_fitter_meta(fitter))
-    table.meta["CLASSBY"] = method
-    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table.meta["CLASSBY"] = evidence.method
+    table["class"] = np.asarray(evidence.classes, dtype=str) if evidence.classes else np.zeros(0, dtype="U6")
     table["class"].description = "source class (probe and templates; chooses the reported solution)"
-    _add_redshift_columns(table, fit)
-    _add_flag_column(table, (fit["flag"] | class_flag | run.flags()) & ~int(REDSHIFT_EXEMPT))
+    add_redshift_columns(table, fit)
+    class_flag = run.input_flags() | ensemble | domain | evidence.class_flags
+    add_flag_columns(table, class_flag=class_flag, z_flag=_z_flags(fit, run, evidence, domain, ensemble))
+    table["flag"] = table["z_flag"]  # the table answers z: its flag is z_flag
     return table

@@ -291,6 +291,8 @@ class SpectrumIterator:
     not_spectra : list of ReadFailure
         Files that are known non-spectra (:class:`NotASpectrumError`: redrock files,
         catalogues, ...) when ``skip_non_spectra`` is True.
+    passed_over : list of PathProblem
+        ASCII tables met while walking a folder: named, not read (name a file to read it).
     skipped_rows : list of (Path, str)
         Invalid rows/arms skipped inside files that were otherwise read (e.g. all-zero-ivar
         sky fibres of a DESI coadd).
@@ -309,6 +311,7 @@ class SpectrumIterator:
         self.callback = callback
         self.kwargs = kwargs
         self.failures: list[ReadFailure] = []
+        self.passed_over: list[PathProblem] = []  # ASCII tables met in a folder walk
         self.not_spectra: list[ReadFailure] = []
         self.skipped_rows: list[tuple[Path, str]] = []
         self.n_files_read = 0
@@ -317,7 +320,7 @@ class SpectrumIterator:
     def __iter__(self) -> Iterator:
         for entry in self._entries:
             if isinstance(entry, PathProblem) and entry.passed_over:
-                self.not_spectra.append(ReadFailure(entry.path, entry.error()))
+                self.passed_over.append(entry)
                 continue
             if isinstance(entry, PathProblem):
                 self._fail(entry.path, entry.error())

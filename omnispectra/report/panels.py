@@ -290,9 +290,8 @@ def build_panel(index: int, row: dict[str, Any], cache: SpectrumCache, fitter: A
         logger.warning("row %d (%s): %s", index, row["id"], panel.problem)
         return panel
     model, panel.model_note = _row_model(row, spectrum, fitter, source)
-    placeholder = bool((getattr(spectrum, "meta", None) or {}).get("ivar_is_placeholder"))
     flux = np.where(data.bad, np.nan, data.flux)
-    ivar = None if placeholder or not data.has_ivar else np.where(data.bad, 0.0, data.ivar)
+    ivar = np.where(data.bad, 0.0, data.ivar) if data.has_ivar else None
     panel.thinned = thin(data.wavelength, flux, ivar, model, max_points=max_points)
     unit = getattr(getattr(spectrum, "flux", None), "unit", None)
     panel.flux_unit = "" if unit is None or unit.to_string() == "" else unit.to_string()

@@ -29,7 +29,10 @@ def _maker():
 def _assert_same(name: str, got: Table, expected: Table) -> None:
     assert got.colnames == expected.colnames, name
     for col in expected.colnames:
-        want, have = np.asarray(expected[col]), np.asarray(got[col])
+        stored = expected[col]
+        if getattr(stored, "mask", None) is not None and stored.dtype.kind in "US":
+            stored = stored.filled("")  # ECSV reads an empty string back as masked
+        want, have = np.asarray(stored), np.asarray(got[col])
         if col == "source_file":
             have = np.array([Path(p).name for p in have])
         if want.dtype.kind in "fc":

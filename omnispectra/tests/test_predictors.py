@@ -98,7 +98,7 @@ def test_input_bits(encoder):
         _spectrum(snr=MIN_SNR / 4),                                     # noisy
         _spectrum(start=8000.0, stop=14000.0, quantity=True),           # a third inside the support
     ]
-    table = api.classify(spectra, model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    table = api.classify(spectra, model=encoder, probe=_class_probe(encoder, "GALAXY"), fast=True)
     flags = _flags(table)
     assert flags[0] == 0
     assert flags[1] & Flag.FEW_TOKENS and 100 // 10 < MIN_VALID_TOKENS
@@ -106,12 +106,14 @@ def test_input_bits(encoder):
     assert flags[3] == Flag.OUTSIDE_SUPPORT
     # a spectrum without uncertainties has no S/N: never LOW_SN
     wave, flux, _ = _spectrum(snr=0.5)
-    assert _flags(api.classify([(wave, flux)], model=encoder, probe=_class_probe(encoder, "GALAXY"))) == [0]
+    plain = api.classify([(wave, flux)], model=encoder, probe=_class_probe(encoder, "GALAXY"), fast=True)
+    assert _flags(plain) == [0]
 
 
 def test_ensemble_disagreement(encoder):
-    agree = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "QSO"))
-    differ = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "GALAXY"))
+    agree = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "QSO"), fast=True)
+    differ = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "QSO", "GALAXY"),
+                          fast=True)
     assert _flags(agree) == [0] and _flags(differ) == [Flag.DISAGREEMENT]
     members = np.array([[[0.9, 0.1]], [[0.2, 0.8]]])
     assert class_disagreement_flags(members).tolist() == [Flag.DISAGREEMENT]
@@ -132,9 +134,9 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
                                                   "n_validation": 10})
     # the masks the threshold was computed with
-    monkeypatch.setattr("omnispectra.inference.predictors.ANOMALY_N_MASKS", 2)
+    monkeypatch.setattr("omnispectra.inference.rows.ANOMALY_N_MASKS", 2)
     assert api.anomaly_threshold(encoder) == threshold
-    table = api.classify([clean, weird], model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    table = api.classify([clean, weird], model=encoder, probe=_class_probe(encoder, "GALAXY"), fast=True)
     assert _flags(table) == [0, Flag.ANOMALY]
     scores = api.anomaly_score([clean, weird], model=encoder, n_masks=2, as_table=True)
     assert _flags(scores) == [0, Flag.ANOMALY] and scores.meta["ANOMP99"] == threshold
@@ -148,7 +150,9 @@ def test_stellar_bits(encoder):
     spectra = [_spectrum()]
     hot = api.predict_stellar_parameters(spectra, model=encoder, probe=_stellar_probe(encoder, teff=1e6),
                                          class_probe=_class_probe(encoder, "STAR"))
-    assert _flags(hot) == [Flag.IMPOSSIBLE_VALUE] and hot["teff"][0] > 60000
+    # an impossible value is not returned as a number
+    assert _flags(hot) == [Flag.IMPOSSIBLE_VALUE]
+    assert np.isnan(hot["teff"][0]) and np.isnan(hot["teff_err"][0])
     galaxy = api.predict_stellar_parameters(spectra, model=encoder, probe=_stellar_probe(encoder),
                                             class_probe=_class_probe(encoder, "GALAXY"))
     assert _flags(galaxy) == [Flag.NOT_STAR]
@@ -236,8 +240,8 @@ def test_redshift_bits(encoder, library, fitter):  # noqa: F811
                     5, snr=50.0)
     as_galaxy = api.predict_redshift([galaxy], model=encoder, probe=_class_probe(encoder, "GALAXY"),
                                      templates=fitter)
-    assert as_galaxy.colnames == ["id", "source_file", "survey", "class", "spectype", "z", "z_err",
-                                  "deltachi2", "flag"]
+    assert as_galaxy.colnames == ["id", "source_file", "survey", "class", "spectype", "subtype", "z", "z_err",
+                                  "chi2", "deltachi2", "coeff", "class_flag", "z_flag", "flag"]
     assert _flags(as_galaxy) == [0] and abs(as_galaxy["z"][0] - z) < 1e-3
     assert as_galaxy["deltachi2"][0] > 9 and 0 < as_galaxy["z_err"][0] < 1e-3
 
@@ -279,8 +283,13 @@ def test_templates_join_the_class(encoder, library, fitter):  # noqa: F811
     galaxy = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.305, 7)
     wrong = _class_probe(encoder, "QSO")
     joined = _class_probe(encoder, "QSO", calibration={COMBINATION_KEY: COMBINED})
-    alone = api.classify([galaxy], model=encoder, probe=joined)  # no templates: the network's class
+    alone = api.classify([galaxy], model=encoder, probe=joined, fast=True)  # the network's class
     assert alone["class"][0] == "QSO" and alone.meta["CLASSBY"] == "network"
+    # by default the class joins the templates (the bundled ones here)
+    default = api.classify([galaxy], model=encoder, probe=joined)
+    assert default["class"][0] == "GALAXY" and default.meta["CLASSBY"] == "network+templates"
+    with pytest.raises(ValueError, match="fast=True"):
+        api.classify([galaxy], model=encoder, probe=joined, fast=True, templates=fitter)
     plain = api.classify([galaxy], model=encoder, probe=wrong, templates=fitter)
     assert plain["class"][0] == "QSO" and plain.meta["CLASSBY"] == "network"
     both = api.classify([galaxy], model=encoder, probe=joined, templates=fitter)
@@ -310,8 +319,8 @@ def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- the full answer
 
 FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype",
-                "z", "z_err", "deltachi2", "teff", "teff_err", "logg", "logg_err", "fe_h", "fe_h_err",
-                "anomaly", "flag"]
+                "subtype", "z", "z_err", "chi2", "deltachi2", "coeff", "teff", "teff_err", "logg", "logg_err",
+                "fe_h", "fe_h_err", "anomaly", "class_flag", "z_flag", "params_flag", "flag"]
 
 
 def test_full_row(encoder, library, fitter):  # noqa: F811
@@ -364,6 +373,13 @@ def test_cli_full_writes_one_table(encoder, library, tmp_path):  # noqa: F811
     assert list(out.parent.iterdir()) == [out]  # written through a temporary file, nothing left over
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 1 and "already exists" in again.output
+    # Redrock's zbest names
+    zbest_args = args[:-3] + ["-o", str(tmp_path / "zbest.fits"), "--zbest", "--no-table"]
+    zbest = CliRunner().invoke(main, zbest_args)
+    assert zbest.exit_code == 0, zbest.output
+    written = Table.read(tmp_path / "zbest.fits")
+    assert {"TARGETID", "SPECTYPE", "SUBTYPE", "Z", "ZERR", "ZWARN", "CHI2", "DELTACHI2", "COEFF"} <= set(
+        written.colnames) and written["SPECTYPE"][0] == "GALAXY" and written["ZWARN"][0] == table["z_flag"][0]
     missing = CliRunner().invoke(main, args[:-4] + ["-o", str(tmp_path / "x.ecsv")],
                                  env={"OMNISPECTRA_TEMPLATES": ""})
     assert missing.exit_code == 1 and "Redrock templates" in missing.output

@@ -217,7 +217,7 @@ def test_classify_and_stellar_parameters_contract(trained):
 
     table = omnispectra.classify(example_paths(), model=trained["encoder"], probe=trained["classify"])
     assert table.colnames == ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR",
-                              "flag"]
+                              "class_flag", "flag"]
     assert [Path(f).name for f in table["source_file"]] == [p.name for p in example_paths()]
     assert table.meta["n_inputs"] == 3 and table.meta["skipped"] == []
     assert len(table) == 3 and set(table["class"]) <= {"GALAXY", "QSO", "STAR"}
@@ -229,7 +229,7 @@ def test_classify_and_stellar_parameters_contract(trained):
     params = omnispectra.predict_stellar_parameters(example_paths(), model=str(trained["weights"]),
                                                     probe=trained["stellar"], class_probe=trained["classify"])
     assert params.colnames == ["id", "source_file", "survey", "teff", "teff_err", "logg", "logg_err", "fe_h",
-                               "fe_h_err", "flag"]
+                               "fe_h_err", "params_flag", "flag"]
     assert params["teff"].unit == u.K
     assert np.all(params["teff"] > 0)
     with pytest.raises(CheckpointError, match="classification probe"):

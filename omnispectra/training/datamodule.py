@@ -39,6 +39,7 @@ from ..collate import Collator, LengthBucketSampler
 from ..dataset import SpectrumDataset, WeightedLengthBucketSampler, split_by_object
 from ..engine.stream import is_engine_survey
 from ..masking import MASK_RATIO
+from ..splits import DEFAULT_VALIDATION_FRACTION
 from ..tokenizer import PATCH_SIZE, STRIDE
 
 __all__ = ["SpectraDataModule", "mixture_weights"]
@@ -166,7 +167,7 @@ class SpectraDataModule(L.LightningDataModule):
         num_workers: int = 4,
         prefetch_factor: int | None = 2,
         pin_memory: bool | None = None,
-        val_fraction: float = 0.01,
+        val_fraction: float = DEFAULT_VALIDATION_FRACTION,
         seed: int = 42,
         mask_ratio: float = MASK_RATIO,
         patch_size: int = PATCH_SIZE,

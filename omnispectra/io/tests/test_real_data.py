@@ -274,7 +274,8 @@ def test_read_every_file(data_dir):
     assert INVALID_FILES <= failed
     assert {rel(f.path) for f in it.not_spectra} == set(NOT_SPECTRA)
     assert all(isinstance(f.error, NotASpectrumError) for f in it.not_spectra)
-    assert it.n_files_read == len(it.files) - len(NOT_SPECTRA) - len(failed)
+    assert it.n_files_read == len(it.files) - len(NOT_SPECTRA) - len(failed) - len(it.passed_over)
+    assert {p.path.name for p in it.passed_over} >= {"index.csv"}  # named, not read
     assert per_format["miles"] == 804 and per_format["sdss"] == 171, (n, dict(per_format), wall)
     assert per_format["eso_phase3"] >= 2 + 228  # LEGA-C, VANDELS and the PyHammer templates
     # repeat observations share object ids: SDSS-RM quasar RM017 (SDSS-I + 3 eBOSS epochs)

@@ -1,0 +1,293 @@
+"""The columns of a catalogue row and the flags of each quantity.
+
+One pass over the inputs (:class:`ProbeRun`) gives the embeddings, the anomaly statistic
+and each input's arrays; the functions here turn them, the probes' outputs and the
+template fits into columns, and gather the bits of :mod:`omnispectra.flags` into one
+flag per quantity: ``class_flag``, ``z_flag`` and ``params_flag`` (each restricted to
+its bits, :data:`~omnispectra.flags.CLASS_BITS` ...), so that a star's class is never
+flagged for its stellar parameters and a good redshift is never flagged for a faint
+continuum. The rules that set each bit live in :mod:`omnispectra.flags` and
+:mod:`omnispectra.domain`; this module only measures and calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import domain as domains
+from ..exceptions import NonFiniteOutputError
+from ..flags import (
+    ANOMALY_FAR_FACTOR,
+    CLASS_BITS,
+    FLAG_DESCRIPTION,
+    PARAMS_BITS,
+    Z_BITS,
+    Flag,
+    anomaly_flags,
+    class_disagreement_flags,
+    finite_flags,
+    impossible_values,
+    probe_support_flags,
+    range_flags,
+    redshift_class_flags,
+)
+from .anomaly import ANOMALY_DESCRIPTION, anomaly_threshold, quality_flags
+from .inputs import InputItem
+from .pipeline import Pass, RunOptions, forward, item_table, result_meta
+from .scoring import ANOMALY_N_MASKS, Masks
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProbeRun", "embed_for_probes", "class_columns", "add_class_columns", "stellar_columns",
+           "add_stellar_columns", "classes_with_templates", "redshift_columns", "add_redshift_columns",
+           "poor_fit_flags", "add_flag_columns", "add_anomaly_column", "FLAG_COLUMNS"]
+
+#: The flag columns of a row, what each says, and the bits it may hold.
+FLAG_COLUMNS = {
+    "class_flag": ("warning bits of the class (omnispectra.flags.Flag); 0 means use it", CLASS_BITS),
+    "z_flag": ("warning bits of the redshift (omnispectra.flags.Flag; Redrock's ZWARN); 0 means use it",
+               Z_BITS),
+    "params_flag": ("warning bits of the stellar parameters (omnispectra.flags.Flag); 0 means use them",
+                    PARAMS_BITS),
+}
+
+
+@dataclass
+class ProbeRun:
+    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns."""
+
+    net: Any
+    done: Pass
+    threshold: float | None
+    anomaly: np.ndarray | None   # (N,) statistic, None when not computed
+
+    @property
+    def items(self) -> list[InputItem]:
+        """The inputs of the rows, in order."""
+        return self.done.items
+
+    def keep(self, ok: np.ndarray, what: str) -> None:
+        """Reject the rows where ``ok`` is False (their ``what`` is not finite)."""
+        inputs = self.done.inputs
+        for item in (item for item, good in zip(self.items, ok, strict=True) if not good):
+            inputs.reject(item, NonFiniteOutputError(f"spectrum {item.id!r}: the {what} is not finite"))
+        if inputs.single and (not ok.all() or not self.items):
+            raise inputs.skipped[-1].error
+        d = self.done
+        items = [item for item, good in zip(d.items, ok, strict=True) if good]
+        self.done = Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], items, d.inputs, d.torch_dtype)
+        if self.anomaly is not None:
+            self.anomaly = self.anomaly[ok]
+
+    def input_flags(self, far_anomaly_only: bool = False) -> np.ndarray:
+        """The input checks and ``ANOMALY`` of every row (with ``far_anomaly_only``, only an
+        anomaly :data:`~omnispectra.flags.ANOMALY_FAR_FACTOR` times above its threshold)."""
+        out = quality_flags(self.items)
+        if self.anomaly is not None:
+            factor = ANOMALY_FAR_FACTOR if far_anomaly_only else 1.0
+            out |= anomaly_flags(self.anomaly, self.threshold, factor)
+        return out
+
+    def domain_flags(self) -> np.ndarray:
+        """``OUT_OF_DOMAIN`` where the input's shape or embedding lies outside the stored
+        training domain (:mod:`omnispectra.domain`): only for the encoder the domain was
+        measured with (nothing for another encoder, or when no domain is bundled)."""
+        from ..probes import encoder_fingerprint
+
+        domain = domains.training_domain()
+        if (domain is None or not self.items
+                or domain.info.get("encoder_sha") != encoder_fingerprint(self.net)):
+            return np.zeros(len(self.items), dtype=np.int64)
+        shapes = [None if item.data is None else domains.shape_of(item.data) for item in self.items]
+        return domain.shape_flags(shapes) | domain.embedding_flags(self.done.vectors)
+
+    def table(self, head: Any):
+        """``id``, ``source_file``, ``survey`` and the provenance (``head``'s probe) in ``meta``."""
+        table = item_table(self.items)
+        table.meta.update(result_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head,
+                                      kind="predictions"))
+        table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
+        domain = domains.training_domain()
+        if domain is not None:
+            table.meta["DOMAIN"] = str(domain.info.get("encoder_sha", ""))[:16]
+        return table
+
+
+def embed_for_probes(spectra: Any, net: Any, options: RunOptions, anomaly: bool = False) -> ProbeRun:
+    """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
+    threshold = anomaly_threshold(net)
+    masks = Masks(ANOMALY_N_MASKS) if (anomaly or threshold is not None) else None
+    done = forward(spectra, net, options, masks=masks, measure=True)
+    run = ProbeRun(net, done, threshold, done.chi2 if masks is not None else None)
+    if done.inputs.single and not done.items:
+        raise done.inputs.skipped[-1].error
+    return run
+
+
+def class_columns(head: Any, run: ProbeRun) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(classes, calibrated probabilities (N, K), DISAGREEMENT flags)``; rows with a
+    non-finite probability are rejected first (never a class from NaN)."""
+    vectors = run.done.vectors
+    prob = np.asarray(head.predict(vectors)) if len(vectors) else np.zeros((0, len(head.names)))
+    ok = np.all(np.isfinite(prob), axis=1)
+    if not ok.all():
+        run.keep(ok, "source class probe's output")
+        prob, vectors = prob[ok], vectors[ok]
+    classes = [head.names[k] for k in np.argmax(prob, axis=1)] if len(prob) else []
+    disagree = None
+    if getattr(head, "members", 1) > 1 and len(vectors):
+        disagree = class_disagreement_flags(head.probabilities(head.member_outputs(vectors)))
+    return classes, prob, (np.zeros(len(prob), np.int64) if disagree is None else disagree)
+
+
+def add_class_columns(table: Any, names: list[str], classes: list[str], prob: np.ndarray,
+                      description: str = "source class (largest calibrated probability)") -> None:
+    """``class`` and one ``prob_<CLASS>`` column per class."""
+    table["class"] = np.asarray(classes, dtype=str) if classes else np.zeros(0, dtype="U6")
+    table["class"].description = description
+    for k, name in enumerate(names):
+        table[f"prob_{name}"] = prob[:, k].astype(np.float32)
+        table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
+
+
+def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values (N, k), 1-sigma errors (N, k), flags)`` in float32.
+
+    A physically impossible value becomes NaN (its error too) with ``IMPOSSIBLE_VALUE``;
+    ``NONFINITE``; ``OUTSIDE_SUPPORT`` outside the probe's own training range.
+    """
+    vectors = run.done.vectors
+    if head.members < 2:
+        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
+    if len(vectors):
+        values, errors = head.predict_with_spread(vectors)
+    else:
+        values = errors = np.zeros((0, len(head.names)))
+    values, errors = np.array(values, dtype=np.float64), np.array(errors, dtype=np.float64)
+    named = {name: values[:, k] for k, name in enumerate(head.names)}
+    flags = finite_flags(values) | range_flags(named)
+    for k, bad in enumerate(impossible_values(named).values()):
+        values[bad, k] = errors[bad, k] = np.nan
+    tokens = [item.prepared for item in run.items]
+    flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
+                                 (head.info or {}).get("wavelength_support"))
+    return values.astype(np.float32), errors.astype(np.float32), flags
+
+
+def add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray) -> None:
+    """``<name>`` and ``<name>_err`` columns with units."""
+    from ..results import quantity_unit
+
+    descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
+                    "fe_h": "iron abundance [Fe/H] (dex)"}
+    for k, name in enumerate(names):
+        unit = quantity_unit(name)
+        table[name] = values[:, k]
+        table[name].description = descriptions.get(name, name)
+        table[f"{name}_err"] = errors[:, k]
+        table[f"{name}_err"].description = f"1-sigma uncertainty of {name} (calibrated ensemble spread)"
+        if unit is not None:
+            table[name].unit = table[f"{name}_err"].unit = unit
+
+
+def classes_with_templates(head: Any, prob: np.ndarray,
+                           fits: list[Any]) -> tuple[list[str], np.ndarray, str]:
+    """``(classes, probabilities, method)``: the probe's probabilities joined with the template
+    evidence when the probe stores a combination (:mod:`omnispectra.class_evidence`)."""
+    from ..class_evidence import combination_of, combine, template_evidence
+
+    params = combination_of(getattr(head, "calibration", None), head.names)
+    if params is not None and len(prob):
+        prob = combine(prob, template_evidence([r.class_chi2 for r in fits], head.names), params)
+    method = "network" if params is None else "network+templates"
+    return [head.names[k] for k in np.argmax(prob, axis=1)], prob, method
+
+
+def poor_fit_flags(fits: list[Any], items: list[InputItem], config: Any) -> np.ndarray:
+    """``POOR_FIT`` where the best template barely beats a smooth model (the stored
+    significance quantile of :mod:`omnispectra.domain`; nothing when no domain is bundled)."""
+    from ..redshift import fit_arrays
+
+    domain = domains.training_domain()
+    if domain is None:
+        return np.zeros(len(fits), dtype=np.int64)
+    significance = np.full(len(fits), np.nan)
+    for i, (fit, item) in enumerate(zip(fits, items, strict=True)):
+        if item.data is None or not len(fit.coefficients):
+            continue
+        with np.errstate(all="ignore"):  # absurd errors (ivar 1e300) overflow: then NaN, poor
+            smooth = domains.smooth_chi2(*fit_arrays(item.data, config), config.n_poly)
+            n_coef = len(fit.coefficients)
+            significance[i] = domains.fit_significance(fit.chi2, smooth, fit.n_pixels,
+                                                               n_coef - config.n_poly, n_coef)
+    return domain.fit_flags(significance)
+
+
+def _coefficients(results: list[Any], width: int) -> np.ndarray:
+    coeff = np.full((len(results), width), np.nan)
+    for i, r in enumerate(results):
+        coeff[i, :min(width, len(r.coefficients))] = r.coefficients[:width]
+    return coeff
+
+
+def redshift_columns(fits: list[Any], classes: list[str], width: int) -> dict[str, Any]:
+    """Each row's best solution of its chosen class, as columns.
+
+    ``spectype``, ``subtype``, ``z``, ``z_err``, ``chi2``, ``deltachi2``, ``coeff`` (the
+    template coefficients then the Legendre terms, NaN-padded to ``width``) and ``flag``:
+    the fit's bits (without ``LOW_SN``, which is the input check's), ``NONFINITE``,
+    ``IMPOSSIBLE_VALUE``, ``DISAGREEMENT`` between the fit's best class and the chosen
+    class, ``WRONG_CLASS`` for a star's radial velocity.
+    """
+    results = [fit.per_class.get(cls, fit) for fit, cls in zip(fits, classes, strict=True)]
+    z = np.asarray([r.z for r in results], dtype=np.float64)
+    reported = [r.spectype for r in results]
+    best = [r.candidates[0][0] if r.candidates else r.spectype for r in results]
+    fit_flags = np.asarray([int(r.flag) & ~int(Flag.LOW_SN) for r in results], dtype=np.int64)
+    flags = (fit_flags | finite_flags(z) | range_flags({"z": z})
+             | redshift_class_flags(classes, best, reported))
+    return {"spectype": reported, "subtype": [r.subtype for r in results], "z": z,
+            "z_err": np.asarray([r.z_err for r in results], dtype=np.float64),
+            "chi2": np.asarray([r.chi2 for r in results], dtype=np.float64),
+            "deltachi2": np.asarray([r.deltachi2 for r in results], dtype=np.float64),
+            "coeff": _coefficients(results, width), "flag": flags}
+
+
+def add_redshift_columns(table: Any, fit: dict[str, Any]) -> None:
+    """The redshift columns of :func:`redshift_columns`, described."""
+    empty = not len(fit["z"])
+    for name, description in (
+            ("spectype", "class of the reported template solution (STAR: z is a radial velocity)"),
+            ("subtype", "template subtype of the reported solution (STAR: spectral type)")):
+        table[name] = np.zeros(0, dtype="U6") if empty else np.asarray(fit[name], dtype=str)
+        table[name].description = description
+    for name, description in (("z", "redshift of the template fit (STAR: radial velocity, 1 + z Doppler)"),
+                              ("z_err", "1-sigma redshift uncertainty (chi-square curvature)"),
+                              ("chi2", "chi-square of the reported solution"),
+                              ("deltachi2", "chi-square of the next distinct solution minus this one's"),
+                              ("coeff", "template coefficients, then the Legendre terms (NaN-padded)")):
+        table[name] = fit[name]
+        table[name].description = description
+
+
+def add_flag_columns(table: Any, **flags: np.ndarray) -> None:
+    """``class_flag``/``z_flag``/``params_flag`` (each kept to its bits) and ``flag``, their OR."""
+    total = np.zeros(len(table), dtype=np.int64)
+    for name, values in flags.items():
+        description, bits = FLAG_COLUMNS[name]
+        column = np.asarray(values, dtype=np.int64) & int(bits)
+        table[name] = column
+        table[name].description = description
+        total |= column
+    table["flag"] = total
+    table["flag"].description = FLAG_DESCRIPTION + (" (the OR of " + ", ".join(flags) + ")")
+
+
+def add_anomaly_column(table: Any, run: ProbeRun) -> None:
+    """The ``anomaly`` statistic (NaN when not computed)."""
+    table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
+    table["anomaly"].description = ANOMALY_DESCRIPTION
