@@ -212,9 +212,11 @@ class TrainingDomain:
 
     def fit_flags(self, significance: np.ndarray) -> np.ndarray:
         """``POOR_FIT`` where the template fit is less significant than the stored quantile
-        (a significance that could not be computed counts as poor)."""
+        (NaN: no fit to judge, e.g. templates that do not cover the spectrum; the fit's own
+        bits say so)."""
         sig = np.asarray(significance, dtype=np.float64)
-        poor = ~(sig >= self.significance_min)
+        with np.errstate(invalid="ignore"):
+            poor = sig < self.significance_min
         return np.where(poor, int(Flag.POOR_FIT), 0).astype(np.int64)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -71,7 +71,13 @@ class _TemplateEvidence:
 
     @property
     def class_flags(self) -> np.ndarray:
-        """``POOR_FIT``, and ``DISAGREEMENT`` where the fit's best class is not the chosen one."""
+        """``POOR_FIT``, and ``DISAGREEMENT`` where the fit's best class is not the chosen one.
+
+        A class that joined the template evidence is not flagged ``LOW_SN``: its calibrated
+        probability already weighs how well the data separate the classes (of 11 labelled
+        SDSS/BOSS/eBOSS rows flagged only ``LOW_SN``, 10 had the right class, most with
+        probabilities below 0.95; ``benchmarks/flag_rates.py``).
+        """
         best = [fit.candidates[0][0] if fit.candidates else "" for fit in self.fits]
         differ = np.asarray([bool(b) and b != c for b, c in zip(best, self.classes, strict=True)], dtype=bool)
         return self.poor | np.where(differ, int(Flag.DISAGREEMENT), 0).astype(np.int64)
@@ -210,7 +216,7 @@ def classify(
     if fitter is not None:
         evidence = _template_evidence(fitter, head, prob, run)
         classes, prob = evidence.classes, evidence.prob
-        class_flag |= evidence.class_flags
+        class_flag = (class_flag & ~int(Flag.LOW_SN)) | evidence.class_flags
         table.meta.update(_fitter_meta(fitter))
     table.meta["CLASSBY"] = "network" if evidence is None else evidence.method
     add_class_columns(table, head.names, classes, prob)
@@ -371,7 +377,7 @@ def predict_redshift(
     table["class"] = np.asarray(evidence.classes, dtype=str) if evidence.classes else np.zeros(0, dtype="U6")
     table["class"].description = "source class (probe and templates; chooses the reported solution)"
     add_redshift_columns(table, fit)
-    class_flag = run.input_flags() | ensemble | domain | evidence.class_flags
+    class_flag = (run.input_flags() & ~int(Flag.LOW_SN)) | ensemble | domain | evidence.class_flags
     add_flag_columns(table, class_flag=class_flag, z_flag=_z_flags(fit, run, evidence, domain, ensemble))
     table["flag"] = table["z_flag"]  # the table answers z: its flag is z_flag
     return table
