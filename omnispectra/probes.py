@@ -479,9 +479,10 @@ class Probe(nn.Module):
                    encoder=header.get("encoder"), info=header.get("info"),
                    calibration=header.get("calibration"))
 
-    def check_encoder(self, model: Any) -> None:
-        """Raise :class:`CheckpointError` unless ``model`` is the encoder this probe belongs to."""
-        check_encoder(self.encoder, model, what="probe")
+    def check_encoder(self, model: Any, what: str = "probe") -> None:
+        """Raise :class:`CheckpointError` unless ``model`` is the encoder this probe belongs to
+        (the message calls the probe ``what``)."""
+        check_encoder(self.encoder, model, what=what)
 
     def __repr__(self) -> str:
         arch = self.head_type if not self.hidden else f"{self.head_type}{self.hidden}"
@@ -866,7 +867,7 @@ def checked_probe(probe: Any, task: str, net: Any) -> Probe:
     expected_kind = "classification" if task == "source_class" else "regression"
     if head.kind != expected_kind:
         raise CheckpointError(f"the probe is a {head.kind} probe; {task} needs a {expected_kind} probe")
-    head.check_encoder(net)
+    head.check_encoder(net, what=f"{'bundled ' if probe is None else ''}{task.replace('_', ' ')} probe")
     return head
 
 

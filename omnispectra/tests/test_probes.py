@@ -268,7 +268,7 @@ def test_cli_classify(trained, tmp_path):
     bad.write_text("not a FITS file")
     out = tmp_path / "classes.ecsv"
     runner = CliRunner()
-    args = ["classify", "--examples", str(bad), "--model", str(trained["weights"]), "--probe",
+    args = ["classify", "--class-only", "--examples", str(bad), "--model", str(trained["weights"]), "--probe",
             str(trained["classify"])]
     result = runner.invoke(main, args + ["-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -280,7 +280,7 @@ def test_cli_classify(trained, tmp_path):
     assert table.meta["PROBE"] and len(table.meta["PROBESHA"]) == 64 and table.meta["DTYPE"] == "float32"
     result = runner.invoke(main, args + ["-o", str(out)])
     assert result.exit_code == 1 and "already exists" in result.output
-    result = runner.invoke(main, args[:1] + args[2:] + ["-o", str(tmp_path / "c.ecsv")])
+    result = runner.invoke(main, args[:2] + args[3:] + ["-o", str(tmp_path / "c.ecsv")])  # no --examples
     assert result.exit_code == 1 and "no spectrum could be classified" in result.output
     result = runner.invoke(main, args + ["-o", str(tmp_path / "c.txt")])
     assert result.exit_code == 2 and ".ecsv" in result.output
@@ -348,8 +348,8 @@ def test_bad_probe_fails_before_any_spectrum_is_read(trained, tmp_path, monkeypa
     read = []
     import omnispectra.inference.predictors as predictors
 
-    real = predictors._embed_for_probes
-    monkeypatch.setattr(predictors, "_embed_for_probes", lambda *a, **k: read.append(1) or real(*a, **k))
+    real = predictors.embed_for_probes
+    monkeypatch.setattr(predictors, "embed_for_probes", lambda *a, **k: read.append(1) or real(*a, **k))
     with pytest.raises(CheckpointError, match="wavelength_support.overall"):
         omnispectra.classify(example_paths(), model=trained["encoder"], probe=bad)
     assert read == []  # refused before the embedding run
