@@ -18,6 +18,12 @@ White dwarfs, CVs, O/B, carbon and L types are left out (MILES has too few or no
 ``in_scope`` is ``yes`` where the grid is one the stellar probe is trained for (R <= MILES'),
 ``sharper`` for X-shooter (R ~ 9000: to be convolved to MILES' resolution first).
 
+``role``: every LAMOST LRS file of the shared data is a star of this list, and the engine
+needs LAMOST donors (grid, noise, mask; never their labels). Half of the LAMOST stars, by
+the project's object hash (:func:`omnispectra.splits.is_validation` with fraction 0.5,
+seed 0), are ``donor``; the others and every other star are ``validation``. Donors are
+never scored, validation stars never lend anything to training.
+
 Usage::
 
     OMNISPECTRA_DATA_DIR=../shared/data python benchmarks/stellar_survey_stars.py \\
@@ -50,7 +56,7 @@ DWARF_TEFF = {
 }
 _TYPE = re.compile(r"^([AFGKM])(\d(?:\.\d)?)(?:/[AFGKM]?\d(?:\.\d)?)?\s*(IV|V|I{1,3})?")
 FIELDS = ["file", "survey", "object_id", "spectral_type", "teff_ref", "teff_source", "overlap_lo",
-          "overlap_hi", "in_scope", "note"]
+          "overlap_hi", "in_scope", "role", "note"]
 
 
 def type_teff(subclass: str) -> tuple[float | None, str]:
@@ -120,6 +126,11 @@ def survey_stars(root: Path) -> list[dict]:
                     "teff_ref": round(teff if teff is not None else type_t, 1), "teff_source": source,
                     "overlap_lo": round(lo, 1), "overlap_hi": round(hi, 1),
                     "in_scope": "sharper" if survey == "xshooter" else "yes", "note": note})
+    from omnispectra import splits
+
+    val = splits.is_validation([r["object_id"] for r in out], fraction=0.5, seed=0)
+    for r, v in zip(out, val, strict=True):
+        r["role"] = "donor" if r["survey"] == "lamost_lrs" and not v else "validation"
     return out
 
 
