@@ -151,3 +151,32 @@ def evaluate(args, data: dict) -> dict:
     save_probe(probe, out / "probe-stellar-params.safetensors")
     Path(args.results + ".json").write_text(json.dumps(report, indent=1, default=float))
     return report
+
+
+def markdown(report: dict) -> str:
+    """The per-survey table of a report (``python scripts/stellar_survey_eval.py REPORT.json``)."""
+    cv = report["miles_cv"]
+    lines = [f"# Stellar probe on survey grids (recipe: {report['recipe']})", "",
+             f"Held-out MILES ({report['n_miles']} stars, grouped 5-fold), MAE Teff (K) / logg / [Fe/H]:", "",
+             "| method | Teff | logg | [Fe/H] |", "|---|---|---|---|"]
+    for name in ("probe_mae", "pca_ridge", "knn5_pca"):
+        lines.append(f"| {name} | {cv[name][0]:.0f} | {cv[name][1]:.3f} | {cv[name][2]:.3f} |")
+    lines += ["", "+-1 sigma coverage: " + " / ".join(f"{c:.3f}" for c in cv["coverage_1sigma"]), "",
+              "| set | survey / grid | N | flag 0 | Teff within 12% (flag 0) | shipped probe, within 12% |",
+              "|---|---|---|---|---|---|"]
+    for s, v in report["survey_new"].items():
+        old = report["survey_shipped_same_flags"][s]
+        lines.append(f"| real stars | {s} | {v['n']} | {v['n_flag0']}/{v['n']} = {v['flag0_fraction']:.2f} | "
+                     f"{v['teff_within_12pc_flag0']:.2f} | {old['teff_within_12pc_flag0']:.2f} |")
+    for s, v in report["engine_heldout"].items():
+        lines.append(f"| held-out engine | {s} | {v['n']} | {v['flag0_fraction']:.2f} | "
+                     f"{v['teff_within_12pc_flag0']:.2f} (MAE {v['mae'][0]:.0f} K / {v['mae'][1]:.2f} / "
+                     f"{v['mae'][2]:.2f}) | |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    path = Path(sys.argv[1])
+    path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())))

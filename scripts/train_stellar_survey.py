@@ -92,14 +92,17 @@ def donors(root: Path, validation: set[str]):
     return select_side(out, "train")
 
 
-def engine_set(root: Path, stars, per_star: int, validation: set[str], seed: int = 0):
+def engine_set(root: Path, stars, per_star: int, validation: set[str], seed: int = 0,
+               tilt_sigma: float = 0.1):
     from omnispectra.engine import Engine
     from omnispectra.engine.generator import EngineConfig
     from omnispectra.templates.library import load_library
 
     ds = donors(root, validation)
     library = load_library(root / "templates", redrock=["galaxy"], pyhammer=False)
-    engine = Engine(library, ds, EngineConfig())
+    config = EngineConfig()
+    config.observe.tilt_sigma = tilt_sigma
+    engine = Engine(library, ds, config)
     engine.fit_responses([d for d in ds if d.labels.get("class") == "GALAXY"])
     by_grid = {g: [i for i, d in enumerate(ds) if d.survey == g] for g in GRIDS}
     logger.info("donors per grid: %s", {g: len(v) for g, v in by_grid.items()})
@@ -158,7 +161,7 @@ def embed_all(args, cache: Path) -> dict:
 
     def engine_part():
         held = {r["file"] for r in rows if r["role"] == "validation"}
-        samples = engine_set(root, stars, args.per_star, held)
+        samples = engine_set(root, stars, args.per_star, held, tilt_sigma=args.tilt_sigma)
         items = [(e.wave, e.flux, np.where(e.mask, 0.0, e.ivar)) for _, e in samples]
         y = np.array([[e.labels["teff"], e.labels["logg"], e.labels["fe_h"]] for _, e in samples])
         ranges = np.array([[e.wave[(~e.mask) & (e.ivar > 0)].min(), e.wave[(~e.mask) & (e.ivar > 0)].max(),
@@ -178,7 +181,11 @@ def embed_all(args, cache: Path) -> dict:
         return {"emb": embed_arrays(items, model), "wave_flat": np.concatenate(waves), "wave_len": lens}
 
     out = {"miles": _cached(cache, "miles", miles_part)}
-    out["engine"] = _cached(cache, f"engine{args.per_star}", engine_part)
+    tag = "" if args.tilt_sigma == 0.1 else f"-tilt{args.tilt_sigma}"
+    out["engine"] = _cached(cache, f"engine{args.per_star}{tag}", engine_part)
+    if args.use_per_star is not None:  # rows are star-major: row i is the (i % per_star)-th of its star
+        keep = np.arange(len(out["engine"]["y"])) % args.per_star < args.use_per_star
+        out["engine"] = {k: v[keep] for k, v in out["engine"].items()}
     out["survey"] = _cached(cache, "survey", survey_part)
     out["rows"], out["model"] = rows, model
     return out
@@ -193,6 +200,10 @@ def parse(argv):
     p.add_argument("--recipes", default=str(REPO / "configs/predictor_recipes.yaml"))
     p.add_argument("--recipe-set", default="stellar_params_survey")
     p.add_argument("--per-star", type=int, default=3)
+    p.add_argument("--use-per-star", type=int, default=None,
+                   help="use only the first N engine spectra of each star (of the cached --per-star)")
+    p.add_argument("--tilt-sigma", type=float, default=0.1,
+                   help="flux-calibration tilt of the engine stars (Legendre sigma; engine default 0.1)")
     p.add_argument("--steps-scale", type=float, default=1.0)
     p.add_argument("--stage", default="all", choices=["embed", "all"])
     return p.parse_args(argv)
