@@ -67,6 +67,9 @@ __all__ = [
     "resolve_probe",
     "checked_probe",
     "probe_meta",
+    "stellar_domain_flags",
+    "MIN_GRID_COVERAGE",
+    "RESOLUTION_TOLERANCE",
 ]
 
 PROBE_FORMAT = "omnispectra-probe"
@@ -875,3 +878,84 @@ def probe_meta(head: Any, prefix: str) -> dict[str, str]:
     """Name and tensor sha256 of a second probe in a table's meta (``<prefix>PROBE``, ``<prefix>PROBSHA``)."""
     return {f"{prefix}PROBE": Path(str(head.info.get("name", ""))).name,
             f"{prefix}PROBSHA": encoder_fingerprint(head) if hasattr(head, "state_dict") else ""}
+
+
+# ---------------------------------------------------------------------------------------
+# the domain of the stellar probe
+
+#: A spectrum is inside a grid's support when its valid pixels inside the probe's input
+#: window span at least this fraction of the grid's wavelength range (an echelle order or
+#: one LAMOST MRS arm does not)...
+MIN_GRID_COVERAGE = 0.8
+#: ... and its pixel resolution lies within the grid's range widened by this factor.
+RESOLUTION_TOLERANCE = 1.25
+
+
+def _pixel_resolution(wave: np.ndarray) -> float:
+    """Median ``lambda / delta lambda`` of adjacent pixels."""
+    step = np.diff(wave)
+    ok = step > 0
+    return float(np.median(wave[1:][ok] / step[ok])) if ok.any() else float("nan")
+
+
+def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
+                         resolutions: Sequence[float] | None = None) -> np.ndarray:
+    """``0`` or :attr:`omnispectra.flags.Flag.OUT_OF_DOMAIN` per spectrum: whether it lies
+    inside the support of the grids the stellar probe was trained on.
+
+    The probe stores ``info["input_window"]`` (``[lo, hi]`` Angstrom: the library's range;
+    only the pixels inside it are embedded) and ``info["support_by_grid"]``
+    (``{grid: {"wavelength": [lo, hi], "resolution": [min, max], "n": N}}``: the median
+    first and last valid wavelength inside the window, and the range of pixel resolutions
+    ``lambda / delta lambda``, of its training spectra). A spectrum is inside when, for
+    some grid, its valid pixels inside the window span at least :data:`MIN_GRID_COVERAGE`
+    of the grid's range and its pixel resolution is within that grid's range widened by
+    :data:`RESOLUTION_TOLERANCE`. An APOGEE (infrared) spectrum, one echelle order or a
+    sharper grid than any trained one (X-shooter) is out.
+
+    Parameters
+    ----------
+    probe : Probe
+        A stellar probe with ``support_by_grid`` and ``input_window`` in its ``info``.
+    wavelengths_list : sequence of 1-D arrays
+        The wavelengths (Angstrom, increasing) of each spectrum's *valid* pixels.
+    resolutions : sequence of float, optional
+        Pixel resolution ``lambda / delta lambda`` per spectrum; by default the median
+        over its pixels inside the window.
+
+    Returns
+    -------
+    numpy.ndarray of int64, one value per spectrum
+
+    Raises
+    ------
+    CheckpointError
+        The probe stores no per-grid support (trained before it existed).
+    ValueError
+        ``resolutions`` and ``wavelengths_list`` differ in length.
+    """
+    from .flags import Flag
+
+    info = getattr(probe, "info", None) or {}
+    support, win = info.get("support_by_grid"), info.get("input_window")
+    if not support or not win:
+        raise CheckpointError("this probe stores no per-grid support (info['support_by_grid'] and "
+                              "info['input_window']); retrain it with scripts/train_stellar_survey.py")
+    if resolutions is not None and len(resolutions) != len(wavelengths_list):
+        raise ValueError(f"{len(resolutions)} resolutions for {len(wavelengths_list)} spectra")
+    out = np.zeros(len(wavelengths_list), dtype=np.int64)
+    for i, wave in enumerate(wavelengths_list):
+        w = np.sort(np.asarray(wave, dtype=np.float64).ravel())
+        w = w[np.isfinite(w) & (w >= win[0]) & (w <= win[1])]
+        res = float(resolutions[i]) if resolutions is not None else _pixel_resolution(w)
+        inside = False
+        for grid in support.values():
+            (lo, hi), (rmin, rmax) = grid["wavelength"], grid["resolution"]
+            span = min(w[-1], hi) - max(w[0], lo) if w.size >= 2 else 0.0
+            if (span >= MIN_GRID_COVERAGE * (hi - lo)
+                    and rmin / RESOLUTION_TOLERANCE <= res <= rmax * RESOLUTION_TOLERANCE):
+                inside = True
+                break
+        if not inside:
+            out[i] = int(Flag.OUT_OF_DOMAIN)
+    return out

@@ -26,7 +26,8 @@ of its seed):
 
 Labels: ``class`` (GALAXY/QSO/STAR), ``subclass`` (stars: Redrock subtype A ... WD, CV,
 or the composite's spectral type such as ``M2``; empty for galaxies and quasars) and
-``z`` (stars: v/c). No Teff, logg or [Fe/H] label is ever produced.
+``z`` (stars: v/c). Template spectra carry no Teff, logg or [Fe/H]; labelled library
+stars do (:meth:`Engine.sample_star`, :mod:`omnispectra.engine.labelled`).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from ..templates.igm import LYMAN_LIMIT, forest_transmission
 from ..templates.library import TemplateBasis, TemplateLibrary
 from ..templates.resample import C_KMS, rebin
 from .donors import Donor
-from .observe import ObserveConfig, observe, redshift_window
+from .labelled import LibraryStar, observe_star
+from .observe import CoverageError, ObserveConfig, observe, redshift_window
 
 __all__ = ["EngineConfig", "EngineSample", "Engine", "SurveyResponse", "fit_basis", "CLASSES"]
 
@@ -424,6 +426,47 @@ class Engine:
         return t, float(rng.uniform(cut if cut < hi else lo, hi))
 
     # ------------------------------------------------------------ sampling
+    def observation_settings(self, donor: Donor) -> tuple[ObserveConfig, np.ndarray | None]:
+        """How spectra are observed through ``donor``: the observation config and, for an
+        uncalibrated survey with a fitted response, that response on ``donor.wave``."""
+        cfg = self.config
+        if donor.survey in self.responses:
+            fitted = self.responses[donor.survey]
+            return (replace(cfg.observe, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=fitted.tilt_sigma),
+                    fitted.on(donor.wave))
+        if donor.survey in cfg.uncalibrated_surveys:
+            return replace(cfg.observe, tilt_order=cfg.uncalibrated_tilt[0],
+                           tilt_sigma=cfg.uncalibrated_tilt[1]), None
+        return cfg.observe, None
+
+    def sample_star(self, star: LibraryStar, rng: np.random.Generator,
+                    donor_index: int | None = None) -> EngineSample:
+        """A labelled library star observed through a donor (random unless ``donor_index``;
+        :func:`omnispectra.engine.labelled.observe_star`). Labels ``class``, ``teff``,
+        ``logg``, ``fe_h``, ``z``; ``meta['object_id']`` is the star's id.
+
+        Raises
+        ------
+        OmniSpectraError
+            No tried donor has enough valid pixels inside the star's range.
+        """
+        for _ in range(self.config.max_tries):
+            di = int(rng.integers(len(self.donors))) if donor_index is None else int(donor_index)
+            donor = self.donors[di]
+            obs_cfg, response = self.observation_settings(donor)
+            try:
+                wave, flux, ivar, mask, labels = observe_star(star, donor, rng, obs_cfg, response,
+                                                              self.config.star_rv_kms)
+            except CoverageError:
+                if donor_index is not None:
+                    raise
+                continue
+            meta = {"survey": donor.survey, "template": f"library:{star.id}", "donor_id": donor.id,
+                    "object_id": star.id}
+            return EngineSample(wave, flux, ivar, mask, labels, meta)
+        raise OmniSpectraError(f"no tried donor covers library star {star.id} "
+                               f"(after {self.config.max_tries} tries)")
+
     def sample(self, rng: np.random.Generator, spectype: str | None = None,
                donor_index: int | None = None) -> EngineSample:
         """One engine spectrum (see the module docstring).
@@ -453,14 +496,7 @@ class Engine:
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
                 transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
                                                  sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
-            obs_cfg, response = cfg.observe, None
-            if donor.survey in self.responses:
-                fitted = self.responses[donor.survey]
-                response = fitted.on(donor.wave)
-                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0], tilt_sigma=fitted.tilt_sigma)
-            elif donor.survey in cfg.uncalibrated_surveys:
-                obs_cfg = replace(obs_cfg, tilt_order=cfg.uncalibrated_tilt[0],
-                                  tilt_sigma=cfg.uncalibrated_tilt[1])
+            obs_cfg, response = self.observation_settings(donor)
             flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission, response)
             sub = template.subtype if cls == "STAR" else ""
             labels = {"class": cls, "subclass": sub, "z": z}

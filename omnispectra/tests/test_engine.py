@@ -318,3 +318,58 @@ def test_galaxy_redshifts_follow_the_surveys_own_labels_on_its_grids(library):
     close = np.abs(np.log1p(z_near) - np.log1p(0.05)) < 0.03
     assert 0.35 < close.mean() < 0.65 and np.all(z_near >= 0)
     assert np.mean(np.abs(np.log1p(z_other) - np.log1p(0.05)) < 0.03) < 0.15
+
+
+def _library_star(fwhm=2.5):
+    """A MILES-like star: 0.9 A linear pixels over 3,541-7,410 A, one narrow line at 5,000 A."""
+    from omnispectra.engine import LibraryStar
+
+    wave = np.arange(3541.5, 7410.0, 0.9)
+    sig = fwhm / 2.3548
+    flux = 1.0 - 0.5 * np.exp(-0.5 * ((wave - 5000.0) / sig) ** 2)
+    return LibraryStar("s9999", wave, flux, fwhm, {"teff": 5000.0, "logg": 4.5, "fe_h": -0.2})
+
+
+def _measured_fwhm(wave, flux):
+    depth = 1.0 - flux / np.median(flux)
+    near = np.abs(wave - 5000.0) < 40
+    w, d = wave[near], np.clip(depth[near], 0, None)
+    return 2.3548 * np.sqrt(np.sum(d * (w - 5000.0) ** 2) / np.sum(d))
+
+
+def test_library_star_is_degraded_only_where_the_donor_is_coarser():
+    from omnispectra.engine.labelled import degrade_fwhm
+
+    star = _library_star()
+    coarse = degrade_fwhm(star.wave, star.flux, 2.5, np.full(star.wave.size, 6.0))
+    sharp = degrade_fwhm(star.wave, star.flux, 2.5, np.full(star.wave.size, 1.0))
+    assert _measured_fwhm(star.wave, coarse) == pytest.approx(6.0, rel=0.05)
+    np.testing.assert_array_equal(sharp, star.flux)           # a sharper donor: kept as it is
+    assert coarse[:50].mean() == pytest.approx(1.0, abs=1e-9)  # normalised kernel: the level holds
+
+
+def test_sample_star_has_the_donors_grid_inside_the_library_range_and_the_labels():
+    star = _library_star()
+    lib = TemplateLibrary([_log_template("redrock:GALAXY", "GALAXY", "", 1000, 11000, _continuum)])
+    eng = generator.Engine(lib, [_donor(0, survey="sdss"), _donor(1, lo=3900, hi=7600, survey="6dfgs")])
+    s = eng.sample_star(star, np.random.default_rng(0), donor_index=0)
+    assert s.wave[0] >= 3799.99 and s.wave[-1] <= 7410.0 * 1.001    # SDSS coverage within MILES' range
+    assert np.all(np.isin(s.wave, eng.donors[0].wave))              # the donor's own pixels
+    assert s.labels["teff"] == 5000.0 and s.labels["logg"] == 4.5 and s.labels["fe_h"] == -0.2
+    assert s.meta["object_id"] == "s9999" and s.meta["survey"] == "sdss"
+    assert abs(s.labels["z"]) <= 300.0 / 299792.458
+    assert s.ivar[s.mask].sum() == 0 and s.mask.sum() == 10       # the donor's mask travels
+    far = _donor(2, lo=8000.0, hi=9200.0)                           # no pixel inside MILES' range
+    eng_far = generator.Engine(lib, [far])
+    with pytest.raises(observe.CoverageError, match="valid pixels"):
+        eng_far.sample_star(star, np.random.default_rng(0), donor_index=0)
+
+
+def test_library_star_rejects_bad_arrays():
+    from omnispectra import InvalidSpectrumError
+    from omnispectra.engine import LibraryStar
+
+    with pytest.raises(InvalidSpectrumError, match="increase"):
+        LibraryStar("x", np.arange(20.0)[::-1], np.ones(20), 2.5)
+    with pytest.raises(InvalidSpectrumError, match="fwhm"):
+        LibraryStar("x", np.arange(20.0), np.ones(20), 0.0)

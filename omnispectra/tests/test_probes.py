@@ -361,3 +361,32 @@ def test_bad_probe_fails_before_any_spectrum_is_read(trained, tmp_path, monkeypa
     good.calibration["temperature"] = float("nan")
     with pytest.raises(CheckpointError, match="calibration.temperature"):
         omnispectra.classify(example_paths(), model=trained["encoder"], probe=good)
+
+
+def _stellar_probe_with_support():
+    p = Probe(4, "regression", ["teff", "logg", "fe_h"])
+    p.info = {"input_window": [3541.5, 7411.6], "support_by_grid": {
+        "sdss": {"wavelength": [3800.0, 7400.0], "resolution": [4300.0, 4400.0], "n": 10},
+        "6dfgs": {"wavelength": [3950.0, 7400.0], "resolution": [2800.0, 3600.0], "n": 10}}}
+    return p
+
+
+def test_stellar_domain_flags_by_grid_coverage_and_resolution():
+    from omnispectra.flags import Flag
+    from omnispectra.probes import stellar_domain_flags
+
+    probe = _stellar_probe_with_support()
+    sdss = 10 ** np.arange(np.log10(3805.0), np.log10(9200.0), 1e-4)     # beyond the window: cut there
+    apogee = 10 ** np.arange(np.log10(15100.0), np.log10(17000.0), 6e-6)
+    order = 10 ** np.arange(np.log10(4900.0), np.log10(5400.0), 1e-4)    # one echelle order / MRS arm
+    xshooter = np.arange(3000.0, 5560.0, 0.2)                            # R_pix ~ 20,000: sharper
+    sixdf = np.arange(3950.0, 7500.0, 1.6)
+    flags = stellar_domain_flags(probe, [sdss, apogee, order, xshooter, sixdf])
+    out = int(Flag.OUT_OF_DOMAIN)
+    np.testing.assert_array_equal(flags, [0, out, out, out, 0])
+    # a given resolution overrides the pixels' (a 6dF-like coarse grid claimed sharp)
+    np.testing.assert_array_equal(stellar_domain_flags(probe, [sixdf], [20000.0]), [out])
+    with pytest.raises(ValueError, match="resolutions"):
+        stellar_domain_flags(probe, [sixdf], [1.0, 2.0])
+    with pytest.raises(CheckpointError, match="support_by_grid"):
+        stellar_domain_flags(Probe(4, "regression", ["teff"]), [sixdf])
