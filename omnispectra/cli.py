@@ -731,11 +731,13 @@ def predict_redshift_command(templates, zbest, **common) -> None:
 @main.command("anomaly")
 @_predictor_options("scored anomaly", probe=False)
 def anomaly_command(**common) -> None:
-    """Anomaly score of every spectrum in FILE_OR_DIR...: the mean masked-reconstruction error.
+    """Anomaly statistic of every spectrum in FILE_OR_DIR...: how badly the model
+    reconstructs masked chunks, in units of the noise.
 
-    High scores mark spectra unlike the model's training data (see
-    omnispectra.anomaly_score); the table also holds the ivar-weighted statistic
-    (anomaly) and flag. Prints a table and/or writes it with -o.
+    Columns: anomaly (the ivar-weighted chi-square per pixel that the ANOMALY bit tests
+    against the model card's threshold, omnispectra.anomaly_statistic), noise_estimated
+    (no uncertainties in the file: the noise was estimated from the data) and flag.
+    Prints a table and/or writes it with -o.
     """
     from .api import anomaly_score
 
