@@ -545,6 +545,10 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
     config.yaml) < explicit options < --set. The resolved settings are saved as
     <output>/config.yaml. A run folder that holds a previous run needs --resume (go on)
     or --overwrite (start clean). Needs the ``train`` extra.
+
+    The presets run thousands of steps (tiny: 2000), hours on a CPU: after its first
+    steps the run says how long it will take; --max-steps N or --max-time MINUTES
+    shorten it (the last checkpoint is written either way).
     """
     from .training import require_lightning
 
