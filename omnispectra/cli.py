@@ -545,6 +545,10 @@ def train(corpus, preset, config_file, output, max_steps, max_time_minutes, batc
     config.yaml) < explicit options < --set. The resolved settings are saved as
     <output>/config.yaml. A run folder that holds a previous run needs --resume (go on)
     or --overwrite (start clean). Needs the ``train`` extra.
+
+    The presets run thousands of steps (tiny: 2000), hours on a CPU: after its first
+    steps the run says how long it will take; --max-steps N or --max-time MINUTES
+    shorten it (the last checkpoint is written either way).
     """
     from .training import require_lightning
 
@@ -731,11 +735,13 @@ def predict_redshift_command(templates, zbest, **common) -> None:
 @main.command("anomaly")
 @_predictor_options("scored anomaly", probe=False)
 def anomaly_command(**common) -> None:
-    """Anomaly score of every spectrum in FILE_OR_DIR...: the mean masked-reconstruction error.
+    """Anomaly statistic of every spectrum in FILE_OR_DIR...: how badly the model
+    reconstructs masked chunks, in units of the noise.
 
-    High scores mark spectra unlike the model's training data (see
-    omnispectra.anomaly_score); the table also holds the ivar-weighted statistic
-    (anomaly) and flag. Prints a table and/or writes it with -o.
+    Columns: anomaly (the ivar-weighted chi-square per pixel that the ANOMALY bit tests
+    against the model card's threshold, omnispectra.anomaly_statistic), noise_estimated
+    (no uncertainties in the file: the noise was estimated from the data) and flag.
+    Prints a table and/or writes it with -o.
     """
     from .api import anomaly_score
 

@@ -6,7 +6,8 @@ with :func:`write_table`, which also refuses to destroy files and writes atomica
 
 ============================  ==================================================================
 :func:`embeddings_table`      ``id``, ``source_file``, ``survey``, ``embedding`` (N, D) float32
-:func:`anomaly_table`         ``id``, ``anomaly_score``
+:func:`anomaly_table`         ``id``, ``anomaly`` (the statistic behind the ``ANOMALY`` flag),
+                              ``noise_estimated``
 :func:`predictions_table`     ``id`` and one column per predicted quantity (``teff`` in K,
                               ``logg`` in dex(cm / s2), ``fe_h`` in dex, ``z``, ``class``, ...)
 :func:`reconstruction_table`  one row per spectrum: ``id``, ``mse`` and per-pixel array columns
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["META_KEYS", "QUANTITY_UNITS", "TABLE_FORMATS", "provenance_meta", "embeddings_table",
            "anomaly_table", "predictions_table", "reconstruction_table", "quantity_unit", "table_format",
            "write_table", "COLUMN_FORMATS", "column_format", "z_format", "apply_formats", "ZBEST_COLUMNS",
-           "zbest_table"]
+           "zbest_table", "ANOMALY_DESCRIPTION"]
 
 #: Redrock's zbest column of each catalogue column (ZWARN is the redshift's own flag).
 ZBEST_COLUMNS = {"id": "TARGETID", "spectype": "SPECTYPE", "subtype": "SUBTYPE", "z": "Z", "z_err": "ZERR",
@@ -104,12 +105,19 @@ def _units() -> dict[str, Any]:
 #: Names of the quantities that get units in :func:`predictions_table` (see :func:`quantity_unit`).
 QUANTITY_UNITS = ("teff", "logg", "fe_h", "z", "z_err")
 
+#: Description of the ``anomaly`` column (the anomaly tables and the catalogue rows).
+ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of the masked-chunk "
+                       "reconstruction (omnispectra.api.anomaly_statistic); ANOMALY above the "
+                       "model card's threshold (meta ANOMP99)")
+
 _DESCRIPTIONS = {
     "id": "spectrum id",
     "source_file": "file the spectrum was read from (as given)",
     "survey": "survey of the spectrum",
     "embedding": "mean-pooled last hidden state of the encoder",
-    "anomaly_score": "mean masked-reconstruction MSE over the masks (normalized flux units squared)",
+    "anomaly": ANOMALY_DESCRIPTION,
+    "noise_estimated": ("no uncertainties in the input: the statistic used a constant noise from the "
+                        "pixel-to-pixel differences (omnispectra.redshift.difference_ivar)"),
     "teff": "effective temperature",
     "logg": "log10 surface gravity in cm s^-2",
     "fe_h": "iron abundance [Fe/H]",
@@ -238,17 +246,26 @@ def embeddings_table(ids: Sequence[str], vectors: Any, source_files: Sequence[st
     return table
 
 
-def anomaly_table(ids: Sequence[str], scores: Any, n_masks: int | None = None, seed: int | None = None,
+def anomaly_table(ids: Sequence[str], statistic: Any, noise_estimated: Any = None,
+                  n_masks: int | None = None, seed: int | None = None,
                   meta: Mapping[str, Any] | None = None) -> Table:
-    """Anomaly scores as a Table: ``id``, ``anomaly_score`` (NaN: too short to mask).
+    """Anomaly statistics as a Table: ``id``, ``anomaly`` and, when given, ``noise_estimated``.
 
-    ``n_masks`` and ``seed`` of :func:`omnispectra.api.anomaly_score` go to ``meta``
+    ``anomaly`` is the statistic behind the ``ANOMALY`` flag
+    (:func:`omnispectra.api.anomaly_statistic`; NaN: too short to mask), ``noise_estimated``
+    True where the spectrum had no uncertainties and the statistic used a noise estimated
+    from its pixel-to-pixel differences. ``n_masks`` and ``seed`` go to ``meta``
     (``NMASKS``, ``MASKSEED``) when given.
     """
-    scores = np.atleast_1d(np.asarray(scores, dtype=np.float64))
+    statistic = np.atleast_1d(np.asarray(statistic, dtype=np.float64))
     table = _table(meta, "anomaly")
-    _add(table, "id", _strings(ids, scores.size, "ids"))
-    _add(table, "anomaly_score", scores)
+    _add(table, "id", _strings(ids, statistic.size, "ids"))
+    _add(table, "anomaly", statistic)
+    if noise_estimated is not None:
+        estimated = np.atleast_1d(np.asarray(noise_estimated, dtype=bool))
+        if estimated.shape != statistic.shape:
+            raise ValueError(f"{estimated.size} noise_estimated values for {statistic.size} rows")
+        _add(table, "noise_estimated", estimated)
     if n_masks is not None:
         table.meta["NMASKS"] = int(n_masks)
     if seed is not None:
@@ -326,7 +343,7 @@ COLUMN_FORMATS = {
     "teff": ".0f", "teff_err": ".0f",
     "logg": ".2f", "logg_err": ".2f", "fe_h": ".2f", "fe_h_err": ".2f",
     "z_err": ".2g", "deltachi2": ".1f", "chi2": ".1f",
-    "anomaly": ".3f", "anomaly_score": ".4g", "mse": ".4g",
+    "anomaly": ".3f", "mse": ".4g",
 }
 
 #: Fewest decimals of a redshift (1e-5), and most (beyond float64's meaning for z ~ 1).

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..flags import FLAG_DESCRIPTION
+from ..results import ANOMALY_DESCRIPTION
 from ..runtime import resolve_model
 from .inputs import InputItem
 from .pipeline import RunOptions, forward, item_table, result_meta
@@ -29,9 +30,6 @@ __all__ = ["anomaly_score", "anomaly_statistic", "anomaly_threshold", "quality_f
 
 logger = logging.getLogger(__name__)
 
-#: Description of the ``anomaly`` column of the predictor tables.
-ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of the masked-chunk "
-                       "reconstruction (omnispectra.api.anomaly_statistic)")
 
 
 def anomaly_score(
@@ -73,17 +71,21 @@ def anomaly_score(
     seed : int
         Seed of the masks.
     as_table : bool
-        Return an `~astropy.table.Table` (:func:`omnispectra.results.anomaly_table`):
-        ``id``, ``source_file``, ``survey``, ``anomaly_score``, ``anomaly`` (the statistic
-        of :func:`anomaly_statistic`, from the same masks) and ``flag`` (input checks,
-        ``ANOMALY`` against the card's threshold ``meta['ANOMP99']``, ``NONFINITE`` for a
-        NaN score), with the provenance, ``NMASKS``, ``MASKSEED``, counts and ``skipped``
-        in ``meta`` (as :func:`embed`).
+        Return an `~astropy.table.Table` (:func:`omnispectra.results.anomaly_table`) with
+        one anomaly column, not the MSE: ``id``, ``source_file``, ``survey``, ``anomaly``
+        (the statistic of :func:`anomaly_statistic` from the same masks, the one the
+        ``ANOMALY`` flag tests), ``noise_estimated`` (True: the input had no uncertainties
+        and the statistic used a noise estimated from its pixel-to-pixel differences) and
+        ``flag`` (input checks, ``ANOMALY`` above the card's threshold ``meta['ANOMP99']``,
+        ``NONFINITE`` for a NaN statistic), with the provenance, ``NMASKS``, ``MASKSEED``,
+        counts and ``skipped`` in ``meta`` (as :func:`embed`).
 
     Returns
     -------
     scores : float or ndarray of shape (N,), float64, or Table
-        NaN for a spectrum too short to be masked (fewer than 4 tokens). A model output
+        Without ``as_table``, the masked MSE described above (it grows with the noise;
+        rank spectra of one survey with it, flag with the table's ``anomaly``). NaN for a
+        spectrum too short to be masked (fewer than 4 tokens). A model output
         that is not finite is never averaged in: that input raises
         :class:`~omnispectra.exceptions.NonFiniteOutputError` (or is skipped).
     ids : str or list of str
@@ -96,25 +98,36 @@ def anomaly_score(
     if done.inputs.single and not done.items:
         raise done.inputs.skipped[0].error
     if as_table:
-        from ..flags import anomaly_flags, finite_flags
-        from ..results import anomaly_table
-
-        table = anomaly_table(ids, scores, n_masks=n_masks, seed=seed,
-                              meta=result_meta(net, done.inputs, done.torch_dtype, kind="anomaly"))
-        sources = item_table(done.items)
-        for k, name in enumerate(("source_file", "survey")):
-            table.add_column(sources[name], index=1 + k)
-        table["anomaly"] = done.chi2
-        table["anomaly"].description = ANOMALY_DESCRIPTION
-        threshold = anomaly_threshold(net)
-        table["flag"] = (quality_flags(done.items) | finite_flags(scores)
-                         | anomaly_flags(done.chi2, threshold))
-        table["flag"].description = FLAG_DESCRIPTION
-        table.meta["ANOMP99"] = float("nan") if threshold is None else threshold
-        return table
+        return _anomaly_rows(net, done, n_masks, seed)
     if done.inputs.single:
         scores, ids = float(scores[0]), ids[0]
     return (scores, ids) if return_ids else scores
+
+
+def _anomaly_rows(net: OmniSpectra, done: Any, n_masks: int, seed: int):
+    """The table of :func:`anomaly_score`: one ``anomaly`` column (the statistic) and its flag."""
+    from ..flags import anomaly_flags, finite_flags
+    from ..results import anomaly_table
+
+    table = anomaly_table([item.id for item in done.items], done.chi2, noise_estimated(done.items),
+                          n_masks=n_masks, seed=seed,
+                          meta=result_meta(net, done.inputs, done.torch_dtype, kind="anomaly"))
+    sources = item_table(done.items)
+    for k, name in enumerate(("source_file", "survey")):
+        table.add_column(sources[name], index=1 + k)
+    threshold = anomaly_threshold(net)
+    table["flag"] = (quality_flags(done.items) | finite_flags(done.chi2)
+                     | anomaly_flags(done.chi2, threshold))
+    table["flag"].description = FLAG_DESCRIPTION
+    table.meta["ANOMP99"] = float("nan") if threshold is None else threshold
+    return table
+
+
+def noise_estimated(items: list[InputItem]) -> np.ndarray:
+    """True for the inputs without uncertainties, whose anomaly statistic used a noise level
+    estimated from their pixel-to-pixel differences (:func:`omnispectra.redshift.difference_ivar`,
+    through :func:`omnispectra.inference.inputs.measure_input`)."""
+    return np.array([item.data is not None and not item.data.has_ivar for item in items], dtype=bool)
 
 
 def anomaly_statistic(
@@ -138,7 +151,11 @@ def anomaly_statistic(
     the inverse-variance weighted chi-square per pixel of the reconstructed masked chunks
     (with a model-error floor of :data:`ANOMALY_MODEL_FLOOR` times the spectrum's standard
     deviation). Unlike the MSE of :func:`anomaly_score`, which grows with the noise, a noisy
-    but ordinary spectrum has a statistic near 1. Its name is
+    but ordinary spectrum has a statistic near 1. A spectrum without uncertainties (a
+    file without errors, such as MILES, or bare ``(wavelength, flux)`` arrays) is weighed
+    with one noise level estimated from its pixel-to-pixel differences
+    (:func:`omnispectra.redshift.difference_ivar`, the template fit's estimate): on 100
+    MILES stars none exceeds the card's threshold (median 1.1, maximum 7.8). Its name is
     :data:`omnispectra.flags.ANOMALY_STATISTIC`; the encoder card's ``anomaly.p99`` (the
     99th percentile over validation spectra, written by ``omnispectra train-predictors``
     with this function and its defaults) is the flag's threshold
@@ -154,7 +171,7 @@ def anomaly_statistic(
     Returns
     -------
     statistic : ndarray (N,), float64
-        NaN for a spectrum without uncertainties (no ivar) or too short to be masked.
+        NaN for a spectrum too short to be masked and for Tokens inputs (no pixels).
     ids : list of str
         The ids of the rows (inputs skipped per ``on_error`` are left out).
     """

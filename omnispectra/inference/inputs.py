@@ -35,6 +35,7 @@ from ..io.sources import (
     names_file,
     read_file,
 )
+from ..redshift import difference_ivar
 from ..runtime import WavelengthSupport, check_support, check_wavelength_plausible
 from ..spectrum import SpectrumData, is_spectrum, is_spectrum_list, spectrum_data
 from ..tokenizer import Tokens, patch_index, tokenize_data
@@ -398,7 +399,11 @@ def measure_input(obj: Any, tok: Tokens, support: WavelengthSupport | None,
     ``obj`` is the spectrum (or ``(wavelength, flux, ...)`` tuple, or Tokens) that
     ``tok`` was cut from, ``data`` its arrays when already made; the quality feeds
     :func:`omnispectra.flags.input_flags`. The pixel ivar is the inverse variance in the
-    tokenizer's normalized flux units, 0 on invalid pixels; None without uncertainties.
+    tokenizer's normalized flux units, 0 on invalid pixels; for a spectrum without
+    uncertainties (``data.has_ivar`` False) a constant estimated from its pixel-to-pixel
+    differences (:func:`omnispectra.redshift.difference_ivar`, the template fit's estimate;
+    on 100 MILES stars it flags none above the card's ``ANOMALY`` threshold); None for
+    Tokens (no pixels left).
     """
     from ..flags import SpectrumQuality, spectrum_quality, support_fraction
 
@@ -410,8 +415,8 @@ def measure_input(obj: Any, tok: Tokens, support: WavelengthSupport | None,
         data = spectrum_data(*obj) if isinstance(obj, tuple) else spectrum_data(obj)
     ivar = data.ivar if data.has_ivar else None  # spectrum_data knows placeholder errors
     quality = spectrum_quality(data.wavelength, data.flux, ivar, data.bad, n_valid_tokens, support)
-    if ivar is None:
-        return quality, None
+    if ivar is None:  # no uncertainties: one noise level from the data, as the template fit does
+        ivar = np.full(data.flux.shape, difference_ivar(data.flux, data.bad))
     index = patch_index(tok.n_pixels, tok.patch_size, tok.stride)
     safe = np.minimum(index, tok.n_pixels - 1)
     # the ivar of normalized flux f / scale is ivar * scale**2

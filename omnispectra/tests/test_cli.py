@@ -141,9 +141,12 @@ def test_anomaly_and_reconstruction_tables(model, tmp_path):
 
     paths = example_paths()
     table = api.anomaly_score(paths, model=model, n_masks=2, as_table=True)
-    assert table.colnames == ["id", "source_file", "survey", "anomaly_score", "anomaly", "flag"]
+    assert table.colnames == ["id", "source_file", "survey", "anomaly", "noise_estimated", "flag"]
     assert len(table) == len(paths)
-    np.testing.assert_allclose(table["anomaly_score"], api.anomaly_score(paths, model=model, n_masks=2))
+    np.testing.assert_allclose(table["anomaly"], api.anomaly_statistic(paths, model=model, n_masks=2)[0])
+    # the MILES example has no uncertainties: its statistic exists, with an estimated noise
+    assert list(table["noise_estimated"]) == ["MILES" in str(p) for p in paths]
+    assert np.all(np.isfinite(table["anomaly"]))
     assert table.meta["NMASKS"] == 2 and table.meta["KIND"] == "anomaly" and "ENCSHA" in table.meta
     rec = api.reconstruct(paths[0], model=model)
     back = Table.read(write_table(rec.to_table(), tmp_path / "r.ecsv"))
@@ -156,9 +159,10 @@ def test_anomaly_command(weights, tmp_path):
     result = CliRunner().invoke(main, ["anomaly", "--examples", "--model", weights, "-o", str(out),
                                       "--no-table"])
     assert result.exit_code == 0, result.output
-    assert "anomaly_score" not in result.stdout
+    assert "anomaly" not in result.stdout
     table = Table.read(out)
-    assert len(table) == len(example_paths()) and np.all(np.isfinite(table["anomaly_score"]))
+    assert len(table) == len(example_paths()) and np.all(np.isfinite(table["anomaly"]))
+    assert "chi-square" in table["anomaly"].description and "anomaly_score" not in table.colnames
 
 
 def test_printed_table_by_precision_written_table_in_full(weights, tmp_path):
@@ -167,11 +171,11 @@ def test_printed_table_by_precision_written_table_in_full(weights, tmp_path):
     assert result.exit_code == 0, result.output
     table = Table.read(out)
     lines = result.stdout.splitlines()
-    column = lines[0].split().index("anomaly_score")
+    column = lines[0].split().index("anomaly")
     printed = [line.split()[column] for line in lines[2:2 + len(table)]]
-    assert printed == [format(v, ".4g") for v in table["anomaly_score"]]  # 4 digits, not 17
-    assert table["anomaly_score"].info.format == ".4g"
-    assert any(len(repr(float(v))) > 10 for v in table["anomaly_score"])  # the file keeps every digit
+    assert printed == [format(v, ".3f") for v in table["anomaly"]]  # 3 decimals, not 17 digits
+    assert table["anomaly"].info.format == ".3f"
+    assert any(len(repr(float(v))) > 10 for v in table["anomaly"])  # the file keeps every digit
 
 
 # --------------------------------------------------------------------------- errors and messages

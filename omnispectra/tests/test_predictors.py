@@ -29,7 +29,7 @@ from omnispectra.inference import pipeline
 from omnispectra.model import OmniSpectra, OmniSpectraConfig
 from omnispectra.pretrained import resolve_templates, save_weights
 from omnispectra.probes import Probe, encoder_description, load_probe, save_probe
-from omnispectra.redshift import RedshiftFitter, ScanConfig
+from omnispectra.redshift import RedshiftFitter, ScanConfig, difference_ivar
 from omnispectra.templates.resample import C_KMS
 from omnispectra.tokenizer import tokenize
 
@@ -127,8 +127,16 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
     weird = (wave, 1.0 + rng.choice([-3.0, 0.0, 5.0], size=2000), np.full(2000, 1e6))
     stats, ids = api.anomaly_statistic([clean, weird], model=encoder, n_masks=2)
     assert ids == ["0", "1"] and stats[1] > 3 * stats[0] > 0
-    # without uncertainties there is no chi-square
-    assert np.isnan(api.anomaly_statistic([clean[:2]], model=encoder, n_masks=1)[0][0])
+    # without uncertainties the noise is estimated from the pixel differences (sigma 1/20 here):
+    # the statistic is the one with that constant ivar, close to the one with the true errors,
+    # and sparse spikes (which the robust estimate ignores) still stand out
+    wave, flux = clean[:2]
+    estimate = np.full(flux.size, difference_ivar(flux, np.zeros(flux.size, dtype=bool)))
+    spiky = flux + np.where(rng.random(flux.size) < 0.05, 5.0, 0.0)
+    bare, _ = api.anomaly_statistic([(wave, flux), (wave, flux, estimate), (wave, spiky)], model=encoder,
+                                    n_masks=2)
+    assert bare[0] == bare[1] and abs(bare[0] / stats[0] - 1) < 0.2
+    assert bare[2] > 3 * bare[0] > 0
 
     threshold = float(np.sqrt(stats[0] * stats[1]))
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
@@ -141,6 +149,11 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
     scores = api.anomaly_score([clean, weird], model=encoder, n_masks=2, as_table=True)
     assert _flags(scores) == [0, Flag.ANOMALY] and scores.meta["ANOMP99"] == threshold
     np.testing.assert_allclose(scores["anomaly"], stats)
+    assert not scores["noise_estimated"].any()
+    monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "n_validation": 10,
+                                                  "p99": float(np.sqrt(bare[0] * bare[2]))})
+    bare_scores = api.anomaly_score([(wave, flux), (wave, spiky)], model=encoder, n_masks=2, as_table=True)
+    assert bare_scores["noise_estimated"].all() and _flags(bare_scores) == [0, Flag.ANOMALY]
     # a threshold of another statistic is not used
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": "mse", "p99": 0.0})
     assert api.anomaly_threshold(encoder) is None
@@ -258,9 +271,12 @@ def test_redshift_bits(encoder, library, fitter):  # noqa: F811
 
     # a faint continuum with strong lines: LOW_SN for the class, a sure redshift
     faint = _observe(library.get("redrock:GALAXY"), [0.2, 1.0, 0.0], z, 14, snr=1.0)
-    cls = api.classify([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"))
+    cls = api.classify([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"), fast=True)
     zz = api.predict_redshift([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"), templates=fitter)
     assert _flags(cls)[0] & Flag.LOW_SN and abs(zz["z"][0] - z) < 1e-3 and zz["deltachi2"][0] > 100
+    # joined with the template evidence, the class is not flagged for the faint continuum either
+    joined = api.classify([faint], model=encoder, probe=_class_probe(encoder, "GALAXY"), templates=fitter)
+    assert not joined["class_flag"][0] & Flag.LOW_SN
     assert _flags(zz) == [0]
 
     narrow = RedshiftFitter(library, config=ScanConfig(galaxy_z=(0.0, 0.3)), classes=["GALAXY"])

@@ -84,10 +84,12 @@ def test_embeddings_round_trip(model, tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_anomaly_round_trip(model, tmp_path, suffix):
-    table = anomaly_table(IDS, [0.1, np.nan, 2.5, 1e-9], n_masks=8, seed=3, meta=_meta(model))
+    table = anomaly_table(IDS, [0.1, np.nan, 2.5, 1e-9], [False, False, True, False], n_masks=8, seed=3,
+                          meta=_meta(model))
     back = _round_trip(table, tmp_path / f"anom{suffix}")
     _check_common(table, back)
-    np.testing.assert_array_equal(back["anomaly_score"], table["anomaly_score"])
+    np.testing.assert_array_equal(back["anomaly"], table["anomaly"])
+    assert list(back["noise_estimated"]) == [False, False, True, False]
     assert back.meta["NMASKS"] == 8 and back.meta["MASKSEED"] == 3
 
 

@@ -236,6 +236,42 @@ def test_cli_train_and_export(corpus, tmp_path):
     assert used.exit_code == 1 and "--resume" in used.output and "Traceback" not in used.output
 
 
+def test_time_estimate_message():
+    from omnispectra.training.module import time_estimate_message
+
+    text = time_estimate_message(0.5, 3, 4, 2000)
+    assert "0.5 s per step" in text and "1996 steps left to max_steps=2000" in text
+    assert "about 17 min" in text and "--max-steps N" in text and "--max-time MINUTES" in text
+    assert "about 2 h 46 min" in time_estimate_message(5.0, 3, 4, 2000)
+    capped = time_estimate_message(0.5, 3, 4, 2000, max_time_minutes=5)
+    assert "--max-time 5 stops the run after 5 min, near step 604" in capped
+
+
+def test_train_logs_its_time_estimate(corpus, tmp_path, caplog, monkeypatch):
+    import re
+
+    from omnispectra.training import module
+
+    # validation every 2 steps falls inside the timed steps: it is not counted as step time
+    with caplog.at_level("INFO", logger="omnispectra.training.module"):
+        result = train(_config(corpus, tmp_path, "estimate", max_steps=6, val_every=2))
+    estimates = [r for r in caplog.records if "training pace" in r.getMessage()]
+    assert len(estimates) == 1 and estimates[0].levelname == "INFO"  # a short run: info only
+    text = estimates[0].getMessage()
+    assert "the 2 steps left to max_steps=6" in text and "--max-steps" in text and "--max-time" in text
+    pace = float(re.search(r"pace: ([0-9.e+-]+) s per step", text).group(1))
+    assert 0 < 3 * pace < result["wall_time_s"]
+    caplog.clear()
+    monkeypatch.setattr(module, "LONG_RUN_MINUTES", 0.0)  # any run counts as long: a warning
+    with caplog.at_level("INFO", logger="omnispectra.training.module"):
+        train(_config(corpus, tmp_path, "estimate", max_steps=6), overwrite=True)
+    assert [r.levelname for r in caplog.records if "training pace" in r.getMessage()] == ["WARNING"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="omnispectra.training.module"):
+        train(_config(corpus, tmp_path, "estimate", max_steps=3), overwrite=True)
+    assert not [r for r in caplog.records if "training pace" in r.getMessage()]  # over before measured
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     """A 2-process DDP run (gloo) through the real CLI entry point."""

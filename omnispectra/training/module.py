@@ -9,11 +9,13 @@ The loss is the masked Huber loss (``huber_delta``, default
 re-standardized over each spectrum's visible pixels (:mod:`omnispectra.collate`);
 validation also logs the plain masked MSE (``val_mse``).
 Hyper-parameters are saved as plain Python values, so checkpoints load with
-``torch.load(..., weights_only=True)``.
+``torch.load(..., weights_only=True)``. :class:`TimeEstimate` tells, after the first
+steps, how long the run will take and how to shorten it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -27,7 +29,14 @@ from ..collate import Batch
 from ..fileio import commit
 from ..model import HUBER_DELTA, OmniSpectra, OmniSpectraConfig, masked_reconstruction_loss
 
-__all__ = ["OmniSpectraModule", "AtomicCheckpointIO"]
+__all__ = ["OmniSpectraModule", "AtomicCheckpointIO", "TimeEstimate", "time_estimate_message",
+           "LONG_RUN_MINUTES"]
+
+logger = logging.getLogger(__name__)
+
+#: A run estimated to take longer than this (minutes) is announced as a warning, which the
+#: command line shows by default; shorter ones at info level (``-v``).
+LONG_RUN_MINUTES = 10.0
 
 
 class OmniSpectraModule(L.LightningModule):
@@ -136,3 +145,94 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
         return torch.load(os.fspath(path), map_location=map_location or "cpu", weights_only=True)
+
+
+def _duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3 h 20 min"``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60.0
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    return f"{int(minutes // 60)} h {minutes % 60:02.0f} min"
+
+
+def time_estimate_message(seconds_per_step: float, n_measured: int, step: int, max_steps: int,
+                          max_time_minutes: float | None = None) -> str:
+    """What :class:`TimeEstimate` logs: the measured pace, the time to ``max_steps`` and the
+    options that shorten the run.
+
+    Parameters
+    ----------
+    seconds_per_step : float
+        Wall time of one optimizer step, measured over ``n_measured`` steps (validation excluded).
+    step : int
+        Optimizer steps done so far (a resumed run counts from its checkpoint).
+    max_steps : int
+        Steps the run stops at.
+    max_time_minutes : float, optional
+        The run's ``--max-time``.
+    """
+    remaining = max(max_steps - step, 0)
+    total = remaining * seconds_per_step
+    text = (f"training pace: {seconds_per_step:.3g} s per step (measured over {n_measured} steps); "
+            f"the {remaining} steps left to max_steps={max_steps} take about {_duration(total)} "
+            "(plus validation)")
+    if max_time_minutes is not None and total > 60.0 * max_time_minutes:
+        reached = step + int(60.0 * max_time_minutes / seconds_per_step)
+        return (f"{text}; --max-time {max_time_minutes:g} stops the run after {max_time_minutes:g} min, "
+                f"near step {reached}")
+    return (f"{text}. Shorten it with --max-steps N or --max-time MINUTES (Python: TrainConfig "
+            "max_steps, max_time_minutes)")
+
+
+class TimeEstimate(L.Callback):
+    """Log how long the run will take, measured on its first optimizer steps.
+
+    The first ``skip`` steps (start-up: allocation, first-touch of the data) are not
+    timed; the next ``steps`` are, without validation, and the pace is extrapolated to
+    ``max_steps``. Logged once, on global rank 0, as a warning when the run would last
+    longer than :data:`LONG_RUN_MINUTES` (and ``max_time_minutes`` does not stop it
+    sooner), else at info level.
+    """
+
+    def __init__(self, max_steps: int, max_time_minutes: float | None = None, steps: int = 3,
+                 skip: int = 1) -> None:
+        self.max_steps, self.max_time_minutes = int(max_steps), max_time_minutes
+        self.steps, self.skip = int(steps), int(skip)
+        self.done = False
+        self._start: tuple[float, int] | None = None  # (clock, global step) where timing began
+        self._paused: float | None = None
+        self._first_step: int | None = None
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.done:
+            return
+        now, step = time.perf_counter(), int(trainer.global_step)
+        if self._first_step is None:
+            self._first_step = step - 1
+        if self._start is None:
+            if step - self._first_step >= self.skip:
+                self._start = (now, step)
+            return
+        measured = step - self._start[1]
+        if measured < self.steps and step < self.max_steps:
+            return
+        self.done = True
+        if measured < 1 or step >= self.max_steps or not trainer.is_global_zero:
+            return  # too short a run to be worth an estimate
+        pace = (now - self._start[0]) / measured
+        message = time_estimate_message(pace, measured, step, self.max_steps, self.max_time_minutes)
+        minutes = (self.max_steps - step) * pace / 60.0
+        if self.max_time_minutes is not None:
+            minutes = min(minutes, self.max_time_minutes)
+        logger.log(logging.WARNING if minutes > LONG_RUN_MINUTES else logging.INFO, message)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._paused = time.perf_counter()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._paused is not None and self._start is not None:  # validation is not a step
+            self._start = (self._start[0] + time.perf_counter() - self._paused, self._start[1])
+        self._paused = None

@@ -327,6 +327,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
 
     Everything that can be checked is checked before the first step: the settings, the
     run folder (:func:`check_run_folder`) and the corpus (it must hold usable spectra).
+    After its first few steps the run logs how long it will take and how to shorten it
+    (:class:`~omnispectra.training.module.TimeEstimate`; a warning past
+    :data:`~omnispectra.training.module.LONG_RUN_MINUTES`).
 
     Parameters
     ----------
@@ -357,7 +360,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .module import AtomicCheckpointIO, OmniSpectraModule
+    from .module import AtomicCheckpointIO, OmniSpectraModule, TimeEstimate
 
     if not config.corpus:
         raise ConfigError("no corpus given: build one with `omnispectra corpus build`")
@@ -393,7 +396,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=config.strategy, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the length-bucketing sampler is rank-aware itself
-        callbacks=[*(callbacks or []), periodic, best], logger=loggers, log_every_n_steps=1,
+        callbacks=[*(callbacks or []), periodic, best,
+                   TimeEstimate(config.max_steps, config.max_time_minutes)],
+        logger=loggers, log_every_n_steps=1,
         enable_progress_bar=config.progress, enable_model_summary=config.progress,
         deterministic=False,
     )
