@@ -68,11 +68,18 @@ from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
-__all__ = ["fit_many", "BatchTemplates"]
+__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA"]
 
 logger = logging.getLogger(__name__)
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Bytes of one refinement chunk's design matrix on CPU: (points, basis rows, pixels) float64
+#: tensors larger than the caches make the batched fit slower than one spectrum at a time.
+REFINE_BYTES = 1 << 20
+
+#: Spectra scanned together on CPU (see :data:`REFINE_BYTES`); CUDA scans the whole batch.
+COARSE_SPECTRA = 2
 
 
 @dataclass
@@ -196,7 +203,9 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
     queue.sort(key=lambda s: (s.frame.j0, s.frame.n_obs))
     for start in range(0, len(queue), int(batch_size)):
         batch = queue[start:start + int(batch_size)]
-        minima = coarse_minima(cache, batch)
+        # the coarse scan's (terms, spectra, frequencies) tensors outgrow a CPU's caches fast
+        step = len(batch) if device.type != "cpu" else COARSE_SPECTRA
+        minima = [m for at in range(0, len(batch), step) for m in coarse_minima(cache, batch[at:at + step])]
         refined = refine(cache, batch, minima)
         for s, solutions in zip(batch, refined, strict=True):
             result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
@@ -401,6 +410,19 @@ def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows
     return out
 
 
+def fit_points_chunked(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
+                       z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`fit_points` in chunks of points whose design matrices fit in a CPU cache
+    (:data:`REFINE_BYTES`); one call on CUDA, where bandwidth is not the limit."""
+    n_rows = cache.fitter.prepared[k].fine_cum.shape[0] + cache.n_poly
+    size = max(1, REFINE_BYTES // (8 * n_rows * pix["flux"].shape[1]))
+    if cache.device.type != "cpu" or len(rows) <= size:
+        return fit_points(cache, k, pix, rows, z, with_model)
+    parts = [fit_points(cache, k, pix, rows[i:i + size], z[i:i + size], with_model)
+             for i in range(0, len(rows), size)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
 def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
              points: list[tuple[int, PreparedTemplate, float]], with_model: bool = False) -> list[tuple]:
     """:func:`fit_points` over ``(spectrum row, template, z)`` points of any templates, one call
@@ -411,8 +433,8 @@ def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
     for i, (_, p, _) in enumerate(points):
         by_template.setdefault(index[id(p)], []).append(i)
     for k, members in by_template.items():
-        fit = fit_points(cache, k, pix, np.array([points[i][0] for i in members]),
-                         np.array([points[i][2] for i in members]), with_model)
+        fit = fit_points_chunked(cache, k, pix, np.array([points[i][0] for i in members]),
+                                 np.array([points[i][2] for i in members]), with_model)
         chi2 = fit["chi2"].cpu().numpy()
         if not with_model:
             out_chi2 = [(float(c), None, None, None) for c in chi2]
