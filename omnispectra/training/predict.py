@@ -49,7 +49,7 @@ from ..fileio import write_text
 from ..results import embeddings_table, provenance_meta, write_table
 
 __all__ = ["EmbeddingModule", "ShardBatchSampler", "ShardWriter", "embed_corpus", "read_embedding_shards",
-           "shard_name", "MANIFEST", "PRECISION_DTYPES"]
+           "shard_name", "MANIFEST", "PRECISION_DTYPES", "prepare_shard_folder", "completed_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,23 +207,29 @@ def _manifest(dataset: SpectrumDataset, model: Any, shard_size: int, precision: 
     }
 
 
-def _completed_shards(output: Path) -> list[int]:
+def completed_shards(output: Path) -> list[int]:
+    """The shards (numbers) whose files exist in ``output``."""
     return sorted(int(m.group(1)) for p in output.iterdir() if (m := _SHARD.match(p.name)))
 
 
-def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool) -> list[int]:
-    """Check or reset the output folder; return the shards still to run."""
+def prepare_shard_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool,
+                         keys: Sequence[str] = ("corpus", "n_spectra", "shard_size", "encoder_sha256",
+                                                "precision")) -> list[int]:
+    """Check or reset the output folder of a sharded run; return the shards still to run.
+
+    A resumed run must agree with the folder's ``manifest.json`` on ``keys``.
+    """
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
     if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"the output {output} is a file; embed_corpus writes a folder of shards")
+        raise OutputExistsError(f"the output {output} is a file; a sharded run writes a folder of shards")
     found = output / MANIFEST
     if found.exists() and not resume:
         if not overwrite:
             raise OutputExistsError(
-                f"{output} already holds corpus embeddings; resume the run (resume=True) or start "
+                f"{output} already holds a sharded run; resume the run (resume=True) or start "
                 "again with overwrite=True")
-        for k in _completed_shards(output):
+        for k in completed_shards(output):
             (output / shard_name(k)).unlink()
         found.unlink()
     if resume and found.exists():
@@ -231,7 +237,6 @@ def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwr
             old = json.loads(found.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot resume: {found} is unreadable ({err})") from err
-        keys = ("corpus", "n_spectra", "shard_size", "encoder_sha256", "precision")
         changed = [k for k in keys if old.get(k) != manifest.get(k)]
         if changed:
             raise ConfigError(f"cannot resume the run in {output}: {', '.join(changed)} differ from that "
@@ -240,7 +245,7 @@ def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwr
     for stale in output.glob(".shard-*.tmp*"):  # a write cut short by a kill
         stale.unlink()
     write_text(found, json.dumps(manifest, indent=1) + "\n")
-    done = set(_completed_shards(output))
+    done = set(completed_shards(output))
     return [k for k in range(manifest["n_shards"]) if k not in done]
 
 
@@ -318,7 +323,7 @@ def embed_corpus(
     net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
     dataset = SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
     manifest = _manifest(dataset, net, shard_size, precision)
-    pending = _prepare_folder(output, manifest, resume, overwrite)
+    pending = prepare_shard_folder(output, manifest, resume, overwrite)
     skipped = manifest["n_shards"] - len(pending)
     result = {"output": str(output), "n_spectra": len(dataset), "n_shards": manifest["n_shards"],
               "skipped": skipped, "written": 0}
@@ -350,7 +355,7 @@ def read_embedding_shards(output: str | os.PathLike, allow_incomplete: bool = Fa
         manifest = json.loads((output / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{output} holds no readable {MANIFEST}: {err}") from err
-    done = _completed_shards(output)
+    done = completed_shards(output)
     missing = sorted(set(range(manifest["n_shards"])) - set(done))
     if missing and not allow_incomplete:
         raise ConfigError(f"{output} is incomplete: shards {missing[:10]} are missing; resume the run")
