@@ -141,3 +141,24 @@ def test_two_processes_give_the_same_catalogue(setup, tmp_path):
     assert sorted(Path(p).name for p in (tmp_path / "two").glob("shard-*.h5")) == [
         "shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
     _assert_same(two, one)
+
+
+def test_cli_classify_full_over_a_corpus_and_resume(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+
+    out = tmp_path / "cat.ecsv"
+    args = ["classify", *setup["corpus"], "--full", "--model", setup["model"], "--probe", setup["probe"],
+            "--stellar-probe", setup["stellar_probe"], "--templates", setup["templates"], "-o", str(out),
+            "--batch-size", "4"]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    table = Table.read(out)
+    assert len(table) == 9 and "z" in table.colnames
+    assert (tmp_path / "cat.ecsv.shards" / "manifest.json").exists()
+    again = CliRunner().invoke(main, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    _assert_same(Table.read(out), table)
+    no_full = CliRunner().invoke(main, [a for a in args if a != "--full"] + ["-o", str(tmp_path / "b.ecsv")])
+    assert no_full.exit_code == 2 and "--full" in no_full.output
