@@ -24,8 +24,14 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   Legendre rows, IGM), solved by the scaled normal equations; the chi-square is summed
   from the residuals.
 
-Kernel launches per batch depend on the number of templates and basis rows, not on the
-batch size. Everything runs in float64 on ``device`` (CPU or CUDA). Python loops over
+On CUDA, kernel launches per batch depend on the number of templates and basis rows, not on
+the batch size. On CPU the batch is cut for the caches instead (launches there cost little and
+memory bandwidth is the limit): the coarse scan runs :data:`COARSE_SPECTRA` spectra at a time and
+the refinement in chunks of points whose design matrices hold :data:`REFINE_BYTES` (profiled on
+SDSS spectra with the bundled templates: whole batches of 16 were 2-3x slower per spectrum than
+one spectrum at a time; the chunked fit is faster than either).
+
+Everything runs in float64 on ``device`` (CPU or CUDA). Python loops over
 spectra remain only where the inputs are read and cleaned and where each spectrum's few
 candidates are chosen and flagged (:func:`omnispectra.redshift.choose_minima`,
 :func:`~omnispectra.redshift.parabola_minimum`, :func:`~omnispectra.redshift.assemble_result`).
