@@ -17,6 +17,7 @@ from omnispectra.pretrained import save_weights
 from omnispectra.probes import save_probe
 
 from .helpers import REPO
+from .test_predict import _kill_after, _Killed
 from .test_predictors import SUPPORT, _class_probe, _stellar_probe, _write_templates, encoder  # noqa: F401
 from .test_redshift import _observe, library  # noqa: F401
 
@@ -61,21 +62,6 @@ catalogue_corpus(s["corpus"], sys.argv[1], model=s["model"], shard_size=4, batch
                  strategy="ddp", accelerator="cpu", probe=s["probe"], stellar_probe=s["stellar_probe"],
                  templates=s["templates"], catalogue=sys.argv[2])
 """
-
-
-class _Killed(Exception):
-    pass
-
-
-def _kill_after(n_shards, folder):
-    import lightning as L
-
-    class KillAfter(L.Callback):
-        def on_predict_batch_end(self, *args, **kwargs):
-            if len(list(folder.glob("shard-*.h5"))) >= n_shards:
-                raise _Killed(f"simulated kill after {n_shards} shards")
-
-    return KillAfter()
 
 
 def _assert_same(a, b):

@@ -38,7 +38,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..dataset import SpectrumDataset
 from ..exceptions import ConfigError
 from ..results import write_table
-from .predict import MANIFEST, ShardBatchSampler, completed_shards, prepare_shard_folder, shard_name
+from .predict import (
+    MANIFEST,
+    ShardBatchSampler,
+    completed_shards,
+    open_sharded_run,
+    prepare_shard_folder,
+    shard_name,
+)
 
 __all__ = ["VERBS", "CatalogueModule", "CatalogueWriter", "catalogue_corpus", "read_catalogue_shards",
            "write_catalogue", "shard_input_sha"]
@@ -222,10 +229,9 @@ def catalogue_corpus(corpus: Any, output: str | os.PathLike, verb: str = "classi
 
     Parameters
     ----------
-    corpus : path, folder, glob or sequence of them
-        Corpus HDF5 files (as :class:`~omnispectra.dataset.SpectrumDataset` takes them).
-    output : path-like
-        Folder for ``manifest.json`` and the shards.
+    corpus, output
+        The corpus files and the shard folder, as for
+        :func:`~omnispectra.training.predict.embed_corpus`.
     verb : {"classify", "predict-redshift", "predict-stellar"}
         ``classify`` gives the full catalogue row (``classify(..., full=True)``).
     model : str, path-like or OmniSpectra
@@ -257,19 +263,12 @@ def catalogue_corpus(corpus: Any, output: str | os.PathLike, verb: str = "classi
     OutputExistsError
         ``output`` holds a previous run and neither ``resume`` nor ``overwrite`` is set.
     """
-    from ..model import OmniSpectra
-    from ..pretrained import load_model
-
     if verb not in VERBS:
         raise ConfigError(f"verb must be one of {VERBS}, got {verb!r}")
-    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     output = Path(output)
     options.setdefault("dtype", "float32")
-    net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
+    net, dataset = open_sharded_run(corpus, model, shard_size, batch_size)
     options = _resolved(net, verb, options)
-    dataset = SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
     manifest = _manifest(dataset, net, verb, shard_size, options)
     keys = ("format", "verb", "corpus", "n_spectra", "shard_size", "encoder_sha256", "precision", "probes",
             "templates")

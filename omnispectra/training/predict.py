@@ -49,7 +49,8 @@ from ..fileio import write_text
 from ..results import embeddings_table, provenance_meta, write_table
 
 __all__ = ["EmbeddingModule", "ShardBatchSampler", "ShardWriter", "embed_corpus", "read_embedding_shards",
-           "shard_name", "MANIFEST", "PRECISION_DTYPES", "prepare_shard_folder", "completed_shards"]
+           "shard_name", "MANIFEST", "PRECISION_DTYPES", "prepare_shard_folder", "completed_shards",
+           "open_sharded_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,25 @@ def prepare_shard_folder(output: Path, manifest: dict[str, Any], resume: bool, o
     return [k for k in range(manifest["n_shards"]) if k not in done]
 
 
+def open_sharded_run(corpus: Any, model: Any, shard_size: Any,
+                     batch_size: Any) -> tuple[Any, SpectrumDataset]:
+    """``(model in eval mode on CPU, dataset tokenized for it)`` of a sharded run, its sizes checked.
+
+    Raises
+    ------
+    ConfigError
+        ``shard_size`` or ``batch_size`` not a positive integer.
+    """
+    from ..model import OmniSpectra
+    from ..pretrained import load_model
+
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
+    return net, SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
+
+
 def embed_corpus(
     corpus: Any,
     output: str | os.PathLike,
@@ -311,17 +331,10 @@ def embed_corpus(
     CorpusError, CheckpointError
         Unreadable corpus or model.
     """
-    from ..model import OmniSpectra
-    from ..pretrained import load_model
-
     if precision not in PRECISION_DTYPES:
         raise ConfigError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
-    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     output = Path(output)
-    net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
-    dataset = SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
+    net, dataset = open_sharded_run(corpus, model, shard_size, batch_size)
     manifest = _manifest(dataset, net, shard_size, precision)
     pending = prepare_shard_folder(output, manifest, resume, overwrite)
     skipped = manifest["n_shards"] - len(pending)
