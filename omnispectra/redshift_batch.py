@@ -74,7 +74,7 @@ from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
-__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA"]
+__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,10 @@ _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Bytes of one refinement chunk's design matrix on CPU: (points, basis rows, pixels) float64
 #: tensors larger than the caches make the batched fit slower than one spectrum at a time.
 REFINE_BYTES = 1 << 20
+
+#: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps (one entry per template,
+#: frame and FFT length: tens of MB each; a count bound let a multi-survey corpus reach GBs).
+FFT_CACHE_BYTES = 1 << 28
 
 #: Spectra scanned together on CPU (see :data:`REFINE_BYTES`); CUDA scans the whole batch.
 COARSE_SPECTRA = 2
@@ -111,6 +115,7 @@ class BatchTemplates:
         self.n_poly = fitter.config.n_poly
         self._terms: dict[int, dict[str, Any]] = {}
         self._fft: dict[tuple, torch.Tensor] = {}
+        self._fft_bytes = 0
         self.fine = [(torch.as_tensor(p.fine_edges, device=device),
                       torch.as_tensor(p.fine_cum, device=device)) for p in fitter.prepared]
 
@@ -138,10 +143,13 @@ class BatchTemplates:
     def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
         key = (k, a, b, n)
         if key not in self._fft:
-            if len(self._fft) > 256:   # frames vary little within a survey; bound the cache anyway
-                self._fft.clear()
             rows = torch.as_tensor(self.terms(k)["rows"][:, a:b], device=self.device)
-            self._fft[key] = torch.conj(torch.fft.rfft(rows, n))
+            spectrum = torch.conj(torch.fft.rfft(rows, n))
+            size = spectrum.numel() * spectrum.element_size()
+            if self._fft_bytes + size > FFT_CACHE_BYTES:   # frames vary little within a survey
+                self._fft.clear()
+                self._fft_bytes = 0
+            self._fft[key], self._fft_bytes = spectrum, self._fft_bytes + size
         return self._fft[key]
 
 

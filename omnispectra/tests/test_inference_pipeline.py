@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from omnispectra.collate import Sample, collate
+from omnispectra.inference import pipeline
 from omnispectra.inference.pipeline import RunOptions, masked_scores, open_inputs
 from omnispectra.inference.scoring import Masks, masked_chi2, per_sample_mse
 from omnispectra.masking import chunk_mask, mask_rng
@@ -60,8 +61,12 @@ def test_fewer_passes_than_masks(model, tokens, monkeypatch):
     original = type(model).reconstruct
     monkeypatch.setattr(type(model), "reconstruct",
                         lambda self, *a: calls.append(a[0].shape[0]) or original(self, *a))
-    masked_scores(model, tokens, Masks(8), None)
+    masked_scores(model, tokens, Masks(8), None, tokens_per_pass=1 << 16)
     assert calls == [8 * len(tokens)]
+    calls.clear()
+    masked_scores(model, tokens, Masks(8), None)   # CPU default: passes of at most 4096 padded tokens
+    longest = max(t.n_tokens for t in tokens)
+    assert sum(calls) == 8 * len(tokens) and max(calls) == pipeline.MASKED_TOKENS_PER_PASS_CPU // longest
     calls.clear()
     masked_scores(model, tokens, Masks(8), None, tokens_per_pass=2 * max(t.n_tokens for t in tokens))
     assert calls == [2] * 16
