@@ -76,9 +76,9 @@ def _assert_same(a, b):
 def test_one_process_gives_the_verbs_rows_and_resumes_after_a_kill(setup, tmp_path):
     from omnispectra.api import classify
 
-    out = _run(setup, tmp_path / "one", catalogue=tmp_path / "one.ecsv")
+    out = _run(setup, tmp_path / "one", catalogue=tmp_path / "one.fits")
     assert (out["n_spectra"], out["n_shards"], out["written"]) == (9, 3, 3)
-    table = Table.read(tmp_path / "one.ecsv")
+    table = Table.read(tmp_path / "one.fits")
     assert list(table["id"]) == [f"gal-{k}" for k in range(9)] and list(table["row"]) == list(range(9))
     assert table.meta["VERB"] == "classify" and table.meta["MODELSHA"] and table.meta["TEMPLATE"]
     # the rows are the everyday verb's on the same spectra

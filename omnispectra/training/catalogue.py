@@ -328,5 +328,13 @@ def read_catalogue_shards(output: str | os.PathLike):
 
 def write_catalogue(output: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write the catalogue of a finished run (:func:`read_catalogue_shards`) to ``path``
-    (FITS, HDF5 or ECSV by suffix, atomically, provenance in ``meta``)."""
-    return write_table(read_catalogue_shards(output), path, overwrite=overwrite)
+    (FITS, HDF5 or ECSV by suffix, atomically, provenance in ``meta``; a FITS header leaves out
+    NaN values such as ``ANOMP99`` of a model without an anomaly threshold)."""
+    from ..results import table_format
+
+    table = read_catalogue_shards(output)
+    if table_format(path) == "fits":
+        table.meta = {key: value for key, value in table.meta.items()
+                      if not (isinstance(value, float) and not np.isfinite(value))}
+        table.meta["NINPUTS"] = table.meta.pop("n_inputs")
+    return write_table(table, path, overwrite=overwrite)
