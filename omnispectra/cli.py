@@ -641,6 +641,11 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
                    device, fmt, no_table, overwrite, quiet, zbest: bool = False, **kwargs: Any) -> None:
     """Run one api predictor on the inputs; print and/or write its table (Redrock's names with ``zbest``)."""
     sources = _sources(inputs, examples)
+    corpus = {key: kwargs.pop(key) for key in ("shards", "resume", "devices") if key in kwargs}
+    if corpus and _all_corpora(sources):
+        _run_corpus(verb, sources, output, model_name, probe_path, batch_size, device, overwrite, quiet,
+                    **corpus, **kwargs)
+        return
     out = _check_output(output, sources, overwrite, table=True) if output else None
     model = _load(model_name, device)
     if probe_path is not None:
@@ -661,8 +666,54 @@ def _run_predictor(verb: Any, what: str, inputs, examples, output, model_name, p
         _say(f"{len(table)} spectra -> {out}" + (f"; {n_skipped} skipped" if n_skipped else ""))
 
 
+def _corpus_options(command):
+    """Options of a predictor run over HDF5 corpora (Lightning's predict loop, resumable shards)."""
+    for option in reversed([
+        click.option("--shards", default=None, type=click.Path(file_okay=False),
+                     help="Corpus inputs: folder of the resumable shards (default: OUTPUT.shards)."),
+        click.option("--resume", is_flag=True, help="Corpus inputs: continue a killed run."),
+        click.option("--devices", default="1", show_default=True,
+                     help="Corpus inputs: Lightning devices (e.g. 2: two DDP processes, gloo on CPU)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _all_corpora(sources: list[str]) -> bool:
+    from .corpus import is_corpus
+
+    return all(is_corpus(p) for p in sources)
+
+
+def _run_corpus(verb: Any, sources: list[str], output, model_name, probe_path, batch_size, device, overwrite,
+                quiet, shards, resume, devices, full: bool = True, **kwargs: Any) -> None:
+    """The verb over corpora (:func:`omnispectra.training.catalogue.catalogue_corpus`): shards, then
+    the catalogue written to ``output``."""
+    if not output:
+        raise click.UsageError("corpus inputs need -o/--output (the catalogue)")
+    if not full:
+        raise click.UsageError("classify over corpora gives the full row: add --full")
+    try:
+        from .training.catalogue import catalogue_corpus
+    except ImportError as err:
+        raise CommandError(f"{err}; install the train extra: pip install 'omnispectra[train]'") from err
+    out = _check_output(output, sources, overwrite or resume, table=True)   # a resumed run ends its catalogue
+    names = {"classify": "classify", "predict_redshift": "predict-redshift",
+             "predict_stellar_parameters": "predict-stellar"}
+    accelerator = "gpu" if device and str(device).startswith(("cuda", "gpu")) else "cpu"
+    result = catalogue_corpus(sources, shards or f"{out}.shards", verb=names[verb.__name__], model=model_name,
+                              batch_size=batch_size, accelerator=accelerator,
+                              devices=int(devices) if str(devices).isdigit() else devices, resume=resume,
+                              overwrite=overwrite and not resume, catalogue=out,
+                              **({"probe": probe_path} if probe_path else {}), **kwargs)
+    if not _is_quiet(quiet):
+        _say(f"{result['n_spectra']} spectra ({result['written']} shards run, "
+             f"{result['skipped']} kept) -> {out}")
+
+
 @main.command("classify")
 @_predictor_options("classified")
+@_corpus_options
 @click.option("--full/--class-only", default=True, show_default=True,
               help="One catalogue row per spectrum (the default): class, probabilities, z, z_err, chi2, "
                    "deltachi2, template coefficients, stellar parameters with errors (stars), anomaly, "
@@ -699,6 +750,7 @@ def classify_command(full, stellar_probe, templates, fast, zbest, **common) -> N
 
 @main.command("predict-stellar")
 @_predictor_options("predicted stellar parameters")
+@_corpus_options
 @click.option("--class-probe", "class_probe", default=None, type=_probe_path,
               help="Class probe file (default: the bundled probe).")
 def predict_stellar_command(class_probe, **common) -> None:
@@ -716,6 +768,7 @@ def predict_stellar_command(class_probe, **common) -> None:
 
 @main.command("predict-redshift")
 @_predictor_options("predicted redshifts")
+@_corpus_options
 @_templates_option
 @_zbest_option
 def predict_redshift_command(templates, zbest, **common) -> None:

@@ -24,8 +24,14 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   Legendre rows, IGM), solved by the scaled normal equations; the chi-square is summed
   from the residuals.
 
-Kernel launches per batch depend on the number of templates and basis rows, not on the
-batch size. Everything runs in float64 on ``device`` (CPU or CUDA). Python loops over
+On CUDA, kernel launches per batch depend on the number of templates and basis rows, not on
+the batch size. On CPU the batch is cut for the caches instead (launches there cost little and
+memory bandwidth is the limit): the coarse scan runs :data:`COARSE_SPECTRA` spectra at a time and
+the refinement in chunks of points whose design matrices hold :data:`REFINE_BYTES` (profiled on
+SDSS spectra with the bundled templates: whole batches of 16 were 2-3x slower per spectrum than
+one spectrum at a time; the chunked fit is faster than either).
+
+Everything runs in float64 on ``device`` (CPU or CUDA). Python loops over
 spectra remain only where the inputs are read and cleaned and where each spectrum's few
 candidates are chosen and flagged (:func:`omnispectra.redshift.choose_minima`,
 :func:`~omnispectra.redshift.parabola_minimum`, :func:`~omnispectra.redshift.assemble_result`).
@@ -68,11 +74,22 @@ from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
-__all__ = ["fit_many", "BatchTemplates"]
+__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Bytes of one refinement chunk's design matrix on CPU: (points, basis rows, pixels) float64
+#: tensors larger than the caches make the batched fit slower than one spectrum at a time.
+REFINE_BYTES = 1 << 20
+
+#: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps (one entry per template,
+#: frame and FFT length: tens of MB each; a count bound let a multi-survey corpus reach GBs).
+FFT_CACHE_BYTES = 1 << 28
+
+#: Spectra scanned together on CPU (see :data:`REFINE_BYTES`); CUDA scans the whole batch.
+COARSE_SPECTRA = 2
 
 
 @dataclass
@@ -98,6 +115,7 @@ class BatchTemplates:
         self.n_poly = fitter.config.n_poly
         self._terms: dict[int, dict[str, Any]] = {}
         self._fft: dict[tuple, torch.Tensor] = {}
+        self._fft_bytes = 0
         self.fine = [(torch.as_tensor(p.fine_edges, device=device),
                       torch.as_tensor(p.fine_cum, device=device)) for p in fitter.prepared]
 
@@ -125,10 +143,13 @@ class BatchTemplates:
     def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
         key = (k, a, b, n)
         if key not in self._fft:
-            if len(self._fft) > 256:   # frames vary little within a survey; bound the cache anyway
-                self._fft.clear()
             rows = torch.as_tensor(self.terms(k)["rows"][:, a:b], device=self.device)
-            self._fft[key] = torch.conj(torch.fft.rfft(rows, n))
+            spectrum = torch.conj(torch.fft.rfft(rows, n))
+            size = spectrum.numel() * spectrum.element_size()
+            if self._fft_bytes + size > FFT_CACHE_BYTES:   # frames vary little within a survey
+                self._fft.clear()
+                self._fft_bytes = 0
+            self._fft[key], self._fft_bytes = spectrum, self._fft_bytes + size
         return self._fft[key]
 
 
@@ -196,7 +217,9 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
     queue.sort(key=lambda s: (s.frame.j0, s.frame.n_obs))
     for start in range(0, len(queue), int(batch_size)):
         batch = queue[start:start + int(batch_size)]
-        minima = coarse_minima(cache, batch)
+        # the coarse scan's (terms, spectra, frequencies) tensors outgrow a CPU's caches fast
+        step = len(batch) if device.type != "cpu" else COARSE_SPECTRA
+        minima = [m for at in range(0, len(batch), step) for m in coarse_minima(cache, batch[at:at + step])]
         refined = refine(cache, batch, minima)
         for s, solutions in zip(batch, refined, strict=True):
             result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
@@ -401,6 +424,19 @@ def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows
     return out
 
 
+def fit_points_chunked(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
+                       z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`fit_points` in chunks of points whose design matrices fit in a CPU cache
+    (:data:`REFINE_BYTES`); one call on CUDA, where bandwidth is not the limit."""
+    n_rows = cache.fitter.prepared[k].fine_cum.shape[0] + cache.n_poly
+    size = max(1, REFINE_BYTES // (8 * n_rows * pix["flux"].shape[1]))
+    if cache.device.type != "cpu" or len(rows) <= size:
+        return fit_points(cache, k, pix, rows, z, with_model)
+    parts = [fit_points(cache, k, pix, rows[i:i + size], z[i:i + size], with_model)
+             for i in range(0, len(rows), size)]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
 def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
              points: list[tuple[int, PreparedTemplate, float]], with_model: bool = False) -> list[tuple]:
     """:func:`fit_points` over ``(spectrum row, template, z)`` points of any templates, one call
@@ -411,8 +447,8 @@ def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
     for i, (_, p, _) in enumerate(points):
         by_template.setdefault(index[id(p)], []).append(i)
     for k, members in by_template.items():
-        fit = fit_points(cache, k, pix, np.array([points[i][0] for i in members]),
-                         np.array([points[i][2] for i in members]), with_model)
+        fit = fit_points_chunked(cache, k, pix, np.array([points[i][0] for i in members]),
+                                 np.array([points[i][2] for i in members]), with_model)
         chi2 = fit["chi2"].cpu().numpy()
         if not with_model:
             out_chi2 = [(float(c), None, None, None) for c in chi2]

@@ -47,14 +47,15 @@ logger = logging.getLogger(__name__)
 
 
 def _template_fits(fitter: Any, items: list[InputItem]) -> list[Any]:
-    """One full template fit per row (:meth:`omnispectra.redshift.RedshiftFitter.fit`); its
+    """One full template fit per row, batched (:func:`omnispectra.redshift_batch.fit_many`); its
     ``per_class`` serves whichever class is chosen afterwards."""
     from ..flags import Flag
     from ..redshift import RedshiftResult
+    from ..redshift_batch import fit_many
 
     # Tokens keep no pixel grid to fit (item.data is None)
-    return [RedshiftResult.no_fit(0, Flag.BAD_INPUT) if item.data is None else fitter.fit_data(item.data)
-            for item in items]
+    fitted = iter(fit_many(fitter, [item.data for item in items if item.data is not None]))
+    return [RedshiftResult.no_fit(0, Flag.BAD_INPUT) if item.data is None else next(fitted) for item in items]
 
 
 @dataclass

@@ -56,7 +56,8 @@ from ..pretrained import sha256sum
 from ..results import embeddings_table, provenance_meta, write_table
 
 __all__ = ["EmbeddingModule", "ShardBatchSampler", "ShardWriter", "embed_corpus", "read_embedding_shards",
-           "shard_name", "MANIFEST", "PRECISION_DTYPES"]
+           "shard_name", "MANIFEST", "PRECISION_DTYPES", "prepare_shard_folder", "completed_shards",
+           "open_sharded_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ def _manifest(dataset: SpectrumDataset, model: Any, shard_size: int, precision: 
     }
 
 
-def _completed_shards(output: Path) -> list[int]:
+def completed_shards(output: Path) -> list[int]:
+    """The shards (numbers) whose files exist in ``output``."""
     return sorted(int(m.group(1)) for p in output.iterdir() if (m := _SHARD.match(p.name)))
 
 
@@ -282,7 +284,7 @@ def _shard_problem(output: Path, k: int, manifest: dict[str, Any],
 
 
 def _extra_shards(output: Path, n_shards: int) -> list[str]:
-    return [shard_name(k) for k in _completed_shards(output) if k >= n_shards]
+    return [shard_name(k) for k in completed_shards(output) if k >= n_shards]
 
 
 def _trusted_shards(output: Path, old: dict[str, Any], n_shards: int,
@@ -294,7 +296,7 @@ def _trusted_shards(output: Path, old: dict[str, Any], n_shards: int,
         raise ConfigError(f"cannot resume the run in {output}: {', '.join(extra[:5])} lie beyond its "
                           f"{n_shards} shards (files of another run?); move them away and resume again")
     trusted = {}
-    for k in _completed_shards(output):
+    for k in completed_shards(output):
         problem = _shard_problem(output, k, old, corpus)
         if problem is None:
             trusted[str(k)] = old["shards"][str(k)]
@@ -304,21 +306,28 @@ def _trusted_shards(output: Path, old: dict[str, Any], n_shards: int,
     return trusted
 
 
-def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool,
-                    corpus: dict[str, np.ndarray]) -> list[int]:
-    """Check or reset the output folder; return the shards still to run. ``corpus``: the
-    ``id`` and ``row`` of every spectrum, to check the shards a resumed run keeps."""
+def prepare_shard_folder(output: Path, manifest: dict[str, Any], resume: bool, overwrite: bool,
+                         keys: Sequence[str] = ("corpus", "n_spectra", "shard_size", "encoder_sha256",
+                                                "precision"),
+                         corpus: dict[str, np.ndarray] | None = None) -> list[int]:
+    """Check or reset the output folder of a sharded run; return the shards still to run.
+
+    A resumed run must agree with the folder's ``manifest.json`` on ``keys``. With ``corpus``
+    (the ``id`` and ``row`` of every spectrum; embedding runs) each kept shard is checked
+    against the checksum and row count the manifest recorded and the corpus it covers
+    (:func:`_shard_problem`); without, the run's own module checks its shards' content.
+    """
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
     if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"the output {output} is a file; embed_corpus writes a folder of shards")
+        raise OutputExistsError(f"the output {output} is a file; a sharded run writes a folder of shards")
     found = output / MANIFEST
     if found.exists() and not resume:
         if not overwrite:
             raise OutputExistsError(
-                f"{output} already holds corpus embeddings; resume the run (resume=True) or start "
+                f"{output} already holds a sharded run; resume the run (resume=True) or start "
                 "again with overwrite=True")
-        for k in _completed_shards(output):
+        for k in completed_shards(output):
             (output / shard_name(k)).unlink()
         found.unlink()
     manifest = {**manifest, "shards": {}}
@@ -327,18 +336,37 @@ def _prepare_folder(output: Path, manifest: dict[str, Any], resume: bool, overwr
             old = json.loads(found.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ConfigError(f"cannot resume: {found} is unreadable ({err})") from err
-        keys = ("corpus", "n_spectra", "shard_size", "encoder_sha256", "precision")
         changed = [k for k in keys if old.get(k) != manifest.get(k)]
         if changed:
             raise ConfigError(f"cannot resume the run in {output}: {', '.join(changed)} differ from that "
                               "run's (use the same corpus, model and settings, or a new folder)")
-        manifest["shards"] = _trusted_shards(output, old, manifest["n_shards"], corpus)
+        manifest["shards"] = (_trusted_shards(output, old, manifest["n_shards"], corpus) if corpus is not None
+                              else dict(old.get("shards") or {}))
     output.mkdir(parents=True, exist_ok=True)
     for stale in output.glob(".shard-*.tmp*"):  # a write cut short by a kill
         stale.unlink()
     write_text(found, json.dumps(manifest, indent=1) + "\n")
-    done = set(_completed_shards(output))
+    done = set(completed_shards(output))
     return [k for k in range(manifest["n_shards"]) if k not in done]
+
+
+def open_sharded_run(corpus: Any, model: Any, shard_size: Any,
+                     batch_size: Any) -> tuple[Any, SpectrumDataset]:
+    """``(model in eval mode on CPU, dataset tokenized for it)`` of a sharded run, its sizes checked.
+
+    Raises
+    ------
+    ConfigError
+        ``shard_size`` or ``batch_size`` not a positive integer.
+    """
+    from ..model import OmniSpectra
+    from ..pretrained import load_model
+
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
+    return net, SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
 
 
 def embed_corpus(
@@ -405,20 +433,13 @@ def embed_corpus(
     CorpusError, CheckpointError
         Unreadable corpus or model.
     """
-    from ..model import OmniSpectra
-    from ..pretrained import load_model
-
     if precision not in PRECISION_DTYPES:
         raise ConfigError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
-    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     output = Path(output)
-    net = (model if isinstance(model, OmniSpectra) else load_model(model, device="cpu")).eval()
-    dataset = SpectrumDataset(corpus, patch_size=net.config.patch_size, stride=net.config.stride)
+    net, dataset = open_sharded_run(corpus, model, shard_size, batch_size)
     manifest = _manifest(dataset, net, shard_size, precision)
-    pending = _prepare_folder(output, manifest, resume, overwrite,
-                              {"id": dataset.column("id"), "row": dataset.rows})
+    pending = prepare_shard_folder(output, manifest, resume, overwrite,
+                                   corpus={"id": dataset.column("id"), "row": dataset.rows})
     skipped = manifest["n_shards"] - len(pending)
     result = {"output": str(output), "n_spectra": len(dataset), "n_shards": manifest["n_shards"],
               "skipped": skipped, "written": 0}
@@ -452,7 +473,7 @@ def read_embedding_shards(output: str | os.PathLike, allow_incomplete: bool = Fa
         manifest = json.loads((output / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{output} holds no readable {MANIFEST}: {err}") from err
-    done = _completed_shards(output)
+    done = completed_shards(output)
     extra = _extra_shards(output, manifest["n_shards"])
     if extra:
         raise ConfigError(f"{output} holds {', '.join(extra[:5])} beyond its {manifest['n_shards']} shards "

@@ -1,0 +1,148 @@
+"""The full catalogue row at scale: spectra/s against the embedding, memory per spectrum, corpus scaling.
+
+Part 1 (``--files``): the same real SDSS/BOSS/eBOSS ``spec-*.fits`` files (first ``--files`` in sorted
+order under ``<data>/sdss``) through ``omnispectra.embed`` and ``omnispectra.classify(full=True)``
+(bundled model, probes and templates, float32) side by side in one run, each in a fresh subprocess
+(its own peak RSS): spectra/s, the ratio, and the peak-RSS growth per spectrum of a batch. With
+``--baseline-src DIR`` the same two timings also run with the omnispectra of another source tree
+(e.g. ``git archive`` of an earlier commit), for a before/after in the same run.
+
+Part 2 (``--sizes``): engine corpora (``omnispectra simulate``, made once in ``--work``) through
+``omnispectra.training.catalogue.catalogue_corpus`` (``--verb``), one fresh subprocess per size: peak
+RSS and spectra/s. Peak memory should stay flat with the corpus size (shards and batches bound it).
+
+Every timing is reported with the 1-minute load average before and after it: the machine is shared.
+
+Usage::
+
+    OMNISPECTRA_DATA_DIR=DIR OMP_NUM_THREADS=1 python benchmarks/bench_full_row.py --files 30 \\
+        --sizes 1000 5000 [--with-20k] [--baseline-src /tmp/base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's omnispectra
+from _common import REPO, data_dir  # noqa: E402
+
+from omnispectra.fileio import atomic_write  # noqa: E402
+
+ROW_CHILD = textwrap.dedent("""
+    import json, os, resource, sys, time
+    from pathlib import Path
+    import omnispectra
+    paths = json.loads(sys.argv[1]); what = sys.argv[2]; batch = int(sys.argv[3])
+    kw = dict(dtype="float32", batch_size=batch, progress=False, on_error="skip")
+    run = ((lambda p: omnispectra.embed(p, **kw)) if what == "embed"
+           else (lambda p: omnispectra.classify(p, full=True, **kw)))
+    run(paths[:2])                                    # warm-up: weights, probes, templates, caches
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    load0 = os.getloadavg()[0]; t0 = time.perf_counter()
+    out = run(paths)
+    dt = time.perf_counter() - t0
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = len(out)
+    print(json.dumps({"what": what, "n_spectra": n, "seconds": dt, "spectra_per_s": n / dt,
+                      "load_before": load0, "load_after": os.getloadavg()[0],
+                      "peak_rss_mb": rss1 / 1024,
+                      "rss_growth_mb_per_spectrum": (rss1 - rss0) / 1024 / min(n, batch)}))
+""")
+
+CORPUS_CHILD = textwrap.dedent("""
+    import json, os, resource, sys, time
+    from omnispectra.training.catalogue import catalogue_corpus, read_catalogue_shards
+    corpus, out, verb, shard = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    load0 = os.getloadavg()[0]; t0 = time.perf_counter()
+    result = catalogue_corpus(corpus, out, verb=verb, shard_size=shard, batch_size=32, overwrite=True)
+    dt = time.perf_counter() - t0
+    n = len(read_catalogue_shards(out))
+    print(json.dumps({"verb": verb, "n_spectra": result["n_spectra"], "n_rows": n, "seconds": dt,
+                      "spectra_per_s": result["n_spectra"] / dt, "load_before": load0,
+                      "load_after": os.getloadavg()[0],
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def _child(code: str, args: list[str], src: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path) -> dict:
+    """Part 1 with the omnispectra of ``src``."""
+    paths = [str(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[:n_files]]
+    embed = _child(ROW_CHILD, [json.dumps(paths), "embed", str(batch)], src)
+    full = _child(ROW_CHILD, [json.dumps(paths), "full", str(batch)], src)
+    return {"source": str(src), "n_files": len(paths), "embed": embed, "full_row": full,
+            "full_over_embed": full["spectra_per_s"] / embed["spectra_per_s"]}
+
+
+def engine_corpus(work: Path, n: int, root: Path) -> list[str]:
+    """The engine corpus of ``n`` spectra in ``work`` (made once, by ``omnispectra simulate``)."""
+    target = work / f"engine-{n}.h5"
+    made = sorted(work.glob(f"engine-{n}-*.h5")) or sorted(work.glob(f"engine-{n}.h5"))
+    if not made:
+        work.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "omnispectra.cli", "simulate", str(target), "-n", str(n),
+                        "--templates", str(root / "templates"), "--donors", str(root / "sdss")],
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True)
+        made = sorted(work.glob(f"engine-{n}-*.h5")) or [target]
+    return [str(p) for p in made]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=30, help="SDSS files of part 1 (0: skip part 1).")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--baseline-src", default=None, help="Another source tree timed the same way.")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000])
+    parser.add_argument("--with-20k", action="store_true", help="Add the 20k engine corpus (slow on a CPU).")
+    parser.add_argument("--verb", default="classify", help="Verb of part 2 (classify is the full row).")
+    parser.add_argument("--shard-size", type=int, default=1000)
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "omnispectra-bench-full-row"),
+                        help="Where engine corpora and shards go (kept: corpora are made once).")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "full-row-cpu.json"))
+    args = parser.parse_args(argv)
+    root = data_dir()
+    if root is None:
+        raise SystemExit("no shared data folder (set OMNISPECTRA_DATA_DIR)")
+    out: dict = {"threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
+                 "command": " ".join(["python", *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if args.files:
+        out["sdss"] = [full_row_vs_embedding(root, args.files, args.batch_size, REPO)]
+        if args.baseline_src:
+            base = Path(args.baseline_src)
+            out["sdss"].append(full_row_vs_embedding(root, args.files, args.batch_size, base))
+    sizes = args.sizes + ([20_000] if args.with_20k else [])
+    work = Path(args.work)
+    out["corpora"] = []
+    for n in sizes:
+        corpus = engine_corpus(work, n, root)
+        res = _child(CORPUS_CHILD, [json.dumps(corpus), str(work / f"shards-{n}"), args.verb,
+                                    str(args.shard_size)], REPO)
+        out["corpora"].append(res)
+        print(json.dumps(res), flush=True)
+    if len(out["corpora"]) > 1:
+        peaks = [c["peak_rss_mb"] for c in out["corpora"]]
+        out["peak_rss_spread"] = (max(peaks) - min(peaks)) / min(peaks)
+    print(json.dumps(out, indent=1))
+    with atomic_write(args.out) as tmp:
+        Path(tmp).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

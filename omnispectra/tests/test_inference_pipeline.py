@@ -1,0 +1,85 @@
+"""The forward pass of omnispectra.inference.pipeline: the batched masked copies of the anomaly measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omnispectra.collate import Sample, collate
+from omnispectra.inference import pipeline
+from omnispectra.inference.pipeline import RunOptions, masked_scores, open_inputs
+from omnispectra.inference.scoring import Masks, masked_chi2, per_sample_mse
+from omnispectra.masking import chunk_mask, mask_rng
+from omnispectra.runtime import inference
+
+
+def _one_pass_per_mask(net, tokens, masks):
+    """The former loop: one collate and forward pass per mask over all spectra."""
+    cfg = net.config
+    mse, chi2 = np.zeros((masks.n, len(tokens))), np.zeros((masks.n, len(tokens)))
+    for k in range(masks.n):
+        rng = [mask_rng(masks.seed, k, 0) for _ in tokens]
+        samples = [Sample(t, chunk_mask(t.n_tokens, r, cfg.patch_size, cfg.mask_ratio))
+                   for t, r in zip(tokens, rng, strict=True)]
+        batch = collate(samples)
+        with inference(net, None):
+            pred = net.reconstruct(batch.tokens, batch.wavelength, batch.valid)
+            mse[k] = per_sample_mse(pred, batch.target, batch.loss_mask, batch.pixel_valid).double().numpy()
+            predicted = batch.to_tokenizer_units(pred.float()).numpy()
+        loss_mask = batch.loss_mask.numpy()
+        chi2[k] = [masked_chi2(t, predicted[b, :t.n_tokens], loss_mask[b, :t.n_tokens])
+                   for b, t in enumerate(tokens)]
+    return mse, chi2
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    rng = np.random.default_rng(3)
+    spectra = []
+    for n in (900, 1500, 2400, 700):
+        wave = np.linspace(4000.0, 4000.0 + 1.5 * n, n)
+        flux = 1.0 + 0.3 * np.sin(wave / 40.0) + 0.05 * rng.standard_normal(n)
+        spectra.append((wave, flux, np.full(n, 400.0)))
+    inputs = open_inputs(spectra, model, RunOptions(), measure=True)
+    return [item.prepared for item in inputs]
+
+
+@pytest.mark.parametrize("per_pass", [None, 1, 150], ids=["all-in-one", "one-row", "some-rows"])
+def test_batched_masks_equal_one_pass_per_mask(model, tokens, per_pass):
+    masks = Masks(5, seed=7)
+    want_mse, want_chi2 = _one_pass_per_mask(model, tokens, masks)
+    mse, chi2, finite = masked_scores(model, tokens, masks, None, tokens_per_pass=per_pass)
+    assert finite.all() and np.isfinite(chi2).all()
+    np.testing.assert_allclose(mse, want_mse, rtol=1e-5)
+    np.testing.assert_allclose(chi2, want_chi2, rtol=1e-5)
+    # the masks differ (else the comparison could not tell masks apart)
+    assert np.ptp(chi2, axis=0).min() > 0
+
+
+def test_fewer_passes_than_masks(model, tokens, monkeypatch):
+    calls = []
+    original = type(model).reconstruct
+    monkeypatch.setattr(type(model), "reconstruct",
+                        lambda self, *a: calls.append(a[0].shape[0]) or original(self, *a))
+    masked_scores(model, tokens, Masks(8), None, tokens_per_pass=1 << 16)
+    assert calls == [8 * len(tokens)]
+    calls.clear()
+    masked_scores(model, tokens, Masks(8), None)   # CPU default: passes of at most 4096 padded tokens
+    longest = max(t.n_tokens for t in tokens)
+    assert sum(calls) == 8 * len(tokens) and max(calls) == pipeline.MASKED_TOKENS_PER_PASS_CPU // longest
+    calls.clear()
+    masked_scores(model, tokens, Masks(8), None, tokens_per_pass=2 * max(t.n_tokens for t in tokens))
+    assert calls == [2] * 16
+
+
+def test_non_finite_reconstruction_is_reported(model, tokens, monkeypatch):
+    original = type(model).reconstruct
+
+    def poisoned(self, x, *rest):
+        out = original(self, x, *rest)
+        out[1] = float("nan")   # the second row of a pass: spectrum 1 under mask 0
+        return out
+
+    monkeypatch.setattr(type(model), "reconstruct", poisoned)
+    _, _, finite = masked_scores(model, tokens, Masks(3), None)
+    assert finite.tolist() == [True, False, True, True]
