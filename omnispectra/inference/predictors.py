@@ -18,7 +18,7 @@ import numpy as np
 
 from ..flags import Flag, not_star_flags
 from ..probes import checked_probe, probe_meta
-from ..runtime import resolve_model
+from ..runtime import model_device, resolve_model
 from .inputs import InputItem
 from .pipeline import RunOptions
 from .rows import (
@@ -46,15 +46,16 @@ __all__ = ["classify", "predict_stellar_parameters", "predict_redshift", "fitter
 logger = logging.getLogger(__name__)
 
 
-def _template_fits(fitter: Any, items: list[InputItem]) -> list[Any]:
-    """One full template fit per row, batched (:func:`omnispectra.redshift_batch.fit_many`); its
-    ``per_class`` serves whichever class is chosen afterwards."""
+def _template_fits(fitter: Any, items: list[InputItem], device: Any = None) -> list[Any]:
+    """One full template fit per row, batched on the model's ``device``
+    (:func:`omnispectra.redshift_batch.fit_many`); its ``per_class`` serves whichever class is
+    chosen afterwards."""
     from ..flags import Flag
     from ..redshift import RedshiftResult
     from ..redshift_batch import fit_many
 
     # Tokens keep no pixel grid to fit (item.data is None)
-    fitted = iter(fit_many(fitter, [item.data for item in items if item.data is not None]))
+    fitted = iter(fit_many(fitter, [item.data for item in items if item.data is not None], device=device))
     return [RedshiftResult.no_fit(0, Flag.BAD_INPUT) if item.data is None else next(fitted) for item in items]
 
 
@@ -85,7 +86,7 @@ class _TemplateEvidence:
 
 
 def _template_evidence(fitter: Any, head: Any, prob: np.ndarray, run: ProbeRun) -> _TemplateEvidence:
-    fits = _template_fits(fitter, run.items)
+    fits = _template_fits(fitter, run.items, model_device(run.net))
     classes, prob, method = classes_with_templates(head, prob, fits)
     return _TemplateEvidence(fits, classes, prob, method, poor_fit_flags(fits, run.items, fitter.config),
                              coefficient_width(fitter))
