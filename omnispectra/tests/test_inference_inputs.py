@@ -240,7 +240,7 @@ def test_classify_never_picks_a_class_from_nan(monkeypatch, tmp_path):
     class NanProbe:
         kind, names, info = "classification", ["GALAXY", "QSO", "STAR"], {"name": "nan"}
 
-        def check_encoder(self, encoder):
+        def check_encoder(self, encoder, what="probe"):
             pass
 
         def predict(self, vectors):
