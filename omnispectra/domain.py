@@ -43,7 +43,8 @@ from .flags import MIN_SUPPORT_FRACTION, Flag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DOMAIN_TOLERANCE", "DOMAIN_FILE", "InputShape", "input_shape", "shape_of", "TrainingDomain",
+__all__ = ["DOMAIN_TOLERANCE", "DOMAIN_FILE", "InputShape", "input_shape", "pixel_resolution", "shape_of",
+           "TrainingDomain",
            "load_domain",
            "training_domain", "smooth_chi2", "fit_significance"]
 
@@ -82,13 +83,20 @@ def input_shape(wavelength: np.ndarray, bad: np.ndarray, flux: np.ndarray | None
     wave = np.asarray(wavelength, dtype=np.float64)[good]
     if wave.size < 2:
         return InputShape(float("nan"), float("nan"), float("nan"))
-    step = np.diff(wave)
-    resolution = float(np.median(wave[1:] / step)) if np.all(step > 0) else float("nan")
+    resolution = pixel_resolution(wave)
     snr = float("nan")
     if flux is not None and ivar is not None:
         with np.errstate(over="ignore", invalid="ignore"):
             snr = float(np.median(np.abs(np.asarray(flux)[good]) * np.sqrt(np.asarray(ivar)[good])))
     return InputShape(float(wave[0]), float(wave[-1]), resolution, snr)
+
+
+def pixel_resolution(wave: np.ndarray) -> float:
+    """Median ``lambda / delta lambda`` of neighbouring pixels of an increasing axis
+    (non-increasing steps left out; NaN when none is left)."""
+    step = np.diff(wave)
+    ok = step > 0
+    return float(np.median(wave[1:][ok] / step[ok])) if ok.any() else float("nan")
 
 
 def shape_of(data: Any) -> InputShape:

@@ -69,7 +69,6 @@ __all__ = [
     "probe_meta",
     "stellar_domain_flags",
     "MIN_GRID_COVERAGE",
-    "RESOLUTION_TOLERANCE",
 ]
 
 PROBE_FORMAT = "omnispectra-probe"
@@ -887,15 +886,8 @@ def probe_meta(head: Any, prefix: str) -> dict[str, str]:
 #: window span at least this fraction of the grid's wavelength range (an echelle order or
 #: one LAMOST MRS arm does not)...
 MIN_GRID_COVERAGE = 0.8
-#: ... and its pixel resolution lies within the grid's range widened by this factor.
-RESOLUTION_TOLERANCE = 1.25
-
-
-def _pixel_resolution(wave: np.ndarray) -> float:
-    """Median ``lambda / delta lambda`` of adjacent pixels."""
-    step = np.diff(wave)
-    ok = step > 0
-    return float(np.median(wave[1:][ok] / step[ok])) if ok.any() else float("nan")
+#: ... and its pixel resolution lies within the grid's range widened by the training
+#: domain's :data:`omnispectra.domain.DOMAIN_TOLERANCE`.
 
 
 def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
@@ -910,7 +902,7 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
     ``lambda / delta lambda``, of its training spectra). A spectrum is inside when, for
     some grid, its valid pixels inside the window span at least :data:`MIN_GRID_COVERAGE`
     of the grid's range and its pixel resolution is within that grid's range widened by
-    :data:`RESOLUTION_TOLERANCE`. An APOGEE (infrared) spectrum, one echelle order or a
+    :data:`~omnispectra.domain.DOMAIN_TOLERANCE`. An APOGEE (infrared) spectrum, one echelle order or a
     sharper grid than any trained one (X-shooter) is out.
 
     Parameters
@@ -934,6 +926,7 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
     ValueError
         ``resolutions`` and ``wavelengths_list`` differ in length.
     """
+    from .domain import DOMAIN_TOLERANCE, pixel_resolution
     from .flags import Flag
 
     info = getattr(probe, "info", None) or {}
@@ -947,13 +940,13 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
     for i, wave in enumerate(wavelengths_list):
         w = np.sort(np.asarray(wave, dtype=np.float64).ravel())
         w = w[np.isfinite(w) & (w >= win[0]) & (w <= win[1])]
-        res = float(resolutions[i]) if resolutions is not None else _pixel_resolution(w)
+        res = float(resolutions[i]) if resolutions is not None else pixel_resolution(w)
         inside = False
         for grid in support.values():
             (lo, hi), (rmin, rmax) = grid["wavelength"], grid["resolution"]
             span = min(w[-1], hi) - max(w[0], lo) if w.size >= 2 else 0.0
             if (span >= MIN_GRID_COVERAGE * (hi - lo)
-                    and rmin / RESOLUTION_TOLERANCE <= res <= rmax * RESOLUTION_TOLERANCE):
+                    and rmin / DOMAIN_TOLERANCE <= res <= rmax * DOMAIN_TOLERANCE):
                 inside = True
                 break
         if not inside:

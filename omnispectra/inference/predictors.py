@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..flags import Flag, not_star_flags
+from ..flags import Flag, not_star_flags, redshift_class_flags
 from ..probes import checked_probe, probe_meta
 from ..runtime import model_device, resolve_model
 from .inputs import InputItem
@@ -81,8 +81,8 @@ class _TemplateEvidence:
         probabilities below 0.95; ``benchmarks/flag_rates.py``).
         """
         best = [fit.candidates[0][0] if fit.candidates else "" for fit in self.fits]
-        differ = np.asarray([bool(b) and b != c for b, c in zip(best, self.classes, strict=True)], dtype=bool)
-        return self.poor | np.where(differ, int(Flag.DISAGREEMENT), 0).astype(np.int64)
+        differ = redshift_class_flags(self.classes, best, best) & int(Flag.DISAGREEMENT)
+        return self.poor | differ
 
 
 def _template_evidence(fitter: Any, head: Any, prob: np.ndarray, run: ProbeRun) -> _TemplateEvidence:
