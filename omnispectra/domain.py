@@ -255,13 +255,21 @@ def _checked_grids(grids: Any, source: str) -> dict[str, dict[str, float]]:
 
 
 def load_domain(path: str | os.PathLike | None = None) -> TrainingDomain | None:
-    """The training domain of ``path`` (default: the bundled one); None when no file is bundled.
+    """The training domain of ``path`` (default: ``$OMNISPECTRA_DOMAIN`` when set, else the
+    bundled one); None when no file is bundled.
+
+    ``$OMNISPECTRA_DOMAIN`` names a domain file of your own: e.g. one written for probes you
+    trained (:func:`omnispectra.training.domain.build_domain`), or the training rows of one
+    cross-validation round, so that a spectrum is measured against what its probe learned.
 
     Raises
     ------
     CheckpointError
         The file is not a valid domain file (read without unpickling).
     """
+    if path is None and os.environ.get("OMNISPECTRA_DOMAIN"):
+        path = os.environ["OMNISPECTRA_DOMAIN"]
+        logger.info("training domain from $OMNISPECTRA_DOMAIN: %s", path)
     if path is None:
         path = Path(str(resources.files("omnispectra") / "data" / DOMAIN_FILE))
         if not path.is_file():
@@ -289,5 +297,6 @@ def load_domain(path: str | os.PathLike | None = None) -> TrainingDomain | None:
 
 @functools.lru_cache(maxsize=1)
 def training_domain() -> TrainingDomain | None:
-    """The bundled training domain, loaded once (None when the package holds none)."""
+    """The training domain of :func:`load_domain` (``$OMNISPECTRA_DOMAIN`` or the bundled
+    one), loaded once per process (None when the package holds none)."""
     return load_domain()

@@ -52,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "class combination (omnispectra.class_evidence)")
     parser.add_argument("--engine-train", type=int, default=10000, help="engine spectra for training")
     parser.add_argument("--engine-holdout", type=int, default=5000, help="engine spectra held out")
+    parser.add_argument("--groups", default=None,
+                        help="source-group file (configs/source_groups.csv): folds leave whole sources out")
+    parser.add_argument("--fold-probes", action="store_true",
+                        help="also write each round's class probe into OUTPUT/folds/ "
+                             "(benchmarks/source_validation.py)")
     return parser.parse_args(argv)
 
 
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline_pixels=args.baseline_pixels, steps_scale=args.steps_scale, figures=args.figures or None,
         card=args.card, anomaly=not args.no_anomaly, cache=args.cache, engine=list(args.engine),
         templates=args.templates, engine_train=args.engine_train, engine_holdout=args.engine_holdout,
+        groups=args.groups, fold_probes=args.fold_probes,
         command="python scripts/train_predictors.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     train_predictors(options)
     return 0

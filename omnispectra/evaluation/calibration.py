@@ -182,15 +182,29 @@ def reliability_curve(prob: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarr
     return {"edges": edges, "confidence": confidence, "accuracy": accuracy, "count": count}
 
 
-def expected_calibration_error(prob: Any, y: Any, n_bins: int = 15) -> float:
-    """ECE of the top-class probability over ``n_bins`` equal-width bins (NaN for no rows)."""
-    curve = reliability_curve(prob, y, n_bins)
-    n = curve["count"].sum()
-    if n == 0:
+def expected_calibration_error(prob: Any, y: Any, n_bins: int = 15, equal_count: bool = False) -> float:
+    """ECE of the top-class probability over ``n_bins`` bins (NaN for no rows).
+
+    Bins are equal-width (:func:`reliability_curve`) or, with ``equal_count``, hold equal
+    numbers of rows sorted by confidence (``numpy.array_split``; robust when most rows sit
+    near p = 1).
+    """
+    if not equal_count:
+        curve = reliability_curve(prob, y, n_bins)
+        n = curve["count"].sum()
+        if n == 0:
+            return float("nan")
+        used = curve["count"] > 0
+        gap = np.abs(curve["accuracy"][used] - curve["confidence"][used])
+        return float((curve["count"][used] * gap).sum() / n)
+    p, t = _check_prob(prob, y)
+    if t.size == 0:
         return float("nan")
-    used = curve["count"] > 0
-    gap = np.abs(curve["accuracy"][used] - curve["confidence"][used])
-    return float((curve["count"][used] * gap).sum() / n)
+    conf = p.max(axis=1)
+    right = (p.argmax(axis=1) == t).astype(np.float64)
+    order = np.argsort(conf, kind="stable")
+    gaps = [b.size * abs(right[b].mean() - conf[b].mean()) for b in np.array_split(order, n_bins) if b.size]
+    return float(sum(gaps) / t.size)
 
 
 def brier_score(prob: Any, y: Any) -> float:

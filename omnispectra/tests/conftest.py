@@ -46,6 +46,7 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNISPECTRA_CACHE", str(cache))
     monkeypatch.delenv("OMNISPECTRA_DEFAULT_MODEL", raising=False)
     monkeypatch.delenv("OMNISPECTRA_TEMPLATES", raising=False)
+    monkeypatch.delenv("OMNISPECTRA_DOMAIN", raising=False)
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

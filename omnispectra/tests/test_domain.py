@@ -110,6 +110,20 @@ def test_domain_file_round_trip_and_refusals(tmp_path):
         load_domain(tmp_path / "junk.npz")
 
 
+def test_a_domain_of_your_own_through_the_environment(tmp_path, monkeypatch):
+    own = _domain(neighbour_threshold=0.25)
+    own.save(tmp_path / "own.npz")
+    monkeypatch.setenv("OMNISPECTRA_DOMAIN", str(tmp_path / "own.npz"))
+    assert load_domain().neighbour_threshold == 0.25
+    assert load_domain(tmp_path / "own.npz").k == 3           # an explicit path wins
+    monkeypatch.setenv("OMNISPECTRA_DOMAIN", str(tmp_path / "missing.npz"))
+    with pytest.raises(CheckpointError, match="missing.npz"):
+        load_domain()
+    monkeypatch.setenv("OMNISPECTRA_DOMAIN", "")               # empty: as if unset
+    bundled = load_domain()
+    assert bundled is None or bundled.neighbour_threshold != 0.25
+
+
 # ---------------------------------------------------------------------------------------
 # the bundled domain on real and garbage inputs
 

@@ -205,8 +205,9 @@ def test_methods_are_registered_in_one_table(monkeypatch):
 
 
 @pytest.mark.slow
-def _tiny_engine_corpus(directory, n_per_class: int) -> list[str]:
-    """A corpus of labelled engine-like spectra (``engine_sdss``) on an SDSS-like grid."""
+def _tiny_engine_corpus(directory, n_per_class: int, sources: int = 1) -> list[str]:
+    """A corpus of labelled engine-like spectra (``engine_sdss``) on an SDSS-like grid; spectrum
+    ``i`` of each class has the source file ``engine:src<i % sources>/<id>``."""
     from omnispectra.corpus import build_corpus
     from omnispectra.engine.generator import EngineSample
     from omnispectra.engine.stream import engine_spectrum
@@ -215,7 +216,8 @@ def _tiny_engine_corpus(directory, n_per_class: int) -> list[str]:
     wave = 10 ** np.arange(np.log10(3800), np.log10(9000), 1e-4)
     samples = [EngineSample(wave, rng.normal(5 + k, 1, wave.size), np.full(wave.size, 4.0),
                             np.zeros(wave.size, bool), {"class": cls, "z": 0.1},
-                            {"id": f"engine:{cls}{i}", "object_id": f"engine:{cls}{i}", "survey": "sdss"})
+                            {"id": f"engine:{cls}{i}", "object_id": f"engine:{cls}{i}", "survey": "sdss",
+                             "source_id": f"src{i % sources}/{cls}{i}"})
                for k, cls in enumerate(("GALAXY", "QSO", "STAR")) for i in range(n_per_class)]
     report = build_corpus([engine_spectrum(s) for s in samples], directory, progress=False)
     return sorted(str(p) for p in report.outputs.values())

@@ -342,3 +342,122 @@ def test_train_predictors_command_ships_a_calibrated_class_probe(weights, tmp_pa
     bad = CliRunner().invoke(main, ["train-predictors", weights, *corpus, "--recipes", str(recipes), "-o",
                                     str(out), "--tasks", "redshift"])
     assert bad.exit_code == 2 and "no recipes for task(s) ['redshift']" in bad.output
+
+
+# ---------------------------------------------------------------------------------------
+# source groups (leave whole sources out)
+
+
+def test_source_groups_take_the_longest_folder_and_refuse_unlisted_files(tmp_path):
+    from omnispectra.training.predictors.sources import load_source_groups, source_groups
+
+    path = tmp_path / "groups.csv"
+    path.write_text("# comment\nfolder,group\nsdss,sdss-rest\nsdss/picca/3655,plate-3655\nmiles/,miles\n")
+    groups = load_source_groups(path)
+    assert groups == {"sdss": "sdss-rest", "sdss/picca/3655": "plate-3655", "miles": "miles"}
+    files = ["/d/sdss/picca/3655/spec-1.fits", "/d/sdss/gelato/spec-2.fits", "rel/miles/s0001.fits",
+             "/d/sdss/picca/36550/spec-3.fits"]     # 36550 is not 3655: whole path components only
+    assert source_groups(files, groups).tolist() == ["plate-3655", "sdss-rest", "miles", "sdss-rest"]
+    with pytest.raises(ConfigError, match=r"1 source folder\(s\) have no source group \(/d/lamost/\)"):
+        source_groups(files + ["/d/lamost/x.fits"], groups)
+
+
+@pytest.mark.parametrize("text, match", [("folder\nsdss\n", "header"), ("folder,group\nsdss,\n", "row 2"),
+                                         ("folder,group\nsdss,a\nsdss/,b\n", "listed twice"),
+                                         ("folder,group\n", "no source groups")],
+                         ids=["header", "empty-field", "twice", "empty"])
+def test_source_group_files_are_validated(tmp_path, text, match):
+    from omnispectra.training.predictors.sources import load_source_groups
+
+    path = tmp_path / "groups.csv"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_source_groups(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_source_groups(tmp_path / "missing.csv")
+
+
+def test_source_folds_keep_groups_whole_and_balance_rows():
+    from omnispectra.training.predictors.sources import source_folds
+
+    groups = np.repeat(["big", "a", "b", "c", "d", "e"], [50, 20, 18, 15, 10, 5])
+    folds = source_folds(groups, 3)
+    for g in set(groups):
+        assert len(set(folds[groups == g])) == 1, g
+    assert np.bincount(folds).tolist() == [50, 35, 33]       # big | a + d + e | b + c (greedy, largest first)
+    assert np.array_equal(folds, source_folds(groups[::-1], 3)[::-1])   # row order does not matter
+    with pytest.raises(ConfigError, match="cannot fill 7 folds"):
+        source_folds(groups, 7)
+
+
+def test_with_source_groups_the_choice_follows_the_worst_group():
+    """A recipe that is perfect on the big source and bad on a small one loses to one that is
+    decent everywhere, though its pooled macro recall is higher."""
+    task = probe_task("t", "classification", ["a", "b"])
+    y = np.tile([0, 1], 50)
+    groups = np.repeat(["big", "small"], [80, 20])
+    rounds = cv_rounds(np.arange(100) % 4, 4)
+    right = np.eye(2)[y] * 2.0
+    lopsided = right.copy()
+    lopsided[80:] = right[80:][:, ::-1]                     # every row of "small" wrong
+    even = right.copy()
+    even[::5] = right[::5][:, ::-1]                         # 20% wrong everywhere
+    outs = {"lopsided": _outputs(lopsided, rounds), "even": _outputs(even, rounds)}
+    assert choose_recipe(task, outs, y, rounds)[0] == "lopsided"
+    best, scores = choose_recipe(task, outs, y, rounds, groups=groups)
+    assert best == "even"
+    assert scores["lopsided"]["worst_group"] == {"group": "small", "macro_recall": 0.0, "min_rows": 20}
+    assert scores["even"]["worst_group"]["macro_recall"] == pytest.approx(0.8)
+
+
+def test_shipped_source_group_file_covers_every_labelled_folder_of_the_shared_data():
+    from omnispectra.training.predictors.sources import load_source_groups, source_groups
+
+    from .helpers import require_data_dir
+
+    data = require_data_dir()
+    groups = load_source_groups(Path(__file__).resolve().parents[2] / "configs" / "source_groups.csv")
+    skip = ("templates", "gaia_xp")      # no labelled spectra; picca's quasar catalogue is not a spectrum
+    files = [str(p) for p in data.rglob("*.fits*")
+             if p.relative_to(data).parts[0] not in skip and not p.name.startswith("cat_for_clustering")]
+    assert len(files) > 1000
+    found = source_groups(files, groups)
+    assert set(found) <= set(groups.values()) and len(set(found)) >= 25
+
+
+def test_train_predictors_by_source_writes_each_rounds_probe(weights, tmp_path):
+    """``--groups``: whole sources per fold, the choice by the worst group, the report per
+    group, and ``--fold-probes``: each round's probe with its own temperature."""
+    import json
+
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.probes import load_probe
+
+    from .test_evaluation import _tiny_engine_corpus
+
+    corpus = _tiny_engine_corpus(tmp_path / "corpus", n_per_class=12, sources=4)
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("source_class:\n  - {name: lin, head: linear, steps: 30, lr: 0.01}\n")
+    groups = tmp_path / "groups.csv"
+    groups.write_text("folder,group\n" + "".join(f"engine:src{k},source-{k}\n" for k in range(4)))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train-predictors", weights, *corpus, "--recipes", str(recipes), "-o",
+                                       str(out), "--tasks", "source_class", "--folds", "3", "--no-anomaly",
+                                       "--figures", "", "--groups", str(groups), "--fold-probes"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((out / "predictors.json").read_text())["predictors"]["source_class"]
+    assert entry["folds_by"].startswith("source groups") and sorted(entry["fold_sizes"]) == [9, 9, 18]
+    assert {g: v["n"] for g, v in entry["source_groups"].items()} == {f"source-{k}": 9 for k in range(4)}
+    cv = entry["cross_validated"]
+    assert set(cv["sources"]["groups"]) == {f"source-{k}" for k in range(4)}
+    assert "worst_group" in cv["selection"]["scores"]["lin"]
+    folds = json.loads((out / "folds" / "folds.json").read_text())
+    evaluated = [row["id"] for r in folds["rounds"] for row in r["evaluation"]]
+    assert sorted(evaluated) == sorted(set(evaluated)) and len(evaluated) == 36
+    for r in folds["rounds"]:
+        assert len({row["group"] for row in r["evaluation"]}) in (1, 2)        # whole sources
+        assert not {row["id"] for row in r["evaluation"]} & set(r["train_ids"])
+        probe = load_probe(out / "folds" / r["probe"])
+        assert probe.calibration["temperature"] == pytest.approx(cv["temperature_per_round"][r["round"]])

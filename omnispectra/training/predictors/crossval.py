@@ -29,7 +29,8 @@ import numpy as np
 from ...exceptions import ConfigError
 from .recipes import Recipe
 
-__all__ = ["ECE_BINS", "CONFIDENT", "SIDES", "grouped_folds", "cv_rounds", "make_probe", "train_recipe",
+__all__ = ["ECE_BINS", "ECE_EQUAL_COUNT_BINS", "CONFIDENT", "SIDES", "MIN_GROUP_ROWS", "group_recalls",
+           "grouped_folds", "cv_rounds", "make_probe", "train_recipe",
            "fitted_member_outputs", "with_engine", "run_cv", "pooled", "side_means", "interval",
            "recall_report", "calibration_report", "fitted_targets", "choose_recipe", "calibrate_classes",
            "calibrate_spread"]
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 #: Bins of the expected calibration error.
 ECE_BINS = 15
+#: Equal-count bins of the second expected calibration error (the issue #23 protocol).
+ECE_EQUAL_COUNT_BINS = 10
+#: Fewest rows of a source group that takes part in the worst-group choice.
+MIN_GROUP_ROWS = 20
 #: Top probability of a "confident" row.
 CONFIDENT = 0.95
 #: The scored sides of a round.
@@ -127,8 +132,9 @@ def run_cv(task: Any, emb: np.ndarray, y: np.ndarray, rounds: list[dict[str, np.
     Returns
     -------
     dict
-        ``{name: [{"calibration": (M, n, T), "evaluation": (M, n, T)} per round]}`` (``M``
-        members; logits for classes, fitted-space predictions for regression).
+        ``{name: [{"calibration": (M, n, T), "evaluation": (M, n, T), "probe": Probe} per
+        round]}`` (``M`` members; logits for classes, fitted-space predictions for
+        regression; the round's trained probe).
     """
     out: dict[str, list[dict[str, np.ndarray]]] = {}
     for recipe in candidates:
@@ -137,7 +143,8 @@ def run_cv(task: Any, emb: np.ndarray, y: np.ndarray, rounds: list[dict[str, np.
             t0 = time.perf_counter()
             x_train, y_train = with_engine(recipe, emb[idx["train"]], y[idx["train"]], engine)
             probe = train_recipe(task, x_train, y_train, recipe, seed=seed + 100 * r, steps_scale=steps_scale)
-            per_round.append({side: fitted_member_outputs(probe, emb[idx[side]]) for side in SIDES})
+            per_round.append({**{side: fitted_member_outputs(probe, emb[idx[side]]) for side in SIDES},
+                              "probe": probe})
             logger.info("%s: round %d %s (%.0f s)", task.name, r, recipe.name, time.perf_counter() - t0)
         out[recipe.name] = per_round
     return out
@@ -170,12 +177,15 @@ def recall_report(y: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> di
 
 
 def calibration_report(prob: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """ECE (:data:`ECE_BINS` bins), Brier score and accuracy among rows with top probability
+    """ECE (:data:`ECE_BINS` equal-width and :data:`ECE_EQUAL_COUNT_BINS` equal-count bins),
+    Brier score and accuracy among rows with top probability
     >= :data:`CONFIDENT` of class probabilities ``prob`` and labels ``y``."""
     from ...evaluation import calibration as cal
 
     right, n_sure = cal.confident_accuracy(prob, y, CONFIDENT)
     return {"n": int(y.size), f"ece_{ECE_BINS}_bins": cal.expected_calibration_error(prob, y, ECE_BINS),
+            f"ece_{ECE_EQUAL_COUNT_BINS}_equal_count_bins": cal.expected_calibration_error(
+                prob, y, ECE_EQUAL_COUNT_BINS, equal_count=True),
             "brier": cal.brier_score(prob, y), f"accuracy_p_ge_{CONFIDENT}": interval(right, n_sure)}
 
 
@@ -187,24 +197,48 @@ def fitted_targets(task: Any, y: np.ndarray) -> np.ndarray:
     return y if task.kind == "classification" else transform_targets(task, y)
 
 
+def group_recalls(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: Sequence[str],
+                  min_rows: int = MIN_GROUP_ROWS) -> dict[str, Any]:
+    """Recall per source group (:func:`recall_report`) and the worst group's macro recall
+    among groups of at least ``min_rows`` rows (``worst``: ``{"group", "macro_recall"}``;
+    the smallest group's when none is that large)."""
+    groups = np.asarray(groups, dtype=str)
+    per = {g: recall_report(y[groups == g], pred[groups == g], classes) for g in sorted(set(groups.tolist()))}
+    big = [g for g in per if per[g]["accuracy"]["n"] >= min_rows] or list(per)
+    worst = min(big, key=lambda g: (per[g]["macro_recall"], g))
+    return {"groups": per, "worst": {"group": worst, "macro_recall": per[worst]["macro_recall"],
+                                     "min_rows": int(min_rows)}}
+
+
 def choose_recipe(task: Any, outputs: dict[str, list[dict[str, np.ndarray]]], y_fitted: np.ndarray,
-                  rounds: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, float]]:
+                  rounds: list[dict[str, np.ndarray]],
+                  groups: np.ndarray | None = None) -> tuple[str, dict[str, Any]]:
     """The candidate with the best pooled calibration-fold score, and every candidate's score.
 
     Classes: the highest macro recall (:func:`recall_report`) of the member-mean logits;
-    regression: the lowest normalized MSE
-    (:func:`omnispectra.evaluation.harness.regression_metrics`, normalized by all rows'
-    statistics) of the member-mean predictions. Ties go to the earlier candidate.
-    ``y_fitted``: :func:`fitted_targets` of all rows.
+    with source ``groups`` (one per row) the highest worst-group macro recall
+    (:func:`group_recalls`), ties broken by the pooled macro recall. Regression: the
+    lowest normalized MSE (:func:`omnispectra.evaluation.harness.regression_metrics`,
+    normalized by all rows' statistics) of the member-mean predictions. Ties go to the
+    earlier candidate. ``y_fitted``: :func:`fitted_targets` of all rows.
     """
     from ...evaluation.harness import regression_metrics
     from ...probes import fit_normalization
 
     rows = pooled(rounds, "calibration")
     if task.kind == "classification":
-        scores = {name: recall_report(y_fitted[rows], side_means(o, "calibration").argmax(1),
-                                      task.classes)["macro_recall"] for name, o in outputs.items()}
-        return max(scores, key=scores.get), scores
+        scores: dict[str, Any] = {}
+        for name, o in outputs.items():
+            pred = side_means(o, "calibration").argmax(1)
+            macro = recall_report(y_fitted[rows], pred, task.classes)["macro_recall"]
+            if groups is None:
+                scores[name] = macro
+            else:
+                worst = group_recalls(y_fitted[rows], pred, np.asarray(groups)[rows], task.classes)["worst"]
+                scores[name] = {"worst_group": worst, "macro_recall": macro}
+        key = (lambda n: scores[n]) if groups is None else (
+            lambda n: (scores[n]["worst_group"]["macro_recall"], scores[n]["macro_recall"]))
+        return max(scores, key=key), scores
     mean, std = fit_normalization(y_fitted)  # only scales the normalized MSE
     scores = {name: regression_metrics(y_fitted[rows], side_means(o, "calibration"), task.targets, mean, std,
                                        task.transforms)["mse_norm"] for name, o in outputs.items()}

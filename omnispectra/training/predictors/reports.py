@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .crossval import CONFIDENT, ECE_BINS, calibration_report, interval, recall_report
+from .crossval import CONFIDENT, ECE_BINS, calibration_report, group_recalls, interval, recall_report
 
 __all__ = ["MACRO_GROUPS", "LIBRARIES", "TEMPLATE_CLASSES", "class_scores", "reliability_figure",
            "template_combination_cv", "regression_baselines", "keep_previous", "card_summary",
@@ -28,10 +28,12 @@ TEMPLATE_CLASSES = ("GALAXY", "QSO", "STAR")
 
 
 def class_scores(task: Any, prob: np.ndarray, yy: np.ndarray, ss: np.ndarray, flags: np.ndarray | None = None,
-                 prob_raw: np.ndarray | None = None) -> dict[str, Any]:
+                 prob_raw: np.ndarray | None = None, sources: np.ndarray | None = None) -> dict[str, Any]:
     """Recall (all rows, the macro groups, each group and survey) and calibration of class
     probabilities ``prob`` of rows with labels ``yy`` and surveys ``ss``; with ``flags``
-    also the accuracy of confident flag-0 rows; with ``prob_raw`` the uncalibrated scores."""
+    also the accuracy of confident flag-0 rows; with ``prob_raw`` the uncalibrated scores;
+    with ``sources`` the recall per source group and the worst group
+    (:func:`~omnispectra.training.predictors.crossval.group_recalls`)."""
     from ...evaluation import calibration as cal
 
     pred = prob.argmax(1)
@@ -52,6 +54,8 @@ def class_scores(task: Any, prob: np.ndarray, yy: np.ndarray, ss: np.ndarray, fl
             "with_libraries": calibration_report(prob, yy),
         },
     }
+    if sources is not None:
+        report["sources"] = group_recalls(yy, pred, sources, task.classes)
     if flags is not None:  # what a user keeps: confident rows without an input warning
         clean = survey_mask & (flags == 0)
         right, n_sure = cal.confident_accuracy(prob[clean], yy[clean], CONFIDENT)
@@ -83,14 +87,17 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: 
 
 def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray, y: np.ndarray,
                             surveys: np.ndarray, folds: np.ndarray, flags: np.ndarray | None,
-                            figures: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+                            figures: Path | None,
+                            sources: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cross-validate the network + template class (:mod:`omnispectra.class_evidence`).
 
     ``prob`` are out-of-fold calibrated probe probabilities (each row's from the probe of
     the round that evaluated it); ``class_chi2`` the ``(N, 3)`` best chi-square of each
     :data:`TEMPLATE_CLASSES`. Round ``r`` fits the combination on the rows of the other
     folds (survey spectra only, as the temperature) and scores fold ``r``; the shipped
-    combination is fitted on all survey rows. Returns ``(report, shipped parameters)``.
+    combination is fitted on all survey rows. ``sources``: source groups of the rows
+    (reported per group). Returns ``(report, shipped parameters)``; the report's
+    ``per_round`` are the rounds' fitted parameters in fold order.
     """
     from ...class_evidence import combine, template_evidence
     from ...evaluation.calibration import expected_calibration_error, fit_template_combination
@@ -106,7 +113,7 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
         per_round.append(params)
         combined[folds == r] = combine(prob[folds == r], evidence[folds == r], params)
     report = {"per_round": per_round, "rows_without_template_fit": int((~np.isfinite(evidence).all(1)).sum()),
-              **class_scores(task, combined, y, surveys, flags)}
+              **class_scores(task, combined, y, surveys, flags, sources=sources)}
     if figures is not None:
         ece = {name: expected_calibration_error(p[survey], y[survey], ECE_BINS)
                for name, p in (("network", prob), ("combined", combined))}

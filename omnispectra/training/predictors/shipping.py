@@ -13,7 +13,10 @@ same encoder, each marked ``kept_from``.
 Labels (:mod:`omnispectra.evaluation.harness`): source class GALAXY/QSO/STAR across
 surveys; stellar parameters Teff (fitted as log10 Teff), logg, [Fe/H] of the MILES stars;
 redshift of GALAXY and QSO spectra with a ``z`` label. The protocol is that of
-:mod:`omnispectra.training.predictors.crossval` (grouped by object id), plus:
+:mod:`omnispectra.training.predictors.crossval`, grouped by object id or, with a
+source-group file (``--groups configs/source_groups.csv``,
+:mod:`omnispectra.training.predictors.sources`), by whole sources: then the class recipe is
+chosen by its worst source group and every score is reported per source group. Plus:
 
 - **Class calibration** on survey spectra only (the spectral libraries
   :data:`~omnispectra.training.predictors.reports.LIBRARIES` are too easy and would make
@@ -128,6 +131,15 @@ class PredictorOptions:
         Engine spectra for training and held out.
     command : str
         The command line recorded in ``predictors.json``.
+    groups : str, optional
+        Source-group file (:func:`~omnispectra.training.predictors.sources.load_source_groups`):
+        folds hold whole sources (tasks whose rows span fewer sources than folds are
+        grouped by object, and say so in ``predictors.json``).
+    fold_probes : bool
+        Also write each round's class probe (the chosen recipe with that round's
+        temperature and template combination) and the round's rows into
+        ``<output>/folds/`` for out-of-fold evaluation through the real pipeline
+        (``benchmarks/source_validation.py``).
     """
 
     weights: str
@@ -149,6 +161,8 @@ class PredictorOptions:
     engine_train: int = 10000
     engine_holdout: int = 5000
     command: str = ""
+    groups: str | None = None
+    fold_probes: bool = False
 
 
 def class_candidates(recipes: Sequence[Recipe], engine: Any) -> list[Recipe]:
@@ -163,21 +177,25 @@ def class_candidates(recipes: Sequence[Recipe], engine: Any) -> list[Recipe]:
 def classification_cv(task: Any, emb: np.ndarray, y: np.ndarray, surveys: np.ndarray,
                       rounds: list[dict[str, np.ndarray]], candidates: Sequence[Recipe], seed: int,
                       steps_scale: float, figures: Path | None, engine: Any = None,
-                      flags: np.ndarray | None = None) -> tuple[str, dict, dict, tuple]:
-    """Cross-validate the class candidates: choice, per-round temperatures (survey spectra
-    only: the many easy library stars would pull T towards their own over-confidence),
-    scores, the shipped temperature; returns ``(best, report, calibration, (evaluation rows,
-    calibrated probabilities))``."""
+                      flags: np.ndarray | None = None,
+                      sources: np.ndarray | None = None) -> tuple[str, dict, dict, tuple]:
+    """Cross-validate the class candidates: choice (by the worst source group when
+    ``sources`` are given), per-round temperatures (survey spectra only: the many easy
+    library stars would pull T towards their own over-confidence), scores, the shipped
+    temperature; returns ``(best, report, calibration, (evaluation rows, calibrated
+    probabilities, the chosen recipe's per-round outputs and probes))``."""
     outs = run_cv(task, emb, y, rounds, candidates, seed, steps_scale, engine)
-    best, choice = choose_recipe(task, outs, y, rounds)
+    best, choice = choose_recipe(task, outs, y, rounds, groups=sources)
     fit = calibrate_classes(outs[best], y, rounds, fit_rows=~np.isin(surveys, LIBRARIES))
     ev_rows, prob, prob_raw = pooled(rounds, "evaluation"), fit["prob"], fit["prob_raw"]
     report = {
-        "selection": {"metric": "macro recall on the pooled calibration folds", "scores": choice,
-                      "chosen": best},
+        "selection": {"metric": ("macro recall on the pooled calibration folds" if sources is None else
+                                 "worst source group's macro recall on the pooled calibration folds "
+                                 "(groups of at least MIN_GROUP_ROWS rows), then the pooled macro recall"),
+                      "scores": choice, "chosen": best},
         "temperature_per_round": fit["temperature_per_round"],
         **class_scores(task, prob, y[ev_rows], surveys[ev_rows], None if flags is None else flags[ev_rows],
-                       prob_raw),
+                       prob_raw, None if sources is None else sources[ev_rows]),
     }
     if figures is not None:
         yy, survey_mask = y[ev_rows], ~np.isin(surveys[ev_rows], LIBRARIES)
@@ -193,7 +211,7 @@ def classification_cv(task: Any, emb: np.ndarray, y: np.ndarray, surveys: np.nda
                             "cross-validation probes (each trained on other folds), survey spectra only "
                             f"(libraries {list(LIBRARIES)} left out)"),
                    "n": fit["n"]}
-    return best, report, calibration, (ev_rows, prob)
+    return best, report, calibration, (ev_rows, prob, outs[best])
 
 
 def _spread_report(task: Any, fit: dict[str, Any], ev_pred: np.ndarray, yt_ev: np.ndarray) -> dict[str, Any]:
@@ -417,30 +435,68 @@ def _open_run(options: PredictorOptions) -> _Run:
 
 
 def _class_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                rounds: list[dict[str, np.ndarray]], engine: Any) -> tuple[Recipe, dict, dict]:
+                rounds: list[dict[str, np.ndarray]], engine: Any,
+                sources: np.ndarray | None) -> tuple[Recipe, dict, dict]:
     """Cross-validate the class probe (and, with templates, the template combination)."""
     from ...class_evidence import COMBINATION_KEY
 
     opt, surv = run.options, run.data.meta["survey"][rows]
     candidates = class_candidates(run.recipes[task.name], engine)
     flags = input_flag_values(run.data, rows, run.encoder)
-    best, cv, calibration, (ev_rows, prob_ev) = classification_cv(
+    best, cv, calibration, (ev_rows, prob_ev, chosen) = classification_cv(
         task, run.emb[rows], y, surv, rounds, candidates, opt.seed, opt.steps_scale, run.figures, engine,
-        flags)
+        flags, sources)
     if opt.templates:
         prob_oof = np.empty_like(prob_ev)
         prob_oof[ev_rows] = prob_ev
         chi2 = cached_array(run.cache, f"template-chi2-{run.key}",
                             lambda: template_class_chi2(run.data, rows, opt.templates))
         cv["with_templates"], calibration[COMBINATION_KEY] = template_combination_cv(
-            task, prob_oof, chi2, y, surv, folds, flags, run.figures)
+            task, prob_oof, chi2, y, surv, folds, flags, run.figures, sources)
         logger.info("%s: network + templates macro recall %.3f", task.name,
                     cv["with_templates"]["macro_surveys"]["macro_recall"])
+    if opt.fold_probes:
+        _write_fold_probes(run, task, rows, rounds, chosen, cv, sources)
     logger.info("%s: macro recall (SDSS/BOSS/eBOSS, LAMOST, DESI, MILES) %.3f; ECE survey spectra "
                 "%.3f -> %.3f; final T %.3f", task.name, cv["macro_surveys"]["macro_recall"],
                 cv["calibration"]["uncalibrated"][f"ece_{ECE_BINS}_bins"],
                 cv["calibration"]["temperature_scaled"][f"ece_{ECE_BINS}_bins"], calibration["temperature"])
     return next(r for r in candidates if r.name == best), cv, calibration
+
+
+def _write_fold_probes(run: _Run, task: Any, rows: np.ndarray, rounds: list[dict[str, np.ndarray]],
+                       chosen: list[dict[str, Any]], cv: dict[str, Any], sources: np.ndarray | None) -> None:
+    """``<output>/folds/round-<r>/`` the round's probe (its temperature and template
+    combination) and ``folds.json``: each round's evaluation rows (id, source file, survey,
+    source group, labels) and training ids, for :mod:`benchmarks.source_validation`."""
+    from ...class_evidence import COMBINATION_KEY
+    from ...fileio import write_text
+    from ...probes import save_probe
+
+    folder, meta = Path(run.options.output) / "folds", run.data.meta
+    combos = cv.get("with_templates", {}).get("per_round")
+    listing = []
+    for r, (out, idx) in enumerate(zip(chosen, rounds, strict=True)):
+        probe = out["probe"]
+        probe.encoder = dict(run.desc)
+        probe.calibration = {"temperature": float(cv["temperature_per_round"][r]),
+                             **({COMBINATION_KEY: combos[r]} if combos else {})}
+        probe.info = {"name": task.name, "round": r, "created": run.created,
+                      "cross_validation": "trained without the evaluation and calibration folds of its round"}
+        target = folder / f"round-{r}" / PROBE_FILES[task.name]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_probe(probe, target)
+        ev = rows[idx["evaluation"]]
+        listing.append({"round": r, "probe": str(target.relative_to(folder)),
+                        "evaluation": [{"id": str(meta["id"][i]), "source_file": str(meta["source_file"][i]),
+                                        "survey": str(meta["survey"][i]),
+                                        "class": str(meta["source_class"][i]),
+                                        "z": float(meta["z"][i]),
+                                        "group": None if sources is None else str(sources[j])}
+                                       for i, j in zip(ev, idx["evaluation"], strict=True)],
+                        "train_ids": [str(meta["id"][i]) for i in rows[idx["train"]]]})
+    write_text(folder / "folds.json", json.dumps({"task": task.name, "rounds": listing}, indent=1) + "\n")
+    logger.info("%s: wrote the %d rounds' probes into %s", task.name, len(chosen), folder)
 
 
 def _regression_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray,
@@ -500,32 +556,55 @@ def _ship(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, recipe: Recipe,
         logger.info("%s: engine hold-out (%d) accuracy %.3f", task.name, len(holdout[0]),
                     entry["engine_holdout"]["accuracy"]["value"])
     final.info = {"name": task.name, "recipe": recipe.to_dict(), "n_train": int(len(y_final)),
-                  "cross_validation": f"grouped {run.options.folds}-fold; details in predictors.json",
+                  "cross_validation": (f"grouped {run.options.folds}-fold "
+                                       f"({'by source' if run.options.groups else 'by object'}); "
+                                       "details in predictors.json"),
                   "created": run.created,
                   "wavelength_support": run.data.dataset.wavelength_ranges(run.data.positions[rows])}
     save_probe(final, target)
     logger.info("%s: wrote %s", task.name, target)
 
 
+def _folds(run: _Run, task: Any, rows: np.ndarray) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """``(fold of every row, how the folds were made, source group of every row or None)``."""
+    from ...splits import fold_of
+    from .sources import load_source_groups, source_folds, source_groups
+
+    opt, meta = run.options, run.data.meta
+    by_object = fold_of(meta["object_id"][rows], opt.folds, opt.seed)
+    if not opt.groups:
+        return by_object, "object (omnispectra.splits.fold_of of object_id)", None
+    sources = source_groups(meta["source_file"][rows], load_source_groups(opt.groups))
+    n = len(set(sources.tolist()))
+    if n < opt.folds:
+        logger.info("%s: the rows come from %d source group(s), fewer than %d folds: grouped by object",
+                    task.name, n, opt.folds)
+        return by_object, f"object: the rows come from {n} source group(s) of {opt.groups}", sources
+    return source_folds(sources, opt.folds), f"source groups of {opt.groups}, whole groups per fold", sources
+
+
 def _train_task(run: _Run, task: Any) -> dict[str, Any] | None:
     """Cross-validate, calibrate and ship one task; its ``predictors.json`` entry (None: too few rows)."""
     from ...evaluation.harness import task_targets
-    from ...splits import fold_of
 
     opt, rows = run.options, _task_rows(run, task)
     if rows.size < MIN_ROWS_PER_FOLD * opt.folds:
         logger.info("%s: only %d labelled spectra; skipped", task.name, rows.size)
         return None
     y, surv = task_targets(task, run.data.meta, rows), run.data.meta["survey"][rows]
-    folds = fold_of(run.data.meta["object_id"][rows], opt.folds, opt.seed)
+    folds, folds_by, sources = _folds(run, task, rows)
     rounds = cv_rounds(folds, opt.folds)
     entry: dict[str, Any] = {"file": PROBE_FILES[task.name], "n_labelled": int(rows.size),
                              "surveys": {s: int((surv == s).sum()) for s in sorted(set(surv.tolist()))},
+                             "folds_by": folds_by,
                              "fold_sizes": np.bincount(folds, minlength=opt.folds).tolist()}
+    if sources is not None:
+        entry["source_groups"] = {g: {"n": int((sources == g).sum()), "fold": int(folds[sources == g][0])}
+                                  for g in sorted(set(sources.tolist()))}
     engine, holdout = _engine_sets(run, task)
     if task.kind == "classification":
         entry["class_counts"] = {c: int((y == k).sum()) for k, c in enumerate(task.classes)}
-        recipe, cv, calibration = _class_task(run, task, rows, y, folds, rounds, engine)
+        recipe, cv, calibration = _class_task(run, task, rows, y, folds, rounds, engine, sources)
     else:
         recipe, cv, calibration = _regression_task(run, task, rows, y, rounds)
     entry.update({"recipe": recipe.to_dict(), "cross_validated": cv, "calibration": calibration})
@@ -559,7 +638,11 @@ def train_predictors(options: PredictorOptions) -> dict[str, Any]:
         "created": run.created, "command": options.command, "encoder": run.desc,
         "excluded_surveys": list(options.exclude_surveys),
         "cross_validation": {"k": options.folds, "seed": options.seed,
-                             "folds": "omnispectra.splits.fold_of: floor(object_hash(object_id, seed) * k)",
+                             "folds": ("omnispectra.splits.fold_of: floor(object_hash(object_id, seed) * k)"
+                                       if not options.groups else
+                                       f"whole source groups of {options.groups} per fold, balanced by rows "
+                                       "(omnispectra.training.predictors.sources.source_folds); see each "
+                                       "task's folds_by"),
                              "rounds": "round r: evaluate fold r, calibrate and choose on fold r+1 mod k, "
                                        "train on the rest; scores pooled over rounds"},
         "steps_scale": options.steps_scale, "predictors": {},
