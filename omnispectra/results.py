@@ -110,14 +110,17 @@ ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of
                        "reconstruction (omnispectra.api.anomaly_statistic); ANOMALY above the "
                        "model card's threshold (meta ANOMP99)")
 
+#: Description of the ``noise_estimated`` column (the anomaly tables and the catalogue rows).
+NOISE_ESTIMATED_DESCRIPTION = ("no uncertainties in the input: the statistic used a constant noise from the "
+                               "pixel-to-pixel differences (omnispectra.redshift.difference_ivar)")
+
 _DESCRIPTIONS = {
     "id": "spectrum id",
     "source_file": "file the spectrum was read from (as given)",
     "survey": "survey of the spectrum",
     "embedding": "mean-pooled last hidden state of the encoder",
     "anomaly": ANOMALY_DESCRIPTION,
-    "noise_estimated": ("no uncertainties in the input: the statistic used a constant noise from the "
-                        "pixel-to-pixel differences (omnispectra.redshift.difference_ivar)"),
+    "noise_estimated": NOISE_ESTIMATED_DESCRIPTION,
     "teff": "effective temperature",
     "logg": "log10 surface gravity in cm s^-2",
     "fe_h": "iron abundance [Fe/H]",

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..model import OmniSpectra
 
-__all__ = ["anomaly_score", "anomaly_statistic", "anomaly_threshold", "quality_flags", "ANOMALY_DESCRIPTION"]
+__all__ = ["anomaly_score", "anomaly_statistic", "anomaly_threshold", "quality_flags", "noise_estimated",
+           "ANOMALY_DESCRIPTION"]
 
 logger = logging.getLogger(__name__)
 

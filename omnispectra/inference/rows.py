@@ -35,7 +35,8 @@ from ..flags import (
     range_flags,
     redshift_class_flags,
 )
-from .anomaly import ANOMALY_DESCRIPTION, anomaly_threshold, quality_flags
+from ..results import NOISE_ESTIMATED_DESCRIPTION
+from .anomaly import ANOMALY_DESCRIPTION, anomaly_threshold, noise_estimated, quality_flags
 from .inputs import InputItem
 from .pipeline import Pass, RunOptions, forward, item_table, result_meta
 from .scoring import ANOMALY_N_MASKS, Masks
@@ -288,6 +289,9 @@ def add_flag_columns(table: Any, **flags: np.ndarray) -> None:
 
 
 def add_anomaly_column(table: Any, run: ProbeRun) -> None:
-    """The ``anomaly`` statistic (NaN when not computed)."""
+    """The ``anomaly`` statistic (NaN when not computed) and ``noise_estimated`` (True where
+    the input had no uncertainties and the statistic used an estimated noise)."""
     table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
     table["anomaly"].description = ANOMALY_DESCRIPTION
+    table["noise_estimated"] = noise_estimated(run.items)
+    table["noise_estimated"].description = NOISE_ESTIMATED_DESCRIPTION

@@ -336,7 +336,7 @@ def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
 
 FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype",
                 "subtype", "z", "z_err", "chi2", "deltachi2", "coeff", "teff", "teff_err", "logg", "logg_err",
-                "fe_h", "fe_h_err", "anomaly", "class_flag", "z_flag", "params_flag", "flag"]
+                "fe_h", "fe_h_err", "anomaly", "noise_estimated", "class_flag", "z_flag", "params_flag", "flag"]
 
 
 def test_full_row(encoder, library, fitter):  # noqa: F811
@@ -348,6 +348,7 @@ def test_full_row(encoder, library, fitter):  # noqa: F811
     assert gal.colnames == FULL_COLUMNS
     assert gal["spectype"][0] == "GALAXY" and abs(gal["z"][0] - 0.2) < 1e-3
     assert np.isnan(gal["teff"][0]) and np.isnan(gal["teff_err"][0]) and np.isfinite(gal["anomaly"][0])
+    assert gal["noise_estimated"].tolist() == [False]  # the input had its errors
     assert _flags(gal) == [0]  # stellar parameters were not asked of a galaxy: no NOT_STAR
     st = api.classify([star], model=encoder, probe=_class_probe(encoder, "STAR"), full=True,
                       stellar_probe=stellar, templates=fitter)
