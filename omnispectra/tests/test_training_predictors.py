@@ -388,6 +388,10 @@ def test_source_folds_keep_groups_whole_and_balance_rows():
     assert np.array_equal(folds, source_folds(groups[::-1], 3)[::-1])   # row order does not matter
     with pytest.raises(ConfigError, match="cannot fill 7 folds"):
         source_folds(groups, 7)
+    library = groups == "big"            # weight 0: every fold gets weighted rows, "big" joins the lightest
+    weighted = source_folds(groups, 3, weights=~library)
+    assert np.bincount(weighted[~library]).tolist() == [20, 23, 25]   # a | b + e | c + d
+    assert len(set(weighted[library])) == 1 and weighted[library][0] == 0
 
 
 def test_with_source_groups_the_choice_follows_the_worst_group():
@@ -461,3 +465,12 @@ def test_train_predictors_by_source_writes_each_rounds_probe(weights, tmp_path):
         assert not {row["id"] for row in r["evaluation"]} & set(r["train_ids"])
         probe = load_probe(out / "folds" / r["probe"])
         assert probe.calibration["temperature"] == pytest.approx(cv["temperature_per_round"][r["round"]])
+
+
+def test_a_calibration_fold_without_fit_rows_is_refused_by_name():
+    y = np.tile([0, 1], 15)
+    rounds = cv_rounds(np.arange(30) % 3, 3)
+    per_round = _outputs(np.eye(2)[y] * 2.0, rounds)
+    fit_rows = np.arange(30) % 3 != 1                        # fold 1 only library rows
+    with pytest.raises(ConfigError, match="round 0's calibration fold holds no row"):
+        calibrate_classes(per_round, y, rounds, fit_rows=fit_rows)

@@ -272,8 +272,11 @@ def calibrate_classes(per_round: list[dict[str, np.ndarray]], y: np.ndarray,
 
     keep = np.ones(y.size, bool) if fit_rows is None else np.asarray(fit_rows, bool)
     temps = []
-    for o, idx in zip(per_round, rounds, strict=True):
+    for r, (o, idx) in enumerate(zip(per_round, rounds, strict=True)):
         ok = keep[idx["calibration"]]
+        if not ok.any():
+            raise ConfigError(f"round {r}'s calibration fold holds no row a temperature may be fitted on "
+                              "(e.g. only spectral-library spectra); balance the folds by those rows")
         temps.append(cal.fit_temperature(o["calibration"].mean(0)[ok], y[idx["calibration"]][ok]))
     prob = np.concatenate([cal.softmax(o["evaluation"].mean(0), t)
                            for o, t in zip(per_round, temps, strict=True)])

@@ -530,8 +530,15 @@ def _engine_sets(run: _Run, task: Any) -> tuple[Any, Any]:
     opt = run.options
     if task.kind != "classification" or not opt.engine:
         return None, None
-    x, y = engine_embeddings(opt.engine, opt.engine_train + opt.engine_holdout, run.encoder, task.classes,
-                             opt.seed)
+    n = opt.engine_train + opt.engine_holdout
+    key = hashlib.sha256(f"{run.desc['sha256']}|{sorted(opt.engine)}|{n}|{opt.seed}|{task.classes}".encode())
+
+    def compute() -> np.ndarray:  # one cached array: the embeddings, then the class index
+        x, y = engine_embeddings(opt.engine, n, run.encoder, task.classes, opt.seed)
+        return np.concatenate([x, y[:, None].astype(np.float32)], axis=1)
+
+    both = cached_array(run.cache, f"engine-{key.hexdigest()[:16]}", compute)
+    x, y = both[:, :-1].astype(np.float32), both[:, -1].astype(np.int64)
     logger.info("%s: %d engine spectra embedded", task.name, len(x))
     return (x[:opt.engine_train], y[:opt.engine_train]), (x[opt.engine_train:], y[opt.engine_train:])
 
@@ -580,7 +587,9 @@ def _folds(run: _Run, task: Any, rows: np.ndarray) -> tuple[np.ndarray, str, np.
         logger.info("%s: the rows come from %d source group(s), fewer than %d folds: grouped by object",
                     task.name, n, opt.folds)
         return by_object, f"object: the rows come from {n} source group(s) of {opt.groups}", sources
-    return source_folds(sources, opt.folds), f"source groups of {opt.groups}, whole groups per fold", sources
+    survey_rows = ~np.isin(meta["survey"][rows], LIBRARIES)   # what the temperatures are fitted on
+    return (source_folds(sources, opt.folds, weights=survey_rows),
+            f"source groups of {opt.groups}, whole groups per fold, balanced by survey spectra", sources)
 
 
 def _train_task(run: _Run, task: Any) -> dict[str, Any] | None:

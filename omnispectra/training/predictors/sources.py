@@ -81,11 +81,13 @@ def source_groups(source_files: Sequence[str], groups: dict[str, str]) -> np.nda
     return np.asarray(out, dtype=str)
 
 
-def source_folds(groups: Sequence[str], k: int) -> np.ndarray:
-    """The fold (``0 .. k-1``) of every row, whole groups per fold, folds balanced by rows.
+def source_folds(groups: Sequence[str], k: int, weights: Sequence[float] | None = None) -> np.ndarray:
+    """The fold (``0 .. k-1``) of every row, whole groups per fold, folds balanced by weight.
 
-    Deterministic: groups are placed largest first (ties by name) into the fold with the
-    fewest rows so far (ties: the lowest fold).
+    Deterministic: groups are placed heaviest first (ties: more rows, then by name) into the
+    fold with the least weight so far (ties: fewer rows, then the lowest fold). ``weights``
+    (one per row, default 1) say what to balance: e.g. 0 for spectral-library rows, so that
+    every fold holds survey spectra to fit a temperature on however large a library is.
 
     Raises
     ------
@@ -93,15 +95,18 @@ def source_folds(groups: Sequence[str], k: int) -> np.ndarray:
         ``k < 3`` or fewer groups than folds.
     """
     groups = np.asarray(groups, dtype=str)
-    names, counts = np.unique(groups, return_counts=True)
+    w = np.ones(groups.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     if int(k) != k or k < 3:
         raise ConfigError(f"source-grouped cross-validation needs at least 3 folds, got {k!r}")
     if names.size < k:
         raise ConfigError(f"{names.size} source group(s) cannot fill {k} folds")
-    load = np.zeros(int(k), dtype=np.int64)
-    fold_of_group = {}
-    for i in sorted(range(names.size), key=lambda i: (-counts[i], names[i])):
-        fold = int(np.argmin(load))
-        fold_of_group[names[i]] = fold
-        load[fold] += counts[i]
-    return np.asarray([fold_of_group[g] for g in groups], dtype=np.int64)
+    group_weight = np.bincount(inverse, weights=w, minlength=names.size)
+    load, rows = np.zeros(int(k)), np.zeros(int(k), dtype=np.int64)
+    fold_of_group = np.zeros(names.size, dtype=np.int64)
+    for i in sorted(range(names.size), key=lambda i: (-group_weight[i], -counts[i], names[i])):
+        fold = min(range(int(k)), key=lambda f: (load[f], rows[f], f))
+        fold_of_group[i] = fold
+        load[fold] += group_weight[i]
+        rows[fold] += counts[i]
+    return fold_of_group[inverse]
