@@ -495,7 +495,8 @@ def load_checkpoint_model(path: str | os.PathLike):
                               f"checkpoint: {type(err).__name__})") from err
     try:
         values = dict(ckpt["hyper_parameters"]["model_config"])
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        # the encoder only: training-side heads (omnispectra.training.auxiliary) stay behind
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path} is not an omnispectra training checkpoint "
                               f"(no {err} entry)") from err
