@@ -468,8 +468,8 @@ class Engine:
                                f"(after {self.config.max_tries} tries)")
 
     def _draw_object(self, rng: np.random.Generator, spectype: str | None, donor_index: int | None):
-        """``(class, template, z, rest flux, donor index)`` of one object, or None after
-        ``max_tries`` draws without a template covering the drawn donor."""
+        """``(class, template, z, rest flux, donor index)`` of one object; OmniSpectraError
+        after ``max_tries`` draws without a template covering the drawn donor."""
         cfg = self.config
         classes = [c for c in CLASSES if cfg.class_priors.get(c, 0) > 0 and self.library.by_class(c)]
         if not classes:
@@ -487,7 +487,8 @@ class Engine:
             if cls == "QSO":
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
             return cls, template, z, rest, di
-        return None
+        raise OmniSpectraError(f"no {spectype or 'template'} covers the tried donor grids "
+                               f"(after {cfg.max_tries} tries)")
 
     def _render(self, cls: str, template: TemplateBasis, z: float, rest: np.ndarray, di: int,
                 rng: np.random.Generator, transmission: Any = None) -> EngineSample:
@@ -524,19 +525,10 @@ class Engine:
         donor grid, line spread, noise, mask, signal-to-noise, tilt and response differ.
         The second view is None when no other donor covers the object. The first view
         follows the same draws as :meth:`sample` up to the forest, so it is not the
-        sample :meth:`sample` gives for the same generator.
-
-        Raises
-        ------
-        OmniSpectraError
-            No template of the class covers any tried donor grid.
+        sample :meth:`sample` gives for the same generator. Raises as :meth:`sample`.
         """
         cfg = self.config
-        drawn = self._draw_object(rng, spectype, None)
-        if drawn is None:
-            raise OmniSpectraError(f"no {spectype or 'template'} covers the tried donor grids "
-                                   f"(after {cfg.max_tries} tries)")
-        cls, template, z, rest, di = drawn
+        cls, template, z, rest, di = self._draw_object(rng, spectype, None)
         transmission = None
         if cls == "QSO":
             grid = template.loglam + np.log10(1.0 + z)
@@ -564,13 +556,9 @@ class Engine:
             No template of the class covers any tried donor grid.
         """
         cfg = self.config
-        drawn = self._draw_object(rng, spectype, donor_index)
-        if drawn is not None:
-            cls, template, z, rest, di = drawn
-            transmission = None
-            if cls == "QSO":
-                transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
-                                                 sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
-            return self._render(cls, template, z, rest, di, rng, transmission)
-        raise OmniSpectraError(f"no {spectype or 'template'} covers the tried donor grids "
-                               f"(after {cfg.max_tries} tries)")
+        cls, template, z, rest, di = self._draw_object(rng, spectype, donor_index)
+        transmission = None
+        if cls == "QSO":
+            transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
+                                             sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
+        return self._render(cls, template, z, rest, di, rng, transmission)
