@@ -467,15 +467,9 @@ class Engine:
         raise OmniSpectraError(f"no tried donor covers library star {star.id} "
                                f"(after {self.config.max_tries} tries)")
 
-    def sample(self, rng: np.random.Generator, spectype: str | None = None,
-               donor_index: int | None = None) -> EngineSample:
-        """One engine spectrum (see the module docstring).
-
-        Raises
-        ------
-        OmniSpectraError
-            No template of the class covers any tried donor grid.
-        """
+    def _draw_object(self, rng: np.random.Generator, spectype: str | None, donor_index: int | None):
+        """``(class, template, z, rest flux, donor index)`` of one object; OmniSpectraError
+        after ``max_tries`` draws without a template covering the drawn donor."""
         cfg = self.config
         classes = [c for c in CLASSES if cfg.class_priors.get(c, 0) > 0 and self.library.by_class(c)]
         if not classes:
@@ -489,19 +483,82 @@ class Engine:
             if choice is None:
                 continue
             template, z = choice
-            donor = self.donors[di]
             rest = self.draw_rest_flux(template, rng)
-            transmission = None
             if cls == "QSO":
                 rest = np.where(10 ** template.loglam < LYMAN_LIMIT, np.clip(rest, 0.0, None), rest)
-                transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
-                                                 sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
-            obs_cfg, response = self.observation_settings(donor)
-            flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission, response)
-            sub = template.subtype if cls == "STAR" else ""
-            labels = {"class": cls, "subclass": sub, "z": z}
-            meta = {"survey": donor.survey, "template": template.name, "donor_id": donor.id,
-                    "fe_h_bin": template.fe_h}
-            return EngineSample(donor.wave.copy(), flux, ivar, mask, labels, meta)
+            return cls, template, z, rest, di
         raise OmniSpectraError(f"no {spectype or 'template'} covers the tried donor grids "
                                f"(after {cfg.max_tries} tries)")
+
+    def _render(self, cls: str, template: TemplateBasis, z: float, rest: np.ndarray, di: int,
+                rng: np.random.Generator, transmission: Any = None) -> EngineSample:
+        """The object ``(template, z, rest)`` observed through donor ``di``."""
+        donor = self.donors[di]
+        obs_cfg, response = self.observation_settings(donor)
+        flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission, response)
+        sub = template.subtype if cls == "STAR" else ""
+        labels = {"class": cls, "subclass": sub, "z": z}
+        meta = {"survey": donor.survey, "template": template.name, "donor_id": donor.id,
+                "fe_h_bin": template.fe_h}
+        return EngineSample(donor.wave.copy(), flux, ivar, mask, labels, meta)
+
+    def second_donor(self, template: TemplateBasis, z: float, exclude: int,
+                     rng: np.random.Generator) -> int | None:
+        """A random donor other than ``exclude`` that can observe ``template`` at ``z``
+        (grid covered, line spread not sharper than the template allows); None when
+        ``max_tries`` draws find none."""
+        for _ in range(self.config.max_tries):
+            di = int(rng.integers(len(self.donors)))
+            if di == exclude or template.line_width_ratio(self.donors[di].median_sigma_kms) > SIGMA_TOLERANCE:
+                continue
+            lo, hi = self._window(template, di)
+            if lo <= z <= hi:
+                return di
+        return None
+
+    def sample_pair(self, rng: np.random.Generator,
+                    spectype: str | None = None) -> tuple[EngineSample, EngineSample | None]:
+        """One object observed through two different donors (a positive pair).
+
+        Both views share the class, template member, rest-frame flux, redshift and, for
+        quasars, the Lyman-alpha forest (drawn once on the template's observed grid);
+        donor grid, line spread, noise, mask, signal-to-noise, tilt and response differ.
+        The second view is None when no other donor covers the object. The first view
+        follows the same draws as :meth:`sample` up to the forest, so it is not the
+        sample :meth:`sample` gives for the same generator. Raises as :meth:`sample`.
+        """
+        cfg = self.config
+        cls, template, z, rest, di = self._draw_object(rng, spectype, None)
+        transmission = None
+        if cls == "QSO":
+            grid = template.loglam + np.log10(1.0 + z)
+            forest = forest_transmission(grid, z_qso=z, rng=rng, sigma_g=cfg.forest_sigma_g,
+                                         corr_kms=cfg.forest_corr_kms)
+
+            def transmission(loglam_obs: np.ndarray) -> np.ndarray:  # one forest for both views
+                return np.interp(loglam_obs, grid, forest)
+        first = self._render(cls, template, z, rest, di, rng, transmission)
+        other = self.second_donor(template, z, di, rng)
+        if other is None:
+            return first, None
+        try:
+            return first, self._render(cls, template, z, rest, other, rng, transmission)
+        except CoverageError:  # the valid span of the other grid reaches past the template
+            return first, None
+
+    def sample(self, rng: np.random.Generator, spectype: str | None = None,
+               donor_index: int | None = None) -> EngineSample:
+        """One engine spectrum (see the module docstring).
+
+        Raises
+        ------
+        OmniSpectraError
+            No template of the class covers any tried donor grid.
+        """
+        cfg = self.config
+        cls, template, z, rest, di = self._draw_object(rng, spectype, donor_index)
+        transmission = None
+        if cls == "QSO":
+            transmission = functools.partial(forest_transmission, z_qso=z, rng=rng,
+                                             sigma_g=cfg.forest_sigma_g, corr_kms=cfg.forest_corr_kms)
+        return self._render(cls, template, z, rest, di, rng, transmission)

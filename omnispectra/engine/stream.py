@@ -32,7 +32,7 @@ from .donors import donor_from_spectrum, select_side
 from .generator import Engine, EngineConfig, EngineSample
 
 __all__ = ["ENGINE_SURVEY_PREFIX", "EngineDataset", "MixedDataset", "RealPool", "build_engine",
-           "engine_spectrum", "is_engine_survey", "write_engine_corpus"]
+           "engine_pair", "engine_spectrum", "is_engine_survey", "write_engine_corpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +175,33 @@ def engine_spectrum(sample: EngineSample):
                     mask=sample.mask.copy(), meta=meta)
 
 
+def engine_pair(engine: Engine, seed: int, index: int, epoch: int = 0) -> list[EngineSample]:
+    """Object ``index`` of ``(seed, epoch)`` observed through two donors
+    (:meth:`Engine.sample_pair`): one or two samples sharing ``object_id``
+    ``engine-pair:<seed>:<epoch>:<index>``, ids ending ``:a`` and ``:b``."""
+    first, second = engine.sample_pair(_rng(seed, epoch, index, stream=2))
+    out = [s for s in (first, second) if s is not None]
+    for view, s in zip("ab", out, strict=False):
+        s.meta["object_id"] = f"engine-pair:{seed}:{epoch}:{index}"
+        s.meta["id"] = f"{s.meta['object_id']}:{view}"
+    return out
+
+
 def write_engine_corpus(engine: Engine, n: int, output: str | os.PathLike, seed: int = 0, *,
-                        overwrite: bool = False, progress: bool = False):
+                        overwrite: bool = False, progress: bool = False, pairs: bool = False):
     """Write ``n`` engine samples (items ``0..n-1`` of epoch 0 of ``EngineDataset(seed)``)
-    into HDF5 corpus files with :func:`omnispectra.corpus.build_corpus`; returns its report."""
+    into HDF5 corpus files with :func:`omnispectra.corpus.build_corpus`; returns its report.
+
+    With ``pairs``, ``n`` objects each observed through two donors (:func:`engine_pair`;
+    up to ``2 n`` spectra, the two views of one object sharing its ``object_id``): the
+    positive pairs of the invariance term of pretraining
+    (:mod:`omnispectra.training.auxiliary`).
+    """
     from ..corpus import build_corpus
 
-    ds = EngineDataset(engine, n, seed=seed)
-    spectra = [engine_spectrum(ds[i]) for i in range(n)]
+    if pairs:
+        spectra = [engine_spectrum(s) for i in range(n) for s in engine_pair(engine, seed, i)]
+    else:
+        ds = EngineDataset(engine, n, seed=seed)
+        spectra = [engine_spectrum(ds[i]) for i in range(n)]
     return build_corpus(spectra, output, progress=progress, overwrite=overwrite)

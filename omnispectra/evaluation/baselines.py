@@ -30,6 +30,8 @@ The CNNs end in adaptive / attention pooling, so one architecture serves every l
 - :func:`pca_ridge`, :func:`knn_pca` -- scikit-learn pipelines on the same resampled
   flux: standardize, PCA (up to 32 components), then ridge regression or
   distance-weighted kNN.
+- :func:`pca_features` -- the standardized PCA features alone (the retrieval baseline,
+  :mod:`omnispectra.evaluation.retrieval`).
 - :func:`trivial_predict` -- the majority class or the training mean.
 """
 
@@ -43,7 +45,7 @@ import torch
 from torch import nn
 
 __all__ = ["GalSpecNet", "SpenderEncoder", "resample_group", "ResampleGrid", "pca_ridge", "knn_pca",
-           "trivial_predict", "make_baseline"]
+           "trivial_predict", "make_baseline", "pca_features"]
 
 MAX_PIXELS = 4096
 
@@ -171,6 +173,14 @@ def _pca_pipeline(n_train: int, n_features: int, final: Any):
 
     n_comp = int(max(1, min(32, n_train - 1, n_features)))
     return make_pipeline(StandardScaler(), PCA(n_components=n_comp, random_state=0), final)
+
+
+def pca_features(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standardize -> PCA(<=32) fitted on ``x_train``: the features of both sets (retrieval baseline)."""
+    pipeline = _pca_pipeline(len(x_train), _flat(x_train).shape[1], "passthrough")
+    fitted = pipeline.fit_transform(_flat(x_train))
+    rest = pipeline.transform(_flat(x_test)) if len(x_test) else np.zeros((0, fitted.shape[1]))
+    return fitted, rest
 
 
 def pca_ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, alpha: float = 1.0) -> np.ndarray:

@@ -373,3 +373,28 @@ def test_library_star_rejects_bad_arrays():
         LibraryStar("x", np.arange(20.0)[::-1], np.ones(20), 2.5)
     with pytest.raises(InvalidSpectrumError, match="fwhm"):
         LibraryStar("x", np.arange(20.0), np.ones(20), 0.0)
+
+
+def test_one_object_rendered_through_two_donors(library, tmp_path):
+    from omnispectra.corpus import open_corpus
+
+    donors = [_donor(i) for i in range(3)] + [_donor(5, lo=3600.0, hi=10300.0, survey="boss")]
+    eng = generator.Engine(library, donors)
+    n_pairs = 0
+    for i in range(12):
+        first, second = eng.sample_pair(np.random.default_rng(i))
+        if second is None:
+            continue
+        n_pairs += 1
+        assert first.labels == second.labels and first.meta["template"] == second.meta["template"]
+        assert first.meta["donor_id"] != second.meta["donor_id"]
+        if first.meta["survey"] == second.meta["survey"]:  # same grid: same object, other noise
+            assert not np.array_equal(first.flux, second.flux)
+            smooth = [np.convolve(v.flux, np.ones(101) / 101, "valid") for v in (first, second)]
+            assert np.corrcoef(*smooth)[0, 1] > 0.85
+    assert n_pairs >= 10
+    stream.write_engine_corpus(eng, 4, tmp_path / "pairs.h5", seed=1, pairs=True)
+    reader = open_corpus(tmp_path / "pairs.h5")
+    objects = list(reader.column("object_id"))
+    assert len(reader) >= 6 and all(objects.count(o) <= 2 for o in objects)
+    assert max(objects.count(o) for o in objects) == 2

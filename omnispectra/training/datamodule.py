@@ -156,6 +156,12 @@ class SpectraDataModule(L.LightningDataModule):
         noise donors are training-side already.
     labels : sequence of str, optional
         Label columns to carry in the batches (``Batch.labels``).
+    auxiliary : bool
+        Load :data:`~omnispectra.training.auxiliary.AUX_LABELS` and turn them into the
+        targets of the auxiliary objectives (:class:`~omnispectra.training.auxiliary.AuxiliaryCollator`).
+    pairs : bool
+        Put both views of an engine object into one training batch
+        (:class:`~omnispectra.training.auxiliary.PairedBatchSampler`; the invariance term).
     drop_last : bool
         Drop incomplete training batches.
     """
@@ -180,6 +186,8 @@ class SpectraDataModule(L.LightningDataModule):
         engine_fraction: float | None = None,
         masking: str = "chunk",
         split_seed: int | None = None,
+        auxiliary: bool = False,
+        pairs: bool = False,
     ) -> None:
         super().__init__()
         self.corpus = corpus
@@ -197,6 +205,11 @@ class SpectraDataModule(L.LightningDataModule):
         self.pool_size = pool_size
         self.survey_weights = dict(survey_weights) if survey_weights else None
         self.samples_per_epoch = samples_per_epoch
+        self.auxiliary, self.pairs = bool(auxiliary), bool(pairs)
+        if self.auxiliary:
+            from .auxiliary import AUX_LABELS
+
+            labels = list(dict.fromkeys([*(labels or []), *AUX_LABELS]))
         self.labels = labels
         self.drop_last = drop_last
         if engine_fraction is not None and not 0.0 <= engine_fraction < 1.0:
@@ -259,7 +272,7 @@ class SpectraDataModule(L.LightningDataModule):
             persistent_workers=False,
         )
 
-    def train_sampler(self) -> LengthBucketSampler | WeightedLengthBucketSampler:
+    def train_sampler(self) -> Any:
         """The (unwrapped) rank-aware batch sampler of the training set."""
         if self.train_dataset is None:
             self.setup("fit")
@@ -268,9 +281,15 @@ class SpectraDataModule(L.LightningDataModule):
         common = dict(batch_size=self.batch_size, pool_size=self.pool_size, drop_last=self.drop_last,
                       seed=self.seed, num_replicas=num_replicas, rank=rank, with_epoch=True)
         if self.sampling_weights:
-            return WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, self.sampling_weights,
-                                               num_samples=self.samples_per_epoch, **common)
-        return LengthBucketSampler(ds.token_lengths, shuffle=True, **common)
+            sampler = WeightedLengthBucketSampler(ds.token_lengths, ds.surveys, self.sampling_weights,
+                                                  num_samples=self.samples_per_epoch, **common)
+        else:
+            sampler = LengthBucketSampler(ds.token_lengths, shuffle=True, **common)
+        if self.pairs:
+            from .auxiliary import PairedBatchSampler, partner_index
+
+            sampler = PairedBatchSampler(sampler, partner_index(ds.object_ids, ds.surveys))
+        return sampler
 
     def train_dataloader(self) -> DataLoader:
         sampler = self.train_sampler()
@@ -282,6 +301,10 @@ class SpectraDataModule(L.LightningDataModule):
             wrapped.resume(self._resume["epoch"], self._resume["batches"])
         self._resume = None
         collator = Collator(mask=True, mask_ratio=self.mask_ratio, seed=self.seed, masking=self.masking)
+        if self.auxiliary:
+            from .auxiliary import AuxiliaryCollator
+
+            collator = AuxiliaryCollator(collator, self.dataset.label_categories)
         return self._loader(self.train_dataset, wrapped, collator)
 
     def val_dataloader(self) -> DataLoader:

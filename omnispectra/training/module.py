@@ -55,6 +55,10 @@ class OmniSpectraModule(L.LightningModule):
         Floor of the learning rate.
     huber_delta : float or None
         Huber threshold of the reconstruction loss (None: the paper's plain MSE).
+    auxiliary : dict, optional
+        Settings of :class:`~omnispectra.training.auxiliary.AuxiliaryConfig`: label heads
+        and the invariance term on engine spectra, added to the training loss. None (the
+        default) creates no head and leaves every step exactly the paper's objective.
     """
 
     def __init__(
@@ -66,16 +70,42 @@ class OmniSpectraModule(L.LightningModule):
         t0_steps: int = 200_000,
         eta_min: float = 1e-6,
         huber_delta: float | None = HUBER_DELTA,
+        auxiliary: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = OmniSpectra(OmniSpectraConfig.from_dict(dict(model_config)))
         self._step_start: float | None = None
+        self.aux_config = self.aux_heads = None
+        if auxiliary is not None:  # created after the encoder, so its initialization is unchanged
+            from .auxiliary import AuxiliaryConfig, AuxiliaryHeads
+
+            self.aux_config = AuxiliaryConfig.from_dict(auxiliary)
+            self.aux_heads = AuxiliaryHeads(self.model.config.dim)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.model.reconstruct(batch.tokens, batch.wavelength, batch.valid)
 
+    def auxiliary_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Reconstruction and auxiliary terms of a training batch from one encoder pass:
+        ``loss`` (their sum), ``recon_loss`` and the ``aux_*`` terms of
+        :func:`~omnispectra.training.auxiliary.auxiliary_losses`."""
+        from .auxiliary import auxiliary_losses
+
+        hidden = self.model.encode(batch.tokens, batch.wavelength, batch.valid)
+        recon = masked_reconstruction_loss(self.model.head(hidden), batch.target, batch.loss_mask,
+                                           batch.pixel_valid, huber_delta=self.hparams.huber_delta)
+        terms = auxiliary_losses(self.aux_heads, self.model.pool(hidden, batch.valid), batch.labels,
+                                 self.aux_config)
+        return {"loss": recon + terms["aux_loss"], "recon_loss": recon, **terms}
+
     def _common_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        if self.aux_heads is not None and stage == "train":
+            terms = self.auxiliary_step(batch)
+            for name, value in terms.items():
+                self.log(f"train_{name}" if name != "loss" else "train_loss", value, batch_size=len(batch),
+                         prog_bar=name == "loss", on_step=True, on_epoch=False)
+            return terms["loss"]
         pred = self(batch)
         loss = masked_reconstruction_loss(pred, batch.target, batch.loss_mask, batch.pixel_valid,
                                           huber_delta=self.hparams.huber_delta)

@@ -76,6 +76,9 @@ class TrainConfig:
     survey_weights: dict[str, float] | None = None     # per-survey sampling weights (1 = natural mix)
     engine_fraction: float | None = None               # share of draws from engine_* surveys (None: natural)
     init_weights: str | None = None                    # start from this weights file (same architecture)
+    # label heads + invariance term on engine spectra (omnispectra.training.auxiliary.AuxiliaryConfig
+    # fields, e.g. {"class_weight": 0.1, "invariance_weight": 0.1}); None: the paper's objective alone
+    auxiliary: dict[str, float] | None = None
     progress: bool = True
 
     @classmethod
@@ -196,6 +199,12 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"training setting split_seed={value!r} must be an integer or null")
         if key == "masking" and value not in MASKING_SCHEMES:
             raise ConfigError(f"training setting masking={value!r} must be one of {MASKING_SCHEMES}")
+        if key == "auxiliary" and value is not None:
+            from .auxiliary import AuxiliaryConfig
+
+            if not isinstance(value, dict):
+                raise ConfigError(f"training setting auxiliary={value!r} must be a mapping or null")
+            AuxiliaryConfig.from_dict(value)
         if key == "model" and not isinstance(value, dict):
             raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
         if key == "corpus":
@@ -281,6 +290,12 @@ def check_run_folder(output: str | os.PathLike, resume: bool = False, overwrite:
     return last
 
 
+def _invariance_on(auxiliary: dict[str, float]) -> bool:
+    from .auxiliary import AuxiliaryConfig
+
+    return AuxiliaryConfig.from_dict(auxiliary).invariance_weight > 0
+
+
 def _data_module(config: TrainConfig, model_config: Any):
     """The data module of a run, set up for fitting (its settings and corpus checked)."""
     from .datamodule import SpectraDataModule
@@ -292,6 +307,8 @@ def _data_module(config: TrainConfig, model_config: Any):
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
         engine_fraction=config.engine_fraction,
         masking=config.masking, split_seed=config.split_seed,
+        auxiliary=config.auxiliary is not None,
+        pairs=config.auxiliary is not None and _invariance_on(config.auxiliary),
     )
     try:
         data.setup("fit")
@@ -377,6 +394,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     module = OmniSpectraModule(
         model_config.to_dict(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas,
         t0_steps=min(config.t0_steps, config.max_steps), eta_min=config.eta_min,
+        **({"auxiliary": dict(config.auxiliary)} if config.auxiliary is not None else {}),
     )
     if config.init_weights and not resume:
         initialize_from(module.model, config.init_weights)
@@ -477,7 +495,8 @@ def load_checkpoint_model(path: str | os.PathLike):
                               f"checkpoint: {type(err).__name__})") from err
     try:
         values = dict(ckpt["hyper_parameters"]["model_config"])
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        # the encoder only: training-side heads (omnispectra.training.auxiliary) stay behind
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path} is not an omnispectra training checkpoint "
                               f"(no {err} entry)") from err
