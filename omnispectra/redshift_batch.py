@@ -57,8 +57,8 @@ from .redshift import (
     assemble_result,
     choose_minima,
     coarse_frame,
+    finish_result,
     fit_arrays,
-    flag_low_snr,
     igm_transmission,
     local_minima,
     normal_terms,
@@ -223,7 +223,7 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
         refined = refine(cache, batch, minima)
         for s, solutions in zip(batch, refined, strict=True):
             result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
-            flag_low_snr(result, s.flux, s.ivar, cfg)
+            finish_result(result, s.wave, s.flux, s.ivar, cfg)
             results[s.index] = result
     logger.debug("fitted %d spectra in batches of %d on %s", len(spectra), batch_size, device)
     return results
