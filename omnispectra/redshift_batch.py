@@ -21,8 +21,11 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
 * **Refinement.** Every trial redshift of every chosen minimum of every spectrum of the batch
   is one row of a batched weighted least-squares fit per template (fine basis bin-averaged
   over each spectrum's pixels by a batched interpolation of its cumulative integral,
-  Legendre rows, IGM), solved by the scaled normal equations; the chi-square is summed
-  from the residuals.
+  Legendre rows, IGM; pixels by basis rows, with the weighted flux as a last column so one
+  product gives the normal equations and their right-hand side), solved by the scaled normal
+  equations (by SVD where they are ill-conditioned, :data:`NORMAL_COND_MAX`); the chi-square
+  is summed from the residuals. The fits at the parabola minima, whose coefficients are
+  reported, are solved by SVD as the per-spectrum fitter does.
 
 On CUDA, kernel launches per batch depend on the number of templates and basis rows, not on
 the batch size. On CPU the batch is cut for the caches instead (launches there cost little and
@@ -74,15 +77,17 @@ from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
-__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES"]
+__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES",
+           "NORMAL_COND_MAX"]
 
 logger = logging.getLogger(__name__)
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-#: Bytes of one refinement chunk's design matrix on CPU: (points, basis rows, pixels) float64
-#: tensors larger than the caches make the batched fit slower than one spectrum at a time.
-REFINE_BYTES = 1 << 20
+#: Bytes of one refinement chunk's design matrix on CPU: (points, pixels, basis rows) float64
+#: tensors larger than the caches make the batched fit slower than one spectrum at a time
+#: (4 MB measured best of 0.25-16 MB on 16 SDSS spectra: 7% faster than 1 MB).
+REFINE_BYTES = 1 << 22
 
 #: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps (one entry per template,
 #: frame and FFT length: tens of MB each; a count bound let a multi-survey corpus reach GBs).
@@ -116,8 +121,13 @@ class BatchTemplates:
         self._terms: dict[int, dict[str, Any]] = {}
         self._fft: dict[tuple, torch.Tensor] = {}
         self._fft_bytes = 0
+        # per fine pixel j: its edges (L, 2) and its cumulative integral at the lower edge with the
+        # step to the upper one (L, 2 n_b), so that one gather gives all a pixel's rows
         self.fine = [(torch.as_tensor(p.fine_edges, device=device),
-                      torch.as_tensor(p.fine_cum, device=device)) for p in fitter.prepared]
+                      torch.as_tensor(np.stack([p.fine_edges[:-1], p.fine_edges[1:]], 1), device=device),
+                      torch.as_tensor(np.ascontiguousarray(np.concatenate(
+                          [p.fine_cum[:, :-1], np.diff(p.fine_cum, axis=1)]).T), device=device))
+                     for p in fitter.prepared]
 
     def terms(self, k: int) -> dict[str, Any]:
         if k not in self._terms:
@@ -328,7 +338,8 @@ def coarse_minima(cache: BatchTemplates, batch: list[_Spectrum]) -> list[list[tu
 # ---------------------------------------------------------------------- refinement
 def pixel_data(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The batch's own pixels, padded to the longest (padding has ``ivar = 0``): ``wave``,
-    ``edges``, ``flux``, ``ivar``, IGM transmission ``g`` (B, M), Legendre rows (B, n_poly, M)."""
+    ``edges`` and their ``log_edges`` (log10), ``flux``, ``ivar``, IGM transmission ``g`` (B, M),
+    Legendre rows (B, M, n_poly), pixels last so that a design matrix is (M, n) row-major."""
     m = max(s.wave.size for s in batch)
 
     def pad(values: list[np.ndarray], extra: int = 0, fill: str = "zero") -> torch.Tensor:
@@ -339,88 +350,125 @@ def pixel_data(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dic
                 out[i, v.size:] = v[-1] + np.arange(1, m + extra - v.size + 1)
         return torch.as_tensor(out, device=device)
 
-    poly = np.zeros((len(batch), n_poly, m))
+    poly = np.zeros((len(batch), m, n_poly))
     for i, s in enumerate(batch):
-        poly[i, :, :s.wave.size] = observed_legendre(s.wave, n_poly)
-    return {"wave": pad([s.wave for s in batch], fill="ramp"),
-            "edges": pad([pixel_edges(s.wave) for s in batch], 1, fill="ramp"),
+        poly[i, :s.wave.size] = observed_legendre(s.wave, n_poly).T
+    edges = pad([pixel_edges(s.wave) for s in batch], 1, fill="ramp")
+    return {"wave": pad([s.wave for s in batch], fill="ramp"), "edges": edges,
+            "log_edges": torch.log10(edges),
             "flux": pad([s.flux for s in batch]), "ivar": pad([s.ivar for s in batch]),
             "g": pad([igm_transmission(s.wave) for s in batch]), "poly": torch.as_tensor(poly, device=device),
             "n_valid": torch.tensor([int((s.ivar > 0).sum()) for s in batch], device=device)}
 
 
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an index of any shape (rows of ``table``), by one ``index_select``
+    (on CPU several times faster than advanced indexing)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
+
+
 def _fine_models(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: torch.Tensor,
-                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Template ``k``'s fine basis bin-averaged over spectrum ``rows[i]``'s pixels at ``z[i]``
-    (K, n_b, M), zero where not covered, and the covered pixels (K, M)."""
-    f_edges, f_cum = cache.fine[k]
+    (K, M, n_b), the factor (K, M) it takes on each pixel (0 where not covered, the IGM
+    transmission of a quasar's rest frame blue of Lyman-alpha, else 1) and the covered pixels."""
+    f_edges, pair, table = cache.fine[k]                                # (L + 1,), (L, 2), (L, 2 n_b)
     p = cache.fitter.prepared[k]
-    rest = pix["edges"][rows] / (1.0 + z)[:, None]                               # (K, M + 1)
+    rest = _take(pix["edges"], rows) / (1.0 + z)[:, None]                        # (K, M + 1)
     x = torch.clamp(rest, f_edges[0], f_edges[-1])
     # np.interp on the cumulative integral (clamped at the ends, linear inside); the fine
-    # pixels are uniform in log10, so the bracketing edge is found from the logarithm and
-    # corrected by one where rounding put it on the wrong side (no searchsorted pass)
+    # pixels are uniform in log10, so the bracketing edge is guessed from the logarithm of the
+    # observed edges (computed once per batch) and corrected by one where rounding put it on
+    # the wrong side: the exact bracket, with no searchsorted pass and no logarithm per point
     last = f_edges.numel() - 2
-    guess = torch.floor((torch.log10(x) - p.template.loglam0) / p.template.dloglam + 0.5).long()
-    pos = torch.clamp(guess, 0, last)
-    pos = torch.clamp(pos - (x < f_edges[pos]).long() + (x >= f_edges[pos + 1]).long(), 0, last)
-    e_lo = f_edges[pos]
-    frac = (x - e_lo) / (f_edges[pos + 1] - e_lo)
-    c_lo = f_cum[:, pos]
-    at = torch.addcmul(c_lo, frac, f_cum[:, pos + 1] - c_lo)                      # (n_b, K, M + 1)
-    model = (torch.diff(at, dim=-1) / torch.diff(rest, dim=-1)).transpose(0, 1)
+    log_rest = _take(pix["log_edges"], rows) - torch.log10(1.0 + z)[:, None]
+    pos = torch.clamp(torch.floor((log_rest - p.template.loglam0) / p.template.dloglam + 0.5).long(), 0, last)
+    near = _take(pair, pos)                                                      # (K, M + 1, 2)
+    pos = torch.clamp(pos - (x < near[..., 0]).long() + (x >= near[..., 1]).long(), 0, last)
+    near = _take(pair, pos)
+    frac = (x - near[..., 0]) / (near[..., 1] - near[..., 0])
+    cum = _take(table, pos)                                                      # (K, M + 1, 2 n_b)
+    n_b = table.shape[1] // 2
+    at = torch.addcmul(cum[..., :n_b], frac[..., None], cum[..., n_b:])
+    model = torch.diff(at, dim=1) / torch.diff(rest, dim=1)[..., None]          # (K, M, n_b)
     inside = (rest[:, :-1] >= f_edges[0]) & (rest[:, 1:] <= f_edges[-1])
-    covered = inside & (pix["ivar"][rows] > 0)
+    covered = inside & (_take(pix["ivar"], rows) > 0)
+    factor = covered.to(model.dtype)
     if p.igm:
-        blue = pix["wave"][rows] / (1.0 + z)[:, None] < LYA_REST
-        model = model * torch.where(blue, pix["g"][rows], torch.ones_like(z)[:, None])[:, None, :]
-    return model * covered[:, None, :], covered
+        blue = _take(pix["wave"], rows) / (1.0 + z)[:, None] < LYA_REST
+        factor = factor * torch.where(blue, _take(pix["g"], rows), torch.ones_like(z)[:, None])
+    return model, factor, covered
 
 
-def _solve(model: torch.Tensor, poly: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Coefficients (K, n) minimizing ``sum weight * (flux - [model; poly]' coef)**2``.
+#: Largest condition number of the column-scaled normal equations a refinement-grid point is
+#: solved by (else by SVD): below it the chi-square from the residuals agrees with the SVD's to
+#: far better than 1e-10 (the excess is second order in the solve's error, about
+#: ``(n eps)**2 * cond`` of the model power). Real SDSS spectra with the bundled templates reach
+#: 6e6; a smooth basis row nearly a Legendre polynomial can pass 1e15, where the normal
+#: equations lose the chi-square's digits.
+NORMAL_COND_MAX = 1e9
 
-    On CPU by LAPACK ``gelsd`` (SVD), as :func:`numpy.linalg.lstsq` in the per-spectrum fitter:
-    a smooth basis row and the Legendre rows can be so nearly degenerate that the normal
-    equations lose the digits that decide the chi-square. CUDA has no batched SVD least squares
-    in torch; there the column-scaled normal equations are solved (exact zero columns kept out).
+
+def _solve(aug: torch.Tensor, exact: bool) -> torch.Tensor:
+    """Coefficients (K, n) minimizing ``|t - D @ coef|**2`` for ``aug = [D, t]`` (K, M, n + 1).
+
+    ``exact`` (on CPU): LAPACK ``gelsd`` (SVD), as :func:`numpy.linalg.lstsq` in the
+    per-spectrum fitter, for the coefficients a result reports. Otherwise (the refinement
+    grid, whose chi-square alone is used; and CUDA, which has no batched SVD least squares in
+    torch) the column-scaled normal equations (exact zero columns kept out; one product gives
+    them and the right-hand side); on CPU a system whose condition exceeds
+    :data:`NORMAL_COND_MAX` (or that LU finds singular) is solved by ``gelsd`` instead.
     """
-    sw = torch.sqrt(weight)
-    design = torch.cat([model, poly], 1) * sw[:, None, :]                       # (K, n, M)
-    target = (flux * sw)[..., None]
-    if design.device.type == "cpu":
-        return torch.linalg.lstsq(design.mT, target, driver="gelsd").solution[..., 0]
-    gram = design @ design.mT
+    design, target = aug[..., :-1], aug[..., -1:]
+    cpu = aug.device.type == "cpu"
+    if exact and cpu:
+        return torch.linalg.lstsq(design, target, driver="gelsd").solution[..., 0]
+    both = aug.mT @ aug                                                         # (K, n + 1, n + 1)
+    gram = both[:, :-1, :-1]
     diag = torch.diagonal(gram, dim1=-2, dim2=-1)
     scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
     scaled = gram / scale[:, :, None] / scale[:, None, :] + torch.diag_embed((diag <= 0).to(gram.dtype))
-    return torch.linalg.solve(scaled, (design @ target)[..., 0] / scale) / scale
+    coef, info = torch.linalg.solve_ex(scaled, both[:, :-1, -1] / scale)
+    coef = coef / scale
+    if not cpu:
+        return coef
+    eig = torch.linalg.eigvalsh(scaled)
+    bad = (info != 0) | ~torch.isfinite(coef).all(-1) | ~(eig[:, 0] * NORMAL_COND_MAX > eig[:, -1])
+    if bool(bad.any()):
+        coef[bad] = torch.linalg.lstsq(design[bad], target[bad], driver="gelsd").solution[..., 0]
+    return coef
 
 
 def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
                z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
     """Weighted least squares of template ``k`` on spectrum ``rows[i]`` at ``z[i]`` for all ``i``
     at once: ``chi2`` (rescaled to all valid pixels; inf with too little coverage), ``coef``,
-    ``covered`` and with ``with_model`` the fitted ``model`` (as :meth:`RedshiftFitter._fit_at`)."""
+    ``covered`` and with ``with_model`` the fitted ``model`` (as :meth:`RedshiftFitter._fit_at`;
+    only then are the coefficients the exact least-squares ones, :func:`_solve`)."""
     cfg = cache.fitter.config
     rows_t = torch.as_tensor(rows, device=cache.device)
     z_t = torch.as_tensor(z, dtype=torch.float64, device=cache.device)
-    model, covered = _fine_models(cache, k, pix, rows_t, z_t)                    # (K, n_b, M)
-    weight = pix["ivar"][rows_t] * covered                                      # (K, M)
-    poly = pix["poly"][rows_t]                                                  # (K, n_poly, M)
-    coef = _solve(model, poly, pix["flux"][rows_t], weight)
-    n_b = model.shape[1]
+    model, factor, covered = _fine_models(cache, k, pix, rows_t, z_t)           # (K, M, n_b)
+    sw = torch.sqrt(_take(pix["ivar"], rows_t) * covered)                        # (K, M)
+    poly = _take(pix["poly"], rows_t)                                            # (K, M, n_poly)
+    n_b, n = model.shape[2], model.shape[2] + poly.shape[2]
+    aug = model.new_empty(*model.shape[:2], n + 1)                              # (K, M, n + 1): [D, t]
+    torch.mul(model, (factor * sw)[..., None], out=aug[..., :n_b])
+    torch.mul(poly, sw[..., None], out=aug[..., n_b:n])
+    torch.mul(_take(pix["flux"], rows_t), sw, out=aug[..., n])
+    coef = _solve(aug, exact=with_model)
     # chi2 from the residuals, not f'Wf - rhs'coef: with near-degenerate bases (a smooth
     # continuum and the Legendre rows) the normal equations lose digits that the residuals keep
-    fitted = (coef[:, :n_b, None] * model).sum(1) + (coef[:, n_b:, None] * poly).sum(1)
+    resid = (aug @ torch.cat([-coef, torch.ones_like(coef[:, :1])], 1)[..., None])[..., 0]
     n_cov = covered.sum(1)
-    n_valid = pix["n_valid"][rows_t]
-    chi2 = ((pix["flux"][rows_t] - fitted) ** 2 * weight).sum(1) * n_valid / n_cov.clamp(min=1)
+    n_valid = _take(pix["n_valid"], rows_t)
+    chi2 = (resid ** 2).sum(1) * n_valid / n_cov.clamp(min=1)
     enough = n_cov >= torch.clamp(cfg.min_coverage * n_valid, min=10.0)
     out = {"chi2": torch.where(enough, chi2, torch.full_like(chi2, float("inf"))), "coef": coef,
            "covered": covered}
     if with_model:
-        out["model"] = fitted
+        raw = torch.cat([model * factor[..., None], poly], 2)
+        out["model"] = (raw @ coef[..., None])[..., 0]
     return out
 
 
