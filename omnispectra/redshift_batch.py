@@ -15,9 +15,12 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   once per template and FFT length and cached; each distinct observed-frame vector (``ivar``,
   ``ivar * flux``, times IGM transmission and Legendre rows) is transformed once per batch
   and shared by every normal-equation entry and template that uses it. One ``irfft`` per
-  template gives all entries of all spectra at all lags, and one batched ``solve`` the
+  template gives all entries of all spectra at all lags, and one batched Cholesky solve the
   chi-square. The FFT length is the shortest free of wrap-around at the scanned lags
-  (about half of the per-spectrum fitter's).
+  (about half of the per-spectrum fitter's). Entries whose rest-frame side is the template's
+  coverage (products of Legendre rows, the flux and pixel sums: 29 of 79 for the galaxy
+  basis) are sliding sums over the template's length, the difference of two cumulative sums
+  of the observed side (made once per batch), with no transform.
 * **Refinement.** Every trial redshift of every chosen minimum of every spectrum of the batch
   is one row of a batched weighted least-squares fit per template (fine basis bin-averaged
   over each spectrum's pixels by a batched interpolation of its cumulative integral,
@@ -134,20 +137,29 @@ class BatchTemplates:
             p = self.fitter.prepared[k]
             terms = normal_terms(p, self.n_poly)
             terms += [("ff", 0, 0, ("wff",), p.coverage), ("cov", 0, 0, ("counts",), p.coverage)]
-            keys = sorted({t[3] for t in terms}, key=str)
+            # terms whose rest-frame vector is the template's coverage (all ones: the Legendre
+            # rows' products, the flux and pixel sums) are sliding sums, taken from cumulative
+            # sums of the observed side; the others are correlated by FFT (listed first)
+            box = [bool(np.all(t[4] == 1.0)) for t in terms]
+            terms = [t for t, b in zip(terms, box, strict=True) if not b] + [
+                t for t, b in zip(terms, box, strict=True) if b]
+            n_fft = len(terms) - sum(box)
+            keys = sorted({t[3] for t in terms[:n_fft]}, key=str)
             n = p.coarse_red.shape[0] + self.n_poly
             m_cols = [i for i, t in enumerate(terms) if t[0] == "M"]
             m_cols_t = [i for i in m_cols if terms[i][1] != terms[i][2]]
             self._terms[k] = {
-                "rows": np.array([t[4] for t in terms]), "keys": keys, "n": n,
-                "key_of": torch.tensor([keys.index(t[3]) for t in terms], device=self.device),
+                "rows": np.array([t[4] for t in terms[:n_fft]]), "n_rest": p.coverage.size, "keys": keys,
+                "key_of": torch.tensor([keys.index(t[3]) for t in terms[:n_fft]], device=self.device),
+                "box_keys": [t[3] for t in terms[n_fft:]], "n": n,
                 "m_cols": torch.tensor(m_cols + m_cols_t, device=self.device),
                 "m_flat": torch.tensor([terms[i][1] * n + terms[i][2] for i in m_cols]
                                        + [terms[i][2] * n + terms[i][1] for i in m_cols_t],
                                        device=self.device),
                 "y_cols": torch.tensor([i for i, t in enumerate(terms) if t[0] == "y"], device=self.device),
                 "y_at": torch.tensor([t[1] for t in terms if t[0] == "y"], device=self.device),
-                "ff": len(terms) - 2, "cov": len(terms) - 1}
+                "ff": next(i for i, t in enumerate(terms) if t[0] == "ff"),
+                "cov": next(i for i, t in enumerate(terms) if t[0] == "cov")}
         return self._terms[k]
 
     def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
@@ -274,45 +286,66 @@ def observed_frame(batch: list[_Spectrum], n_poly: int, device: torch.device) ->
 
 def _correlations(cache: BatchTemplates, k: int, obs: dict[str, Any], lags: np.ndarray,
                   obs_fft: dict[tuple, torch.Tensor]) -> torch.Tensor:
-    """``c[b, t, l] = sum_i obs_t[b, i + lags[l]] * rest_t[i]`` for every term ``t`` of template
-    ``k`` and spectrum ``b``, by FFT of the shortest length free of wrap-around at these lags."""
+    """``c[t, b, l] = sum_i obs_t[b, i + lags[l]] * rest_t[i]`` for every term ``t`` of template
+    ``k`` and spectrum ``b``: by FFT of the shortest length free of wrap-around at these lags,
+    and for a rest vector of ones (:meth:`BatchTemplates.terms`) as the difference of two
+    cumulative sums. ``obs_fft`` keeps the batch's observed-side transforms and sums."""
     info = cache.terms(k)
-    n_rest, n_frame = info["rows"].shape[1], obs["n_frame"]
+    n_rest, n_frame = info["n_rest"], obs["n_frame"]
     k_lo, k_hi = int(lags[0]), int(lags[-1])
     # rest pixels that meet the frame at some scanned lag
     a = min(max(0, -k_hi), n_rest - 1)
     b = max(min(n_rest, n_frame - k_lo), a + 1)
     lo, hi = k_lo + a, k_hi + a
     n = sp_fft.next_fast_len(max(b - a + max(hi, 0), n_frame - min(lo, 0)) + 1, real=True)
-    rest = cache.spectrum(k, a, b, n)                                            # (T, F)
+    rest = cache.spectrum(k, a, b, n)                                            # (T_fft, F)
     spectra = []
     for key in info["keys"]:
         if (key, n) not in obs_fft:
             obs_fft[(key, n)] = torch.fft.rfft(observed_row(obs, key, obs["g"], obs["poly"]), n)
         spectra.append(obs_fft[(key, n)])
-    obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T, B, F)
-    corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T, B, n)
+    obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T_fft, B, F)
+    corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T_fft, B, n)
     index = torch.as_tensor(np.arange(lo, hi + 1) % n, device=corr.device)
-    return corr.index_select(2, index).permute(1, 2, 0)                          # (B, L, T)
+    sums = []
+    for key in info["box_keys"]:
+        if (key, "sum") not in obs_fft:   # S[j] = sum of the first j observed pixels
+            row = observed_row(obs, key, obs["g"], obs["poly"])
+            obs_fft[(key, "sum")] = torch.nn.functional.pad(torch.cumsum(row, -1), (1, 0))
+        sums.append(obs_fft[(key, "sum")])
+    sums_t = torch.stack(sums)                                                   # (T_box, B, N + 1)
+    lag_t = torch.as_tensor(lags, device=corr.device)
+    box = (sums_t.index_select(2, torch.clamp(lag_t + n_rest, 0, n_frame))
+           - sums_t.index_select(2, torch.clamp(lag_t, 0, n_frame)))             # (T_box, B, L)
+    return torch.cat([corr.index_select(2, index), box])                        # (T, B, L)
 
 
 def _chi2_from_normal(cache: BatchTemplates, k: int, corr: torch.Tensor, n_tot: torch.Tensor) -> tuple:
     """Coarse ``chi2`` (rescaled to all valid pixels; NaN below ``min_coverage``) and coverage,
-    both (B, L), from the correlations of :func:`_correlations`."""
-    info, n_b = cache.terms(k), corr.shape[0]
-    n, n_lag = info["n"], corr.shape[1]
-    big_m = corr.new_zeros(n_b, n_lag, n * n)
-    big_m.index_add_(2, info["m_flat"], corr.index_select(2, info["m_cols"]))
-    big_m = big_m.reshape(n_b, n_lag, n, n)
-    y = corr.new_zeros(n_b, n_lag, n).index_add_(2, info["y_at"], corr.index_select(2, info["y_cols"]))
-    cover = torch.clamp(corr[..., info["cov"]] / n_tot[:, None], 0.0, 1.0)
+    both (B, L), from the correlations (T, B, L) of :func:`_correlations`.
+
+    ``chi2 = f'Wf - y' M^-1 y`` with ``M`` column-scaled (plus 1e-9 on its diagonal, as the
+    per-spectrum fitter) and ``y' M^-1 y = |L^-1 y|**2`` from its Cholesky factor ``L`` (LU
+    where Cholesky fails); it only chooses the minima that the refinement then fits exactly.
+    """
+    info, (_, n_b, n_lag) = cache.terms(k), corr.shape
+    n = info["n"]
+    big_m = corr.new_zeros(n * n, n_b, n_lag)
+    big_m.index_add_(0, info["m_flat"], corr.index_select(0, info["m_cols"]))
+    big_m = big_m.permute(1, 2, 0).reshape(n_b, n_lag, n, n)
+    y = corr.new_zeros(n, n_b, n_lag).index_add_(0, info["y_at"], corr.index_select(0, info["y_cols"]))
+    cover = torch.clamp(corr[info["cov"]] / n_tot[:, None], 0.0, 1.0)
     diag = torch.diagonal(big_m, dim1=-2, dim2=-1)
-    scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
-    eye = torch.eye(n, dtype=corr.dtype, device=corr.device)
-    ms = big_m / scale[..., :, None] / scale[..., None, :] + 1e-9 * eye
-    ys = y / scale
-    coef = torch.linalg.solve(ms, ys[..., None])[..., 0]
-    chi2 = corr[..., info["ff"]] - (ys * coef).sum(-1)
+    inv = 1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))    # (B, L, n)
+    ms = big_m * (inv[..., :, None] * inv[..., None, :])
+    ms.diagonal(dim1=-2, dim2=-1).add_(1e-9)
+    ys = y.permute(1, 2, 0) * inv
+    chol, bad = torch.linalg.cholesky_ex(ms)
+    fitted = (torch.linalg.solve_triangular(chol, ys[..., None], upper=False)[..., 0] ** 2).sum(-1)
+    bad = bad != 0
+    if bool(bad.any()):
+        fitted[bad] = (ys[bad] * torch.linalg.solve(ms[bad], ys[bad][..., None])[..., 0]).sum(-1)
+    chi2 = corr[info["ff"]] - fitted
     ok = cover >= cache.fitter.config.min_coverage
     chi2 = torch.where(ok, chi2 / torch.clamp(cover, min=1e-12), torch.full_like(chi2, float("nan")))
     return chi2, cover
