@@ -107,24 +107,11 @@ def shape_of(data: Any) -> InputShape:
 
 
 def smooth_chi2(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, n_poly: int) -> float:
-    """Chi-square of the best Legendre-only model (``n_poly`` terms in log wavelength).
+    """Chi-square of the best Legendre-only model (:func:`omnispectra.redshift.smooth_chi2`,
+    which the template fitters record on every result as ``RedshiftResult.smooth_chi2``)."""
+    from . import redshift
 
-    The same pixels and weights as the template fit (:func:`omnispectra.redshift.fit_arrays`),
-    the same polynomial as its nuisance terms: what a smooth model without any spectral
-    feature achieves.
-    """
-    from .redshift import legendre_rows
-
-    use = ivar > 0
-    if use.sum() <= n_poly:
-        return float("nan")
-    lw = np.log10(wave)
-    rows = legendre_rows(2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0, max(n_poly, 1))
-    w = np.sqrt(ivar[use])
-    design = rows[:, use].T * w[:, None]
-    coef, *_ = np.linalg.lstsq(design, flux[use] * w, rcond=None)
-    resid = flux[use] * w - design @ coef
-    return float(resid @ resid)
+    return redshift.smooth_chi2(wave, flux, ivar, n_poly)
 
 
 def fit_significance(chi2_best: float, chi2_smooth: float, n_pixels: int, n_template: int,

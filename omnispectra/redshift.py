@@ -192,6 +192,9 @@ class RedshiftResult:
     #: The best solution of every class the scan fitted, by class (``GALAXY``, ``QSO``,
     #: ``STAR``); each one's ``deltachi2`` is against the next distinct solution.
     per_class: dict[str, RedshiftResult] = field(default_factory=dict, repr=False, compare=False)
+    #: Chi-square of the best Legendre-only model on the fitted pixels (:func:`smooth_chi2`),
+    #: recorded while the fit has them (``POOR_FIT`` compares it with ``chi2``); NaN without a fit.
+    smooth_chi2: float = field(default=float("nan"), repr=False, compare=False)
 
     @property
     def class_chi2(self) -> dict[str, float]:
@@ -409,7 +412,7 @@ class RedshiftFitter:
             return (early, []) if return_scans else early
         scans, minima = self._coarse_scan(wave, flux_a, ivar_a)
         result = self._refine(wave, flux_a, ivar_a, minima, spectype)
-        flag_low_snr(result, flux_a, ivar_a, self.config)
+        finish_result(result, wave, flux_a, ivar_a, self.config)
         return (result, scans) if return_scans else result
 
     def model_at(self, spectrum: Any = None, flux: Any = None, ivar: Any = None, mask: Any = None, *,
@@ -596,6 +599,35 @@ def flag_low_snr(result: RedshiftResult, flux: np.ndarray, ivar: np.ndarray, con
     valid = ivar > 0
     if float(np.median(np.abs(flux[valid]) * np.sqrt(ivar[valid]))) < config.min_snr:
         result.flag |= int(Flag.LOW_SN)
+
+
+def smooth_chi2(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, n_poly: int) -> float:
+    """Chi-square of the best Legendre-only model (``n_poly`` terms in log wavelength).
+
+    The same pixels and weights as the template fit (:func:`fit_arrays`), the same polynomial
+    as its nuisance terms: what a smooth model without any spectral feature achieves.
+    """
+    use = ivar > 0
+    if use.sum() <= n_poly:
+        return float("nan")
+    lw = np.log10(wave)
+    rows = legendre_rows(2.0 * (lw - lw[0]) / max(lw[-1] - lw[0], 1e-12) - 1.0, max(n_poly, 1))
+    w = np.sqrt(ivar[use])
+    design = rows[:, use].T * w[:, None]
+    coef, *_ = np.linalg.lstsq(design, flux[use] * w, rcond=None)
+    resid = flux[use] * w - design @ coef
+    return float(resid @ resid)
+
+
+def finish_result(result: RedshiftResult, wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                  config: ScanConfig) -> None:
+    """The last steps of a fit on its arrays (:func:`fit_arrays`): :func:`flag_low_snr`, and the
+    :func:`smooth_chi2` recorded on the result and on every ``per_class`` result."""
+    flag_low_snr(result, flux, ivar, config)
+    with np.errstate(all="ignore"):  # absurd errors (ivar 1e300) overflow: then NaN (POOR_FIT)
+        value = smooth_chi2(wave, flux, ivar, config.n_poly)
+    for r in (result, *result.per_class.values()):
+        r.smooth_chi2 = value
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,20 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   once per template and FFT length and cached; each distinct observed-frame vector (``ivar``,
   ``ivar * flux``, times IGM transmission and Legendre rows) is transformed once per batch
   and shared by every normal-equation entry and template that uses it. One ``irfft`` per
-  template gives all entries of all spectra at all lags, and one batched ``solve`` the
+  template gives all entries of all spectra at all lags, and one batched Cholesky solve the
   chi-square. The FFT length is the shortest free of wrap-around at the scanned lags
-  (about half of the per-spectrum fitter's).
+  (about half of the per-spectrum fitter's). Entries whose rest-frame side is the template's
+  coverage (products of Legendre rows, the flux and pixel sums: 29 of 79 for the galaxy
+  basis) are sliding sums over the template's length, the difference of two cumulative sums
+  of the observed side (made once per batch), with no transform.
 * **Refinement.** Every trial redshift of every chosen minimum of every spectrum of the batch
   is one row of a batched weighted least-squares fit per template (fine basis bin-averaged
   over each spectrum's pixels by a batched interpolation of its cumulative integral,
-  Legendre rows, IGM), solved by the scaled normal equations; the chi-square is summed
-  from the residuals.
+  Legendre rows, IGM; pixels by basis rows, with the weighted flux as a last column so one
+  product gives the normal equations and their right-hand side), solved by the scaled normal
+  equations (by SVD where they are ill-conditioned, :data:`NORMAL_COND_MAX`); the chi-square
+  is summed from the residuals. The fits at the parabola minima, whose coefficients are
+  reported, are solved by SVD as the per-spectrum fitter does.
 
 On CUDA, kernel launches per batch depend on the number of templates and basis rows, not on
 the batch size. On CPU the batch is cut for the caches instead (launches there cost little and
@@ -57,8 +63,8 @@ from .redshift import (
     assemble_result,
     choose_minima,
     coarse_frame,
+    finish_result,
     fit_arrays,
-    flag_low_snr,
     igm_transmission,
     local_minima,
     normal_terms,
@@ -74,15 +80,17 @@ from .spectrum import SpectrumData, spectrum_data
 from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
-__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES"]
+__all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES",
+           "NORMAL_COND_MAX"]
 
 logger = logging.getLogger(__name__)
 
 _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-#: Bytes of one refinement chunk's design matrix on CPU: (points, basis rows, pixels) float64
-#: tensors larger than the caches make the batched fit slower than one spectrum at a time.
-REFINE_BYTES = 1 << 20
+#: Bytes of one refinement chunk's design matrix on CPU: (points, pixels, basis rows) float64
+#: tensors larger than the caches make the batched fit slower than one spectrum at a time
+#: (4 MB measured best of 0.25-16 MB on 16 SDSS spectra: 7% faster than 1 MB).
+REFINE_BYTES = 1 << 22
 
 #: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps (one entry per template,
 #: frame and FFT length: tens of MB each; a count bound let a multi-survey corpus reach GBs).
@@ -116,28 +124,42 @@ class BatchTemplates:
         self._terms: dict[int, dict[str, Any]] = {}
         self._fft: dict[tuple, torch.Tensor] = {}
         self._fft_bytes = 0
+        # per fine pixel j: its edges (L, 2) and its cumulative integral at the lower edge with the
+        # step to the upper one (L, 2 n_b), so that one gather gives all a pixel's rows
         self.fine = [(torch.as_tensor(p.fine_edges, device=device),
-                      torch.as_tensor(p.fine_cum, device=device)) for p in fitter.prepared]
+                      torch.as_tensor(np.stack([p.fine_edges[:-1], p.fine_edges[1:]], 1), device=device),
+                      torch.as_tensor(np.ascontiguousarray(np.concatenate(
+                          [p.fine_cum[:, :-1], np.diff(p.fine_cum, axis=1)]).T), device=device))
+                     for p in fitter.prepared]
 
     def terms(self, k: int) -> dict[str, Any]:
         if k not in self._terms:
             p = self.fitter.prepared[k]
             terms = normal_terms(p, self.n_poly)
             terms += [("ff", 0, 0, ("wff",), p.coverage), ("cov", 0, 0, ("counts",), p.coverage)]
-            keys = sorted({t[3] for t in terms}, key=str)
+            # terms whose rest-frame vector is the template's coverage (all ones: the Legendre
+            # rows' products, the flux and pixel sums) are sliding sums, taken from cumulative
+            # sums of the observed side; the others are correlated by FFT (listed first)
+            box = [bool(np.all(t[4] == 1.0)) for t in terms]
+            terms = [t for t, b in zip(terms, box, strict=True) if not b] + [
+                t for t, b in zip(terms, box, strict=True) if b]
+            n_fft = len(terms) - sum(box)
+            keys = sorted({t[3] for t in terms[:n_fft]}, key=str)
             n = p.coarse_red.shape[0] + self.n_poly
             m_cols = [i for i, t in enumerate(terms) if t[0] == "M"]
             m_cols_t = [i for i in m_cols if terms[i][1] != terms[i][2]]
             self._terms[k] = {
-                "rows": np.array([t[4] for t in terms]), "keys": keys, "n": n,
-                "key_of": torch.tensor([keys.index(t[3]) for t in terms], device=self.device),
+                "rows": np.array([t[4] for t in terms[:n_fft]]), "n_rest": p.coverage.size, "keys": keys,
+                "key_of": torch.tensor([keys.index(t[3]) for t in terms[:n_fft]], device=self.device),
+                "box_keys": [t[3] for t in terms[n_fft:]], "n": n,
                 "m_cols": torch.tensor(m_cols + m_cols_t, device=self.device),
                 "m_flat": torch.tensor([terms[i][1] * n + terms[i][2] for i in m_cols]
                                        + [terms[i][2] * n + terms[i][1] for i in m_cols_t],
                                        device=self.device),
                 "y_cols": torch.tensor([i for i, t in enumerate(terms) if t[0] == "y"], device=self.device),
                 "y_at": torch.tensor([t[1] for t in terms if t[0] == "y"], device=self.device),
-                "ff": len(terms) - 2, "cov": len(terms) - 1}
+                "ff": next(i for i, t in enumerate(terms) if t[0] == "ff"),
+                "cov": next(i for i, t in enumerate(terms) if t[0] == "cov")}
         return self._terms[k]
 
     def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
@@ -223,7 +245,7 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
         refined = refine(cache, batch, minima)
         for s, solutions in zip(batch, refined, strict=True):
             result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
-            flag_low_snr(result, s.flux, s.ivar, cfg)
+            finish_result(result, s.wave, s.flux, s.ivar, cfg)
             results[s.index] = result
     logger.debug("fitted %d spectra in batches of %d on %s", len(spectra), batch_size, device)
     return results
@@ -264,45 +286,66 @@ def observed_frame(batch: list[_Spectrum], n_poly: int, device: torch.device) ->
 
 def _correlations(cache: BatchTemplates, k: int, obs: dict[str, Any], lags: np.ndarray,
                   obs_fft: dict[tuple, torch.Tensor]) -> torch.Tensor:
-    """``c[b, t, l] = sum_i obs_t[b, i + lags[l]] * rest_t[i]`` for every term ``t`` of template
-    ``k`` and spectrum ``b``, by FFT of the shortest length free of wrap-around at these lags."""
+    """``c[t, b, l] = sum_i obs_t[b, i + lags[l]] * rest_t[i]`` for every term ``t`` of template
+    ``k`` and spectrum ``b``: by FFT of the shortest length free of wrap-around at these lags,
+    and for a rest vector of ones (:meth:`BatchTemplates.terms`) as the difference of two
+    cumulative sums. ``obs_fft`` keeps the batch's observed-side transforms and sums."""
     info = cache.terms(k)
-    n_rest, n_frame = info["rows"].shape[1], obs["n_frame"]
+    n_rest, n_frame = info["n_rest"], obs["n_frame"]
     k_lo, k_hi = int(lags[0]), int(lags[-1])
     # rest pixels that meet the frame at some scanned lag
     a = min(max(0, -k_hi), n_rest - 1)
     b = max(min(n_rest, n_frame - k_lo), a + 1)
     lo, hi = k_lo + a, k_hi + a
     n = sp_fft.next_fast_len(max(b - a + max(hi, 0), n_frame - min(lo, 0)) + 1, real=True)
-    rest = cache.spectrum(k, a, b, n)                                            # (T, F)
+    rest = cache.spectrum(k, a, b, n)                                            # (T_fft, F)
     spectra = []
     for key in info["keys"]:
         if (key, n) not in obs_fft:
             obs_fft[(key, n)] = torch.fft.rfft(observed_row(obs, key, obs["g"], obs["poly"]), n)
         spectra.append(obs_fft[(key, n)])
-    obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T, B, F)
-    corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T, B, n)
+    obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T_fft, B, F)
+    corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T_fft, B, n)
     index = torch.as_tensor(np.arange(lo, hi + 1) % n, device=corr.device)
-    return corr.index_select(2, index).permute(1, 2, 0)                          # (B, L, T)
+    sums = []
+    for key in info["box_keys"]:
+        if (key, "sum") not in obs_fft:   # S[j] = sum of the first j observed pixels
+            row = observed_row(obs, key, obs["g"], obs["poly"])
+            obs_fft[(key, "sum")] = torch.nn.functional.pad(torch.cumsum(row, -1), (1, 0))
+        sums.append(obs_fft[(key, "sum")])
+    sums_t = torch.stack(sums)                                                   # (T_box, B, N + 1)
+    lag_t = torch.as_tensor(lags, device=corr.device)
+    box = (sums_t.index_select(2, torch.clamp(lag_t + n_rest, 0, n_frame))
+           - sums_t.index_select(2, torch.clamp(lag_t, 0, n_frame)))             # (T_box, B, L)
+    return torch.cat([corr.index_select(2, index), box])                        # (T, B, L)
 
 
 def _chi2_from_normal(cache: BatchTemplates, k: int, corr: torch.Tensor, n_tot: torch.Tensor) -> tuple:
     """Coarse ``chi2`` (rescaled to all valid pixels; NaN below ``min_coverage``) and coverage,
-    both (B, L), from the correlations of :func:`_correlations`."""
-    info, n_b = cache.terms(k), corr.shape[0]
-    n, n_lag = info["n"], corr.shape[1]
-    big_m = corr.new_zeros(n_b, n_lag, n * n)
-    big_m.index_add_(2, info["m_flat"], corr.index_select(2, info["m_cols"]))
-    big_m = big_m.reshape(n_b, n_lag, n, n)
-    y = corr.new_zeros(n_b, n_lag, n).index_add_(2, info["y_at"], corr.index_select(2, info["y_cols"]))
-    cover = torch.clamp(corr[..., info["cov"]] / n_tot[:, None], 0.0, 1.0)
+    both (B, L), from the correlations (T, B, L) of :func:`_correlations`.
+
+    ``chi2 = f'Wf - y' M^-1 y`` with ``M`` column-scaled (plus 1e-9 on its diagonal, as the
+    per-spectrum fitter) and ``y' M^-1 y = |L^-1 y|**2`` from its Cholesky factor ``L`` (LU
+    where Cholesky fails); it only chooses the minima that the refinement then fits exactly.
+    """
+    info, (_, n_b, n_lag) = cache.terms(k), corr.shape
+    n = info["n"]
+    big_m = corr.new_zeros(n * n, n_b, n_lag)
+    big_m.index_add_(0, info["m_flat"], corr.index_select(0, info["m_cols"]))
+    big_m = big_m.permute(1, 2, 0).reshape(n_b, n_lag, n, n)
+    y = corr.new_zeros(n, n_b, n_lag).index_add_(0, info["y_at"], corr.index_select(0, info["y_cols"]))
+    cover = torch.clamp(corr[info["cov"]] / n_tot[:, None], 0.0, 1.0)
     diag = torch.diagonal(big_m, dim1=-2, dim2=-1)
-    scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
-    eye = torch.eye(n, dtype=corr.dtype, device=corr.device)
-    ms = big_m / scale[..., :, None] / scale[..., None, :] + 1e-9 * eye
-    ys = y / scale
-    coef = torch.linalg.solve(ms, ys[..., None])[..., 0]
-    chi2 = corr[..., info["ff"]] - (ys * coef).sum(-1)
+    inv = 1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))    # (B, L, n)
+    ms = big_m * (inv[..., :, None] * inv[..., None, :])
+    ms.diagonal(dim1=-2, dim2=-1).add_(1e-9)
+    ys = y.permute(1, 2, 0) * inv
+    chol, bad = torch.linalg.cholesky_ex(ms)
+    fitted = (torch.linalg.solve_triangular(chol, ys[..., None], upper=False)[..., 0] ** 2).sum(-1)
+    bad = bad != 0
+    if bool(bad.any()):
+        fitted[bad] = (ys[bad] * torch.linalg.solve(ms[bad], ys[bad][..., None])[..., 0]).sum(-1)
+    chi2 = corr[info["ff"]] - fitted
     ok = cover >= cache.fitter.config.min_coverage
     chi2 = torch.where(ok, chi2 / torch.clamp(cover, min=1e-12), torch.full_like(chi2, float("nan")))
     return chi2, cover
@@ -328,7 +371,8 @@ def coarse_minima(cache: BatchTemplates, batch: list[_Spectrum]) -> list[list[tu
 # ---------------------------------------------------------------------- refinement
 def pixel_data(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The batch's own pixels, padded to the longest (padding has ``ivar = 0``): ``wave``,
-    ``edges``, ``flux``, ``ivar``, IGM transmission ``g`` (B, M), Legendre rows (B, n_poly, M)."""
+    ``edges`` and their ``log_edges`` (log10), ``flux``, ``ivar``, IGM transmission ``g`` (B, M),
+    Legendre rows (B, M, n_poly), pixels last so that a design matrix is (M, n) row-major."""
     m = max(s.wave.size for s in batch)
 
     def pad(values: list[np.ndarray], extra: int = 0, fill: str = "zero") -> torch.Tensor:
@@ -339,88 +383,125 @@ def pixel_data(batch: list[_Spectrum], n_poly: int, device: torch.device) -> dic
                 out[i, v.size:] = v[-1] + np.arange(1, m + extra - v.size + 1)
         return torch.as_tensor(out, device=device)
 
-    poly = np.zeros((len(batch), n_poly, m))
+    poly = np.zeros((len(batch), m, n_poly))
     for i, s in enumerate(batch):
-        poly[i, :, :s.wave.size] = observed_legendre(s.wave, n_poly)
-    return {"wave": pad([s.wave for s in batch], fill="ramp"),
-            "edges": pad([pixel_edges(s.wave) for s in batch], 1, fill="ramp"),
+        poly[i, :s.wave.size] = observed_legendre(s.wave, n_poly).T
+    edges = pad([pixel_edges(s.wave) for s in batch], 1, fill="ramp")
+    return {"wave": pad([s.wave for s in batch], fill="ramp"), "edges": edges,
+            "log_edges": torch.log10(edges),
             "flux": pad([s.flux for s in batch]), "ivar": pad([s.ivar for s in batch]),
             "g": pad([igm_transmission(s.wave) for s in batch]), "poly": torch.as_tensor(poly, device=device),
             "n_valid": torch.tensor([int((s.ivar > 0).sum()) for s in batch], device=device)}
 
 
+def _take(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an index of any shape (rows of ``table``), by one ``index_select``
+    (on CPU several times faster than advanced indexing)."""
+    return table.index_select(0, index.reshape(-1)).reshape(*index.shape, *table.shape[1:])
+
+
 def _fine_models(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: torch.Tensor,
-                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Template ``k``'s fine basis bin-averaged over spectrum ``rows[i]``'s pixels at ``z[i]``
-    (K, n_b, M), zero where not covered, and the covered pixels (K, M)."""
-    f_edges, f_cum = cache.fine[k]
+    (K, M, n_b), the factor (K, M) it takes on each pixel (0 where not covered, the IGM
+    transmission of a quasar's rest frame blue of Lyman-alpha, else 1) and the covered pixels."""
+    f_edges, pair, table = cache.fine[k]                                # (L + 1,), (L, 2), (L, 2 n_b)
     p = cache.fitter.prepared[k]
-    rest = pix["edges"][rows] / (1.0 + z)[:, None]                               # (K, M + 1)
+    rest = _take(pix["edges"], rows) / (1.0 + z)[:, None]                        # (K, M + 1)
     x = torch.clamp(rest, f_edges[0], f_edges[-1])
     # np.interp on the cumulative integral (clamped at the ends, linear inside); the fine
-    # pixels are uniform in log10, so the bracketing edge is found from the logarithm and
-    # corrected by one where rounding put it on the wrong side (no searchsorted pass)
+    # pixels are uniform in log10, so the bracketing edge is guessed from the logarithm of the
+    # observed edges (computed once per batch) and corrected by one where rounding put it on
+    # the wrong side: the exact bracket, with no searchsorted pass and no logarithm per point
     last = f_edges.numel() - 2
-    guess = torch.floor((torch.log10(x) - p.template.loglam0) / p.template.dloglam + 0.5).long()
-    pos = torch.clamp(guess, 0, last)
-    pos = torch.clamp(pos - (x < f_edges[pos]).long() + (x >= f_edges[pos + 1]).long(), 0, last)
-    e_lo = f_edges[pos]
-    frac = (x - e_lo) / (f_edges[pos + 1] - e_lo)
-    c_lo = f_cum[:, pos]
-    at = torch.addcmul(c_lo, frac, f_cum[:, pos + 1] - c_lo)                      # (n_b, K, M + 1)
-    model = (torch.diff(at, dim=-1) / torch.diff(rest, dim=-1)).transpose(0, 1)
+    log_rest = _take(pix["log_edges"], rows) - torch.log10(1.0 + z)[:, None]
+    pos = torch.clamp(torch.floor((log_rest - p.template.loglam0) / p.template.dloglam + 0.5).long(), 0, last)
+    near = _take(pair, pos)                                                      # (K, M + 1, 2)
+    pos = torch.clamp(pos - (x < near[..., 0]).long() + (x >= near[..., 1]).long(), 0, last)
+    near = _take(pair, pos)
+    frac = (x - near[..., 0]) / (near[..., 1] - near[..., 0])
+    cum = _take(table, pos)                                                      # (K, M + 1, 2 n_b)
+    n_b = table.shape[1] // 2
+    at = torch.addcmul(cum[..., :n_b], frac[..., None], cum[..., n_b:])
+    model = torch.diff(at, dim=1) / torch.diff(rest, dim=1)[..., None]          # (K, M, n_b)
     inside = (rest[:, :-1] >= f_edges[0]) & (rest[:, 1:] <= f_edges[-1])
-    covered = inside & (pix["ivar"][rows] > 0)
+    covered = inside & (_take(pix["ivar"], rows) > 0)
+    factor = covered.to(model.dtype)
     if p.igm:
-        blue = pix["wave"][rows] / (1.0 + z)[:, None] < LYA_REST
-        model = model * torch.where(blue, pix["g"][rows], torch.ones_like(z)[:, None])[:, None, :]
-    return model * covered[:, None, :], covered
+        blue = _take(pix["wave"], rows) / (1.0 + z)[:, None] < LYA_REST
+        factor = factor * torch.where(blue, _take(pix["g"], rows), torch.ones_like(z)[:, None])
+    return model, factor, covered
 
 
-def _solve(model: torch.Tensor, poly: torch.Tensor, flux: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Coefficients (K, n) minimizing ``sum weight * (flux - [model; poly]' coef)**2``.
+#: Largest condition number of the column-scaled normal equations a refinement-grid point is
+#: solved by (else by SVD): below it the chi-square from the residuals agrees with the SVD's to
+#: far better than 1e-10 (the excess is second order in the solve's error, about
+#: ``(n eps)**2 * cond`` of the model power). Real SDSS spectra with the bundled templates reach
+#: 6e6; a smooth basis row nearly a Legendre polynomial can pass 1e15, where the normal
+#: equations lose the chi-square's digits.
+NORMAL_COND_MAX = 1e9
 
-    On CPU by LAPACK ``gelsd`` (SVD), as :func:`numpy.linalg.lstsq` in the per-spectrum fitter:
-    a smooth basis row and the Legendre rows can be so nearly degenerate that the normal
-    equations lose the digits that decide the chi-square. CUDA has no batched SVD least squares
-    in torch; there the column-scaled normal equations are solved (exact zero columns kept out).
+
+def _solve(aug: torch.Tensor, exact: bool) -> torch.Tensor:
+    """Coefficients (K, n) minimizing ``|t - D @ coef|**2`` for ``aug = [D, t]`` (K, M, n + 1).
+
+    ``exact`` (on CPU): LAPACK ``gelsd`` (SVD), as :func:`numpy.linalg.lstsq` in the
+    per-spectrum fitter, for the coefficients a result reports. Otherwise (the refinement
+    grid, whose chi-square alone is used; and CUDA, which has no batched SVD least squares in
+    torch) the column-scaled normal equations (exact zero columns kept out; one product gives
+    them and the right-hand side); on CPU a system whose condition exceeds
+    :data:`NORMAL_COND_MAX` (or that LU finds singular) is solved by ``gelsd`` instead.
     """
-    sw = torch.sqrt(weight)
-    design = torch.cat([model, poly], 1) * sw[:, None, :]                       # (K, n, M)
-    target = (flux * sw)[..., None]
-    if design.device.type == "cpu":
-        return torch.linalg.lstsq(design.mT, target, driver="gelsd").solution[..., 0]
-    gram = design @ design.mT
+    design, target = aug[..., :-1], aug[..., -1:]
+    cpu = aug.device.type == "cpu"
+    if exact and cpu:
+        return torch.linalg.lstsq(design, target, driver="gelsd").solution[..., 0]
+    both = aug.mT @ aug                                                         # (K, n + 1, n + 1)
+    gram = both[:, :-1, :-1]
     diag = torch.diagonal(gram, dim1=-2, dim2=-1)
     scale = torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag)))
     scaled = gram / scale[:, :, None] / scale[:, None, :] + torch.diag_embed((diag <= 0).to(gram.dtype))
-    return torch.linalg.solve(scaled, (design @ target)[..., 0] / scale) / scale
+    coef, info = torch.linalg.solve_ex(scaled, both[:, :-1, -1] / scale)
+    coef = coef / scale
+    if not cpu:
+        return coef
+    eig = torch.linalg.eigvalsh(scaled)
+    bad = (info != 0) | ~torch.isfinite(coef).all(-1) | ~(eig[:, 0] * NORMAL_COND_MAX > eig[:, -1])
+    if bool(bad.any()):
+        coef[bad] = torch.linalg.lstsq(design[bad], target[bad], driver="gelsd").solution[..., 0]
+    return coef
 
 
 def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
                z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
     """Weighted least squares of template ``k`` on spectrum ``rows[i]`` at ``z[i]`` for all ``i``
     at once: ``chi2`` (rescaled to all valid pixels; inf with too little coverage), ``coef``,
-    ``covered`` and with ``with_model`` the fitted ``model`` (as :meth:`RedshiftFitter._fit_at`)."""
+    ``covered`` and with ``with_model`` the fitted ``model`` (as :meth:`RedshiftFitter._fit_at`;
+    only then are the coefficients the exact least-squares ones, :func:`_solve`)."""
     cfg = cache.fitter.config
     rows_t = torch.as_tensor(rows, device=cache.device)
     z_t = torch.as_tensor(z, dtype=torch.float64, device=cache.device)
-    model, covered = _fine_models(cache, k, pix, rows_t, z_t)                    # (K, n_b, M)
-    weight = pix["ivar"][rows_t] * covered                                      # (K, M)
-    poly = pix["poly"][rows_t]                                                  # (K, n_poly, M)
-    coef = _solve(model, poly, pix["flux"][rows_t], weight)
-    n_b = model.shape[1]
+    model, factor, covered = _fine_models(cache, k, pix, rows_t, z_t)           # (K, M, n_b)
+    sw = torch.sqrt(_take(pix["ivar"], rows_t) * covered)                        # (K, M)
+    poly = _take(pix["poly"], rows_t)                                            # (K, M, n_poly)
+    n_b, n = model.shape[2], model.shape[2] + poly.shape[2]
+    aug = model.new_empty(*model.shape[:2], n + 1)                              # (K, M, n + 1): [D, t]
+    torch.mul(model, (factor * sw)[..., None], out=aug[..., :n_b])
+    torch.mul(poly, sw[..., None], out=aug[..., n_b:n])
+    torch.mul(_take(pix["flux"], rows_t), sw, out=aug[..., n])
+    coef = _solve(aug, exact=with_model)
     # chi2 from the residuals, not f'Wf - rhs'coef: with near-degenerate bases (a smooth
     # continuum and the Legendre rows) the normal equations lose digits that the residuals keep
-    fitted = (coef[:, :n_b, None] * model).sum(1) + (coef[:, n_b:, None] * poly).sum(1)
+    resid = (aug @ torch.cat([-coef, torch.ones_like(coef[:, :1])], 1)[..., None])[..., 0]
     n_cov = covered.sum(1)
-    n_valid = pix["n_valid"][rows_t]
-    chi2 = ((pix["flux"][rows_t] - fitted) ** 2 * weight).sum(1) * n_valid / n_cov.clamp(min=1)
+    n_valid = _take(pix["n_valid"], rows_t)
+    chi2 = (resid ** 2).sum(1) * n_valid / n_cov.clamp(min=1)
     enough = n_cov >= torch.clamp(cfg.min_coverage * n_valid, min=10.0)
     out = {"chi2": torch.where(enough, chi2, torch.full_like(chi2, float("inf"))), "coef": coef,
            "covered": covered}
     if with_model:
-        out["model"] = fitted
+        raw = torch.cat([model * factor[..., None], poly], 2)
+        out["model"] = (raw @ coef[..., None])[..., 0]
     return out
 
 

@@ -88,7 +88,7 @@ class _TemplateEvidence:
 def _template_evidence(fitter: Any, head: Any, prob: np.ndarray, run: ProbeRun) -> _TemplateEvidence:
     fits = _template_fits(fitter, run.items, model_device(run.net))
     classes, prob, method = classes_with_templates(head, prob, fits)
-    return _TemplateEvidence(fits, classes, prob, method, poor_fit_flags(fits, run.items, fitter.config),
+    return _TemplateEvidence(fits, classes, prob, method, poor_fit_flags(fits, fitter.config),
                              coefficient_width(fitter))
 
 

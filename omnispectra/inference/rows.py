@@ -208,23 +208,22 @@ def classes_with_templates(head: Any, prob: np.ndarray,
     return [head.names[k] for k in np.argmax(prob, axis=1)], prob, method
 
 
-def poor_fit_flags(fits: list[Any], items: list[InputItem], config: Any) -> np.ndarray:
+def poor_fit_flags(fits: list[Any], config: Any) -> np.ndarray:
     """``POOR_FIT`` where the best template barely beats a smooth model (the stored
-    significance quantile of :mod:`omnispectra.domain`; nothing when no domain is bundled)."""
-    from ..redshift import fit_arrays
-
+    significance quantile of :mod:`omnispectra.domain`; nothing when no domain is bundled).
+    The smooth model's chi-square is the one each fit recorded on its own pixels
+    (:attr:`omnispectra.redshift.RedshiftResult.smooth_chi2`)."""
     domain = domains.training_domain()
     if domain is None:
         return np.zeros(len(fits), dtype=np.int64)
     significance = np.full(len(fits), np.nan)
-    for i, (fit, item) in enumerate(zip(fits, items, strict=True)):
-        if item.data is None or not len(fit.coefficients):
+    for i, fit in enumerate(fits):
+        if not len(fit.coefficients):
             continue
-        with np.errstate(all="ignore"):  # absurd errors (ivar 1e300) overflow: then NaN, poor
-            smooth = domains.smooth_chi2(*fit_arrays(item.data, config), config.n_poly)
-            n_coef = len(fit.coefficients)
-            significance[i] = domains.fit_significance(fit.chi2, smooth, fit.n_pixels,
-                                                               n_coef - config.n_poly, n_coef)
+        n_coef = len(fit.coefficients)
+        with np.errstate(all="ignore"):  # a NaN smooth chi-square gives NaN: poor
+            significance[i] = domains.fit_significance(fit.chi2, fit.smooth_chi2, fit.n_pixels,
+                                                       n_coef - config.n_poly, n_coef)
     return domain.fit_flags(significance)
 
 

@@ -415,3 +415,34 @@ def test_full_row_keeps_the_dtype_asked_for(monkeypatch):
     monkeypatch.setattr(pipeline, "resolve_dtype", spy)
     table = omnispectra.classify(example_paths()[:1], full=True)
     assert seen == ["auto"] and table.meta["DTYPE"] == "float32"  # the CPU's default
+
+
+def test_poor_fit_from_the_recorded_smooth_chi2_is_the_old_recomputation(monkeypatch):
+    """POOR_FIT from the chi-square the fit recorded equals the flag of the old per-row
+    recomputation (fit_arrays again, then a Legendre-only least squares), on real spectra and
+    with a threshold that cuts between them."""
+    from omnispectra import domain as domains
+    from omnispectra.inference.rows import poor_fit_flags
+    from omnispectra.redshift import fit_arrays
+    from omnispectra.redshift_batch import fit_many
+    from omnispectra.spectrum import spectrum_data
+
+    from .helpers import require_data_dir, sdss_arrays
+    from .test_redshift_batch import _legendre_only_chi2
+
+    root = require_data_dir()
+    fitter = RedshiftFitter(directory=root / "templates")
+    data = [spectrum_data(*sdss_arrays(p)) for p in sorted((root / "sdss").rglob("spec-*.fits"))[3::30][:5]]
+    fits_ = fit_many(fitter, data, batch_size=3)
+    n_poly = fitter.config.n_poly
+    smooth = [_legendre_only_chi2(*fit_arrays(d, fitter.config), n_poly) for d in data]
+    old = np.array([domains.fit_significance(f.chi2, s, f.n_pixels, len(f.coefficients) - n_poly,
+                                             len(f.coefficients))
+                    for f, s in zip(fits_, smooth, strict=True)])
+    bundled = domains.training_domain()
+    cut = domains.TrainingDomain(bundled.grids, bundled.embeddings, bundled.neighbour_threshold, bundled.k,
+                                 float(np.median(old)), bundled.info)
+    monkeypatch.setattr(domains, "training_domain", lambda: cut)
+    flags = poor_fit_flags(fits_, fitter.config)
+    assert flags.tolist() == cut.fit_flags(old).tolist()
+    assert 0 < np.count_nonzero(flags) < len(flags)

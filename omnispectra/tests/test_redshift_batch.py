@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
+import torch
 
 from omnispectra.exceptions import ConfigError, SpectrumTypeError
 from omnispectra.flags import Flag
-from omnispectra.redshift import RedshiftFitter
+from omnispectra.redshift import RedshiftFitter, fit_arrays
 from omnispectra.redshift_batch import fit_many
+from omnispectra.spectrum import spectrum_data
 from omnispectra.templates.library import TemplateBasis, TemplateLibrary
 from omnispectra.templates.resample import rebin
 
@@ -59,6 +61,7 @@ def test_same_results_as_single_fits(fitter):
         np.testing.assert_allclose([got.z, got.z_err, got.chi2, got.deltachi2],
                                    [want.z, want.z_err, want.chi2, want.deltachi2], rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(got.coefficients, want.coefficients, rtol=1e-5, atol=1e-8)
+        assert got.smooth_chi2 == want.smooth_chi2 or np.isnan(want.smooth_chi2) and np.isnan(got.smooth_chi2)
         assert got.per_class.keys() == want.per_class.keys()
         for name, r in want.per_class.items():
             assert got.per_class[name].z == pytest.approx(r.z, rel=1e-9, abs=1e-9)
@@ -103,3 +106,57 @@ def test_real_sdss_spectra_match_single_fits():
         assert abs(got.z - want.z) < 1e-5
         assert got.deltachi2 == pytest.approx(want.deltachi2, rel=0.01)
         assert got.flag == want.flag
+
+
+def _legendre_only_chi2(wave, flux, ivar, n_poly):
+    """The Legendre-only chi-square as POOR_FIT recomputed it before the fitters recorded it."""
+    use = ivar > 0
+    lw = np.log10(wave)
+    x = 2.0 * (lw - lw[0]) / (lw[-1] - lw[0]) - 1.0
+    w = np.sqrt(ivar[use])
+    design = np.polynomial.legendre.legvander(x, n_poly - 1)[use] * w[:, None]
+    coef, *_ = np.linalg.lstsq(design, flux[use] * w, rcond=None)
+    resid = flux[use] * w - design @ coef
+    return float(resid @ resid)
+
+
+def test_real_fits_record_the_legendre_only_chi2():
+    """Both fitters record on every result (per_class too) the chi-square of the smooth model on
+    the very pixels POOR_FIT used to prepare again (fit_arrays) for each spectrum."""
+    root = require_data_dir()
+    spectra = [sdss_arrays(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[5::40][:3]]
+    fitter = RedshiftFitter(directory=root / "templates")
+    many = fit_many(fitter, spectra, batch_size=2)
+    for spec, got in zip(spectra, many, strict=True):
+        want = _legendre_only_chi2(*fit_arrays(spectrum_data(*spec), fitter.config), fitter.config.n_poly)
+        single = fitter.fit(*spec)
+        for result in (got, single, *got.per_class.values(), *single.per_class.values()):
+            assert result.smooth_chi2 == pytest.approx(want, rel=1e-12)
+        assert got.chi2 < want   # a template with the Legendre terms can only do better
+
+
+def test_real_coarse_minima_match_the_per_spectrum_scan():
+    """The batched coarse scan (sliding sums for the coverage terms, FFT for the others, Cholesky)
+    finds the per-spectrum scan's minima of every template (QSO bases with the IGM included), at
+    the same redshifts with the same chi-square."""
+    from omnispectra import redshift_batch
+    from omnispectra.redshift import coarse_frame, local_minima
+
+    root = require_data_dir()
+    spectra = [sdss_arrays(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[7::50][:3]]
+    fitter = RedshiftFitter(directory=root / "templates")
+    cache = redshift_batch.batch_templates(fitter, torch.device("cpu"))
+    batch = []
+    for i, spec in enumerate(spectra):
+        wave, flux, ivar = fit_arrays(spectrum_data(*spec), fitter.config)
+        frame = coarse_frame(wave, ivar, fitter.config.dloglam)
+        batch.append(redshift_batch._Spectrum(i, wave, flux, ivar, frame))
+    got = redshift_batch.coarse_minima(cache, batch)
+    n_keep = 3 * fitter.config.n_refine
+    for spec, found in zip(spectra, got, strict=True):
+        _, scans = fitter.fit(*spec, return_scans=True)
+        want = [m for p, scan in zip(fitter.prepared, scans, strict=True)
+                for m in local_minima(p, scan.z, scan.chi2, n_keep)]
+        assert [(m[1].name, m[2]) for m in found] == [(m[1].name, m[2]) for m in want]
+        # f'Wf - y'M^-1 y cancels digits: the FFT-only batched scan already differed by 1.1e-9 here
+        np.testing.assert_allclose([m[0] for m in found], [m[0] for m in want], rtol=1e-8)
