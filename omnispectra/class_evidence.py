@@ -10,7 +10,10 @@ logistic model with four numbers::
     logit_c = a * log p_c - b * log(1 + dchi2_c) + bias_c
 
 ``p_c`` is the probe's calibrated probability, ``dchi2_c >= 0`` the chi-square of class
-``c``'s best solution minus the best of all classes. ``a``, ``b`` and the biases are
+``c``'s best solution minus the best of all classes. A class whose templates do not cover
+the spectrum (e.g. the stellar templates on an H-band spectrum) has no evidence against it
+(``dchi2_c = 0``): what could not be tested is left to the network, and the fit's own
+class then disagrees with a star, which the class flag says. ``a``, ``b`` and the biases are
 fitted on cross-validated outputs (``omnispectra train-predictors --templates``; the fit is
 :func:`omnispectra.evaluation.calibration.fit_template_combination`) and stored in the
 class probe's ``calibration`` under :data:`COMBINATION_KEY`. Rows the templates could not
@@ -26,13 +29,13 @@ import numpy as np
 
 from .exceptions import CheckpointError
 
-__all__ = ["COMBINATION_KEY", "MISSING_DCHI2", "template_evidence", "combination_of", "combined_logits",
+__all__ = ["COMBINATION_KEY", "template_evidence", "combination_of", "combined_logits",
            "combine"]
 
 #: Where the fitted combination lives in a class probe's ``calibration``.
 COMBINATION_KEY = "with_templates"
-#: ``dchi2`` of a class the scan could not fit (no template coverage) while others fitted.
-MISSING_DCHI2 = 1e6
+#: Largest ``dchi2`` taken into the evidence.
+DCHI2_MAX = 1e6
 _LOG_FLOOR = 1e-6
 
 
@@ -51,15 +54,15 @@ def template_evidence(class_chi2: Sequence[Mapping[str, float]], classes: Sequen
     -------
     numpy.ndarray
         NaN rows where no class has a finite chi-square; a class missing from a fitted row
-        gets :data:`MISSING_DCHI2`.
+        (its templates do not cover the pixels) gets 0, no evidence against it.
     """
     out = np.full((len(class_chi2), len(classes)), np.nan)
     for i, chi2 in enumerate(class_chi2):
         values = np.array([chi2.get(c, np.nan) for c in classes], dtype=np.float64)
         finite = np.isfinite(values)
         if finite.any():
-            delta = np.where(finite, values - values[finite].min(), MISSING_DCHI2)
-            out[i] = np.log1p(np.clip(delta, 0.0, MISSING_DCHI2))
+            delta = np.where(finite, values - values[finite].min(), 0.0)
+            out[i] = np.log1p(np.clip(delta, 0.0, DCHI2_MAX))
     return out
 
 

@@ -318,6 +318,24 @@ def test_templates_join_the_class(encoder, library, fitter):  # noqa: F811
         api.classify([galaxy], model=encoder, probe=broken, templates=fitter)
 
 
+def test_a_class_the_templates_cannot_test_gets_no_evidence_against_it():
+    """An H-band spectrum: the stellar templates do not reach it, so STAR is neither favoured nor
+    penalized by the templates; between the fitted classes the chi-square difference counts."""
+    from omnispectra.class_evidence import combine, template_evidence
+
+    classes = ["GALAXY", "QSO", "STAR"]
+    evidence = template_evidence([{"GALAXY": 100.0, "QSO": 160.0}, {}, {"GALAXY": 5.0, "QSO": 4.0,
+                                                                         "STAR": 1.0}], classes)
+    np.testing.assert_allclose(evidence[0], [0.0, np.log1p(60.0), 0.0])
+    assert np.isnan(evidence[1]).all()                                  # nothing fitted: probe alone
+    np.testing.assert_allclose(evidence[2], np.log1p([4.0, 3.0, 0.0]))
+    prob = np.array([[0.2, 0.1, 0.7]] * 3)
+    params = {"network_weight": 1.0, "template_weight": 1.0, "bias": np.zeros(3)}
+    out = combine(prob, evidence, params)
+    assert out[0].argmax() == 2 and out[0][1] < prob[0][1]             # STAR kept, QSO pushed down
+    np.testing.assert_allclose(out[1], prob[1])
+
+
 def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
     monkeypatch.delenv("OMNISPECTRA_TEMPLATES", raising=False)
     monkeypatch.setattr("omnispectra.pretrained._data_dir", lambda: tmp_path / "no-package-data")
