@@ -101,7 +101,7 @@ def joined_rows(tables: list[Path], folds: dict) -> dict[str, np.ndarray]:
     """Labels and catalogue columns of every labelled row found in the catalogues."""
     from astropy.table import Table, vstack
 
-    cat = vstack([Table.read(t) for t in tables])
+    cat = vstack([Table.read(t) for t in tables], metadata_conflicts="silent")
     index = {str(i): k for k, i in enumerate(cat["id"])}
     labels = [row for r in folds["rounds"] for row in r["evaluation"]]
     found = [row for row in labels if row["id"] in index]
@@ -136,9 +136,9 @@ def class_scores(rows: dict[str, np.ndarray]) -> dict:
     in_domain = (flag & OUT_OF_DOMAIN) == 0
     return {
         "n": int(y.size), "recall": recall,
-        "macro_recall": float(np.mean([v["value"] for v in recall.values()])), "groups": groups,
-        "worst_group_wilson_low": min((v["accuracy"]["wilson95"][0], g) for g, v in groups.items()
-                                      if v["n"] >= MIN_GROUP_ROWS),
+        "macro_recall": float(np.mean([v["value"] for v in recall.values() if v["n"]])), "groups": groups,
+        "worst_group_wilson_low": min(((v["accuracy"]["wilson95"][0], g) for g, v in groups.items()
+                                       if v["n"] >= MIN_GROUP_ROWS), default=(float("nan"), "none")),
         "ece_10_equal_count": expected_calibration_error(rows["prob"], truth, 10, equal_count=True),
         "ece_10_equal_count_surveys": expected_calibration_error(
             rows["prob"][rows["survey"] != "miles"], truth[rows["survey"] != "miles"], 10, equal_count=True),

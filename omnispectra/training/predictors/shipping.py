@@ -649,7 +649,7 @@ def train_predictors(options: PredictorOptions) -> dict[str, Any]:
         "cross_validation": {"k": options.folds, "seed": options.seed,
                              "folds": ("omnispectra.splits.fold_of: floor(object_hash(object_id, seed) * k)"
                                        if not options.groups else
-                                       f"whole source groups of {options.groups} per fold, balanced by rows "
+                                       f"whole source groups of {options.groups} per fold, balanced by survey spectra "
                                        "(omnispectra.training.predictors.sources.source_folds); see each "
                                        "task's folds_by"),
                              "rounds": "round r: evaluate fold r, calibrate and choose on fold r+1 mod k, "
