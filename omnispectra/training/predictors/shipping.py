@@ -52,6 +52,7 @@ from ...exceptions import ConfigError
 from ...probes import PROBE_FILES
 from .crossval import (
     ECE_BINS,
+    MIN_GROUP_ROWS,
     calibrate_classes,
     calibrate_spread,
     choose_recipe,
@@ -191,7 +192,7 @@ def classification_cv(task: Any, emb: np.ndarray, y: np.ndarray, surveys: np.nda
     report = {
         "selection": {"metric": ("macro recall on the pooled calibration folds" if sources is None else
                                  "worst source group's macro recall on the pooled calibration folds "
-                                 "(groups of at least MIN_GROUP_ROWS rows), then the pooled macro recall"),
+                                 f"(groups of at least {MIN_GROUP_ROWS} rows), then the pooled macro recall"),
                       "scores": choice, "chosen": best},
         "temperature_per_round": fit["temperature_per_round"],
         **class_scores(task, prob, y[ev_rows], surveys[ev_rows], None if flags is None else flags[ev_rows],
@@ -649,9 +650,9 @@ def train_predictors(options: PredictorOptions) -> dict[str, Any]:
         "cross_validation": {"k": options.folds, "seed": options.seed,
                              "folds": ("omnispectra.splits.fold_of: floor(object_hash(object_id, seed) * k)"
                                        if not options.groups else
-                                       f"whole source groups of {options.groups} per fold, balanced by survey spectra "
-                                       "(omnispectra.training.predictors.sources.source_folds); see each "
-                                       "task's folds_by"),
+                                       f"whole source groups of {options.groups} per fold, balanced by "
+                                       "survey spectra (omnispectra.training.predictors.sources."
+                                       "source_folds); see each task's folds_by"),
                              "rounds": "round r: evaluate fold r, calibrate and choose on fold r+1 mod k, "
                                        "train on the rest; scores pooled over rounds"},
         "steps_scale": options.steps_scale, "predictors": {},
