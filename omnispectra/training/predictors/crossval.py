@@ -201,7 +201,7 @@ def group_recalls(y: np.ndarray, pred: np.ndarray, groups: np.ndarray, classes: 
                   min_rows: int = MIN_GROUP_ROWS) -> dict[str, Any]:
     """Recall per source group (:func:`recall_report`) and the worst group's macro recall
     among groups of at least ``min_rows`` rows (``worst``: ``{"group", "macro_recall"}``;
-    the smallest group's when none is that large)."""
+    the worst of all groups when none is that large)."""
     groups = np.asarray(groups, dtype=str)
     per = {g: recall_report(y[groups == g], pred[groups == g], classes) for g in sorted(set(groups.tolist()))}
     big = [g for g in per if per[g]["accuracy"]["n"] >= min_rows] or list(per)
