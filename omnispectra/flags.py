@@ -341,19 +341,24 @@ def not_star_flags(classes: Sequence[str]) -> np.ndarray:
 
 
 def redshift_class_flags(chosen_class: Sequence[str], fit_class: Sequence[str],
-                         reported_class: Sequence[str]) -> np.ndarray:
+                         reported_class: Sequence[str], tested: Sequence[bool] | None = None) -> np.ndarray:
     """Flags of a redshift row from its classes.
 
     ``WRONG_CLASS`` when the reported solution is a STAR (its ``z`` is a radial velocity,
     not a redshift); ``DISAGREEMENT`` when the template fit's best class differs from the
     chosen class (the class probe's, joined with the template evidence when the probe
     stores a combination; a fit that found nothing has class ``""`` and sets no bit here).
+    ``tested`` (per row, optional): whether the fit could test the chosen class at all; a
+    class whose templates do not cover the spectrum (the stellar templates on an H-band
+    spectrum) is not contradicted by the classes that do, so no ``DISAGREEMENT`` there.
     """
     out = np.zeros(len(chosen_class), dtype=np.int64)
-    for i, (chosen, fit, rep) in enumerate(zip(chosen_class, fit_class, reported_class, strict=True)):
+    tested = [True] * len(chosen_class) if tested is None else list(tested)
+    rows = zip(chosen_class, fit_class, reported_class, tested, strict=True)
+    for i, (chosen, fit, rep, could) in enumerate(rows):
         if rep == "STAR":
             out[i] |= Flag.WRONG_CLASS
-        if fit and chosen and fit != chosen:
+        if fit and chosen and fit != chosen and could:
             out[i] |= Flag.DISAGREEMENT
     return out
 

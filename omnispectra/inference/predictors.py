@@ -78,10 +78,13 @@ class _TemplateEvidence:
         A class that joined the template evidence is not flagged ``LOW_SN``: its calibrated
         probability already weighs how well the data separate the classes (of 11 labelled
         SDSS/BOSS/eBOSS rows flagged only ``LOW_SN``, 10 had the right class, most with
-        probabilities below 0.95; ``benchmarks/flag_rates.py``).
+        probabilities below 0.95; ``benchmarks/flag_rates.py``). A chosen class the
+        templates could not fit (no coverage) is not contradicted by the classes they could.
         """
         best = [fit.candidates[0][0] if fit.candidates else "" for fit in self.fits]
-        differ = redshift_class_flags(self.classes, best, best) & int(Flag.DISAGREEMENT)
+        tested = [np.isfinite(fit.class_chi2.get(c, np.nan)) for fit, c in zip(self.fits, self.classes,
+                                                                                strict=True)]
+        differ = redshift_class_flags(self.classes, best, best, tested) & int(Flag.DISAGREEMENT)
         return self.poor | differ
 
 

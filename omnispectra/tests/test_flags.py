@@ -53,3 +53,16 @@ def test_bad_values_raise(bad):
 def test_unknown_name_raises():
     with pytest.raises(ValueError, match="unknown flag name"):
         flag_from_names("NOT_A_FLAG")
+
+
+def test_disagreement_only_where_the_templates_could_test_the_class():
+    from omnispectra.flags import Flag, redshift_class_flags
+
+    chosen, fit = ["STAR", "STAR", "GALAXY", "QSO"], ["GALAXY", "GALAXY", "GALAXY", ""]
+    plain = redshift_class_flags(chosen, fit, fit)
+    assert plain.tolist() == [int(Flag.DISAGREEMENT), int(Flag.DISAGREEMENT), 0, 0]
+    # the second STAR's templates did not cover its spectrum (e.g. H band): nothing contradicts it
+    tested = redshift_class_flags(chosen, fit, fit, tested=[True, False, True, True])
+    assert tested.tolist() == [int(Flag.DISAGREEMENT), 0, 0, 0]
+    assert (redshift_class_flags(chosen, fit, ["STAR"] * 4, tested=[False] * 4)
+            == int(Flag.WRONG_CLASS)).all()
