@@ -49,3 +49,12 @@ def best_time(fn, repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a benchmark's report and, with ``out``, write it there atomically."""
+    if out is not None:
+        from omnispectra.fileio import write_text
+
+        write_text(out, text)
+    print(text)

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
 CORRUPTIONS = ("spikes", "dead_segment", "calibration_break", "reversed", "spliced", "noise_only")
 MASKS = (1, 2, 4, 8)
 
@@ -124,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{above.sum()}/{ok_b.sum()} | " + " | ".join(per) + " |")
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
-    if args.out is not None:
-        from omnispectra.fileio import write_text
-
-        write_text(args.out, text)
-    print(text)
+    emit(text, args.out)
     return 0
 
 

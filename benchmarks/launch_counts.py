@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's omnispectra
-from _common import data_dir  # noqa: E402
+from _common import data_dir, emit  # noqa: E402
 
 
 def op_calls(run) -> int:
@@ -76,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(["# Torch operator calls per batch", "",
                       "Command: `python benchmarks/launch_counts.py --batches "
                       + " ".join(map(str, args.batches)) + "`", "", *lines]) + "\n"
-    if args.out is not None:
-        from omnispectra.fileio import write_text
-
-        write_text(args.out, text)
-    print(text)
+    emit(text, args.out)
     return 0
 
 
