@@ -36,16 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from omnispectra.flags import CLASSES, Flag
+from omnispectra.training.predictors.crossval import CONFIDENT, MIN_GROUP_ROWS
+
 logger = logging.getLogger("source_validation")
 
 #: The redshift tolerance of the issue, |dz| / (1 + z).
 Z_TOLERANCE = 0.0033
-#: Top probability of a confident row.
-CONFIDENT = 0.95
-#: Fewest rows of a source group held to the Wilson lower bound.
-MIN_GROUP_ROWS = 20
-CLASSES = ("GALAXY", "QSO", "STAR")
-OUT_OF_DOMAIN = 32768
+OUT_OF_DOMAIN = int(Flag.OUT_OF_DOMAIN)
 
 
 def round_domains(folds: dict, corpus: list[str], work: Path) -> list[Path]:
