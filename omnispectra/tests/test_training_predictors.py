@@ -392,6 +392,8 @@ def test_source_folds_keep_groups_whole_and_balance_rows():
     weighted = source_folds(groups, 3, weights=~library)
     assert np.bincount(weighted[~library]).tolist() == [20, 23, 25]   # a | b + e | c + d
     assert len(set(weighted[library])) == 1 and weighted[library][0] == 0
+    with pytest.raises(ConfigError, match="one finite, non-negative weight per row"):
+        source_folds(groups, 3, weights=np.ones(5))
 
 
 def test_with_source_groups_the_choice_follows_the_worst_group():

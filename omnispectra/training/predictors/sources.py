@@ -92,7 +92,8 @@ def source_folds(groups: Sequence[str], k: int, weights: Sequence[float] | None 
     Raises
     ------
     ConfigError
-        ``k < 3`` or fewer groups than folds.
+        ``k < 3``, fewer groups than folds, or weights that are not one finite,
+        non-negative value per row.
     """
     groups = np.asarray(groups, dtype=str)
     w = np.ones(groups.size) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -101,6 +102,9 @@ def source_folds(groups: Sequence[str], k: int, weights: Sequence[float] | None 
         raise ConfigError(f"source-grouped cross-validation needs at least 3 folds, got {k!r}")
     if names.size < k:
         raise ConfigError(f"{names.size} source group(s) cannot fill {k} folds")
+    if w.shape != groups.shape or not np.all(np.isfinite(w)) or (w < 0).any():
+        raise ConfigError(f"source_folds needs one finite, non-negative weight per row ({groups.size}), "
+                          f"got {w.size}")
     group_weight = np.bincount(inverse, weights=w, minlength=names.size)
     load, rows = np.zeros(int(k)), np.zeros(int(k), dtype=np.int64)
     fold_of_group = np.zeros(names.size, dtype=np.int64)
