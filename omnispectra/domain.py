@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DOMAIN_TOLERANCE", "DOMAIN_FILE", "InputShape", "input_shape", "pixel_resolution", "shape_of",
            "TrainingDomain",
            "load_domain",
-           "training_domain", "smooth_chi2", "fit_significance"]
+           "training_domain", "fit_significance", "result_significance"]
 
 #: Factor by which a grid's resolution range is widened (and its shortest span shortened)
 #: before an input counts as outside it: neighbouring instruments of one survey differ by
@@ -106,14 +106,6 @@ def shape_of(data: Any) -> InputShape:
     return input_shape(data.wavelength, data.bad)
 
 
-def smooth_chi2(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, n_poly: int) -> float:
-    """Chi-square of the best Legendre-only model (:func:`omnispectra.redshift.smooth_chi2`,
-    which the template fitters record on every result as ``RedshiftResult.smooth_chi2``)."""
-    from . import redshift
-
-    return redshift.smooth_chi2(wave, flux, ivar, n_poly)
-
-
 def fit_significance(chi2_best: float, chi2_smooth: float, n_pixels: int, n_template: int,
                      n_coefficients: int) -> float:
     """F ratio of the template model over the smooth model.
@@ -129,6 +121,18 @@ def fit_significance(chi2_best: float, chi2_smooth: float, n_pixels: int, n_temp
             or chi2_best <= 0):
         return float("nan")
     return float(((chi2_smooth - chi2_best) / n_template) / (chi2_best / dof))
+
+
+def result_significance(result: Any, n_poly: int) -> float:
+    """:func:`fit_significance` of a template fit (a :class:`~omnispectra.redshift.RedshiftResult`)
+    against the smooth model it recorded (``smooth_chi2``, ``n_poly`` Legendre terms); NaN
+    for a spectrum that was not fitted."""
+    n_coef = len(result.coefficients)
+    if not n_coef:
+        return float("nan")
+    with np.errstate(all="ignore"):  # absurd errors (ivar 1e300): NaN, then POOR_FIT
+        return fit_significance(result.chi2, result.smooth_chi2, result.n_pixels, n_coef - n_poly,
+                                n_coef)
 
 
 class TrainingDomain:

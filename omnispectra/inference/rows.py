@@ -216,14 +216,8 @@ def poor_fit_flags(fits: list[Any], config: Any) -> np.ndarray:
     domain = domains.training_domain()
     if domain is None:
         return np.zeros(len(fits), dtype=np.int64)
-    significance = np.full(len(fits), np.nan)
-    for i, fit in enumerate(fits):
-        if not len(fit.coefficients):
-            continue
-        n_coef = len(fit.coefficients)
-        with np.errstate(all="ignore"):  # a NaN smooth chi-square gives NaN: poor
-            significance[i] = domains.fit_significance(fit.chi2, fit.smooth_chi2, fit.n_pixels,
-                                                       n_coef - config.n_poly, n_coef)
+    significance = np.array([domains.result_significance(fit, config.n_poly) for fit in fits],
+                            dtype=np.float64)
     return domain.fit_flags(significance)
 
 

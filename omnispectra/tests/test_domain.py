@@ -13,13 +13,13 @@ from omnispectra.domain import (
     fit_significance,
     input_shape,
     load_domain,
-    smooth_chi2,
     training_domain,
 )
 from omnispectra.examples import example_paths
 from omnispectra.exceptions import CheckpointError
 from omnispectra.flags import Flag
 from omnispectra.io import read
+from omnispectra.redshift import smooth_chi2
 
 GRID = {"wave_min": 3600.0, "wave_max": 10400.0, "span_min": 3000.0, "resolution_min": 4000.0,
         "resolution_max": 4700.0, "snr_max": 200.0}

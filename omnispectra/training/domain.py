@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..domain import TrainingDomain, fit_significance, shape_of, smooth_chi2
+from ..domain import TrainingDomain, result_significance, shape_of
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ def neighbour_threshold(embeddings: np.ndarray, groups: list[str], k: int,
 
 def measure_fits(spectra: list[TrainingSpectrum], fitter: Any, per_survey: int) -> dict[str, np.ndarray]:
     """Fit significance of up to ``per_survey`` labelled spectra of each survey (sorted by id)."""
-    from ..redshift import fit_arrays
     from ..spectrum import spectrum_data
 
     chosen: dict[str, list[TrainingSpectrum]] = defaultdict(list)
@@ -110,13 +109,8 @@ def measure_fits(spectra: list[TrainingSpectrum], fitter: Any, per_survey: int) 
     significance, labels = [], []
     for items in chosen.values():
         for item in items:
-            data = spectrum_data(item.spectrum)
-            result = fitter.fit_data(data)
-            wave, flux, ivar = fit_arrays(data, fitter.config)
-            n_coef = len(result.coefficients)
-            chi2_smooth = smooth_chi2(wave, flux, ivar, fitter.config.n_poly)
-            significance.append(fit_significance(result.chi2, chi2_smooth, result.n_pixels,
-                                                 n_coef - fitter.config.n_poly, n_coef))
+            result = fitter.fit_data(spectrum_data(item.spectrum))
+            significance.append(result_significance(result, fitter.config.n_poly))
             labels.append(item.label)
     return {"significance": np.asarray(significance, dtype=np.float64), "label": np.asarray(labels)}
 
