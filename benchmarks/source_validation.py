@@ -37,7 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from omnispectra.flags import CLASSES, Flag
-from omnispectra.training.predictors.crossval import CONFIDENT, MIN_GROUP_ROWS
+from omnispectra.training.predictors.crossval import (
+    CONFIDENT,
+    MIN_GROUP_ROWS,
+    group_recalls,
+    interval,
+    recall_report,
+)
 
 logger = logging.getLogger("source_validation")
 
@@ -94,15 +100,9 @@ def classify_round(run: Path, r: dict, domain: Path, out: Path) -> Path:
     return table
 
 
-def wilson(k: int, n: int) -> list[float]:
-    from omnispectra.evaluation.stats import wilson_interval
-
-    return [float(v) for v in wilson_interval(int(k), int(n))]
-
-
 def share(mask: np.ndarray, within: np.ndarray) -> dict:
-    k, n = int((mask & within).sum()), int(within.sum())
-    return {"k": k, "n": n, "value": k / n if n else float("nan"), "wilson95": wilson(k, n)}
+    """:func:`~omnispectra.training.predictors.crossval.interval` of ``mask`` among ``within``."""
+    return interval(int((mask & within).sum()), int(within.sum()))
 
 
 def joined_rows(tables: list[Path], folds: dict) -> dict[str, np.ndarray]:
@@ -131,22 +131,19 @@ def class_scores(rows: dict[str, np.ndarray]) -> dict:
 
     y, pred, flag = rows["class"], rows["pred"], rows["class_flag"].astype(np.int64)
     right = pred == y
-    recall = {c: share(right, y == c) for c in CLASSES}
-    groups = {}
-    for g in sorted(set(rows["group"].tolist())):
-        m = rows["group"] == g
-        present = [share(right, m & (y == c))["value"] for c in CLASSES if (m & (y == c)).any()]
-        groups[g] = {"n": int(m.sum()), "accuracy": share(right, m), "macro_recall": float(np.mean(present)),
-                     "classes": {c: int((m & (y == c)).sum()) for c in CLASSES}}
     truth = np.asarray([CLASSES.index(c) for c in y])
+    chosen = np.asarray([CLASSES.index(c) if c in CLASSES else -1 for c in pred])
+    pooled = recall_report(truth, chosen, CLASSES)
+    groups = group_recalls(truth, chosen, rows["group"], CLASSES)["groups"]
     sure_clean = (rows["prob"].max(1) >= CONFIDENT) & (flag == 0)
     extragalactic = np.isin(y, ("GALAXY", "QSO"))
     in_domain = (flag & OUT_OF_DOMAIN) == 0
     return {
-        "n": int(y.size), "recall": recall,
-        "macro_recall": float(np.mean([v["value"] for v in recall.values() if v["n"]])), "groups": groups,
+        "n": int(y.size), "recall": pooled["recall"], "macro_recall": pooled["macro_recall"],
+        "groups": groups,
         "worst_group_wilson_low": min(((v["accuracy"]["wilson95"][0], g) for g, v in groups.items()
-                                       if v["n"] >= MIN_GROUP_ROWS), default=(float("nan"), "none")),
+                                       if v["accuracy"]["n"] >= MIN_GROUP_ROWS),
+                                      default=(float("nan"), "none")),
         "ece_10_equal_count": expected_calibration_error(rows["prob"], truth, 10, equal_count=True),
         "ece_10_equal_count_surveys": expected_calibration_error(
             rows["prob"][rows["survey"] != "miles"], truth[rows["survey"] != "miles"], 10, equal_count=True),
@@ -195,8 +192,9 @@ def markdown(scores: dict, command: str) -> str:
              "", "| source group | n | GALAXY/QSO/STAR | accuracy [Wilson 95%] | macro recall |",
              "|---|---|---|---|---|"]
     for g, v in c["groups"].items():
-        counts = "/".join(str(v["classes"][k]) for k in CLASSES)
-        lines.append(f"| {g} | {v['n']} | {counts} | {pct(v['accuracy'])} | {v['macro_recall']:.3f} |")
+        counts = "/".join(str(v["recall"][k]["n"]) for k in CLASSES)
+        lines.append(f"| {g} | {v['accuracy']['n']} | {counts} | {pct(v['accuracy'])} "
+                     f"| {v['macro_recall']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
