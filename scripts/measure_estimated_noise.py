@@ -12,8 +12,11 @@ The script scores ``n`` MILES stars (every ``len // n``-th file, in name order) 
 bundled model and prints the median, 90th and 99th percentiles, the maximum and the
 fraction above the model card's ``ANOMALY`` threshold
 (:func:`omnispectra.inference.anomaly.anomaly_threshold`). More than about 3% would mean
-the estimate is not calibrated for them. Measured on the shared data: 100 stars,
-median 1.11, p90 3.26, max 7.82, none above the threshold 24.29.
+the estimate is not calibrated for them. It then scores the bundled examples that have
+uncertainties (SDSS, LAMOST) with them and without them (valid pixels only), to show how
+far the estimate moves the statistic. Measured on the shared data with 4 masks: 100 stars,
+median 0.98, p90 3.2, max 6.3, none above the threshold 31.08; the SDSS example 4.17 with
+its errors -> 5.23 estimated, the LAMOST example 6.79 -> 5.91.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 import omnispectra
+from omnispectra.examples import example_paths
 from omnispectra.inference.anomaly import anomaly_threshold
+from omnispectra.spectrum import spectrum_data
 
 
 def main() -> None:
@@ -45,6 +50,15 @@ def main() -> None:
           f"p90 {np.nanpercentile(statistic, 90):.3g}, p99 {np.nanpercentile(statistic, 99):.3g}, "
           f"max {np.nanmax(statistic):.3g}, NaN {int(np.isnan(statistic).sum())}")
     print(f"threshold {threshold}: {int(above.sum())} above ({above.mean():.1%})")
+    for path in example_paths():
+        data = spectrum_data(omnispectra.read(path)[0])   # the file's first (here only) spectrum
+        if not data.has_ivar:
+            continue
+        good = ~data.mask
+        with_errors, estimated = omnispectra.anomaly_statistic(
+            [(data.wavelength[good], data.flux[good], data.ivar[good]),
+             (data.wavelength[good], data.flux[good])], progress=False)[0]
+        print(f"{path.name}: {with_errors:.3g} with its errors -> {estimated:.3g} estimated")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ __all__ = ["anomaly_score", "anomaly_statistic", "anomaly_threshold", "quality_f
 
 logger = logging.getLogger(__name__)
 
+#: Masks of a card's anomaly threshold that does not record ``n_masks`` (all before it did).
+LEGACY_ANOMALY_MASKS = 8
+
 
 
 def anomaly_score(
     spectra: Any,
     model: str | os.PathLike | OmniSpectra = "default",
-    n_masks: int = 8,
+    n_masks: int = ANOMALY_N_MASKS,
     seed: int = 0,
     batch_size: int = 32,
     device: str | torch.device | None = None,
@@ -68,7 +71,8 @@ def anomaly_score(
         As for :func:`embed` (with ``on_error="skip"``, ``return_ids=True`` says which
         inputs were scored).
     n_masks : int
-        Masks averaged per spectrum.
+        Masks averaged per spectrum (default :data:`~omnispectra.inference.scoring.ANOMALY_N_MASKS`,
+        those of the ``ANOMALY`` flag's threshold).
     seed : int
         Seed of the masks.
     as_table : bool
@@ -156,7 +160,7 @@ def anomaly_statistic(
     file without errors, such as MILES, or bare ``(wavelength, flux)`` arrays) is weighed
     with one noise level estimated from its pixel-to-pixel differences
     (:func:`omnispectra.redshift.difference_ivar`, the template fit's estimate): on 100
-    MILES stars none exceeds the card's threshold (median 1.1, maximum 7.8). Its name is
+    MILES stars none exceeds the card's threshold (median 0.98, maximum 6.3). Its name is
     :data:`omnispectra.flags.ANOMALY_STATISTIC`; the encoder card's ``anomaly.p99`` (the
     99th percentile over validation spectra, written by ``omnispectra train-predictors``
     with this function and its defaults) is the flag's threshold
@@ -187,9 +191,11 @@ def anomaly_statistic(
 def anomaly_threshold(model: str | os.PathLike | OmniSpectra = "default") -> float | None:
     """The ``ANOMALY`` threshold stored with a model, or None (then the bit is never set).
 
-    The card's (or weights file's) ``anomaly`` entry ``{"statistic", "p99", "n_validation"}``
-    (:func:`omnispectra.runtime.card_entry`); used only when its ``statistic`` is
-    :data:`omnispectra.flags.ANOMALY_STATISTIC`.
+    The card's (or weights file's) ``anomaly`` entry ``{"statistic", "p99", "n_validation",
+    "n_masks"}`` (:func:`omnispectra.runtime.card_entry`); used only when its ``statistic`` is
+    :data:`omnispectra.flags.ANOMALY_STATISTIC` and it was measured with
+    :data:`~omnispectra.inference.scoring.ANOMALY_N_MASKS` masks (an entry without ``n_masks``
+    was measured with 8, the count before it was recorded).
     """
     from ..flags import ANOMALY_STATISTIC
     from ..runtime import card_entry
@@ -201,6 +207,10 @@ def anomaly_threshold(model: str | os.PathLike | OmniSpectra = "default") -> flo
     if entry.get("statistic") != ANOMALY_STATISTIC:
         logger.warning("the model card's anomaly threshold is for statistic %r, not %r; ANOMALY is not set",
                        entry.get("statistic"), ANOMALY_STATISTIC)
+        return None
+    if entry.get("n_masks", LEGACY_ANOMALY_MASKS) != ANOMALY_N_MASKS:
+        logger.warning("the model card's anomaly threshold was measured with %s masks, not %d; ANOMALY is "
+                       "not set", entry.get("n_masks", LEGACY_ANOMALY_MASKS), ANOMALY_N_MASKS)
         return None
     try:
         value = float(entry["p99"])

@@ -18,6 +18,7 @@ from omnispectra.evaluation.harness import (  # noqa: E402
     source_classes,
 )
 from omnispectra.flags import ANOMALY_STATISTIC  # noqa: E402
+from omnispectra.inference.scoring import ANOMALY_N_MASKS  # noqa: E402
 from omnispectra.model import OmniSpectra, OmniSpectraConfig  # noqa: E402
 
 from .helpers import require_data_dir  # noqa: E402
@@ -223,6 +224,30 @@ def _tiny_engine_corpus(directory, n_per_class: int, sources: int = 1) -> list[s
     return sorted(str(p) for p in report.outputs.values())
 
 
+def test_measure_anomaly_threshold_script_replaces_only_the_threshold(tiny_corpus, tmp_path):
+    """scripts/measure_anomaly_threshold.py: the threshold of the runtime's statistic and masks,
+    written into the report and the card, everything else in both kept as it was."""
+    import json
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "measure_anomaly_threshold.py"
+    if not script.is_file():
+        pytest.skip("scripts/ not present (installed package)")
+    before = {"predictors": {"x": 1}, "anomaly": {"statistic": "old", "p99": -1.0, "n_validation": 0}}
+    (tmp_path / "predictors.json").write_text(json.dumps(before))
+    (tmp_path / "omnispectra-default.json").write_text(json.dumps({"name": "card", **before}))
+    corpus = [str(p) for p in sorted(tiny_corpus.glob("*.h5"))]
+    assert runpy.run_path(str(script))["main"]([*corpus, "--data-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "predictors.json").read_text())
+    card = json.loads((tmp_path / "omnispectra-default.json").read_text())
+    assert report["predictors"] == {"x": 1} and card["name"] == "card" and card["predictors"] == {"x": 1}
+    entry = report["anomaly"]
+    assert entry["statistic"] == ANOMALY_STATISTIC and entry["n_masks"] == ANOMALY_N_MASKS
+    assert entry["n_validation"] > 0 and np.isfinite(entry["p99"]) and "command" in entry["measured_by"]
+    assert card["anomaly"] == {k: entry[k] for k in ("statistic", "p99", "n_validation", "n_masks")}
+
+
 def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     """scripts/train_predictors.py on real spectra with a micro encoder: folds, calibration, card."""
     import json
@@ -260,7 +285,7 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     assert header["calibration"]["temperature"] > 0 and "fold" in header["calibration"]
     written = json.loads(card.read_text())
     assert written["anomaly"]["statistic"] == ANOMALY_STATISTIC and written["anomaly"]["n_validation"] > 0
-    assert np.isfinite(written["anomaly"]["p99"])
+    assert np.isfinite(written["anomaly"]["p99"]) and written["anomaly"]["n_masks"] == ANOMALY_N_MASKS
     # engine spectra: every class recipe also tried with them, the shipped probe checked on a hold-out
     scores = cv["selection"]["scores"]
     assert sum(name.endswith("+ engine spectra") for name in scores) == len(scores) // 2

@@ -140,10 +140,20 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
 
     threshold = float(np.sqrt(stats[0] * stats[1]))
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
-                                                  "n_validation": 10})
-    # the masks the threshold was computed with
+                                                  "n_validation": 10, "n_masks": 2})
+    # a threshold measured with other masks than the runtime's is not used (nor one from before
+    # the card recorded its masks: those were 8)
+    assert api.anomaly_threshold(encoder) is None
+    monkeypatch.setattr("omnispectra.inference.anomaly.ANOMALY_N_MASKS", 2)
     monkeypatch.setattr("omnispectra.inference.rows.ANOMALY_N_MASKS", 2)
     assert api.anomaly_threshold(encoder) == threshold
+    monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": threshold,
+                                                  "n_validation": 10})
+    assert api.anomaly_threshold(encoder) is None
+    monkeypatch.setattr("omnispectra.inference.anomaly.ANOMALY_N_MASKS", 8)
+    assert api.anomaly_threshold(encoder) == threshold
+    monkeypatch.setitem(encoder.info["anomaly"], "n_masks", 2)
+    monkeypatch.setattr("omnispectra.inference.anomaly.ANOMALY_N_MASKS", 2)
     table = api.classify([clean, weird], model=encoder, probe=_class_probe(encoder, "GALAXY"), fast=True)
     assert _flags(table) == [0, Flag.ANOMALY]
     scores = api.anomaly_score([clean, weird], model=encoder, n_masks=2, as_table=True)
@@ -151,7 +161,7 @@ def test_anomaly_bit_from_the_card_threshold(encoder, monkeypatch):
     np.testing.assert_allclose(scores["anomaly"], stats)
     assert not scores["noise_estimated"].any()
     monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "n_validation": 10,
-                                                  "p99": float(np.sqrt(bare[0] * bare[2]))})
+                                                  "p99": float(np.sqrt(bare[0] * bare[2])), "n_masks": 2})
     bare_scores = api.anomaly_score([(wave, flux), (wave, spiky)], model=encoder, n_masks=2, as_table=True)
     assert bare_scores["noise_estimated"].all() and _flags(bare_scores) == [0, Flag.ANOMALY]
     # a threshold of another statistic is not used

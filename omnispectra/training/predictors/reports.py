@@ -14,7 +14,7 @@ from .crossval import CONFIDENT, ECE_BINS, calibration_report, group_recalls, in
 
 __all__ = ["MACRO_GROUPS", "LIBRARIES", "TEMPLATE_CLASSES", "class_scores", "reliability_figure",
            "template_combination_cv", "regression_baselines", "keep_previous", "card_summary",
-           "update_card", "to_json"]
+           "update_card", "update_anomaly", "to_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,5 +207,22 @@ def update_card(card_path: Path, report: dict[str, Any]) -> None:
         summary[name] = card_summary(entry)
     card["predictors"] = summary
     if "anomaly" in report:
-        card["anomaly"] = {k: report["anomaly"][k] for k in ("statistic", "p99", "n_validation")}
+        card["anomaly"] = _card_anomaly(report["anomaly"])
     write_text(card_path, json.dumps(card, indent=2, default=to_json) + "\n")
+
+
+def _card_anomaly(entry: dict[str, Any]) -> dict[str, Any]:
+    """What the encoder card keeps of a measured anomaly threshold."""
+    return {k: entry[k] for k in ("statistic", "p99", "n_validation", "n_masks") if k in entry}
+
+
+def update_anomaly(report_path: Path, card_path: Path, entry: dict[str, Any]) -> None:
+    """Replace the anomaly threshold (an entry of :func:`~omnispectra.training.predictors.shipping.
+    measure_anomaly_threshold`) in a predictors report and its encoder card, atomically, leaving
+    the rest of both as they are (``scripts/measure_anomaly_threshold.py``)."""
+    from ...fileio import write_text
+
+    for path, value, indent in ((report_path, entry, 1), (card_path, _card_anomaly(entry), 2)):
+        document = json.loads(Path(path).read_text())
+        document["anomaly"] = value
+        write_text(path, json.dumps(document, indent=indent, default=to_json) + "\n")

@@ -286,30 +286,40 @@ def cached_array(cache: Path | None, name: str, compute: Callable[[], np.ndarray
     return value
 
 
-def anomaly_statistic_values(spectra: list, encoder: Any) -> np.ndarray:
+def anomaly_statistic_values(spectra: list, encoder: Any, n_masks: int | None = None) -> np.ndarray:
     """The values, float64, of the runtime's anomaly statistic (:func:`omnispectra.api.anomaly_statistic`
-    with its defaults, named :data:`omnispectra.flags.ANOMALY_STATISTIC`) of each spectrum."""
+    with its defaults, named :data:`omnispectra.flags.ANOMALY_STATISTIC`; ``n_masks`` another
+    mask count) of each spectrum."""
     from ...api import anomaly_statistic
+    from ...inference.scoring import ANOMALY_N_MASKS
 
-    values, _ids = anomaly_statistic(spectra, model=encoder, progress=False)
+    values, _ids = anomaly_statistic(spectra, model=encoder, progress=False,
+                                     n_masks=ANOMALY_N_MASKS if n_masks is None else n_masks)
     return np.asarray(values, dtype=np.float64)
 
 
 def measure_anomaly_threshold(corpus: Sequence[str], encoder: Any, exclude: Sequence[str],
-                              cache: Path | None = None, key: str = "") -> dict[str, Any]:
+                              cache: Path | None = None, key: str = "",
+                              n_masks: int | None = None) -> dict[str, Any]:
     """The ``ANOMALY`` threshold: the p99 of :func:`anomaly_statistic_values` over the
     validation side of the project's split of every real spectrum of ``corpus`` (surveys in
-    ``exclude`` left out), pooled, with per-survey counts: the card's ``anomaly`` entry."""
+    ``exclude`` left out), pooled, with per-survey counts: the card's ``anomaly`` entry
+    (``n_masks``: measured with another mask count than the runtime's, for comparisons)."""
     from ...dataset import SpectrumDataset
     from ...flags import ANOMALY_STATISTIC
+    from ...inference.scoring import ANOMALY_N_MASKS
     from ...splits import DEFAULT_SEED, DEFAULT_VALIDATION_FRACTION, is_validation
+
+    n_masks = ANOMALY_N_MASKS if n_masks is None else int(n_masks)
 
     ds = SpectrumDataset(list(corpus), return_index=False)
     surveys = np.asarray(ds.column("survey"), dtype=str)
     val = is_validation(ds.column("object_id"), DEFAULT_VALIDATION_FRACTION, DEFAULT_SEED)
     rows = np.flatnonzero(val & ~np.isin(surveys, list(exclude)))
-    scores = cached_array(cache, f"anomaly-{ANOMALY_STATISTIC}-{key}",
-                          lambda: anomaly_statistic_values([ds.spectrum(int(i)) for i in rows], encoder))
+    def score() -> np.ndarray:
+        return anomaly_statistic_values([ds.spectrum(int(i)) for i in rows], encoder, n_masks)
+
+    scores = cached_array(cache, f"anomaly-{ANOMALY_STATISTIC}-{n_masks}-{key}", score)
     ok = np.isfinite(scores)
     if not ok.any():
         raise ConfigError("no validation spectrum of the corpus has a finite anomaly statistic")
@@ -319,6 +329,7 @@ def measure_anomaly_threshold(corpus: Sequence[str], encoder: Any, exclude: Sequ
                "n_above_p99": int((scores[ok & (surveys[rows] == s)] > p99).sum())}
            for s in sorted(set(surveys[rows][ok].tolist()))}
     return {"statistic": ANOMALY_STATISTIC, "p99": p99, "n_validation": int(ok.sum()),
+            "n_masks": n_masks,
             "split": (f"omnispectra.splits.is_validation(fraction={DEFAULT_VALIDATION_FRACTION}, "
                       f"seed={DEFAULT_SEED}); all surveys pooled; excluded {list(exclude)}"),
             "per_survey": per}
