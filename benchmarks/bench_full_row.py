@@ -52,7 +52,8 @@ ROW_CHILD = textwrap.dedent("""
     dt = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = len(out)
-    print(json.dumps({"what": what, "n_spectra": n, "seconds": dt, "spectra_per_s": n / dt,
+    print(json.dumps({"what": what, "omnispectra": str(Path(omnispectra.__file__).parent),
+                      "n_spectra": n, "seconds": dt, "spectra_per_s": n / dt,
                       "load_before": load0, "load_after": os.getloadavg()[0],
                       "peak_rss_mb": rss1 / 1024,
                       "rss_growth_mb_per_spectrum": (rss1 - rss0) / 1024 / min(n, batch)}))
@@ -75,8 +76,10 @@ CORPUS_CHILD = textwrap.dedent("""
 
 def _child(code: str, args: list[str], src: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
+    # run in ``src``: ``python -c`` puts the working directory first on sys.path, so from
+    # another checkout the child would import that checkout's omnispectra, not ``src``'s
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
-                          check=False)
+                          check=False, cwd=str(src))
     if done.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
