@@ -5,7 +5,11 @@ order under ``<data>/sdss``) through ``omnispectra.embed`` and ``omnispectra.cla
 (bundled model, probes and templates, float32) side by side in one run, each in a fresh subprocess
 (its own peak RSS): spectra/s, the ratio, and the peak-RSS growth per spectrum of a batch. With
 ``--baseline-src DIR`` the same two timings also run with the omnispectra of another source tree
-(e.g. ``git archive`` of an earlier commit), for a before/after in the same run.
+(e.g. ``git archive`` of an earlier commit), for a before/after in the same run. Redrock
+(``--redrock-processes``, default 2) then fits the same files as production runs it: every
+target in one ``zfind`` call, the templates rebinned once per distinct grid, the scan spread
+over the processes (:func:`redrock_speed`); the full row's spectra/s over Redrock's is the
+issue's ratio.
 
 Part 2 (``--sizes``): engine corpora (``omnispectra simulate``, made once in ``--work``) through
 ``omnispectra.training.catalogue.catalogue_corpus`` (``--verb``), one fresh subprocess per size: peak
@@ -59,6 +63,56 @@ ROW_CHILD = textwrap.dedent("""
                       "rss_growth_mb_per_spectrum": (rss1 - rss0) / 1024 / min(n, batch)}))
 """)
 
+REDROCK_CHILD = textwrap.dedent("""
+    import contextlib, io, json, os, resource, sys, tempfile, time
+    from pathlib import Path
+    import numpy as np
+    paths, procs = json.loads(sys.argv[1]), int(sys.argv[2])
+    sys.path.insert(0, sys.argv[3])
+    from compare_redrock import common_range, gaussian_resolution, template_list
+    from redrock.targets import DistTargetsCopy, Spectrum, Target
+    from redrock.templates import DistTemplate, load_templates
+    from redrock.zfind import zfind
+    import omnispectra
+    from omnispectra.spectrum import spectrum_data
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with tempfile.TemporaryDirectory() as tmp, quiet:
+        templates = load_templates(str(template_list(Path(sys.argv[4]), Path(tmp))), asdict=True)
+    lo, hi = common_range(templates)
+    # one grid for all, as a plate's fibres share one: SDSS/BOSS/eBOSS pixels lie on the global
+    # log10 grid of step 1e-4, so every spectrum goes onto the pixels all of them cover
+    spectra = []
+    for path in paths:
+        try:
+            d = spectrum_data(omnispectra.read(path)[0])
+        except Exception:
+            continue
+        j = np.rint(np.log10(d.wavelength) / 1e-4).astype(int)
+        ivar = np.where(d.mask | ~np.isfinite(d.flux) | ~np.isfinite(d.ivar), 0.0, d.ivar)
+        spectra.append((j, np.where(ivar > 0, d.flux, 0.0), ivar))
+    j_lo = max([int(np.ceil(np.log10(lo * 1.01) / 1e-4))] + [j[0] for j, _, _ in spectra])
+    j_hi = min([int(np.floor(np.log10(hi * 0.99) / 1e-4))] + [j[-1] for j, _, _ in spectra])
+    grid = np.arange(j_lo, j_hi + 1)
+    wave = 10.0 ** (grid * 1e-4)
+    targets = []
+    for i, (j, flux, ivar) in enumerate(spectra):
+        f, iv = np.zeros(grid.size), np.zeros(grid.size)
+        at = np.searchsorted(grid, j)
+        ok = (at < grid.size) & (grid[np.minimum(at, grid.size - 1)] == j)
+        f[at[ok]], iv[at[ok]] = flux[ok], ivar[ok]
+        targets.append(Target(i, [Spectrum(wave, f, iv, gaussian_resolution(grid.size, 1.0), band="all")]))
+    load0 = os.getloadavg()[0]; t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        dist = DistTargetsCopy(targets)
+        dtemplates = [DistTemplate(t, dist.wavegrids(), mp_procs=procs) for t in templates.values()]
+        _, zfit = zfind(dist, dtemplates, mp_procs=procs, nminima=3)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"what": "redrock", "processes": procs, "n_spectra": len(targets),
+                      "pixels": int(grid.size), "seconds": dt,
+                      "spectra_per_s": len(targets) / dt, "load_before": load0,
+                      "load_after": os.getloadavg()[0]}))
+""")
+
 CORPUS_CHILD = textwrap.dedent("""
     import json, os, resource, sys, time
     from omnispectra.training.catalogue import catalogue_corpus, read_catalogue_shards
@@ -85,13 +139,28 @@ def _child(code: str, args: list[str], src: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def sdss_files(root: Path, n_files: int) -> list[str]:
+    """The first ``n_files`` SDSS/BOSS/eBOSS ``spec-*.fits`` files of the shared data, in name order."""
+    return [str(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[:n_files]]
+
+
 def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path) -> dict:
     """Part 1 with the omnispectra of ``src``."""
-    paths = [str(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[:n_files]]
+    paths = sdss_files(root, n_files)
     embed = _child(ROW_CHILD, [json.dumps(paths), "embed", str(batch)], src)
     full = _child(ROW_CHILD, [json.dumps(paths), "full", str(batch)], src)
     return {"source": str(src), "n_files": len(paths), "embed": embed, "full_row": full,
             "full_over_embed": full["spectra_per_s"] / embed["spectra_per_s"]}
+
+
+def redrock_speed(root: Path, n_files: int, processes: int) -> dict:
+    """Redrock on the files of part 1 as production runs it on a plate: every target on one
+    wavelength grid (the pixels all files and every template cover) in one ``zfind`` call, so
+    each template is rebinned once per redshift for all of them, the scan spread over
+    ``processes``; Redrock's own templates and a 1-pixel Gaussian resolution
+    (``scripts/compare_redrock.py``'s default setup)."""
+    return _child(REDROCK_CHILD, [json.dumps(sdss_files(root, n_files)), str(processes),
+                                  str(REPO / "scripts"), str(root / "templates" / "redrock")], REPO)
 
 
 def engine_corpus(work: Path, n: int, root: Path) -> list[str]:
@@ -112,6 +181,8 @@ def main(argv=None) -> None:
     parser.add_argument("--files", type=int, default=30, help="SDSS files of part 1 (0: skip part 1).")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--baseline-src", default=None, help="Another source tree timed the same way.")
+    parser.add_argument("--redrock-processes", type=int, default=2,
+                        help="Redrock on the files of part 1 with this many processes (0: skip).")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000])
     parser.add_argument("--with-20k", action="store_true", help="Add the 20k engine corpus (slow on a CPU).")
     parser.add_argument("--verb", default="classify", help="Verb of part 2 (classify is the full row).")
@@ -130,6 +201,10 @@ def main(argv=None) -> None:
         if args.baseline_src:
             base = Path(args.baseline_src)
             out["sdss"].append(full_row_vs_embedding(root, args.files, args.batch_size, base))
+        if args.redrock_processes:
+            out["redrock"] = redrock_speed(root, args.files, args.redrock_processes)
+            full = out["sdss"][0]["full_row"]["spectra_per_s"]
+            out["full_row_over_redrock"] = full / out["redrock"]["spectra_per_s"]
     sizes = args.sizes + ([20_000] if args.with_20k else [])
     work = Path(args.work)
     out["corpora"] = []

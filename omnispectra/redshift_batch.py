@@ -196,7 +196,7 @@ def _data(item: Any) -> SpectrumData:
 
 
 def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | None = None,
-             device: Any = None, batch_size: int = 32) -> list[RedshiftResult]:
+             device: Any = None, batch_size: int = 32, chunked: bool | None = None) -> list[RedshiftResult]:
     """Fit many spectra with ``fitter``'s templates and settings, in batches (module docstring).
 
     Parameters
@@ -211,6 +211,10 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
         Where the arithmetic runs (default CPU).
     batch_size : int
         Spectra fitted together; memory grows with it (about 15 MB per spectrum).
+    chunked : bool, optional
+        Cut each batch for the CPU caches (:data:`COARSE_SPECTRA`, :data:`REFINE_BYTES`);
+        default: on CPU. False runs the accelerator's layout (whole batches) on any device:
+        the same results, with torch calls per batch that do not grow with its size.
 
     Returns
     -------
@@ -228,6 +232,7 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     cfg = fitter.config
     device = torch.device(device if device is not None else "cpu")
+    chunked = device.type == "cpu" if chunked is None else bool(chunked)
     cache = batch_templates(fitter, device)
     results: list[RedshiftResult | None] = [None] * len(spectra)
     queue = []
@@ -240,9 +245,9 @@ def fit_many(fitter: RedshiftFitter, spectra: Sequence[Any], *, spectype: str | 
     for start in range(0, len(queue), int(batch_size)):
         batch = queue[start:start + int(batch_size)]
         # the coarse scan's (terms, spectra, frequencies) tensors outgrow a CPU's caches fast
-        step = len(batch) if device.type != "cpu" else COARSE_SPECTRA
+        step = COARSE_SPECTRA if chunked else len(batch)
         minima = [m for at in range(0, len(batch), step) for m in coarse_minima(cache, batch[at:at + step])]
-        refined = refine(cache, batch, minima)
+        refined = refine(cache, batch, minima, chunked)
         for s, solutions in zip(batch, refined, strict=True):
             result = assemble_result(solutions, int((s.ivar > 0).sum()), spectype, cfg)
             finish_result(result, s.wave, s.flux, s.ivar, cfg)
@@ -506,12 +511,13 @@ def fit_points(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows
 
 
 def fit_points_chunked(cache: BatchTemplates, k: int, pix: dict[str, torch.Tensor], rows: np.ndarray,
-                       z: np.ndarray, with_model: bool = False) -> dict[str, torch.Tensor]:
+                       z: np.ndarray, with_model: bool = False,
+                       chunked: bool = True) -> dict[str, torch.Tensor]:
     """:func:`fit_points` in chunks of points whose design matrices fit in a CPU cache
-    (:data:`REFINE_BYTES`); one call on CUDA, where bandwidth is not the limit."""
+    (:data:`REFINE_BYTES`); one call without ``chunked`` (CUDA, where bandwidth is not the limit)."""
     n_rows = cache.fitter.prepared[k].fine_cum.shape[0] + cache.n_poly
     size = max(1, REFINE_BYTES // (8 * n_rows * pix["flux"].shape[1]))
-    if cache.device.type != "cpu" or len(rows) <= size:
+    if not chunked or len(rows) <= size:
         return fit_points(cache, k, pix, rows, z, with_model)
     parts = [fit_points(cache, k, pix, rows[i:i + size], z[i:i + size], with_model)
              for i in range(0, len(rows), size)]
@@ -519,7 +525,8 @@ def fit_points_chunked(cache: BatchTemplates, k: int, pix: dict[str, torch.Tenso
 
 
 def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
-             points: list[tuple[int, PreparedTemplate, float]], with_model: bool = False) -> list[tuple]:
+             points: list[tuple[int, PreparedTemplate, float]], with_model: bool = False,
+             chunked: bool = True) -> list[tuple]:
     """:func:`fit_points` over ``(spectrum row, template, z)`` points of any templates, one call
     per template; per point ``(chi2, coef, model, covered)`` as numpy (None without a fit)."""
     index = {id(p): k for k, p in enumerate(cache.fitter.prepared)}
@@ -529,7 +536,7 @@ def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
         by_template.setdefault(index[id(p)], []).append(i)
     for k, members in by_template.items():
         fit = fit_points_chunked(cache, k, pix, np.array([points[i][0] for i in members]),
-                                 np.array([points[i][2] for i in members]), with_model)
+                                 np.array([points[i][2] for i in members]), with_model, chunked)
         chi2 = fit["chi2"].cpu().numpy()
         if not with_model:
             out_chi2 = [(float(c), None, None, None) for c in chi2]
@@ -544,7 +551,8 @@ def _grouped(cache: BatchTemplates, pix: dict[str, torch.Tensor],
     return out
 
 
-def refine(cache: BatchTemplates, batch: list[_Spectrum], minima: list[list[tuple]]) -> list[list[tuple]]:
+def refine(cache: BatchTemplates, batch: list[_Spectrum], minima: list[list[tuple]],
+           chunked: bool = True) -> list[list[tuple]]:
     """Every spectrum's refined solutions (:func:`omnispectra.redshift.refined_solution`): the
     refinement grids of all chosen minima in one batched fit per template, then the fits at the
     parabola minima in another."""
@@ -554,12 +562,13 @@ def refine(cache: BatchTemplates, batch: list[_Spectrum], minima: list[list[tupl
     chosen = [(row, p, z0, edge, refine_grid(p, z0, cfg))
               for row, found in enumerate(minima) for _, p, z0, edge in choose_minima(found, cfg)]
     points = [(row, p, float(z)) for row, p, _, _, zz in chosen for z in zz]
-    fits = iter(_grouped(cache, pix, points))
+    fits = iter(_grouped(cache, pix, points, chunked=chunked))
     best = []
     for row, p, _, edge, zz in chosen:
         chi = np.array([next(fits)[0] for _ in zz])
         best.append((row, p, *parabola_minimum(zz, chi, p.z_range, edge)))
-    finals = _grouped(cache, pix, [(row, p, z_best) for row, p, z_best, _, _ in best], with_model=True)
+    finals = _grouped(cache, pix, [(row, p, z_best) for row, p, z_best, _, _ in best], with_model=True,
+                      chunked=chunked)
     refined: list[list[tuple]] = [[] for _ in batch]
     for (row, p, z_best, z_err, flag), (chi2, coef, model, covered) in zip(best, finals, strict=True):
         if coef is not None:
