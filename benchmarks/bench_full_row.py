@@ -16,6 +16,8 @@ Part 2 (``--sizes``): engine corpora (``omnispectra simulate``, made once in ``-
 RSS and spectra/s. Peak memory should stay flat with the corpus size (shards and batches bound it).
 
 Every timing is reported with the 1-minute load average before and after it: the machine is shared.
+On a GPU: ``--device cuda --dtype auto --files 64 --sizes --redrock-processes 0`` (the fit and the
+model on the GPU, bf16 autocast; the JSON keeps the device).
 
 Usage::
 
@@ -46,7 +48,7 @@ ROW_CHILD = textwrap.dedent("""
     from pathlib import Path
     import omnispectra
     paths = json.loads(sys.argv[1]); what = sys.argv[2]; batch = int(sys.argv[3])
-    kw = dict(dtype="float32", batch_size=batch, progress=False, on_error="skip")
+    kw = dict(dtype=sys.argv[5], device=sys.argv[4], batch_size=batch, progress=False, on_error="skip")
     run = ((lambda p: omnispectra.embed(p, **kw)) if what == "embed"
            else (lambda p: omnispectra.classify(p, full=True, **kw)))
     run(paths[:2])                                    # warm-up: weights, probes, templates, caches
@@ -56,7 +58,9 @@ ROW_CHILD = textwrap.dedent("""
     dt = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = len(out)
+    meta = getattr(out, "meta", {})
     print(json.dumps({"what": what, "omnispectra": str(Path(omnispectra.__file__).parent),
+                      "device": sys.argv[4], "dtype": str(meta.get("DTYPE", sys.argv[5])),
                       "n_spectra": n, "seconds": dt, "spectra_per_s": n / dt,
                       "load_before": load0, "load_after": os.getloadavg()[0],
                       "peak_rss_mb": rss1 / 1024,
@@ -144,11 +148,12 @@ def sdss_files(root: Path, n_files: int) -> list[str]:
     return [str(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[:n_files]]
 
 
-def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path) -> dict:
+def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path, device: str = "cpu",
+                          dtype: str = "float32") -> dict:
     """Part 1 with the omnispectra of ``src``."""
     paths = sdss_files(root, n_files)
-    embed = _child(ROW_CHILD, [json.dumps(paths), "embed", str(batch)], src)
-    full = _child(ROW_CHILD, [json.dumps(paths), "full", str(batch)], src)
+    embed = _child(ROW_CHILD, [json.dumps(paths), "embed", str(batch), device, dtype], src)
+    full = _child(ROW_CHILD, [json.dumps(paths), "full", str(batch), device, dtype], src)
     return {"source": str(src), "n_files": len(paths), "embed": embed, "full_row": full,
             "full_over_embed": full["spectra_per_s"] / embed["spectra_per_s"]}
 
@@ -180,6 +185,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=30, help="SDSS files of part 1 (0: skip part 1).")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="Device of part 1 (cuda: model and fit on a GPU).")
+    parser.add_argument("--dtype", default="float32", help="dtype of part 1 (auto: bf16 on a GPU).")
     parser.add_argument("--baseline-src", default=None, help="Another source tree timed the same way.")
     parser.add_argument("--redrock-processes", type=int, default=2,
                         help="Redrock on the files of part 1 with this many processes (0: skip).")
@@ -197,10 +204,11 @@ def main(argv=None) -> None:
     out: dict = {"threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
                  "command": " ".join(["python", *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if args.files:
-        out["sdss"] = [full_row_vs_embedding(root, args.files, args.batch_size, REPO)]
+        on = {"device": args.device, "dtype": args.dtype}
+        out["sdss"] = [full_row_vs_embedding(root, args.files, args.batch_size, REPO, **on)]
         if args.baseline_src:
             base = Path(args.baseline_src)
-            out["sdss"].append(full_row_vs_embedding(root, args.files, args.batch_size, base))
+            out["sdss"].append(full_row_vs_embedding(root, args.files, args.batch_size, base, **on))
         if args.redrock_processes:
             out["redrock"] = redrock_speed(root, args.files, args.redrock_processes)
             full = out["sdss"][0]["full_row"]["spectra_per_s"]

@@ -34,3 +34,31 @@ def test_benchmark_suite_smoke_run(tmp_path):
     files = {row["mode"]: row for row in results["files"]}
     assert set(files) == {"model_only", "files_workers0", "files_workers1"}
     assert all(row["spectra_per_s"] > 0 for row in files.values())
+
+
+FULL_ROW = REPO / "benchmarks" / "bench_full_row.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL_ROW.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_full_row_benchmark_times_the_source_tree_it_is_given(tmp_path):
+    """Part 1 of bench_full_row on two real files: the embedding and the full row, each child importing
+    the omnispectra of the tree it times even when started from a folder holding another one."""
+    from .helpers import require_data_dir
+
+    data = require_data_dir()
+    decoy = tmp_path / "omnispectra"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
+    out = tmp_path / "full.json"
+    cmd = [sys.executable, str(FULL_ROW), "--files", "2", "--sizes", "--redrock-processes", "0",
+           "--baseline-src", str(REPO), "--out", str(out)]
+    env = {**os.environ, "OMNISPECTRA_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    runs = json.loads(out.read_text())["sdss"]
+    assert len(runs) == 2
+    for run in runs:
+        for part in ("embed", "full_row"):
+            assert run[part]["omnispectra"] == str(REPO / "omnispectra") and run[part]["spectra_per_s"] > 0
+            assert run[part]["device"] == "cpu" and run[part]["dtype"] == "float32"
