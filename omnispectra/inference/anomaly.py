@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 LEGACY_ANOMALY_MASKS = 8
 
 
-
 def anomaly_score(
     spectra: Any,
     model: str | os.PathLike | OmniSpectra = "default",

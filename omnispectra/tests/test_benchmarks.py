@@ -52,13 +52,12 @@ def test_full_row_benchmark_times_the_source_tree_it_is_given(tmp_path):
     (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
     out = tmp_path / "full.json"
     cmd = [sys.executable, str(FULL_ROW), "--files", "2", "--sizes", "--redrock-processes", "0",
-           "--baseline-src", str(REPO), "--out", str(out)]
+           "--out", str(out)]
     env = {**os.environ, "OMNISPECTRA_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    runs = json.loads(out.read_text())["sdss"]
-    assert len(runs) == 2
-    for run in runs:
-        for part in ("embed", "full_row"):
-            assert run[part]["omnispectra"] == str(REPO / "omnispectra") and run[part]["spectra_per_s"] > 0
-            assert run[part]["device"] == "cpu" and run[part]["dtype"] == "float32"
+    (run,) = json.loads(out.read_text())["sdss"]
+    for part in ("embed", "classify_fast", "classify_default", "full_row"):
+        assert run[part]["omnispectra"] == str(REPO / "omnispectra") and run[part]["spectra_per_s"] > 0
+        assert run[part]["device"] == "cpu" and run[part]["dtype"] == "float32"
+    assert run["default_cost_over_fast"] > 0 and run["full_over_embed"] > 0
