@@ -61,7 +61,8 @@ __all__ = ["CLASSES", "FLAG_DESCRIPTION", "Flag", "FROZEN_FLAG_VALUES", "describ
            "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
            "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags",
-           "impossible_values", "ANOMALY_FAR_FACTOR", "CLASS_BITS", "Z_BITS", "PARAMS_BITS"]
+           "label_range", "label_range_flags", "impossible_values", "ANOMALY_FAR_FACTOR", "CLASS_BITS",
+           "Z_BITS", "PARAMS_BITS"]
 
 
 #: The source classes every predictor, probe, template fit and label uses, in this order.
@@ -386,6 +387,36 @@ def impossible_values(values: Mapping[str, Any]) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore"):
             out[name] = (col < lo) | (col > hi)
     return out
+
+
+def label_range(names: Sequence[str], values: Any) -> dict[str, list[float]]:
+    """``{name: [min, max]}`` of the finite training labels of a regression probe, ``values``
+    ``(n, len(names))`` in physical units: what :func:`label_range_flags` tests against
+    (stored in the probe's header as ``info["label_range"]``)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1, len(names))
+    out = {}
+    for k, name in enumerate(names):
+        col = values[np.isfinite(values[:, k]), k]
+        if col.size:
+            out[str(name)] = [float(col.min()), float(col.max())]
+    return out
+
+
+def label_range_flags(values: Mapping[str, Any], ranges: Mapping[str, Any] | None) -> np.ndarray:
+    """``OUT_OF_DOMAIN`` for rows with a finite value outside the range of the labels the probe
+    learned (``ranges`` as :func:`label_range` makes it; a quantity it does not list, and NaN,
+    are not tested). The value is kept: it may be right, but the probe never saw one like it.
+    No ranges stored: all 0."""
+    n = len(next(iter(values.values()))) if values else 0
+    out = np.zeros(n, dtype=bool)
+    for name, col in values.items():
+        if not ranges or name not in ranges:
+            continue
+        lo, hi = (float(v) for v in ranges[name])
+        col = np.asarray(col, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out |= (col < lo) | (col > hi)
+    return np.where(out, int(Flag.OUT_OF_DOMAIN), 0).astype(np.int64)
 
 
 def probe_support_flags(token_wavelengths: Sequence[np.ndarray],

@@ -31,6 +31,7 @@ from ..flags import (
     class_disagreement_flags,
     finite_flags,
     impossible_values,
+    label_range_flags,
     probe_support_flags,
     range_flags,
     redshift_class_flags,
@@ -159,7 +160,9 @@ def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, n
     """``(values (N, k), 1-sigma errors (N, k), flags)`` in float32.
 
     A physically impossible value becomes NaN (its error too) with ``IMPOSSIBLE_VALUE``;
-    ``NONFINITE``; ``OUTSIDE_SUPPORT`` outside the probe's own training range.
+    a physical value outside the range of the labels the probe learned (its header's
+    ``label_range``) is kept with ``OUT_OF_DOMAIN``; ``NONFINITE``; ``OUTSIDE_SUPPORT``
+    outside the probe's own training wavelengths.
     """
     vectors = run.done.vectors
     if head.members < 2:
@@ -173,6 +176,8 @@ def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, n
     flags = finite_flags(values) | range_flags(named)
     for k, bad in enumerate(impossible_values(named).values()):
         values[bad, k] = errors[bad, k] = np.nan
+    flags |= label_range_flags({name: values[:, k] for k, name in enumerate(head.names)},
+                               (head.info or {}).get("label_range"))
     tokens = [item.prepared for item in run.items]
     flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
                                  (head.info or {}).get("wavelength_support"))

@@ -23,6 +23,8 @@ from omnispectra.flags import (
     MIN_VALID_TOKENS,
     Flag,
     class_disagreement_flags,
+    label_range,
+    label_range_flags,
     range_flags,
 )
 from omnispectra.inference import pipeline
@@ -183,6 +185,31 @@ def test_stellar_bits(encoder):
                          "fe_h": [0, 0, 0, 2, 0]})
     assert flags.tolist() == [0, Flag.IMPOSSIBLE_VALUE, Flag.IMPOSSIBLE_VALUE, Flag.IMPOSSIBLE_VALUE, 0]
     assert range_flags({"z": [0.0, -0.02]}).tolist() == [0, Flag.IMPOSSIBLE_VALUE]
+
+
+def test_stellar_value_outside_the_learned_labels_is_kept_and_flagged(encoder):
+    """A physical value outside the range of the labels the probe learned (its header's
+    label_range) is returned with OUT_OF_DOMAIN in params_flag; inside, nothing; an impossible
+    value stays NaN with IMPOSSIBLE_VALUE alone; a probe without a range flags nothing."""
+    star, spectra = _class_probe(encoder, "STAR"), [_spectrum()]
+    labels = label_range(["teff", "logg", "fe_h"], [[4000.0, 1.0, -1.0], [5000.0, 5.0, np.nan],
+                                                    [np.nan, 3.0, 0.5]])
+    assert labels == {"teff": [4000.0, 5000.0], "logg": [1.0, 5.0], "fe_h": [-1.0, 0.5]}
+    runs = {}
+    for name, teff, ranges in (("hotter", 5800.0, labels), ("inside", 4500.0, {"teff": [4000.0, 5000.0]}),
+                               ("impossible", 1e6, labels), ("no range", 5800.0, None)):
+        probe = _stellar_probe(encoder, teff=teff)
+        if ranges is not None:
+            probe.info = {**probe.info, "label_range": ranges}
+        runs[name] = api.predict_stellar_parameters(spectra, model=encoder, probe=probe, class_probe=star)
+    assert _flags(runs["hotter"]) == [Flag.OUT_OF_DOMAIN] and 5000 < runs["hotter"]["teff"][0] < 7000
+    assert [int(f) for f in runs["hotter"]["params_flag"]] == [Flag.OUT_OF_DOMAIN]
+    assert _flags(runs["inside"]) == [0]
+    assert _flags(runs["impossible"]) == [Flag.IMPOSSIBLE_VALUE] and np.isnan(runs["impossible"]["teff"][0])
+    assert _flags(runs["no range"]) == [0]
+    named = {"teff": [4500.0, 3000.0, np.nan], "logg": [2.0, 2.0, 5.5]}
+    assert label_range_flags(named, labels).tolist() == [0, Flag.OUT_OF_DOMAIN, Flag.OUT_OF_DOMAIN]
+    assert label_range_flags(named, None).tolist() == [0, 0, 0]
 
 
 def test_stellar_probe_flags_spectra_outside_its_own_training_range(encoder):

@@ -82,7 +82,7 @@ from .reports import (
 )
 
 __all__ = ["PredictorOptions", "train_predictors", "class_candidates", "classification_cv", "regression_cv",
-           "anomaly_statistic_values", "measure_anomaly_threshold", "cached_array"]
+           "anomaly_statistic_values", "measure_anomaly_threshold", "cached_array", "task_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -528,13 +528,19 @@ def _regression_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray,
     return next(r for r in candidates if r.name == best), cv, calibration
 
 
-def _task_rows(run: _Run, task: Any) -> np.ndarray:
+def task_rows(task: Any, meta: dict[str, np.ndarray], keep: np.ndarray) -> np.ndarray:
+    """The rows of a labelled corpus (``meta``; ``keep``: surveys not excluded) a task's probe
+    is trained on: its labelled rows, MILES only for the stellar parameters."""
     from ...evaluation.harness import labeled_rows
 
-    rows = np.flatnonzero(labeled_rows(task, run.data.meta) & run.keep)
+    rows = np.flatnonzero(labeled_rows(task, meta) & keep)
     if task.name == "stellar_params":
-        rows = rows[run.data.meta["survey"][rows] == "miles"]
+        rows = rows[meta["survey"][rows] == "miles"]
     return rows
+
+
+def _task_rows(run: _Run, task: Any) -> np.ndarray:
+    return task_rows(task, run.data.meta, run.keep)
 
 
 def _engine_sets(run: _Run, task: Any) -> tuple[Any, Any]:
@@ -558,6 +564,7 @@ def _engine_sets(run: _Run, task: Any) -> tuple[Any, Any]:
 def _ship(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, recipe: Recipe, entry: dict[str, Any],
           engine: Any, holdout: Any) -> None:
     """Refit the chosen recipe on all labelled rows and write it (or remove a stale file)."""
+    from ...flags import label_range
     from ...probes import save_probe
 
     target = Path(run.options.output) / PROBE_FILES[task.name]
@@ -580,6 +587,8 @@ def _ship(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, recipe: Recipe,
                                        "details in predictors.json"),
                   "created": run.created,
                   "wavelength_support": run.data.dataset.wavelength_ranges(run.data.positions[rows])}
+    if task.kind != "classification":   # what OUT_OF_DOMAIN in params_flag tests a value against
+        final.info["label_range"] = label_range(task.targets, y_final)
     save_probe(final, target)
     logger.info("%s: wrote %s", task.name, target)
 
