@@ -71,7 +71,7 @@ ROW_CHILD = textwrap.dedent("""
 """)
 
 REDROCK_CHILD = textwrap.dedent("""
-    import contextlib, io, json, os, resource, sys, tempfile, time
+    import contextlib, io, json, os, sys, tempfile, time
     from pathlib import Path
     import numpy as np
     paths, procs = json.loads(sys.argv[1]), int(sys.argv[2])
@@ -112,7 +112,7 @@ REDROCK_CHILD = textwrap.dedent("""
     with contextlib.redirect_stdout(io.StringIO()):
         dist = DistTargetsCopy(targets)
         dtemplates = [DistTemplate(t, dist.wavegrids(), mp_procs=procs) for t in templates.values()]
-        _, zfit = zfind(dist, dtemplates, mp_procs=procs, nminima=3)
+        zfind(dist, dtemplates, mp_procs=procs, nminima=3)
     dt = time.perf_counter() - t0
     print(json.dumps({"what": "redrock", "processes": procs, "n_spectra": len(targets),
                       "pixels": int(grid.size), "seconds": dt,
