@@ -73,9 +73,9 @@ def round_domains(folds: dict, corpus: list[str], work: Path) -> list[Path]:
     paths = []
     for r in folds["rounds"]:
         seen = ~np.isin(ids, [row["id"] for row in r["evaluation"]])
-        threshold, _ = neighbour_threshold(emb[seen], [spectra[i].group for i in np.flatnonzero(seen)],
-                                           bundled.k)
-        grids = grid_ranges([spectra[i] for i in np.flatnonzero(seen)])
+        kept = [spectra[i] for i in np.flatnonzero(seen)]
+        threshold, _ = neighbour_threshold(emb[seen], [s.group for s in kept], bundled.k)
+        grids = grid_ranges(kept)
         info = {**bundled.info, "bank": f"labelled spectra of the other rounds than {r['round']}"}
         path = work / f"round-{r['round']}" / "training-domain.npz"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -176,8 +176,7 @@ def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, n
     flags = finite_flags(values) | range_flags(named)
     for k, bad in enumerate(impossible_values(named).values()):
         values[bad, k] = errors[bad, k] = np.nan
-    flags |= label_range_flags({name: values[:, k] for k, name in enumerate(head.names)},
-                               (head.info or {}).get("label_range"))
+    flags |= label_range_flags(named, (head.info or {}).get("label_range"))   # views: NaN where impossible
     tokens = [item.prepared for item in run.items]
     flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
                                  (head.info or {}).get("wavelength_support"))

@@ -316,6 +316,7 @@ def measure_anomaly_threshold(corpus: Sequence[str], encoder: Any, exclude: Sequ
     surveys = np.asarray(ds.column("survey"), dtype=str)
     val = is_validation(ds.column("object_id"), DEFAULT_VALIDATION_FRACTION, DEFAULT_SEED)
     rows = np.flatnonzero(val & ~np.isin(surveys, list(exclude)))
+
     def score() -> np.ndarray:
         return anomaly_statistic_values([ds.spectrum(int(i)) for i in rows], encoder, n_masks)
 
@@ -539,10 +540,6 @@ def task_rows(task: Any, meta: dict[str, np.ndarray], keep: np.ndarray) -> np.nd
     return rows
 
 
-def _task_rows(run: _Run, task: Any) -> np.ndarray:
-    return task_rows(task, run.data.meta, run.keep)
-
-
 def _engine_sets(run: _Run, task: Any) -> tuple[Any, Any]:
     """``(training, hold-out)`` engine (embeddings, class indices) of a class task, or Nones."""
     opt = run.options
@@ -617,7 +614,7 @@ def _train_task(run: _Run, task: Any) -> dict[str, Any] | None:
     """Cross-validate, calibrate and ship one task; its ``predictors.json`` entry (None: too few rows)."""
     from ...evaluation.harness import task_targets
 
-    opt, rows = run.options, _task_rows(run, task)
+    opt, rows = run.options, task_rows(task, run.data.meta, run.keep)
     if rows.size < MIN_ROWS_PER_FOLD * opt.folds:
         logger.info("%s: only %d labelled spectra; skipped", task.name, rows.size)
         return None
