@@ -62,6 +62,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--tasks", default="source_class,stellar_params")
     parser.add_argument("--methods", default="few-shot")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--test-side", default="any", choices=["any", "validation"],
+                        help="validation: test halves hold only objects no pretraining run or engine "
+                             "donor touched (an encoder pretrained with engine labels)")
     parser.add_argument("--metrics", default="f1_macro,mse_norm,mae_teff,mae_logg,mae_fe_h",
                         help="metrics kept in the markdown table (all are in the JSON)")
     parser.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/compare-encoders"))
@@ -69,7 +72,8 @@ def main(argv=None) -> dict:
 
     from omnispectra.evaluation.harness import evaluate
 
-    common = dict(tasks=args.tasks.split(","), methods=args.methods.split(","), runs=args.runs)
+    common = dict(tasks=args.tasks.split(","), methods=args.methods.split(","), runs=args.runs,
+                  test_side=args.test_side)
     old = evaluate(args.corpus, model=args.old, **common)
     new = evaluate(args.corpus, model=args.new, **common)
     rows = paired_differences(old["runs"], new["runs"])

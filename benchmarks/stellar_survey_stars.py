@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 from pathlib import Path
 
@@ -43,33 +42,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import data_dir  # noqa: E402
 
+from omnispectra.templates.spectral_types import type_teff  # noqa: E402
+
 MILES_RANGE = (3541.5, 7411.6)
 MIN_OVERLAP = 1500.0
-#: Dwarf Teff (K) per spectral type, Pecaut & Mamajek (2013) Table 5 (Mamajek's online table).
-DWARF_TEFF = {
-    "A0": 9700, "A1": 9200, "A2": 8840, "A3": 8550, "A4": 8270, "A5": 8080, "A6": 8000, "A7": 7800,
-    "A8": 7500, "A9": 7440, "F0": 7220, "F1": 7030, "F2": 6810, "F3": 6720, "F4": 6640, "F5": 6510,
-    "F6": 6340, "F7": 6240, "F8": 6170, "F9": 6060, "G0": 5920, "G1": 5880, "G2": 5770, "G3": 5720,
-    "G4": 5680, "G5": 5660, "G6": 5590, "G7": 5530, "G8": 5490, "G9": 5340, "K0": 5280, "K1": 5170,
-    "K2": 5040, "K3": 4830, "K4": 4600, "K5": 4410, "K6": 4230, "K7": 4070, "K8": 4000, "K9": 3940,
-    "M0": 3870, "M1": 3660, "M2": 3560, "M3": 3430, "M4": 3210, "M5": 3060, "M6": 2810,
-}
-_TYPE = re.compile(r"^([AFGKM])(\d(?:\.\d)?)(?:/[AFGKM]?\d(?:\.\d)?)?\s*(IV|V|I{1,3})?")
 FIELDS = ["file", "survey", "object_id", "spectral_type", "teff_ref", "teff_source", "overlap_lo",
           "overlap_hi", "in_scope", "role", "note"]
-
-
-def type_teff(subclass: str) -> tuple[float | None, str]:
-    """Dwarf-scale Teff of a spectral type string (None: not A-M) and its luminosity class."""
-    m = _TYPE.match(str(subclass).strip())
-    if not m:
-        return None, ""
-    letter, num, lum = m.group(1), float(m.group(2)), m.group(3) or ""
-    lo = DWARF_TEFF.get(f"{letter}{int(num)}")
-    hi = DWARF_TEFF.get(f"{letter}{int(num) + 1}") if num % 1 else lo
-    if lo is None or hi is None:
-        return None, lum
-    return lo + (num % 1) * (hi - lo), lum
 
 
 def _overlap(path: Path) -> tuple[float, float]:

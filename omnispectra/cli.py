@@ -855,9 +855,12 @@ def embed_corpus_command(corpus, output, model_name, shard_size, batch_size, pre
               help="Largest resampled length for the supervised baselines.")
 @_device_option
 @_overwrite_option
+@click.option("--test-side", type=click.Choice(["any", "validation"]), default="any", show_default=True,
+              help="validation: test halves hold only objects on the validation side of the "
+                   "project's object-hash split (never pretrained on, never an engine donor).")
 @click.option("--quiet", is_flag=True, help="No per-run progress lines.")
 def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_dataset, finetune,
-                     baseline_pixels, device, overwrite, quiet) -> None:
+                     baseline_pixels, device, overwrite, quiet, test_side) -> None:
     """Downstream evaluation (paper protocol) of an encoder on the labelled spectra of CORPUS...
 
     Source class, stellar parameters and redshift from the corpus labels; 50/50 splits
@@ -882,7 +885,8 @@ def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_d
         result = evaluate(list(corpus), model=model_name, output=output, tasks=tasks.split(","),
                           methods=methods.split(",") if methods else None, runs=runs,
                           max_per_dataset=max_per_dataset, finetune=finetune,
-                          baseline_pixels=baseline_pixels, device=device, progress=say)
+                          baseline_pixels=baseline_pixels, device=device, progress=say,
+                          test_side=test_side)
     except ValueError as err:
         raise CommandError(str(err)) from err
     click.echo(result["report"])
@@ -900,16 +904,19 @@ def evaluate_command(corpus, model_name, output, tasks, methods, runs, max_per_d
 @click.option("--split-fraction", default=0.2, show_default=True,
               help="Validation fraction of the object-hash split.")
 @click.option("--split-seed", default=0, show_default=True, help="Seed of the object-hash split.")
+@click.option("--pairs", is_flag=True,
+              help="N objects, each observed through two donors (positive pairs of the invariance term).")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def simulate_command(output, n_samples, templates, donors, seed, split_fraction, split_seed,
-                     overwrite) -> None:
+                     pairs, overwrite) -> None:
     """Write N labelled engine spectra (templates observed through real donors) into an HDF5 corpus."""
     from .engine import build_engine, write_engine_corpus
     from .exceptions import OmniSpectraError
 
     try:
         engine = build_engine(templates, list(donors), fraction=split_fraction, seed=split_seed)
-        report = write_engine_corpus(engine, n_samples, output, seed=seed, overwrite=overwrite)
+        report = write_engine_corpus(engine, n_samples, output, seed=seed, overwrite=overwrite,
+                                     pairs=pairs)
     except (OmniSpectraError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(report.summary())

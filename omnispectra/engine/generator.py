@@ -26,8 +26,11 @@ of its seed):
 
 Labels: ``class`` (GALAXY/QSO/STAR), ``subclass`` (stars: Redrock subtype A ... WD, CV,
 or the composite's spectral type such as ``M2``; empty for galaxies and quasars) and
-``z`` (stars: v/c). Template spectra carry no Teff, logg or [Fe/H]; labelled library
-stars do (:meth:`Engine.sample_star`, :mod:`omnispectra.engine.labelled`).
+``z`` (stars: v/c). A PyHammer composite star also carries ``teff``, its spectral type's
+Teff on the dwarf scale (:func:`omnispectra.templates.spectral_types.type_teff`); Redrock
+template stars carry no Teff, and no template logg or [Fe/H] (the composites' [Fe/H] is a
+0.5-dex bin). Labelled library stars carry all three (:meth:`Engine.sample_star`,
+:mod:`omnispectra.engine.labelled`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..flags import CLASSES
 from ..templates.igm import LYMAN_LIMIT, forest_transmission
 from ..templates.library import TemplateBasis, TemplateLibrary
 from ..templates.resample import C_KMS, rebin
+from ..templates.spectral_types import type_teff
 from .donors import Donor
 from .labelled import LibraryStar, observe_star
 from .observe import CoverageError, ObserveConfig, observe, redshift_window
@@ -498,6 +502,10 @@ class Engine:
         flux, ivar, mask, _ = observe(template, rest, z, donor, rng, obs_cfg, transmission, response)
         sub = template.subtype if cls == "STAR" else ""
         labels = {"class": cls, "subclass": sub, "z": z}
+        if cls == "STAR" and template.name.startswith(_PYHAMMER):
+            # a composite's name is its spectral type: Teff on the dwarf scale (NaN for O/B/L)
+            teff = type_teff(sub)[0]
+            labels["teff"] = float("nan") if teff is None else teff
         meta = {"survey": donor.survey, "template": template.name, "donor_id": donor.id,
                 "fe_h_bin": template.fe_h}
         return EngineSample(donor.wave.copy(), flux, ivar, mask, labels, meta)

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import splits
 from ..flags import CLASSES
 
 __all__ = ["Task", "TASKS", "CLASSES", "source_classes", "labeled_rows", "LabeledData", "load_labeled",
@@ -491,6 +492,27 @@ def _groups(task: Task, data: LabeledData, rows: np.ndarray, min_group: int) -> 
     return groups
 
 
+#: Which objects a run's test half may hold (:func:`evaluate`'s ``test_side``).
+TEST_SIDES = ("any", "validation")
+
+
+def test_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
+              test_side: str = "any") -> np.ndarray:
+    """The rows of a run's test half ``test`` (indices into ``object_ids``/``surveys``, one
+    group's rows) that ``test_side`` allows.
+
+    ``"validation"``: objects on the validation side of the project's object-hash split,
+    leaving out every survey whose objects all hashed to that side: pretraining's split
+    (:func:`omnispectra.dataset.split_by_object`, ``keep_both_sides``) moves one of them
+    to its training side.
+    """
+    if test_side == "any":
+        return test
+    val = splits.is_validation(object_ids)
+    one_sided = [s for s in set(surveys.tolist()) if val[surveys == s].all()]
+    return test[val[test] & ~np.isin(surveys[test], one_sided)]
+
+
 def _split_side(idx: np.ndarray, y_all: np.ndarray, embeddings: np.ndarray | None, grows: np.ndarray,
                 x_all: np.ndarray | None, tok_all: list | None) -> dict[str, Any]:
     """The rows ``idx`` of one group (``grows`` into the whole data set): the inputs ``run_method`` takes."""
@@ -562,6 +584,7 @@ def evaluate(
     baseline_pixels: int = 2048,
     device: str | None = None,
     progress: Callable[[str], None] | None = None,
+    test_side: str = "any",
 ) -> dict[str, Any]:
     """Run the downstream evaluation and (with ``output``) write tables, report and plots.
 
@@ -587,6 +610,13 @@ def evaluate(
         Train the encoder with the zero-/few-shot heads (slow); default frozen.
     baseline_width, baseline_pixels : float, int
         Spender-style channel scale; cap on the resampled length of baseline inputs.
+    test_side : {"any", "validation"}
+        ``"validation"`` keeps in each run's test half only the objects on the validation
+        side of the project's object-hash split (:func:`omnispectra.splits.is_validation`,
+        its defaults): spectra no pretraining run, engine donor or engine fit of the
+        project touched (the engine draws donors from the training side), so an encoder
+        pretrained with engine labels is scored without a leak. Training halves are
+        unchanged.
 
     Returns
     -------
@@ -599,6 +629,8 @@ def evaluate(
 
     say = progress or (lambda msg: None)
     chosen = _chosen_tasks(tasks, methods)
+    if test_side not in TEST_SIDES:
+        raise ValueError(f"test_side must be one of {TEST_SIDES}, got {test_side!r}")
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")
@@ -631,6 +663,7 @@ def evaluate(
             for run in range(runs):
                 tr, te = split_by_object(data.meta["object_id"][grows], data.meta["survey"][grows],
                                          fraction=0.5, seed=run)
+                te = test_rows(te, data.meta["object_id"][grows], data.meta["survey"][grows], test_side)
                 if tr.size < 2 or te.size < 1:
                     continue
                 if task.kind == "classification" and len(set(y_all[tr].tolist())) < 2:
@@ -651,6 +684,7 @@ def evaluate(
     report = markdown_report(summary, [t.name for t in chosen])
     result = {"runs": rows_out, "summary": summary, "confusion": confusion, "predictions": predictions,
               "report": report, "n_spectra": len(data), "seconds": time.perf_counter() - t0,
+              "test_side": test_side,
               "encoder": getattr(encoder, "info", {})}
     if output is not None:
         write_outputs(result, Path(output), chosen)
@@ -799,6 +833,7 @@ def write_outputs(result: dict[str, Any], out: Path, tasks: Sequence[Task]) -> N
     write_text(out / "results.md", result["report"])
     write_text(out / "results.json", json.dumps({
         "n_spectra": result["n_spectra"], "seconds": round(result["seconds"], 1),
+        "test_side": result.get("test_side", "any"),
         "encoder": {k: v for k, v in result["encoder"].items() if isinstance(v, (str, int, float))},
         "summary": [{c: r[c].item() if hasattr(r[c], "item") else r[c] for c in summary.colnames}
                     for r in summary],

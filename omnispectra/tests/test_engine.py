@@ -112,6 +112,26 @@ def test_engine_yields_every_class_with_labels_and_donor_mask(engine):
         assert "teff" not in s.labels and "logg" not in s.labels
 
 
+def test_composite_stars_carry_their_spectral_type_teff():
+    """A PyHammer composite's name is its spectral type: its engine stars (single or
+    paired views) carry that type's dwarf-scale Teff; other templates carry none."""
+    from omnispectra.templates.spectral_types import DWARF_TEFF
+
+    one = np.array([[1.0, 0.0]])
+    k5 = _log_template("pyhammer:K5", "STAR", "K5", 3000, 11000, _continuum, archetypes=one)
+    b5 = _log_template("pyhammer:B5", "STAR", "B5", 3000, 11000, _continuum, archetypes=one)
+    cfg = generator.EngineConfig(star_priors={"pyhammer": 1.0})
+    for template, teff in ((k5, DWARF_TEFF["K5"]), (b5, None)):
+        eng = generator.Engine(TemplateLibrary([template]), [_donor(0), _donor(1)], cfg)
+        rng = np.random.default_rng(0)
+        first, second = eng.sample_pair(rng, spectype="STAR")
+        for s in (eng.sample(rng, spectype="STAR"), first, second):
+            if teff is None:
+                assert np.isnan(s.labels["teff"])
+            else:
+                assert s.labels["teff"] == teff
+
+
 def test_star_subtypes_follow_priors_not_row_counts(library):
     cfg = generator.EngineConfig(star_priors={"K": 0.5, "WD": 0.5})
     eng = generator.Engine(library, [_donor()], cfg)

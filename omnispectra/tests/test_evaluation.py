@@ -1,5 +1,7 @@
 """The evaluation harness: label rules, scikit-learn metrics, baselines, an end-to-end run on real spectra."""
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from omnispectra.evaluation.harness import (  # noqa: E402
     labeled_rows,
     regression_metrics,
     source_classes,
+    test_rows,
 )
 from omnispectra.flags import ANOMALY_STATISTIC  # noqa: E402
 from omnispectra.inference.scoring import ANOMALY_N_MASKS  # noqa: E402
@@ -299,3 +302,28 @@ def test_train_predictors_script_end_to_end(tiny_corpus, tmp_path):
     again = json.loads((out / "predictors.json").read_text())
     assert again["predictors"]["source_class"]["kept_from"]["command"] == report["command"]
     assert again["anomaly"]["p99"] == report["anomaly"]["p99"] and "kept_from" in again["anomaly"]
+
+
+def test_validation_test_side_holds_no_donor_and_no_pretraining_object():
+    """The leak test of engine-label pretraining: with ``test_side="validation"`` no test
+    object lends its grid to the engine (donors come from the training side) or is in
+    pretraining's training split; every run's test half does hold such objects otherwise."""
+    from omnispectra import splits
+    from omnispectra.dataset import split_by_object
+    from omnispectra.engine.donors import select_side
+
+    rng = np.random.default_rng(0)
+    ids = np.array([f"obj{i}" for i in range(400)] + ["tinyB", "tinyR"])
+    surveys = np.array([["sdss", "lamost", "boss"][i % 3] for i in range(400)] + ["tiny", "tiny"])
+    # a survey whose two objects both hash to validation: pretraining moves one to training
+    assert splits.is_validation(ids[-2:]).all()
+    pretrain_train = set(ids[split_by_object(ids, surveys, 0.2, seed=0)[0]])
+    donors = select_side([types.SimpleNamespace(object_id=o) for o in ids], "train")
+    donor_ids = {d.object_id for d in donors}
+    for _ in range(5):  # test halves that always hold the tiny survey's two objects
+        te = np.union1d(rng.choice(ids.size - 2, ids.size // 2, replace=False), [ids.size - 2, ids.size - 1])
+        assert set(ids[te]) & (donor_ids | pretrain_train)  # the unrestricted half leaks
+        kept = test_rows(te, ids, surveys, "validation")
+        assert kept.size > 0 and not set(ids[kept]) & (donor_ids | pretrain_train)
+    with pytest.raises(ValueError, match="test_side"):
+        evaluate([], test_side="held-out")
