@@ -149,7 +149,7 @@ def embed_all(args, cache: Path) -> dict:
 
     root = Path(os.environ.get("OMNISPECTRA_DATA_DIR", root))
     rows = validation_rows(args.stars_csv)
-    model = omnispectra.load_model()
+    model = omnispectra.load_model(args.model)
     stars = miles_stars(root)
 
     def miles_part():
@@ -193,7 +193,8 @@ def embed_all(args, cache: Path) -> dict:
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", default="/tmp/stars/cache")
+    p.add_argument("--cache", default="/tmp/stars/cache", help="one cache folder per --model")
+    p.add_argument("--model", default="default", help="encoder: 'default' or a weights file")
     p.add_argument("-o", "--output", default="/tmp/stars/probe", help="folder of the new probe")
     p.add_argument("--results", default=str(REPO / "benchmarks/results/stellar-survey"))
     p.add_argument("--stars-csv", default=str(REPO / "benchmarks/stellar_survey_stars.csv"))

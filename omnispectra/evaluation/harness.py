@@ -496,7 +496,7 @@ def _groups(task: Task, data: LabeledData, rows: np.ndarray, min_group: int) -> 
 TEST_SIDES = ("any", "validation")
 
 
-def test_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
+def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
               test_side: str = "any") -> np.ndarray:
     """The rows of a run's test half ``test`` (indices into ``object_ids``/``surveys``, one
     group's rows) that ``test_side`` allows.
@@ -663,7 +663,7 @@ def evaluate(
             for run in range(runs):
                 tr, te = split_by_object(data.meta["object_id"][grows], data.meta["survey"][grows],
                                          fraction=0.5, seed=run)
-                te = test_rows(te, data.meta["object_id"][grows], data.meta["survey"][grows], test_side)
+                te = held_out_rows(te, data.meta["object_id"][grows], data.meta["survey"][grows], test_side)
                 if tr.size < 2 or te.size < 1:
                     continue
                 if task.kind == "classification" and len(set(y_all[tr].tolist())) < 2:

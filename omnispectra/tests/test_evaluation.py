@@ -15,10 +15,10 @@ from omnispectra.evaluation.harness import (  # noqa: E402
     TASKS,
     classification_metrics,
     evaluate,
+    held_out_rows,
     labeled_rows,
     regression_metrics,
     source_classes,
-    test_rows,
 )
 from omnispectra.flags import ANOMALY_STATISTIC  # noqa: E402
 from omnispectra.inference.scoring import ANOMALY_N_MASKS  # noqa: E402
@@ -323,7 +323,7 @@ def test_validation_test_side_holds_no_donor_and_no_pretraining_object():
     for _ in range(5):  # test halves that always hold the tiny survey's two objects
         te = np.union1d(rng.choice(ids.size - 2, ids.size // 2, replace=False), [ids.size - 2, ids.size - 1])
         assert set(ids[te]) & (donor_ids | pretrain_train)  # the unrestricted half leaks
-        kept = test_rows(te, ids, surveys, "validation")
+        kept = held_out_rows(te, ids, surveys, "validation")
         assert kept.size > 0 and not set(ids[kept]) & (donor_ids | pretrain_train)
     with pytest.raises(ValueError, match="test_side"):
         evaluate([], test_side="held-out")
