@@ -104,6 +104,7 @@ PROBE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "mlp32": {"head": "mlp", "hidden": (32,), "dropout": 0.0, "steps": 500, "lr": 1e-3},
     # candidates of the shipped predictors (configs/predictor_recipes.yaml; the choice is in predictors.json)
     "linear-3000": {"head": "linear", "steps": 3000, "lr": 1e-3},
+    "mlp128": {"head": "mlp", "hidden": (128,), "dropout": 0.1, "steps": 2000, "lr": 1e-3},
     "mlp512": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "steps": 4000, "lr": 1e-3},
     "mlp128x5": {"head": "mlp", "hidden": (128,), "dropout": 0.1, "members": 5, "steps": 2000, "lr": 1e-3},
     "mlp512x5": {"head": "mlp", "hidden": (512,), "dropout": 0.2, "members": 5, "steps": 4000, "lr": 1e-3},
@@ -436,8 +437,9 @@ METHODS: dict[str, Method] = {
     "knn": Method("OmniSpectra", "kNN", _predict_knn, frozenset({"emb"}), extra=True),
     "mlp32": _probe_method("mlp32", "MLP [32]", extra=True),
     "linear-3000": _probe_method("linear-3000", "Linear, 3000 steps", extra=True),
-    "mlp512": _probe_method("mlp512", "MLP [512] (shipped class recipe, without its engine spectra)",
+    "mlp128": _probe_method("mlp128", "MLP [128] (shipped class recipe, without its engine spectra)",
                             extra=True),
+    "mlp512": _probe_method("mlp512", "MLP [512]", extra=True),
     "mlp128x5": _probe_method("mlp128x5", "5 x MLP [128]", extra=True),
     "mlp512x5": _probe_method("mlp512x5", "5 x MLP [512]", extra=True),
     "mlp512x5l1": _probe_method("mlp512x5l1", "5 x MLP [512], L1 loss (shipped stellar recipe)", extra=True),
