@@ -49,7 +49,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -515,6 +515,18 @@ def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
     return test[val[test] & ~np.isin(surveys[test], one_sided)]
 
 
+def run_halves(object_ids: np.ndarray, surveys: np.ndarray, runs: int,
+               test_side: str = "any") -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per run ``0 .. runs-1``: ``(run, train, test)`` row indices of one group, the 50/50
+    object-grouped split stratified by survey (seed ``run``), the test half cut to
+    :func:`held_out_rows`."""
+    from ..dataset import split_by_object
+
+    for run in range(runs):
+        train, test = split_by_object(object_ids, surveys, fraction=0.5, seed=run)
+        yield run, train, held_out_rows(test, object_ids, surveys, test_side)
+
+
 def _split_side(idx: np.ndarray, y_all: np.ndarray, embeddings: np.ndarray | None, grows: np.ndarray,
                 x_all: np.ndarray | None, tok_all: list | None) -> dict[str, Any]:
     """The rows ``idx`` of one group (``grows`` into the whole data set): the inputs ``run_method`` takes."""
@@ -625,7 +637,6 @@ def evaluate(
     dict with ``runs`` (per-run rows), ``summary`` (an astropy Table), ``confusion``,
     ``predictions`` and ``report`` (markdown).
     """
-    from ..dataset import split_by_object
     from ..runtime import resolve_model
     from . import baselines
 
@@ -662,10 +673,8 @@ def evaluate(
                 x_all = flux_cache[key]
             tok_all = data.tokens(grows) if finetune else None
             y_all = task_targets(task, data.meta, grows)
-            for run in range(runs):
-                tr, te = split_by_object(data.meta["object_id"][grows], data.meta["survey"][grows],
-                                         fraction=0.5, seed=run)
-                te = held_out_rows(te, data.meta["object_id"][grows], data.meta["survey"][grows], test_side)
+            for run, tr, te in run_halves(data.meta["object_id"][grows], data.meta["survey"][grows], runs,
+                                          test_side):
                 if tr.size < 2 or te.size < 1:
                     continue
                 if task.kind == "classification" and len(set(y_all[tr].tolist())) < 2:
