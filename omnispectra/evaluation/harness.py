@@ -499,7 +499,7 @@ TEST_SIDES = ("any", "validation")
 
 
 def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
-              test_side: str = "any") -> np.ndarray:
+                  test_side: str = "any") -> np.ndarray:
     """The rows of a run's test half ``test`` (indices into ``object_ids``/``surveys``, one
     group's rows) that ``test_side`` allows.
 
@@ -507,7 +507,14 @@ def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
     leaving out every survey whose objects all hashed to that side: pretraining's split
     (:func:`omnispectra.dataset.split_by_object`, ``keep_both_sides``) moves one of them
     to its training side.
+
+    Raises
+    ------
+    ValueError
+        ``test_side`` is not one of :data:`TEST_SIDES`.
     """
+    if test_side not in TEST_SIDES:
+        raise ValueError(f"test_side must be one of {TEST_SIDES}, got {test_side!r}")
     if test_side == "any":
         return test
     val = splits.is_validation(object_ids)
@@ -642,8 +649,7 @@ def evaluate(
 
     say = progress or (lambda msg: None)
     chosen = _chosen_tasks(tasks, methods)
-    if test_side not in TEST_SIDES:
-        raise ValueError(f"test_side must be one of {TEST_SIDES}, got {test_side!r}")
+    held_out_rows(np.zeros(0, np.int64), np.zeros(0, str), np.zeros(0, str), test_side)  # checked early
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")

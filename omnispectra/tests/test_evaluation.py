@@ -325,5 +325,7 @@ def test_validation_test_side_holds_no_donor_and_no_pretraining_object():
         assert set(ids[te]) & (donor_ids | pretrain_train)  # the unrestricted half leaks
         kept = held_out_rows(te, ids, surveys, "validation")
         assert kept.size > 0 and not set(ids[kept]) & (donor_ids | pretrain_train)
-    with pytest.raises(ValueError, match="test_side"):
-        evaluate([], test_side="held-out")
+    for bad in (lambda: evaluate([], test_side="held-out"),
+                lambda: held_out_rows(te, ids, surveys, "held-out")):
+        with pytest.raises(ValueError, match="test_side"):
+            bad()
