@@ -498,10 +498,14 @@ def _groups(task: Task, data: LabeledData, rows: np.ndarray, min_group: int) -> 
 TEST_SIDES = ("any", "validation")
 
 
-def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
-                  test_side: str = "any") -> np.ndarray:
-    """The rows of a run's test half ``test`` (indices into ``object_ids``/``surveys``, one
-    group's rows) that ``test_side`` allows.
+def check_test_side(test_side: str) -> None:
+    """ValueError unless ``test_side`` is one of :data:`TEST_SIDES`."""
+    if test_side not in TEST_SIDES:
+        raise ValueError(f"test_side must be one of {TEST_SIDES}, got {test_side!r}")
+
+
+def held_out_mask(object_ids: np.ndarray, surveys: np.ndarray, test_side: str = "any") -> np.ndarray:
+    """Which rows of one group (``object_ids``/``surveys``) ``test_side`` allows in a test half.
 
     ``"validation"``: objects on the validation side of the project's object-hash split,
     leaving out every survey whose objects all hashed to that side: pretraining's split
@@ -513,25 +517,32 @@ def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
     ValueError
         ``test_side`` is not one of :data:`TEST_SIDES`.
     """
-    if test_side not in TEST_SIDES:
-        raise ValueError(f"test_side must be one of {TEST_SIDES}, got {test_side!r}")
+    check_test_side(test_side)
     if test_side == "any":
-        return test
+        return np.ones(len(object_ids), dtype=bool)
     val = splits.is_validation(object_ids)
     one_sided = [s for s in set(surveys.tolist()) if val[surveys == s].all()]
-    return test[val[test] & ~np.isin(surveys[test], one_sided)]
+    return val & ~np.isin(surveys, one_sided)
+
+
+def held_out_rows(test: np.ndarray, object_ids: np.ndarray, surveys: np.ndarray,
+                  test_side: str = "any") -> np.ndarray:
+    """The rows of a run's test half ``test`` (indices into ``object_ids``/``surveys``) that
+    ``test_side`` allows (:func:`held_out_mask`)."""
+    return test[held_out_mask(object_ids, surveys, test_side)[test]]
 
 
 def run_halves(object_ids: np.ndarray, surveys: np.ndarray, runs: int,
                test_side: str = "any") -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Per run ``0 .. runs-1``: ``(run, train, test)`` row indices of one group, the 50/50
     object-grouped split stratified by survey (seed ``run``), the test half cut to
-    :func:`held_out_rows`."""
+    :func:`held_out_mask` (computed once for all runs)."""
     from ..dataset import split_by_object
 
+    allowed = held_out_mask(object_ids, surveys, test_side)
     for run in range(runs):
         train, test = split_by_object(object_ids, surveys, fraction=0.5, seed=run)
-        yield run, train, held_out_rows(test, object_ids, surveys, test_side)
+        yield run, train, test[allowed[test]]
 
 
 def _split_side(idx: np.ndarray, y_all: np.ndarray, embeddings: np.ndarray | None, grows: np.ndarray,
@@ -649,7 +660,7 @@ def evaluate(
 
     say = progress or (lambda msg: None)
     chosen = _chosen_tasks(tasks, methods)
-    held_out_rows(np.zeros(0, np.int64), np.zeros(0, str), np.zeros(0, str), test_side)  # checked early
+    check_test_side(test_side)  # before any data is read
     t0 = time.perf_counter()
     data = load_labeled(corpus, chosen, max_per_dataset=max_per_dataset, min_labeled=min_labeled)
     say(f"{len(data)} labelled spectra from surveys {sorted(set(data.meta['survey'].tolist()))}")
