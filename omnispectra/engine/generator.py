@@ -524,8 +524,8 @@ class Engine:
                 return di
         return None
 
-    def sample_pair(self, rng: np.random.Generator,
-                    spectype: str | None = None) -> tuple[EngineSample, EngineSample | None]:
+    def sample_pair(self, rng: np.random.Generator, spectype: str | None = None,
+                    donor_index: int | None = None) -> tuple[EngineSample, EngineSample | None]:
         """One object observed through two different donors (a positive pair).
 
         Both views share the class, template member, rest-frame flux, redshift and, for
@@ -533,10 +533,11 @@ class Engine:
         donor grid, line spread, noise, mask, signal-to-noise, tilt and response differ.
         The second view is None when no other donor covers the object. The first view
         follows the same draws as :meth:`sample` up to the forest, so it is not the
-        sample :meth:`sample` gives for the same generator. Raises as :meth:`sample`.
+        sample :meth:`sample` gives for the same generator. ``donor_index`` fixes the first
+        view's donor (as in :meth:`sample`). Raises as :meth:`sample`.
         """
         cfg = self.config
-        cls, template, z, rest, di = self._draw_object(rng, spectype, None)
+        cls, template, z, rest, di = self._draw_object(rng, spectype, donor_index)
         transmission = None
         if cls == "QSO":
             grid = template.loglam + np.log10(1.0 + z)

@@ -164,3 +164,92 @@ def test_train_with_auxiliary_objectives(tmp_path):
         rows = [r for r in csv.DictReader(fh) if r.get("train_aux_invariance")]
     assert len(rows) == 3 and all(np.isfinite(float(r["train_aux_loss"])) for r in rows)
     assert any(float(r["train_aux_invariance"]) > 0 for r in rows)  # a batch held both views of an object
+
+
+def test_engine_stream_renders_new_objects_each_epoch_reproducibly():
+    """Slot s of epoch e is a function of (seed, e, s): the same in a fresh stream, new in the
+    next epoch; a pair's two slots are one object (class, z) seen through two donors."""
+    from omnispectra.training.stream import EngineStream
+
+    engine = _engine()
+    a, b = EngineStream(engine, 5, seed=3, pairs=True), EngineStream(engine, 5, seed=3, pairs=True)
+    assert len(a) == 10 and a.object_ids[0] == a.object_ids[1] != a.object_ids[2]
+    first, paired = a.sample(0, 0)
+    again, _ = b.sample(0, 0)
+    np.testing.assert_array_equal(first.flux, again.flux)
+    assert not np.array_equal(first.flux, a.sample(1, 0)[0].flux)
+    second, _ = a.sample(0, 1)
+    if paired and second.meta["donor_id"] != first.meta["donor_id"]:  # a pair: one object, two donors
+        assert second.labels["class"] == first.labels["class"] and second.labels["z"] == first.labels["z"]
+    # the first view keeps its object's donor, so its length is known before it is made
+    assert len(first.wave) == a.pixel_lengths[0] == len(a.sample(4, 0)[0].wave)
+    assert a.rendered >= 3 and a.seconds > 0
+    single = EngineStream(engine, 4, seed=3)
+    assert len(single) == 4 and len(set(single.object_ids)) == 4
+
+
+def test_datamodule_mixes_streamed_engine_pairs_into_batches(tmp_path):
+    """With a stream, training batches hold engine rows (aux targets from the rendered labels,
+    both views of a pair), real rows keep their label codes, and validation stays real."""
+    from omnispectra.examples import example_paths
+    from omnispectra.training.datamodule import SpectraDataModule
+    from omnispectra.training.stream import EngineStream
+
+    build_corpus([str(p) for p in example_paths()], tmp_path / "real", progress=False)
+    stream_ = EngineStream(_engine(), 6, seed=1, pairs=True)
+    data = SpectraDataModule(str(tmp_path / "real"), batch_size=4, num_workers=0, val_fraction=0.2, seed=0,
+                             auxiliary=True, pairs=True, engine_fraction=0.5, engine_stream=stream_)
+    data.setup("fit")
+    mix = data.train_dataset
+    n_real = mix.n_real
+    assert len(mix) == n_real + 12 and all(s.startswith("engine_") for s in mix.surveys[n_real:])
+    assert not any(str(s).startswith("engine") for s in data.val_dataset.surveys)
+    classes = mix.real.column("class").astype(str)
+    k = int(np.flatnonzero(classes != "")[0])
+    _, real_item = mix[(0, k)]  # a real item's code names its own class in the mix's categories
+    assert mix.label_categories["class"][int(real_item.labels["class"])] == classes[k]
+    batches = list(data.train_dataloader())
+    engine_rows = paired_rows = 0
+    for batch in batches:
+        engine = batch.labels["aux_engine"].numpy() > 0
+        objects = batch.labels["aux_object"].numpy()
+        classes = batch.labels["aux_class"].numpy()
+        engine_rows += int(engine.sum())
+        assert np.all(np.isfinite(classes[engine]))  # every engine row carries its class
+        for obj in objects[np.isfinite(objects)]:
+            assert (objects == obj).sum() == 2  # both views of a pair in the same batch
+            paired_rows += 1
+    assert engine_rows > 0 and paired_rows > 0
+    assert data.describe()["engine_stream"]["rendered"] >= engine_rows // 2
+
+
+def test_engine_stream_settings_are_checked():
+    base = TrainConfig.from_preset("tiny")
+    for bad, message in [({"objects": 10}, "donors"), ({"donors": ["d"], "objects": 0}, "objects"),
+                         ({"donors": ["d"], "pair": True}, "unknown engine_stream"),
+                         ({"donors": ["d"], "seed": "1"}, "seed"), ("donors", "mapping")]:
+        with pytest.raises(ConfigError, match=message):
+            base.replace(engine_stream=bad)
+    assert base.replace(engine_stream={"donors": "spectra/", "objects": 5}).engine_stream["objects"] == 5
+
+
+@pytest.mark.slow
+def test_train_with_a_streamed_engine(tmp_path):
+    """`omnispectra train` with ``engine_stream``: the engine is built from the bundled compact
+    templates and the example files as donors, and the run reports what rendering cost."""
+    from omnispectra.examples import example_paths
+    from omnispectra.pretrained import bundled_templates_path
+
+    build_corpus([str(p) for p in example_paths()], tmp_path / "real", progress=False)
+    config = TrainConfig.from_preset(
+        "tiny", corpus=[str(tmp_path / "real")], output=str(tmp_path / "run"), model=MICRO,
+        batch_size=4, max_steps=3, checkpoint_every=3, val_every=3, val_fraction=0.2, progress=False,
+        engine_fraction=0.5, auxiliary={"class_weight": 0.5, "invariance_weight": 0.5},
+        engine_stream={"donors": [str(p) for p in example_paths()], "objects": 8,
+                       "templates": str(bundled_templates_path())})
+    result = train(config)
+    assert result["steps"] == 3
+    assert result["engine_stream"]["rendered"] > 0 and 0 < result["engine_stream"]["share_of_wall_time"] < 1
+    with open(result["metrics_csv"]) as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train_aux_class")]
+    assert len(rows) == 3 and any(float(r["train_aux_class"]) > 0 for r in rows)

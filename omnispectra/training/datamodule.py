@@ -164,6 +164,9 @@ class SpectraDataModule(L.LightningDataModule):
         (:class:`~omnispectra.training.auxiliary.PairedBatchSampler`; the invariance term).
     drop_last : bool
         Drop incomplete training batches.
+    engine_stream : EngineStream, optional
+        Engine spectra rendered during training (:mod:`omnispectra.training.stream`), added
+        to the training side as engine surveys; every epoch draws new ones.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class SpectraDataModule(L.LightningDataModule):
         split_seed: int | None = None,
         auxiliary: bool = False,
         pairs: bool = False,
+        engine_stream: Any = None,
     ) -> None:
         super().__init__()
         self.corpus = corpus
@@ -215,6 +219,7 @@ class SpectraDataModule(L.LightningDataModule):
         if engine_fraction is not None and not 0.0 <= engine_fraction < 1.0:
             raise ValueError(f"engine_fraction must be in [0, 1), got {engine_fraction}")
         self.engine_fraction = engine_fraction
+        self.engine_stream = engine_stream
         self.sampling_weights: dict[str, float] | None = None  # set by setup()
         self.dataset: SpectrumDataset | None = None
         self.train_dataset: SpectrumDataset | None = None
@@ -238,6 +243,10 @@ class SpectraDataModule(L.LightningDataModule):
         val_idx = real[val_idx]
         self.train_dataset = self.dataset.subset(train_idx)
         self.val_dataset = self.dataset.subset(val_idx)
+        if self.engine_stream is not None:
+            from .stream import TrainingMix
+
+            self.train_dataset = TrainingMix(self.train_dataset, self.engine_stream)
         # the training draws' weights, fixed with the split (and a bad mixture fails here, not mid-run)
         self.sampling_weights = self.survey_weights
         if self.engine_fraction is not None:
@@ -304,7 +313,7 @@ class SpectraDataModule(L.LightningDataModule):
         if self.auxiliary:
             from .auxiliary import AuxiliaryCollator
 
-            collator = AuxiliaryCollator(collator, self.dataset.label_categories)
+            collator = AuxiliaryCollator(collator, self.train_dataset.label_categories)
         return self._loader(self.train_dataset, wrapped, collator)
 
     def val_dataloader(self) -> DataLoader:
@@ -344,4 +353,6 @@ class SpectraDataModule(L.LightningDataModule):
                 "train": int(np.sum(self.train_dataset.surveys == name)),
                 "val": int(np.sum(self.val_dataset.surveys == name)),
             }
+        if self.engine_stream is not None:
+            out["engine_stream"] = self.train_dataset.describe()
         return out

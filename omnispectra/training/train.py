@@ -79,6 +79,9 @@ class TrainConfig:
     # label heads + invariance term on engine spectra (omnispectra.training.auxiliary.AuxiliaryConfig
     # fields, e.g. {"class_weight": 0.1, "invariance_weight": 0.1}); None: the paper's objective alone
     auxiliary: dict[str, float] | None = None
+    # engine spectra rendered during training instead of (or beside) engine corpora
+    # (omnispectra.training.stream.EngineStreamConfig fields: donors, templates, objects, pairs, seed)
+    engine_stream: dict[str, Any] | None = None
     progress: bool = True
 
     @classmethod
@@ -205,6 +208,10 @@ def _checked(values: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise ConfigError(f"training setting auxiliary={value!r} must be a mapping or null")
             AuxiliaryConfig.from_dict(value)
+        if key == "engine_stream" and value is not None:
+            from .stream import EngineStreamConfig
+
+            EngineStreamConfig.from_dict(value)
         if key == "model" and not isinstance(value, dict):
             raise ConfigError(f"training setting model={value!r} must be a mapping of model settings")
         if key == "corpus":
@@ -300,6 +307,14 @@ def _data_module(config: TrainConfig, model_config: Any):
     """The data module of a run, set up for fitting (its settings and corpus checked)."""
     from .datamodule import SpectraDataModule
 
+    pairs = config.auxiliary is not None and _invariance_on(config.auxiliary)
+    stream = None
+    if config.engine_stream is not None:
+        from .stream import stream_from_config
+
+        split_seed = config.seed if config.split_seed is None else config.split_seed
+        stream = stream_from_config(config.engine_stream, seed=config.seed, pairs=pairs,
+                                    fraction=config.val_fraction, split_seed=split_seed)
     data = SpectraDataModule(
         config.corpus, batch_size=config.batch_size, num_workers=config.num_workers,
         prefetch_factor=config.prefetch_factor, val_fraction=config.val_fraction, seed=config.seed,
@@ -307,8 +322,7 @@ def _data_module(config: TrainConfig, model_config: Any):
         pool_size=config.bucket_pool, survey_weights=config.survey_weights,
         engine_fraction=config.engine_fraction,
         masking=config.masking, split_seed=config.split_seed,
-        auxiliary=config.auxiliary is not None,
-        pairs=config.auxiliary is not None and _invariance_on(config.auxiliary),
+        auxiliary=config.auxiliary is not None, pairs=pairs, engine_stream=stream,
     )
     try:
         data.setup("fit")
@@ -436,6 +450,13 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         "wall_time_s": wall,
         "metrics_csv": str(Path(loggers[0].log_dir) / "metrics.csv"),
     }
+    if data.engine_stream is not None:
+        # rendered in this process (num_workers=0); with workers, their share is not counted
+        result["engine_stream"] = {**data.train_dataset.describe(),
+                                   "share_of_wall_time": round(data.engine_stream.seconds / wall, 4)}
+        logger.info("engine stream: %d spectra rendered in %.0f s (%.1f%% of the run's wall time)",
+                    data.engine_stream.rendered, data.engine_stream.seconds,
+                    100 * data.engine_stream.seconds / wall)
     write_text(out / "result.json", json.dumps(result, indent=2))
     return result
 
