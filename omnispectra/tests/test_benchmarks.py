@@ -61,3 +61,28 @@ def test_full_row_benchmark_times_the_source_tree_it_is_given(tmp_path):
         assert run[part]["omnispectra"] == str(REPO / "omnispectra") and run[part]["spectra_per_s"] > 0
         assert run[part]["device"] == "cpu" and run[part]["dtype"] == "float32"
     assert run["default_cost_over_fast"] > 0 and run["full_over_embed"] > 0
+
+
+def test_auxiliary_ablation_arms_differ_only_in_the_objective(tmp_path):
+    """benchmarks/ablate_auxiliary.py: the two arms of a seed share every setting but the
+    auxiliary terms (split 0, the same engine stream with pairs), and seeds are paired."""
+    from omnispectra.training.train import TrainConfig
+
+    from .helpers import load_script
+
+    bench = load_script(REPO / "benchmarks" / "ablate_auxiliary.py", "ablate_auxiliary")
+    base = TrainConfig.from_preset("tiny", seed=5, auxiliary={"class_weight": 0.1},
+                                   engine_stream={"donors": ["spectra/"], "objects": 5})
+    paper, aux = (bench.arm_config(base, arm, 1, ["c.h5"], tmp_path / arm, "init.safetensors", 10, 11)
+                  for arm in (bench.PAPER, bench.AUX))
+    a, b = paper.to_dict(), aux.to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"auxiliary", "output"}
+    assert paper.auxiliary is None and aux.auxiliary == {"class_weight": 0.1}
+    assert paper.split_seed == 0 and paper.seed == 1 and paper.max_steps == 10
+    assert paper.engine_stream == {"donors": ["spectra/"], "objects": 5, "seed": 11, "pairs": True}
+    rows = {bench.PAPER: {0: dict.fromkeys(bench.METRICS, 0.5), 1: dict.fromkeys(bench.METRICS, 0.6)},
+            bench.AUX: {0: dict.fromkeys(bench.METRICS, 0.7), 1: dict.fromkeys(bench.METRICS, 0.9)}}
+    table = {r["metric"]: r for r in bench.summary(rows, [0, 1])}
+    assert table["class_f1"]["diff"] == pytest.approx(0.25) and table["class_f1"]["auxiliary_better"]
+    assert not table["val_mse"]["auxiliary_better"]  # lower is better there
+    assert table["class_f1"]["se"] == pytest.approx(0.05)
