@@ -14,6 +14,14 @@ Run on the device::
 
     python scripts/pretrain_gpu.py --build-from shared/data --minutes 5.5
     python scripts/pretrain_gpu.py CORPUS.h5 ... --auxiliary '{"class_weight": 0.1}'
+    python scripts/pretrain_gpu.py CORPUS.h5 ... --engine-donors shared/data/sdss shared/data/lamost \
+        --engine-templates shared/data/templates --auxiliary '{"class_weight": 0.1, "invariance_weight": 0.1}'
+
+With ``--engine-donors``, engine spectra are rendered during training in the DataLoader
+workers on the device's CPUs (``TrainConfig.engine_stream``, half of the draws by default),
+no engine corpus needed. The summary's ``engine_stream`` counts only what the main process
+rendered (none with workers): whether rendering keeps up shows in spectra/s against a run
+without ``--engine-donors``.
 
 Check it on a CPU first (tiny preset, 3 steps, float32)::
 
@@ -47,6 +55,12 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder")
     parser.add_argument("--auxiliary", default=None,
                         help="JSON of omnispectra.training.auxiliary.AuxiliaryConfig settings")
+    parser.add_argument("--engine-donors", nargs="+", default=[],
+                        help="real spectra (files, folders) to render engine spectra through during training")
+    parser.add_argument("--engine-templates", default=None,
+                        help="template folder or compact .npz (default: the bundled compact templates)")
+    parser.add_argument("--engine-objects", type=int, default=100_000, help="engine objects per epoch")
+    parser.add_argument("--engine-fraction", type=float, default=0.5, help="share of engine draws")
     parser.add_argument("--dry-run", action="store_true",
                         help="CPU check: tiny preset, 3 steps, float32, no workers")
     return parser.parse_args(argv)
@@ -62,10 +76,18 @@ def _settings(args: argparse.Namespace, corpus: list[str], output: Path) -> dict
                   val_fraction=0.01)
     if args.auxiliary:
         values["auxiliary"] = json.loads(args.auxiliary)
+    if args.engine_donors:
+        from omnispectra.pretrained import bundled_templates_path
+
+        values["engine_fraction"] = args.engine_fraction
+        values["engine_stream"] = {"donors": list(args.engine_donors), "objects": args.engine_objects,
+                                   "templates": args.engine_templates or str(bundled_templates_path())}
     if args.dry_run:
         values.update(batch_size=4, num_workers=0, max_steps=3, checkpoint_every=3, val_every=3, t0_steps=3,
                       precision="32-true", accelerator="cpu", compile=False, max_time_minutes=None,
                       val_fraction=0.2, model={"dim": 32, "n_layers": 1, "n_heads": 2})
+        if args.engine_donors:
+            values["engine_stream"]["objects"] = min(args.engine_objects, 16)
     return values
 
 
@@ -122,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
                "parameters": OmniSpectra(model_config).get_num_params(), "encoder_sha256": sha,
                "torch": torch.__version__,
                "settings": {k: v for k, v in config.to_dict().items() if k != "corpus"},
-               "n_corpus_files": len(corpus), **_throughput(result["metrics_csv"])}
+               "n_corpus_files": len(corpus), "engine_stream": result.get("engine_stream"),
+               **_throughput(result["metrics_csv"])}
     write_text(output / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "settings"}, indent=1, default=str))
     return summary
