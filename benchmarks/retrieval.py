@@ -8,6 +8,9 @@ object, file or plate; class, redshift bin and Teff within 10%
     OMP_NUM_THREADS=1 python benchmarks/retrieval.py CORPUS.h5 ... --model default \\
         -o benchmarks/results/retrieval-default.md
 
+``--reference ENGINE.h5 ...`` adds labelled engine spectra (``omnispectra simulate``, donors
+from the training side) to the candidates: neighbours among simulations.
+
 Writes the markdown report (the command at its top) and, next to it, the full table as
 ECSV (``.ecsv``: every class, counts of queries and candidates).
 """
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", nargs="+", help="labelled corpus files or folders")
     parser.add_argument("--model", default="default", help="encoder: 'default' or a weights file")
+    parser.add_argument("--reference", nargs="+", default=None,
+                        help="engine corpora whose labelled spectra join the candidates (never queries)")
     parser.add_argument("-k", type=int, default=10, help="neighbours per query")
     parser.add_argument("--max-per-dataset", type=int, default=20_000)
     parser.add_argument("--min-queries", type=int, default=5)
@@ -40,13 +45,15 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     result = evaluate_retrieval(args.corpus, model=args.model, k=args.k, max_per_dataset=args.max_per_dataset,
                                 min_queries=args.min_queries, baseline_pixels=args.baseline_pixels,
-                                progress=lambda msg: print(msg, file=sys.stderr))
+                                progress=lambda msg: print(msg, file=sys.stderr), reference=args.reference)
     seconds = time.perf_counter() - start
     command = "python benchmarks/retrieval.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     encoder = ", ".join(f"{k}={v}" for k, v in sorted(result["encoder"].items()) if k in ("sha256", "name",
                                                                                       "checkpoint"))
+    pool = (f" (of them {result['n_reference']} engine spectra, candidates only: each joins the group of "
+            f"its donor's survey)" if result["n_reference"] else "")
     text = (f"# Retrieval precision@{args.k}\n\nCommand: `{command}`\n\nEncoder: {args.model} ({encoder}); "
-            f"{result['n_spectra']} labelled spectra; {seconds:.0f} s wall.\n\n{result['report']}")
+            f"{result['n_spectra']} labelled spectra{pool}; {seconds:.0f} s wall.\n\n{result['report']}")
     print(text)
     if args.output is not None:
         write_text(args.output, text)

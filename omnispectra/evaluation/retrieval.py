@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.stream import ENGINE_SURVEY_PREFIX, is_engine_survey
 from ..exceptions import OmniSpectraError
 from ..splits import DEFAULT_SEED, DEFAULT_VALIDATION_FRACTION, canonical_object_id, is_validation
 
@@ -62,11 +63,13 @@ REDSHIFT_BIN_EDGES = (0.1, 0.37, 0.8, 1.5, 2.1)
 TEFF_TOLERANCE = 0.10
 
 _PLATE_PATTERNS = (
-    # SDSS / BOSS / eBOSS / SEGUE: spec-PLATE-MJD-FIBER.fits
-    (re.compile(r"^spec-(\d{4,5})-(\d{5})-\d+\.fits", re.I), "sdss-plate:{0}"),
+    # SDSS / BOSS / eBOSS / SEGUE: spec-PLATE-MJD-FIBER.fits (an engine donor id drops .fits)
+    (re.compile(r"^spec-(\d{4,5})-(\d{5})-\d+(?:\.fits|$)", re.I), "sdss-plate:{0}"),
     # LAMOST: spec-MJD-PLANID_spSPID-FIBER.fits[.gz]
-    (re.compile(r"^spec-(\d{5})-([^_]+)_sp(\d+)-\d+\.fits", re.I), "lamost-plan:{0}-{1}"),
+    (re.compile(r"^spec-(\d{5})-([^_]+)_sp(\d+)-\d+(?:\.fits|$)", re.I), "lamost-plan:{0}-{1}"),
 )
+#: Engine spectra name their noise donor in ``source_file`` (``engine:<template>|donor:<id>``).
+_DONOR_TAG = "|donor:"
 
 
 @dataclass(frozen=True)
@@ -100,9 +103,13 @@ def exposure_key(source_file: str) -> str:
     """The plate (SDSS family, LAMOST plan) a spectrum was observed on, else its file.
 
     Spectra sharing this key share sky subtraction and calibration; retrieval never
-    counts one as a neighbour of another.
+    counts one as a neighbour of another. An engine spectrum (``engine:...|donor:<id>``)
+    carries its donor's noise, mask and calibration, so it has its donor's key.
     """
-    name = Path(str(source_file)).name
+    text = str(source_file)
+    if _DONOR_TAG in text:
+        text = text.split(_DONOR_TAG, 1)[1]
+    name = Path(text).name
     for pattern, form in _PLATE_PATTERNS:
         m = pattern.match(name)
         if m:
@@ -317,7 +324,8 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
                        min_queries: int = 5, baseline_pixels: int = 2048,
                        fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = DEFAULT_SEED,
                        batch_size: int = 32, device: str | None = None,
-                       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                       progress: Callable[[str], None] | None = None,
+                       reference: Any = None) -> dict[str, Any]:
     """Precision@k of the encoder's embeddings and of PCA neighbours, per survey and pooled.
 
     Parameters
@@ -336,6 +344,13 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
         Cap on the resampled length of the PCA baseline's grid.
     fraction, seed : float, int
         The object-hash split (:func:`omnispectra.splits.is_validation`).
+    reference : path, glob or sequence, optional
+        Engine corpora (surveys ``engine_<survey>``, e.g. ``omnispectra simulate``) whose
+        labelled spectra join the candidates - never the queries - of their donor survey's
+        group and of ``all``: neighbours among simulations of known class, redshift and
+        Teff. Engine spectra in ``corpus`` count the same way. Their donors must be
+        training-side spectra (as the engine takes them); an engine spectrum shares its
+        donor's plate key (:func:`exposure_key`).
 
     Returns
     -------
@@ -354,16 +369,20 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
     from .harness import TASKS, compute_embeddings, load_labeled
 
     say = progress or logger.info
-    data = load_labeled(corpus, list(TASKS.values()), max_per_dataset=max_per_dataset)
-    validation = is_validation(data.meta["object_id"], fraction, seed)
+    sources = [*_as_list(corpus), *_as_list(reference)]
+    data = load_labeled(sources, list(TASKS.values()), max_per_dataset=max_per_dataset)
+    surveys = np.asarray(data.meta["survey"], dtype=str)
+    engine = np.array([is_engine_survey(s) for s in surveys], dtype=bool)
+    validation = is_validation(data.meta["object_id"], fraction, seed) & ~engine
     if not validation.any() or validation.all():
         raise OmniSpectraError(f"retrieval needs labelled spectra on both sides of the split: "
                                f"{int(validation.sum())} of {len(data)} are validation spectra")
     encoder = resolve_model(model, device)
     embeddings = compute_embeddings(data, encoder, batch_size=batch_size)
     say(f"embedded {len(data)} labelled spectra ({int(validation.sum())} queries)")
-    surveys = data.meta["survey"]
-    groups = {s: np.flatnonzero(surveys == s) for s in sorted(set(surveys.tolist()))}
+    # engine spectra join the group of the survey whose donors they were observed through
+    group_of = np.array([s.removeprefix(ENGINE_SURVEY_PREFIX) for s in surveys.tolist()], dtype=str)
+    groups = {s: np.flatnonzero(group_of == s) for s in sorted(set(group_of[~engine].tolist()))}
     groups["all"] = np.arange(len(data))
     rows = []
     for gname, grows in groups.items():
@@ -377,10 +396,17 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
     names = ["group", "method", "task", "label", "precision", "chance", "n_queries", "n_candidates"]
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else Table(names=names)
     table.meta.update({"k": k, "split_fraction": fraction, "split_seed": seed,
+                       "n_reference": int(engine.sum()),
                        "encoder": {a: b for a, b in getattr(encoder, "info", {}).items()
                                    if isinstance(b, (str, int, float))}})
     return {"table": table, "report": retrieval_report(table, k, min_queries), "n_spectra": len(data),
-            "encoder": table.meta["encoder"]}
+            "n_reference": int(engine.sum()), "encoder": table.meta["encoder"]}
+
+
+def _as_list(sources: Any) -> list:
+    if sources is None:
+        return []
+    return list(sources) if isinstance(sources, (list, tuple)) else [sources]
 
 
 _COLUMNS = (("class", "GALAXY"), ("class", "QSO"), ("class", "STAR"), ("class", "mean"),

@@ -141,3 +141,53 @@ def test_evaluate_retrieval_on_real_spectra(labelled_corpus):
     assert len(teff) == 2 and np.all((teff["precision"] >= 0) & (teff["precision"] <= 1))
     assert np.all(teff["n_queries"] > 0)
     assert "| miles | PCA of resampled flux |" in result["report"]
+
+
+def _spectra(n, survey, source, cls, seed):
+    from astropy import units as u
+    from astropy.nddata import InverseVariance
+    from specutils import Spectrum
+
+    rng = np.random.default_rng(seed)
+    wave = np.geomspace(3800, 9000, 400)
+    out = []
+    for i in range(n):
+        flux = 1 + 0.3 * (i % 2) * (wave / 6000 - 1) + rng.normal(0, 0.05, wave.size)
+        meta = {"id": f"{survey}-{i}", "object_id": f"{survey}-obj{i}", "survey": survey,
+                "source_file": source(i), "class": cls(i)}
+        out.append(Spectrum(spectral_axis=wave * u.AA, flux=flux * u.dimensionless_unscaled,
+                            uncertainty=InverseVariance(np.full(wave.size, 400.0)), meta=meta))
+    return out
+
+
+def test_engine_reference_spectra_are_candidates_never_queries(tmp_path):
+    """``reference=``: engine spectra join the candidates of their donor survey's group and of
+    ``all``, never the queries; an engine spectrum has its donor's plate key."""
+    from omnispectra.corpus import build_corpus
+    from omnispectra.splits import is_validation
+
+    engine_source = "engine:redrock:STAR-K|donor:spec-1000-51602-0001"
+    assert exposure_key(engine_source) == exposure_key("/d/spec-1000-51602-0300.fits") == "sdss-plate:1000"
+    real = _spectra(30, "sdss", lambda i: f"spec-{1000 + i}-51602-0001.fits",
+                    lambda i: ("GALAXY", "STAR")[i % 2], 0)
+    engine = _spectra(10, "engine_sdss", lambda i: engine_source, lambda i: "STAR", 1)
+    build_corpus(real, tmp_path / "real", progress=False)
+    build_corpus(engine, tmp_path / "engine", progress=False)
+    torch.manual_seed(0)
+    encoder = OmniSpectra(OmniSpectraConfig(dim=16, n_layers=1, n_heads=2)).eval()
+    common = dict(model=encoder, k=3, baseline_pixels=64, min_queries=1)
+    alone = evaluate_retrieval(sorted((tmp_path / "real").glob("*.h5")), **common)["table"]
+    both = evaluate_retrieval(sorted((tmp_path / "real").glob("*.h5")),
+                              reference=sorted((tmp_path / "engine").glob("*.h5")), **common)
+    table = both["table"]
+    assert both["n_reference"] == 10 and "engine_sdss" not in set(table["group"])
+
+    def cell(t, group):
+        row = t[(t["group"] == group) & (t["method"] == "omnispectra") & (t["task"] == "class")
+                & (t["label"] == "all")]
+        return int(row["n_queries"][0]), int(row["n_candidates"][0])
+
+    queries = int(is_validation([f"sdss-obj{i}" for i in range(30)]).sum())
+    for group in ("sdss", "all"):
+        assert cell(alone, group) == (queries, 30 - queries)
+        assert cell(table, group) == (queries, 30 - queries + 10)
