@@ -410,6 +410,7 @@ class _Run:
     emb: np.ndarray
     keep: np.ndarray
     key: str
+    data_key: str
     created: str
 
     @property
@@ -439,12 +440,13 @@ def _open_run(options: PredictorOptions) -> _Run:
     data = load_labeled(options.corpus, [TASKS[t] for t in options.tasks], max_per_dataset=10**9)
     ids = "|".join(map(str, data.meta["id"]))
     key = hashlib.sha256(f"{desc['sha256']}|{ids}".encode()).hexdigest()[:16]
+    data_key = hashlib.sha256(ids.encode()).hexdigest()[:16]  # what does not depend on the encoder
     cache = Path(options.cache) if options.cache else None
     emb = cached_array(cache, f"embeddings-{key}", lambda: compute_embeddings(data, encoder, batch_size=32))
     logger.info("%d labelled spectra embedded", len(data))
     keep = ~np.isin(data.meta["survey"], options.exclude_surveys)
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return _Run(options, recipes, encoder, desc, data, emb, keep, key, created)
+    return _Run(options, recipes, encoder, desc, data, emb, keep, key, data_key, created)
 
 
 def _class_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, folds: np.ndarray,
@@ -462,7 +464,8 @@ def _class_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, folds: np
     if opt.templates:
         prob_oof = np.empty_like(prob_ev)
         prob_oof[ev_rows] = prob_ev
-        chi2 = cached_array(run.cache, f"template-chi2-{run.key}",
+        templates = hashlib.sha256(str(opt.templates).encode()).hexdigest()[:8]
+        chi2 = cached_array(run.cache, f"template-chi2-{run.data_key}-{templates}",
                             lambda: template_class_chi2(run.data, rows, opt.templates))
         cv["with_templates"], calibration[COMBINATION_KEY] = template_combination_cv(
             task, prob_oof, chi2, y, surv, folds, flags, run.figures, sources)
