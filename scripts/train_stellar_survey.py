@@ -57,25 +57,6 @@ def _cached(cache: Path, name: str, compute):
     return out
 
 
-def miles_stars(root: Path):
-    from omnispectra import io
-    from omnispectra.engine import LibraryStar
-    from omnispectra.tokenizer import spectrum_arrays
-
-    stars = []
-    with open(root / "miles/index.csv") as fh:
-        for r in csv.DictReader(fh):
-            teff, logg, feh = (float(r[k] or "nan") for k in ("Teff", "logg", "FeH"))
-            if r["miles_id"] == "s0505" or not (np.isfinite(teff) and np.isfinite(logg)) or teff > 9e4 \
-                    or logg > 999:
-                continue
-            spec = io.read(root / r["file"])
-            wave, flux, _, _ = spectrum_arrays(spec[0] if isinstance(spec, list) else spec)
-            stars.append(LibraryStar(r["miles_id"], wave, np.nan_to_num(flux), 2.5,
-                                     {"teff": teff, "logg": logg, "fe_h": feh if abs(feh) < 99 else np.nan}))
-    return stars
-
-
 def donors(root: Path, validation: set[str]):
     from omnispectra.engine import donor_from_spectrum, select_side
     from omnispectra.io import iter_spectra
@@ -150,6 +131,8 @@ def embed_all(args, cache: Path) -> dict:
     root = Path(os.environ.get("OMNISPECTRA_DATA_DIR", root))
     rows = validation_rows(args.stars_csv)
     model = omnispectra.load_model(args.model)
+    from omnispectra.engine.labelled import miles_stars
+
     stars = miles_stars(root)
 
     def miles_part():

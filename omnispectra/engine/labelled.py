@@ -23,7 +23,9 @@ meta holds the library star's id as ``object_id``, so every split groups by star
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -33,9 +35,14 @@ from ..templates.resample import C_KMS, rebin
 from .donors import Donor
 from .observe import EDGE_MARGIN, CoverageError, ObserveConfig, observe
 
-__all__ = ["LibraryStar", "clip_donor", "degrade_fwhm", "observe_star", "MIN_STAR_PIXELS"]
+__all__ = ["LibraryStar", "clip_donor", "degrade_fwhm", "observe_star", "miles_stars", "MIN_STAR_PIXELS",
+           "MILES_FWHM"]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: MILES' line spread, FWHM in Angstrom, at every wavelength.
+MILES_FWHM = 2.5
+#: MILES stars never observed as library stars: s0505 is the X-shooter validation star.
+_MILES_SKIPPED = ("s0505",)
 #: An engine star needs at least this many valid donor pixels inside the library's range.
 MIN_STAR_PIXELS = 200
 #: Step (log10) of the grid the degraded star is put on before it is observed (~4.6 km/s).
@@ -75,6 +82,38 @@ class LibraryStar:
                                        "be finite")
         if not self.fwhm > 0:
             raise InvalidSpectrumError(f"library star {self.id}: fwhm must be > 0 Angstrom, got {self.fwhm}")
+
+
+def miles_stars(root: str | os.PathLike) -> list[LibraryStar]:
+    """The labelled MILES stars of a data folder (``<root>/miles/index.csv`` and its files).
+
+    Labels ``teff``, ``logg`` and ``fe_h`` from the index (``fe_h`` NaN where the index has
+    none); stars without a finite Teff and logg, or with placeholder values, are left out,
+    as is s0505 (the X-shooter validation star).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``<root>/miles/index.csv`` does not exist.
+    """
+    import csv
+
+    from .. import io
+    from ..tokenizer import spectrum_arrays
+
+    root = Path(root)
+    stars = []
+    with open(root / "miles" / "index.csv") as fh:
+        for r in csv.DictReader(fh):
+            teff, logg, feh = (float(r[k] or "nan") for k in ("Teff", "logg", "FeH"))
+            if r["miles_id"] in _MILES_SKIPPED or not (np.isfinite(teff) and np.isfinite(logg)) \
+                    or teff > 9e4 or logg > 999:
+                continue
+            spec = io.read(root / r["file"])
+            wave, flux, _, _ = spectrum_arrays(spec[0] if isinstance(spec, list) else spec)
+            stars.append(LibraryStar(r["miles_id"], wave, np.nan_to_num(flux), MILES_FWHM,
+                                     {"teff": teff, "logg": logg, "fe_h": feh if abs(feh) < 99 else np.nan}))
+    return stars
 
 
 def clip_donor(donor: Donor, lo: float, hi: float) -> Donor:

@@ -227,7 +227,9 @@ def test_engine_stream_settings_are_checked():
     base = TrainConfig.from_preset("tiny")
     for bad, message in [({"objects": 10}, "donors"), ({"donors": ["d"], "objects": 0}, "objects"),
                          ({"donors": ["d"], "pair": True}, "unknown engine_stream"),
-                         ({"donors": ["d"], "seed": "1"}, "seed"), ("donors", "mapping")]:
+                         ({"donors": ["d"], "seed": "1"}, "seed"), ("donors", "mapping"),
+                         ({"donors": ["d"], "star_fraction": 0.3}, "star_fraction"),
+                         ({"donors": ["d"], "stars": "data/"}, "star_fraction")]:
         with pytest.raises(ConfigError, match=message):
             base.replace(engine_stream=bad)
     assert base.replace(engine_stream={"donors": "spectra/", "objects": 5}).engine_stream["objects"] == 5
@@ -253,3 +255,57 @@ def test_train_with_a_streamed_engine(tmp_path):
     with open(result["metrics_csv"]) as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("train_aux_class")]
     assert len(rows) == 3 and any(float(r["train_aux_class"]) > 0 for r in rows)
+
+
+def _library_stars(n=4):
+    from omnispectra.engine.labelled import LibraryStar
+
+    wave = np.arange(3540.0, 7410.0, 0.9)
+    return [LibraryStar(f"s{k:04d}", wave, 1 + 0.1 * k * (wave / 5000 - 1)
+                        - 0.3 * np.exp(-0.5 * ((wave - 5175) / 3) ** 2), 2.5,
+                        {"teff": 4000.0 + 500 * k, "logg": 4.5, "fe_h": -0.2 * k}) for k in range(n)]
+
+
+def test_engine_stream_observes_library_stars_with_their_labels():
+    """With library stars, the chosen objects are stars observed through the donors, carrying
+    the star's Teff, logg and [Fe/H]; both views of a pair are the same star."""
+    from omnispectra.training.stream import EngineStream, training_side_stars
+
+    stars = _library_stars()
+    s = EngineStream(_engine(), 6, seed=2, pairs=True, stars=stars, star_fraction=1.0)
+    first, _ = s.sample(0, 0)
+    second, _ = s.sample(0, 1)
+    star = stars[int(s.star_of[0])]
+    assert first.meta["template"] == second.meta["template"] == f"library:{star.id}"
+    assert first.labels["fe_h"] == star.labels["fe_h"] and first.labels["class"] == "STAR"
+    assert first.wave.min() >= 3540.0 and first.wave.max() <= 7410.0  # never beyond the library
+    np.testing.assert_array_equal(first.flux, EngineStream(_engine(), 6, seed=2, pairs=True, stars=stars,
+                                                           star_fraction=1.0).sample(0, 0)[0].flux)
+    mixed = EngineStream(_engine(), 400, seed=2, stars=stars, star_fraction=0.25)
+    assert 0.15 < (mixed.star_of >= 0).mean() < 0.35
+    none = EngineStream(_engine(), 5, seed=2)
+    assert (none.star_of < 0).all() and not none.sample(0, 0)[0].meta["template"].startswith("library:")
+    with pytest.raises(ValueError, match="star_fraction"):
+        EngineStream(_engine(), 5, star_fraction=0.5)
+    from omnispectra.splits import is_validation
+
+    kept = training_side_stars(stars * 30 + _library_stars(60), 0.2, 0)
+    assert kept and not is_validation([k.id for k in kept], 0.2, 0).any()
+    assert len({k.id for k in kept}) < 60  # some stars are held out
+
+
+def test_miles_stars_read_the_library_index(tmp_path):
+    from omnispectra.engine.labelled import miles_stars
+
+    from .helpers import require_data_dir
+
+    root = require_data_dir()
+    rows = (root / "miles" / "index.csv").read_text().splitlines()
+    (tmp_path / "miles").mkdir()
+    (tmp_path / "miles" / "index.csv").write_text("\n".join(rows[:4]) + "\n")
+    for line in rows[1:4]:
+        name = line.split(",")[0]
+        (tmp_path / name).symlink_to(root / name)
+    stars = miles_stars(tmp_path)
+    assert len(stars) == 3 and stars[0].id == rows[1].split(",")[1] and stars[0].fwhm == 2.5
+    assert stars[0].labels["teff"] == float(rows[1].split(",")[3])

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -35,11 +35,14 @@ import torch
 from ..collate import Sample
 from ..dataset import SpectrumDataset, token_counts
 from ..engine.generator import Engine, EngineSample
+from ..engine.labelled import LibraryStar
+from ..engine.observe import CoverageError
 from ..engine.stream import ENGINE_SURVEY_PREFIX, engine_pair
 from ..exceptions import ConfigError, OmniSpectraError
 from ..tokenizer import tokenize
 
-__all__ = ["EngineStreamConfig", "EngineStream", "TrainingMix", "stream_from_config"]
+__all__ = ["EngineStreamConfig", "EngineStream", "TrainingMix", "stream_from_config",
+           "training_side_stars"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,13 @@ class EngineStreamConfig:
         Two views per object (default: when the invariance term is on).
     seed : int, optional
         Seed of the stream (default: the run's seed).
+    stars : str, optional
+        A data folder with ``miles/index.csv`` (:func:`~omnispectra.engine.labelled.miles_stars`):
+        its labelled library stars on the training side of the run's split are observed
+        through the donors too (:meth:`~omnispectra.engine.Engine.sample_star`), with their
+        Teff, logg and [Fe/H] as labels of the auxiliary stellar head.
+    star_fraction : float
+        Share of the objects that are library stars (with ``stars``).
     """
 
     donors: tuple[str, ...]
@@ -72,6 +82,8 @@ class EngineStreamConfig:
     objects: int = 20_000
     pairs: bool | None = None
     seed: int | None = None
+    stars: str | None = None
+    star_fraction: float = 0.0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EngineStreamConfig:
@@ -101,11 +113,17 @@ class EngineStreamConfig:
             kind = bool if key == "pairs" else int
             if value is not None and type(value) is not kind:
                 raise ConfigError(f"engine_stream {key}={value!r} must be a {kind.__name__} or null")
-        templates = values.get("templates")
-        if templates is not None and not isinstance(templates, str):
-            raise ConfigError(f"engine_stream templates={templates!r} must be a path or null")
-        return cls(donors=tuple(donors), templates=templates, objects=objects,
-                   pairs=values.get("pairs"), seed=values.get("seed"))
+        for key in ("templates", "stars"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise ConfigError(f"engine_stream {key}={values[key]!r} must be a path or null")
+        fraction = values.get("star_fraction", 0.0)
+        if type(fraction) not in (int, float) or not 0 <= fraction <= 1 or (fraction > 0) != bool(
+                values.get("stars")):
+            raise ConfigError(f"engine_stream star_fraction={fraction!r} must be a number in [0, 1], "
+                              "above 0 exactly when 'stars' names a data folder")
+        return cls(donors=tuple(donors), templates=values.get("templates"), objects=objects,
+                   pairs=values.get("pairs"), seed=values.get("seed"), stars=values.get("stars"),
+                   star_fraction=float(fraction))
 
 
 class EngineStream:
@@ -121,6 +139,12 @@ class EngineStream:
         Seed of the stream.
     pairs : bool
         Two views per object (slots ``2j``, ``2j + 1``) instead of one.
+    stars : list of LibraryStar, optional
+        Labelled library stars (training side only); object ``j`` is one of them with
+        probability ``star_fraction`` (decided once, from ``seed``), the same star in every
+        epoch, observed anew each time.
+    star_fraction : float
+        Share of the objects that are library stars.
 
     Attributes
     ----------
@@ -129,10 +153,18 @@ class EngineStream:
         stream against the training step).
     """
 
-    def __init__(self, engine: Engine, objects: int, seed: int = 0, pairs: bool = False) -> None:
+    def __init__(self, engine: Engine, objects: int, seed: int = 0, pairs: bool = False,
+                 stars: Sequence[LibraryStar] | None = None, star_fraction: float = 0.0) -> None:
         if objects < 1:
             raise ValueError(f"objects must be >= 1, got {objects}")
+        if not 0.0 <= star_fraction <= 1.0 or (star_fraction > 0 and not stars):
+            raise ValueError(f"star_fraction {star_fraction} must be in [0, 1], and > 0 only with stars")
         self.engine, self.objects, self.seed, self.pairs = engine, int(objects), int(seed), bool(pairs)
+        self.stars = list(stars or [])
+        draw = np.random.default_rng([self.seed, 2])
+        is_star = draw.random(self.objects) < star_fraction
+        # object j -> index into stars, or -1 for a template object
+        self.star_of = np.where(is_star, draw.integers(max(len(self.stars), 1), size=self.objects), -1)
         self.views = 2 if self.pairs else 1
         donors = engine.donors
         self.donor_index = np.array([np.random.default_rng([self.seed, j, 1]).integers(len(donors))
@@ -156,7 +188,9 @@ class EngineStream:
             return self._cache[key]
         start = time.perf_counter()
         donor = int(self.donor_index[j])
-        if self.pairs:
+        if self.star_of[j] >= 0:
+            views = self._star_views(epoch, j, donor)
+        elif self.pairs:
             try:
                 first, second = self.engine.sample_pair(np.random.default_rng([self.seed, epoch, j, 2]),
                                                         donor_index=donor)
@@ -175,6 +209,22 @@ class EngineStream:
         if len(self._cache) > _CACHED_OBJECTS:
             self._cache.popitem(last=False)
         return views
+
+    def _star_views(self, epoch: int, j: int, donor: int) -> list[EngineSample | None]:
+        """Library star ``star_of[j]`` observed through the object's donor (another donor if
+        that one cannot observe it) and, for a pair, through a second random donor."""
+        star = self.stars[int(self.star_of[j])]
+        rng = np.random.default_rng([self.seed, epoch, j, 4])
+        try:
+            first = self.engine.sample_star(star, rng, donor_index=donor)
+        except (CoverageError, OmniSpectraError):
+            first = self.engine.sample_star(star, rng)
+        if not self.pairs:
+            return [first]
+        try:
+            return [first, self.engine.sample_star(star, rng)]
+        except OmniSpectraError:
+            return [first, None]
 
     def sample(self, epoch: int, slot: int) -> tuple[EngineSample, bool]:
         """Slot ``slot`` of ``epoch``, and whether it is a view of a pair.
@@ -274,8 +324,25 @@ def stream_from_config(values: Mapping[str, Any], *, seed: int, pairs: bool, fra
     config = EngineStreamConfig.from_dict(values)
     engine = build_engine(config.templates, list(config.donors), side="train", fraction=fraction,
                           seed=split_seed)
-    logger.info("engine stream: %d donors, %d objects per epoch%s", len(engine.donors), config.objects,
-                " (two views each)" if (pairs if config.pairs is None else config.pairs) else "")
+    stars = None
+    if config.stars:
+        from ..engine.labelled import miles_stars
+
+        stars = training_side_stars(miles_stars(config.stars), fraction, split_seed)
+    logger.info("engine stream: %d donors, %d objects per epoch%s, %d library stars (%.0f%% of the objects)",
+                len(engine.donors), config.objects,
+                " (two views each)" if (pairs if config.pairs is None else config.pairs) else "",
+                len(stars or []), 100 * config.star_fraction)
     return EngineStream(engine, config.objects, seed if config.seed is None else config.seed,
-                        pairs if config.pairs is None else config.pairs)
+                        pairs if config.pairs is None else config.pairs, stars, config.star_fraction)
+
+
+def training_side_stars(stars: Sequence[LibraryStar], fraction: float, seed: int) -> list[LibraryStar]:
+    """The stars on the training side of the object-hash split (:func:`omnispectra.splits.is_validation`
+    of their ids, the ``object_id`` of their corpus rows): the stars a pretraining run may learn
+    labels from, so that validation-side stars stay unseen by the harness's held-out tests."""
+    from ..splits import is_validation
+
+    held = is_validation([s.id for s in stars], fraction, seed)
+    return [s for s, v in zip(stars, held, strict=True) if not v]
 
