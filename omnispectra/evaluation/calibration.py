@@ -60,11 +60,11 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float, weights: np.ndarray | None = None) -> float:
     z = logits / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(y.size), y]))
+    return float(np.average(log_norm - z[np.arange(y.size), y], weights=weights))
 
 
 def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20.0),
@@ -106,7 +106,7 @@ def fit_temperature(logits: Any, y: Any, bounds: tuple[float, float] = (0.05, 20
 
 
 def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
-                             l2: float = 1e-3) -> dict[str, Any]:
+                             l2: float = 1e-3, groups: Any = None) -> dict[str, Any]:
     """Fit ``a``, ``b`` and the biases of :func:`omnispectra.class_evidence.combined_logits`.
 
     Minimises the mean negative log-likelihood of the combined probabilities
@@ -126,12 +126,15 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
         Class names, stored with the fit.
     l2 : float
         Ridge penalty.
+    groups : array (N,), optional
+        Source group of each row: every group then weighs the same in the likelihood (each
+        row ``1 / n_group``), so the biases are not the class mix of the largest sources.
 
     Returns
     -------
     dict
-        ``network_weight``, ``template_weight``, ``bias`` (K), ``classes`` and ``n`` (rows
-        used): what a class probe stores under
+        ``network_weight``, ``template_weight``, ``bias`` (K), ``classes``, ``n`` (rows
+        used) and ``weighting`` (``rows`` or ``groups``): what a class probe stores under
         :data:`omnispectra.class_evidence.COMBINATION_KEY`.
     """
     from scipy.optimize import minimize
@@ -144,20 +147,29 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
     p, ev, t = p[use], ev[use], t[use]
     if t.size == 0:
         raise ValueError("cannot fit a template combination on zero rows with template evidence")
+    weights = None
+    if groups is not None:
+        g = np.asarray(groups, dtype=str)
+        if g.shape != use.shape:
+            raise ValueError(f"groups must have one entry per row, got {g.shape} for {use.size} rows")
+        _, inverse, counts = np.unique(g[use], return_inverse=True, return_counts=True)
+        weights = 1.0 / counts[inverse]
     k = p.shape[1]
 
     def params(theta: np.ndarray) -> dict[str, Any]:
         return {"network_weight": theta[0], "template_weight": theta[1], "bias": np.r_[theta[2:], 0.0]}
 
     def loss(theta: np.ndarray) -> float:
-        return _nll(combined_logits(p, ev, params(theta)), t, 1.0) + l2 * float(np.sum(theta ** 2))
+        return (_nll(combined_logits(p, ev, params(theta)), t, 1.0, weights)
+                + l2 * float(np.sum(theta ** 2)))
 
     start = np.r_[1.0, 0.1, np.zeros(k - 1)]
     theta = minimize(loss, start, method="L-BFGS-B").x
     fitted = params(theta)
     return {"network_weight": float(fitted["network_weight"]),
             "template_weight": float(fitted["template_weight"]), "bias": [float(v) for v in fitted["bias"]],
-            "classes": [str(c) for c in classes], "n": int(t.size)}
+            "classes": [str(c) for c in classes], "n": int(t.size),
+            "weighting": "rows" if weights is None else "groups"}
 
 
 def reliability_curve(prob: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarray]:

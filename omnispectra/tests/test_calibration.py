@@ -72,3 +72,26 @@ def test_reliability_plot(tmp_path):
     fig = cal.plot_reliability({"T = 1": cal.reliability_curve(prob, [0, 0])}, title="t")
     fig.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_template_combination_weighs_every_source_group_the_same():
+    """With ``groups``, a large source of one class no longer sets the class biases: a source
+    of 300 galaxies and one of 30 stars weigh the same; equal groups change nothing."""
+    from omnispectra.evaluation.calibration import fit_template_combination
+
+    rng = np.random.default_rng(0)
+    n_gal, n_star = 300, 30
+    y = np.r_[np.zeros(n_gal, int), np.full(n_star, 2)]
+    prob = np.full((y.size, 3), 0.2)
+    prob[np.arange(y.size), y] = 0.6
+    prob /= prob.sum(1, keepdims=True)
+    evidence = rng.uniform(0, 2, size=(y.size, 3))
+    groups = np.r_[["6dfgs"] * n_gal, ["boss"] * n_star]
+    rows = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"])
+    balanced = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=groups)
+    assert rows["weighting"] == "rows" and balanced["weighting"] == "groups"
+    assert balanced["bias"][0] < rows["bias"][0] - 0.5  # the galaxy prior of the big source is gone
+    same = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=["one"] * y.size)
+    np.testing.assert_allclose(same["bias"], rows["bias"], atol=1e-4)
+    with pytest.raises(ValueError, match="one entry per row"):
+        fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=groups[:5])

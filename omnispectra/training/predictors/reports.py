@@ -96,8 +96,9 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
     :data:`TEMPLATE_CLASSES`. Round ``r`` fits the combination on the rows of the other
     folds (survey spectra only, as the temperature) and scores fold ``r``; the shipped
     combination is fitted on all survey rows. ``sources``: source groups of the rows
-    (reported per group). Returns ``(report, shipped parameters)``; the report's
-    ``per_round`` are the rounds' fitted parameters in fold order.
+    (reported per group; each group weighs the same in the combination's fit). Returns
+    ``(report, shipped parameters)``; the report's ``per_round`` are the rounds' fitted
+    parameters in fold order.
     """
     from ...class_evidence import combine, template_evidence
     from ...evaluation.calibration import expected_calibration_error, fit_template_combination
@@ -109,7 +110,8 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
     per_round = []
     for r in np.unique(folds):
         fit_rows = (folds != r) & survey
-        params = fit_template_combination(prob[fit_rows], evidence[fit_rows], y[fit_rows], task.classes)
+        params = fit_template_combination(prob[fit_rows], evidence[fit_rows], y[fit_rows], task.classes,
+                                          groups=None if sources is None else sources[fit_rows])
         per_round.append(params)
         combined[folds == r] = combine(prob[folds == r], evidence[folds == r], params)
     report = {"per_round": per_round, "rows_without_template_fit": int((~np.isfinite(evidence).all(1)).sum()),
@@ -122,7 +124,8 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
              f"network + templates (ECE {ece['combined']:.3f})": (combined[survey], y[survey])},
             f"source class, survey spectra, N = {survey.sum()}",
             figures / "reliability-source-class-templates.png")
-    final = fit_template_combination(prob[survey], evidence[survey], y[survey], task.classes)
+    final = fit_template_combination(prob[survey], evidence[survey], y[survey], task.classes,
+                                     groups=None if sources is None else sources[survey])
     final["fold"] = ("fitted on the out-of-fold calibrated probabilities of the grouped cross-validation "
                      f"probes and one template fit per row, survey spectra only (libraries {list(LIBRARIES)} "
                      "left out)")
