@@ -1002,9 +1002,12 @@ def train_probe_command(labels, spectra, output, embeddings, id_column, label_co
 @click.option("--groups", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Source-group file (configs/source_groups.csv): folds leave whole sources out.")
 @click.option("--fold-probes", is_flag=True, help="Also write each round's class probe into OUTPUT/folds/.")
+@click.option("--balance-groups", is_flag=True,
+              help="With --groups and --templates: every source group weighs the same in the template "
+                   "combination's fit.")
 def train_predictors_command(weights, corpus, recipes, output, folds, seed, tasks, exclude_surveys,
                              steps_scale, figures, card, no_anomaly, cache, engine, templates, engine_train,
-                             engine_holdout, baseline_pixels, groups, fold_probes) -> None:
+                             engine_holdout, baseline_pixels, groups, fold_probes, balance_groups) -> None:
     """Train, cross-validate and calibrate the predictors shipped with the package (WEIGHTS: the encoder)."""
     from .training import require_lightning
 
@@ -1018,7 +1021,7 @@ def train_predictors_command(weights, corpus, recipes, output, folds, seed, task
         steps_scale=steps_scale, figures=figures or None, card=card, anomaly=not no_anomaly, cache=cache,
         engine=list(engine), templates=templates, engine_train=engine_train, engine_holdout=engine_holdout,
         baseline_pixels=baseline_pixels, groups=groups, fold_probes=fold_probes,
-        command="omnispectra " + " ".join(sys.argv[1:])))
+        balance_groups=balance_groups, command="omnispectra " + " ".join(sys.argv[1:])))
     _say(f"wrote {output}/predictors.json ({', '.join(report['predictors']) or 'no predictor'})")
 
 

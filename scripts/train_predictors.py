@@ -57,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fold-probes", action="store_true",
                         help="also write each round's class probe into OUTPUT/folds/ "
                              "(benchmarks/source_validation.py)")
+    parser.add_argument("--balance-groups", action="store_true",
+                        help="every source group weighs the same in the template combination's fit")
     return parser.parse_args(argv)
 
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline_pixels=args.baseline_pixels, steps_scale=args.steps_scale, figures=args.figures or None,
         card=args.card, anomaly=not args.no_anomaly, cache=args.cache, engine=list(args.engine),
         templates=args.templates, engine_train=args.engine_train, engine_holdout=args.engine_holdout,
-        groups=args.groups, fold_probes=args.fold_probes,
+        groups=args.groups, fold_probes=args.fold_probes, balance_groups=args.balance_groups,
         command="python scripts/train_predictors.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     train_predictors(options)
     return 0

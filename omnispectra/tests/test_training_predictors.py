@@ -476,3 +476,23 @@ def test_a_calibration_fold_without_fit_rows_is_refused_by_name():
     fit_rows = np.arange(30) % 3 != 1                        # fold 1 only library rows
     with pytest.raises(ConfigError, match="round 0's calibration fold holds no row"):
         calibrate_classes(per_round, y, rounds, fit_rows=fit_rows)
+
+
+def test_template_combination_balances_source_groups_only_when_asked():
+    from omnispectra.evaluation.harness import TASKS
+    from omnispectra.training.predictors.reports import template_combination_cv
+
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1, 2], 20)
+    prob = np.full((60, 3), 0.2)
+    prob[np.arange(60), y] = 0.6
+    chi2 = rng.uniform(100, 200, size=(60, 3))
+    surveys, folds = np.full(60, "sdss"), np.arange(60) % 3
+    sources = np.array([f"plate-{k % 4}" for k in range(60)])
+    args = (TASKS["source_class"], prob, chi2, y, surveys, folds, None, None, sources)
+    _, rows = template_combination_cv(*args)
+    report, groups = template_combination_cv(*args, balance_groups=True)
+    assert rows["weighting"] == "rows" and groups["weighting"] == "groups"
+    assert all(p["weighting"] == "groups" for p in report["per_round"])
+    with pytest.raises(ConfigError, match="source groups"):
+        template_combination_cv(*args[:-1], None, balance_groups=True)

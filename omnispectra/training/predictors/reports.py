@@ -87,8 +87,8 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: 
 
 def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray, y: np.ndarray,
                             surveys: np.ndarray, folds: np.ndarray, flags: np.ndarray | None,
-                            figures: Path | None,
-                            sources: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                            figures: Path | None, sources: np.ndarray | None = None,
+                            balance_groups: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """Cross-validate the network + template class (:mod:`omnispectra.class_evidence`).
 
     ``prob`` are out-of-fold calibrated probe probabilities (each row's from the probe of
@@ -96,22 +96,27 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
     :data:`TEMPLATE_CLASSES`. Round ``r`` fits the combination on the rows of the other
     folds (survey spectra only, as the temperature) and scores fold ``r``; the shipped
     combination is fitted on all survey rows. ``sources``: source groups of the rows
-    (reported per group; each group weighs the same in the combination's fit). Returns
+    (reported per group; with ``balance_groups`` each group weighs the same in the
+    combination's fit). Returns
     ``(report, shipped parameters)``; the report's ``per_round`` are the rounds' fitted
     parameters in fold order.
     """
     from ...class_evidence import combine, template_evidence
     from ...evaluation.calibration import expected_calibration_error, fit_template_combination
+    from ...exceptions import ConfigError
 
     chi2 = [dict(zip(TEMPLATE_CLASSES, row, strict=True)) for row in class_chi2]
     evidence = template_evidence(chi2, task.classes)
     survey = ~np.isin(surveys, LIBRARIES)
+    if balance_groups and sources is None:
+        raise ConfigError("balancing the template combination by source group needs the source groups")
+    weigh = sources if balance_groups else None
     combined = np.empty_like(prob)
     per_round = []
     for r in np.unique(folds):
         fit_rows = (folds != r) & survey
         params = fit_template_combination(prob[fit_rows], evidence[fit_rows], y[fit_rows], task.classes,
-                                          groups=None if sources is None else sources[fit_rows])
+                                          groups=None if weigh is None else weigh[fit_rows])
         per_round.append(params)
         combined[folds == r] = combine(prob[folds == r], evidence[folds == r], params)
     report = {"per_round": per_round, "rows_without_template_fit": int((~np.isfinite(evidence).all(1)).sum()),
@@ -125,7 +130,7 @@ def template_combination_cv(task: Any, prob: np.ndarray, class_chi2: np.ndarray,
             f"source class, survey spectra, N = {survey.sum()}",
             figures / "reliability-source-class-templates.png")
     final = fit_template_combination(prob[survey], evidence[survey], y[survey], task.classes,
-                                     groups=None if sources is None else sources[survey])
+                                     groups=None if weigh is None else weigh[survey])
     final["fold"] = ("fitted on the out-of-fold calibrated probabilities of the grouped cross-validation "
                      f"probes and one template fit per row, survey spectra only (libraries {list(LIBRARIES)} "
                      "left out)")

@@ -141,6 +141,10 @@ class PredictorOptions:
         temperature and template combination) and the round's rows into
         ``<output>/folds/`` for out-of-fold evaluation through the real pipeline
         (``benchmarks/source_validation.py``).
+    balance_groups : bool
+        Fit the network + template combination with every source group weighing the same
+        (:func:`~omnispectra.evaluation.calibration.fit_template_combination` ``groups``;
+        needs ``groups``). Off: every row weighs the same (the shipped probe's fit).
     """
 
     weights: str
@@ -164,6 +168,7 @@ class PredictorOptions:
     command: str = ""
     groups: str | None = None
     fold_probes: bool = False
+    balance_groups: bool = False
 
 
 def class_candidates(recipes: Sequence[Recipe], engine: Any) -> list[Recipe]:
@@ -468,7 +473,8 @@ def _class_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, folds: np
         chi2 = cached_array(run.cache, f"template-chi2-{run.data_key}-{templates}",
                             lambda: template_class_chi2(run.data, rows, opt.templates))
         cv["with_templates"], calibration[COMBINATION_KEY] = template_combination_cv(
-            task, prob_oof, chi2, y, surv, folds, flags, run.figures, sources)
+            task, prob_oof, chi2, y, surv, folds, flags, run.figures, sources,
+            balance_groups=opt.balance_groups)
         logger.info("%s: network + templates macro recall %.3f", task.name,
                     cv["with_templates"]["macro_surveys"]["macro_recall"])
     if opt.fold_probes:
