@@ -36,7 +36,6 @@ from ..collate import Sample
 from ..dataset import SpectrumDataset, token_counts
 from ..engine.generator import Engine, EngineSample
 from ..engine.labelled import LibraryStar
-from ..engine.observe import CoverageError
 from ..engine.stream import ENGINE_SURVEY_PREFIX, engine_pair
 from ..exceptions import ConfigError, OmniSpectraError
 from ..tokenizer import tokenize
@@ -216,9 +215,12 @@ class EngineStream:
         star = self.stars[int(self.star_of[j])]
         rng = np.random.default_rng([self.seed, epoch, j, 4])
         try:
-            first = self.engine.sample_star(star, rng, donor_index=donor)
-        except (CoverageError, OmniSpectraError):
-            first = self.engine.sample_star(star, rng)
+            try:
+                first = self.engine.sample_star(star, rng, donor_index=donor)
+            except OmniSpectraError:  # CoverageError included: that donor cannot observe it
+                first = self.engine.sample_star(star, rng)
+        except OmniSpectraError:  # no tried donor can: the slots get fresh template objects
+            return [None] * self.views
         if not self.pairs:
             return [first]
         try:
@@ -229,8 +231,9 @@ class EngineStream:
     def sample(self, epoch: int, slot: int) -> tuple[EngineSample, bool]:
         """Slot ``slot`` of ``epoch``, and whether it is a view of a pair.
 
-        A pair's second view that no other donor can observe is replaced by an unpaired
-        spectrum (a fresh object), so every slot gives a spectrum.
+        A view that could not be rendered (a pair's second view no other donor can observe,
+        a library star no tried donor covers) is replaced by an unpaired spectrum of a
+        fresh template object, so every slot gives a spectrum.
         """
         j, view = divmod(int(slot), self.views)
         sample = self._views(epoch, j)[view]
