@@ -80,7 +80,8 @@ class TrainConfig:
     # fields, e.g. {"class_weight": 0.1, "invariance_weight": 0.1}); None: the paper's objective alone
     auxiliary: dict[str, float] | None = None
     # engine spectra rendered during training instead of (or beside) engine corpora
-    # (omnispectra.training.stream.EngineStreamConfig fields: donors, templates, objects, pairs, seed)
+    # (omnispectra.training.stream.EngineStreamConfig: donors, templates, objects, pairs, seed, stars,
+    # star_fraction)
     engine_stream: dict[str, Any] | None = None
     progress: bool = True
 
