@@ -128,7 +128,9 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
         Ridge penalty.
     groups : array (N,), optional
         Source group of each row: every group then weighs the same in the likelihood (each
-        row ``1 / n_group``), so the biases are not the class mix of the largest sources.
+        row ``1 / n_group``), so the biases are not the class mix of the largest sources;
+        a temperature fitted over all rows (:func:`fit_temperature`, stored as
+        ``temperature`` and already divided into the parameters) then calibrates them.
 
     Returns
     -------
@@ -165,11 +167,18 @@ def fit_template_combination(prob: Any, evidence: Any, y: Any, classes: Any,
 
     start = np.r_[1.0, 0.1, np.zeros(k - 1)]
     theta = minimize(loss, start, method="L-BFGS-B").x
+    rescale = 1.0
+    if weights is not None:
+        # the weighted fit ranks the classes; one temperature over all rows calibrates them
+        # (dividing every parameter by it changes no class)
+        rescale = fit_temperature(combined_logits(p, ev, params(theta)), t)
+        theta = theta / rescale
     fitted = params(theta)
     return {"network_weight": float(fitted["network_weight"]),
             "template_weight": float(fitted["template_weight"]), "bias": [float(v) for v in fitted["bias"]],
             "classes": [str(c) for c in classes], "n": int(t.size),
-            "weighting": "rows" if weights is None else "groups"}
+            "weighting": "rows" if weights is None else "groups",
+            **({"temperature": float(rescale)} if weights is not None else {})}
 
 
 def reliability_curve(prob: Any, y: Any, n_bins: int = 15) -> dict[str, np.ndarray]:

@@ -90,8 +90,17 @@ def test_template_combination_weighs_every_source_group_the_same():
     rows = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"])
     balanced = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=groups)
     assert rows["weighting"] == "rows" and balanced["weighting"] == "groups"
-    assert balanced["bias"][0] < rows["bias"][0] - 0.5  # the galaxy prior of the big source is gone
+    # the galaxy prior of the big source is gone (relative to the network's weight: the pooled
+    # temperature rescales every parameter alike)
+    assert balanced["bias"][0] / balanced["network_weight"] < 0.5 * rows["bias"][0] / rows["network_weight"]
+    assert "temperature" not in rows and balanced["temperature"] > 0
+    # the pooled temperature is the best single scale of the balanced logits over all rows
+    from omnispectra.class_evidence import combined_logits
+
+    logits = combined_logits(prob, evidence, {**balanced, "bias": np.asarray(balanced["bias"])})
+    assert cal.fit_temperature(logits, y) == pytest.approx(1.0, abs=1e-3)
     same = fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=["one"] * y.size)
-    np.testing.assert_allclose(same["bias"], rows["bias"], atol=1e-4)
+    ratio = np.array(same["bias"]) / same["network_weight"]  # one group: the rows' fit, rescaled
+    np.testing.assert_allclose(ratio, np.array(rows["bias"]) / rows["network_weight"], atol=1e-3)
     with pytest.raises(ValueError, match="one entry per row"):
         fit_template_combination(prob, evidence, y, ["GALAXY", "QSO", "STAR"], groups=groups[:5])
