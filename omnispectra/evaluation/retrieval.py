@@ -365,11 +365,12 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
     """
     from astropy.table import Table
 
+    from ..corpus import corpus_files
     from ..runtime import resolve_model
     from .harness import TASKS, compute_embeddings, load_labeled
 
     say = progress or logger.info
-    sources = [*_as_list(corpus), *_as_list(reference)]
+    sources = corpus_files(corpus) + (corpus_files(reference) if reference is not None else [])
     data = load_labeled(sources, list(TASKS.values()), max_per_dataset=max_per_dataset)
     surveys = np.asarray(data.meta["survey"], dtype=str)
     engine = np.array([is_engine_survey(s) for s in surveys], dtype=bool)
@@ -401,12 +402,6 @@ def evaluate_retrieval(corpus: Any, model: Any = "default", k: int = K, max_per_
                                    if isinstance(b, (str, int, float))}})
     return {"table": table, "report": retrieval_report(table, k, min_queries), "n_spectra": len(data),
             "n_reference": int(engine.sum()), "encoder": table.meta["encoder"]}
-
-
-def _as_list(sources: Any) -> list:
-    if sources is None:
-        return []
-    return list(sources) if isinstance(sources, (list, tuple)) else [sources]
 
 
 _COLUMNS = (("class", "GALAXY"), ("class", "QSO"), ("class", "STAR"), ("class", "mean"),
