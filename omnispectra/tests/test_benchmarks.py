@@ -86,3 +86,36 @@ def test_auxiliary_ablation_arms_differ_only_in_the_objective(tmp_path):
     assert table["class_f1"]["diff"] == pytest.approx(0.25) and table["class_f1"]["auxiliary_better"]
     assert not table["val_mse"]["auxiliary_better"]  # lower is better there
     assert table["class_f1"]["se"] == pytest.approx(0.05)
+
+
+COMPOSITE_FIT = REPO / "benchmarks" / "stellar_composite_fit.py"
+
+
+@pytest.mark.skipif(not COMPOSITE_FIT.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_composite_fit_returns_the_teff_of_the_composite_behind_a_star(monkeypatch):
+    """A star made of one composite times a tilted continuum, with noise, is given that composite's Teff,
+    not a neighbour's; a composite that covers too little of the star is not used, however well it fits."""
+    import numpy as np
+
+    from omnispectra.templates.library import TemplateBasis
+
+    monkeypatch.syspath_prepend(str(COMPOSITE_FIT.parent))
+    from stellar_composite_fit import nearest_teff
+
+    loglam = np.log10(3600.0) + 1e-4 * np.arange(4000)
+    wave = 10 ** loglam
+    rng = np.random.default_rng(0)
+    library = []
+    for k, teff in enumerate((4000.0, 5000.0, 6000.0)):
+        lines = sum(0.4 * np.exp(-0.5 * ((wave - c) / 3.0) ** 2) for c in rng.uniform(3700, 9000, 40))
+        library.append((TemplateBasis(name=f"t{k}", spectype="STAR", subtype="G0", loglam0=loglam[0],
+                                      dloglam=1e-4, basis=(1.0 - lines)[None, :]), teff))
+    obs = wave[100:3500]
+    x = (obs - obs[0]) / (obs[-1] - obs[0])
+    flux = np.interp(obs, wave, library[1][0].basis[0]) * (2.0 + 1.5 * x) + rng.normal(0, 0.01, obs.size)
+    ivar = np.full(obs.size, 1e4)
+    assert nearest_teff(obs, flux, ivar, library, n_poly=2) == 5000.0
+    short = library[1][0]
+    partial = TemplateBasis(name="short", spectype="STAR", subtype="G0", loglam0=loglam[0], dloglam=1e-4,
+                            basis=short.basis[:, :2000])
+    assert nearest_teff(obs, flux, ivar, [(partial, 9999.0), *library[::2]], n_poly=2) in (4000.0, 6000.0)
