@@ -344,6 +344,42 @@ def test_train_predictors_command_ships_a_calibrated_class_probe(weights, tmp_pa
     assert bad.exit_code == 2 and "no recipes for task(s) ['redshift']" in bad.output
 
 
+def test_train_predictors_cache_is_keyed_by_content_not_by_path(weights, tmp_path):
+    """The engine embeddings and the template fits are found in ``--cache`` again when the same
+    engine and template files are given by other paths (a path string once made the key)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from omnispectra.cli import main
+    from omnispectra.pretrained import bundled_templates_path
+
+    from .test_evaluation import _tiny_engine_corpus
+
+    corpus = _tiny_engine_corpus(tmp_path / "corpus", n_per_class=12)
+    engine = _tiny_engine_corpus(tmp_path / "engine", n_per_class=4)
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text("source_class:\n  - {name: lin, head: linear, steps: 10, lr: 0.01}\n")
+    cache = tmp_path / "cache"
+
+    def run(out: str, engine_files: list[str], templates: str) -> set[str]:
+        result = CliRunner().invoke(main, [
+            "train-predictors", weights, *corpus, "--recipes", str(recipes), "-o", str(tmp_path / out),
+            "--tasks", "source_class", "--folds", "3", "--no-anomaly", "--figures", "", "--cache", str(cache),
+            *[a for f in engine_files for a in ("--engine", f)], "--engine-train", "6", "--engine-holdout", "6",
+            "--templates", templates])
+        assert result.exit_code == 0, result.output
+        return {p.name for p in cache.iterdir()}
+
+    first = run("a", engine, str(bundled_templates_path()))
+    assert any(n.startswith("engine-") for n in first) and any(n.startswith("template-chi2-") for n in first)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    engine_copies = [shutil.copy(f, moved) for f in engine]
+    templates_copy = shutil.copy(bundled_templates_path(), moved / "templates.npz")
+    assert run("b", engine_copies, str(templates_copy)) == first
+
+
 # ---------------------------------------------------------------------------------------
 # source groups (leave whole sources out)
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ...exceptions import ConfigError
+from ...pretrained import file_sha256, templates_meta
 from ...probes import PROBE_FILES
 from .crossval import (
     ECE_BINS,
@@ -469,7 +470,7 @@ def _class_task(run: _Run, task: Any, rows: np.ndarray, y: np.ndarray, folds: np
     if opt.templates:
         prob_oof = np.empty_like(prob_ev)
         prob_oof[ev_rows] = prob_ev
-        templates = hashlib.sha256(str(opt.templates).encode()).hexdigest()[:8]
+        templates = templates_meta(opt.templates)["TMPLSHA"][:8]   # the files' content, not their path
         chi2 = cached_array(run.cache, f"template-chi2-{run.data_key}-{templates}",
                             lambda: template_class_chi2(run.data, rows, opt.templates))
         cv["with_templates"], calibration[COMBINATION_KEY] = template_combination_cv(
@@ -555,7 +556,8 @@ def _engine_sets(run: _Run, task: Any) -> tuple[Any, Any]:
     if task.kind != "classification" or not opt.engine:
         return None, None
     n = opt.engine_train + opt.engine_holdout
-    key = hashlib.sha256(f"{run.desc['sha256']}|{sorted(opt.engine)}|{n}|{opt.seed}|{task.classes}".encode())
+    files = [file_sha256(p) for p in opt.engine]   # their content and order, not their paths
+    key = hashlib.sha256(f"{run.desc['sha256']}|{files}|{n}|{opt.seed}|{task.classes}".encode())
 
     def compute() -> np.ndarray:  # one cached array: the embeddings, then the class index
         x, y = engine_embeddings(opt.engine, n, run.encoder, task.classes, opt.seed)
