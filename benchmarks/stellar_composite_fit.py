@@ -13,6 +13,11 @@ The polynomial order is chosen on the ``donor`` stars of ``benchmarks/stellar_su
 ``validation`` stars, per survey, next to MILES (catalogue Teff, 3,000-9,700 K: the range of
 the composites' scale).
 
+With ``--probe`` (a survey-star probe written by ``scripts/train_stellar_survey.py -o DIR``) and
+``--survey-embeddings`` (that run's ``CACHE/survey.npz``: the star list's embeddings, in its
+order), the probe's Teff and its ensemble with the composite's, ``w log Teff_probe + (1 - w) log
+Teff_composite`` with ``w`` chosen on the donor stars, are reported on the same stars.
+
 Usage (about 2 min per order on one core)::
 
     OMNISPECTRA_DATA_DIR=../shared/data python benchmarks/stellar_composite_fit.py \\
@@ -86,7 +91,8 @@ def survey_rows(root: Path) -> list[dict]:
     """The in-scope stars of the committed list, with their arrays."""
     rows = []
     with open(STARS) as fh:
-        for r in csv.DictReader(fh):
+        for index, r in enumerate(csv.DictReader(fh)):
+            r["index"] = index
             if r["in_scope"] != "yes":
                 continue
             spec = io.read(root / r["file"])
@@ -120,6 +126,43 @@ def score(rows: list[dict], library: list, n_poly: int) -> dict[str, dict[str, l
     return out
 
 
+#: Weights of the probe's log Teff tried in the ensemble (0: the composite alone, 1: the probe alone).
+PROBE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def ensemble(rows: list[dict], library: list, n_poly: int, probe_path: Path, embeddings: Path) -> list[str]:
+    """Report lines: within 12% per survey of the probe, the composite and their log-Teff mix, the
+    probe's weight chosen on the donor stars (the most within 12%, ties to the probe)."""
+    from omnispectra.probes import load_probe
+
+    stars = [r for r in rows if r["survey"] != "miles"]
+    with np.load(embeddings, allow_pickle=False) as z:
+        emb = z["emb"][[r["index"] for r in stars]]
+    probe_teff = load_probe(probe_path).predict(emb)[:, 0]
+    composite = np.array([nearest_teff(*r["arrays"], library, n_poly) for r in stars])
+    ref = np.array([float(r["teff_ref"]) for r in stars])
+    role = np.array([r["role"] for r in stars])
+    survey = np.array([r["survey"] for r in stars])
+
+    def hits(w: float) -> np.ndarray:
+        teff = np.exp(w * np.log(probe_teff) + (1 - w) * np.log(composite))
+        return np.abs(teff / ref - 1) < WITHIN
+
+    chosen = max(PROBE_WEIGHTS, key=lambda w: (int(hits(w)[role == "donor"].sum()), w))
+    names = sorted(set(survey[role == "validation"].tolist()))
+    lines = ["", f"Ensemble with the probe `{probe_path.name}` (weight of its log Teff chosen on the donor "
+             f"stars: {chosen}):", "",
+             "| probe weight | donors | " + " | ".join(f"validation {s}" for s in names)
+             + " | validation all |", "|---" * (len(names) + 3) + "|"]
+    for w in PROBE_WEIGHTS:
+        h = hits(w)
+        cells = [h[role == "donor"], *(h[(role == "validation") & (survey == s)] for s in names),
+                 h[role == "validation"]]
+        lines.append(f"| {w}{' (chosen)' if w == chosen else ''} | "
+                     + " | ".join(fraction([(v,) for v in c]) for c in cells) + " |")
+    return lines
+
+
 def fraction(pairs: list) -> str:
     hits = sum(p[0] for p in pairs)
     return f"{hits}/{len(pairs)} = {hits / len(pairs):.2f}"
@@ -129,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, nargs="+", default=[1, 2, 3, 4, 6],
                         help="Legendre terms to try (the donors choose)")
+    parser.add_argument("--probe", type=Path, help="survey-star probe (scripts/train_stellar_survey.py)")
+    parser.add_argument("--survey-embeddings", type=Path, help="its run's CACHE/survey.npz")
     parser.add_argument("-o", "--out", type=Path, help="markdown report (a .json beside it)")
     args = parser.parse_args(argv)
     root = data_dir()
@@ -150,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         mae = np.mean([p[1] for p in r["validation"]["miles"]]) if r["validation"]["miles"] else float("nan")
         lines.append(f"| {n}{' (chosen)' if n == chosen else ''} | {fraction(r['donor']['all surveys'])} | "
                      + " | ".join(fraction(r["validation"][s]) for s in surveys) + f" | {mae:.0f} |")
+    if args.probe is not None:
+        if args.survey_embeddings is None:
+            parser.error("--probe needs --survey-embeddings")
+        lines += ensemble(rows, library, chosen, args.probe, args.survey_embeddings)
     emit("\n".join(lines) + "\n", args.out)
     if args.out:
         summary = {n: {role: {s: [int(sum(p[0] for p in v)), len(v), float(np.mean([p[1] for p in v]))]
