@@ -44,7 +44,8 @@ from omnispectra.templates.library import TemplateBasis, load_pyhammer
 from omnispectra.templates.spectral_types import type_teff
 
 STARS = Path(__file__).with_name("stellar_survey_stars.csv")
-#: Fitted range: the composites' (BOSS, 3,650-10,000 A) inside the surveys' optical arms.
+#: Outer limits of the fitted range (the composites' BOSS coverage starts near 3,650 A); a survey
+#: star is fitted over its overlap with MILES' range (the list's overlap_lo/hi), as the probe sees it.
 FIT_RANGE = (3700.0, 9000.0)
 #: MILES stars are scored where the composites' spectral types reach.
 TEFF_RANGE = (3000.0, 9700.0)
@@ -81,7 +82,7 @@ def nearest_teff(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
 
 
 def fit_range(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, lo: float, hi: float):
-    """Valid pixels inside ``[lo, hi]`` and the fit range; flux scaled to a unit median."""
+    """Valid pixels inside both ``[lo, hi]`` and :data:`FIT_RANGE`; flux scaled to a unit median."""
     keep = np.isfinite(flux) & (ivar > 0) & (wave > max(lo, FIT_RANGE[0])) & (wave < min(hi, FIT_RANGE[1]))
     scale = np.median(np.abs(flux[keep])) or 1.0
     return wave[keep], flux[keep] / scale, ivar[keep] * scale ** 2
