@@ -366,8 +366,8 @@ def test_train_predictors_cache_is_keyed_by_content_not_by_path(weights, tmp_pat
         result = CliRunner().invoke(main, [
             "train-predictors", weights, *corpus, "--recipes", str(recipes), "-o", str(tmp_path / out),
             "--tasks", "source_class", "--folds", "3", "--no-anomaly", "--figures", "", "--cache", str(cache),
-            *[a for f in engine_files for a in ("--engine", f)], "--engine-train", "6", "--engine-holdout", "6",
-            "--templates", templates])
+            *[a for f in engine_files for a in ("--engine", f)], "--engine-train", "6",
+            "--engine-holdout", "6", "--templates", templates])
         assert result.exit_code == 0, result.output
         return {p.name for p in cache.iterdir()}
 
