@@ -31,6 +31,7 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import data_dir, emit
@@ -116,11 +117,10 @@ def miles_rows(root: Path) -> list[dict]:
     return rows
 
 
-def score(rows: list[dict], library: list, n_poly: int) -> dict[str, dict[str, list]]:
-    """Per role and survey: within-12% booleans and absolute errors (K)."""
+def score(rows: list[dict], teffs: list[float]) -> dict[str, dict[str, list]]:
+    """Per role and survey: within-12% booleans and absolute errors (K) of ``teffs``, the rows' fits."""
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        teff = nearest_teff(*r["arrays"], library, n_poly)
+    for r, teff in zip(rows, teffs, strict=True):
         ref = float(r["teff_ref"])
         for survey in {r["survey"], "all surveys" if r["survey"] != "miles" else "miles"}:
             out[r["role"]][survey].append((abs(teff / ref - 1) < WITHIN, abs(teff - ref)))
@@ -131,16 +131,18 @@ def score(rows: list[dict], library: list, n_poly: int) -> dict[str, dict[str, l
 PROBE_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def ensemble(rows: list[dict], library: list, n_poly: int, probe_path: Path, embeddings: Path) -> list[str]:
-    """Report lines: within 12% per survey of the probe, the composite and their log-Teff mix, the
-    probe's weight chosen on the donor stars (the most within 12%, ties to the probe)."""
+def ensemble(rows: list[dict], teffs: list[float], probe_path: Path, embeddings: Path) -> list[str]:
+    """Report lines: within 12% per survey of the probe, the composite (``teffs``, the rows' fits)
+    and their log-Teff mix, the probe's weight chosen on the donor stars (the most within 12%,
+    ties to the probe)."""
     from omnispectra.probes import load_probe
 
-    stars = [r for r in rows if r["survey"] != "miles"]
+    star = [r["survey"] != "miles" for r in rows]
+    stars = [r for r, keep in zip(rows, star, strict=True) if keep]
     with np.load(embeddings, allow_pickle=False) as z:
         emb = z["emb"][[r["index"] for r in stars]]
     probe_teff = load_probe(probe_path).predict(emb)[:, 0]
-    composite = np.array([nearest_teff(*r["arrays"], library, n_poly) for r in stars])
+    composite = np.asarray(teffs)[star]
     ref = np.array([float(r["teff_ref"]) for r in stars])
     role = np.array([r["role"] for r in stars])
     survey = np.array([r["survey"] for r in stars])
@@ -160,13 +162,14 @@ def ensemble(rows: list[dict], library: list, n_poly: int, probe_path: Path, emb
         cells = [h[role == "donor"], *(h[(role == "validation") & (survey == s)] for s in names),
                  h[role == "validation"]]
         lines.append(f"| {w}{' (chosen)' if w == chosen else ''} | "
-                     + " | ".join(fraction([(v,) for v in c]) for c in cells) + " |")
+                     + " | ".join(fraction(c) for c in cells) + " |")
     return lines
 
 
-def fraction(pairs: list) -> str:
-    hits = sum(p[0] for p in pairs)
-    return f"{hits}/{len(pairs)} = {hits / len(pairs):.2f}"
+def fraction(hits: Any) -> str:
+    """``k/n = share`` of a sequence of booleans."""
+    k, n = int(np.sum(hits)), len(hits)
+    return f"{k}/{n} = {k / n:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("set OMNISPECTRA_DATA_DIR to the shared data folder")
     library = composites(root)
     rows = survey_rows(root) + miles_rows(root)
-    results = {n: score(rows, library, n) for n in args.orders}
+    teffs = {n: [nearest_teff(*r["arrays"], library, n) for r in rows] for n in args.orders}
+    results = {n: score(rows, teffs[n]) for n in args.orders}
     chosen = max(args.orders, key=lambda n: (sum(p[0] for p in results[n]["donor"]["all surveys"]), -n))
     surveys = sorted(results[chosen]["validation"])
     lines = [f"# Teff of the nearest PyHammer composite ({len(library)} composites)", "",
@@ -194,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.orders:
         r = results[n]
         mae = np.mean([p[1] for p in r["validation"]["miles"]]) if r["validation"]["miles"] else float("nan")
-        lines.append(f"| {n}{' (chosen)' if n == chosen else ''} | {fraction(r['donor']['all surveys'])} | "
-                     + " | ".join(fraction(r["validation"][s]) for s in surveys) + f" | {mae:.0f} |")
+        hits = {s: [p[0] for p in v] for s, v in r["validation"].items()}
+        lines.append(f"| {n}{' (chosen)' if n == chosen else ''} | "
+                     f"{fraction([p[0] for p in r['donor']['all surveys']])} | "
+                     + " | ".join(fraction(hits[s]) for s in surveys) + f" | {mae:.0f} |")
     if args.probe is not None:
         if args.survey_embeddings is None:
             parser.error("--probe needs --survey-embeddings")
-        lines += ensemble(rows, library, chosen, args.probe, args.survey_embeddings)
+        lines += ensemble(rows, teffs[chosen], args.probe, args.survey_embeddings)
     emit("\n".join(lines) + "\n", args.out)
     if args.out:
         summary = {n: {role: {s: [int(sum(p[0] for p in v)), len(v), float(np.mean([p[1] for p in v]))]
