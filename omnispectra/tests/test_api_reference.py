@@ -1,8 +1,12 @@
 """Behaviour is kept: today's outputs of the reference spectra equal the stored ones.
 
 The tables in ``tests/data/reference`` were written by ``make_reference.py`` there; id,
-class and flag columns must be identical and floats equal within 1e-6 relative. A
-deliberate change of behaviour regenerates the affected table in a commit of its own.
+class and flag columns must be identical and floats equal within 1e-5 relative (plus 1e-6
+absolute, for components near zero): the network runs in float32, whose sums round
+differently on another CPU (measured between two machines: up to 2e-6 relative on the
+probabilities and stellar errors, 8e-8 absolute on embedding components; a change of
+behaviour moves them by far more). A deliberate change of behaviour regenerates the
+affected table in a commit of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from astropy.table import Table
 from .helpers import require_data_dir
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
+#: Tolerances of the float columns (see the module docstring).
+RTOL, ATOL = 1e-5, 1e-6
 
 
 def _maker():
@@ -36,7 +42,7 @@ def _assert_same(name: str, got: Table, expected: Table) -> None:
         if col == "source_file":
             have = np.array([Path(p).name for p in have])
         if want.dtype.kind in "fc":
-            np.testing.assert_allclose(have, want, rtol=1e-6, atol=0, equal_nan=True,
+            np.testing.assert_allclose(have, want, rtol=RTOL, atol=ATOL, equal_nan=True,
                                        err_msg=f"{name}: column {col}")
         else:
             assert have.tolist() == want.tolist(), f"{name}: column {col}"
