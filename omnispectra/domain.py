@@ -153,17 +153,24 @@ class TrainingDomain:
     significance_min : float
         The low quantile of :func:`fit_significance` over the labelled training spectra
         below which a fit is :attr:`~omnispectra.flags.Flag.POOR_FIT`.
+    residual_max : float, optional
+        The 99th percentile of the best fit's :func:`~omnispectra.redshift.residual_chi2`
+        over the same spectra, above which a fitted row is
+        :attr:`~omnispectra.flags.Flag.ANOMALY` (None: a domain file written before it
+        was stored; then a fitted row's ``ANOMALY`` is never set).
     info : dict
         Provenance (encoder sha256, data, quantiles, counts).
     """
 
     def __init__(self, grids: dict[str, dict[str, float]], embeddings: np.ndarray, neighbour_threshold: float,
-                 k: int, significance_min: float, info: dict[str, Any] | None = None) -> None:
+                 k: int, significance_min: float, info: dict[str, Any] | None = None,
+                 residual_max: float | None = None) -> None:
         self.grids = grids
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.neighbour_threshold = float(neighbour_threshold)
         self.k = int(k)
         self.significance_min = float(significance_min)
+        self.residual_max = None if residual_max is None else float(residual_max)
         self.info = dict(info or {})
 
     @property
@@ -225,6 +232,8 @@ class TrainingDomain:
         header = {"format": DOMAIN_FORMAT, "grids": self.grids,
                   "neighbour_threshold": self.neighbour_threshold, "k": self.k,
                   "significance_min": self.significance_min, "info": self.info}
+        if self.residual_max is not None:
+            header["residual_max"] = self.residual_max
         with atomic_write(Path(path)) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
                                 embeddings=self.embeddings.astype(np.float16))
@@ -278,12 +287,16 @@ def load_domain(path: str | os.PathLike | None = None) -> TrainingDomain | None:
     try:
         values = [float(header[k]) for k in ("neighbour_threshold", "significance_min")]
         k = int(header["k"])
+        residual_max = None if header.get("residual_max") is None else float(header["residual_max"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: the training domain's thresholds are malformed ({err})") from err
     if embeddings.ndim != 2 or not len(embeddings) or not np.all(np.isfinite(embeddings)) or k < 1:
         raise CheckpointError(f"{source}: the training domain's embeddings are malformed")
+    if residual_max is not None and not residual_max > 0:
+        raise CheckpointError(f"{source}: the training domain's residual_max={residual_max!r} "
+                              "is not positive")
     return TrainingDomain(_checked_grids(header.get("grids"), source), embeddings, values[0], k, values[1],
-                          header.get("info"))
+                          header.get("info"), residual_max)
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,8 +15,11 @@ bit    name                    set when
                                optical model)
 2      ``FEW_TOKENS``          too few valid tokens reached the encoder
 3      ``LOW_SN``              median per-pixel signal-to-noise below :data:`MIN_SNR`
-4      ``ANOMALY``             reconstruction chi-square above the 99th percentile of the
-                               validation spectra
+4      ``ANOMALY``             the spectrum is unlike real spectra: with a template fit, the
+                               best model's floored residual chi-square above the 99th
+                               percentile of labelled training spectra; without one, the
+                               masked-reconstruction chi-square above that of the validation
+                               spectra
 5      ``DISAGREEMENT``        ensemble members (or network and template fit) disagree
 6      ``Z_EDGE``              the redshift sits at the edge of its scanned range
 7      ``SMALL_DELTACHI2``     chi-square of the best solution too close to the next
@@ -58,7 +61,8 @@ import numpy as np
 __all__ = ["CLASSES", "FLAG_DESCRIPTION", "Flag", "FROZEN_FLAG_VALUES", "describe", "flag_from_names",
            "flag_names",
            "MIN_SNR", "MIN_VALID_TOKENS", "MIN_SUPPORT_FRACTION", "PHYSICAL_RANGES", "Z_MIN",
-           "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "SpectrumQuality", "spectrum_quality", "support_fraction",
+           "REDSHIFT_EXEMPT", "ANOMALY_STATISTIC", "FIT_ANOMALY_STATISTIC", "ANOMALY_MODEL_FLOOR",
+           "SpectrumQuality", "spectrum_quality", "support_fraction",
            "input_flags", "finite_flags", "range_flags", "class_disagreement_flags",
            "not_star_flags", "redshift_class_flags", "anomaly_flags", "probe_support_flags",
            "label_range", "label_range_flags", "impossible_values", "ANOMALY_FAR_FACTOR", "CLASS_BITS",
@@ -214,6 +218,14 @@ PARAMS_BITS = (Flag.OUTSIDE_SUPPORT | Flag.FEW_TOKENS | Flag.LOW_SN | Flag.ANOMA
 #: card's ``anomaly`` entry (``{"statistic", "p99", "n_validation"}``) is used for the
 #: ``ANOMALY`` threshold only when its ``statistic`` is this name.
 ANOMALY_STATISTIC = "masked_chi2_per_pixel"
+#: Name of the anomaly statistic of a row with a template fit (its ``meta['ANOMSTAT']``):
+#: :func:`omnispectra.redshift.residual_chi2` of the best solution.
+FIT_ANOMALY_STATISTIC = "template_residual_chi2_per_pixel"
+
+#: Model-error floor of the anomaly statistics, in units of the spectrum's own standard
+#: deviation: a pixel's variance is ``1 / ivar`` plus ``(ANOMALY_MODEL_FLOOR * std) ** 2``, so
+#: that high-S/N spectra, which no model describes to their noise, are not all anomalous.
+ANOMALY_MODEL_FLOOR = 0.1
 
 
 @dataclass(frozen=True)

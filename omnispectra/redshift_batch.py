@@ -311,7 +311,7 @@ def _correlations(cache: BatchTemplates, k: int, obs: dict[str, Any], lags: np.n
         spectra.append(obs_fft[(key, n)])
     obs_f = torch.stack(spectra)[info["key_of"]]                                  # (T_fft, B, F)
     corr = torch.fft.irfft(obs_f * rest[:, None, :], n)                          # (T_fft, B, n)
-    index = torch.as_tensor(np.arange(lo, hi + 1) % n, device=corr.device)
+    index = torch.as_tensor((lags + a) % n, device=corr.device)
     sums = []
     for key in info["box_keys"]:
         if (key, "sum") not in obs_fft:   # S[j] = sum of the first j observed pixels
@@ -364,7 +364,7 @@ def coarse_minima(cache: BatchTemplates, batch: list[_Spectrum]) -> list[list[tu
     obs_fft: dict[tuple, torch.Tensor] = {}
     minima: list[list[tuple]] = [[] for _ in batch]
     for k, p in enumerate(cache.fitter.prepared):
-        shifts = scan_shifts(p, cfg.dloglam)
+        shifts = scan_shifts(p, cfg.dloglam, cfg.coarse_stride)
         corr = _correlations(cache, k, obs, shifts + p.i0 - obs["j_lo"], obs_fft)
         chi2, _ = _chi2_from_normal(cache, k, corr, n_tot)
         z = 10 ** (shifts * cfg.dloglam) - 1.0
@@ -573,5 +573,5 @@ def refine(cache: BatchTemplates, batch: list[_Spectrum], minima: list[list[tupl
     for (row, p, z_best, z_err, flag), (chi2, coef, model, covered) in zip(best, finals, strict=True):
         if coef is not None:
             refined[row].append(refined_solution(p, z_best, z_err, flag, chi2, coef, model, covered,
-                                                 batch[row].ivar, cfg))
+                                                 batch[row].flux, batch[row].ivar, cfg))
     return refined

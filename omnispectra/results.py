@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["META_KEYS", "QUANTITY_UNITS", "TABLE_FORMATS", "provenance_meta", "embeddings_table",
            "anomaly_table", "predictions_table", "reconstruction_table", "quantity_unit", "table_format",
            "write_table", "COLUMN_FORMATS", "column_format", "z_format", "apply_formats", "ZBEST_COLUMNS",
-           "zbest_table", "ANOMALY_DESCRIPTION"]
+           "zbest_table", "ANOMALY_DESCRIPTION", "FIT_ANOMALY_DESCRIPTION"]
 
 #: Redrock's zbest column of each catalogue column (ZWARN is the redshift's own flag).
 ZBEST_COLUMNS = {"id": "TARGETID", "spectype": "SPECTYPE", "subtype": "SUBTYPE", "z": "Z", "z_err": "ZERR",
@@ -109,6 +109,11 @@ QUANTITY_UNITS = ("teff", "logg", "fe_h", "z", "z_err")
 ANOMALY_DESCRIPTION = ("anomaly statistic: ivar-weighted chi-square per pixel of the masked-chunk "
                        "reconstruction (omnispectra.api.anomaly_statistic); ANOMALY above the "
                        "model card's threshold (meta ANOMP99)")
+
+#: Description of the ``anomaly`` column of a row with a template fit (the catalogue rows).
+FIT_ANOMALY_DESCRIPTION = ("anomaly statistic: chi-square per pixel of the best template model, with a "
+                           "model-error floor (omnispectra.redshift.residual_chi2); ANOMALY above the "
+                           "training domain's 99th percentile (meta ANOMP99)")
 
 #: Description of the ``noise_estimated`` column (the anomaly tables and the catalogue rows).
 NOISE_ESTIMATED_DESCRIPTION = ("no uncertainties in the input: the statistic used a constant noise from the "

@@ -7,6 +7,9 @@ Usage::
 
 The surveys are those the bundled class probe was trained on; the encoder and templates
 are the bundled ones (see :mod:`omnispectra.training.domain`).
+
+``--residual-into DOMAIN.npz`` measures only the fitted rows' anomaly threshold
+(``residual_max``) and writes DOMAIN's other entries unchanged with it to ``-o``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True, help="the domain file (.npz)")
     parser.add_argument("--fits-per-survey", type=int, default=60, help="labelled spectra fitted per survey")
     parser.add_argument("--report", default=None, help="also write the measures (JSON)")
+    parser.add_argument("--residual-into", default=None, metavar="DOMAIN",
+                        help="keep this domain file's entries and add only residual_max")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
@@ -33,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from omnispectra.runtime import resolve_model
     from omnispectra.training.domain import build_domain
 
-    encoder = resolve_model("default", "cpu")
     support = resolve_probe(None, "source_class").info["wavelength_support"]["surveys"]
+    if args.residual_into:
+        return add_residual(args, set(support))
+    encoder = resolve_model("default", "cpu")
     domain, report = build_domain(args.data, encoder, fitter_for(None), set(support),
                                   fits_per_survey=args.fits_per_survey)
     domain.save(args.output)
@@ -49,6 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         with open(args.report, "w") as fh:
             json.dump(summary, fh, indent=1)
+    return 0
+
+
+def add_residual(args: argparse.Namespace, surveys: set[str]) -> int:
+    """``--residual-into``: the given domain with the measured ``residual_max``, written to ``-o``."""
+    from omnispectra.domain import load_domain
+    from omnispectra.redshift import fitter_for
+    from omnispectra.training.domain import (
+        RESIDUAL_QUANTILE,
+        measure_fits,
+        read_training_spectra,
+        residual_threshold,
+    )
+
+    domain = load_domain(args.residual_into)
+    fits = measure_fits(read_training_spectra(args.data, surveys), fitter_for(None), args.fits_per_survey)
+    domain.residual_max = residual_threshold(fits)
+    domain.info.update({"residual_quantile": RESIDUAL_QUANTILE,
+                        "n_residual_fits": int(np.isfinite(fits["residual"]).sum())})
+    domain.save(args.output)
+    print(json.dumps({"residual_max": domain.residual_max, "info": domain.info}, indent=1))
     return 0
 
 

@@ -1,8 +1,9 @@
 """The predictors: class, stellar parameters and redshift from the bundled probes and templates.
 
-One pass embeds the inputs (and computes the anomaly statistic when the model card has a
-threshold), the probes of :mod:`omnispectra.probes` turn embeddings into columns, the
-template fit of :mod:`omnispectra.redshift` adds its evidence, and
+One pass embeds the inputs, the probes of :mod:`omnispectra.probes` turn embeddings into
+columns, the template fit of :mod:`omnispectra.redshift` adds its evidence and the anomaly
+statistic (its residuals; rows without a fit get the masked-reconstruction statistic when
+the model card has a threshold), and
 :mod:`omnispectra.inference.rows` gathers the bits of :mod:`omnispectra.flags` and
 :mod:`omnispectra.domain` into one flag per quantity (this module only calls them).
 """
@@ -89,8 +90,10 @@ class _TemplateEvidence:
 
 
 def _template_evidence(fitter: Any, head: Any, prob: np.ndarray, run: ProbeRun) -> _TemplateEvidence:
+    """The rows' template fits and what they add; their residuals become ``run``'s anomaly statistic."""
     fits = _template_fits(fitter, run.items, model_device(run.net))
     classes, prob, method = classes_with_templates(head, prob, fits)
+    run.use_fit_anomaly(fits, classes)
     return _TemplateEvidence(fits, classes, prob, method, poor_fit_flags(fits, fitter.config),
                              coefficient_width(fitter))
 
@@ -143,7 +146,9 @@ def classify(
     With ``full=True`` the answer is one Redrock-like catalogue row per spectrum: class and
     probabilities, the template redshift (:func:`predict_redshift`), the stellar parameters
     with uncertainties (:func:`predict_stellar_parameters`) for rows classified STAR, the
-    anomaly statistic (:func:`anomaly_statistic`) and a flag per quantity.
+    anomaly statistic (with a template fit, the best model's residual chi-square,
+    :func:`omnispectra.redshift.residual_chi2`; without, :func:`anomaly_statistic`) and a
+    flag per quantity.
 
     Parameters
     ----------
@@ -211,15 +216,15 @@ def classify(
     head = checked_probe(probe, "source_class", net)
     fitter = None if fast else fitter_for(templates)
     stellar = checked_probe(stellar_probe, "stellar_params", net) if full else None
+    # with a template fit, its residuals give the anomaly statistic: no masked passes
     run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
-                           anomaly=full)
+                           masked_anomaly=fitter is None)
     classes, prob, ensemble = class_columns(head, run)
     domain = run.domain_flags()
+    evidence = None if fitter is None else _template_evidence(fitter, head, prob, run)
     class_flag = run.input_flags() | ensemble | domain
     table = run.table(head)
-    evidence = None
-    if fitter is not None:
-        evidence = _template_evidence(fitter, head, prob, run)
+    if evidence is not None:
         classes, prob = evidence.classes, evidence.prob
         class_flag = (class_flag & ~int(Flag.LOW_SN)) | evidence.class_flags
         table.meta.update(_fitter_meta(fitter))
@@ -371,7 +376,8 @@ def predict_redshift(
     net = resolve_model(model, device)
     head = checked_probe(probe, "source_class", net)
     fitter = fitter_for(templates)
-    run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
+    run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
+                           masked_anomaly=False)
     _, prob, ensemble = class_columns(head, run)
     domain = run.domain_flags()
     evidence = _template_evidence(fitter, head, prob, run)

@@ -22,7 +22,9 @@ from .. import domain as domains
 from ..exceptions import NonFiniteOutputError
 from ..flags import (
     ANOMALY_FAR_FACTOR,
+    ANOMALY_STATISTIC,
     CLASS_BITS,
+    FIT_ANOMALY_STATISTIC,
     FLAG_DESCRIPTION,
     PARAMS_BITS,
     Z_BITS,
@@ -36,7 +38,7 @@ from ..flags import (
     range_flags,
     redshift_class_flags,
 )
-from ..results import NOISE_ESTIMATED_DESCRIPTION
+from ..results import FIT_ANOMALY_DESCRIPTION, NOISE_ESTIMATED_DESCRIPTION
 from .anomaly import ANOMALY_DESCRIPTION, anomaly_threshold, noise_estimated, quality_flags
 from .inputs import InputItem
 from .pipeline import Pass, RunOptions, forward, item_table, result_meta
@@ -60,12 +62,17 @@ FLAG_COLUMNS = {
 
 @dataclass
 class ProbeRun:
-    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns."""
+    """Embeddings (and anomaly statistics) of the inputs that survived, with their table columns.
+
+    The anomaly statistic is the masked reconstruction's (:func:`embed_for_probes`), or,
+    once the rows have template fits, the fits' residual chi-square (:meth:`use_fit_anomaly`).
+    """
 
     net: Any
     done: Pass
     threshold: float | None
     anomaly: np.ndarray | None   # (N,) statistic, None when not computed
+    from_fit: bool = False       # the statistic is the template fits' (not the masked passes')
 
     @property
     def items(self) -> list[InputItem]:
@@ -84,6 +91,19 @@ class ProbeRun:
         self.done = Pass(d.vectors[ok], d.mse[ok], d.chi2[ok], items, d.inputs, d.torch_dtype)
         if self.anomaly is not None:
             self.anomaly = self.anomaly[ok]
+
+    def use_fit_anomaly(self, fits: list[Any], classes: list[str]) -> None:
+        """Make the rows' template fits the anomaly statistic: each best solution's
+        :attr:`~omnispectra.redshift.RedshiftResult.residual_chi2` against the training
+        domain's 99th percentile (none without a bundled domain, or one that predates it).
+        It detects more corrupted spectra than the masked passes (``benchmarks/anomaly_power.py``)
+        and costs no forward pass. NaN (no ``ANOMALY``) where the templates of the row's
+        class could not fit it (an infrared star): the fit says nothing of such a spectrum."""
+        domain = domains.training_domain()
+        self.anomaly = np.asarray([fit.residual_chi2 if cls in fit.per_class else np.nan
+                                   for fit, cls in zip(fits, classes, strict=True)], dtype=np.float64)
+        self.threshold = None if domain is None else domain.residual_max
+        self.from_fit = True
 
     def input_flags(self, far_anomaly_only: bool = False) -> np.ndarray:
         """The input checks and ``ANOMALY`` of every row (with ``far_anomaly_only``, only an
@@ -113,16 +133,22 @@ class ProbeRun:
         table.meta.update(result_meta(self.net, self.done.inputs, self.done.torch_dtype, probe=head,
                                       kind="predictions"))
         table.meta["ANOMP99"] = float("nan") if self.threshold is None else self.threshold
+        if self.anomaly is not None:
+            table.meta["ANOMSTAT"] = FIT_ANOMALY_STATISTIC if self.from_fit else ANOMALY_STATISTIC
         domain = domains.training_domain()
         if domain is not None:
             table.meta["DOMAIN"] = str(domain.info.get("encoder_sha", ""))[:16]
         return table
 
 
-def embed_for_probes(spectra: Any, net: Any, options: RunOptions, anomaly: bool = False) -> ProbeRun:
-    """Embed measured inputs; the anomaly statistic too when the model has a threshold (or ``anomaly``)."""
-    threshold = anomaly_threshold(net)
-    masks = Masks(ANOMALY_N_MASKS) if (anomaly or threshold is not None) else None
+def embed_for_probes(spectra: Any, net: Any, options: RunOptions, masked_anomaly: bool = True) -> ProbeRun:
+    """Embed measured inputs, with the masked anomaly statistic when the model has a threshold.
+
+    ``masked_anomaly=False`` skips the masked passes (most of a row's forward cost): for rows
+    that get template fits, whose residuals give the statistic (:meth:`ProbeRun.use_fit_anomaly`).
+    """
+    threshold = anomaly_threshold(net) if masked_anomaly else None
+    masks = Masks(ANOMALY_N_MASKS) if threshold is not None else None
     done = forward(spectra, net, options, masks=masks, measure=True)
     run = ProbeRun(net, done, threshold, done.chi2 if masks is not None else None)
     if done.inputs.single and not done.items:
@@ -289,6 +315,6 @@ def add_anomaly_column(table: Any, run: ProbeRun) -> None:
     """The ``anomaly`` statistic (NaN when not computed) and ``noise_estimated`` (True where
     the input had no uncertainties and the statistic used an estimated noise)."""
     table["anomaly"] = run.anomaly if run.anomaly is not None else np.full(len(table), np.nan)
-    table["anomaly"].description = ANOMALY_DESCRIPTION
+    table["anomaly"].description = FIT_ANOMALY_DESCRIPTION if run.from_fit else ANOMALY_DESCRIPTION
     table["noise_estimated"] = noise_estimated(run.items)
     table["noise_estimated"].description = NOISE_ESTIMATED_DESCRIPTION

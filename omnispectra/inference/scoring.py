@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..flags import ANOMALY_MODEL_FLOOR
 from ..tokenizer import Tokens
 
 __all__ = ["ANOMALY_N_MASKS", "ANOMALY_MODEL_FLOOR", "Masks", "check_masks", "per_sample_mse",
@@ -31,13 +32,6 @@ class Masks:
 
     n: int = ANOMALY_N_MASKS
     seed: int = 0
-
-
-#: Model-error floor of :func:`masked_chi2`, in units of the spectrum's own standard
-#: deviation (the tokenizer's normalized flux): a pixel's variance is ``1 / ivar`` plus
-#: ``(ANOMALY_MODEL_FLOOR * scale) ** 2``, so that high-S/N spectra, which no model
-#: reconstructs to their noise, are not all anomalous.
-ANOMALY_MODEL_FLOOR = 0.1
 
 
 def check_masks(n_masks: Any, seed: Any) -> Masks:

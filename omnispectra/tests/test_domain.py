@@ -98,8 +98,16 @@ def test_domain_file_round_trip_and_refusals(tmp_path):
     assert back.grids["sdss"] == {k: float(v) for k, v in GRID.items()}
     np.testing.assert_allclose(back.embeddings, domain.embeddings, atol=1e-3)  # stored as float16
     assert back.neighbour_threshold == 0.5 and back.k == 3 and back.significance_min == 20.0
+    assert back.residual_max is None   # a domain written before the fit's anomaly threshold
+    _domain(residual_max=7.5).save(tmp_path / "residual.npz")
+    assert load_domain(tmp_path / "residual.npz").residual_max == 7.5
     with np.load(path, allow_pickle=False) as npz:  # plain arrays: loads without unpickling
         header = json.loads(bytes(npz["header"]).decode())
+    for bad in (-1.0, "high"):
+        text = json.dumps(dict(header, residual_max=bad)).encode()
+        np.savez(tmp_path / "bad.npz", header=np.frombuffer(text, np.uint8), embeddings=domain.embeddings)
+        with pytest.raises(CheckpointError, match="residual_max|malformed"):
+            load_domain(tmp_path / "bad.npz")
     bad_header = dict(header, grids={"sdss": {**GRID, "span_min": "short"}})
     np.savez(tmp_path / "bad.npz", header=np.frombuffer(json.dumps(bad_header).encode(), np.uint8),
              embeddings=domain.embeddings)

@@ -86,7 +86,9 @@ def _flags(table):
 
 
 def test_clean_spectrum_is_flag_zero(encoder):
-    table = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "STAR", "STAR"))
+    # the probe alone: no Redrock template describes this sinusoid, so a template fit would
+    # rightly call it ANOMALY (test_a_fitted_row_takes_its_anomaly_from_the_template_residuals)
+    table = api.classify([_spectrum()], model=encoder, probe=_class_probe(encoder, "STAR", "STAR"), fast=True)
     assert _flags(table) == [0] and table["class"][0] == "STAR"
     stars = api.predict_stellar_parameters([_spectrum()], model=encoder, probe=_stellar_probe(encoder),
                                            class_probe=_class_probe(encoder, "STAR"))
@@ -412,6 +414,69 @@ def test_full_row(encoder, library, fitter):  # noqa: F811
     assert _flags(st) == [0]  # a star's z is its radial velocity here: no WRONG_CLASS
     assert gal.meta["KIND"] == "predictions" and gal.meta["PROBE"] == "cls" and gal.meta["SPROBE"] == "stars"
     assert len(gal.meta["SPROBSHA"]) == 64 and "GALAXY" in gal.meta["TEMPLATE"] and gal.meta["DTYPE"]
+
+
+def test_a_fitted_row_takes_its_anomaly_from_the_template_residuals(encoder, library, fitter,  # noqa: F811
+                                                                    monkeypatch):
+    """Rows with a template fit (the default, the full row, predict_redshift) take ANOMALY from
+    the best model's residual chi-square against the domain's ``residual_max``, and run no
+    masked pass even when the card has a masked threshold; the probe alone keeps the masked one."""
+    from omnispectra import domain as domains
+    from omnispectra.flags import FIT_ANOMALY_STATISTIC
+    from omnispectra.inference import rows
+    from omnispectra.inference.scoring import ANOMALY_N_MASKS
+
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.2, 8)
+    spiky = flux.copy()
+    spiky[::40] += 30.0 / np.sqrt(ivar[::40])
+    spectra = [(wave, flux, ivar), (wave, spiky, ivar)]
+    fits_ = [fitter.fit(*spec) for spec in spectra]
+    clean, bad = (f.residual_chi2 for f in fits_)
+    threshold = float(np.sqrt(clean * bad))
+    grid = {"wave_min": 3500.0, "wave_max": 1e4, "span_min": 1.0, "resolution_min": 1.0,
+            "resolution_max": 1e5, "snr_max": 0.0}
+    domain = domains.TrainingDomain({"synth": grid}, np.ones((1, encoder.config.dim)), 2.0, 1, -np.inf, {},
+                                    residual_max=threshold)
+    monkeypatch.setattr(domains, "training_domain", lambda: domain)
+    monkeypatch.setitem(encoder.info, "anomaly", {"statistic": ANOMALY_STATISTIC, "p99": 1e-9,
+                                                  "n_validation": 9, "n_masks": ANOMALY_N_MASKS})
+    masks = []
+    real_forward = rows.forward
+
+    def spy(*args, **kw):
+        masks.append(kw.get("masks"))
+        return real_forward(*args, **kw)
+
+    monkeypatch.setattr(rows, "forward", spy)
+    probe = _class_probe(encoder, "GALAXY")
+    for kw in ({"full": True, "stellar_probe": _stellar_probe(encoder)}, {}):
+        table = api.classify(spectra, model=encoder, probe=probe, templates=fitter, **kw)
+        assert masks.pop() is None
+        assert table.meta["ANOMSTAT"] == FIT_ANOMALY_STATISTIC and table.meta["ANOMP99"] == threshold
+        assert [int(f) & Flag.ANOMALY for f in table["class_flag"]] == [0, Flag.ANOMALY]
+        if kw:
+            np.testing.assert_allclose(table["anomaly"], [clean, bad], rtol=1e-6)
+    z = api.predict_redshift(spectra, model=encoder, probe=probe, templates=fitter)
+    assert masks.pop() is None and z.meta["ANOMSTAT"] == FIT_ANOMALY_STATISTIC
+    # only far above its threshold does ANOMALY reach a redshift
+    assert [int(f) & Flag.ANOMALY for f in z["z_flag"]] == [0, Flag.ANOMALY if bad > 3 * threshold else 0]
+    fast = api.classify(spectra, model=encoder, probe=probe, fast=True)
+    assert masks.pop() is not None and fast.meta["ANOMSTAT"] == ANOMALY_STATISTIC
+    # a row whose class no template can fit (a "star" beyond the star templates' reach, only
+    # galaxies redshifted there fit) has no statistic: the fit says nothing of it
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.3, 8,
+                                wave=np.geomspace(8500.0, 13500.0, 3000))
+    flux[::40] += 30.0 / np.sqrt(ivar[::40])
+    far = (wave * u.AA, flux, ivar)
+    for cls, finite in (("STAR", False), ("GALAXY", True)):
+        row = api.classify([far], model=encoder, probe=_class_probe(encoder, cls), templates=fitter,
+                           full=True, stellar_probe=_stellar_probe(encoder))
+        assert np.isfinite(row["anomaly"][0]) == finite
+        assert bool(row["class_flag"][0] & Flag.ANOMALY) == finite
+    # a domain written before residual_max was stored sets no fitted ANOMALY
+    domain.residual_max = None
+    table = api.classify(spectra, model=encoder, probe=probe, templates=fitter)
+    assert not any(int(f) & Flag.ANOMALY for f in table["class_flag"]) and np.isnan(table.meta["ANOMP99"])
 
 
 def _write_templates(library, root):  # noqa: F811

@@ -7,7 +7,7 @@ import pytest
 
 from omnispectra.exceptions import OmniSpectraError, SpectrumTypeError
 from omnispectra.flags import Flag
-from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz, results_table
+from omnispectra.redshift import RedshiftFitter, ScanConfig, dz_over_1pz, residual_chi2, results_table
 from omnispectra.templates.igm import LYA_REST, mean_transmission
 from omnispectra.templates.library import TemplateBasis, TemplateLibrary
 from omnispectra.templates.resample import C_KMS, rebin
@@ -78,6 +78,39 @@ def test_galaxy_recovered(library, fitter, z, seed):
     assert abs(res.z - z) < 6 * res.z_err
     assert res.deltachi2 > 25 and res.flag == 0
     assert res.n_pixels == wave.size and res.coefficients.size == 3 + fitter.config.n_poly
+
+
+def test_residual_chi2_is_a_floored_chi2_per_pixel():
+    """Chi-square per fitted pixel with a model-error floor of 0.1 x the flux's spread: plain
+    chi-square per pixel without the floor, unchanged by the flux unit, NaN with nothing fitted."""
+    rng = np.random.default_rng(0)
+    flux, model, ivar = 5.0 + rng.normal(size=400), np.full(400, 5.0), np.full(400, 4.0)
+    covered = np.ones(400, dtype=bool)
+    covered[:50] = False
+    f, m = flux[50:], model[50:]
+    assert residual_chi2(flux, model, ivar, covered, floor=0.0) == pytest.approx(np.mean((f - m) ** 2 * 4.0))
+    want = np.mean((f - m) ** 2 / (0.25 + (0.1 * np.std(f)) ** 2))
+    assert residual_chi2(flux, model, ivar, covered) == pytest.approx(want)
+    assert residual_chi2(1e-17 * flux, 1e-17 * model, 1e34 * ivar, covered) == pytest.approx(want)
+    flux[200] += 100.0   # one spike on a fitted pixel counts; on an unfitted pixel it does not
+    assert residual_chi2(flux, model, ivar, covered) > 2 * want
+    flux[200] -= 100.0
+    flux[10] += 100.0
+    assert residual_chi2(flux, model, ivar, covered) == pytest.approx(want)
+    assert np.isnan(residual_chi2(flux, model, ivar, np.zeros(400, dtype=bool)))
+
+
+def test_the_best_model_residual_is_recorded(library, fitter):
+    """Every solution records its residual chi-square; a spectrum with spikes no template
+    has scores far above the clean one."""
+    wave, flux, ivar = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], 0.2, 6)
+    clean = fitter.fit(wave, flux, ivar)
+    spiky_flux = flux.copy()
+    spiky_flux[::40] += 30.0 / np.sqrt(ivar[::40])
+    spiky = fitter.fit(wave, spiky_flux, ivar)
+    assert 0.5 < clean.residual_chi2 < 1.5   # the model is right: chi-square per pixel near 1
+    assert spiky.residual_chi2 > 10 * clean.residual_chi2
+    assert all(np.isfinite(r.residual_chi2) for r in clean.per_class.values())
 
 
 def test_quasar_with_forest_recovered(library, fitter):

@@ -62,9 +62,32 @@ def test_same_results_as_single_fits(fitter):
                                    [want.z, want.z_err, want.chi2, want.deltachi2], rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(got.coefficients, want.coefficients, rtol=1e-5, atol=1e-8)
         assert got.smooth_chi2 == want.smooth_chi2 or np.isnan(want.smooth_chi2) and np.isnan(got.smooth_chi2)
+        np.testing.assert_allclose(got.residual_chi2, want.residual_chi2, rtol=1e-6, equal_nan=True)
         assert got.per_class.keys() == want.per_class.keys()
         for name, r in want.per_class.items():
             assert got.per_class[name].z == pytest.approx(r.z, rel=1e-9, abs=1e-9)
+
+
+def test_a_strided_coarse_scan_gives_the_single_fits_answers(fitter):
+    """With the coarse chi-square at every second shift, both fitters scan the same shifts and
+    agree; the answers stay those of the full scan (the refinement covers the stride)."""
+    from omnispectra.redshift import ScanConfig, scan_shifts
+
+    strided = RedshiftFitter(TemplateLibrary([p.template for p in fitter.prepared]),
+                             config=ScanConfig(coarse_stride=2))
+    galaxy = fitter.prepared[0]
+    full, every_second = scan_shifts(galaxy, 1e-4), scan_shifts(galaxy, 1e-4, 2)
+    assert every_second[0] == full[0] and every_second[-1] == full[-1]
+    assert np.all(np.diff(every_second)[:-1] == 2)
+    sdss = 10 ** (np.log10(3800.0) + 1e-4 * np.arange(3000))
+    spectra = [_spectrum(fitter, z, k, sdss[k * 7:]) for k, z in enumerate([0.1, 0.35, 0.0002, 0.6])]
+    many = fit_many(strided, spectra, batch_size=4)
+    for spec, got in zip(spectra, many, strict=True):
+        want, full_scan = strided.fit(*spec), fitter.fit(*spec)
+        assert (got.spectype, got.flag) == (want.spectype, want.flag) == (full_scan.spectype, full_scan.flag)
+        np.testing.assert_allclose([got.z, got.chi2, got.deltachi2], [want.z, want.chi2, want.deltachi2],
+                                   rtol=1e-7, atol=1e-9)
+        assert abs(got.z - full_scan.z) < 1e-5 * (1 + full_scan.z)
 
 
 def test_cache_chunking_changes_nothing(fitter):
@@ -107,6 +130,7 @@ def test_real_sdss_spectra_match_single_fits():
         assert abs(got.z - want.z) < 1e-5
         assert got.deltachi2 == pytest.approx(want.deltachi2, rel=0.01)
         assert got.flag == want.flag
+        assert got.residual_chi2 == pytest.approx(want.residual_chi2, rel=1e-4)
 
 
 def _legendre_only_chi2(wave, flux, ivar, n_poly):

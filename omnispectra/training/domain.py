@@ -24,12 +24,15 @@ from ..domain import TrainingDomain, result_significance, shape_of
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingSpectrum", "read_training_spectra", "grid_ranges", "neighbour_threshold",
-           "measure_fits", "build_domain"]
+           "measure_fits", "residual_threshold", "build_domain"]
 
 #: Quantile of the neighbour distance of training spectra above which an input is out of domain.
 NEIGHBOUR_QUANTILE = 0.99
 #: Quantile of the fit significance of labelled training spectra below which a fit is poor.
 SIGNIFICANCE_QUANTILE = 0.01
+#: Quantile of the best fit's residual chi-square of labelled training spectra above which a
+#: fitted row is ANOMALY (as the masked statistic's threshold, the 99th percentile).
+RESIDUAL_QUANTILE = 0.99
 
 
 @dataclass
@@ -99,20 +102,32 @@ def neighbour_threshold(embeddings: np.ndarray, groups: list[str], k: int,
 
 
 def measure_fits(spectra: list[TrainingSpectrum], fitter: Any, per_survey: int) -> dict[str, np.ndarray]:
-    """Fit significance of up to ``per_survey`` labelled spectra of each survey (sorted by id)."""
+    """Fit significance and the best solution's residual chi-square (NaN where no template
+    of the label's class could fit the spectrum) of up to ``per_survey`` labelled spectra of
+    each survey (sorted by id)."""
     from ..spectrum import spectrum_data
 
     chosen: dict[str, list[TrainingSpectrum]] = defaultdict(list)
     for item in sorted((s for s in spectra if s.label), key=lambda s: s.id):
         if len(chosen[item.survey]) < per_survey:
             chosen[item.survey].append(item)
-    significance, labels = [], []
+    significance, residual, labels = [], [], []
     for items in chosen.values():
         for item in items:
             result = fitter.fit_data(spectrum_data(item.spectrum))
             significance.append(result_significance(result, fitter.config.n_poly))
+            # as a row's statistic: only where the templates of its class could fit it
+            residual.append(result.residual_chi2 if item.label in result.per_class else np.nan)
             labels.append(item.label)
-    return {"significance": np.asarray(significance, dtype=np.float64), "label": np.asarray(labels)}
+    return {"significance": np.asarray(significance, dtype=np.float64),
+            "residual": np.asarray(residual, dtype=np.float64), "label": np.asarray(labels)}
+
+
+def residual_threshold(fits: dict[str, np.ndarray]) -> float | None:
+    """The fitted rows' ``ANOMALY`` threshold: :data:`RESIDUAL_QUANTILE` of the finite
+    residual chi-squares of :func:`measure_fits` (None without any)."""
+    residual = fits["residual"][np.isfinite(fits["residual"])]
+    return float(np.quantile(residual, RESIDUAL_QUANTILE)) if residual.size else None
 
 
 def build_domain(sources: Any, encoder: Any, fitter: Any, surveys: set[str], *, k: int = 5,
@@ -133,10 +148,13 @@ def build_domain(sources: Any, encoder: Any, fitter: Any, surveys: set[str], *, 
     fits = measure_fits(spectra, fitter, fits_per_survey)
     finite = fits["significance"][np.isfinite(fits["significance"])]
     significance_min = float(np.quantile(finite, SIGNIFICANCE_QUANTILE)) if finite.size else 0.0
+    residual_max = residual_threshold(fits)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     info = {"encoder_sha": encoder_fingerprint(encoder), "n_spectra": len(spectra), "k": k,
             "neighbour_quantile": NEIGHBOUR_QUANTILE, "significance_quantile": SIGNIFICANCE_QUANTILE,
-            "n_fits": int(fits["significance"].size), "surveys": sorted(surveys)}
-    domain = TrainingDomain(grid_ranges(spectra), unit, threshold, k, significance_min, info)
+            "residual_quantile": RESIDUAL_QUANTILE, "n_fits": int(fits["significance"].size),
+            "n_residual_fits": int(np.isfinite(fits["residual"]).sum()),
+            "surveys": sorted(surveys)}
+    domain = TrainingDomain(grid_ranges(spectra), unit, threshold, k, significance_min, info, residual_max)
     report = {"distances": distances, "fits": fits, "seconds": time.perf_counter() - t0}
     return domain, report
