@@ -16,6 +16,8 @@ Part 2 (``--sizes``): engine corpora (``omnispectra simulate``, made once in ``-
 RSS and spectra/s. Peak memory should stay flat with the corpus size (shards and batches bound it).
 
 Every timing is reported with the 1-minute load average before and after it: the machine is shared.
+``--interleave REPS`` (with ``--baseline-src``) also alternates the two trees' full row and probe
+alone, so that both see the same drift of the load.
 On a GPU: ``--device cuda --dtype auto --files 64 --sizes --redrock-processes 0`` (the fit and the
 model on the GPU, bf16 autocast; the JSON keeps the device).
 
@@ -164,6 +166,22 @@ def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path, devic
             "default_cost_over_fast": runs["fast"]["spectra_per_s"] / runs["default"]["spectra_per_s"]}
 
 
+def interleaved(root: Path, n_files: int, batch: int, base: Path, reps: int, device: str = "cpu",
+                dtype: str = "float32") -> list[dict]:
+    """The full row and the probe alone of this tree and ``base``, alternated ``reps`` times (on
+    a shared machine the load drifts between the runs of :func:`full_row_vs_embedding`; the
+    probe alone, unchanged between two trees, shows how much)."""
+    paths = sdss_files(root, n_files)
+    runs = []
+    for rep in range(reps):
+        for src in (REPO, base):
+            for what in ("full", "fast"):
+                run = _child(ROW_CHILD, [json.dumps(paths), what, str(batch), device, dtype], src)
+                runs.append({"rep": rep, **run})
+                print(json.dumps(runs[-1]), flush=True)
+    return runs
+
+
 def redrock_speed(root: Path, n_files: int, processes: int) -> dict:
     """Redrock on the files of part 1 as production runs it on a plate: every target on one
     wavelength grid (the pixels all files and every template cover) in one ``zfind`` call, so
@@ -194,6 +212,9 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="Device of part 1 (cuda: model and fit on a GPU).")
     parser.add_argument("--dtype", default="float32", help="dtype of part 1 (auto: bf16 on a GPU).")
     parser.add_argument("--baseline-src", default=None, help="Another source tree timed the same way.")
+    parser.add_argument("--interleave", type=int, default=0, metavar="REPS",
+                        help="With --baseline-src: also alternate the full row and the probe alone of "
+                             "both trees REPS times.")
     parser.add_argument("--redrock-processes", type=int, default=2,
                         help="Redrock on the files of part 1 with this many processes (0: skip).")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 5000])
@@ -215,6 +236,9 @@ def main(argv=None) -> None:
         if args.baseline_src:
             base = Path(args.baseline_src)
             out["sdss"].append(full_row_vs_embedding(root, args.files, args.batch_size, base, **on))
+            if args.interleave:
+                out["interleaved"] = interleaved(root, args.files, args.batch_size, base, args.interleave,
+                                                 **on)
         if args.redrock_processes:
             out["redrock"] = redrock_speed(root, args.files, args.redrock_processes)
             full = out["sdss"][0]["full_row"]["spectra_per_s"]

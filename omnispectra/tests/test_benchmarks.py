@@ -43,7 +43,8 @@ FULL_ROW = REPO / "benchmarks" / "bench_full_row.py"
 @pytest.mark.skipif(not FULL_ROW.is_file(), reason="benchmarks/ is not part of an installed package")
 def test_full_row_benchmark_times_the_source_tree_it_is_given(tmp_path):
     """Part 1 of bench_full_row on two real files: the embedding and the full row, each child importing
-    the omnispectra of the tree it times even when started from a folder holding another one."""
+    the omnispectra of the tree it times even when started from a folder holding another one; with a
+    baseline tree and --interleave, the two trees' full row and probe alone alternate."""
     from .helpers import require_data_dir
 
     data = require_data_dir()
@@ -52,11 +53,14 @@ def test_full_row_benchmark_times_the_source_tree_it_is_given(tmp_path):
     (decoy / "__init__.py").write_text("raise ImportError('the decoy package was imported')\n")
     out = tmp_path / "full.json"
     cmd = [sys.executable, str(FULL_ROW), "--files", "2", "--sizes", "--redrock-processes", "0",
-           "--out", str(out)]
+           "--baseline-src", str(REPO), "--interleave", "1", "--out", str(out)]
     env = {**os.environ, "OMNISPECTRA_DATA_DIR": str(data), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    (run,) = json.loads(out.read_text())["sdss"]
+    result = json.loads(out.read_text())
+    run, _ = result["sdss"]
+    assert [(r["rep"], r["what"]) for r in result["interleaved"]] == [(0, "full"), (0, "fast")] * 2
+    assert all(r["spectra_per_s"] > 0 for r in result["interleaved"])
     for part in ("embed", "classify_fast", "classify_default", "full_row"):
         assert run[part]["omnispectra"] == str(REPO / "omnispectra") and run[part]["spectra_per_s"] > 0
         assert run[part]["device"] == "cpu" and run[part]["dtype"] == "float32"
