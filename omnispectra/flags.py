@@ -194,9 +194,10 @@ Z_MIN = -0.01
 #: Bits that say nothing about a template redshift and are left out of
 #: :func:`omnispectra.predict_redshift`'s ``flag``: ``LOW_SN`` (a faint continuum with
 #: strong lines gives a sure redshift; the fit's ``deltachi2`` measures how well the data
-#: constrain ``z``, as in Redrock, whose ZWARN has no S/N bit) and ``ANOMALY`` (a statistic
-#: of the encoder's reconstruction; where it misleads the class, the template fit's best
-#: class differs and ``DISAGREEMENT`` is set). ``classify`` keeps both.
+#: constrain ``z``, as in Redrock, whose ZWARN has no S/N bit) and ``ANOMALY`` (a spectrum the
+#: templates describe only roughly may still have a good redshift; only an anomaly
+#: :data:`ANOMALY_FAR_FACTOR` times above its threshold reaches ``z_flag``). ``classify``'s
+#: ``class_flag`` keeps both.
 REDSHIFT_EXEMPT = Flag.LOW_SN | Flag.ANOMALY
 
 #: An anomaly statistic this many times above its threshold is never exempt: the input is
