@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +71,8 @@ def add_residual(args: argparse.Namespace, surveys: set[str]) -> int:
         residual_threshold,
     )
 
+    if Path(args.output).resolve() == Path(args.residual_into).resolve():
+        raise SystemExit("--residual-into and -o name the same file: write to another one and check it first")
     domain = load_domain(args.residual_into)
     fits = measure_fits(read_training_spectra(args.data, surveys), fitter_for(None), args.fits_per_survey)
     domain.residual_max = residual_threshold(fits)

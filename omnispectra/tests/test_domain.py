@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from astropy import units as u
+from astropy.nddata import InverseVariance
+from specutils import Spectrum
 
 import omnispectra
 from omnispectra.domain import (
@@ -19,7 +22,10 @@ from omnispectra.examples import example_paths
 from omnispectra.exceptions import CheckpointError
 from omnispectra.flags import Flag
 from omnispectra.io import read
-from omnispectra.redshift import smooth_chi2
+from omnispectra.redshift import RedshiftFitter, smooth_chi2
+from omnispectra.training.domain import TrainingSpectrum, measure_fits, residual_threshold
+
+from .test_redshift import _observe, library  # noqa: F401  (library: the synthetic Redrock bases)
 
 GRID = {"wave_min": 3600.0, "wave_max": 10400.0, "span_min": 3000.0, "resolution_min": 4000.0,
         "resolution_max": 4700.0, "snr_max": 200.0}
@@ -188,3 +194,25 @@ def test_the_example_spectra_are_in_the_domain():
     assert list(table["class"]) == ["GALAXY", "STAR", "STAR"]
     assert list(table["class_flag"]) == [0, 0, 0]
     assert not np.any(np.asarray(table["z_flag"]) & (Flag.OUT_OF_DOMAIN | Flag.POOR_FIT))
+
+
+def test_the_fitted_rows_threshold_counts_only_spectra_their_class_can_fit(library):  # noqa: F811
+    """measure_fits records each labelled spectrum's best residual, NaN where no template of
+    its label's class fits it (a "star" beyond the star templates' reach); residual_threshold
+    is the 99th percentile of the finite ones."""
+    fitter = RedshiftFitter(library)
+
+    def item(name, label, wave, z):
+        w, f, iv = _observe(library.get("redrock:GALAXY"), [1.0, 0.3, 1.0], z, 3, wave=wave)
+        spec = Spectrum(flux=f * u.Jy, spectral_axis=w * u.AA, uncertainty=InverseVariance(iv / u.Jy ** 2))
+        return TrainingSpectrum(name, "synth", name, label, spec)
+
+    optical = 10 ** (np.log10(3800.0) + 1e-4 * np.arange(3800))
+    spectra = [item(f"g{k}", "GALAXY", optical, 0.1 + 0.05 * k) for k in range(3)]
+    spectra.append(item("far", "STAR", np.geomspace(8500.0, 13500.0, 3000), 0.3))
+    fits = measure_fits(spectra, fitter, per_survey=10)
+    residual = dict(zip(sorted(s.id for s in spectra), fits["residual"], strict=True))
+    assert np.isnan(residual["far"]) and all(np.isfinite(residual[f"g{k}"]) for k in range(3))
+    finite = fits["residual"][np.isfinite(fits["residual"])]
+    assert residual_threshold(fits) == pytest.approx(np.quantile(finite, 0.99))
+    assert residual_threshold({"residual": np.array([np.nan])}) is None
