@@ -153,11 +153,16 @@ def sdss_files(root: Path, n_files: int) -> list[str]:
     return [str(p) for p in sorted((root / "sdss").rglob("spec-*.fits"))[:n_files]]
 
 
+def _row_run(paths: list[str], what: str, batch: int, src: Path, device: str, dtype: str) -> dict:
+    """One verb of :data:`ROW_CHILD` on ``paths`` with the omnispectra of ``src``."""
+    return _child(ROW_CHILD, [json.dumps(paths), what, str(batch), device, dtype], src)
+
+
 def full_row_vs_embedding(root: Path, n_files: int, batch: int, src: Path, device: str = "cpu",
                           dtype: str = "float32") -> dict:
     """Part 1 with the omnispectra of ``src``."""
     paths = sdss_files(root, n_files)
-    runs = {what: _child(ROW_CHILD, [json.dumps(paths), what, str(batch), device, dtype], src)
+    runs = {what: _row_run(paths, what, batch, src, device, dtype)
             for what in ("embed", "fast", "default", "full")}
     return {"source": str(src), "n_files": len(paths), "embed": runs["embed"], "full_row": runs["full"],
             "classify_fast": runs["fast"], "classify_default": runs["default"],
@@ -176,8 +181,7 @@ def interleaved(root: Path, n_files: int, batch: int, base: Path, reps: int, dev
     for rep in range(reps):
         for src in (REPO, base):
             for what in ("full", "fast"):
-                run = _child(ROW_CHILD, [json.dumps(paths), what, str(batch), device, dtype], src)
-                runs.append({"rep": rep, **run})
+                runs.append({"rep": rep, **_row_run(paths, what, batch, src, device, dtype)})
                 print(json.dumps(runs[-1]), flush=True)
     return runs
 

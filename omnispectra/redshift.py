@@ -206,6 +206,14 @@ class RedshiftResult:
     #: model-error floor (the ``ANOMALY`` statistic of a row that has a template fit).
     residual_chi2: float = field(default=float("nan"), repr=False, compare=False)
 
+    def residual_for(self, spectype: str) -> float:
+        """The ``ANOMALY`` statistic of a row of class ``spectype``: this fit's
+        :attr:`residual_chi2`, or NaN when no template of that class could fit the spectrum
+        (an infrared star fitted only by redshifted galaxies: the fit says nothing of it).
+        The runtime and the stored threshold (:func:`omnispectra.training.domain.measure_fits`)
+        both apply this rule."""
+        return self.residual_chi2 if spectype in self.per_class else float("nan")
+
     @property
     def class_chi2(self) -> dict[str, float]:
         """Chi-square of the best solution of every fitted class."""

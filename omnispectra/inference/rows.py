@@ -100,8 +100,8 @@ class ProbeRun:
         and costs no forward pass. NaN (no ``ANOMALY``) where the templates of the row's
         class could not fit it (an infrared star): the fit says nothing of such a spectrum."""
         domain = domains.training_domain()
-        self.anomaly = np.asarray([fit.residual_chi2 if cls in fit.per_class else np.nan
-                                   for fit, cls in zip(fits, classes, strict=True)], dtype=np.float64)
+        self.anomaly = np.asarray([fit.residual_for(cls) for fit, cls in zip(fits, classes, strict=True)],
+                                  dtype=np.float64)
         self.threshold = None if domain is None else domain.residual_max
         self.from_fit = True
 

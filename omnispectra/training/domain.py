@@ -116,8 +116,7 @@ def measure_fits(spectra: list[TrainingSpectrum], fitter: Any, per_survey: int) 
         for item in items:
             result = fitter.fit_data(spectrum_data(item.spectrum))
             significance.append(result_significance(result, fitter.config.n_poly))
-            # as a row's statistic: only where the templates of its class could fit it
-            residual.append(result.residual_chi2 if item.label in result.per_class else np.nan)
+            residual.append(result.residual_for(item.label))   # as a row of its class would get
             labels.append(item.label)
     return {"significance": np.asarray(significance, dtype=np.float64),
             "residual": np.asarray(residual, dtype=np.float64), "label": np.asarray(labels)}
