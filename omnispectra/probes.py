@@ -68,6 +68,7 @@ __all__ = [
     "checked_probe",
     "probe_meta",
     "stellar_domain_flags",
+    "stellar_grids",
     "MIN_GRID_COVERAGE",
 ]
 
@@ -77,8 +78,11 @@ PROBE_FORMAT = "omnispectra-probe"
 PROBE_FILES = {
     "source_class": "probe-source-class.safetensors",
     "stellar_params": "probe-stellar-params.safetensors",
+    "stellar_params_survey": "probe-stellar-params-survey.safetensors",
     "redshift": "probe-redshift.safetensors",
 }
+#: What makes a bundled probe other than ``omnispectra train-predictors`` (named when it is missing).
+_TRAINERS = {"stellar_params_survey": "scripts/train_stellar_survey.py (in a source checkout)"}
 PROBE_FORMAT_VERSION = 1
 EPS = 1e-8
 KINDS = ("classification", "regression")
@@ -849,10 +853,10 @@ def resolve_probe(probe: Any, task: str) -> Probe:
     if probe is None:
         path = bundled_probe_path(task)
         if not path.is_file():
+            trainer = _TRAINERS.get(task, "`omnispectra train-predictors`")
             raise CheckpointError(
                 f"the bundled {task.replace('_', ' ')} probe ({path.name}) is missing from this "
-                f"installation ({path.parent}); train one with `omnispectra train-predictors` or pass "
-                "probe=PATH")
+                f"installation ({path.parent}); train one with {trainer} or pass probe=PATH")
         probe = path
     if isinstance(probe, (str, os.PathLike)):
         loaded = load_probe(probe)
@@ -890,20 +894,22 @@ MIN_GRID_COVERAGE = 0.8
 #: domain's :data:`omnispectra.domain.DOMAIN_TOLERANCE`.
 
 
-def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
-                         resolutions: Sequence[float] | None = None) -> np.ndarray:
-    """``0`` or :attr:`omnispectra.flags.Flag.OUT_OF_DOMAIN` per spectrum: whether it lies
-    inside the support of the grids the stellar probe was trained on.
+def stellar_grids(probe: Probe, wavelengths_list: Sequence[Any],
+                  resolutions: Sequence[float] | None = None) -> list[str]:
+    """The grid of the stellar probe's training spectra that each spectrum lies on, or ``""``.
 
     The probe stores ``info["input_window"]`` (``[lo, hi]`` Angstrom: the library's range;
     only the pixels inside it are embedded) and ``info["support_by_grid"]``
     (``{grid: {"wavelength": [lo, hi], "resolution": [min, max], "n": N}}``: the median
     first and last valid wavelength inside the window, and the range of pixel resolutions
-    ``lambda / delta lambda``, of its training spectra). A spectrum is inside when, for
-    some grid, its valid pixels inside the window span at least :data:`MIN_GRID_COVERAGE`
-    of the grid's range and its pixel resolution is within that grid's range widened by
-    :data:`~omnispectra.domain.DOMAIN_TOLERANCE`. An APOGEE (infrared) spectrum, one echelle order or a
-    sharper grid than any trained one (X-shooter) is out.
+    ``lambda / delta lambda``, of its training spectra). A spectrum lies on a grid when its
+    valid pixels inside the window span at least :data:`MIN_GRID_COVERAGE` of the grid's
+    range and its pixel resolution is within the grid's range widened by
+    :data:`~omnispectra.domain.DOMAIN_TOLERANCE`; of several such grids, the one whose
+    resolution range has the nearest centre (geometric mean, in log) wins, so that a library
+    star is on the library's grid and an SDSS star on SDSS's where the widened ranges overlap. An APOGEE
+    (infrared) spectrum, one echelle order or a sharper grid than any trained one
+    (X-shooter) lies on none.
 
     Parameters
     ----------
@@ -917,7 +923,7 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
 
     Returns
     -------
-    numpy.ndarray of int64, one value per spectrum
+    list of str, one grid name (a key of ``support_by_grid``) or ``""`` per spectrum
 
     Raises
     ------
@@ -927,7 +933,6 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
         ``resolutions`` and ``wavelengths_list`` differ in length.
     """
     from .domain import DOMAIN_TOLERANCE, pixel_resolution
-    from .flags import Flag
 
     info = getattr(probe, "info", None) or {}
     support, win = info.get("support_by_grid"), info.get("input_window")
@@ -936,19 +941,35 @@ def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
                               "info['input_window']); retrain it with scripts/train_stellar_survey.py")
     if resolutions is not None and len(resolutions) != len(wavelengths_list):
         raise ValueError(f"{len(resolutions)} resolutions for {len(wavelengths_list)} spectra")
-    out = np.zeros(len(wavelengths_list), dtype=np.int64)
+    out = []
     for i, wave in enumerate(wavelengths_list):
         w = np.sort(np.asarray(wave, dtype=np.float64).ravel())
         w = w[np.isfinite(w) & (w >= win[0]) & (w <= win[1])]
         res = float(resolutions[i]) if resolutions is not None else pixel_resolution(w)
-        inside = False
-        for grid in support.values():
+        best, distance = "", math.inf
+        for name, grid in support.items():
             (lo, hi), (rmin, rmax) = grid["wavelength"], grid["resolution"]
             span = min(w[-1], hi) - max(w[0], lo) if w.size >= 2 else 0.0
             if (span >= MIN_GRID_COVERAGE * (hi - lo)
                     and rmin / DOMAIN_TOLERANCE <= res <= rmax * DOMAIN_TOLERANCE):
-                inside = True
-                break
-        if not inside:
-            out[i] = int(Flag.OUT_OF_DOMAIN)
+                off = abs(math.log(res / math.sqrt(rmin * rmax)))   # from the centre: ranges overlap
+                if off < distance:
+                    best, distance = name, off
+        out.append(best)
     return out
+
+
+def stellar_domain_flags(probe: Probe, wavelengths_list: Sequence[Any],
+                         resolutions: Sequence[float] | None = None) -> np.ndarray:
+    """``0`` or :attr:`omnispectra.flags.Flag.OUT_OF_DOMAIN` per spectrum: whether it lies on
+    one of the grids the stellar probe was trained on (:func:`stellar_grids`, which has the
+    parameters and raises the same errors).
+
+    Returns
+    -------
+    numpy.ndarray of int64, one value per spectrum
+    """
+    from .flags import Flag
+
+    grids = stellar_grids(probe, wavelengths_list, resolutions)
+    return np.asarray([0 if grid else int(Flag.OUT_OF_DOMAIN) for grid in grids], dtype=np.int64)

@@ -81,6 +81,7 @@ def _survey_scores(teff: np.ndarray, ref: np.ndarray, flags: np.ndarray, surveys
 
 
 def _refit(args, data, task, x, y, cands, best, spread, choice):
+    from omnispectra.flags import label_range
     from omnispectra.probes import encoder_description
     from omnispectra.training.predictors import crossval
 
@@ -91,11 +92,12 @@ def _refit(args, data, task, x, y, cands, best, spread, choice):
                          "coverage_1sigma": [float(v) for v in spread["coverage"]], "n": spread["n"],
                          "fold": "fitted on the pooled calibration-fold predictions of the 5 grouped "
                                  "(by MILES star) cross-validation ensembles, MILES and engine rows"}
-    probe.info = {"name": "stellar_params", "recipe": recipe.to_dict(), "n_train": int(len(y)),
+    probe.info = {"name": "stellar_params_survey", "recipe": recipe.to_dict(), "n_train": int(len(y)),
                   "training": "MILES stars and MILES stars observed through survey donors (engine)",
                   "selection": choice, "input_window": [3541.5, 7411.6], "support_by_grid": _support(data),
                   "wavelength_support": {"unit": "Angstrom (vacuum), valid pixels",
-                                         "overall": [3541.5, 7411.6]}}
+                                         "overall": [3541.5, 7411.6]},
+                  "label_range": label_range(list(NAMES), y)}
     return probe
 
 

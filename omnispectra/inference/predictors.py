@@ -42,7 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..model import OmniSpectra
 
-__all__ = ["classify", "predict_stellar_parameters", "predict_redshift", "fitter_name", "coefficient_width"]
+__all__ = ["classify", "predict_stellar_parameters", "predict_redshift", "fitter_name", "coefficient_width",
+           "survey_probe_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ def classify(
     stellar_probe: Any = None,
     templates: Any = None,
     fast: bool = False,
+    stellar_survey_probe: Any = None,
 ):
     """Source class (GALAXY, QSO or STAR) of spectra, with calibrated probabilities and flags.
 
@@ -167,6 +169,9 @@ def classify(
         Return the full catalogue row (see Returns).
     stellar_probe : path or Probe, optional
         With ``full``: the stellar-parameter probe (default: the bundled one).
+    stellar_survey_probe : path, Probe or False, optional
+        With ``full``: the stellar probe of survey grids, as for
+        :func:`predict_stellar_parameters`.
     templates : path or RedshiftFitter, optional
         The Redrock templates (:func:`omnispectra.pretrained.resolve_templates`: this, else
         ``$OMNISPECTRA_TEMPLATES``, else the compact templates bundled with the package).
@@ -216,6 +221,7 @@ def classify(
     head = checked_probe(probe, "source_class", net)
     fitter = None if fast else fitter_for(templates)
     stellar = checked_probe(stellar_probe, "stellar_params", net) if full else None
+    survey = survey_probe_for(stellar_probe, stellar_survey_probe, net) if full else None
     # with a template fit, its residuals give the anomaly statistic: no masked passes
     run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers),
                            masked_anomaly=fitter is None)
@@ -233,19 +239,37 @@ def classify(
     if not full:
         add_flag_columns(table, class_flag=class_flag)
         return table
-    table.meta.update(probe_meta(stellar, "S"))
+    table.meta.update(_stellar_meta(stellar, survey))
     fit = redshift_columns(evidence.fits, classes, evidence.width)
     add_redshift_columns(table, fit)
-    values, errors, params_flag = stellar_columns(stellar, run)
     star = not_star_flags(classes) == 0
+    stars = stellar_columns(stellar, run, survey, rows=star)
+    values, errors, params_flag = stars.values, stars.errors, stars.flags
     values[~star], errors[~star] = np.nan, np.nan
-    add_stellar_columns(table, stellar.names, values, errors)
+    add_stellar_columns(table, stellar.names, values, errors, np.where(star, stars.route, ""))
     add_anomaly_column(table, run)
     # a star's z is its radial velocity by design here: WRONG_CLASS is for predict_redshift
     z_flag = _z_flags(fit, run, evidence, domain, ensemble) & ~int(Flag.WRONG_CLASS)
     params_flag = np.where(star, params_flag | run.input_flags() | domain, 0)
     add_flag_columns(table, class_flag=class_flag, z_flag=z_flag, params_flag=params_flag)
     return table
+
+
+def survey_probe_for(library_probe: Any, survey_probe: Any, net: Any) -> Any:
+    """The stellar probe of survey grids that answers with ``library_probe`` (a verb's
+    arguments): ``survey_probe`` checked against ``net``; for ``None``, the bundled one when
+    the library probe is the bundled one too (the two are trained as a pair), else none;
+    none for ``False``."""
+    if survey_probe is False or (survey_probe is None and library_probe is not None):
+        return None
+    return checked_probe(survey_probe, "stellar_params_survey", net)
+
+
+def _stellar_meta(library: Any, survey: Any) -> dict[str, str]:
+    """``SPROBE``/``SPROBSHA`` (the library stellar probe) and ``GPROBE``/``GPROBSHA`` (the
+    survey-grid one, empty when none answered)."""
+    survey_meta = probe_meta(survey, "G") if survey is not None else {"GPROBE": "", "GPROBSHA": ""}
+    return {**probe_meta(library, "S"), **survey_meta}
 
 
 def _fitter_meta(fitter: Any) -> dict[str, str]:
@@ -272,42 +296,55 @@ def predict_stellar_parameters(
     on_error: str = "raise",
     workers: int | None = None,
     class_probe: Any = None,
+    stellar_survey_probe: Any = None,
 ):
     """Effective temperature, surface gravity and metallicity of stellar spectra, with errors.
 
-    A probe on the embedding trained on the MILES stars (Teff fitted as log10 Teff; its
-    head and recipe are recorded in the probe file); meaningful for stars only, with the
-    accuracy recorded in ``omnispectra/data/predictors.json``. The uncertainties are the
-    spread of the probe's ensemble members times the calibrated ``sigma_scale`` of the
-    probe (:meth:`omnispectra.probes.Probe.predict_with_spread`); a single-head probe
-    gives NaN uncertainties (and a logged warning). Parameters as for :func:`classify`,
-    except that ``dtype`` defaults to float32 (see :func:`default_dtype`), and
-    ``class_probe`` (default: the bundled class probe) says which spectra are stars.
+    Two probes on the embedding (Teff fitted as log10 Teff; heads and recipes recorded in
+    the probe files), meaningful for stars only: ``probe``, trained on the MILES stars, for
+    spectra on the MILES grid, and ``stellar_survey_probe``, trained on MILES stars and on
+    MILES stars observed through SDSS, BOSS, LAMOST LRS, DESI and 6dFGS donors, for spectra on
+    those grids, from their pixels inside MILES' range (3,541-7,412 A;
+    :func:`omnispectra.inference.rows.stellar_columns`). ``params_by`` says which answered; a
+    spectrum on none of these grids (infrared, an echelle order, sharper than MILES) keeps the
+    MILES probe's numbers with ``OUT_OF_DOMAIN``. Accuracy: ``omnispectra/data/predictors.json``
+    and the model card. The uncertainties are the spread of a probe's ensemble members times
+    its calibrated ``sigma_scale`` (:meth:`omnispectra.probes.Probe.predict_with_spread`); a
+    single-head probe gives NaN uncertainties (and a logged warning). Parameters as for
+    :func:`classify`, except that ``dtype`` defaults to float32 (see :func:`default_dtype`),
+    ``class_probe`` (default: the bundled class probe) says which spectra are stars, and
+    ``stellar_survey_probe`` (default: the bundled one when ``probe`` is the bundled one,
+    else none; ``False``: ``probe`` alone; :func:`survey_probe_for`).
 
     Returns
     -------
     astropy.table.Table
         ``id``, ``source_file``, ``survey``, ``teff``/``teff_err`` (K),
         ``logg``/``logg_err`` (dex(cm / s2)), ``fe_h``/``fe_h_err`` (dex), all float32,
+        ``params_by`` (``library`` or ``survey``),
         ``params_flag`` (``NOT_STAR`` where the class probe does not say STAR,
         ``IMPOSSIBLE_VALUE`` outside :data:`omnispectra.flags.PHYSICAL_RANGES`, where the
         value is returned as NaN, ``NONFINITE``, ``OUTSIDE_SUPPORT`` outside the probe's
         own training range, ``OUT_OF_DOMAIN``, and the input checks and ``ANOMALY`` of
         :func:`classify`) and ``flag`` (= ``params_flag``), input order; ``meta`` as for
-        :func:`classify` plus ``CPROBE``/``CPROBSHA``.
+        :func:`classify` plus ``CPROBE``/``CPROBSHA`` and ``GPROBE``/``GPROBSHA`` (the
+        survey-grid probe).
     """
     from ..flags import not_star_flags
 
     net = resolve_model(model, device)
     head = checked_probe(probe, "stellar_params", net)
     classifier = checked_probe(class_probe, "source_class", net)
+    survey = survey_probe_for(probe, stellar_survey_probe, net)
     run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
     classes, _, _ = class_columns(classifier, run)
-    values, errors, flag = stellar_columns(head, run)
+    star = not_star_flags(classes) == 0
+    stars = stellar_columns(head, run, survey, rows=star)
     table = run.table(head)
     table.meta.update(probe_meta(classifier, "C"))
-    add_stellar_columns(table, head.names, values, errors)
-    params_flag = flag | not_star_flags(classes) | run.input_flags() | run.domain_flags()
+    table.meta.update({k: v for k, v in _stellar_meta(head, survey).items() if k.startswith("G")})
+    add_stellar_columns(table, head.names, stars.values, stars.errors, stars.route)
+    params_flag = stars.flags | not_star_flags(classes) | run.input_flags() | run.domain_flags()
     add_flag_columns(table, params_flag=params_flag)
     return table
 

@@ -47,7 +47,8 @@ from .scoring import ANOMALY_N_MASKS, Masks
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProbeRun", "embed_for_probes", "class_columns", "add_class_columns", "stellar_columns",
-           "add_stellar_columns", "classes_with_templates", "redshift_columns", "add_redshift_columns",
+           "StellarColumns", "windowed", "LIBRARY_GRID", "add_stellar_columns", "classes_with_templates",
+           "redshift_columns", "add_redshift_columns",
            "poor_fit_flags", "add_flag_columns", "add_anomaly_column", "FLAG_COLUMNS"]
 
 #: The flag columns of a row, what each says, and the bits it may hold.
@@ -182,17 +183,26 @@ def add_class_columns(table: Any, names: list[str], classes: list[str], prob: np
         table[f"prob_{name}"].description = f"calibrated probability that the source is a {name}"
 
 
-def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values (N, k), 1-sigma errors (N, k), flags)`` in float32.
+#: The library's own grid in a survey probe's ``support_by_grid``: a spectrum on it keeps the
+#: library probe, trained on the library alone and more accurate there.
+LIBRARY_GRID = "miles"
 
-    A physically impossible value becomes NaN (its error too) with ``IMPOSSIBLE_VALUE``;
-    a physical value outside the range of the labels the probe learned (its header's
-    ``label_range``) is kept with ``OUT_OF_DOMAIN``; ``NONFINITE``; ``OUTSIDE_SUPPORT``
-    outside the probe's own training wavelengths.
-    """
-    vectors = run.done.vectors
-    if head.members < 2:
-        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
+
+@dataclass
+class StellarColumns:
+    """Stellar parameters of a run's rows: ``values`` and 1-sigma ``errors`` (N, k) float32,
+    ``flags`` (N,) and ``route`` (N,): which probe answered each row (``"library"`` or
+    ``"survey"``, :func:`stellar_columns`)."""
+
+    values: np.ndarray
+    errors: np.ndarray
+    flags: np.ndarray
+    route: np.ndarray
+
+
+def _stellar_values(head: Any, vectors: np.ndarray,
+                    token_waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One probe's ``(values, errors, flags)`` on embeddings whose valid tokens lie at ``token_waves``."""
     if len(vectors):
         values, errors = head.predict_with_spread(vectors)
     else:
@@ -203,14 +213,75 @@ def stellar_columns(head: Any, run: ProbeRun) -> tuple[np.ndarray, np.ndarray, n
     for k, bad in enumerate(impossible_values(named).values()):
         values[bad, k] = errors[bad, k] = np.nan
     flags |= label_range_flags(named, (head.info or {}).get("label_range"))   # views: NaN where impossible
-    tokens = [item.prepared for item in run.items]
-    flags |= probe_support_flags([tok.wavelength[tok.valid] for tok in tokens],
-                                 (head.info or {}).get("wavelength_support"))
-    return values.astype(np.float32), errors.astype(np.float32), flags
+    flags |= probe_support_flags(token_waves, (head.info or {}).get("wavelength_support"))
+    return values, errors, flags
 
 
-def add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray) -> None:
-    """``<name>`` and ``<name>_err`` columns with units."""
+def _valid_token_waves(items: list[InputItem]) -> list[np.ndarray]:
+    return [item.prepared.wavelength[item.prepared.valid] for item in items]
+
+
+def windowed(data: Any, window: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(wavelength, flux, ivar)`` of a :class:`~omnispectra.spectrum.SpectrumData` cut to
+    ``window`` (``[lo, hi]`` Angstrom), bad pixels with ``ivar = 0``: what a survey stellar
+    probe's training spectra were cut to before they were embedded."""
+    keep = (data.wavelength >= window[0]) & (data.wavelength <= window[1])
+    bad = data.bad[keep]
+    return (data.wavelength[keep], np.where(bad, 0.0, np.nan_to_num(data.flux[keep])),
+            np.where(bad, 0.0, np.nan_to_num(data.ivar[keep])))
+
+
+def stellar_columns(head: Any, run: ProbeRun, survey: Any = None,
+                    rows: np.ndarray | None = None) -> StellarColumns:
+    """The stellar parameters of every row, with their flags (:class:`StellarColumns`).
+
+    A physically impossible value becomes NaN (its error too) with ``IMPOSSIBLE_VALUE``;
+    a physical value outside the range of the labels the probe learned (its header's
+    ``label_range``) is kept with ``OUT_OF_DOMAIN``; ``NONFINITE``; ``OUTSIDE_SUPPORT``
+    outside the probe's own training wavelengths.
+
+    With ``survey`` (a probe trained on library stars observed through survey grids, storing
+    ``support_by_grid`` and ``input_window``), each row is answered by the probe of the grid
+    it lies on (:func:`omnispectra.probes.stellar_grids`): a spectrum on the library's own grid
+    (:data:`LIBRARY_GRID`) by ``head``; one on a survey grid by ``survey``, from its pixels inside
+    the ``input_window`` (:func:`windowed`), embedded again as the probe's training spectra
+    were; one on no grid by ``head`` with ``OUT_OF_DOMAIN`` (an infrared, echelle or sharper
+    spectrum); an input given as tokens (no pixels to cut) by ``head``. ``rows`` (bool, N):
+    the rows the survey probe may answer (the stars; default all), so that no other row is
+    embedded twice.
+    """
+    from ..probes import stellar_grids
+
+    if head.members < 2:
+        logger.warning("the stellar-parameter probe is a single head (no ensemble): uncertainties are NaN")
+    values, errors, flags = _stellar_values(head, run.done.vectors, _valid_token_waves(run.items))
+    route = np.full(len(run.items), "library", dtype="U7")
+    if survey is None or not run.items:
+        return StellarColumns(values.astype(np.float32), errors.astype(np.float32), flags, route)
+    window = survey.info["input_window"]
+    datas = [item.data for item in run.items]
+    # Tokens given as input carry no pixels to cut: the library probe answers them, as before
+    grids = [LIBRARY_GRID if d is None else grid for d, grid in zip(datas, stellar_grids(
+        survey, [np.zeros(0) if d is None else d.wavelength[~d.bad] for d in datas]), strict=True)]
+    flags |= np.asarray([0 if grid else int(Flag.OUT_OF_DOMAIN) for grid in grids], dtype=np.int64)
+    wanted = np.ones(len(grids), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    cut_rows = [i for i, grid in enumerate(grids) if grid not in ("", LIBRARY_GRID) and wanted[i]]
+    if cut_rows:
+        options = RunOptions(dtype=run.done.torch_dtype, progress=False, on_error="skip")
+        cut = forward([windowed(datas[i], window) for i in cut_rows], run.net, options, desc="star windows")
+        done = [cut_rows[int(item.id)] for item in cut.items]   # inputs are named by their position
+        v, e, f = _stellar_values(survey, cut.vectors, _valid_token_waves(cut.items))
+        values[done], errors[done], flags[done], route[done] = v, e, f, "survey"
+        for i in sorted(set(cut_rows) - set(done)):   # a window that could not be embedded: flagged
+            logger.warning("star %s: its pixels inside %s A could not be embedded", run.items[i].id, window)
+            flags[i] |= Flag.OUT_OF_DOMAIN
+    return StellarColumns(values.astype(np.float32), errors.astype(np.float32), flags, route)
+
+
+def add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors: np.ndarray,
+                        route: np.ndarray | None = None) -> None:
+    """``<name>`` and ``<name>_err`` columns with units, and ``params_by`` (which stellar probe
+    answered: :class:`StellarColumns`' ``route``) when given."""
     from ..results import quantity_unit
 
     descriptions = {"teff": "effective temperature", "logg": "log10 surface gravity [cm s^-2]",
@@ -223,6 +294,10 @@ def add_stellar_columns(table: Any, names: list[str], values: np.ndarray, errors
         table[f"{name}_err"].description = f"1-sigma uncertainty of {name} (calibrated ensemble spread)"
         if unit is not None:
             table[name].unit = table[f"{name}_err"].unit = unit
+    if route is not None:
+        table["params_by"] = route
+        table["params_by"].description = ("stellar probe of the row's grid: 'library' (MILES stars) or "
+                                          "'survey' (MILES stars observed through survey grids)")
 
 
 def classes_with_templates(head: Any, prob: np.ndarray,

@@ -393,8 +393,8 @@ def test_missing_templates_say_how_to_get_them(encoder, monkeypatch, tmp_path):
 
 FULL_COLUMNS = ["id", "source_file", "survey", "class", "prob_GALAXY", "prob_QSO", "prob_STAR", "spectype",
                 "subtype", "z", "z_err", "chi2", "deltachi2", "coeff", "teff", "teff_err", "logg", "logg_err",
-                "fe_h", "fe_h_err", "anomaly", "noise_estimated", "class_flag", "z_flag", "params_flag",
-                "flag"]
+                "fe_h", "fe_h_err", "params_by", "anomaly", "noise_estimated", "class_flag", "z_flag",
+                "params_flag", "flag"]
 
 
 def test_full_row(encoder, library, fitter):  # noqa: F811

@@ -229,7 +229,7 @@ def test_classify_and_stellar_parameters_contract(trained):
     params = omnispectra.predict_stellar_parameters(example_paths(), model=str(trained["weights"]),
                                                     probe=trained["stellar"], class_probe=trained["classify"])
     assert params.colnames == ["id", "source_file", "survey", "teff", "teff_err", "logg", "logg_err", "fe_h",
-                               "fe_h_err", "params_flag", "flag"]
+                               "fe_h_err", "params_by", "params_flag", "flag"]
     assert params["teff"].unit == u.K
     assert np.all(params["teff"] > 0)
     with pytest.raises(CheckpointError, match="classification probe"):

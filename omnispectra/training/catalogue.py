@@ -206,10 +206,15 @@ def _manifest(dataset: SpectrumDataset, net: Any, verb: str, shard_size: int,
 
 def _resolved(net: Any, verb: str, options: dict[str, Any]) -> dict[str, Any]:
     """Probes and templates resolved once (not per batch); the verb checks them again, cheaply."""
+    from ..inference.predictors import survey_probe_for
     from ..probes import checked_probe
     from ..redshift import fitter_for
 
     out = dict(options)
+    library = "probe" if verb == "predict-stellar" else "stellar_probe"
+    if verb != "predict-redshift":   # paired as the verb would, before the library probe is resolved
+        survey = survey_probe_for(out.get(library), out.get("stellar_survey_probe"), net)
+        out["stellar_survey_probe"] = False if survey is None else survey
     tasks = {"probe": "stellar_params" if verb == "predict-stellar" else "source_class",
              "stellar_probe": "stellar_params", "class_probe": "source_class"}
     wanted = {"classify": ("probe", "stellar_probe", "templates"), "predict-redshift": ("probe", "templates"),
