@@ -16,8 +16,9 @@ seen - and scores the rows against the labels:
   the share with ``z_flag == 0``.
 
 What stays in-sample: the encoder was pretrained on these spectra, and the domain's
-fit-significance quantile was measured on all of them (its grids, embedding bank and
-neighbour threshold are remade per round without the round's spectra).
+fit-significance quantile and fit-residual anomaly threshold were measured on all of them
+(its grids, embedding bank and neighbour threshold are remade per round without the
+round's spectra).
 
 Usage (about 25 min on 2 cores)::
 
@@ -55,8 +56,8 @@ OUT_OF_DOMAIN = int(Flag.OUT_OF_DOMAIN)
 def round_domains(folds: dict, corpus: list[str], work: Path) -> list[Path]:
     """Per round, the training domain of what the round's probe may have seen: grids, the
     embedding bank and its neighbour threshold from every labelled spectrum but the round's
-    evaluation spectra (the fit-significance quantile stays the bundled one: measuring it
-    takes a template fit of every spectrum)."""
+    evaluation spectra (the fit-significance quantile and the fit-residual anomaly threshold
+    stay the bundled ones: measuring them takes a template fit of every spectrum)."""
     from omnispectra import domain as domains
     from omnispectra.domain import TrainingDomain, load_domain
     from omnispectra.evaluation.harness import TASKS, compute_embeddings, load_labeled
@@ -79,7 +80,8 @@ def round_domains(folds: dict, corpus: list[str], work: Path) -> list[Path]:
         info = {**bundled.info, "bank": f"labelled spectra of the other rounds than {r['round']}"}
         path = work / f"round-{r['round']}" / "training-domain.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        TrainingDomain(grids, emb[seen], threshold, bundled.k, bundled.significance_min, info).save(path)
+        TrainingDomain(grids, emb[seen], threshold, bundled.k, bundled.significance_min, info,
+                       residual_max=bundled.residual_max).save(path)
         logger.info("round %d: domain of %d spectra (%d held out), grids %s, neighbour threshold %.3f",
                     r["round"], seen.sum(), (~seen).sum(), sorted(grids), threshold)
         paths.append(path)

@@ -239,7 +239,7 @@ def classify(
     if not full:
         add_flag_columns(table, class_flag=class_flag)
         return table
-    table.meta.update(_stellar_meta(stellar, survey))
+    table.meta.update({**probe_meta(stellar, "S"), **_survey_meta(survey)})
     fit = redshift_columns(evidence.fits, classes, evidence.width)
     add_redshift_columns(table, fit)
     star = not_star_flags(classes) == 0
@@ -265,11 +265,9 @@ def survey_probe_for(library_probe: Any, survey_probe: Any, net: Any) -> Any:
     return checked_probe(survey_probe, "stellar_params_survey", net)
 
 
-def _stellar_meta(library: Any, survey: Any) -> dict[str, str]:
-    """``SPROBE``/``SPROBSHA`` (the library stellar probe) and ``GPROBE``/``GPROBSHA`` (the
-    survey-grid one, empty when none answered)."""
-    survey_meta = probe_meta(survey, "G") if survey is not None else {"GPROBE": "", "GPROBSHA": ""}
-    return {**probe_meta(library, "S"), **survey_meta}
+def _survey_meta(survey: Any) -> dict[str, str]:
+    """``GPROBE``/``GPROBSHA``: the survey-grid stellar probe (empty when there is none)."""
+    return probe_meta(survey, "G") if survey is not None else {"GPROBE": "", "GPROBSHA": ""}
 
 
 def _fitter_meta(fitter: Any) -> dict[str, str]:
@@ -338,13 +336,12 @@ def predict_stellar_parameters(
     survey = survey_probe_for(probe, stellar_survey_probe, net)
     run = embed_for_probes(spectra, net, RunOptions(batch_size, dtype, progress, format, on_error, workers))
     classes, _, _ = class_columns(classifier, run)
-    star = not_star_flags(classes) == 0
-    stars = stellar_columns(head, run, survey, rows=star)
+    not_star = not_star_flags(classes)
+    stars = stellar_columns(head, run, survey, rows=not_star == 0)
     table = run.table(head)
-    table.meta.update(probe_meta(classifier, "C"))
-    table.meta.update({k: v for k, v in _stellar_meta(head, survey).items() if k.startswith("G")})
+    table.meta.update({**probe_meta(classifier, "C"), **_survey_meta(survey)})
     add_stellar_columns(table, head.names, stars.values, stars.errors, stars.route)
-    params_flag = stars.flags | not_star_flags(classes) | run.input_flags() | run.domain_flags()
+    params_flag = stars.flags | not_star | run.input_flags() | run.domain_flags()
     add_flag_columns(table, params_flag=params_flag)
     return table
 

@@ -112,3 +112,19 @@ def test_the_bundled_pair_goes_together():
     # a user's own library probe is answered alone unless a survey probe is named
     assert survey_probe_for("mine.safetensors", None, Net()) is None
     assert survey_probe_for(None, False, Net()) is None
+
+
+def test_corpus_runs_pair_the_probes_as_the_verbs_do(tmp_path):
+    from omnispectra.probes import PROBE_FILES, bundled_probe_path, save_probe
+    from omnispectra.runtime import resolve_model
+    from omnispectra.training.catalogue import _resolved
+
+    if not bundled_probe_path("stellar_params_survey").is_file():
+        pytest.skip("no bundled survey stellar probe")
+    net = resolve_model("default", "cpu")
+    for verb, library in (("classify", "stellar_probe"), ("predict-stellar", "probe")):
+        paired = _resolved(net, verb, {})
+        assert paired["stellar_survey_probe"].info["name"] == "stellar_params_survey"
+        mine = save_probe(paired[library], tmp_path / PROBE_FILES["stellar_params"])
+        assert _resolved(net, verb, {library: mine})["stellar_survey_probe"] is False
+        assert _resolved(net, verb, {"stellar_survey_probe": False})["stellar_survey_probe"] is False
