@@ -907,9 +907,9 @@ def stellar_grids(probe: Probe, wavelengths_list: Sequence[Any],
     range and its pixel resolution is within the grid's range widened by
     :data:`~omnispectra.domain.DOMAIN_TOLERANCE`; of several such grids, the one whose
     resolution range has the nearest centre (geometric mean, in log) wins, so that a library
-    star is on the library's grid and an SDSS star on SDSS's where the widened ranges overlap. An APOGEE
-    (infrared) spectrum, one echelle order or a sharper grid than any trained one
-    (X-shooter) lies on none.
+    star is on the library's grid and an SDSS star on SDSS's where the widened ranges
+    overlap. An APOGEE (infrared) spectrum, one echelle order or a sharper grid than any
+    trained one (X-shooter) lies on none.
 
     Parameters
     ----------
