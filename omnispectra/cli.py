@@ -238,6 +238,7 @@ def info() -> None:
                                           for name, ok in attention_backends().items()))
     click.echo("readers     " + ", ".join(io.list_formats()))
     _echo_flash_attn_and_models()
+    _echo_probes()
     _echo_templates()
 
 
@@ -269,6 +270,21 @@ def _echo_flash_attn_and_models() -> None:
     override = os.environ.get("OMNISPECTRA_DEFAULT_MODEL")
     if override:
         click.echo(f"  'default' currently means {override} (OMNISPECTRA_DEFAULT_MODEL)")
+
+
+def _echo_probes() -> None:
+    """The probes bundled with the package (``omnispectra info``): task, file and recipe."""
+    from .exceptions import OmniSpectraError
+    from .probes import PROBE_FILES, bundled_probe_path, read_probe_header
+
+    click.echo("probes      bundled")
+    for task in PROBE_FILES:
+        path = bundled_probe_path(task)
+        try:
+            recipe = read_probe_header(path)["info"].get("recipe", {}).get("name", "")
+        except (OmniSpectraError, KeyError) as err:
+            recipe = f"unusable: {_one_line(err)}"
+        click.echo(f"  {task:<22} {path.name}  {recipe}")
 
 
 def _echo_templates() -> None:

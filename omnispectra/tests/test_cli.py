@@ -228,6 +228,9 @@ def test_info_lists_readers_and_versions():
     for name in ("numpy", "astropy", "specutils", "torch", "readers"):
         assert any(line.startswith(name) for line in result.output.splitlines()), name
     assert "sdss" in result.output
+    # every bundled probe is named, the stellar pair included
+    assert "probe-stellar-params-survey.safetensors" in result.output
+    assert "stellar_params_survey" in result.output
 
 
 def test_verbosity_and_lightning_tips(caplog):
