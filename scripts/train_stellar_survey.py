@@ -109,11 +109,6 @@ def embed_arrays(items, model) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 256), np.float32)
 
 
-def window(wave, flux, ivar, bad):
-    keep = (wave >= MILES_WINDOW[0]) & (wave <= MILES_WINDOW[1])
-    return wave[keep], flux[keep], np.where(bad[keep], 0.0, ivar[keep])
-
-
 def validation_rows(path: str) -> list[dict]:
     with open(path) as fh:
         return list(csv.DictReader(fh))
@@ -123,7 +118,6 @@ def embed_all(args, cache: Path) -> dict:
     """Stages 1-4 (cached): labels, groups, grids and embeddings of every row."""
     import omnispectra
     from omnispectra import io
-    from omnispectra.tokenizer import spectrum_arrays
 
     root = Path(omnispectra.__file__).parents[1] / ".." / "shared" / "data"
     import os
@@ -152,14 +146,16 @@ def embed_all(args, cache: Path) -> dict:
         return {"emb": embed_arrays(items, model), "y": y, "group": np.array([g for g, _ in samples]),
                 "grid": np.array([e.meta["survey"] for _, e in samples]), "range": ranges}
 
-    def survey_part():
+    def survey_part():   # cut as the runtime cuts a star on a survey grid
+        from omnispectra.inference.rows import windowed
+        from omnispectra.spectrum import spectrum_data
+
         items, waves = [], []
         for r in rows:
             spec = io.read(root / r["file"])
-            w, f, iv, bad = spectrum_arrays(spec[0] if isinstance(spec, list) else spec)
-            good = (~bad) & (iv > 0) & np.isfinite(f)
-            items.append(window(w, np.nan_to_num(f), np.nan_to_num(iv), ~good))
-            waves.append(w[good])
+            data = spectrum_data(spec[0] if isinstance(spec, list) else spec)
+            items.append(windowed(data, MILES_WINDOW))
+            waves.append(data.wavelength[~data.bad])
         lens = np.array([len(w) for w in waves])
         return {"emb": embed_arrays(items, model), "wave_flat": np.concatenate(waves), "wave_len": lens}
 
