@@ -65,9 +65,9 @@ def add_residual(args: argparse.Namespace, surveys: set[str]) -> int:
     from omnispectra.domain import load_domain
     from omnispectra.redshift import fitter_for
     from omnispectra.training.domain import (
-        RESIDUAL_QUANTILE,
         measure_fits,
         read_training_spectra,
+        residual_provenance,
         residual_threshold,
     )
 
@@ -76,8 +76,7 @@ def add_residual(args: argparse.Namespace, surveys: set[str]) -> int:
     domain = load_domain(args.residual_into)
     fits = measure_fits(read_training_spectra(args.data, surveys), fitter_for(None), args.fits_per_survey)
     domain.residual_max = residual_threshold(fits)
-    domain.info.update({"residual_quantile": RESIDUAL_QUANTILE,
-                        "n_residual_fits": int(np.isfinite(fits["residual"]).sum())})
+    domain.info.update(residual_provenance(fits))
     domain.save(args.output)
     print(json.dumps({"residual_max": domain.residual_max, "info": domain.info}, indent=1))
     return 0

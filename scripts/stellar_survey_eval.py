@@ -39,7 +39,10 @@ def _baselines(flux: np.ndarray, yt: np.ndarray, folds: np.ndarray, k: int) -> d
 
 
 def _support(data: dict) -> dict:
-    """``support_by_grid`` of the training spectra (see omnispectra.probes.stellar_domain_flags)."""
+    """``support_by_grid`` of the training spectra (see omnispectra.probes.stellar_grids); the
+    library's own grid under the name the runtime routes to the library probe."""
+    from omnispectra.inference.rows import LIBRARY_GRID
+
     eng = data["engine"]
     out = {}
     for grid in sorted(set(eng["grid"].tolist())):
@@ -48,7 +51,7 @@ def _support(data: dict) -> dict:
                      "resolution": [float(r[:, 2].min()), float(r[:, 2].max())], "n": int(len(r))}
     w = np.linspace(3541.5, 7411.6, 4300)
     res = float(np.median(w[1:] / np.diff(w)))
-    out["miles"] = {"wavelength": [3541.5, 7411.6], "resolution": [res, res],
+    out[LIBRARY_GRID] = {"wavelength": [3541.5, 7411.6], "resolution": [res, res],
                     "n": int(len(data["miles"]["y"]))}
     return out
 

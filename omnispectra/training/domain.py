@@ -24,7 +24,7 @@ from ..domain import TrainingDomain, result_significance, shape_of
 logger = logging.getLogger(__name__)
 
 __all__ = ["TrainingSpectrum", "read_training_spectra", "grid_ranges", "neighbour_threshold",
-           "measure_fits", "residual_threshold", "build_domain"]
+           "measure_fits", "residual_threshold", "residual_provenance", "build_domain"]
 
 #: Quantile of the neighbour distance of training spectra above which an input is out of domain.
 NEIGHBOUR_QUANTILE = 0.99
@@ -129,6 +129,13 @@ def residual_threshold(fits: dict[str, np.ndarray]) -> float | None:
     return float(np.quantile(residual, RESIDUAL_QUANTILE)) if residual.size else None
 
 
+def residual_provenance(fits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What a domain's ``info`` records of :func:`residual_threshold`: its quantile and the
+    number of fits it was taken over."""
+    return {"residual_quantile": RESIDUAL_QUANTILE,
+            "n_residual_fits": int(np.isfinite(fits["residual"]).sum())}
+
+
 def build_domain(sources: Any, encoder: Any, fitter: Any, surveys: set[str], *, k: int = 5,
                  fits_per_survey: int = 60, batch_size: int = 32) -> tuple[TrainingDomain, dict[str, Any]]:
     """The :class:`~omnispectra.domain.TrainingDomain` of the training spectra, and a report."""
@@ -151,9 +158,7 @@ def build_domain(sources: Any, encoder: Any, fitter: Any, surveys: set[str], *, 
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     info = {"encoder_sha": encoder_fingerprint(encoder), "n_spectra": len(spectra), "k": k,
             "neighbour_quantile": NEIGHBOUR_QUANTILE, "significance_quantile": SIGNIFICANCE_QUANTILE,
-            "residual_quantile": RESIDUAL_QUANTILE, "n_fits": int(fits["significance"].size),
-            "n_residual_fits": int(np.isfinite(fits["residual"]).sum()),
-            "surveys": sorted(surveys)}
+            **residual_provenance(fits), "n_fits": int(fits["significance"].size), "surveys": sorted(surveys)}
     domain = TrainingDomain(grid_ranges(spectra), unit, threshold, k, significance_min, info, residual_max)
     report = {"distances": distances, "fits": fits, "seconds": time.perf_counter() - t0}
     return domain, report
