@@ -11,13 +11,15 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   observed frame (the union of its spectra's coarse ranges; SDSS/BOSS/eBOSS, LAMOST, 6dFGS
   and DESI spectra of one survey differ there by an integer pixel offset), so every spectrum
   of the batch scans a template at the same lags. The rest-frame side (products of template
-  rows, cut to the window that can meet the frame at a scanned lag) is Fourier transformed
-  once per template and FFT length and cached; each distinct observed-frame vector (``ivar``,
+  rows, cut to the window that can meet the frame at a scanned lag, widened to whole
+  :data:`FFT_BLOCK` pixels so that neighbouring frames share it) is Fourier transformed once
+  per template, window and FFT length and cached (:data:`FFT_CACHE_BYTES`, least recently
+  used dropped first); each distinct observed-frame vector (``ivar``,
   ``ivar * flux``, times IGM transmission and Legendre rows) is transformed once per batch
   and shared by every normal-equation entry and template that uses it. One ``irfft`` per
   template gives all entries of all spectra at all lags, and one batched Cholesky solve the
-  chi-square. The FFT length is the shortest free of wrap-around at the scanned lags
-  (about half of the per-spectrum fitter's). Entries whose rest-frame side is the template's
+  chi-square. The FFT length is the shortest free of wrap-around at the scanned lags,
+  rounded up to whole blocks (about half of the per-spectrum fitter's). Entries whose rest-frame side is the template's
   coverage (products of Legendre rows, the flux and pixel sums: 29 of 79 for the galaxy
   basis) are sliding sums over the template's length, the difference of two cumulative sums
   of the observed side (made once per batch), with no transform.
@@ -81,7 +83,7 @@ from .templates.igm import LYA_REST
 from .templates.resample import pixel_edges
 
 __all__ = ["fit_many", "BatchTemplates", "REFINE_BYTES", "COARSE_SPECTRA", "FFT_CACHE_BYTES",
-           "NORMAL_COND_MAX"]
+           "FFT_BLOCK", "NORMAL_COND_MAX"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +94,15 @@ _CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: (4 MB measured best of 0.25-16 MB on 16 SDSS spectra: 7% faster than 1 MB).
 REFINE_BYTES = 1 << 22
 
-#: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps (one entry per template,
-#: frame and FFT length: tens of MB each; a count bound let a multi-survey corpus reach GBs).
-FFT_CACHE_BYTES = 1 << 28
+#: Bytes of rest-frame template FFTs a :class:`BatchTemplates` keeps, least recently used
+#: dropped first (one entry per template, window and FFT length: a few MB each; a count bound
+#: let a multi-survey corpus reach GBs, and a larger bound raised the full row's peak memory
+#: with no gain in speed on mixed corpora).
+FFT_CACHE_BYTES = 1 << 26
+
+#: Pixels to which the coarse scan rounds the rest-frame window and FFT length, so that
+#: batches whose frames differ by a few pixels share one cached transform.
+FFT_BLOCK = 512
 
 #: Spectra scanned together on CPU (see :data:`REFINE_BYTES`); CUDA scans the whole batch.
 COARSE_SPECTRA = 2
@@ -164,15 +172,17 @@ class BatchTemplates:
 
     def spectrum(self, k: int, a: int, b: int, n: int) -> torch.Tensor:
         key = (k, a, b, n)
-        if key not in self._fft:
-            rows = torch.as_tensor(self.terms(k)["rows"][:, a:b], device=self.device)
-            spectrum = torch.conj(torch.fft.rfft(rows, n))
-            size = spectrum.numel() * spectrum.element_size()
-            if self._fft_bytes + size > FFT_CACHE_BYTES:   # frames vary little within a survey
-                self._fft.clear()
-                self._fft_bytes = 0
-            self._fft[key], self._fft_bytes = spectrum, self._fft_bytes + size
-        return self._fft[key]
+        if key in self._fft:
+            self._fft[key] = self._fft.pop(key)                 # most recently used last
+            return self._fft[key]
+        rows = torch.as_tensor(self.terms(k)["rows"][:, a:b], device=self.device)
+        spectrum = torch.conj(torch.fft.rfft(rows, n))
+        self._fft_bytes += spectrum.numel() * spectrum.element_size()
+        self._fft[key] = spectrum
+        while self._fft_bytes > FFT_CACHE_BYTES and len(self._fft) > 1:
+            old = self._fft.pop(next(iter(self._fft)))
+            self._fft_bytes -= old.numel() * old.element_size()
+        return spectrum
 
 
 def batch_templates(fitter: RedshiftFitter, device: torch.device) -> BatchTemplates:
@@ -301,8 +311,13 @@ def _correlations(cache: BatchTemplates, k: int, obs: dict[str, Any], lags: np.n
     # rest pixels that meet the frame at some scanned lag
     a = min(max(0, -k_hi), n_rest - 1)
     b = max(min(n_rest, n_frame - k_lo), a + 1)
+    # widened to whole blocks (the extra rest pixels meet no frame pixel at these lags, so the
+    # sums are unchanged) so that batches of one survey, whose frames differ by a few pixels,
+    # share the cached rest-frame transform
+    a, b = a - a % FFT_BLOCK, min(n_rest, -(-b // FFT_BLOCK) * FFT_BLOCK)
     lo, hi = k_lo + a, k_hi + a
-    n = sp_fft.next_fast_len(max(b - a + max(hi, 0), n_frame - min(lo, 0)) + 1, real=True)
+    need = max(b - a + max(hi, 0), n_frame - min(lo, 0)) + 1
+    n = sp_fft.next_fast_len(-(-need // FFT_BLOCK) * FFT_BLOCK, real=True)
     rest = cache.spectrum(k, a, b, n)                                            # (T_fft, F)
     spectra = []
     for key in info["keys"]:

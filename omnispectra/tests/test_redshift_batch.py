@@ -106,6 +106,33 @@ def test_cache_chunking_changes_nothing(fitter):
         np.testing.assert_allclose([a.z, a.chi2, a.deltachi2], [b.z, b.chi2, b.deltachi2], rtol=1e-9)
 
 
+def test_rest_frame_transforms_are_shared_and_bounded(fitter, monkeypatch):
+    """Frames a few pixels apart reuse the cached rest-frame transforms (the window is rounded to
+    FFT_BLOCK pixels) with the same answers; the cache keeps at most FFT_CACHE_BYTES, dropping
+    the least recently used transform first."""
+    from omnispectra import redshift_batch
+
+    sdss = 10 ** (np.log10(3800.0) + 1e-4 * np.arange(3000))
+    cache = redshift_batch.BatchTemplates(fitter, torch.device("cpu"))
+    monkeypatch.setattr(redshift_batch, "batch_templates", lambda *_: cache)
+    first = fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])
+    keys = list(cache._fft)
+    shifted = _spectrum(fitter, 0.3, 1, sdss[5:])
+    assert fit_many(fitter, [shifted])[0].z == pytest.approx(fitter.fit(*shifted).z, abs=1e-9)
+    assert list(cache._fft) == keys                           # every transform was a hit
+    assert first[0].spectype == "GALAXY"
+
+    size = max(v.numel() * v.element_size() for v in cache._fft.values())
+    monkeypatch.setattr(redshift_batch, "FFT_CACHE_BYTES", 2 * size)
+    far = _spectrum(fitter, 0.3, 2, 10 ** (np.log10(5200.0) + 1e-4 * np.arange(1500)))
+    fit_many(fitter, [far])
+    assert cache._fft_bytes <= 2 * size
+    assert cache._fft_bytes == sum(v.numel() * v.element_size() for v in cache._fft.values())
+    assert not set(keys) <= set(cache._fft)                   # the oldest went first
+    fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])       # a miss now, refitted the same
+    assert fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])[0].z == first[0].z
+
+
 def test_bad_arguments(fitter):
     wave = np.linspace(4000, 8000, 100)
     with pytest.raises(ConfigError, match="batch_size"):
