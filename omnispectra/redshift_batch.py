@@ -19,10 +19,11 @@ that are not arithmetic are the very functions of :mod:`omnispectra.redshift`), 
   and shared by every normal-equation entry and template that uses it. One ``irfft`` per
   template gives all entries of all spectra at all lags, and one batched Cholesky solve the
   chi-square. The FFT length is the shortest free of wrap-around at the scanned lags,
-  rounded up to whole blocks (about half of the per-spectrum fitter's). Entries whose rest-frame side is the template's
-  coverage (products of Legendre rows, the flux and pixel sums: 29 of 79 for the galaxy
-  basis) are sliding sums over the template's length, the difference of two cumulative sums
-  of the observed side (made once per batch), with no transform.
+  rounded up to whole blocks (about half of the per-spectrum fitter's). Entries whose
+  rest-frame side is the template's coverage (products of Legendre rows, the flux and pixel
+  sums: 29 of 79 for the galaxy basis) are sliding sums over the template's length, the
+  difference of two cumulative sums of the observed side (made once per batch), with no
+  transform.
 * **Refinement.** Every trial redshift of every chosen minimum of every spectrum of the batch
   is one row of a batched weighted least-squares fit per template (fine basis bin-averaged
   over each spectrum's pixels by a batched interpolation of its cumulative integral,
