@@ -123,3 +123,26 @@ def test_composite_fit_returns_the_teff_of_the_composite_behind_a_star(monkeypat
     partial = TemplateBasis(name="short", spectype="STAR", subtype="G0", loglam0=loglam[0], dloglam=1e-4,
                             basis=short.basis[:, :2000])
     assert nearest_teff(obs, flux, ivar, [(partial, 9999.0), *library[::2]], n_poly=2) in (4000.0, 6000.0)
+
+
+MARGIN = REPO / "benchmarks" / "stellar_margin.py"
+
+
+@pytest.mark.skipif(not MARGIN.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_stellar_margin_blend_weighs_the_better_predictor_per_parameter(monkeypatch):
+    """The blend's weight goes to whichever predictor is right, parameter by parameter, and the
+    MAE is taken in physical units (Teff from its log10)."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(MARGIN.parent))
+    from stellar_margin import blend_weights, mae
+
+    rng = np.random.default_rng(0)
+    truth = np.column_stack([rng.uniform(4000, 7000, 50), rng.uniform(1, 5, 50), rng.uniform(-2, 0.5, 50)])
+    fitted = np.column_stack([np.log10(truth[:, 0]), truth[:, 1:]])
+    noisy = fitted + rng.normal(0, [0.02, 0.3, 0.2], fitted.shape)
+    probe = np.column_stack([fitted[:, 0], noisy[:, 1], fitted[:, 2]])     # right on Teff and [Fe/H]
+    other = np.column_stack([noisy[:, 0], fitted[:, 1], noisy[:, 2]])      # right on logg
+    np.testing.assert_array_equal(blend_weights(probe, other, truth), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(mae(fitted, truth), 0.0, atol=1e-9)
+    assert mae(noisy, truth)[0] > 50.0                                     # kelvin, not dex
