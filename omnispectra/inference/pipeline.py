@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RunOptions", "Pass", "open_inputs", "run_batches", "forward", "masked_scores", "result_meta",
            "item_table", "POOL_FACTOR", "MASKED_TOKENS_PER_PASS",
-           "MASKED_TOKENS_PER_PASS_CPU"]
+           "MASKED_TOKENS_PER_PASS_CPU", "EMBED_TOKENS_PER_PASS_CPU", "tokens_per_pass_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ MASKED_TOKENS_PER_PASS = 1 << 16
 #: The same on CPU, where launches cost little and large passes leave the caches: 16 SDSS
 #: spectra x 8 masks took 6.9 s in passes of 65536 tokens, 4.9 s in passes of 4096.
 MASKED_TOKENS_PER_PASS_CPU = 1 << 12
+
+#: Padded tokens per forward pass of the embedding on CPU (an accelerator takes the whole
+#: batch). A pass's attention is (rows, heads, tokens, tokens): 32 BOSS-length spectra (463
+#: tokens) in one pass raised the peak memory by 180-320 MB, in passes of 4096 tokens by
+#: 12-15 MB, at the same or a higher rate (128 engine spectra, 1 and 2 threads).
+EMBED_TOKENS_PER_PASS_CPU = 1 << 12
+
+
+def tokens_per_pass_rows(tokens: list[Tokens], budget: int | None) -> int:
+    """Rows of ``tokens`` per forward pass so that rows x the longest token count stays within
+    ``budget`` padded tokens (at least one row; all rows when ``budget`` is None)."""
+    if budget is None:
+        return max(1, len(tokens))
+    return max(1, int(budget) // max(1, max(t.n_tokens for t in tokens)))
 
 
 @dataclass(frozen=True)
@@ -218,9 +232,12 @@ def forward(spectra: Any, net: OmniSpectra, options: RunOptions, *, embed: bool 
         out = np.full((len(tokens), width + 3), np.nan)
         out[:, -1] = 1.0
         if embed:
-            batch = collate(tokens).to(dev)
-            with inference(net, torch_dtype):
-                out[:, :width] = net.embed(batch.tokens, batch.wavelength, batch.valid).float().cpu().numpy()
+            step = tokens_per_pass_rows(tokens, EMBED_TOKENS_PER_PASS_CPU if dev.type == "cpu" else None)
+            for start in range(0, len(tokens), step):
+                batch = collate(tokens[start:start + step]).to(dev)
+                with inference(net, torch_dtype):
+                    out[start:start + step, :width] = net.embed(batch.tokens, batch.wavelength,
+                                                                batch.valid).float().cpu().numpy()
         if masks is None:
             return out
         mse, chi2, finite = masked_scores(net, tokens, masks, torch_dtype)
@@ -276,7 +293,7 @@ def masked_scores(net: OmniSpectra, tokens: list[Tokens], masks: Masks, torch_dt
     rows = [(k, b) for k in range(masks.n) for b in range(n)]          # mask-major
     mse, chi2 = np.zeros((masks.n, n)), np.zeros((masks.n, n))
     finite = np.ones(n, dtype=bool)
-    step = max(1, budget // max(1, max(t.n_tokens for t in tokens)))
+    step = tokens_per_pass_rows(tokens, budget)
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
         samples = [Sample(tokens[b], chunk_mask(tokens[b].n_tokens, mask_rng(masks.seed, k, 0),

@@ -32,14 +32,20 @@ def _one_pass_per_mask(net, tokens, masks):
     return mse, chi2
 
 
-@pytest.fixture(scope="module")
-def tokens(model):
-    rng = np.random.default_rng(3)
+def _sine_spectra(lengths, seed):
+    """Noisy sine spectra (wave, flux, ivar) of the given pixel counts."""
+    rng = np.random.default_rng(seed)
     spectra = []
-    for n in (900, 1500, 2400, 700):
+    for n in lengths:
         wave = np.linspace(4000.0, 4000.0 + 1.5 * n, n)
         flux = 1.0 + 0.3 * np.sin(wave / 40.0) + 0.05 * rng.standard_normal(n)
         spectra.append((wave, flux, np.full(n, 400.0)))
+    return spectra
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    spectra = _sine_spectra((900, 1500, 2400, 700), seed=3)
     inputs = open_inputs(spectra, model, RunOptions(), measure=True)
     return [item.prepared for item in inputs]
 
@@ -83,3 +89,24 @@ def test_non_finite_reconstruction_is_reported(model, tokens, monkeypatch):
     monkeypatch.setattr(type(model), "reconstruct", poisoned)
     _, _, finite = masked_scores(model, tokens, Masks(3), None)
     assert finite.tolist() == [True, False, True, True]
+
+
+def test_embedding_passes_are_bounded_in_tokens(model, monkeypatch):
+    """On CPU a batch is embedded in passes of at most EMBED_TOKENS_PER_PASS_CPU padded tokens
+    (its attention's memory), with the embeddings of one whole-batch pass."""
+    from omnispectra.inference.pipeline import forward
+
+    spectra = _sine_spectra((900, 1500, 2400, 700, 1200, 1000), seed=5)
+    calls = []
+    original = type(model).embed
+    monkeypatch.setattr(type(model), "embed", lambda self, *a: calls.append(a[0].shape) or original(self, *a))
+    options = RunOptions(batch_size=6, progress=False)
+    monkeypatch.setattr(pipeline, "EMBED_TOKENS_PER_PASS_CPU", 1 << 20)
+    whole = forward(spectra, model, options).vectors
+    assert len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(pipeline, "EMBED_TOKENS_PER_PASS_CPU", 500)
+    split = forward(spectra, model, options).vectors
+    assert len(calls) > 1 and sum(shape[0] for shape in calls) == 6
+    assert max(shape[0] * shape[1] for shape in calls) <= 500 < 6 * max(shape[1] for shape in calls)
+    np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-5)
