@@ -115,22 +115,22 @@ def test_rest_frame_transforms_are_shared_and_bounded(fitter, monkeypatch):
     sdss = 10 ** (np.log10(3800.0) + 1e-4 * np.arange(3000))
     cache = redshift_batch.BatchTemplates(fitter, torch.device("cpu"))
     monkeypatch.setattr(redshift_batch, "batch_templates", lambda *_: cache)
-    first = fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])
+    assert fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])[0].spectype == "GALAXY"
     keys = list(cache._fft)
     shifted = _spectrum(fitter, 0.3, 1, sdss[5:])
     assert fit_many(fitter, [shifted])[0].z == pytest.approx(fitter.fit(*shifted).z, abs=1e-9)
     assert list(cache._fft) == keys                           # every transform was a hit
-    assert first[0].spectype == "GALAXY"
 
-    size = max(v.numel() * v.element_size() for v in cache._fft.values())
+    # the bound, least recently used first: windows A, B, A again, then C drops B
+    fresh = redshift_batch.BatchTemplates(fitter, torch.device("cpu"))
+    windows = [(0, 512, 1024), (512, 1024, 1024), (0, 512, 1024), (1024, 1536, 1024)]
+    size = fresh.spectrum(0, *windows[0]).numel() * 16
     monkeypatch.setattr(redshift_batch, "FFT_CACHE_BYTES", 2 * size)
-    far = _spectrum(fitter, 0.3, 2, 10 ** (np.log10(5200.0) + 1e-4 * np.arange(1500)))
-    fit_many(fitter, [far])
-    assert cache._fft_bytes <= 2 * size
-    assert cache._fft_bytes == sum(v.numel() * v.element_size() for v in cache._fft.values())
-    assert not set(keys) <= set(cache._fft)                   # the oldest went first
-    fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])       # a miss now, refitted the same
-    assert fit_many(fitter, [_spectrum(fitter, 0.3, 1, sdss)])[0].z == first[0].z
+    for window in windows[1:]:
+        fresh.spectrum(0, *window)
+    assert list(fresh._fft) == [(0, *windows[0]), (0, *windows[3])] and fresh._fft_bytes == 2 * size
+    rows = torch.as_tensor(fresh.terms(0)["rows"][:, 1024:1536])
+    torch.testing.assert_close(fresh.spectrum(0, *windows[3]), torch.conj(torch.fft.rfft(rows, 1024)))
 
 
 def test_bad_arguments(fitter):
