@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def data_dir() -> Path | None:
     env = os.environ.get("OMNISPECTRA_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
+    # absolute: benchmark children may run in another source tree (``--baseline-src``)
+    path = (Path(env) if env else REPO.parent / "shared" / "data").resolve()
     return path if path.is_dir() else None
 
 
