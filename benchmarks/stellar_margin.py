@@ -29,16 +29,12 @@ WEIGHTS = np.linspace(0.0, 1.0, 21)
 TARGET_RATIO = 0.85
 
 
-def physical(pred: np.ndarray) -> np.ndarray:
-    """Fitted space (log10 Teff, logg, [Fe/H]) -> physical values."""
-    out = np.array(pred, dtype=np.float64)
-    out[:, 0] = 10 ** out[:, 0]
-    return out
-
-
 def mae(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-parameter MAE in physical units of fitted-space predictions."""
-    return np.nanmean(np.abs(physical(pred) - truth), axis=0)
+    """Per-parameter MAE in physical units of fitted-space predictions (the task's transforms
+    undone: Teff from its log10)."""
+    from omnispectra.evaluation.harness import TASKS, untransform_targets
+
+    return np.nanmean(np.abs(untransform_targets(TASKS["stellar_params"], pred) - truth), axis=0)
 
 
 def blend_weights(probe: np.ndarray, other: np.ndarray, truth: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ from ..flags import CLASSES
 __all__ = ["Task", "TASKS", "CLASSES", "source_classes", "labeled_rows", "LabeledData", "load_labeled",
            "classification_metrics", "regression_metrics", "evaluate", "run_method",
            "summarize", "markdown_report", "METHODS", "Method",
-           "METHOD_LABELS", "task_targets", "transform_targets"]
+           "METHOD_LABELS", "task_targets", "transform_targets", "untransform_targets"]
 
 STAR_SURVEYS = ("miles", "apogee", "xshooter")
 GALAXY_SURVEYS = ("manga",)
@@ -309,6 +309,17 @@ def transform_targets(task: Task, y: np.ndarray) -> np.ndarray:
     for k, name in enumerate(task.targets):
         with np.errstate(all="ignore"):
             y[:, k] = TRANSFORMS[task.transforms.get(name, "identity")][0](y[:, k])
+    return y
+
+
+def untransform_targets(task: Task, y: np.ndarray) -> np.ndarray:
+    """Regression targets from the space probes fit them back to physical values (the inverse
+    of :func:`transform_targets`)."""
+    from ..probes import TRANSFORMS
+
+    y = np.array(y, dtype=np.float64, copy=True)
+    for k, name in enumerate(task.targets):
+        y[:, k] = TRANSFORMS[task.transforms.get(name, "identity")][1](y[:, k])
     return y
 
 

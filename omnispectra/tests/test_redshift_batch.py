@@ -124,7 +124,8 @@ def test_rest_frame_transforms_are_shared_and_bounded(fitter, monkeypatch):
     # the bound, least recently used first: windows A, B, A again, then C drops B
     fresh = redshift_batch.BatchTemplates(fitter, torch.device("cpu"))
     windows = [(0, 512, 1024), (512, 1024, 1024), (0, 512, 1024), (1024, 1536, 1024)]
-    size = fresh.spectrum(0, *windows[0]).numel() * 16
+    first = fresh.spectrum(0, *windows[0])
+    size = first.numel() * first.element_size()
     monkeypatch.setattr(redshift_batch, "FFT_CACHE_BYTES", 2 * size)
     for window in windows[1:]:
         fresh.spectrum(0, *window)
