@@ -35,6 +35,7 @@ __all__ = [
     "check_support",
     "check_wavelength_plausible",
     "check_finite",
+    "release_free_heap",
 ]
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -42,6 +43,40 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 @functools.cache
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):   # not glibc (e.g. musl)
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_free_heap() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    A long run of batches of varied sizes leaves freed arrays scattered over glibc's heaps,
+    which the process keeps: over an engine corpus the full row's resident memory grew about
+    20 KB per spectrum although the live memory stayed flat (after a trim it came back to the
+    same value every time). Calling this after each batch keeps the high-water mark flat.
+
+    Returns
+    -------
+    bool
+        Whether memory was handed back; False where the C library has no ``malloc_trim``
+        (not glibc), where this does nothing.
+    """
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), Linux only.
 

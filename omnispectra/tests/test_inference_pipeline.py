@@ -110,3 +110,17 @@ def test_embedding_passes_are_bounded_in_tokens(model, monkeypatch):
     assert len(calls) > 1 and sum(shape[0] for shape in calls) == 6
     assert max(shape[0] * shape[1] for shape in calls) <= 500 < 6 * max(shape[1] for shape in calls)
     np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_release_free_heap_returns_freed_pages_on_glibc():
+    import platform
+    import sys
+
+    from omnispectra.runtime import release_free_heap
+
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        assert release_free_heap() is False
+        return
+    kept = [np.ones(200 + i % 300) for i in range(20000)]   # small blocks, every other one freed
+    del kept[::2]
+    assert release_free_heap() is True

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..dataset import SpectrumDataset
 from ..exceptions import ConfigError
 from ..results import write_table
+from ..runtime import release_free_heap
 from .predict import (
     MANIFEST,
     ShardBatchSampler,
@@ -110,6 +111,7 @@ class CatalogueModule(L.LightningModule):
             table = predictors.predict_redshift(spectra, **common)
         else:
             table = predictors.predict_stellar_parameters(spectra, **common)
+        release_free_heap()   # else freed batch arrays pile up as resident memory (runtime docs)
         return positions, table
 
 
