@@ -146,3 +146,37 @@ def test_stellar_margin_blend_weighs_the_better_predictor_per_parameter(monkeypa
     np.testing.assert_array_equal(blend_weights(probe, other, truth), [1.0, 0.0, 1.0])
     np.testing.assert_allclose(mae(fitted, truth), 0.0, atol=1e-9)
     assert mae(noisy, truth)[0] > 50.0                                     # kelvin, not dex
+
+
+TOKEN_HEAD = REPO / "benchmarks" / "stellar_token_head.py"
+
+
+@pytest.mark.skipif(not TOKEN_HEAD.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_token_head_reads_the_token_states_behind_the_api_embedding(monkeypatch):
+    """The states the token head learns from pool to the embedding ``omnispectra.embed`` gives the
+    same spectrum (same tokenization and model), and neighbouring tokens are averaged in pairs."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import omnispectra
+    from omnispectra.examples import example_path
+    from omnispectra.tokenizer import spectrum_arrays
+
+    monkeypatch.syspath_prepend(str(TOKEN_HEAD.parent))
+    from stellar_token_head import make_head, token_states
+
+    spectrum = omnispectra.io.read(example_path("miles"))
+    wave, flux, _, _ = spectrum_arrays(spectrum[0] if isinstance(spectrum, list) else spectrum)
+    star = SimpleNamespace(wave=wave, flux=flux)
+    model = omnispectra.load_model("default")
+    hidden, valid, pooled = token_states([star, star], model)
+    expected = np.asarray(omnispectra.embed((wave, flux, np.ones_like(flux)), model=model, dtype="float32"))
+    np.testing.assert_allclose(pooled, np.vstack([expected, expected]), rtol=1e-4, atol=1e-5)
+    n_tokens = omnispectra.tokenizer.n_patches(wave.size)
+    assert hidden.shape == (2, n_tokens // 2, model.config.dim) and valid.all()
+    import torch
+
+    out = make_head(model.config.dim, 8, 2)(torch.from_numpy(hidden), torch.from_numpy(valid),
+                                            torch.from_numpy(pooled))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
