@@ -43,7 +43,6 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 @functools.cache
-@functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Any:
     import ctypes
     import ctypes.util
@@ -79,6 +78,7 @@ def release_free_heap() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX), Linux only.
 

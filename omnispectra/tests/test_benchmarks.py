@@ -158,6 +158,7 @@ def test_token_head_reads_the_token_states_behind_the_api_embedding(monkeypatch)
     from types import SimpleNamespace
 
     import numpy as np
+    import torch
 
     import omnispectra
     from omnispectra.examples import example_path
@@ -175,8 +176,6 @@ def test_token_head_reads_the_token_states_behind_the_api_embedding(monkeypatch)
     np.testing.assert_allclose(pooled, np.vstack([expected, expected]), rtol=1e-4, atol=1e-5)
     n_tokens = omnispectra.tokenizer.n_patches(wave.size)
     assert hidden.shape == (2, n_tokens // 2, model.config.dim) and valid.all()
-    import torch
-
     out = make_head(model.config.dim, 8, 2)(torch.from_numpy(hidden), torch.from_numpy(valid),
                                             torch.from_numpy(pooled))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
