@@ -37,6 +37,14 @@ def mae(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.nanmean(np.abs(untransform_targets(TASKS["stellar_params"], pred) - truth), axis=0)
 
 
+def star_rounds(group: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The five grouped rounds (train / calibration / evaluation rows) every MILES margin
+    comparison uses: folds grouped by star, seed 0."""
+    from omnispectra.training.predictors.crossval import cv_rounds, grouped_folds
+
+    return cv_rounds(grouped_folds(group, 5, seed=0), 5)
+
+
 def blend_weights(probe: np.ndarray, other: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per parameter, the weight of the probe (of :data:`WEIGHTS`) with the lowest MAE."""
     scores = np.stack([mae(w * probe + (1 - w) * other, truth) for w in WEIGHTS])   # (W, 3)
@@ -50,9 +58,7 @@ def predictions(emb: np.ndarray, y: np.ndarray, group: np.ndarray, flux: np.ndar
     from omnispectra.evaluation import baselines
     from omnispectra.evaluation.harness import TASKS
     from omnispectra.training.predictors.crossval import (
-        cv_rounds,
         fitted_targets,
-        grouped_folds,
         pooled,
         run_cv,
         side_means,
@@ -60,7 +66,7 @@ def predictions(emb: np.ndarray, y: np.ndarray, group: np.ndarray, flux: np.ndar
     from omnispectra.training.predictors.recipes import Recipe
 
     task = TASKS["stellar_params"]
-    rounds = cv_rounds(grouped_folds(group, 5, seed=0), 5)
+    rounds = star_rounds(group)
     yt = fitted_targets(task, y)
     # the shipped probe's recipe (predictors.json: stellar_params)
     recipe = Recipe(name="shipped", head="mlp", hidden=(512,), dropout=0.2, steps=steps, lr=1e-3,

@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's omnispectra
 from _common import data_dir, emit  # noqa: E402
+from stellar_margin import mae, star_rounds  # noqa: E402  (the same folds and score)
 
 
 def token_states(stars, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import omnispectra
     from omnispectra.engine.labelled import miles_stars
-    from omnispectra.evaluation.harness import TASKS, untransform_targets
+    from omnispectra.evaluation.harness import TASKS
     from omnispectra.fileio import write_text
-    from omnispectra.training.predictors.crossval import cv_rounds, fitted_targets, grouped_folds
+    from omnispectra.training.predictors.crossval import fitted_targets
 
     torch.set_num_threads(1)
     root = data_dir()
@@ -128,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     y = np.array([[s.labels["teff"], s.labels["logg"], s.labels["fe_h"]] for s in stars])
     t0 = time.perf_counter()
     hidden, valid, pooled = token_states(stars, omnispectra.load_model("default"))
-    task = TASKS["stellar_params"]
-    yt = fitted_targets(task, y)
+    yt = fitted_targets(TASKS["stellar_params"], y)
     h, v, emb = torch.from_numpy(hidden), torch.from_numpy(valid), torch.from_numpy(pooled)
     rows, preds = [], []
-    for r, idx in enumerate(cv_rounds(grouped_folds(np.array([s.id for s in stars]), 5, seed=0), 5)):
+    for r, idx in enumerate(star_rounds(np.array([s.id for s in stars]))):
         mu, sd = np.nanmean(yt[idx["train"]], 0), np.nanstd(yt[idx["train"]], 0)
         head = train_round(h, v, emb, torch.from_numpy((yt - mu) / sd).float(), idx["train"], args, r)
         at = torch.from_numpy(idx["evaluation"])
@@ -140,19 +140,19 @@ def main(argv: list[str] | None = None) -> int:
             preds.append(head(h[at], v[at], emb[at]).numpy() * sd + mu)
         rows.append(idx["evaluation"])
     rows_all, pred = np.concatenate(rows), np.concatenate(preds)
-    mae = np.nanmean(np.abs(untransform_targets(task, pred) - y[rows_all]), axis=0).tolist()
+    scores = mae(pred, y[rows_all]).tolist()
     margin = Path(__file__).parent / "results" / "stellar-margin.json"
     probe = json.loads(margin.read_text())["mae"]["probe"] if margin.exists() else None
     command = (f"python benchmarks/stellar_token_head.py --steps {args.steps} --width {args.width} "
                f"--queries {args.queries}")
-    report = {"n_stars": len(stars), "mae": mae, "probe_mae": probe, "seconds": time.perf_counter() - t0,
+    report = {"n_stars": len(stars), "mae": scores, "probe_mae": probe, "seconds": time.perf_counter() - t0,
               "command": command,
               **{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "width", "queries")}}
     fmt = "| {} | {:.0f} | {:.3f} | {:.3f} |"
     lines = [f"# A stellar head on token states, held-out MILES ({len(stars)} stars, grouped 5-fold)", "",
              f"`{command}`", "", "| method | MAE Teff (K) | logg | [Fe/H] |", "|---|---|---|---|",
              fmt.format(f"token head ({args.queries} attention poolings of {args.width} features, "
-                        f"one member, {args.steps} steps)", *mae)]
+                        f"one member, {args.steps} steps)", *scores)]
     if probe:
         lines.append(fmt.format("shipped recipe on the pooled embedding (stellar-margin.json)", *probe))
     if args.out:
