@@ -233,9 +233,9 @@ def forward(spectra: Any, net: OmniSpectra, options: RunOptions, *, embed: bool 
         out[:, -1] = 1.0
         if embed:
             step = tokens_per_pass_rows(tokens, EMBED_TOKENS_PER_PASS_CPU if dev.type == "cpu" else None)
-            for start in range(0, len(tokens), step):
-                batch = collate(tokens[start:start + step]).to(dev)
-                with inference(net, torch_dtype):
+            with inference(net, torch_dtype):
+                for start in range(0, len(tokens), step):
+                    batch = collate(tokens[start:start + step]).to(dev)
                     out[start:start + step, :width] = net.embed(batch.tokens, batch.wavelength,
                                                                 batch.valid).float().cpu().numpy()
         if masks is None:
