@@ -179,3 +179,33 @@ def test_token_head_reads_the_token_states_behind_the_api_embedding(monkeypatch)
     out = make_head(model.config.dim, 8, 2)(torch.from_numpy(hidden), torch.from_numpy(valid),
                                             torch.from_numpy(pooled))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+LIBRARY_FIT = REPO / "benchmarks" / "stellar_library_fit.py"
+
+
+@pytest.mark.skipif(not LIBRARY_FIT.is_file(), reason="benchmarks/ is not part of an installed package")
+def test_library_fit_finds_the_library_star_behind_a_tilted_noisy_star(monkeypatch):
+    """A star made of one library row times a tilted continuum, with noise, has its lowest chi-square
+    at that row (chi-square per pixel near 1) once the polynomial can absorb the tilt, not with one
+    term; the neighbours' labels are their NaN-aware mean."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(LIBRARY_FIT.parent))
+    from stellar_library_fit import library_chi2, neighbour_labels
+
+    rng = np.random.default_rng(1)
+    wave = np.linspace(3600.0, 7400.0, 3000)
+    lines = [sum(0.4 * np.exp(-0.5 * ((wave - c) / 3.0) ** 2) for c in rng.uniform(3700, 7300, 30))
+             for _ in range(6)]
+    library = 1.0 - np.array(lines)
+    library[4] = library[2] * (1.0 + 0.8 * (wave - wave[0]) / (wave[-1] - wave[0]))   # row 2, tilted
+    x = (wave - wave[0]) / (wave[-1] - wave[0])
+    flux = library[2] * (3.0 - 2.0 * x) + rng.normal(0, 0.01, wave.size)
+    weight = np.full(wave.size, 1e4)
+    chi2 = library_chi2(wave, flux, weight, library, 3)
+    assert np.argmin(chi2) == 2 and chi2[2] < 1.3 * wave.size       # row 4 needs a rational tilt
+    assert library_chi2(wave, flux, weight, library, 1).min() > 10 * chi2[2]
+    labels = np.array([[3.6, 1.0, np.nan], [3.7, 2.0, 0.1], [3.8, 4.0, -0.5], [3.9, 4.5, -1.0],
+                       [3.8, 4.2, np.nan], [4.0, 3.0, 0.0]])
+    np.testing.assert_allclose(neighbour_labels(chi2, labels, 2), [3.8, 4.1, -0.5])
