@@ -21,7 +21,7 @@ beat and may be blended with.
   most within 12% of the reference Teff), Teff within 12% reported per survey on the
   validation stars for every ``(n, k)``.
 
-Usage (about 25 min on one core, most of it the probe's rounds)::
+Usage (about 20 min on one core, most of it the probe's rounds)::
 
     OMNISPECTRA_DATA_DIR=../shared/data python benchmarks/stellar_library_fit.py \\
         /work/runs/stars/cache/miles.npz -o benchmarks/results/stellar-library-fit
