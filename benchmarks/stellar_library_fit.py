@@ -29,7 +29,6 @@ Usage (about 20 min on one core, most of it the probe's rounds)::
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 from _common import data_dir
 from numpy.polynomial import legendre
 from stellar_composite_fit import WITHIN, fraction, survey_rows
-from stellar_margin import SIDES, blend_weights, mae, predictions, star_rounds
+from stellar_margin import SIDES, blend_weights, mae, miles_arguments, predictions, star_rounds
 
 #: Legendre terms and neighbours tried (chosen on calibration folds / donor stars).
 TERMS = (1, 2, 4, 8, 16)
@@ -182,11 +181,7 @@ def report(miles: dict, surveys: dict, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("miles", type=Path, help="miles.npz of scripts/train_stellar_survey.py's cache")
-    parser.add_argument("--steps", type=int, default=4000, help="probe training steps (shipped: 4000)")
-    parser.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/stellar-library-fit"))
-    args = parser.parse_args(argv)
+    args = miles_arguments(__doc__.split("\n\n")[0], "benchmarks/results/stellar-library-fit").parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 

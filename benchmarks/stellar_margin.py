@@ -81,12 +81,18 @@ def predictions(emb: np.ndarray, y: np.ndarray, group: np.ndarray, flux: np.ndar
     return out, {side: pooled(rounds, side) for side in SIDES}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def miles_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The command line of the MILES margin benchmarks: the cache's ``miles.npz``, the probe's
+    training steps and the output stem (default ``out``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("miles", type=Path, help="miles.npz of scripts/train_stellar_survey.py's cache")
     parser.add_argument("--steps", type=int, default=4000, help="probe training steps (shipped: 4000)")
-    parser.add_argument("-o", "--out", type=Path, default=Path("benchmarks/results/stellar-margin"))
-    args = parser.parse_args(argv)
+    parser.add_argument("-o", "--out", type=Path, default=Path(out))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = miles_arguments(__doc__.splitlines()[0], "benchmarks/results/stellar-margin").parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
